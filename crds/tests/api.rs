@@ -1,0 +1,444 @@
+//! The StreamJob API as a user meets it: the examples are valid, bad specs are refused with the
+//! field named, both by `validate()` and by what the API server runs (the CRD's OpenAPI schema and
+//! its CEL rules, evaluated here with `jsonschema` and `kube-cel`), and the committed CRD YAML is
+//! exactly what the types generate.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use weir_crds::{parse_stream_job, StreamJob};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn examples() -> Vec<(String, String)> {
+    let mut out: Vec<_> = std::fs::read_dir(repo().join("examples"))
+        .expect("examples/ exists")
+        .map(|e| e.expect("readable entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).expect("readable example");
+            (p.display().to_string(), text)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The openAPIV3Schema of the generated CRD.
+fn crd_schema() -> Value {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(StreamJob::crd()).expect("crd serialises");
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+/// What the API server would say about an object: schema violations, duplicate keys in
+/// `x-kubernetes-list-type: map` lists, and failed CEL rules.
+fn api_server_errors(object: &Value) -> Vec<String> {
+    let schema = crd_schema();
+    let mut errors = Vec::new();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    for e in validator.iter_errors(object) {
+        errors.push(format!("schema {}: {}", e.instance_path(), e));
+    }
+    list_map_duplicates(&schema, object, "", &mut errors);
+    if let Err(cel) = kube_cel::Validator::new().validate(&schema, object, None) {
+        for e in cel.iter() {
+            errors.push(format!("cel {}: {}", e.field_path, e.message));
+        }
+    }
+    errors
+}
+
+fn list_map_duplicates(schema: &Value, object: &Value, path: &str, errors: &mut Vec<String>) {
+    match object {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if let Some(s) = schema["properties"].get(k) {
+                    list_map_duplicates(s, v, &format!("{path}.{k}"), errors);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if schema["x-kubernetes-list-type"] == "map" {
+                let keys = schema["x-kubernetes-list-map-keys"].as_array().cloned();
+                let mut seen = Vec::new();
+                for item in items {
+                    let key: Vec<Value> = keys
+                        .iter()
+                        .flatten()
+                        .map(|k| item[k.as_str().unwrap_or_default()].clone())
+                        .collect();
+                    if seen.contains(&key) {
+                        errors.push(format!("list-map {path}: duplicate {keys:?} {key:?}"));
+                    }
+                    seen.push(key);
+                }
+            }
+            for item in items {
+                list_map_duplicates(&schema["items"], item, path, errors);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn base() -> Value {
+    let (_, text) = examples()
+        .into_iter()
+        .find(|(p, _)| p.ends_with("payments-per-merchant.yaml"))
+        .expect("payments example");
+    serde_norway::from_str(&text).expect("yaml")
+}
+
+#[test]
+fn every_example_is_valid_for_weir_and_for_the_api_server() {
+    let examples = examples();
+    assert!(examples.len() >= 3, "found {}", examples.len());
+    for (path, text) in examples {
+        let parsed = parse_stream_job(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(
+            parsed.unknown_fields.is_empty(),
+            "{path}: unknown fields {:?}",
+            parsed.unknown_fields
+        );
+        parsed
+            .job
+            .spec
+            .validate()
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let object: Value = serde_norway::from_str(&text).expect("yaml");
+        let errors = api_server_errors(&object);
+        assert!(errors.is_empty(), "{path}: {errors:#?}");
+    }
+}
+
+/// One bad spec per rule: the mutation, and the field `validate()` must name.
+type Mutation = Box<dyn Fn(&mut Value)>;
+
+fn bad_specs() -> Vec<(&'static str, Mutation, &'static str)> {
+    fn agg(v: &mut Value, i: usize) -> &mut Value {
+        &mut v["spec"]["aggregations"][i]
+    }
+    vec![
+        (
+            "hopping window without slide",
+            Box::new(|v: &mut Value| v["spec"]["window"]["type"] = json!("hopping")),
+            "spec.window.slide",
+        ),
+        (
+            "slide on a tumbling window",
+            Box::new(|v: &mut Value| v["spec"]["window"]["slide"] = json!("10s")),
+            "spec.window.slide",
+        ),
+        (
+            "slide longer than size",
+            Box::new(|v: &mut Value| {
+                v["spec"]["window"]["type"] = json!("hopping");
+                v["spec"]["window"]["slide"] = json!("2m");
+            }),
+            "spec.window.slide",
+        ),
+        (
+            "gap on a tumbling window",
+            Box::new(|v: &mut Value| v["spec"]["window"]["gap"] = json!("30s")),
+            "spec.window.gap",
+        ),
+        (
+            "session window without gap",
+            Box::new(|v: &mut Value| {
+                v["spec"]["window"] = json!({"type": "session"});
+            }),
+            "spec.window.gap",
+        ),
+        (
+            "session window with a size",
+            Box::new(|v: &mut Value| {
+                v["spec"]["window"] = json!({"type": "session", "gap": "30s", "size": "1m"});
+            }),
+            "spec.window.size",
+        ),
+        (
+            "tumbling window without size",
+            Box::new(|v: &mut Value| v["spec"]["window"] = json!({"type": "tumbling"})),
+            "spec.window.size",
+        ),
+        (
+            "zero window size",
+            Box::new(|v: &mut Value| v["spec"]["window"]["size"] = json!("0s")),
+            "spec.window.size",
+        ),
+        (
+            "duration in days",
+            Box::new(|v: &mut Value| v["spec"]["window"]["size"] = json!("1d")),
+            "spec.window.size",
+        ),
+        (
+            "zero idle timeout",
+            Box::new(|v: &mut Value| v["spec"]["window"]["idleTimeout"] = json!("0ms")),
+            "spec.window.idleTimeout",
+        ),
+        (
+            "sum without a field",
+            Box::new(|v: &mut Value| {
+                agg(v, 1).as_object_mut().map(|o| o.remove("field"));
+            }),
+            "spec.aggregations[1].field",
+        ),
+        (
+            "count with a field",
+            Box::new(|v: &mut Value| agg(v, 0)["field"] = json!("amount")),
+            "spec.aggregations[0].field",
+        ),
+        (
+            "percentile without quantile",
+            Box::new(|v: &mut Value| {
+                agg(v, 3).as_object_mut().map(|o| o.remove("quantile"));
+            }),
+            "spec.aggregations[3].quantile",
+        ),
+        (
+            "quantile of 1",
+            Box::new(|v: &mut Value| agg(v, 3)["quantile"] = json!(1.0)),
+            "spec.aggregations[3].quantile",
+        ),
+        (
+            "quantile of 0",
+            Box::new(|v: &mut Value| agg(v, 3)["quantile"] = json!(0.0)),
+            "spec.aggregations[3].quantile",
+        ),
+        (
+            "quantile on a mean",
+            Box::new(|v: &mut Value| agg(v, 2)["quantile"] = json!(0.5)),
+            "spec.aggregations[2].quantile",
+        ),
+        (
+            "duplicate output names",
+            Box::new(|v: &mut Value| agg(v, 1)["name"] = json!("payments")),
+            "spec.aggregations[1].name",
+        ),
+        (
+            "output name with a space",
+            Box::new(|v: &mut Value| agg(v, 1)["name"] = json!("total amount")),
+            "spec.aggregations[1].name",
+        ),
+        (
+            "no aggregations",
+            Box::new(|v: &mut Value| v["spec"]["aggregations"] = json!([])),
+            "spec.aggregations",
+        ),
+        (
+            "minReplicas above maxReplicas",
+            Box::new(|v: &mut Value| {
+                v["spec"]["autoscaling"] = json!({"minReplicas": 4, "maxReplicas": 2});
+            }),
+            "spec.autoscaling.minReplicas",
+        ),
+        (
+            "zero parallelism",
+            Box::new(|v: &mut Value| v["spec"]["parallelism"] = json!(0)),
+            "spec.parallelism",
+        ),
+        (
+            "sink topic equal to the source topic",
+            Box::new(|v: &mut Value| v["spec"]["sink"]["kafka"]["topic"] = json!("payments")),
+            "spec.sink.kafka.topic",
+        ),
+        (
+            "dead-letter topic equal to the source topic",
+            Box::new(|v: &mut Value| {
+                v["spec"]["deadLetter"]["kafka"]["topic"] = json!("payments");
+            }),
+            "spec.deadLetter.kafka.topic",
+        ),
+        (
+            "topic name with a slash",
+            Box::new(|v: &mut Value| {
+                v["spec"]["source"]["kafka"]["topic"] = json!("pay/ments");
+            }),
+            "spec.source.kafka.topic",
+        ),
+        (
+            "field path with an empty segment",
+            Box::new(|v: &mut Value| v["spec"]["groupBy"] = json!(["merchant..id"])),
+            "spec.groupBy[0]",
+        ),
+        (
+            "groupByKey with a group field named key",
+            Box::new(|v: &mut Value| {
+                v["spec"]["groupByKey"] = json!(true);
+                v["spec"]["groupBy"] = json!(["key"]);
+            }),
+            "spec.groupBy",
+        ),
+        (
+            "two checkpoint stores",
+            Box::new(|v: &mut Value| {
+                v["spec"]["checkpoint"]["store"]["objectStore"] = json!({"url": "s3://b/p"});
+            }),
+            "spec.checkpoint.store",
+        ),
+        (
+            "object store URL that is not a store",
+            Box::new(|v: &mut Value| {
+                v["spec"]["checkpoint"]["store"] =
+                    json!({"objectStore": {"url": "http://example/bucket"}});
+            }),
+            "spec.checkpoint.store.objectStore.url",
+        ),
+        (
+            "zero checkpoint interval",
+            Box::new(|v: &mut Value| v["spec"]["checkpoint"]["interval"] = json!("0s")),
+            "spec.checkpoint.interval",
+        ),
+    ]
+}
+
+#[test]
+fn each_bad_spec_is_refused_by_validate_and_by_the_api_server_naming_the_field() {
+    let cases = bad_specs();
+    assert!(cases.len() >= 12);
+    for (what, mutate, field) in cases {
+        let mut object = base();
+        mutate(&mut object);
+
+        let text = serde_json::to_string(&object).expect("json");
+        let job = parse_stream_job(&text).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let errors = match job.job.spec.validate() {
+            Ok(()) => panic!("{what}: validate() accepted it"),
+            Err(e) => e.0,
+        };
+        assert!(
+            errors.iter().any(|e| e.path == field),
+            "{what}: expected an error at {field}, got {errors:#?}"
+        );
+        for e in &errors {
+            assert!(!e.message.is_empty(), "{what}: empty message at {}", e.path);
+        }
+
+        let server = api_server_errors(&object);
+        let leaf = field.rsplit('.').next().unwrap_or(field);
+        let leaf = leaf.split('[').next().unwrap_or(leaf);
+        assert!(
+            server.iter().any(|e| e.contains(leaf)),
+            "{what}: the CRD schema and CEL rules did not refuse {leaf}: {server:#?}"
+        );
+        if std::env::var_os("WEIR_SHOW_SERVER_ERRORS").is_some() {
+            eprintln!("{what}: {server:?}");
+        }
+    }
+}
+
+#[test]
+fn validate_reports_every_problem_at_once() {
+    let mut object = base();
+    object["spec"]["window"]["slide"] = json!("10s");
+    object["spec"]["aggregations"][3]["quantile"] = json!(2.0);
+    object["spec"]["parallelism"] = json!(0);
+    let job = parse_stream_job(&object.to_string()).expect("parses");
+    let errors = job.job.spec.validate().expect_err("invalid");
+    let paths: Vec<_> = errors.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.window.slide",
+            "spec.aggregations[3].quantile",
+            "spec.parallelism"
+        ]
+    );
+    assert!(errors
+        .to_string()
+        .contains("spec.window.slide: is only used by hopping windows"));
+}
+
+#[test]
+fn unparseable_values_are_reported_with_their_path() {
+    let mut object = base();
+    object["spec"]["aggregations"][2]["fn"] = json!("median");
+    let err = parse_stream_job(&object.to_string()).expect_err("unknown fn");
+    assert_eq!(err.path, "spec.aggregations[2].fn");
+    assert!(err.message.contains("median"), "{err}");
+
+    let err = parse_stream_job("apiVersion: v1\nkind: ConfigMap\n").expect_err("not a job");
+    assert!(err.message.contains("StreamJob"), "{err}");
+
+    let err = parse_stream_job("spec: [unclosed").expect_err("not yaml");
+    assert!(err.message.contains("YAML"), "{err}");
+}
+
+#[test]
+fn unknown_fields_are_reported_not_silently_dropped() {
+    let mut object = base();
+    object["spec"]["window"]["allowedLatness"] = json!("10s");
+    let parsed = parse_stream_job(&object.to_string()).expect("parses");
+    assert_eq!(parsed.unknown_fields, ["spec.window.allowedLatness"]);
+}
+
+#[test]
+fn committed_crd_yaml_matches_the_generated_one() {
+    let committed = std::fs::read_to_string(repo().join("crds/streamjob.yaml"))
+        .expect("crds/streamjob.yaml is committed");
+    let generated = weir_crds::crd_yaml().expect("serialises");
+    assert!(
+        committed == generated,
+        "crds/streamjob.yaml is out of date: run `cargo run -p weir-crds --bin crdgen`"
+    );
+}
+
+#[test]
+fn every_field_is_documented_for_kubectl_explain() {
+    fn walk(schema: &Value, path: &str, missing: &mut Vec<String>) {
+        if let Some(props) = schema["properties"].as_object() {
+            for (name, s) in props {
+                let p = format!("{path}.{name}");
+                let described = s["description"]
+                    .as_str()
+                    .is_some_and(|d| !d.trim().is_empty());
+                if !described {
+                    missing.push(p.clone());
+                }
+                walk(s, &p, missing);
+            }
+        }
+        if schema["items"].is_object() {
+            walk(&schema["items"], &format!("{path}[]"), missing);
+        }
+    }
+    let schema = crd_schema();
+    let mut missing = Vec::new();
+    walk(&schema["properties"]["spec"], "spec", &mut missing);
+    walk(&schema["properties"]["status"], "status", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "fields without a description: {missing:#?}"
+    );
+}
+
+#[test]
+fn crd_serves_status_and_scale_and_prints_useful_columns() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(StreamJob::crd()).expect("crd");
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(crd["spec"]["names"]["shortNames"], json!(["sj"]));
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    assert_eq!(version["subresources"]["status"], json!({}));
+    assert_eq!(
+        version["subresources"]["scale"],
+        json!({
+            "specReplicasPath": ".spec.parallelism",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector"
+        })
+    );
+    let columns: Vec<_> = version["additionalPrinterColumns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        columns,
+        ["Topic", "Window", "Replicas", "Lag", "Ready", "Age"]
+    );
+}
