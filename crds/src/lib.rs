@@ -21,7 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use duration::{Duration, DurationError};
-pub use validate::{FieldError, ValidationErrors};
+pub use validate::{FieldError, ValidationErrors, MAX_DURATION_MS};
 
 /// API group of every weir resource.
 pub const GROUP: &str = "weir.dev";
@@ -295,6 +295,10 @@ pub enum TimeFormat {
     validation = Rule::new("!has(self.slide) || duration(self.slide) > duration('0s')").message("slide must be greater than 0").field_path(".slide"),
     validation = Rule::new("!has(self.gap) || duration(self.gap) > duration('0s')").message("gap must be greater than 0").field_path(".gap"),
     validation = Rule::new("!has(self.idleTimeout) || duration(self.idleTimeout) > duration('0s')").message("idleTimeout must be greater than 0").field_path(".idleTimeout"),
+    validation = Rule::new("!has(self.size) || duration(self.size) <= duration('8760h')").message("size must be at most 8760h (a year)").field_path(".size"),
+    validation = Rule::new("!has(self.gap) || duration(self.gap) <= duration('8760h')").message("gap must be at most 8760h (a year)").field_path(".gap"),
+    validation = Rule::new("!has(self.allowedLateness) || duration(self.allowedLateness) <= duration('8760h')").message("allowedLateness must be at most 8760h (a year)").field_path(".allowedLateness"),
+    validation = Rule::new("!has(self.idleTimeout) || duration(self.idleTimeout) <= duration('8760h')").message("idleTimeout must be at most 8760h (a year)").field_path(".idleTimeout"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Window {
@@ -304,7 +308,8 @@ pub struct Window {
     #[serde(rename = "type")]
     pub kind: WindowType,
 
-    /// Length of a tumbling or hopping window, such as `1m` or `1h30m`.
+    /// Length of a tumbling or hopping window, such as `1m` or `1h30m`. At most `8760h`, like
+    /// every duration of a StreamJob.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<Duration>,
 
@@ -480,7 +485,10 @@ pub struct Autoscaling {
 /// How progress is checkpointed.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.interval) || duration(self.interval) > duration('0s')").message("interval must be greater than 0").field_path(".interval"))]
+#[x_kube(
+    validation = Rule::new("!has(self.interval) || duration(self.interval) > duration('0s')").message("interval must be greater than 0").field_path(".interval"),
+    validation = Rule::new("!has(self.interval) || duration(self.interval) <= duration('8760h')").message("interval must be at most 8760h (a year)").field_path(".interval"),
+)]
 pub struct Checkpoint {
     /// Time between checkpoints of each partition's progress. Default `10s`. After a crash, at
     /// most this much work is read again (never counted twice).

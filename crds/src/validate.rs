@@ -46,6 +46,10 @@ impl fmt::Display for ValidationErrors {
 
 impl std::error::Error for ValidationErrors {}
 
+/// The longest duration a StreamJob accepts: 8760h, a year. Keeps every window computation far
+/// from i64 overflow.
+pub const MAX_DURATION_MS: i64 = 8760 * 3600 * 1000;
+
 struct Checker {
     errors: Vec<FieldError>,
 }
@@ -68,6 +72,10 @@ impl Checker {
     fn duration(&mut self, path: &str, d: &Option<Duration>) -> Option<i64> {
         let d = d.as_ref()?;
         match d.as_millis() {
+            Ok(ms) if ms > MAX_DURATION_MS => {
+                self.fail(path, format!("{d} is longer than the maximum, 8760h (a year)"));
+                None
+            }
             Ok(ms) => Some(ms),
             Err(e) => {
                 self.fail(path, e.to_string());

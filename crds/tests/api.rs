@@ -175,6 +175,11 @@ fn bad_specs() -> Vec<(&'static str, Mutation, &'static str)> {
             "spec.window.size",
         ),
         (
+            "window longer than a year",
+            Box::new(|v: &mut Value| v["spec"]["window"]["size"] = json!("8761h")),
+            "spec.window.size",
+        ),
+        (
             "zero idle timeout",
             Box::new(|v: &mut Value| v["spec"]["window"]["idleTimeout"] = json!("0ms")),
             "spec.window.idleTimeout",

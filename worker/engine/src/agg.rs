@@ -1,0 +1,1752 @@
+//! Aggregation accumulators: mergeable, serialisable, deterministic.
+//!
+//! One [`Acc`] per (window pane, group, aggregation). The engine feeds it records with
+//! [`Acc::update`], combines panes and partial aggregates from other workers with [`Acc::merge`],
+//! checkpoints it with serde, and turns it into a result value with [`Acc::result`].
+//!
+//! Every accumulator's result is a function of the *multiset* of inputs it has seen (with their
+//! [`Order`] for first/last), not of how they were split into parts, updated and merged — exactly
+//! for count, min, max, first, last, countDistinct and percentile, and under the condition stated
+//! below for the floating-point sums. Serde round trips preserve the result.
+//!
+//! # What each function guarantees
+//!
+//! * **count**: exact (`u64`, saturating).
+//! * **sum, mean**: a double-double accumulator `hi + lo`, renormalised after each value with two
+//!   error-free two-sums, so `hi` is always `hi + lo` rounded to `f64`.
+//!   *Exactness condition*: if every input is an integer multiple of one power of two `q` and
+//!   `Σ|x| < 2^104·q`, then `hi + lo` is the exact sum of the inputs in every partial accumulator
+//!   and in every merge, so `sum` is the exact sum correctly rounded to `f64` and `mean` is the
+//!   exact sum divided by `n` to within one rounding; both are then bit-identical for every split
+//!   and merge order. Examples: integers with `Σ|x| < 2^104 ≈ 2·10^31`; any values of magnitude
+//!   ≥ 1 (`q = 2^-52`) with `Σ|x| < 2^52 ≈ 4.5·10^15`; values ≥ 2^-7 such as prices in cents
+//!   (`q = 2^-59`) with `Σ|x| < 2^45 ≈ 3.5·10^13`. Outside the condition the sum keeps about 104
+//!   bits (error ≲ `n·2^-104·Σ|x|`) and the last bit may depend on the merge order.
+//!   A partial sum beyond `±f64::MAX` makes the result `null` (sticky). Sum of nothing is `0.0`;
+//!   mean of nothing is `null`.
+//! * **min, max**: exact, by `f64::total_cmp` (so `-0.0 < 0.0` and ties are deterministic);
+//!   `null` when empty.
+//! * **variance, stddev** (sample, `n − 1`; `null` for `n < 2`): count `n` and three double-double
+//!   sums, `Σx`, `Σfl(x²)` and `Σ(x² − fl(x²))` (each square split exactly by Dekker's
+//!   two-product; the rounding errors are summed apart so they keep their low bits when the squares
+//!   are huge). The result evaluates `D = n·Σx² − (Σx)²` from an exact 14-term expansion of the
+//!   stored sums, distilled with error-free transformations, so `D` is faithfully rounded from them
+//!   even under total cancellation; variance `= max(D, 0)/(n(n−1))`, stddev its square root.
+//!   *Exactness condition*: each of the three sums is exact when the sum of the magnitudes of its
+//!   terms is below `2^104` times the largest power of two dividing all of them, and no square
+//!   under- or overflows (`x = 0` or `2^-480 ≤ |x| ≤ 2^480`). Then the result is within a few ulp of
+//!   the exact value and bit-identical for every split and merge order. This covers integers with
+//!   `Σx² < 2^104`, and data whose nonzero magnitudes lie within a factor `2^k` of each other for
+//!   `n < 2^(50−2k)`: e.g. values around `10^9` or `10^12` with `σ = 1` (mean ≫ stddev) are exact,
+//!   and constant data gives exactly `0`. Otherwise (magnitudes spread widely, so little
+//!   cancellation) the error is that of the stored sums, `≲ n·2^-104` relative to `Σx²`, i.e.
+//!   `≲ n·2^-104·(μ² + σ²)/σ²` relative to the variance, and merge orders can differ at that level
+//!   (tested ≤ 10^-12). `n·Σx²` beyond `f64::MAX` (`|x| ≳ 10^154/√n`) gives `null`.
+//! * **countDistinct**: values are hashed with XXH3-64 and a fixed seed (identical across
+//!   processes, runs and platforms). Up to [`DISTINCT_EXACT_LIMIT`] distinct hashes are kept in a
+//!   sorted set and counted exactly (wrong only on a 64-bit collision, probability ≈ `n²/2^65`).
+//!   Above that, a HyperLogLog++ sketch (`hyperloglogplus`, precision 14, `m = 16384` registers):
+//!   sparse representation (precision 25) up to a few thousand values, then dense registers with
+//!   standard error `1.04/√m ≈ 0.81%`. The sketch's state is a function of the set of hashes, so
+//!   merge (union) and the result are independent of insertion and merge order.
+//! * **percentile(q)**: a DDSketch (`sketches-ddsketch`) with relative accuracy
+//!   [`PERCENTILE_ALPHA`] = 0.99%, positive and negative stores plus a zero bucket (magnitudes below
+//!   `f64::MIN_POSITIVE` count as zero), and enough bins for the whole `f64` range so it never
+//!   collapses (memory ≈ 0.9 KiB per decade spanned, per sign). Merge adds bucket counts: exact and
+//!   order-independent. The result is the *nearest-rank* value: the `r`-th smallest input with
+//!   `r = ⌈q·n⌉` computed in `f64` as `(q * n as f64).ceil()`, clamped to `[1, n]` — the exact
+//!   minimum for `r = 1`, the exact maximum for `r = n`, otherwise the midpoint `2γ^(k+1)/(γ+1)` of
+//!   the bucket holding that value, clamped to `[min, max]`. Relative error ≤ α (+ ~10^-12
+//!   floating-point slack) < 1%. (The crate's own `quantile` uses rank `⌊q·(n−1)⌋`, 0-based; we
+//!   query it with a quantile that maps onto the nearest rank, see `nearest_rank`.)
+//! * **first, last**: the JSON value of the input with the smallest / largest [`Order`]; equal
+//!   orders are broken by the JSON text (smaller text for first, larger for last), so merges are
+//!   commutative. Text that does not parse as JSON yields `null`.
+//!
+//! Non-finite numbers (which the decoder should never produce) and inputs of the wrong kind
+//! (e.g. [`Input::Json`] for `sum`) are ignored; `count` counts every update. Merging accumulators
+//! of different functions is a no-op. Nothing here panics on the record path.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+
+use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use sketches_ddsketch::{Config as DdConfig, DDSketch};
+use weir_crds::AggregationFn;
+
+/// What one record contributes to one aggregation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Input<'a> {
+    /// count: nothing to read.
+    Unit,
+    /// numeric functions (sum, min, max, mean, stddev, variance, percentile): a finite f64.
+    Number(f64),
+    /// countDistinct, first, last: the field's value as canonical JSON text (e.g. `"m1"` with
+    /// quotes, `12`, `true`).
+    Json(&'a str),
+}
+
+/// Arrival order of a record, for first/last ties: (event time ms, tie-break sequence; smaller =
+/// earlier).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    /// Event time of the record, milliseconds since the Unix epoch.
+    pub event_time: i64,
+    /// Tie-break among records with the same event time (e.g. derived from partition and offset).
+    pub seq: u64,
+}
+
+/// Per-aggregation accumulator.
+///
+/// `size_of::<Acc>()` is 48 bytes: the variance state (56 bytes) and the percentile sketch are
+/// boxed (allocated by [`Acc::new`], never by [`Acc::update`]), the countDistinct and first/last
+/// states are heap-backed. Serialised with serde as an externally tagged enum (`{"count": 3}`,
+/// `{"sum": [hi, lo]}`, `{"min": null}`, ...). Floats round-trip exactly through `serde_json`
+/// because this crate enables its `float_roundtrip` feature (without it, a parsed `f64` can be one
+/// ulp off, which breaks bit-identical merges and, through `Σx²`, the variance).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Acc {
+    /// `count`: number of records.
+    Count(u64),
+    /// `sum`.
+    Sum(SumAcc),
+    /// `min`: the smallest value, `None` when empty.
+    Min(Option<f64>),
+    /// `max`: the largest value, `None` when empty.
+    Max(Option<f64>),
+    /// `mean`.
+    Mean(MeanAcc),
+    /// `stddev` (sample).
+    Stddev(Box<Moments>),
+    /// `variance` (sample).
+    Variance(Box<Moments>),
+    /// `countDistinct`.
+    CountDistinct(Distinct),
+    /// `percentile`.
+    Percentile(Box<Quantile>),
+    /// `first`: the earliest pick, `None` when empty.
+    First(Option<Pick>),
+    /// `last`: the latest pick, `None` when empty.
+    Last(Option<Pick>),
+}
+
+impl Acc {
+    /// A new, empty accumulator for `function`. `quantile` is read by `percentile` only: `None` or
+    /// NaN means 0.5, and values are clamped to `[0, 1]`.
+    pub fn new(function: AggregationFn, quantile: Option<f64>) -> Acc {
+        match function {
+            AggregationFn::Count => Acc::Count(0),
+            AggregationFn::Sum => Acc::Sum(SumAcc::default()),
+            AggregationFn::Min => Acc::Min(None),
+            AggregationFn::Max => Acc::Max(None),
+            AggregationFn::Mean => Acc::Mean(MeanAcc::default()),
+            AggregationFn::Stddev => Acc::Stddev(Box::default()),
+            AggregationFn::Variance => Acc::Variance(Box::default()),
+            AggregationFn::CountDistinct => Acc::CountDistinct(Distinct::default()),
+            AggregationFn::Percentile => Acc::Percentile(Box::new(Quantile::new(quantile))),
+            AggregationFn::First => Acc::First(None),
+            AggregationFn::Last => Acc::Last(None),
+        }
+    }
+
+    /// The aggregation function this accumulator computes.
+    pub fn function(&self) -> AggregationFn {
+        match self {
+            Acc::Count(_) => AggregationFn::Count,
+            Acc::Sum(_) => AggregationFn::Sum,
+            Acc::Min(_) => AggregationFn::Min,
+            Acc::Max(_) => AggregationFn::Max,
+            Acc::Mean(_) => AggregationFn::Mean,
+            Acc::Stddev(_) => AggregationFn::Stddev,
+            Acc::Variance(_) => AggregationFn::Variance,
+            Acc::CountDistinct(_) => AggregationFn::CountDistinct,
+            Acc::Percentile(_) => AggregationFn::Percentile,
+            Acc::First(_) => AggregationFn::First,
+            Acc::Last(_) => AggregationFn::Last,
+        }
+    }
+
+    /// Adds one record's contribution. Never panics; allocation-free for count, sum, min, max,
+    /// mean, stddev and variance. Non-finite numbers and inputs of the wrong kind are ignored
+    /// (`count` counts every call).
+    #[inline]
+    pub fn update(&mut self, input: Input<'_>, order: Order) {
+        match self {
+            Acc::Count(n) => *n = n.saturating_add(1),
+            Acc::Sum(s) => {
+                if let Input::Number(x) = input {
+                    if x.is_finite() {
+                        s.0.add(x);
+                    }
+                }
+            }
+            Acc::Mean(m) => {
+                if let Input::Number(x) = input {
+                    if x.is_finite() {
+                        m.n = m.n.saturating_add(1);
+                        m.sum.add(x);
+                    }
+                }
+            }
+            Acc::Min(m) => {
+                if let Input::Number(x) = input {
+                    if x.is_finite() {
+                        keep_extreme(m, x, Ordering::Less);
+                    }
+                }
+            }
+            Acc::Max(m) => {
+                if let Input::Number(x) = input {
+                    if x.is_finite() {
+                        keep_extreme(m, x, Ordering::Greater);
+                    }
+                }
+            }
+            Acc::Stddev(m) | Acc::Variance(m) => {
+                if let Input::Number(x) = input {
+                    if x.is_finite() {
+                        m.add(x);
+                    }
+                }
+            }
+            Acc::CountDistinct(d) => {
+                if let Input::Json(text) = input {
+                    d.insert(hash_value(text));
+                }
+            }
+            Acc::Percentile(p) => {
+                if let Input::Number(x) = input {
+                    if x.is_finite() {
+                        // `+ 0.0` turns -0.0 into 0.0, so the sketch's exact min/max cannot
+                        // depend on the order in which zeros of both signs arrive.
+                        p.sketch.add(x + 0.0);
+                    }
+                }
+            }
+            Acc::First(slot) => {
+                if let Input::Json(text) = input {
+                    offer(slot, order, text, Ordering::Less);
+                }
+            }
+            Acc::Last(slot) => {
+                if let Input::Json(text) = input {
+                    offer(slot, order, text, Ordering::Greater);
+                }
+            }
+        }
+    }
+
+    /// Merges another accumulator of the same function into this one (used to combine time panes
+    /// and partial aggregates from other workers). A different function is ignored.
+    pub fn merge(&mut self, other: &Acc) {
+        match (self, other) {
+            (Acc::Count(a), Acc::Count(b)) => *a = a.saturating_add(*b),
+            (Acc::Sum(a), Acc::Sum(b)) => a.0.merge(&b.0),
+            (Acc::Mean(a), Acc::Mean(b)) => {
+                a.n = a.n.saturating_add(b.n);
+                a.sum.merge(&b.sum);
+            }
+            (Acc::Min(a), Acc::Min(Some(b))) => keep_extreme(a, *b, Ordering::Less),
+            (Acc::Max(a), Acc::Max(Some(b))) => keep_extreme(a, *b, Ordering::Greater),
+            (Acc::Stddev(a), Acc::Stddev(b)) | (Acc::Variance(a), Acc::Variance(b)) => a.merge(b),
+            (Acc::CountDistinct(a), Acc::CountDistinct(b)) => a.merge(b),
+            (Acc::Percentile(a), Acc::Percentile(b)) => a.merge(b),
+            (Acc::First(a), Acc::First(Some(b))) => offer(a, b.order, &b.json, Ordering::Less),
+            (Acc::Last(a), Acc::Last(Some(b))) => offer(a, b.order, &b.json, Ordering::Greater),
+            _ => {}
+        }
+    }
+
+    /// The output value for a result record: a JSON number (integer for count and
+    /// countDistinct), the picked JSON value for first/last, or `null` when undefined (see the
+    /// module documentation).
+    pub fn result(&self) -> Value {
+        match self {
+            Acc::Count(n) => Value::from(*n),
+            Acc::Sum(s) => number(s.0.value()),
+            Acc::Mean(m) => number(m.mean()),
+            Acc::Min(m) | Acc::Max(m) => number(*m),
+            Acc::Variance(m) => number(m.variance()),
+            Acc::Stddev(m) => number(m.variance().map(f64::sqrt)),
+            Acc::CountDistinct(d) => Value::from(d.estimate()),
+            Acc::Percentile(p) => number(p.value()),
+            Acc::First(slot) | Acc::Last(slot) => match slot {
+                Some(pick) => serde_json::from_str(&pick.json).unwrap_or(Value::Null),
+                None => Value::Null,
+            },
+        }
+    }
+}
+
+/// A finite number as JSON, anything else as `null`.
+fn number(x: Option<f64>) -> Value {
+    x.and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
+/// Keeps the smaller (`want == Less`) or larger (`Greater`) of `slot` and `x` by `total_cmp`.
+#[inline]
+fn keep_extreme(slot: &mut Option<f64>, x: f64, want: Ordering) {
+    match slot {
+        Some(cur) if x.total_cmp(cur) != want => {}
+        _ => *slot = Some(x),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Error-free transformations and the double-double accumulator.
+
+/// `(s, e)` with `s = fl(a + b)` and `s + e = a + b` exactly (Knuth's two-sum; no precondition).
+#[inline(always)]
+fn two_sum(a: f64, b: f64) -> (f64, f64) {
+    let s = a + b;
+    let bb = s - a;
+    let e = (a - (s - bb)) + (b - bb);
+    (s, e)
+}
+
+/// Veltkamp split of `a` into two 26-bit halves, `hi + lo = a` exactly (scaled for huge `a`).
+#[inline(always)]
+fn split(a: f64) -> (f64, f64) {
+    const SPLITTER: f64 = 134_217_729.0; // 2^27 + 1
+    const BIG: f64 = 6.696_928_794_914_171e299; // 2^996
+    if a.abs() > BIG {
+        let b = a * 3.725_290_298_461_914e-9; // 2^-28, exact
+        let c = SPLITTER * b;
+        let hi = c - (c - b);
+        (hi * 268_435_456.0, (b - hi) * 268_435_456.0)
+    } else {
+        let c = SPLITTER * a;
+        let hi = c - (c - a);
+        (hi, a - hi)
+    }
+}
+
+/// `(p, e)` with `p = fl(a·b)` and `p + e = a·b` exactly, barring overflow and underflow
+/// (Dekker's two-product; used instead of `mul_add` so that results do not depend on whether the
+/// build has hardware FMA, and because software FMA is slow).
+#[inline(always)]
+fn two_prod(a: f64, b: f64) -> (f64, f64) {
+    let p = a * b;
+    let (ah, al) = split(a);
+    let (bh, bl) = split(b);
+    let e = ((ah * bh - p) + ah * bl + al * bh) + al * bl;
+    (p, e)
+}
+
+/// A double-double sum `hi + lo`, always normalised (`hi = fl(hi + lo)`); non-finite once any
+/// partial sum overflowed.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Dd {
+    hi: f64,
+    lo: f64,
+}
+
+impl Dd {
+    #[inline(always)]
+    fn add(&mut self, x: f64) {
+        let (s, e) = two_sum(self.hi, x);
+        let (hi, lo) = two_sum(s, self.lo + e);
+        self.hi = hi;
+        self.lo = lo;
+    }
+
+    #[inline]
+    fn merge(&mut self, other: &Dd) {
+        self.add(other.hi);
+        self.add(other.lo);
+    }
+
+    /// The sum rounded to `f64`, `None` after overflow.
+    fn value(&self) -> Option<f64> {
+        (self.hi.is_finite() && self.lo.is_finite()).then_some(self.hi)
+    }
+}
+
+/// Serialised as `[hi, lo]`, or `null` once overflowed (JSON has no infinities).
+impl Serialize for Dd {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.value().map(|hi| [hi, self.lo]).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dd {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match Option::<[f64; 2]>::deserialize(deserializer)? {
+            // Renormalising is a no-op for what we wrote, and restores the invariant otherwise.
+            Some([hi, lo]) => {
+                let (hi, lo) = two_sum(hi, lo);
+                Dd { hi, lo }
+            }
+            None => Dd {
+                hi: f64::NAN,
+                lo: f64::NAN,
+            },
+        })
+    }
+}
+
+/// Accumulator for `sum`: a double-double sum (see the module documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SumAcc(Dd);
+
+/// Accumulator for `mean`: count and double-double sum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeanAcc {
+    n: u64,
+    sum: Dd,
+}
+
+impl MeanAcc {
+    /// `(hi + lo) / n`, with the remainder of `hi / n` folded back in (double-double division).
+    fn mean(&self) -> Option<f64> {
+        if self.n == 0 {
+            return None;
+        }
+        let hi = self.sum.value()?;
+        let n = self.n as f64;
+        let q = hi / n;
+        let (p, e) = two_prod(q, n);
+        let r = ((hi - p) - e) + self.sum.lo;
+        let mean = q + r / n;
+        mean.is_finite().then_some(mean)
+    }
+}
+
+/// Accumulator for `variance` and `stddev`: count and double-double sums of `x`, of the rounded
+/// squares `fl(x²)` and of their rounding errors `x² − fl(x²)` (kept apart, so that the errors
+/// keep their low bits even when the squares are huge, as with a large mean).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Moments {
+    n: u64,
+    s1: Dd,
+    sq: Dd,
+    sq_err: Dd,
+}
+
+impl Moments {
+    #[inline]
+    fn add(&mut self, x: f64) {
+        self.n = self.n.saturating_add(1);
+        self.s1.add(x);
+        let (p, e) = two_prod(x, x);
+        self.sq.add(p);
+        self.sq_err.add(e);
+    }
+
+    fn merge(&mut self, other: &Moments) {
+        self.n = self.n.saturating_add(other.n);
+        self.s1.merge(&other.s1);
+        self.sq.merge(&other.sq);
+        self.sq_err.merge(&other.sq_err);
+    }
+
+    /// Sample variance, `None` for `n < 2` or after overflow.
+    fn variance(&self) -> Option<f64> {
+        if self.n < 2 {
+            return None;
+        }
+        let (h1, l1) = (self.s1.value()?, self.s1.lo);
+        let (h2, l2) = (self.sq.value()?, self.sq.lo);
+        let (h3, l3) = (self.sq_err.value()?, self.sq_err.lo);
+        let n = self.n as f64;
+        // D = n·Σx² − (Σx)² as an exact expansion of fourteen doubles.
+        let (a1, a2) = two_prod(n, h2);
+        let (a3, a4) = two_prod(n, l2);
+        let (a5, a6) = two_prod(n, h3);
+        let (a7, a8) = two_prod(n, l3);
+        let (b1, b2) = two_prod(h1, h1);
+        let (b3, b4) = two_prod(2.0 * h1, l1);
+        let (b5, b6) = two_prod(l1, l1);
+        let mut terms = [a1, a2, a3, a4, a5, a6, a7, a8, -b1, -b2, -b3, -b4, -b5, -b6];
+        let d = sum_expansion(&mut terms);
+        let variance = d.max(0.0) / (n * (n - 1.0));
+        variance.is_finite().then_some(variance)
+    }
+}
+
+/// Sums an expansion accurately: repeated error-free two-sum sweeps (distillation) until the
+/// components no longer overlap, then adds them from the smallest up. The result is faithfully
+/// rounded, exactly zero when the exact sum is zero, and a deterministic function of the input.
+fn sum_expansion(v: &mut [f64]) -> f64 {
+    for _ in 0..64 {
+        let mut changed = false;
+        for i in 1..v.len() {
+            let (s, e) = two_sum(v[i - 1], v[i]);
+            changed |= s.to_bits() != v[i].to_bits() || e.to_bits() != v[i - 1].to_bits();
+            v[i] = s;
+            v[i - 1] = e;
+        }
+        if !changed {
+            break;
+        }
+    }
+    v.iter().sum()
+}
+
+// ---------------------------------------------------------------------------------------------
+// countDistinct.
+
+/// Up to this many distinct values, `countDistinct` keeps their 64-bit hashes and is exact.
+pub const DISTINCT_EXACT_LIMIT: usize = 1024;
+/// HyperLogLog++ precision: `2^14` registers, standard error `1.04/√16384 ≈ 0.81%`.
+pub const DISTINCT_PRECISION: u8 = 14;
+/// Seed of the XXH3-64 hash of a value's canonical JSON text. Changing it changes every sketch.
+const DISTINCT_SEED: u64 = 0x7765_6972_2d64_7374; // "weir-dst"
+
+/// The stable hash of a value for `countDistinct`.
+#[inline]
+fn hash_value(text: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(text.as_bytes(), DISTINCT_SEED)
+}
+
+/// Feeds our precomputed stable hash to the HyperLogLog++ sketch unchanged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct StableHash;
+
+/// The hasher of [`StableHash`]: returns the `u64` written into it.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; fold anything else deterministically all the same.
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0 ^ DISTINCT_SEED);
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.0 = i;
+    }
+}
+
+impl BuildHasher for StableHash {
+    type Hasher = PassThrough;
+
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
+}
+
+type Hll = HyperLogLogPlus<u64, StableHash>;
+
+fn new_hll() -> Hll {
+    HyperLogLogPlus::new(DISTINCT_PRECISION, StableHash).expect("precision 14 is in 4..=18")
+}
+
+/// Accumulator for `countDistinct`: an exact set of hashes, then a HyperLogLog++ sketch.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(from = "DistinctRepr")]
+pub struct Distinct {
+    /// Sorted, deduplicated hashes; empty once `sketch` is in use.
+    exact: Vec<u64>,
+    sketch: Option<Box<Hll>>,
+}
+
+#[derive(Deserialize)]
+struct DistinctRepr {
+    exact: Vec<u64>,
+    sketch: Option<Box<Hll>>,
+}
+
+impl From<DistinctRepr> for Distinct {
+    fn from(repr: DistinctRepr) -> Distinct {
+        let mut exact = repr.exact;
+        exact.sort_unstable();
+        exact.dedup();
+        let mut d = Distinct {
+            exact: Vec::new(),
+            sketch: repr.sketch,
+        };
+        d.union_sorted(&exact);
+        d
+    }
+}
+
+impl Distinct {
+    #[inline]
+    fn insert(&mut self, hash: u64) {
+        if let Some(sketch) = &mut self.sketch {
+            sketch.insert_any(&hash);
+            return;
+        }
+        if let Err(at) = self.exact.binary_search(&hash) {
+            if self.exact.len() < DISTINCT_EXACT_LIMIT {
+                self.exact.insert(at, hash);
+            } else {
+                self.promote().insert_any(&hash);
+            }
+        }
+    }
+
+    /// Moves the exact hashes into a new sketch.
+    fn promote(&mut self) -> &mut Hll {
+        let exact = std::mem::take(&mut self.exact);
+        self.sketch.get_or_insert_with(|| {
+            let mut sketch = new_hll();
+            for h in &exact {
+                sketch.insert_any(h);
+            }
+            Box::new(sketch)
+        })
+    }
+
+    /// Adds sorted, deduplicated hashes.
+    fn union_sorted(&mut self, hashes: &[u64]) {
+        if let Some(sketch) = &mut self.sketch {
+            for h in hashes {
+                sketch.insert_any(h);
+            }
+            return;
+        }
+        if hashes.is_empty() {
+            return;
+        }
+        let mut union = Vec::with_capacity(self.exact.len() + hashes.len());
+        let (mut a, mut b) = (self.exact.iter().peekable(), hashes.iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(&&x), Some(&&y)) => match x.cmp(&y) {
+                    Ordering::Less => a.next(),
+                    Ordering::Greater => b.next(),
+                    Ordering::Equal => {
+                        b.next();
+                        a.next()
+                    }
+                },
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            union.extend(next);
+        }
+        self.exact = union;
+        if self.exact.len() > DISTINCT_EXACT_LIMIT {
+            self.promote();
+        }
+    }
+
+    fn merge(&mut self, other: &Distinct) {
+        match &other.sketch {
+            Some(theirs) => {
+                let ours = self.promote();
+                // Same precision by construction, so this cannot fail.
+                let _ = ours.merge(theirs.as_ref());
+            }
+            None => self.union_sorted(&other.exact),
+        }
+    }
+
+    fn estimate(&self) -> u64 {
+        match &self.sketch {
+            // `count` needs `&mut` (it folds the sparse buffer in), hence the clone.
+            Some(sketch) => {
+                let estimate = sketch.as_ref().clone().count().round();
+                if estimate > 0.0 {
+                    estimate as u64
+                } else {
+                    0
+                }
+            }
+            None => self.exact.len() as u64,
+        }
+    }
+}
+
+impl fmt::Debug for Distinct {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("Distinct");
+        match &self.sketch {
+            Some(_) => s.field("sketch", &"HyperLogLog++(14)"),
+            None => s.field("exact", &self.exact.len()),
+        };
+        s.finish()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// percentile.
+
+/// DDSketch relative accuracy of `percentile`: results are within this relative error of the
+/// nearest-rank value (plus ~1e-12 of floating-point slack), i.e. within 1%.
+pub const PERCENTILE_ALPHA: f64 = 0.0099;
+/// Magnitudes at or below this count as zero in the sketch.
+const PERCENTILE_MIN_VALUE: f64 = f64::MIN_POSITIVE;
+/// Bin limit per sign: more than the whole `f64` range needs (~71,700 bins), so no collapsing.
+const PERCENTILE_MAX_BINS: u32 = 1 << 17;
+
+fn dd_config() -> DdConfig {
+    DdConfig::new(PERCENTILE_ALPHA, PERCENTILE_MAX_BINS, PERCENTILE_MIN_VALUE)
+}
+
+/// Accumulator for `percentile`: the quantile and a DDSketch.
+#[derive(Clone)]
+pub struct Quantile {
+    q: f64,
+    sketch: DDSketch,
+}
+
+impl Quantile {
+    fn new(q: Option<f64>) -> Quantile {
+        let q = match q {
+            Some(q) if !q.is_nan() => q.clamp(0.0, 1.0),
+            _ => 0.5,
+        };
+        Quantile {
+            q,
+            sketch: DDSketch::new(dd_config()),
+        }
+    }
+
+    /// The quantile this accumulator reports.
+    pub fn quantile(&self) -> f64 {
+        self.q
+    }
+
+    fn merge(&mut self, other: &Quantile) {
+        // Same config by construction (and checked on deserialisation), so this cannot fail.
+        let _ = self.sketch.merge(&other.sketch);
+    }
+
+    fn value(&self) -> Option<f64> {
+        nearest_rank(&self.sketch, self.q)
+    }
+}
+
+/// The sketch's estimate of the nearest-rank value: the `⌈q·n⌉`-th smallest input (1-based).
+fn nearest_rank(sketch: &DDSketch, q: f64) -> Option<f64> {
+    let n = sketch.count() as u64;
+    if n == 0 {
+        return None;
+    }
+    let (min, max) = (sketch.min()?, sketch.max()?);
+    let rank = (q * n as f64).ceil();
+    let rank = if rank >= 1.0 { (rank as u64).min(n) } else { 1 };
+    let r0 = rank - 1; // 0-based
+    if r0 == 0 {
+        return Some(min);
+    }
+    if r0 == n - 1 {
+        return Some(max);
+    }
+    // `DDSketch::quantile(p)` returns the bucket holding the value of 0-based rank
+    // `(p * (n - 1.0)) as u64`; aim `p` at the middle of `r0`'s unit interval and make sure.
+    let denom = n as f64 - 1.0;
+    let mut p = (r0 as f64 + 0.5) / denom;
+    for _ in 0..8 {
+        match ((p * denom) as u64).cmp(&r0) {
+            Ordering::Equal => break,
+            Ordering::Less => p = p.next_up(),
+            Ordering::Greater => p = p.next_down(),
+        }
+    }
+    let value = sketch.quantile(p.clamp(0.0, 1.0)).ok().flatten()?;
+    Some(value.clamp(min, max))
+}
+
+impl fmt::Debug for Quantile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Quantile")
+            .field("q", &self.q)
+            .field("count", &self.sketch.count())
+            .field("min", &self.sketch.min())
+            .field("max", &self.sketch.max())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serialised form of a [`Quantile`]: the bucket counts and exact min/max, without the sketch's
+/// configuration (always [`dd_config`]) or its running sum (unused, and possibly infinite, which
+/// JSON cannot hold).
+#[derive(Serialize, Deserialize)]
+struct QuantileRepr {
+    q: f64,
+    sketch: Option<SketchRepr>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SketchRepr {
+    store: StoreRepr,
+    negative_store: StoreRepr,
+    min: f64,
+    max: f64,
+    zero_count: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoreRepr {
+    bins: Vec<u64>,
+    count: u64,
+    min_key: i32,
+    max_key: i32,
+    offset: i32,
+}
+
+// `sketches-ddsketch` keeps its fields private but derives serde for them; we go through
+// `serde_json::Value` in memory (f64 and u64 are kept exactly) to read and rebuild them. The
+// round-trip tests below pin this to the crate's field layout.
+impl Serialize for Quantile {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let sketch = if self.sketch.count() == 0 {
+            None
+        } else {
+            let tree = serde_json::to_value(&self.sketch).map_err(serde::ser::Error::custom)?;
+            Some(serde_json::from_value::<SketchRepr>(tree).map_err(serde::ser::Error::custom)?)
+        };
+        QuantileRepr { q: self.q, sketch }.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Quantile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let repr = QuantileRepr::deserialize(deserializer)?;
+        let mut quantile = Quantile::new(Some(repr.q));
+        if let Some(sketch) = repr.sketch {
+            quantile.sketch = rebuild_sketch(sketch).map_err(serde::de::Error::custom)?;
+        }
+        Ok(quantile)
+    }
+}
+
+/// Checks a deserialised store so that the sketch's own code cannot index out of bounds or
+/// overflow on it, and turns it back into the crate's serde form.
+fn store_tree(s: StoreRepr, keys: (i32, i32)) -> Result<Value, String> {
+    let total = s
+        .bins
+        .iter()
+        .try_fold(0u64, |acc, &b| acc.checked_add(b))
+        .ok_or("percentile: bin counts overflow")?;
+    if total != s.count {
+        return Err("percentile: bin counts do not add up".into());
+    }
+    let (bins, min_key, max_key, offset) = if s.count == 0 {
+        (Vec::new(), i32::MAX, i32::MIN, 0)
+    } else {
+        let len = s.bins.len() as i64;
+        let ok = len <= i64::from(PERCENTILE_MAX_BINS)
+            && keys.0 <= s.min_key
+            && s.min_key <= s.max_key
+            && s.max_key <= keys.1
+            && s.offset <= s.min_key
+            && i64::from(s.max_key) - i64::from(s.offset) < len;
+        if !ok {
+            return Err("percentile: inconsistent store".into());
+        }
+        (s.bins, s.min_key, s.max_key, s.offset)
+    };
+    Ok(serde_json::json!({
+        "bins": bins,
+        "count": s.count,
+        "min_key": min_key,
+        "max_key": max_key,
+        "offset": offset,
+        "bin_limit": PERCENTILE_MAX_BINS,
+        "is_collapsed": false,
+    }))
+}
+
+fn rebuild_sketch(s: SketchRepr) -> Result<DDSketch, String> {
+    let config = dd_config();
+    let keys = (config.key(PERCENTILE_MIN_VALUE), config.key(f64::MAX));
+    let total = s
+        .store
+        .count
+        .checked_add(s.negative_store.count)
+        .and_then(|t| t.checked_add(s.zero_count));
+    if total.is_none_or(|t| t == 0) || !(s.min.is_finite() && s.max.is_finite() && s.min <= s.max) {
+        return Err("percentile: inconsistent sketch".into());
+    }
+    let tree = serde_json::json!({
+        "config": serde_json::to_value(config).map_err(|e| e.to_string())?,
+        "store": store_tree(s.store, keys)?,
+        "negative_store": store_tree(s.negative_store, keys)?,
+        "min": s.min,
+        "max": s.max,
+        "sum": 0.0,
+        "zero_count": s.zero_count,
+    });
+    serde_json::from_value(tree).map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// first / last.
+
+/// The record picked by `first` or `last`: its order and the value's canonical JSON text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pick {
+    order: Order,
+    json: String,
+}
+
+impl Pick {
+    /// The picked record's order.
+    pub fn order(&self) -> Order {
+        self.order
+    }
+
+    /// The picked value's canonical JSON text.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+}
+
+/// Replaces the pick when `(order, text)` compares `want` (Less for first, Greater for last)
+/// to the current one, reusing the string's buffer.
+#[inline]
+fn offer(slot: &mut Option<Pick>, order: Order, text: &str, want: Ordering) {
+    match slot {
+        None => {
+            *slot = Some(Pick {
+                order,
+                json: text.to_owned(),
+            })
+        }
+        Some(pick) => {
+            if order.cmp(&pick.order).then_with(|| text.cmp(&pick.json)) == want {
+                pick.order = order;
+                pick.json.clear();
+                pick.json.push_str(text);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const ALL: [AggregationFn; 11] = [
+        AggregationFn::Count,
+        AggregationFn::Sum,
+        AggregationFn::Min,
+        AggregationFn::Max,
+        AggregationFn::Mean,
+        AggregationFn::Stddev,
+        AggregationFn::Variance,
+        AggregationFn::CountDistinct,
+        AggregationFn::Percentile,
+        AggregationFn::First,
+        AggregationFn::Last,
+    ];
+
+    const NUMERIC: [AggregationFn; 8] = [
+        AggregationFn::Count,
+        AggregationFn::Sum,
+        AggregationFn::Min,
+        AggregationFn::Max,
+        AggregationFn::Mean,
+        AggregationFn::Stddev,
+        AggregationFn::Variance,
+        AggregationFn::Percentile,
+    ];
+
+    fn ord(event_time: i64, seq: u64) -> Order {
+        Order { event_time, seq }
+    }
+
+    /// Small deterministic PRNG (xorshift64*), so the non-proptest tests are reproducible.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        /// Uniform in [0, 1).
+        fn unit(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        }
+
+        /// Roughly normal, mean 0, standard deviation 1 (Irwin–Hall of 12 uniforms).
+        fn normal(&mut self) -> f64 {
+            (0..12).map(|_| self.unit()).sum::<f64>() - 6.0
+        }
+    }
+
+    fn feed(f: AggregationFn, q: Option<f64>, items: &[(Input<'_>, Order)]) -> Acc {
+        let mut acc = Acc::new(f, q);
+        for &(input, order) in items {
+            acc.update(input, order);
+        }
+        acc
+    }
+
+    fn roundtrip(acc: &Acc) -> Acc {
+        let json = serde_json::to_string(acc).unwrap();
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
+    }
+
+    /// Feeds item `i` to part `assign[i] % parts`, then merges the parts in an order driven by
+    /// `picks` (which part merges into which, and whether it goes through serde first).
+    fn split_merge(
+        f: AggregationFn,
+        q: Option<f64>,
+        items: &[(Input<'_>, Order)],
+        assign: &[usize],
+        parts: usize,
+        picks: &[(usize, usize, bool)],
+    ) -> Acc {
+        let mut pool: Vec<Acc> = (0..parts).map(|_| Acc::new(f, q)).collect();
+        for (i, &(input, order)) in items.iter().enumerate() {
+            let part = assign.get(i).copied().unwrap_or(i) % parts;
+            pool[part].update(input, order);
+        }
+        let mut k = 0;
+        while pool.len() > 1 {
+            let (a, b, through_serde) = picks.get(k).copied().unwrap_or((k, k, k % 2 == 0));
+            k += 1;
+            let mut other = pool.swap_remove(a % pool.len());
+            if through_serde {
+                other = roundtrip(&other);
+            }
+            let len = pool.len();
+            pool[b % len].merge(&other);
+        }
+        pool.pop().unwrap()
+    }
+
+    /// The result as JSON text, so that `-0.0` and `0.0` (and every bit of a float) differ.
+    fn text(acc: &Acc) -> String {
+        serde_json::to_string(&acc.result()).unwrap()
+    }
+
+    fn num(acc: &Acc) -> Option<f64> {
+        acc.result().as_f64()
+    }
+
+    fn rel_err(got: f64, want: f64) -> f64 {
+        if got == want {
+            0.0
+        } else {
+            ((got - want) / want).abs()
+        }
+    }
+
+    fn numbers(values: &[f64]) -> Vec<(Input<'static>, Order)> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (Input::Number(x), ord(0, i as u64)))
+            .collect()
+    }
+
+    /// Nearest-rank reference: the ⌈q·n⌉-th smallest (1-based; the smallest when q·n < 1).
+    fn nearest_rank_ref(values: &[f64], q: f64) -> f64 {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
+        sorted[rank - 1]
+    }
+
+    /// Corrected two-pass variance, with the mean taken relative to the first value (so that
+    /// a large mean does not cost precision).
+    fn two_pass_variance(values: &[f64]) -> f64 {
+        let n = values.len() as f64;
+        let x0 = values[0];
+        let mean = x0 + values.iter().map(|x| x - x0).sum::<f64>() / n;
+        let (sq, dev) = values.iter().fold((0.0, 0.0), |(sq, dev), x| {
+            let d = x - mean;
+            (sq + d * d, dev + d)
+        });
+        (sq - dev * dev / n) / (n - 1.0)
+    }
+
+    fn int_value() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            (-(1i64 << 40)..(1i64 << 40)).prop_map(|v| v as f64),
+            (-1000i64..1000).prop_map(|v| v as f64),
+            Just(0.0),
+        ]
+    }
+
+    fn real_value() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            -1e6..1e6f64,
+            -10.0..10.0f64,
+            (-(1i64 << 50)..(1i64 << 50)).prop_map(|v| v as f64 / 1024.0),
+            Just(0.0),
+            Just(-0.0),
+        ]
+    }
+
+    /// Signed values whose magnitudes are log-uniform over 1e-9..1e12, plus zeros.
+    fn wide_value() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            4 => (any::<bool>(), -9.0..12.0f64)
+                .prop_map(|(neg, e)| if neg { -(10f64.powf(e)) } else { 10f64.powf(e) }),
+            1 => Just(0.0),
+        ]
+    }
+
+    fn merge_picks() -> impl Strategy<Value = Vec<(usize, usize, bool)>> {
+        prop::collection::vec((any::<usize>(), any::<usize>(), any::<bool>()), 0..16)
+    }
+
+    fn assignment() -> impl Strategy<Value = Vec<usize>> {
+        prop::collection::vec(0..64usize, 400)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Integer data: every numeric function, split and merged in any order, gives the very
+        /// same result as one accumulator; and the exact ones match a naive exact reference.
+        #[test]
+        fn integer_data_split_merge_and_reference(
+            values in prop::collection::vec(int_value(), 0..300),
+            assign in assignment(),
+            parts in 1..9usize,
+            picks in merge_picks(),
+            q in 0.0..=1.0f64,
+        ) {
+            let items = numbers(&values);
+            for f in NUMERIC {
+                let whole = feed(f, Some(q), &items);
+                let split = split_merge(f, Some(q), &items, &assign, parts, &picks);
+                prop_assert_eq!(text(&whole), text(&split), "{:?}", f);
+                prop_assert_eq!(text(&whole), text(&roundtrip(&whole)), "{:?}", f);
+            }
+            let n = values.len();
+            prop_assert_eq!(feed(AggregationFn::Count, None, &items).result(), Value::from(n));
+            let exact: i128 = values.iter().map(|&x| x as i128).sum();
+            prop_assert_eq!(num(&feed(AggregationFn::Sum, None, &items)), Some(exact as f64));
+            let min = values.iter().copied().min_by(f64::total_cmp);
+            let max = values.iter().copied().max_by(f64::total_cmp);
+            prop_assert_eq!(num(&feed(AggregationFn::Min, None, &items)), min);
+            prop_assert_eq!(num(&feed(AggregationFn::Max, None, &items)), max);
+            let mean = num(&feed(AggregationFn::Mean, None, &items));
+            if n == 0 {
+                prop_assert_eq!(mean, None);
+            } else {
+                let want = exact as f64 / n as f64;
+                prop_assert!(rel_err(mean.unwrap(), want) <= 1e-15, "{:?} vs {}", mean, want);
+            }
+            let variance = num(&feed(AggregationFn::Variance, None, &items));
+            let stddev = num(&feed(AggregationFn::Stddev, None, &items));
+            if n < 2 {
+                prop_assert_eq!(variance, None);
+                prop_assert_eq!(stddev, None);
+            } else {
+                // Exact: n·Σx² − (Σx)² in integers (|x| < 2^40, n < 300 fits in i128).
+                let s2: i128 = values.iter().map(|&x| (x as i128) * (x as i128)).sum();
+                let d = n as i128 * s2 - exact * exact;
+                let want = d as f64 / (n as f64 * (n as f64 - 1.0));
+                prop_assert!(rel_err(variance.unwrap(), want) <= 1e-15, "{:?} vs {}", variance, want);
+                prop_assert!(rel_err(stddev.unwrap(), want.sqrt()) <= 1e-15);
+            }
+        }
+
+        /// Real-valued data: sum and mean against an exact reference on dyadic data, split/merge
+        /// bit-identical for count/sum/mean/min/max/percentile, variance within 1e-12.
+        #[test]
+        fn real_data_split_merge_and_reference(
+            values in prop::collection::vec(real_value(), 0..300),
+            assign in assignment(),
+            parts in 1..9usize,
+            picks in merge_picks(),
+            q in 0.0..=1.0f64,
+        ) {
+            let items = numbers(&values);
+            for f in NUMERIC {
+                let whole = feed(f, Some(q), &items);
+                let split = split_merge(f, Some(q), &items, &assign, parts, &picks);
+                match f {
+                    AggregationFn::Variance | AggregationFn::Stddev => {
+                        match (num(&whole), num(&split)) {
+                            (Some(a), Some(b)) => prop_assert!(rel_err(b, a) <= 1e-12, "{:?} {} {}", f, a, b),
+                            (a, b) => prop_assert_eq!(a, b),
+                        }
+                    }
+                    _ => prop_assert_eq!(text(&whole), text(&split), "{:?}", f),
+                }
+                prop_assert_eq!(text(&whole), text(&roundtrip(&whole)), "{:?}", f);
+            }
+            if values.len() >= 2 {
+                let want = two_pass_variance(&values);
+                let got = num(&feed(AggregationFn::Variance, None, &items)).unwrap();
+                prop_assert!(rel_err(got, want) <= 1e-12 || (got - want).abs() <= 1e-20, "{} vs {}", got, want);
+            }
+            // The same values scaled to dyadic rationals k/1024: exact reference for the sum.
+            let dyadic: Vec<f64> = values.iter().map(|x| (x * 1024.0).round() / 1024.0).collect();
+            let exact: i128 = dyadic.iter().map(|&x| (x * 1024.0) as i128).sum();
+            let items = numbers(&dyadic);
+            prop_assert_eq!(num(&feed(AggregationFn::Sum, None, &items)), Some(exact as f64 / 1024.0));
+        }
+
+        /// Percentile on signed data spanning 1e-9..1e12 with zeros: within 1% of the nearest-rank
+        /// value; split/merge exact.
+        #[test]
+        fn percentile_within_one_percent_of_nearest_rank(
+            values in prop::collection::vec(wide_value(), 1..400),
+            assign in assignment(),
+            parts in 1..9usize,
+            picks in merge_picks(),
+            q in prop_oneof![0.0..=1.0f64, Just(0.5), Just(0.9), Just(0.99), Just(0.01)],
+        ) {
+            let items = numbers(&values);
+            let f = AggregationFn::Percentile;
+            let whole = feed(f, Some(q), &items);
+            let got = num(&whole).unwrap();
+            let want = nearest_rank_ref(&values, q);
+            prop_assert!((got - want).abs() <= 0.01 * want.abs(), "q={} got {} want {}", q, got, want);
+            let split = split_merge(f, Some(q), &items, &assign, parts, &picks);
+            prop_assert_eq!(text(&whole), text(&split));
+            // Sum and mean on such data: not exact in double-double, but within rounding.
+            let sum = num(&feed(AggregationFn::Sum, None, &items)).unwrap();
+            let naive: f64 = values.iter().sum();
+            let scale: f64 = values.iter().map(|x| x.abs()).sum();
+            prop_assert!((sum - naive).abs() <= scale * 1e-13);
+        }
+
+        /// countDistinct, first and last on JSON values with duplicates and order ties.
+        #[test]
+        fn json_functions_split_merge_and_reference(
+            raw in prop::collection::vec((0..3000u32, -3..3i64, 0..3u64, any::<bool>()), 0..400),
+            assign in assignment(),
+            parts in 1..9usize,
+            picks in merge_picks(),
+        ) {
+            let texts: Vec<String> = raw
+                .iter()
+                .map(|&(v, _, _, quoted)| if quoted { format!("\"v{v}\"") } else { v.to_string() })
+                .collect();
+            let items: Vec<(Input<'_>, Order)> = raw
+                .iter()
+                .zip(&texts)
+                .map(|(&(_, t, s, _), text)| (Input::Json(text.as_str()), ord(t, s)))
+                .collect();
+            for f in [AggregationFn::CountDistinct, AggregationFn::First, AggregationFn::Last] {
+                let whole = feed(f, None, &items);
+                let split = split_merge(f, None, &items, &assign, parts, &picks);
+                prop_assert_eq!(text(&whole), text(&split), "{:?}", f);
+                prop_assert_eq!(text(&whole), text(&roundtrip(&whole)), "{:?}", f);
+            }
+            let distinct: HashSet<&str> = texts.iter().map(String::as_str).collect();
+            prop_assert_eq!(
+                feed(AggregationFn::CountDistinct, None, &items).result(),
+                Value::from(distinct.len())
+            );
+            let keyed = items.iter().map(|&(input, order)| match input {
+                Input::Json(t) => (order, t),
+                _ => unreachable!(),
+            });
+            let first = keyed.clone().min().map(|(_, t)| serde_json::from_str::<Value>(t).unwrap());
+            let last = keyed.max().map(|(_, t)| serde_json::from_str::<Value>(t).unwrap());
+            prop_assert_eq!(feed(AggregationFn::First, None, &items).result(), first.unwrap_or(Value::Null));
+            prop_assert_eq!(feed(AggregationFn::Last, None, &items).result(), last.unwrap_or(Value::Null));
+        }
+
+        /// The record path never panics, whatever the input (NaN, infinities, wrong kinds, junk).
+        #[test]
+        fn update_and_merge_never_panic(
+            xs in prop::collection::vec(any::<f64>(), 0..50),
+            junk in prop::collection::vec(".{0,12}", 0..20),
+            t in any::<i64>(),
+            s in any::<u64>(),
+        ) {
+            for f in ALL {
+                let mut a = Acc::new(f, Some(0.5));
+                let mut b = Acc::new(f, None);
+                for &x in &xs {
+                    a.update(Input::Number(x), ord(t, s));
+                    b.update(Input::Unit, ord(t, s));
+                }
+                for j in &junk {
+                    b.update(Input::Json(j), ord(t, s));
+                    a.update(Input::Json(j), ord(t, s));
+                }
+                a.merge(&b);
+                a.merge(&Acc::new(AggregationFn::Count, None));
+                let _ = a.result();
+                let _ = roundtrip(&a).result();
+            }
+        }
+    }
+
+    #[test]
+    fn size_of_acc_is_small() {
+        let size = std::mem::size_of::<Acc>();
+        println!("size_of::<Acc>() = {size}");
+        assert!(size <= 48, "size_of::<Acc>() = {size}");
+    }
+
+    #[test]
+    fn empty_accumulators() {
+        for f in ALL {
+            let acc = Acc::new(f, Some(0.5));
+            let want = match f {
+                AggregationFn::Count | AggregationFn::CountDistinct => Value::from(0),
+                AggregationFn::Sum => Value::from(0.0),
+                _ => Value::Null,
+            };
+            assert_eq!(acc.result(), want, "{f:?}");
+            assert_eq!(roundtrip(&acc).result(), want, "{f:?}");
+            assert_eq!(acc.function(), f);
+            // Merging empties into empties stays empty.
+            let mut merged = Acc::new(f, Some(0.5));
+            merged.merge(&acc);
+            assert_eq!(merged.result(), want, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn variance_needs_two_values() {
+        for f in [AggregationFn::Variance, AggregationFn::Stddev] {
+            let one = feed(f, None, &numbers(&[5.0]));
+            assert_eq!(one.result(), Value::Null);
+            let two = feed(f, None, &numbers(&[5.0, 7.0]));
+            let want = if f == AggregationFn::Variance {
+                2.0
+            } else {
+                2f64.sqrt()
+            };
+            assert_eq!(num(&two), Some(want));
+        }
+        // Merging two singletons gives the two-value result.
+        let mut a = feed(AggregationFn::Variance, None, &numbers(&[5.0]));
+        a.merge(&feed(AggregationFn::Variance, None, &numbers(&[7.0])));
+        assert_eq!(num(&a), Some(2.0));
+    }
+
+    #[test]
+    fn overflow_gives_null_and_stays_null() {
+        let big = numbers(&[1e308, 1e308]);
+        for f in [AggregationFn::Sum, AggregationFn::Mean] {
+            let acc = feed(f, None, &big);
+            assert_eq!(acc.result(), Value::Null, "{f:?}");
+            let rt = roundtrip(&acc);
+            assert_eq!(rt.result(), Value::Null, "{f:?}");
+            // Overflow is sticky: later values and merges keep it null.
+            let mut later = rt;
+            later.update(Input::Number(-1e308), ord(0, 0));
+            later.merge(&feed(f, None, &numbers(&[1.0])));
+            assert_eq!(later.result(), Value::Null, "{f:?}");
+            let mut fine = feed(f, None, &numbers(&[1.0]));
+            fine.merge(&acc);
+            assert_eq!(fine.result(), Value::Null, "{f:?}");
+        }
+        // Large but finite sums are fine; the double-double keeps the small part.
+        let acc = feed(AggregationFn::Sum, None, &numbers(&[1e308, 1.0, -1e308]));
+        assert_eq!(num(&acc), Some(1.0));
+        for f in [AggregationFn::Variance, AggregationFn::Stddev] {
+            let acc = feed(f, None, &numbers(&[1e200, -1e200, 3.0]));
+            assert_eq!(acc.result(), Value::Null, "{f:?}");
+            assert_eq!(roundtrip(&acc).result(), Value::Null, "{f:?}");
+        }
+        // Min, max, percentile take huge values in their stride.
+        let huge = numbers(&[f64::MAX, -f64::MAX, 1e-300, 5e-324, -0.0]);
+        assert_eq!(num(&feed(AggregationFn::Max, None, &huge)), Some(f64::MAX));
+        assert_eq!(num(&feed(AggregationFn::Min, None, &huge)), Some(-f64::MAX));
+        for (q, want) in [(0.0, -f64::MAX), (0.3, 0.0), (0.7, 1e-300), (1.0, f64::MAX)] {
+            let acc = feed(AggregationFn::Percentile, Some(q), &huge);
+            let got = num(&acc).unwrap();
+            assert!(
+                (got - want).abs() <= 0.01 * want.abs(),
+                "q={q}: {got} vs {want}"
+            );
+            assert_eq!(text(&roundtrip(&acc)), text(&acc));
+        }
+    }
+
+    #[test]
+    fn non_finite_and_mismatched_inputs_are_ignored() {
+        for f in NUMERIC {
+            let mut acc = feed(f, None, &numbers(&[1.0, 2.0, 4.0]));
+            let before = text(&acc);
+            if f == AggregationFn::Count {
+                continue;
+            }
+            for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                acc.update(Input::Number(x), ord(0, 0));
+            }
+            acc.update(Input::Json("12"), ord(0, 0));
+            acc.update(Input::Unit, ord(0, 0));
+            acc.merge(&feed(AggregationFn::Count, None, &numbers(&[1.0])));
+            assert_eq!(text(&acc), before, "{f:?}");
+        }
+        let mut count = Acc::new(AggregationFn::Count, None);
+        count.update(Input::Unit, ord(0, 0));
+        count.update(Input::Number(f64::NAN), ord(0, 0));
+        count.update(Input::Json("1"), ord(0, 0));
+        assert_eq!(count.result(), Value::from(3));
+        let mut distinct = Acc::new(AggregationFn::CountDistinct, None);
+        distinct.update(Input::Number(1.0), ord(0, 0));
+        assert_eq!(distinct.result(), Value::from(0));
+    }
+
+    #[test]
+    fn min_max_zero_signs_are_deterministic() {
+        for values in [[0.0, -0.0], [-0.0, 0.0]] {
+            assert_eq!(
+                text(&feed(AggregationFn::Min, None, &numbers(&values))),
+                "-0.0"
+            );
+            assert_eq!(
+                text(&feed(AggregationFn::Max, None, &numbers(&values))),
+                "0.0"
+            );
+            assert_eq!(
+                text(&feed(
+                    AggregationFn::Percentile,
+                    Some(0.0),
+                    &numbers(&values)
+                )),
+                "0.0"
+            );
+            assert_eq!(
+                text(&feed(AggregationFn::Sum, None, &numbers(&values))),
+                "0.0"
+            );
+        }
+    }
+
+    /// Values around 1e9 with standard deviation 1: relative error vs two-pass ≤ 1e-9 (in
+    /// practice ~1e-12), and split/merge agreement at that level.
+    #[test]
+    fn variance_large_mean_small_spread() {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        for (mean, n) in [(1e9, 10_000), (1e9, 100), (-3e9, 2_000), (1e12, 1_000)] {
+            let values: Vec<f64> = (0..n).map(|_| mean + rng.normal()).collect();
+            let items = numbers(&values);
+            let want = two_pass_variance(&values);
+            let acc = feed(AggregationFn::Variance, None, &items);
+            let got = num(&acc).unwrap();
+            let err = rel_err(got, want);
+            println!("mean {mean:e} n {n}: variance {got} two-pass {want} rel err {err:e}");
+            assert!(err <= 1e-9, "mean {mean}: {got} vs {want}");
+            let sd = num(&feed(AggregationFn::Stddev, None, &items)).unwrap();
+            assert!(rel_err(sd, want.sqrt()) <= 1e-9);
+            let assign: Vec<usize> = (0..n).map(|_| rng.below(7)).collect();
+            let picks: Vec<(usize, usize, bool)> = (0..7)
+                .map(|_| (rng.below(64), rng.below(64), rng.below(2) == 0))
+                .collect();
+            let split = split_merge(AggregationFn::Variance, None, &items, &assign, 7, &picks);
+            // Similar magnitudes: Σx, Σfl(x²) and Σ(x² − fl(x²)) are all exact, so the split
+            // result is bit-identical.
+            assert_eq!(text(&split), text(&acc), "mean {mean}");
+        }
+        // Dyadic data around 1e9 (multiples of 1/8): the sums are exact, so the result is exact
+        // to rounding and bit-identical across splits.
+        let values: Vec<f64> = (0..5000)
+            .map(|_| 1e9 + (rng.normal() * 8.0).round() / 8.0)
+            .collect();
+        let items = numbers(&values);
+        let acc = feed(AggregationFn::Variance, None, &items);
+        let assign: Vec<usize> = (0..values.len()).map(|_| rng.below(5)).collect();
+        let split = split_merge(AggregationFn::Variance, None, &items, &assign, 5, &[]);
+        assert_eq!(text(&acc), text(&split));
+        assert!(rel_err(num(&acc).unwrap(), two_pass_variance(&values)) <= 1e-12);
+        // Constant data: exactly zero.
+        for c in [1e9 + 0.5, 1e9 + 0.1, 1.7e12 + 0.3, 123.0, -7.25, 0.1] {
+            let items = numbers(&vec![c; 1000]);
+            assert_eq!(
+                text(&feed(AggregationFn::Variance, None, &items)),
+                "0.0",
+                "{c}"
+            );
+            assert_eq!(
+                text(&feed(AggregationFn::Stddev, None, &items)),
+                "0.0",
+                "{c}"
+            );
+        }
+    }
+
+    #[test]
+    fn first_last_ties_broken_by_seq() {
+        let items = [
+            (Input::Json("\"b\""), ord(10, 5)),
+            (Input::Json("\"a\""), ord(10, 2)),
+            (Input::Json("\"late\""), ord(11, 0)),
+            (Input::Json("\"early\""), ord(9, 9)),
+            (Input::Json("\"c\""), ord(11, 1)),
+        ];
+        for perm in [[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 0, 4, 1, 3]] {
+            let mut first = Acc::new(AggregationFn::First, None);
+            let mut last = Acc::new(AggregationFn::Last, None);
+            for i in perm {
+                first.update(items[i].0, items[i].1);
+                last.update(items[i].0, items[i].1);
+            }
+            assert_eq!(first.result(), Value::from("early"));
+            assert_eq!(last.result(), Value::from("c"));
+        }
+        // Same event time, seq decides.
+        let same_time = [(Input::Json("1"), ord(5, 7)), (Input::Json("2"), ord(5, 3))];
+        assert_eq!(
+            feed(AggregationFn::First, None, &same_time).result(),
+            Value::from(2)
+        );
+        assert_eq!(
+            feed(AggregationFn::Last, None, &same_time).result(),
+            Value::from(1)
+        );
+        // Identical orders: the JSON text decides, whatever the arrival or merge order.
+        let same = [
+            (Input::Json("{\"x\":1}"), ord(5, 3)),
+            (Input::Json("[1]"), ord(5, 3)),
+        ];
+        let rev = [same[1], same[0]];
+        for items in [&same, &rev] {
+            assert_eq!(
+                feed(AggregationFn::First, None, items).result(),
+                serde_json::json!([1])
+            );
+            assert_eq!(
+                feed(AggregationFn::Last, None, items).result(),
+                serde_json::json!({"x": 1})
+            );
+        }
+        // Structured values and invalid JSON text.
+        let obj = feed(
+            AggregationFn::Last,
+            None,
+            &[(Input::Json("{\"a\":[1,true,null]}"), ord(0, 0))],
+        );
+        assert_eq!(obj.result(), serde_json::json!({"a": [1, true, null]}));
+        let bad = feed(
+            AggregationFn::First,
+            None,
+            &[(Input::Json("{oops"), ord(0, 0))],
+        );
+        assert_eq!(bad.result(), Value::Null);
+    }
+
+    #[test]
+    fn serde_round_trip_of_every_variant() {
+        let mut rng = Rng(42);
+        let values: Vec<f64> = (0..3000).map(|_| (rng.unit() - 0.3) * 1e4).collect();
+        let texts: Vec<String> = (0..3000).map(|i| format!("\"k{}\"", i % 2000)).collect();
+        for f in ALL {
+            let items: Vec<(Input<'_>, Order)> = match f {
+                AggregationFn::CountDistinct | AggregationFn::First | AggregationFn::Last => texts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (Input::Json(t.as_str()), ord(i as i64 % 17, i as u64)))
+                    .collect(),
+                _ => numbers(&values),
+            };
+            // Empty, small and large states.
+            for len in [0, 1, 50, items.len()] {
+                let acc = feed(f, Some(0.9), &items[..len]);
+                let json = serde_json::to_string(&acc).unwrap();
+                let back: Acc = serde_json::from_str(&json).unwrap();
+                assert_eq!(text(&back), text(&acc), "{f:?} {len}");
+                assert_eq!(back.function(), f);
+                // The restored state keeps working like the original.
+                let (mut a, mut b) = (acc.clone(), back);
+                for &(input, order) in &items[len / 2..] {
+                    a.update(input, order);
+                    b.update(input, order);
+                }
+                assert_eq!(text(&a), text(&b), "{f:?} {len}");
+                let mut c = feed(f, Some(0.9), &items[..len / 3]);
+                c.merge(&roundtrip(&a));
+                a.merge(&feed(f, Some(0.9), &items[..len / 3]));
+                assert_eq!(text(&a), text(&c), "{f:?} {len}");
+                // And serialises to the same text again.
+                assert_eq!(
+                    serde_json::to_string(&roundtrip(&acc)).unwrap().len(),
+                    json.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_percentile_state_is_rejected_not_a_panic() {
+        let acc = feed(
+            AggregationFn::Percentile,
+            Some(0.5),
+            &numbers(&[1.0, 2.0, 3.0]),
+        );
+        let mut tree = serde_json::to_value(&acc).unwrap();
+        tree["percentile"]["sketch"]["store"]["max_key"] = Value::from(i32::MAX);
+        assert!(serde_json::from_value::<Acc>(tree.clone()).is_err());
+        tree["percentile"]["sketch"]["store"]["max_key"] = Value::from(0);
+        tree["percentile"]["sketch"]["store"]["count"] = Value::from(99);
+        assert!(serde_json::from_value::<Acc>(tree).is_err());
+    }
+
+    #[test]
+    fn percentile_quantile_defaults_and_clamping() {
+        let items = numbers(&(1..=100).map(f64::from).collect::<Vec<_>>());
+        let median = num(&feed(AggregationFn::Percentile, None, &items)).unwrap();
+        assert!((median - 50.0).abs() <= 0.5, "{median}");
+        assert_eq!(
+            num(&feed(AggregationFn::Percentile, Some(-1.0), &items)),
+            Some(1.0)
+        );
+        assert_eq!(
+            num(&feed(AggregationFn::Percentile, Some(7.0), &items)),
+            Some(100.0)
+        );
+        assert_eq!(
+            num(&feed(AggregationFn::Percentile, Some(f64::NAN), &items)),
+            Some(median)
+        );
+        // Nearest rank, not interpolation: p90 of 1..=10 is 9, p91 is 10.
+        let ten = numbers(&(1..=10).map(f64::from).collect::<Vec<_>>());
+        let p90 = num(&feed(AggregationFn::Percentile, Some(0.9), &ten)).unwrap();
+        assert!((p90 - 9.0).abs() <= 0.09, "{p90}");
+        assert_eq!(
+            num(&feed(AggregationFn::Percentile, Some(0.91), &ten)),
+            Some(10.0)
+        );
+        // Every rank of a small set with a wide range.
+        let mut rng = Rng(7);
+        let values: Vec<f64> = (0..257)
+            .map(|i| match i % 5 {
+                0 => 0.0,
+                1 => -(10f64.powf(rng.unit() * 21.0 - 9.0)),
+                _ => 10f64.powf(rng.unit() * 21.0 - 9.0),
+            })
+            .collect();
+        let items = numbers(&values);
+        for r in 0..=values.len() {
+            let q = r as f64 / values.len() as f64;
+            let got = num(&feed(AggregationFn::Percentile, Some(q), &items)).unwrap();
+            let want = nearest_rank_ref(&values, q);
+            assert!(
+                (got - want).abs() <= 0.01 * want.abs(),
+                "q={q}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn count_distinct_accuracy_and_order_independence() {
+        let mut worst: f64 = 0.0;
+        let mut sq = 0.0;
+        let mut runs = 0.0;
+        for (seed, n) in [
+            (1u64, 1),
+            (2, 10),
+            (3, 1000),
+            (4, 1024),
+            (5, 1025),
+            (6, 3000),
+            (7, 6000),
+        ]
+        .into_iter()
+        .chain((10..40).map(|s| (s, 20_000)))
+        .chain([(50, 200_000)])
+        {
+            let mut acc = Acc::new(AggregationFn::CountDistinct, None);
+            for i in 0..n {
+                let t = format!("\"user-{seed}-{i}\"");
+                acc.update(Input::Json(&t), ord(0, 0));
+                acc.update(Input::Json(&t), ord(0, 0)); // duplicates do not count
+            }
+            let got = acc.result().as_u64().unwrap() as f64;
+            let err = (got - n as f64) / n as f64;
+            if n <= DISTINCT_EXACT_LIMIT {
+                assert_eq!(got, n as f64);
+            }
+            // 4 standard errors of 0.81%.
+            assert!(err.abs() <= 0.033, "n={n}: {got}");
+            if n == 20_000 {
+                sq += err * err;
+                runs += 1.0;
+            }
+            worst = worst.max(err.abs());
+        }
+        let rms = (sq / runs).sqrt();
+        println!("countDistinct: worst rel err {worst:e}, rms at 20k {rms:e}");
+        assert!(rms <= 0.0125, "rms {rms}");
+
+        // Large sets crossing the exact limit and the sparse/dense switch, split and merged in
+        // different orders: identical results.
+        let texts: Vec<String> = (0..60_000).map(|i| format!("{}", i % 23_000)).collect();
+        let items: Vec<(Input<'_>, Order)> = texts
+            .iter()
+            .map(|t| (Input::Json(t.as_str()), ord(0, 0)))
+            .collect();
+        let whole = feed(AggregationFn::CountDistinct, None, &items);
+        let mut rng = Rng(99);
+        for parts in [2, 3, 16, 200] {
+            let assign: Vec<usize> = (0..items.len()).map(|_| rng.below(parts)).collect();
+            let picks: Vec<(usize, usize, bool)> = (0..parts)
+                .map(|_| (rng.below(1000), rng.below(1000), rng.below(4) == 0))
+                .collect();
+            let split = split_merge(
+                AggregationFn::CountDistinct,
+                None,
+                &items,
+                &assign,
+                parts,
+                &picks,
+            );
+            assert_eq!(split.result(), whole.result(), "{parts} parts");
+        }
+        // Skewed parts: a big sketch merged into many small exact sets and vice versa.
+        let mut small_first = feed(AggregationFn::CountDistinct, None, &items[..10]);
+        small_first.merge(&whole);
+        let mut big_first = whole.clone();
+        big_first.merge(&feed(AggregationFn::CountDistinct, None, &items[..10]));
+        assert_eq!(small_first.result(), whole.result());
+        assert_eq!(big_first.result(), whole.result());
+    }
+
+    #[test]
+    fn distinct_hash_is_stable() {
+        // Pinned: the hash must not change across builds, processes or platforms (it would
+        // make checkpointed and remote sketches incompatible).
+        const PINNED: u64 = 0x990b_c018_a0ee_c982;
+        assert_eq!(hash_value("\"m1\""), hash_value("\"m1\""));
+        assert_eq!(
+            hash_value(""),
+            xxhash_rust::xxh3::xxh3_64_with_seed(b"", DISTINCT_SEED)
+        );
+        assert_eq!(hash_value("\"m1\""), PINNED);
+        assert_ne!(hash_value("\"12\""), hash_value("12"));
+    }
+
+    /// Rough per-update cost of the hot functions: `cargo test --release -- --ignored bench`.
+    #[test]
+    #[ignore = "timing, run in release"]
+    fn bench_update() {
+        let values: Vec<f64> = (0..1000).map(|i| i as f64 * 0.37).collect();
+        for f in [
+            AggregationFn::Count,
+            AggregationFn::Sum,
+            AggregationFn::Mean,
+            AggregationFn::Min,
+            AggregationFn::Variance,
+            AggregationFn::Percentile,
+        ] {
+            let mut accs: Vec<Acc> = (0..64).map(|_| Acc::new(f, Some(0.5))).collect();
+            let rounds = 20_000;
+            let start = std::time::Instant::now();
+            for r in 0..rounds {
+                for (i, &x) in values.iter().enumerate() {
+                    let acc = &mut accs[(i + r) % 64];
+                    acc.update(std::hint::black_box(Input::Number(x)), ord(0, 0));
+                }
+            }
+            let ns = start.elapsed().as_nanos() as f64 / (rounds * values.len()) as f64;
+            println!("{f:?}: {ns:.2} ns/update ({})", text(&accs[0]));
+        }
+    }
+}

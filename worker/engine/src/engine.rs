@@ -1,0 +1,849 @@
+//! The engine: records in, windowed results out, per the job's plan.
+//!
+//! Semantics (the contract the property tests check against a naive reference):
+//! - Each input partition has a watermark: the largest event time it has delivered minus
+//!   `allowedLateness` (`i64::MIN` before its first record). The engine's watermark is the
+//!   minimum over partitions that are not idle (the maximum when all are idle), and it never moves
+//!   back. A window `[start, end)` closes, and its results are emitted, when the engine watermark
+//!   reaches `end`.
+//! - Tumbling and hopping windows: a record is late for a window whose end is at or before its own
+//!   partition's watermark (computed from the records before it) or the engine watermark. It
+//!   counts toward its other windows; a record all of whose windows are late is rejected as `late`.
+//! - Session windows: a record is late when its event time is behind its partition's watermark or
+//!   the engine watermark. (A looser rule, such as "its own window `[t, t+gap)` has not ended",
+//!   would let a record join or overlap a session that another partition's progress had already
+//!   closed, and the results would depend on how partitions interleave.)
+//! - Judging lateness by the record's own partition makes results independent of how partitions
+//!   interleave, which is what lets any number of workers agree. Only idleness, a wall-clock
+//!   notion the runtime reports with [`Engine::set_idle`], can make a record late that would not
+//!   otherwise be.
+//! - Rejected records change nothing: a record is fully decoded and checked before any state is
+//!   touched.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+use crate::agg::{Acc, Input, Order};
+use crate::decode::{Fields, Scalar};
+use crate::plan::{AggPlan, GroupPart, JobPlan, TimeSource, WindowKind};
+use crate::time;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A watermark larger than any event time plus any window, used to close everything at the end.
+const END_OF_TIME: i64 = i64::MAX / 4;
+
+/// One input record.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// Source partition.
+    pub partition: i32,
+    /// Offset in the partition (line number for a file).
+    pub offset: i64,
+    /// Message key.
+    pub key: Option<&'a [u8]>,
+    /// Kafka timestamp in ms.
+    pub timestamp: Option<i64>,
+    /// Message value.
+    pub value: &'a [u8],
+}
+
+/// Why a record was not counted. The names are stable: they label metrics and dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    /// Not a JSON object.
+    InvalidJson,
+    /// A field the job reads is absent or null.
+    MissingField,
+    /// A field has a type the job cannot use (text where a number is needed, an object as a group).
+    WrongType,
+    /// The event time is absent in the wrong format, or out of range.
+    InvalidEventTime,
+    /// Every window the record belongs to has already closed.
+    Late,
+}
+
+impl RejectReason {
+    /// All reasons, in a stable order.
+    pub const ALL: [RejectReason; 5] = [
+        RejectReason::InvalidJson,
+        RejectReason::MissingField,
+        RejectReason::WrongType,
+        RejectReason::InvalidEventTime,
+        RejectReason::Late,
+    ];
+
+    /// Stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::InvalidJson => "invalid_json",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::WrongType => "wrong_type",
+            RejectReason::InvalidEventTime => "invalid_event_time",
+            RejectReason::Late => "late",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rejected record: the reason, and details for a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Machine-readable reason.
+    pub reason: RejectReason,
+    /// What exactly was wrong.
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+/// The result of one (group, window).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowResult {
+    /// Window start (inclusive), ms.
+    pub start: i64,
+    /// Window end (exclusive), ms.
+    pub end: i64,
+    /// The group's values as canonical JSON texts joined by NUL bytes (which JSON text never
+    /// contains); empty for the global group.
+    pub group: Box<[u8]>,
+    /// One value per aggregation, in the job's order.
+    pub values: Vec<serde_json::Value>,
+}
+
+impl WindowResult {
+    /// The group values' JSON texts, one per group-by component.
+    pub fn group_texts(&self) -> impl Iterator<Item = &str> {
+        let parts = if self.group.is_empty() {
+            None
+        } else {
+            Some(self.group.split(|b| *b == 0))
+        };
+        parts
+            .into_iter()
+            .flatten()
+            .map(|p| std::str::from_utf8(p).unwrap_or("null"))
+    }
+
+    /// The result record, one line of JSON:
+    /// `{"window":{"start":..,"end":..},"group":{..},"values":{..}}`.
+    pub fn to_json(&self, plan: &JobPlan) -> String {
+        let mut out = String::with_capacity(128);
+        out.push_str("{\"window\":{\"start\":\"");
+        out.push_str(&time::format(self.start));
+        out.push_str("\",\"end\":\"");
+        out.push_str(&time::format(self.end));
+        out.push_str("\"},\"group\":{");
+        for (i, ((name, _), text)) in plan.group.iter().zip(self.group_texts()).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(&mut out, name);
+            out.push(':');
+            out.push_str(text);
+        }
+        out.push_str("},\"values\":{");
+        for (i, (agg, v)) in plan.aggs.iter().zip(&self.values).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(&mut out, &agg.name);
+            out.push(':');
+            out.push_str(&v.to_string());
+        }
+        out.push_str("}}");
+        out
+    }
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    out.push_str(&serde_json::Value::from(s).to_string());
+}
+
+/// Per-partition progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    /// Largest event time accepted.
+    pub max_time: i64,
+    /// `max_time - allowedLateness`.
+    pub watermark: i64,
+    /// Reported idle by the runtime, and no record since.
+    pub idle: bool,
+}
+
+/// Counters the runtime exports as metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Records accepted.
+    pub accepted: u64,
+    /// Records rejected, by reason (indexed like [`RejectReason::ALL`]).
+    pub rejected: [u64; 5],
+    /// Results emitted.
+    pub results: u64,
+}
+
+/// Interned group keys with a count of the state entries holding each, so a group's key is
+/// stored once however many windows it has open, and freed with its last window.
+#[derive(Default)]
+struct Groups {
+    ids: FastMap<Box<[u8]>, u32>,
+    keys: Vec<Box<[u8]>>,
+    refs: Vec<u32>,
+    free: Vec<u32>,
+}
+
+impl Groups {
+    fn lookup(&self, key: &[u8]) -> Option<u32> {
+        self.ids.get(key).copied()
+    }
+
+    fn intern(&mut self, key: &[u8]) -> u32 {
+        if let Some(id) = self.lookup(key) {
+            return id;
+        }
+        let boxed: Box<[u8]> = key.into();
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.keys[id as usize] = boxed.clone();
+                self.refs[id as usize] = 0;
+                id
+            }
+            None => {
+                self.keys.push(boxed.clone());
+                self.refs.push(0);
+                (self.keys.len() - 1) as u32
+            }
+        };
+        self.ids.insert(boxed, id);
+        id
+    }
+
+    fn key(&self, id: u32) -> &[u8] {
+        &self.keys[id as usize]
+    }
+
+    fn retain(&mut self, id: u32) {
+        self.refs[id as usize] += 1;
+    }
+
+    fn release(&mut self, id: u32) {
+        let r = &mut self.refs[id as usize];
+        *r = r.saturating_sub(1);
+        if *r == 0 {
+            let key = std::mem::take(&mut self.keys[id as usize]);
+            self.ids.remove(&key);
+            self.free.push(id);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// A group's accumulators in one pane or session.
+type Row = Box<[Acc]>;
+
+#[derive(Default)]
+struct Pane {
+    index: FastMap<u32, u32>,
+    rows: Vec<(u32, Row)>,
+}
+
+/// Tumbling and hopping windows, stored as panes of gcd(size, slide).
+///
+/// A pane is keyed by its start and by the first window its records count toward. Normally that
+/// is the first window containing the pane; a record that is late for some of its windows (by its
+/// own partition's watermark) but not all lands in a separate pane keyed by the first window it
+/// may count toward, so the windows it was late for never see it, however far the other
+/// partitions have got.
+struct Aligned {
+    size: i64,
+    slide: i64,
+    pane: i64,
+    panes: BTreeMap<(i64, i64), Pane>,
+}
+
+#[derive(Debug)]
+struct Session {
+    start: i64,
+    end: i64,
+    row: Row,
+}
+
+/// Session windows, per group, plus an index by end to close them in order.
+struct Sessions {
+    gap: i64,
+    by_group: FastMap<u32, Vec<Session>>,
+    by_end: BTreeSet<(i64, u32, i64)>,
+}
+
+enum State {
+    Aligned(Aligned),
+    Sessions(Sessions),
+}
+
+/// What one record contributes, decoded; the JSON texts live in a shared buffer.
+#[derive(Clone, Copy)]
+enum Contribution {
+    Unit,
+    Number(f64),
+    Json(usize, usize),
+}
+
+fn align_down(t: i64, step: i64) -> i64 {
+    t - t.rem_euclid(step)
+}
+
+fn align_up(t: i64, step: i64) -> i64 {
+    let r = t.rem_euclid(step);
+    if r == 0 {
+        t
+    } else {
+        t + (step - r)
+    }
+}
+
+/// The streaming engine for one job and a set of input partitions.
+pub struct Engine {
+    plan: JobPlan,
+    partitions: BTreeMap<i32, PartitionState>,
+    watermark: i64,
+    groups: Groups,
+    state: State,
+    results: Vec<WindowResult>,
+    stats: Stats,
+    // Buffers reused between records so the record path does not allocate.
+    slot_buf: Vec<Option<Scalar<'static>>>,
+    key_buf: Vec<u8>,
+    json_buf: Vec<u8>,
+    contributions: Vec<Contribution>,
+}
+
+/// Reuse a vector's allocation for another lifetime (the standard library collects in place).
+fn recycle<'a, 'b>(mut v: Vec<Option<Scalar<'a>>>) -> Vec<Option<Scalar<'b>>> {
+    v.clear();
+    v.into_iter().map(|_| None).collect()
+}
+
+impl Engine {
+    /// An engine for `plan` reading `partitions` (more are added on their first record).
+    pub fn new(plan: JobPlan, partitions: impl IntoIterator<Item = i32>) -> Engine {
+        let state = match plan.window {
+            WindowKind::Aligned { size, slide, pane } => State::Aligned(Aligned {
+                size,
+                slide,
+                pane,
+                panes: BTreeMap::new(),
+            }),
+            WindowKind::Session { gap } => State::Sessions(Sessions {
+                gap,
+                by_group: FastMap::default(),
+                by_end: BTreeSet::new(),
+            }),
+        };
+        let partitions = partitions
+            .into_iter()
+            .map(|p| (p, PartitionState::new()))
+            .collect();
+        Engine {
+            plan,
+            partitions,
+            watermark: i64::MIN,
+            groups: Groups::default(),
+            state,
+            results: Vec::new(),
+            stats: Stats::default(),
+            slot_buf: Vec::new(),
+            key_buf: Vec::new(),
+            json_buf: Vec::new(),
+            contributions: Vec::new(),
+        }
+    }
+
+    /// The job's plan.
+    pub fn plan(&self) -> &JobPlan {
+        &self.plan
+    }
+
+    /// The engine watermark: every window ending at or before it has been emitted.
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// Progress of each partition.
+    pub fn partitions(&self) -> &BTreeMap<i32, PartitionState> {
+        &self.partitions
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Number of groups with at least one open window.
+    pub fn open_groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Number of open (group, pane) rows or sessions: the unit of state memory.
+    pub fn open_rows(&self) -> usize {
+        match &self.state {
+            State::Aligned(a) => a.panes.values().map(|p| p.rows.len()).sum(),
+            State::Sessions(s) => s.by_end.len(),
+        }
+    }
+
+    /// Results emitted since the last call, in order of window end, window start, then group.
+    pub fn take_results(&mut self) -> Vec<WindowResult> {
+        std::mem::take(&mut self.results)
+    }
+
+    /// Process one record: count it, or say why not. May close windows.
+    pub fn process(&mut self, rec: &Record<'_>) -> Result<(), Rejection> {
+        let mut fields = Fields {
+            values: recycle(std::mem::take(&mut self.slot_buf)),
+        };
+        let outcome = self.process_decoded(rec, &mut fields);
+        self.slot_buf = recycle(fields.values);
+        match &outcome {
+            Ok(()) => self.stats.accepted += 1,
+            Err(r) => {
+                let i = RejectReason::ALL
+                    .iter()
+                    .position(|x| *x == r.reason)
+                    .unwrap_or(0);
+                self.stats.rejected[i] += 1;
+            }
+        }
+        outcome
+    }
+
+    fn process_decoded<'de>(
+        &mut self,
+        rec: &Record<'de>,
+        fields: &mut Fields<'de>,
+    ) -> Result<(), Rejection> {
+        self.plan
+            .fields
+            .decode(rec.value, fields)
+            .map_err(|e| Rejection::new(RejectReason::InvalidJson, e.0))?;
+        let t = self.event_time(rec, fields)?;
+        self.group_key(rec, fields)?;
+        self.contributions(fields)?;
+
+        let part = self
+            .partitions
+            .entry(rec.partition)
+            .or_insert_with(PartitionState::new);
+        let bar = part.watermark.max(self.watermark);
+        // Aligned windows: the record counts toward the windows containing it that end after
+        // `bar`, which are those starting at `first` or later.
+        let mut first = 0;
+        let late = match &self.state {
+            State::Aligned(a) => {
+                let p = align_down(t, a.pane);
+                first = a
+                    .first_window(p)
+                    .max(align_up(bar.saturating_sub(a.size) + 1, a.slide));
+                first > p
+            }
+            State::Sessions(_) => t < bar,
+        };
+        if late {
+            return Err(Rejection::new(
+                RejectReason::Late,
+                format!(
+                    "event time {} is too late: its windows closed at watermark {}",
+                    time::format(t),
+                    time::format(bar)
+                ),
+            ));
+        }
+        part.max_time = part.max_time.max(t);
+        part.watermark = part
+            .watermark
+            .max(part.max_time.saturating_sub(self.plan.lateness));
+        part.idle = false;
+
+        let order = Order {
+            event_time: t,
+            seq: ((rec.partition as u64) << 40) | (rec.offset as u64 & ((1 << 40) - 1)),
+        };
+        let gid = self.groups.intern(&self.key_buf);
+        let inputs = &self.contributions;
+        let json = &self.json_buf;
+        let input = |c: &Contribution| match *c {
+            Contribution::Unit => Input::Unit,
+            Contribution::Number(n) => Input::Number(n),
+            Contribution::Json(a, b) => {
+                Input::Json(std::str::from_utf8(&json[a..b]).unwrap_or("null"))
+            }
+        };
+        let new_row = |aggs: &[AggPlan]| -> Row {
+            aggs.iter()
+                .map(|a| Acc::new(a.function, a.quantile))
+                .collect()
+        };
+        match &mut self.state {
+            State::Aligned(a) => {
+                let pane = a.panes.entry((align_down(t, a.pane), first)).or_default();
+                let next = pane.rows.len() as u32;
+                let i = *pane.index.entry(gid).or_insert(next) as usize;
+                if i == pane.rows.len() {
+                    pane.rows.push((gid, new_row(&self.plan.aggs)));
+                    self.groups.retain(gid);
+                }
+                for (acc, c) in pane.rows[i].1.iter_mut().zip(inputs) {
+                    acc.update(input(c), order);
+                }
+            }
+            State::Sessions(s) => {
+                let list = s.by_group.entry(gid).or_default();
+                if list.is_empty() {
+                    self.groups.retain(gid);
+                }
+                let (mut start, mut end) = (t, t.saturating_add(s.gap));
+                let mut row = new_row(&self.plan.aggs);
+                for (acc, c) in row.iter_mut().zip(inputs) {
+                    acc.update(input(c), order);
+                }
+                // Merge every session the new one overlaps, keeping the list sorted by start.
+                let mut kept = Vec::with_capacity(list.len() + 1);
+                for old in list.drain(..) {
+                    if old.start < end && old.end > start {
+                        s.by_end.remove(&(old.end, gid, old.start));
+                        start = start.min(old.start);
+                        end = end.max(old.end);
+                        for (acc, o) in row.iter_mut().zip(old.row.iter()) {
+                            acc.merge(o);
+                        }
+                    } else {
+                        kept.push(old);
+                    }
+                }
+                let at = kept.partition_point(|x| x.start < start);
+                kept.insert(at, Session { start, end, row });
+                s.by_end.insert((end, gid, start));
+                *list = kept;
+            }
+        }
+        self.advance();
+        Ok(())
+    }
+
+    fn event_time(&self, rec: &Record<'_>, fields: &Fields<'_>) -> Result<i64, Rejection> {
+        let bad = |d: String| Rejection::new(RejectReason::InvalidEventTime, d);
+        match self.plan.time {
+            TimeSource::Kafka => match rec.timestamp {
+                Some(ms) => time::check_range(ms).map_err(bad),
+                None => Err(bad("the record has no Kafka timestamp".into())),
+            },
+            TimeSource::Field { slot, format } => match fields.values.get(slot) {
+                Some(Some(v)) if *v != Scalar::Null => time::parse(v, format)
+                    .map_err(|e| bad(format!("field {}: {e}", self.plan.slot_names[slot]))),
+                _ => Err(Rejection::new(
+                    RejectReason::MissingField,
+                    format!("missing event time field {}", self.plan.slot_names[slot]),
+                )),
+            },
+        }
+    }
+
+    /// Build the group key into `key_buf`.
+    fn group_key(&mut self, rec: &Record<'_>, fields: &Fields<'_>) -> Result<(), Rejection> {
+        self.key_buf.clear();
+        for (i, (name, part)) in self.plan.group.iter().enumerate() {
+            if i > 0 {
+                self.key_buf.push(0);
+            }
+            match part {
+                GroupPart::Key => {
+                    let key = rec.key.ok_or_else(|| {
+                        Rejection::new(RejectReason::MissingField, "the record has no message key")
+                    })?;
+                    let key = std::str::from_utf8(key).map_err(|_| {
+                        Rejection::new(RejectReason::WrongType, "the message key is not UTF-8 text")
+                    })?;
+                    Scalar::Str(key.into()).write_json(&mut self.key_buf);
+                }
+                GroupPart::Field { slot } => match fields.values.get(*slot) {
+                    Some(Some(Scalar::Null)) | Some(None) | None => {
+                        return Err(Rejection::new(
+                            RejectReason::MissingField,
+                            format!("missing group field {name}"),
+                        ))
+                    }
+                    Some(Some(v)) => {
+                        if !v.write_json(&mut self.key_buf) {
+                            return Err(Rejection::new(
+                                RejectReason::WrongType,
+                                format!(
+                                    "group field {name} must be a string, number or boolean, found {}",
+                                    v.type_name()
+                                ),
+                            ));
+                        }
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Read each aggregation's input into `contributions` (JSON texts into `json_buf`).
+    fn contributions(&mut self, fields: &Fields<'_>) -> Result<(), Rejection> {
+        self.contributions.clear();
+        self.json_buf.clear();
+        for agg in &self.plan.aggs {
+            let Some(slot) = agg.slot else {
+                self.contributions.push(Contribution::Unit);
+                continue;
+            };
+            let name = &self.plan.slot_names[slot];
+            let value = match fields.values.get(slot) {
+                Some(Some(v)) if *v != Scalar::Null => v,
+                _ => {
+                    return Err(Rejection::new(
+                        RejectReason::MissingField,
+                        format!("missing field {name}"),
+                    ))
+                }
+            };
+            if agg.function.is_numeric() {
+                let n = value.as_number().ok_or_else(|| {
+                    let shown = match value {
+                        Scalar::Str(s) => format!("the string {s:?}"),
+                        other => other.type_name().to_string(),
+                    };
+                    Rejection::new(
+                        RejectReason::WrongType,
+                        format!("field {name} must be a number, found {shown}"),
+                    )
+                })?;
+                self.contributions.push(Contribution::Number(n));
+            } else {
+                let a = self.json_buf.len();
+                if !value.write_json(&mut self.json_buf) {
+                    return Err(Rejection::new(
+                        RejectReason::WrongType,
+                        format!(
+                            "field {name} must be a string, number or boolean, found {}",
+                            value.type_name()
+                        ),
+                    ));
+                }
+                self.contributions
+                    .push(Contribution::Json(a, self.json_buf.len()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The runtime saw no record from `partition` for the idle timeout: stop waiting for it.
+    /// Its next record makes it active again.
+    pub fn set_idle(&mut self, partition: i32) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            if !p.idle {
+                p.idle = true;
+                self.advance();
+            }
+        }
+    }
+
+    /// Stop tracking a partition (it was assigned elsewhere); its watermark no longer counts.
+    pub fn remove_partition(&mut self, partition: i32) {
+        if self.partitions.remove(&partition).is_some() {
+            self.advance();
+        }
+    }
+
+    /// End of input: close every open window, in order.
+    pub fn finish(&mut self) {
+        self.close_until(END_OF_TIME);
+    }
+
+    fn advance(&mut self) {
+        let active = self.partitions.values().filter(|p| !p.idle);
+        let wm = match active.map(|p| p.watermark).min() {
+            Some(m) => m,
+            None => self
+                .partitions
+                .values()
+                .map(|p| p.watermark)
+                .max()
+                .unwrap_or(i64::MIN),
+        };
+        if wm > self.watermark {
+            self.close_until(wm);
+        }
+    }
+
+    /// Move the engine watermark to `wm` and emit every window ending at or before it.
+    fn close_until(&mut self, wm: i64) {
+        let old = self.watermark;
+        self.watermark = self.watermark.max(wm);
+        let wm = self.watermark;
+        let first = self.results.len();
+        match &mut self.state {
+            State::Aligned(a) => {
+                a.close(old, wm, &mut self.groups, &mut self.results);
+            }
+            State::Sessions(s) => {
+                while let Some(&(end, gid, start)) = s.by_end.first() {
+                    if end > wm {
+                        break;
+                    }
+                    s.by_end.pop_first();
+                    let Some(list) = s.by_group.get_mut(&gid) else {
+                        continue;
+                    };
+                    let Some(i) = list.iter().position(|x| x.start == start) else {
+                        continue;
+                    };
+                    let session = list.remove(i);
+                    if list.is_empty() {
+                        s.by_group.remove(&gid);
+                    }
+                    self.results.push(WindowResult {
+                        start: session.start,
+                        end: session.end,
+                        group: self.groups.key(gid).into(),
+                        values: session.row.iter().map(Acc::result).collect(),
+                    });
+                    if !s.by_group.contains_key(&gid) {
+                        self.groups.release(gid);
+                    }
+                }
+            }
+        }
+        let emitted = &mut self.results[first..];
+        emitted.sort_by(|x, y| (x.end, x.start, &x.group).cmp(&(y.end, y.start, &y.group)));
+        self.stats.results += emitted.len() as u64;
+    }
+}
+
+impl PartitionState {
+    fn new() -> Self {
+        PartitionState {
+            max_time: i64::MIN,
+            watermark: i64::MIN,
+            idle: false,
+        }
+    }
+}
+
+impl Aligned {
+    /// Start of the first window containing the pane starting at `p`.
+    fn first_window(&self, p: i64) -> i64 {
+        align_up(p + self.pane - self.size, self.slide)
+    }
+
+    /// Emit the windows with end in `(old, wm]` that hold data, and drop panes no open window
+    /// needs.
+    fn close(&mut self, old: i64, wm: i64, groups: &mut Groups, out: &mut Vec<WindowResult>) {
+        let Some((&(first_pane, _), _)) = self.panes.first_key_value() else {
+            return;
+        };
+        // The first window that may still be open and contains the first pane.
+        let mut s = self.first_window(first_pane);
+        if old > i64::MIN {
+            s = s.max(align_up(old.saturating_sub(self.size) + 1, self.slide));
+        }
+        while s.saturating_add(self.size) <= wm {
+            let end = s + self.size;
+            // Skip ahead over windows that hold no pane.
+            if self
+                .panes
+                .range((s, i64::MIN)..(end, i64::MIN))
+                .next()
+                .is_none()
+            {
+                match self.panes.range((end, i64::MIN)..).next() {
+                    Some((&(next, _), _)) => {
+                        s = (s + self.slide).max(self.first_window(next));
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            self.emit_window(s, groups, out);
+            s += self.slide;
+            self.drop_panes_before(s, groups);
+        }
+        // Panes before the first window still open belong only to closed windows.
+        let open_from = align_up(wm.saturating_sub(self.size) + 1, self.slide);
+        self.drop_panes_before(open_from, groups);
+    }
+
+    fn emit_window(&mut self, s: i64, groups: &Groups, out: &mut Vec<WindowResult>) {
+        let end = s + self.size;
+        let first = out.len();
+        let mut push = |gid: u32, row: &Row| {
+            out.push(WindowResult {
+                start: s,
+                end,
+                group: groups.key(gid).into(),
+                values: row.iter().map(Acc::result).collect(),
+            })
+        };
+        if self.pane == self.size {
+            // Tumbling: the pane is the window, and every record in it counts.
+            if let Some(p) = self.panes.get(&(s, s)) {
+                for (gid, row) in &p.rows {
+                    push(*gid, row);
+                }
+            }
+        } else {
+            let mut merged: FastMap<u32, Row> = FastMap::default();
+            let panes = self.panes.range((s, i64::MIN)..(end, i64::MIN));
+            for (_, pane) in panes.filter(|((_, first), _)| *first <= s) {
+                for (gid, row) in &pane.rows {
+                    match merged.get_mut(gid) {
+                        Some(m) => {
+                            for (acc, o) in m.iter_mut().zip(row.iter()) {
+                                acc.merge(o);
+                            }
+                        }
+                        None => {
+                            merged.insert(*gid, row.clone());
+                        }
+                    }
+                }
+            }
+            for (gid, row) in &merged {
+                push(*gid, row);
+            }
+        }
+        out[first..].sort_by(|x, y| x.group.cmp(&y.group));
+    }
+
+    fn drop_panes_before(&mut self, s: i64, groups: &mut Groups) {
+        while let Some(entry) = self.panes.first_entry() {
+            if entry.key().0 >= s {
+                break;
+            }
+            for (gid, _) in entry.remove().rows {
+                groups.release(gid);
+            }
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! weir's streaming engine: pure functions from records to windowed results.
+//!
+//! No Kafka, no I/O, no clocks: the runtime around it feeds records (with their partition and
+//! offset) and wall-clock ticks, and takes results and rejected records back. That is what makes
+//! the engine deterministic and testable against a naive reference.
+#![deny(missing_docs)]
+
+pub mod agg;
+pub mod decode;
+pub mod engine;
+pub mod plan;
+pub mod time;
+
+pub use engine::{Engine, Record, RejectReason, Rejection, Stats, WindowResult};
+pub use plan::JobPlan;

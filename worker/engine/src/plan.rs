@@ -1,0 +1,192 @@
+//! A StreamJob compiled for the record path: field paths resolved into a lookup tree, durations
+//! in milliseconds, aggregations in output order. Built once per job; read-only afterwards.
+
+use weir_crds::{AggregationFn, StreamJobSpec, TimeFormat, ValidationErrors, WindowType};
+
+use crate::decode::FieldTree;
+
+/// How windows are laid out, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    /// Windows `[k·slide, k·slide + size)`; tumbling windows have `slide == size`. State is kept
+    /// per `pane` (the gcd of size and slide), so a record updates one accumulator row whatever
+    /// the number of windows it belongs to.
+    Aligned {
+        /// Window length.
+        size: i64,
+        /// Distance between window starts.
+        slide: i64,
+        /// gcd(size, slide).
+        pane: i64,
+    },
+    /// Sessions: records less than `gap` apart belong to one window `[first, last + gap)`.
+    Session {
+        /// Inactivity gap.
+        gap: i64,
+    },
+}
+
+/// Where a record's event time comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSource {
+    /// The Kafka record timestamp.
+    Kafka,
+    /// A field (its slot in the decoded record) in a format.
+    Field {
+        /// Slot index in the decoded record.
+        slot: usize,
+        /// How the field is written.
+        format: TimeFormat,
+    },
+}
+
+/// One aggregation as the record path needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggPlan {
+    /// Output name.
+    pub name: String,
+    /// Function.
+    pub function: AggregationFn,
+    /// Quantile for percentile.
+    pub quantile: Option<f64>,
+    /// Slot of the field it reads, if any.
+    pub slot: Option<usize>,
+}
+
+/// A group-by component: the message key or a field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupPart {
+    /// The Kafka message key, output as `key`.
+    Key,
+    /// A field, output under its path.
+    Field {
+        /// Slot index in the decoded record.
+        slot: usize,
+    },
+}
+
+/// A StreamJob ready for the engine.
+#[derive(Debug, Clone)]
+pub struct JobPlan {
+    /// Field paths to extract, and the slot each lands in.
+    pub fields: FieldTree,
+    /// Names of the slots, for error messages (`missing field payment.amount`).
+    pub slot_names: Vec<String>,
+    /// Group-by components in output order, with their output names.
+    pub group: Vec<(String, GroupPart)>,
+    /// Event-time source.
+    pub time: TimeSource,
+    /// Window layout.
+    pub window: WindowKind,
+    /// Allowed lateness in ms.
+    pub lateness: i64,
+    /// Idle timeout in ms (wall clock; used by the runtime, not the engine).
+    pub idle_timeout: i64,
+    /// Aggregations in output order.
+    pub aggs: Vec<AggPlan>,
+}
+
+/// Idle timeout when the spec sets none.
+pub const DEFAULT_IDLE_TIMEOUT_MS: i64 = 30_000;
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl JobPlan {
+    /// Compile a spec. Fails with the same field errors as `StreamJobSpec::validate`.
+    pub fn new(spec: &StreamJobSpec) -> Result<JobPlan, ValidationErrors> {
+        spec.validate()?;
+        let mut fields = FieldTree::default();
+        let mut slot_names = Vec::new();
+        let mut slot_of = |path: &weir_crds::FieldPath| {
+            let slot = fields.insert(path.segments());
+            if slot == slot_names.len() {
+                slot_names.push(path.as_str().to_string());
+            }
+            slot
+        };
+
+        let mut group = Vec::new();
+        if spec.group_by_key {
+            group.push(("key".to_string(), GroupPart::Key));
+        }
+        for path in &spec.group_by {
+            let slot = slot_of(path);
+            group.push((path.as_str().to_string(), GroupPart::Field { slot }));
+        }
+
+        let time = match &spec.source.event_time {
+            None => TimeSource::Kafka,
+            Some(et) => TimeSource::Field {
+                slot: slot_of(&et.field),
+                format: et.format,
+            },
+        };
+
+        let aggs = spec
+            .aggregations
+            .iter()
+            .map(|a| AggPlan {
+                name: a.name.clone(),
+                function: a.function,
+                quantile: a.quantile,
+                slot: a.field.as_ref().map(&mut slot_of),
+            })
+            .collect();
+
+        // validate() has checked every duration; a failure here would be a bug in it.
+        let ms = |d: &Option<weir_crds::Duration>, default: i64| {
+            d.as_ref()
+                .and_then(|d| d.as_millis().ok())
+                .unwrap_or(default)
+        };
+        let w = &spec.window;
+        let window = match w.kind {
+            WindowType::Tumbling => {
+                let size = ms(&w.size, 1).max(1);
+                WindowKind::Aligned {
+                    size,
+                    slide: size,
+                    pane: size,
+                }
+            }
+            WindowType::Hopping => {
+                let size = ms(&w.size, 1).max(1);
+                let slide = ms(&w.slide, size).clamp(1, size);
+                WindowKind::Aligned {
+                    size,
+                    slide,
+                    pane: gcd(size, slide),
+                }
+            }
+            WindowType::Session => WindowKind::Session {
+                gap: ms(&w.gap, 1).max(1),
+            },
+        };
+        Ok(JobPlan {
+            fields,
+            slot_names,
+            group,
+            time,
+            window,
+            lateness: ms(&w.allowed_lateness, 0).max(0),
+            idle_timeout: ms(&w.idle_timeout, DEFAULT_IDLE_TIMEOUT_MS),
+            aggs,
+        })
+    }
+
+    /// Whether groups need the message key.
+    pub fn needs_key(&self) -> bool {
+        self.group.iter().any(|(_, p)| *p == GroupPart::Key)
+    }
+
+    /// Whether event time needs the Kafka timestamp.
+    pub fn needs_kafka_timestamp(&self) -> bool {
+        self.time == TimeSource::Kafka
+    }
+}

@@ -1,0 +1,467 @@
+//! Hand-written edge cases, each pinned to the exact output a person would compute by hand.
+#![allow(clippy::unwrap_used)]
+
+use serde_json::{json, Value};
+use weir_engine::{Engine, JobPlan, Record, RejectReason};
+
+/// A job from the parts that vary; the rest is fixed.
+fn plan(window: &str, group_by: &str, aggregations: &str, time: &str) -> JobPlan {
+    let yaml = format!(
+        r#"apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: t}}
+spec:
+  source:
+    kafka: {{bootstrapServers: "k:9092", topic: in}}
+    eventTime: {time}
+  groupBy: {group_by}
+  window: {window}
+  aggregations: {aggregations}
+  sink:
+    kafka: {{topic: out}}
+"#
+    );
+    let job = weir_crds::parse_stream_job(&yaml)
+        .unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+        .job;
+    JobPlan::new(&job.spec).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+const MILLIS: &str = "{field: t, format: epochMillis}";
+const COUNT: &str = "[{name: n, fn: count}]";
+
+/// Run lines as partition 0; results as parsed JSON, and rejections.
+fn run(plan: JobPlan, lines: &[Value]) -> (Vec<Value>, Vec<(usize, RejectReason)>) {
+    run_text(
+        plan,
+        &lines.iter().map(Value::to_string).collect::<Vec<_>>(),
+    )
+}
+
+fn run_text(plan: JobPlan, lines: &[String]) -> (Vec<Value>, Vec<(usize, RejectReason)>) {
+    let mut engine = Engine::new(plan, [0]);
+    let mut out = Vec::new();
+    let mut rejected = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let rec = Record {
+            partition: 0,
+            offset: i as i64,
+            key: None,
+            timestamp: None,
+            value: line.as_bytes(),
+        };
+        if let Err(r) = engine.process(&rec) {
+            rejected.push((i, r.reason));
+        }
+    }
+    engine.finish();
+    for r in engine.take_results() {
+        out.push(serde_json::from_str(&r.to_json(engine.plan())).unwrap());
+    }
+    (out, rejected)
+}
+
+fn windows(results: &[Value]) -> Vec<(String, String, Value)> {
+    results
+        .iter()
+        .map(|r| {
+            (
+                r["window"]["start"].as_str().unwrap()[11..23].to_string(),
+                r["window"]["end"].as_str().unwrap()[11..23].to_string(),
+                r["values"]["n"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn w(start: &str, end: &str, n: u64) -> (String, String, Value) {
+    (start.to_string(), end.to_string(), json!(n))
+}
+
+#[test]
+fn a_record_exactly_on_a_boundary_opens_the_next_window() {
+    let p = plan("{type: tumbling, size: 1m}", "[]", COUNT, MILLIS);
+    let (out, rej) = run(p, &[json!({"t": 59_999}), json!({"t": 60_000})]);
+    assert!(rej.is_empty());
+    assert_eq!(
+        windows(&out),
+        [
+            w("00:00:00.000", "00:01:00.000", 1),
+            w("00:01:00.000", "00:02:00.000", 1)
+        ]
+    );
+}
+
+#[test]
+fn lateness_exactly_at_the_boundary() {
+    let p = || {
+        plan(
+            "{type: tumbling, size: 1m, allowedLateness: 10s}",
+            "[]",
+            COUNT,
+            MILLIS,
+        )
+    };
+    // Watermark 69_999 - 10_000 = 59_999 < 60_000: the first window is still open.
+    let (out, rej) = run(p(), &[json!({"t": 69_999}), json!({"t": 1})]);
+    assert!(rej.is_empty());
+    assert_eq!(out[0]["values"]["n"], 1);
+    assert_eq!(out[0]["window"]["start"], "1970-01-01T00:00:00.000Z");
+    // Watermark 70_000 - 10_000 = 60_000 reaches the end of [0, 60 000): closed, so late.
+    let (out, rej) = run(p(), &[json!({"t": 70_000}), json!({"t": 59_999})]);
+    assert_eq!(rej, [(1, RejectReason::Late)]);
+    assert_eq!(windows(&out), [w("00:01:00.000", "00:02:00.000", 1)]);
+}
+
+#[test]
+fn a_window_closes_as_soon_as_the_watermark_reaches_its_end() {
+    let mut e = Engine::new(
+        plan("{type: tumbling, size: 10s}", "[]", COUNT, MILLIS),
+        [0],
+    );
+    let mut feed = |t: i64| {
+        let v = json!({ "t": t }).to_string();
+        let rec = Record {
+            partition: 0,
+            offset: 0,
+            key: None,
+            timestamp: None,
+            value: v.as_bytes(),
+        };
+        e.process(&rec).unwrap();
+        e.take_results().len()
+    };
+    assert_eq!(feed(5_000), 0);
+    assert_eq!(feed(9_999), 0);
+    assert_eq!(feed(10_000), 1, "watermark 10 000 closes [0, 10 000)");
+}
+
+#[test]
+fn sessions_merge_when_a_record_bridges_them() {
+    let p = plan(
+        "{type: session, gap: 10s, allowedLateness: 30s}",
+        "[u]",
+        "[{name: n, fn: count}, {name: first, fn: first, field: p}, {name: last, fn: last, field: p}]",
+        MILLIS,
+    );
+    let (out, rej) = run(
+        p,
+        &[
+            json!({"t": 0, "u": "a", "p": "x"}),
+            json!({"t": 25_000, "u": "a", "p": "z"}),
+            // 0..10 s and 25..35 s are apart; 9 s and 17 s bridge them (gaps 9, 8, 8 < 10).
+            json!({"t": 17_000, "u": "a", "p": "y2"}),
+            json!({"t": 9_000, "u": "a", "p": "y1"}),
+            json!({"t": 50_000, "u": "a", "p": "later"}),
+        ],
+    );
+    assert!(rej.is_empty());
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0]["window"]["start"], "1970-01-01T00:00:00.000Z");
+    assert_eq!(out[0]["window"]["end"], "1970-01-01T00:00:35.000Z");
+    assert_eq!(out[0]["values"], json!({"n": 4, "first": "x", "last": "z"}));
+    assert_eq!(out[1]["window"]["start"], "1970-01-01T00:00:50.000Z");
+    assert_eq!(out[1]["values"]["n"], 1);
+}
+
+#[test]
+fn session_records_exactly_gap_apart_are_separate_sessions() {
+    let p = plan("{type: session, gap: 10s}", "[]", COUNT, MILLIS);
+    let (out, _) = run(p, &[json!({"t": 0}), json!({"t": 10_000})]);
+    assert_eq!(
+        windows(&out),
+        [
+            w("00:00:00.000", "00:00:10.000", 1),
+            w("00:00:10.000", "00:00:20.000", 1)
+        ]
+    );
+}
+
+#[test]
+fn hopping_windows_when_the_slide_does_not_divide_the_size() {
+    // size 25 s, slide 10 s: windows start every 10 s. t = 3 s is in [-20, 5), [-10, 15) and
+    // [0, 25); t = 27 s is in [10, 35) and [20, 45).
+    let p = plan(
+        "{type: hopping, size: 25s, slide: 10s}",
+        "[]",
+        COUNT,
+        MILLIS,
+    );
+    let (out, rej) = run(p, &[json!({"t": 3_000}), json!({"t": 27_000})]);
+    assert!(rej.is_empty());
+    assert_eq!(
+        windows(&out),
+        [
+            w("23:59:40.000", "00:00:05.000", 1),
+            w("23:59:50.000", "00:00:15.000", 1),
+            w("00:00:00.000", "00:00:25.000", 1),
+            w("00:00:10.000", "00:00:35.000", 1),
+            w("00:00:20.000", "00:00:45.000", 1),
+        ]
+    );
+}
+
+#[test]
+fn a_partially_late_hopping_record_counts_only_toward_its_open_windows() {
+    // size 20 s, slide 10 s. After t = 25 s the watermark is 25 s: [0, 20) is closed but
+    // [10, 30) is open, so t = 15 s counts in [10, 30) only.
+    let p = plan(
+        "{type: hopping, size: 20s, slide: 10s}",
+        "[]",
+        COUNT,
+        MILLIS,
+    );
+    let (out, rej) = run(
+        p,
+        &[
+            json!({"t": 5_000}),
+            json!({"t": 25_000}),
+            json!({"t": 15_000}),
+        ],
+    );
+    assert!(rej.is_empty());
+    assert_eq!(
+        windows(&out),
+        [
+            w("23:59:50.000", "00:00:10.000", 1),
+            w("00:00:00.000", "00:00:20.000", 1),
+            w("00:00:10.000", "00:00:30.000", 2),
+            w("00:00:20.000", "00:00:40.000", 1),
+        ]
+    );
+}
+
+#[test]
+fn the_global_group_and_an_empty_string_group() {
+    let p = plan("{type: tumbling, size: 1m}", "[]", COUNT, MILLIS);
+    let (out, _) = run(p, &[json!({"t": 1})]);
+    assert_eq!(out[0]["group"], json!({}));
+    let p = plan("{type: tumbling, size: 1m}", "[g]", COUNT, MILLIS);
+    let (out, _) = run(
+        p,
+        &[
+            json!({"t": 1, "g": ""}),
+            json!({"t": 2, "g": 0}),
+            json!({"t": 3, "g": false}),
+        ],
+    );
+    let groups: Vec<_> = out.iter().map(|r| r["group"]["g"].clone()).collect();
+    assert_eq!(groups, [json!(""), json!(0), json!(false)]);
+}
+
+#[test]
+fn groups_keep_their_json_type() {
+    let p = plan("{type: tumbling, size: 1m}", "[g]", COUNT, MILLIS);
+    let (out, _) = run(
+        p,
+        &[
+            json!({"t": 1, "g": "1"}),
+            json!({"t": 2, "g": 1}),
+            json!({"t": 3, "g": 1.0}),
+        ],
+    );
+    // "1" and 1 are different groups; 1 and 1.0 are JSON numbers of different forms (integer
+    // and float) and stay apart, as in Kafka Streams' JSON serdes.
+    assert_eq!(out.len(), 3, "{out:?}");
+}
+
+#[test]
+fn non_finite_huge_and_textual_numbers() {
+    let p = plan(
+        "{type: tumbling, size: 1m}",
+        "[]",
+        "[{name: n, fn: count}, {name: s, fn: sum, field: x}, {name: m, fn: max, field: x}, {name: a, fn: mean, field: x}]",
+        MILLIS,
+    );
+    let lines: Vec<String> = [
+        r#"{"t":1,"x":1e308}"#,
+        r#"{"t":2,"x":1e308}"#,
+        r#"{"t":3,"x":"NaN"}"#,
+        r#"{"t":4,"x":"inf"}"#,
+        r#"{"t":5,"x":1e400}"#,
+        r#"{"t":6,"x":"-2.5e3"}"#,
+        r#"{"t":7,"x":true}"#,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (out, rej) = run_text(p, &lines);
+    assert_eq!(
+        rej,
+        [
+            (2, RejectReason::WrongType),
+            (3, RejectReason::WrongType),
+            (4, RejectReason::InvalidJson),
+            (6, RejectReason::WrongType),
+        ]
+    );
+    // 1e308 + 1e308 overflows: written as null, never as inf.
+    assert_eq!(
+        out[0]["values"],
+        json!({"n": 3, "s": null, "m": 1e308, "a": null})
+    );
+}
+
+#[test]
+fn unicode_names_values_and_deep_paths() {
+    let p = plan(
+        "{type: tumbling, size: 1m}",
+        "[\"ключ\", a.b.c.d.e]",
+        "[{name: n, fn: count}, {name: last, fn: last, field: \"текст\"}]",
+        "{field: meta.time.at, format: rfc3339}",
+    );
+    let line = json!({
+        "meta": {"time": {"at": "2026-03-01T10:00:00+09:00"}},
+        "ключ": "日本 \"quoted\"",
+        "a": {"b": {"c": {"d": {"e": 7}}}},
+        "текст": "🙂"
+    });
+    let (out, rej) = run(p, &[line]);
+    assert!(rej.is_empty(), "{rej:?}");
+    assert_eq!(
+        out[0],
+        json!({
+            "window": {"start": "2026-03-01T01:00:00.000Z", "end": "2026-03-01T01:01:00.000Z"},
+            "group": {"ключ": "日本 \"quoted\"", "a.b.c.d.e": 7},
+            "values": {"n": 1, "last": "🙂"}
+        })
+    );
+}
+
+#[test]
+fn missing_fields_and_wrong_types_are_rejected_with_a_reason() {
+    let p = plan(
+        "{type: tumbling, size: 1m}",
+        "[a.b]",
+        "[{name: s, fn: sum, field: x}]",
+        MILLIS,
+    );
+    let mut e = Engine::new(p, [0]);
+    let reject = |e: &mut Engine, v: Value| {
+        let text = v.to_string();
+        let rec = Record {
+            partition: 0,
+            offset: 0,
+            key: None,
+            timestamp: None,
+            value: text.as_bytes(),
+        };
+        e.process(&rec).unwrap_err()
+    };
+    let r = reject(&mut e, json!({"t": 1, "x": 1}));
+    assert_eq!(
+        (r.reason, r.detail.as_str()),
+        (RejectReason::MissingField, "missing group field a.b")
+    );
+    let r = reject(&mut e, json!({"t": 1, "a": {"b": null}, "x": 1}));
+    assert_eq!(r.reason, RejectReason::MissingField);
+    let r = reject(&mut e, json!({"t": 1, "a": {"b": [1]}, "x": 1}));
+    assert_eq!(r.reason, RejectReason::WrongType);
+    let r = reject(&mut e, json!({"t": 1, "a": {"b": 1}}));
+    assert_eq!(
+        (r.reason, r.detail.as_str()),
+        (RejectReason::MissingField, "missing field x")
+    );
+    let r = reject(&mut e, json!({"a": {"b": 1}, "x": 1}));
+    assert_eq!(r.reason, RejectReason::MissingField);
+    let r = reject(&mut e, json!({"t": "soon", "a": {"b": 1}, "x": 1}));
+    assert_eq!(r.reason, RejectReason::InvalidEventTime);
+    let r = reject(&mut e, json!([1, 2]));
+    assert_eq!(r.reason, RejectReason::InvalidJson);
+    assert_eq!(e.stats().accepted, 0);
+    assert_eq!(e.open_rows(), 0, "rejected records leave no state");
+}
+
+#[test]
+fn first_and_last_ties_go_to_arrival_order() {
+    let p = plan(
+        "{type: tumbling, size: 1m}",
+        "[]",
+        "[{name: first, fn: first, field: v}, {name: last, fn: last, field: v}]",
+        MILLIS,
+    );
+    let (out, _) = run(
+        p,
+        &[
+            json!({"t": 5, "v": "b"}),
+            json!({"t": 5, "v": "a"}),
+            json!({"t": 5, "v": "c"}),
+        ],
+    );
+    assert_eq!(out[0]["values"], json!({"first": "b", "last": "c"}));
+}
+
+#[test]
+fn an_idle_partition_stops_holding_back_the_others() {
+    let p = plan("{type: tumbling, size: 10s}", "[]", COUNT, MILLIS);
+    let mut e = Engine::new(p, [0, 1]);
+    let rec = |t: i64| json!({ "t": t }).to_string().into_bytes();
+    let feed = |e: &mut Engine, p: i32, t: i64| {
+        let v = rec(t);
+        e.process(&Record {
+            partition: p,
+            offset: 0,
+            key: None,
+            timestamp: None,
+            value: &v,
+        })
+    };
+    feed(&mut e, 0, 1_000).unwrap();
+    feed(&mut e, 0, 25_000).unwrap();
+    assert!(
+        e.take_results().is_empty(),
+        "partition 1 has said nothing yet"
+    );
+    e.set_idle(1);
+    let r = e.take_results();
+    assert_eq!((r.len(), r[0].start, r[0].end), (1, 0, 10_000));
+    // Partition 1 comes back behind: its record is late for the window already emitted.
+    let late = feed(&mut e, 1, 5_000).unwrap_err();
+    assert_eq!(late.reason, RejectReason::Late);
+    feed(&mut e, 1, 21_000).unwrap();
+    assert!(e.take_results().is_empty());
+}
+
+#[test]
+fn kafka_timestamps_and_message_keys() {
+    let yaml = r#"apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {name: t}
+spec:
+  source: {kafka: {bootstrapServers: "k:9092", topic: in}}
+  groupByKey: true
+  window: {type: tumbling, size: 1s}
+  aggregations: [{name: n, fn: count}]
+  sink: {kafka: {topic: out}}
+"#;
+    let job = weir_crds::parse_stream_job(yaml).unwrap().job;
+    let mut e = Engine::new(JobPlan::new(&job.spec).unwrap(), [0]);
+    let rec = |key: Option<&'static [u8]>, ts: Option<i64>| Record {
+        partition: 0,
+        offset: 0,
+        key,
+        timestamp: ts,
+        value: b"{}",
+    };
+    e.process(&rec(Some(b"k1"), Some(1_500))).unwrap();
+    assert_eq!(
+        e.process(&rec(None, Some(1_500))).unwrap_err().reason,
+        RejectReason::MissingField
+    );
+    assert_eq!(
+        e.process(&rec(Some(b"k1"), None)).unwrap_err().reason,
+        RejectReason::InvalidEventTime
+    );
+    assert_eq!(
+        e.process(&rec(Some(&[0xff, 0xfe]), Some(1)))
+            .unwrap_err()
+            .reason,
+        RejectReason::WrongType
+    );
+    e.finish();
+    let r = e.take_results();
+    assert_eq!(
+        r[0].to_json(e.plan()),
+        r#"{"window":{"start":"1970-01-01T00:00:01.000Z","end":"1970-01-01T00:00:02.000Z"},"group":{"key":"k1"},"values":{"n":1}}"#
+    );
+}

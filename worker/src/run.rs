@@ -1,0 +1,152 @@
+//! `weir run`: a StreamJob on this machine.
+//!
+//! With `--input`, the engine runs over a file of JSON lines as one partition (offsets are line
+//! numbers, starting at 0). Without it, the job would read Kafka: that is the worker runtime's
+//! local mode.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use weir_engine::{Engine, JobPlan, Record, RejectReason};
+
+/// Exit code for a job or an invocation that cannot run (bad spec, unreadable file).
+const EXIT_USAGE: u8 = 2;
+
+pub fn main(job: &Path, input: Option<&Path>, rejects: Option<&Path>) -> ExitCode {
+    let plan = match load_plan(job) {
+        Ok(plan) => plan,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("error: {p}");
+            }
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let Some(input) = input else {
+        eprintln!(
+            "error: running against Kafka needs the worker runtime, which is not built yet; \
+             pass --input FILE (JSON lines, or - for stdin) to run the job over a file"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    };
+    if plan.needs_key() || plan.needs_kafka_timestamp() {
+        eprintln!(
+            "error: {}: this job reads the Kafka {}, which --input lines do not have; \
+             set spec.source.eventTime and group by record fields to try it on a file",
+            job.display(),
+            if plan.needs_key() {
+                "message key"
+            } else {
+                "record timestamp"
+            }
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match run_file(plan, input, rejects) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Read, parse and validate a StreamJob file; every problem is a line for the user.
+pub fn load_plan(path: &Path) -> Result<JobPlan, Vec<String>> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{shown}: {e}")])?;
+    let parsed = weir_crds::parse_stream_job(&text).map_err(|e| vec![format!("{shown}: {e}")])?;
+    if !parsed.unknown_fields.is_empty() {
+        return Err(parsed
+            .unknown_fields
+            .iter()
+            .map(|f| format!("{shown}: {f}: unknown field (check its spelling)"))
+            .collect());
+    }
+    JobPlan::new(&parsed.job.spec)
+        .map_err(|errors| errors.0.iter().map(|e| format!("{shown}: {e}")).collect())
+}
+
+fn run_file(plan: JobPlan, input: &Path, rejects: Option<&Path>) -> anyhow::Result<()> {
+    let reader: Box<dyn BufRead> = if input == Path::new("-") {
+        Box::new(BufReader::new(io::stdin().lock()))
+    } else {
+        let f = File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
+        Box::new(BufReader::with_capacity(1 << 16, f))
+    };
+    let mut rejects_out: Box<dyn Write> = match rejects {
+        Some(p) => Box::new(BufWriter::new(
+            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(io::stderr().lock()),
+    };
+    let stdout = io::stdout().lock();
+    let mut out = BufWriter::new(stdout);
+
+    let mut engine = Engine::new(plan, [0]);
+    let mut lines_in = 0u64;
+    let mut results_out = 0u64;
+    for (n, line) in reader.split(b'\n').enumerate() {
+        let mut line = line.with_context(|| format!("cannot read {}", input.display()))?;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        lines_in += 1;
+        let record = Record {
+            partition: 0,
+            offset: n as i64,
+            key: None,
+            timestamp: None,
+            value: &line,
+        };
+        if let Err(r) = engine.process(&record) {
+            let rejected = serde_json::json!({
+                "line": n + 1,
+                "reason": r.reason.as_str(),
+                "detail": r.detail,
+                "record": String::from_utf8_lossy(&line),
+            });
+            writeln!(rejects_out, "{rejected}")?;
+        }
+        let results = engine.take_results();
+        if !results.is_empty() {
+            for r in &results {
+                writeln!(out, "{}", r.to_json(engine.plan()))?;
+            }
+            results_out += results.len() as u64;
+            // Results appear as windows close, also when reading a live pipe.
+            out.flush()?;
+        }
+    }
+    engine.finish();
+    for r in engine.take_results() {
+        writeln!(out, "{}", r.to_json(engine.plan()))?;
+        results_out += 1;
+    }
+    out.flush()?;
+    rejects_out.flush()?;
+
+    let stats = engine.stats();
+    let rejected: u64 = stats.rejected.iter().sum();
+    let by_reason: Vec<String> = RejectReason::ALL
+        .iter()
+        .zip(stats.rejected)
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    let by_reason = if by_reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", by_reason.join(", "))
+    };
+    eprintln!(
+        "weir run: {lines_in} records in, {results_out} results out, {rejected} rejected{by_reason}"
+    );
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! `weir run` on every example with its sample input gives the committed, hand-checked output
+//! (`examples/NAME.expected.jsonl`) and rejects (`examples/NAME.rejects.jsonl`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn weir() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn every_example_runs_on_its_sample_and_gives_the_expected_results() {
+    let dir = examples_dir();
+    let mut jobs: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    jobs.sort();
+    assert!(jobs.len() >= 3);
+    for job in jobs {
+        let stem = job.file_stem().and_then(|s| s.to_str()).expect("name");
+        let input = dir.join(format!("{stem}.jsonl"));
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let rejects = tmp.path().join("rejects.jsonl");
+        let out = weir()
+            .args(["run".as_ref(), job.as_os_str(), "--input".as_ref()])
+            .arg(&input)
+            .arg("--rejects")
+            .arg(&rejects)
+            .output()
+            .expect("weir runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stem}: {stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            stdout,
+            read(&dir.join(format!("{stem}.expected.jsonl"))),
+            "{stem}: results differ"
+        );
+        assert_eq!(
+            read(&rejects),
+            read(&dir.join(format!("{stem}.rejects.jsonl"))),
+            "{stem}: rejects differ"
+        );
+        let results = stdout.lines().count();
+        let rejected = read(&rejects).lines().count();
+        assert!(
+            stderr.contains(&format!("{results} results out, {rejected} rejected")),
+            "{stem}: summary: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn reads_stdin_and_prints_rejects_to_stderr() {
+    use std::io::Write;
+    let dir = examples_dir();
+    let mut child = weir()
+        .args(["run", "--input", "-"])
+        .arg(dir.join("payments-per-merchant.yaml"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(read(&dir.join("payments-per-merchant.jsonl")).as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        read(&dir.join("payments-per-merchant.expected.jsonl"))
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("\"reason\":\"late\""), "{stderr}");
+    assert!(
+        stderr.contains("16 records in, 6 results out, 6 rejected"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_job_is_refused_with_every_problem_named() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let job = tmp.path().join("bad.yaml");
+    let text = read(&examples_dir().join("payments-per-merchant.yaml"))
+        .replace("size: 1m", "size: 1m\n    slide: 10s")
+        .replace("quantile: 0.99", "quantile: 1.5")
+        .replace("allowedLateness", "allowedLatness");
+    std::fs::write(&job, text).expect("write");
+    let out = weir()
+        .args([
+            "run".as_ref(),
+            job.as_os_str(),
+            "--input".as_ref(),
+            "-".as_ref(),
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("spec.window.allowedLatness: unknown field"),
+        "{stderr}"
+    );
+
+    let text = read(&job).replace("allowedLatness", "allowedLateness");
+    std::fs::write(&job, text).expect("write");
+    let out = weir()
+        .args([
+            "run".as_ref(),
+            job.as_os_str(),
+            "--input".as_ref(),
+            "-".as_ref(),
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("spec.window.slide: is only used by hopping windows"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("spec.aggregations[3].quantile: must be strictly between 0 and 1"),
+        "{stderr}"
+    );
+}
