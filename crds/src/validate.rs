@@ -73,7 +73,10 @@ impl Checker {
         let d = d.as_ref()?;
         match d.as_millis() {
             Ok(ms) if ms > MAX_DURATION_MS => {
-                self.fail(path, format!("{d} is longer than the maximum, 8760h (a year)"));
+                self.fail(
+                    path,
+                    format!("{d} is longer than the maximum, 8760h (a year)"),
+                );
                 None
             }
             Ok(ms) => Some(ms),

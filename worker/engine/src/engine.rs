@@ -21,9 +21,12 @@
 //!   touched.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
 use std::fmt;
 
-use crate::agg::{Acc, Input, Order};
+use crate::agg::{Acc, Column, Input, Order};
 use crate::decode::{Fields, Scalar};
 use crate::plan::{AggPlan, GroupPart, JobPlan, TimeSource, WindowKind};
 use crate::time;
@@ -202,42 +205,73 @@ pub struct Stats {
 
 /// Interned group keys with a count of the state entries holding each, so a group's key is
 /// stored once however many windows it has open, and freed with its last window.
-#[derive(Default)]
+///
+/// Keys live back to back in one arena (no allocation per group); the table holds only ids. The
+/// arena is compacted when more than half of it belongs to freed groups.
 struct Groups {
-    ids: FastMap<Box<[u8]>, u32>,
-    keys: Vec<Box<[u8]>>,
+    table: HashTable<u32>,
+    spans: Vec<(u32, u32)>,
     refs: Vec<u32>,
+    arena: Vec<u8>,
     free: Vec<u32>,
+    garbage: usize,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Groups {
-    fn lookup(&self, key: &[u8]) -> Option<u32> {
-        self.ids.get(key).copied()
+    fn new() -> Groups {
+        Groups {
+            table: HashTable::new(),
+            spans: Vec::new(),
+            refs: Vec::new(),
+            arena: Vec::new(),
+            free: Vec::new(),
+            garbage: 0,
+            hasher: foldhash::fast::RandomState::default(),
+        }
     }
 
-    fn intern(&mut self, key: &[u8]) -> u32 {
-        if let Some(id) = self.lookup(key) {
-            return id;
-        }
-        let boxed: Box<[u8]> = key.into();
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.keys[id as usize] = boxed.clone();
-                self.refs[id as usize] = 0;
-                id
-            }
-            None => {
-                self.keys.push(boxed.clone());
-                self.refs.push(0);
-                (self.keys.len() - 1) as u32
-            }
-        };
-        self.ids.insert(boxed, id);
-        id
+    fn span_of<'a>(spans: &[(u32, u32)], arena: &'a [u8], id: u32) -> &'a [u8] {
+        let (at, len) = spans[id as usize];
+        &arena[at as usize..(at + len) as usize]
     }
 
     fn key(&self, id: u32) -> &[u8] {
-        &self.keys[id as usize]
+        Self::span_of(&self.spans, &self.arena, id)
+    }
+
+    fn intern(&mut self, key: &[u8]) -> u32 {
+        let hash = self.hasher.hash_one(key);
+        let Groups {
+            table,
+            spans,
+            refs,
+            arena,
+            free,
+            hasher,
+            ..
+        } = self;
+        if let Some(id) = table.find(hash, |id| Self::span_of(spans, arena, *id) == key) {
+            return *id;
+        }
+        let span = (arena.len() as u32, key.len() as u32);
+        arena.extend_from_slice(key);
+        let id = match free.pop() {
+            Some(id) => {
+                spans[id as usize] = span;
+                refs[id as usize] = 0;
+                id
+            }
+            None => {
+                spans.push(span);
+                refs.push(0);
+                (spans.len() - 1) as u32
+            }
+        };
+        table.insert_unique(hash, id, |id| {
+            hasher.hash_one(Self::span_of(spans, arena, *id))
+        });
+        id
     }
 
     fn retain(&mut self, id: u32) {
@@ -247,25 +281,111 @@ impl Groups {
     fn release(&mut self, id: u32) {
         let r = &mut self.refs[id as usize];
         *r = r.saturating_sub(1);
-        if *r == 0 {
-            let key = std::mem::take(&mut self.keys[id as usize]);
-            self.ids.remove(&key);
-            self.free.push(id);
+        if *r > 0 {
+            return;
+        }
+        let hash = self.hasher.hash_one(self.key(id));
+        if let Ok(entry) = self.table.find_entry(hash, |x| *x == id) {
+            entry.remove();
+        }
+        self.garbage += self.spans[id as usize].1 as usize;
+        self.spans[id as usize] = (0, 0);
+        self.free.push(id);
+        if self.garbage > 4096 && self.garbage * 2 > self.arena.len() {
+            self.compact();
         }
     }
 
+    /// Rewrite the arena with live keys only.
+    fn compact(&mut self) {
+        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+        for (span, refs) in self.spans.iter_mut().zip(&self.refs) {
+            if *refs > 0 {
+                let (at, len) = *span;
+                *span = (arena.len() as u32, len);
+                arena.extend_from_slice(&self.arena[at as usize..(at + len) as usize]);
+            }
+        }
+        self.arena = arena;
+        self.garbage = 0;
+    }
+
     fn len(&self) -> usize {
-        self.ids.len()
+        self.table.len()
+    }
+
+    /// One past the largest id ever handed out.
+    fn capacity(&self) -> usize {
+        self.spans.len()
     }
 }
 
 /// A group's accumulators in one pane or session.
 type Row = Box<[Acc]>;
 
-#[derive(Default)]
+/// One pane's rows, column by column (see [`Column`]): no allocation per row.
 struct Pane {
-    index: FastMap<u32, u32>,
-    rows: Vec<(u32, Row)>,
+    /// Row numbers, hashed by group id.
+    index: HashTable<u32>,
+    /// Group id of each row.
+    gids: Vec<u32>,
+    /// One column per aggregation.
+    cols: Vec<Column>,
+}
+
+fn hash_gid(gid: u32) -> u64 {
+    // Group ids are dense small integers; a multiplicative hash spreads them over the table.
+    u64::from(gid).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+impl Pane {
+    /// A pane with room for `rows` rows: consecutive panes hold about as many groups, so sizing
+    /// a new pane like the last one saves rehashing and regrowth on the record path.
+    fn with_capacity(aggs: &[AggPlan], rows: usize) -> Pane {
+        let mut cols: Vec<Column> = aggs
+            .iter()
+            .map(|a| Column::new(a.function, a.quantile))
+            .collect();
+        for c in cols.iter_mut() {
+            c.reserve(rows);
+        }
+        Pane {
+            index: HashTable::with_capacity(rows),
+            gids: Vec::with_capacity(rows),
+            cols,
+        }
+    }
+
+    /// The row of `gid`, added if new (`true` when added).
+    #[inline]
+    fn row(&mut self, gid: u32) -> (usize, bool) {
+        let Pane { index, gids, cols } = self;
+        let hash = hash_gid(gid);
+        if let Some(r) = index.find(hash, |r| gids[*r as usize] == gid) {
+            return (*r as usize, false);
+        }
+        let r = gids.len();
+        gids.push(gid);
+        for c in cols.iter_mut() {
+            c.push_empty();
+        }
+        index.insert_unique(hash, r as u32, |r| hash_gid(gids[*r as usize]));
+        (r, true)
+    }
+
+    fn len(&self) -> usize {
+        self.gids.len()
+    }
+}
+
+/// Reused buffers for merging the panes of a hopping window.
+#[derive(Default)]
+struct MergeScratch {
+    /// Merged row of each group id, `u32::MAX` when none (indexed by group id).
+    slot: Vec<u32>,
+    gids: Vec<u32>,
+    cols: Vec<Column>,
+    rows: Vec<u32>,
 }
 
 /// Tumbling and hopping windows, stored as panes of gcd(size, slide).
@@ -280,6 +400,42 @@ struct Aligned {
     slide: i64,
     pane: i64,
     panes: BTreeMap<(i64, i64), Pane>,
+    scratch: MergeScratch,
+    /// Rows of the last untagged pane dropped, a size hint for new panes.
+    rows_hint: usize,
+    /// Length of a block of panes merged once for many hopping windows (0: no blocks).
+    block_len: i64,
+    /// Merged untagged panes of `[start, start + block_len)`, by start.
+    blocks: BTreeMap<i64, Pane>,
+}
+
+/// Merge every row of `src` into `dst` (adding rows for new groups).
+fn merge_into(dst: &mut Pane, src: &Pane, slots: &mut Vec<u32>) {
+    slots.clear();
+    for gid in &src.gids {
+        slots.push(dst.row(*gid).0 as u32);
+    }
+    for (d, c) in dst.cols.iter_mut().zip(&src.cols) {
+        d.merge_rows(c, slots);
+    }
+}
+
+impl MergeScratch {
+    /// Empty columns shaped like `pane`'s.
+    fn cols_like(&self, pane: Option<&Pane>) -> Vec<Column> {
+        pane.map(|p| p.cols.iter().map(Column::empty_like).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Panes per block: about the square root of the panes per window, which minimises the merges
+/// per window (blocks inside it plus loose panes at its edges); none for short windows.
+fn block_len(size: i64, pane: i64) -> i64 {
+    let n = size / pane;
+    if size == pane || n < 16 {
+        return 0;
+    }
+    ((n as f64).sqrt().round() as i64).max(2) * pane
 }
 
 #[derive(Debug)]
@@ -353,6 +509,10 @@ impl Engine {
                 slide,
                 pane,
                 panes: BTreeMap::new(),
+                scratch: MergeScratch::default(),
+                rows_hint: 0,
+                block_len: block_len(size, pane),
+                blocks: BTreeMap::new(),
             }),
             WindowKind::Session { gap } => State::Sessions(Sessions {
                 gap,
@@ -368,7 +528,7 @@ impl Engine {
             plan,
             partitions,
             watermark: i64::MIN,
-            groups: Groups::default(),
+            groups: Groups::new(),
             state,
             results: Vec::new(),
             stats: Stats::default(),
@@ -407,7 +567,29 @@ impl Engine {
     /// Number of open (group, pane) rows or sessions: the unit of state memory.
     pub fn open_rows(&self) -> usize {
         match &self.state {
-            State::Aligned(a) => a.panes.values().map(|p| p.rows.len()).sum(),
+            State::Aligned(a) => a.panes.values().map(Pane::len).sum(),
+            State::Sessions(s) => s.by_end.len(),
+        }
+    }
+
+    /// Number of open (group, window) pairs: windows not yet emitted that hold at least one
+    /// record of the group. A diagnostic for benchmarks: it walks the whole state.
+    pub fn open_windows(&self) -> usize {
+        match &self.state {
+            State::Aligned(a) => {
+                let mut windows: BTreeSet<(u32, i64)> = BTreeSet::new();
+                for ((p, first), pane) in &a.panes {
+                    let mut s =
+                        (*first).max(align_up(self.watermark.saturating_sub(a.size) + 1, a.slide));
+                    while s <= *p {
+                        for gid in &pane.gids {
+                            windows.insert((*gid, s));
+                        }
+                        s += a.slide;
+                    }
+                }
+                windows.len()
+            }
             State::Sessions(s) => s.by_end.len(),
         }
     }
@@ -505,15 +687,18 @@ impl Engine {
         };
         match &mut self.state {
             State::Aligned(a) => {
-                let pane = a.panes.entry((align_down(t, a.pane), first)).or_default();
-                let next = pane.rows.len() as u32;
-                let i = *pane.index.entry(gid).or_insert(next) as usize;
-                if i == pane.rows.len() {
-                    pane.rows.push((gid, new_row(&self.plan.aggs)));
+                let aggs = &self.plan.aggs;
+                let hint = a.rows_hint;
+                let pane = a
+                    .panes
+                    .entry((align_down(t, a.pane), first))
+                    .or_insert_with(|| Pane::with_capacity(aggs, hint));
+                let (row, added) = pane.row(gid);
+                if added {
                     self.groups.retain(gid);
                 }
-                for (acc, c) in pane.rows[i].1.iter_mut().zip(inputs) {
-                    acc.update(input(c), order);
+                for (col, c) in pane.cols.iter_mut().zip(inputs) {
+                    col.update(row, input(c), order);
                 }
             }
             State::Sessions(s) => {
@@ -797,40 +982,91 @@ impl Aligned {
     fn emit_window(&mut self, s: i64, groups: &Groups, out: &mut Vec<WindowResult>) {
         let end = s + self.size;
         let first = out.len();
-        let mut push = |gid: u32, row: &Row| {
-            out.push(WindowResult {
-                start: s,
-                end,
-                group: groups.key(gid).into(),
-                values: row.iter().map(Acc::result).collect(),
-            })
+        let result = |gid: u32, cols: &[Column], row: usize| WindowResult {
+            start: s,
+            end,
+            group: groups.key(gid).into(),
+            values: cols.iter().map(|c| c.result(row)).collect(),
         };
         if self.pane == self.size {
             // Tumbling: the pane is the window, and every record in it counts.
             if let Some(p) = self.panes.get(&(s, s)) {
-                for (gid, row) in &p.rows {
-                    push(*gid, row);
+                for (row, gid) in p.gids.iter().enumerate() {
+                    out.push(result(*gid, &p.cols, row));
                 }
             }
         } else {
-            let mut merged: FastMap<u32, Row> = FastMap::default();
-            let panes = self.panes.range((s, i64::MIN)..(end, i64::MIN));
-            for (_, pane) in panes.filter(|((_, first), _)| *first <= s) {
-                for (gid, row) in &pane.rows {
-                    match merged.get_mut(gid) {
-                        Some(m) => {
-                            for (acc, o) in m.iter_mut().zip(row.iter()) {
-                                acc.merge(o);
-                            }
-                        }
-                        None => {
-                            merged.insert(*gid, row.clone());
+            // Hopping: merge the window's panes group by group, in pane order. Runs of untagged
+            // panes that fill a block are merged once into the block, which later windows reuse:
+            // every untagged pane of a window being emitted is final (its first window closed).
+            let block_len = self.block_len;
+            let (b0, b1) = if block_len > 0 {
+                (align_up(s, block_len), align_down(end, block_len))
+            } else {
+                (0, 0)
+            };
+            let mut b = b0;
+            while b < b1 {
+                if !self.blocks.contains_key(&b) {
+                    let mut block = Pane::with_capacity(&[], 0);
+                    block.cols = self.scratch.cols_like(self.panes.values().next());
+                    let panes = self.panes.range((b, i64::MIN)..(b + block_len, i64::MIN));
+                    for ((p, first), pane) in panes {
+                        if *first == self.first_window(*p) {
+                            merge_into(&mut block, pane, &mut self.scratch.rows);
                         }
                     }
+                    self.blocks.insert(b, block);
+                }
+                b += block_len;
+            }
+            let m = &mut self.scratch;
+            m.slot.resize(groups.capacity(), u32::MAX);
+            let add = |m: &mut MergeScratch, pane: &Pane| {
+                if m.cols.is_empty() {
+                    m.cols = pane.cols.iter().map(Column::empty_like).collect();
+                }
+                m.rows.clear();
+                for gid in &pane.gids {
+                    let slot = &mut m.slot[*gid as usize];
+                    if *slot == u32::MAX {
+                        *slot = m.gids.len() as u32;
+                        m.gids.push(*gid);
+                        for c in m.cols.iter_mut() {
+                            c.push_empty();
+                        }
+                    }
+                    m.rows.push(*slot);
+                }
+                for (dst, src) in m.cols.iter_mut().zip(&pane.cols) {
+                    dst.merge_rows(src, &m.rows);
+                }
+            };
+            // Blocks first, then the panes they do not cover, both in time order.
+            for (_, block) in self.blocks.range(b0..b1) {
+                add(m, block);
+            }
+            let panes = self.panes.range((s, i64::MIN)..(end, i64::MIN));
+            for ((p, first), pane) in panes.filter(|((_, first), _)| *first <= s) {
+                let untagged = *first == align_up(p + self.pane - self.size, self.slide);
+                if !(untagged && (b0..b1).contains(p)) {
+                    add(m, pane);
                 }
             }
-            for (gid, row) in &merged {
-                push(*gid, row);
+            for (row, gid) in m.gids.iter().enumerate() {
+                out.push(result(*gid, &m.cols, row));
+                m.slot[*gid as usize] = u32::MAX;
+            }
+            m.gids.clear();
+            for c in m.cols.iter_mut() {
+                c.clear();
+            }
+            // Blocks that start before the next window are not wholly inside any later window.
+            while let Some(entry) = self.blocks.first_entry() {
+                if *entry.key() > s {
+                    break;
+                }
+                entry.remove();
             }
         }
         out[first..].sort_by(|x, y| x.group.cmp(&y.group));
@@ -841,7 +1077,11 @@ impl Aligned {
             if entry.key().0 >= s {
                 break;
             }
-            for (gid, _) in entry.remove().rows {
+            let ((start, first), pane) = entry.remove_entry();
+            if first == self.first_window(start) {
+                self.rows_hint = pane.len() + pane.len() / 16;
+            }
+            for gid in pane.gids {
                 groups.release(gid);
             }
         }

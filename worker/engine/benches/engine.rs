@@ -1,0 +1,125 @@
+//! Records/s of decode + aggregate on one core, in steady state, for the windows and
+//! aggregations of issue 3.
+//!
+//! `cargo bench -p weir-engine --bench engine`. The input is one continuous stream of ~92-byte
+//! JSON payment records over 10k merchants at 50k records per second of event time. Each
+//! iteration first feeds 65 s of it (untimed) so every window type has its full state open, then
+//! times the next 20 s of records, during which windows close and are emitted as they would in a
+//! live stream (one hopping window per second, one tumbling window per minute). Emitted results
+//! are built (values computed) but not serialised.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use weir_engine::{Engine, JobPlan, Record};
+
+#[path = "data.rs"]
+mod data;
+
+const GROUPS: u64 = 10_000;
+const RATE: u64 = 50_000;
+
+fn feed(engine: &mut Engine, records: &[Vec<u8>], first_offset: usize) -> usize {
+    let mut results = 0;
+    for (i, v) in records.iter().enumerate() {
+        let rec = Record {
+            partition: 0,
+            offset: (first_offset + i) as i64,
+            key: None,
+            timestamp: None,
+            value: v,
+        };
+        // The data's disorder (500 ms) is within the allowed lateness: nothing is rejected.
+        if engine.process(&rec).is_err() {
+            panic!("benchmark record {i} rejected");
+        }
+        results += engine.take_results().len();
+    }
+    results
+}
+
+fn steady_state(plan: &JobPlan, warmup: &[Vec<u8>], measured: &[Vec<u8>], iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let mut engine = Engine::new(plan.clone(), [0]);
+        feed(&mut engine, warmup, 0);
+        let start = Instant::now();
+        let results = feed(&mut engine, measured, warmup.len());
+        total += start.elapsed();
+        std::hint::black_box(results);
+    }
+    total
+}
+
+fn bench(c: &mut Criterion) {
+    // Under `cargo test --benches` run a tiny version, just to prove the benchmark works.
+    let full = std::env::args().any(|a| a == "--bench");
+    let (warm_secs, measured_secs) = if full { (65, 20) } else { (2, 1) };
+    let warm_n = (warm_secs * RATE) as usize;
+    let measured_n = (measured_secs * RATE) as usize;
+    let all = data::records(warm_n + measured_n, GROUPS, RATE);
+    let (warmup, measured) = all.split_at(warm_n);
+    let bytes: usize = measured.iter().map(Vec::len).sum();
+    eprintln!(
+        "{} warm-up + {} measured records, {:.1} bytes each on average",
+        warm_n,
+        measured_n,
+        bytes as f64 / measured_n as f64
+    );
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(measured_n as u64));
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_millis(1));
+    for (name, window, aggs) in [
+        (
+            "tumbling_1m/count_sum_mean",
+            "{type: tumbling, size: 1m, allowedLateness: 1s}",
+            data::COUNT_SUM_MEAN,
+        ),
+        (
+            "hopping_1m_1s/count_sum_mean",
+            "{type: hopping, size: 1m, slide: 1s, allowedLateness: 1s}",
+            data::COUNT_SUM_MEAN,
+        ),
+        (
+            "session_30s/count_sum_mean",
+            "{type: session, gap: 30s, allowedLateness: 1s}",
+            data::COUNT_SUM_MEAN,
+        ),
+        (
+            "tumbling_1m/all",
+            "{type: tumbling, size: 1m, allowedLateness: 1s}",
+            data::ALL,
+        ),
+        (
+            "hopping_1m_1s/all",
+            "{type: hopping, size: 1m, slide: 1s, allowedLateness: 1s}",
+            data::ALL,
+        ),
+    ] {
+        let plan = data::plan(window, aggs);
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| steady_state(&plan, warmup, measured, iters))
+        });
+    }
+    // For orientation: JSON decode alone, the floor of the record path.
+    let plan = data::plan(
+        "{type: tumbling, size: 1m, allowedLateness: 1s}",
+        data::COUNT_SUM_MEAN,
+    );
+    g.bench_function("decode_only", |b| {
+        b.iter(|| {
+            let mut fields = weir_engine::decode::Fields::default();
+            let mut ok = 0;
+            for v in measured {
+                ok += usize::from(plan.fields.decode(v, &mut fields).is_ok());
+            }
+            ok
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
