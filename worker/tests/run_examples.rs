@@ -92,14 +92,10 @@ fn reads_stdin_and_prints_rejects_to_stderr() {
     );
 }
 
-#[test]
-fn a_bad_job_is_refused_with_every_problem_named() {
+/// Run `weir run JOB --input -` on a job text that must be refused; its stderr.
+fn refused(text: &str) -> String {
     let tmp = tempfile::tempdir().expect("tempdir");
     let job = tmp.path().join("bad.yaml");
-    let text = read(&examples_dir().join("payments-per-merchant.yaml"))
-        .replace("size: 1m", "size: 1m\n    slide: 10s")
-        .replace("quantile: 0.99", "quantile: 1.5")
-        .replace("allowedLateness", "allowedLatness");
     std::fs::write(&job, text).expect("write");
     let out = weir()
         .args([
@@ -110,26 +106,24 @@ fn a_bad_job_is_refused_with_every_problem_named() {
         ])
         .output()
         .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "exit code");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_bad_job_is_refused_with_every_problem_named() {
+    let good = read(&examples_dir().join("payments-per-merchant.yaml"));
+    let bad = good
+        .replace("size: 1m", "size: 1m\n    slide: 10s")
+        .replace("quantile: 0.99", "quantile: 1.5");
+
+    let stderr = refused(&bad.replace("allowedLateness", "allowedLatness"));
     assert!(
         stderr.contains("spec.window.allowedLatness: unknown field"),
         "{stderr}"
     );
 
-    let text = read(&job).replace("allowedLatness", "allowedLateness");
-    std::fs::write(&job, text).expect("write");
-    let out = weir()
-        .args([
-            "run".as_ref(),
-            job.as_os_str(),
-            "--input".as_ref(),
-            "-".as_ref(),
-        ])
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&bad);
     assert!(
         stderr.contains("spec.window.slide: is only used by hopping windows"),
         "{stderr}"
@@ -138,4 +132,12 @@ fn a_bad_job_is_refused_with_every_problem_named() {
         stderr.contains("spec.aggregations[3].quantile: must be strictly between 0 and 1"),
         "{stderr}"
     );
+
+    let no_event_time = good.replace(
+        "    eventTime:\n      field: ts\n      format: rfc3339\n",
+        "",
+    );
+    assert_ne!(no_event_time, good);
+    let stderr = refused(&no_event_time);
+    assert!(stderr.contains("Kafka record timestamp"), "{stderr}");
 }

@@ -20,8 +20,8 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 const RAW_COUNT_SUM_MEAN: usize = 8 + 16 + 24;
 
 fn main() {
-    // `cargo test --benches` runs this too; keep it quick there.
-    let quick = std::env::args().any(|a| a == "--test" || a == "--list");
+    // `cargo test --all-targets` runs this too (without --bench); keep it quick there.
+    let quick = !std::env::args().any(|a| a == "--bench");
     let groups: u64 = if quick { 1_000 } else { 100_000 };
     println!(
         "| window | groups | state rows | open (group, window) | heap bytes | bytes/row | bytes/open window | raw bytes | ratio |"

@@ -534,3 +534,32 @@ proptest! {
         prop_assert_eq!(ra, rb);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// Whatever bytes arrive, the record path answers with a result or a reason, never a panic,
+    /// and a refused record leaves the state as it was.
+    #[test]
+    fn arbitrary_bytes_never_panic(
+        values in proptest::collection::vec(
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..64),
+                "\\{(\"[tgxd]\":(-?[0-9]{1,20}(\\.[0-9]{0,3})?(e[0-9]{1,3})?|\"[^\"]{0,5}\"|null|true|\\[\\]|\\{\\}),?){0,5}\\}?"
+                    .prop_map(String::into_bytes),
+            ],
+            1..40,
+        ),
+    ) {
+        let job = Job { window: Win::Hopping(10_000, 3_000), lateness: 1_000, grouped: true, quantile: 0.5 };
+        let mut engine = Engine::new(job.plan(), [0]);
+        for (i, v) in values.iter().enumerate() {
+            let rows = engine.open_rows();
+            let rec = Record { partition: 0, offset: i as i64, key: None, timestamp: None, value: v };
+            if engine.process(&rec).is_err() {
+                prop_assert_eq!(engine.open_rows(), rows);
+            }
+        }
+        engine.finish();
+    }
+}
