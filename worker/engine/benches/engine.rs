@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use weir_engine::{Engine, JobPlan, Record};
 
-#[path = "data.rs"]
+#[path = "support/data.rs"]
 mod data;
 
 const GROUPS: u64 = 10_000;

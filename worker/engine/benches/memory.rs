@@ -10,7 +10,7 @@ use std::alloc::System;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use weir_engine::{Engine, Record};
 
-#[path = "data.rs"]
+#[path = "support/data.rs"]
 mod data;
 
 #[global_allocator]
