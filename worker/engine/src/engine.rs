@@ -323,6 +323,46 @@ impl Groups {
 /// A group's accumulators in one pane or session.
 type Row = Box<[Acc]>;
 
+/// Where a replay must start to rebuild a piece of state: per input partition, the smallest
+/// offset of a record in it, and the partition's largest event time before that record.
+///
+/// Offsets of one partition arrive in increasing order, so the first record of a partition in a
+/// pane or session is normally its smallest; the minimum is kept anyway.
+#[derive(Debug, Default, Clone)]
+struct Marks(Vec<Mark>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    partition: i32,
+    offset: i64,
+    max_before: i64,
+}
+
+impl Marks {
+    #[inline]
+    fn note(&mut self, m: Mark) {
+        for x in self.0.iter_mut() {
+            if x.partition == m.partition {
+                if m.offset < x.offset {
+                    *x = m;
+                }
+                return;
+            }
+        }
+        self.0.push(m);
+    }
+
+    fn merge(&mut self, other: &Marks) {
+        for m in &other.0 {
+            self.note(*m);
+        }
+    }
+
+    fn get(&self, partition: i32) -> Option<Mark> {
+        self.0.iter().find(|m| m.partition == partition).copied()
+    }
+}
+
 /// One pane's rows, column by column (see [`Column`]): no allocation per row.
 struct Pane {
     /// Row numbers, hashed by group id.
@@ -331,6 +371,8 @@ struct Pane {
     gids: Vec<u32>,
     /// One column per aggregation.
     cols: Vec<Column>,
+    /// Where a replay must start to rebuild this pane.
+    marks: Marks,
 }
 
 fn hash_gid(gid: u32) -> u64 {
@@ -353,13 +395,16 @@ impl Pane {
             index: HashTable::with_capacity(rows),
             gids: Vec::with_capacity(rows),
             cols,
+            marks: Marks::default(),
         }
     }
 
     /// The row of `gid`, added if new (`true` when added).
     #[inline]
     fn row(&mut self, gid: u32) -> (usize, bool) {
-        let Pane { index, gids, cols } = self;
+        let Pane {
+            index, gids, cols, ..
+        } = self;
         let hash = hash_gid(gid);
         if let Some(r) = index.find(hash, |r| gids[*r as usize] == gid) {
             return (*r as usize, false);
@@ -443,6 +488,7 @@ struct Session {
     start: i64,
     end: i64,
     row: Row,
+    marks: Marks,
 }
 
 /// Session windows, per group, plus an index by end to close them in order.
@@ -660,6 +706,11 @@ impl Engine {
                 ),
             ));
         }
+        let mark = Mark {
+            partition: rec.partition,
+            offset: rec.offset,
+            max_before: part.max_time,
+        };
         part.max_time = part.max_time.max(t);
         part.watermark = part
             .watermark
@@ -697,6 +748,7 @@ impl Engine {
                 if added {
                     self.groups.retain(gid);
                 }
+                pane.marks.note(mark);
                 for (col, c) in pane.cols.iter_mut().zip(inputs) {
                     col.update(row, input(c), order);
                 }
@@ -711,6 +763,7 @@ impl Engine {
                 for (acc, c) in row.iter_mut().zip(inputs) {
                     acc.update(input(c), order);
                 }
+                let mut marks = Marks(vec![mark]);
                 // Merge every session the new one overlaps, keeping the list sorted by start.
                 let mut kept = Vec::with_capacity(list.len() + 1);
                 for old in list.drain(..) {
@@ -721,12 +774,21 @@ impl Engine {
                         for (acc, o) in row.iter_mut().zip(old.row.iter()) {
                             acc.merge(o);
                         }
+                        marks.merge(&old.marks);
                     } else {
                         kept.push(old);
                     }
                 }
                 let at = kept.partition_point(|x| x.start < start);
-                kept.insert(at, Session { start, end, row });
+                kept.insert(
+                    at,
+                    Session {
+                        start,
+                        end,
+                        row,
+                        marks,
+                    },
+                );
                 s.by_end.insert((end, gid, start));
                 *list = kept;
             }
@@ -841,6 +903,55 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Where a replay of `partition` must start to rebuild the open windows: the smallest offset
+    /// of its records still held in open state, and the partition's largest event time before
+    /// that record (`i64::MIN` if none). `None` when no open window holds a record of it: then
+    /// replay starts at the next offset, with the partition's current largest event time.
+    ///
+    /// Together with the watermark at the time of the checkpoint this is a complete checkpoint:
+    /// a new engine [`resume`](Engine::resume)d at this point and fed the partition's records
+    /// from the offset on produces every result the first would have produced after the
+    /// checkpoint; results ending at or before the checkpoint's watermark were emitted before,
+    /// and the runtime drops them (the replay rebuilds only part of those windows).
+    pub fn replay_point(&self, partition: i32) -> Option<(i64, i64)> {
+        let lowest = |a: Option<Mark>, b: Option<Mark>| match (a, b) {
+            (Some(x), Some(y)) => Some(if y.offset < x.offset { y } else { x }),
+            (x, y) => x.or(y),
+        };
+        let mut best = None;
+        match &self.state {
+            State::Aligned(a) => {
+                for pane in a.panes.values() {
+                    best = lowest(best, pane.marks.get(partition));
+                }
+            }
+            State::Sessions(s) => {
+                for list in s.by_group.values() {
+                    for session in list {
+                        best = lowest(best, session.marks.get(partition));
+                    }
+                }
+            }
+        }
+        best.map(|m| (m.offset, m.max_before))
+    }
+
+    /// Start `partition` from a checkpoint: its largest event time before the replay point
+    /// (see [`replay_point`](Engine::replay_point)). Call before its first record; later
+    /// records are judged late exactly as they were the first time.
+    pub fn resume(&mut self, partition: i32, max_time_before: i64) {
+        let lateness = self.plan.lateness;
+        let part = self
+            .partitions
+            .entry(partition)
+            .or_insert_with(PartitionState::new);
+        part.max_time = part.max_time.max(max_time_before);
+        part.watermark = part.watermark.max(part.max_time.saturating_sub(lateness));
+        // Nothing is open yet, so moving the watermark emits nothing; it only restores the
+        // lateness bar the original run had at this point.
+        self.advance();
     }
 
     /// The runtime saw no record from `partition` for the idle timeout: stop waiting for it.
