@@ -418,11 +418,7 @@ impl PartitionMetrics {
 
     /// One record rejected for `reason`.
     pub fn rejected(&self, reason: RejectReason) {
-        let i = RejectReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        self.rejected[i].inc();
+        self.rejected[reject_index(reason)].inc();
     }
 
     /// One result written, of `bytes` bytes.
@@ -474,6 +470,18 @@ impl PartitionMetrics {
     pub fn checkpoint_failed(&self, took: Duration) {
         self.checkpoint_duration.observe(took.as_secs_f64());
         self.checkpoint_failures.inc();
+    }
+}
+
+/// Position of `reason` in [`RejectReason::ALL`], the order `rejected` is built in. A match,
+/// so a new reason fails to compile here instead of being counted as another.
+fn reject_index(reason: RejectReason) -> usize {
+    match reason {
+        RejectReason::InvalidJson => 0,
+        RejectReason::MissingField => 1,
+        RejectReason::WrongType => 2,
+        RejectReason::InvalidEventTime => 3,
+        RejectReason::Late => 4,
     }
 }
 
@@ -533,6 +541,32 @@ mod tests {
             );
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn each_reason_counts_in_its_own_series() {
+        for (i, reason) in RejectReason::ALL.into_iter().enumerate() {
+            assert_eq!(reject_index(reason), i, "{reason:?}");
+        }
+        let m = Metrics::new();
+        let p = m.partition("t", 0);
+        for (n, reason) in RejectReason::ALL.into_iter().enumerate() {
+            for _ in 0..=n {
+                p.rejected(reason);
+            }
+        }
+        let text = m.encode();
+        for (n, reason) in RejectReason::ALL.into_iter().enumerate() {
+            let want = format!(
+                r#"weir_records_rejected_total{{topic="t",partition="0",reason="{}"}} {}"#,
+                reason.as_str(),
+                n + 1
+            );
+            assert!(
+                text.lines().any(|l| l == want),
+                "missing {want} in:\n{text}"
+            );
+        }
     }
 
     #[test]
