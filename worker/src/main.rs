@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use weir_worker::logging::{self, LogFormat};
 
 mod run;
 
@@ -14,6 +15,9 @@ mod run;
     about = "Windowed metrics from Kafka, as one Kubernetes object"
 )]
 struct Cli {
+    /// How log lines on stderr are written; filter them with RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, env = "WEIR_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,6 +44,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    logging::init(cli.log_format);
     match cli.command {
         Command::Run {
             job,

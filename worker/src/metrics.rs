@@ -1,0 +1,707 @@
+//! The worker's Prometheus metrics: one [`Registry`] owned by [`Metrics`], passed explicitly
+//! (no global statics), and per-partition handles resolved once so the record path only does
+//! atomic adds.
+//!
+//! Every family is named `weir_*`. Per-partition families carry `topic` and `partition`
+//! labels; `weir_records_rejected_total` adds `reason`. Counters keep their series when a
+//! partition is released (they stay true, and continue if it comes back); gauges of a released
+//! partition are removed so a dashboard does not show a stale lag or watermark.
+
+use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use weir_engine::RejectReason;
+
+/// Prefix of every metric name.
+pub const PREFIX: &str = "weir";
+
+/// Content type of [`Metrics::encode`]'s output.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Content type of [`Metrics::encode_prometheus_text`]'s output.
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Upper bounds (seconds) of the checkpoint duration buckets: 1 ms to 30 s, about 2.5x apart,
+/// so both a local file write and a slow object-store PUT land in a bucket that tells them apart.
+pub const CHECKPOINT_DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Labels of every per-partition series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// The Kafka topic.
+    pub topic: String,
+    /// The partition number.
+    pub partition: i32,
+}
+
+/// Why a record was rejected, as a label value (the engine's stable snake_case names).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct Reason(pub RejectReason);
+
+impl EncodeLabelValue for Reason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.0.as_str())
+    }
+}
+
+/// Labels of `weir_records_rejected_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    /// The Kafka topic.
+    pub topic: String,
+    /// The partition number.
+    pub partition: i32,
+    /// Why the record was rejected.
+    pub reason: Reason,
+}
+
+/// Labels of `weir_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+type HistogramFamily = Family<PartitionLabels, Histogram, fn() -> Histogram>;
+
+fn checkpoint_histogram() -> Histogram {
+    Histogram::new(CHECKPOINT_DURATION_BUCKETS)
+}
+
+/// The metric families; cloning one clones a handle to the same series.
+#[derive(Clone)]
+struct Families {
+    records_in: Family<PartitionLabels, Counter>,
+    bytes_in: Family<PartitionLabels, Counter>,
+    records_rejected: Family<RejectLabels, Counter>,
+    dead_letters: Family<PartitionLabels, Counter>,
+    dead_letter_errors: Family<PartitionLabels, Counter>,
+    results_emitted: Family<PartitionLabels, Counter>,
+    result_bytes: Family<PartitionLabels, Counter>,
+    consumer_lag: Family<PartitionLabels, Gauge>,
+    watermark: Family<PartitionLabels, FloatGauge>,
+    checkpoint_duration: HistogramFamily,
+    checkpoint_size: Family<PartitionLabels, Gauge>,
+    checkpoint_failures: Family<PartitionLabels, Counter>,
+    last_checkpoint: Family<PartitionLabels, FloatGauge>,
+    open_windows: Family<PartitionLabels, Gauge>,
+    open_groups: Family<PartitionLabels, Gauge>,
+}
+
+/// The worker's metrics and the registry they are encoded from. Share it as `Arc<Metrics>`.
+pub struct Metrics {
+    registry: Registry,
+    families: Families,
+    /// Partitions this worker owns now (set by the runtime on each assignment change).
+    pub partitions_owned: Gauge,
+    /// Times this worker found a partition fenced by a newer owner and stopped it.
+    pub partitions_fenced: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered, and `weir_build_info` for this build.
+    pub fn new() -> Metrics {
+        Metrics::with_version(env!("CARGO_PKG_VERSION"))
+    }
+
+    /// As [`Metrics::new`] with the given version in `weir_build_info`.
+    pub fn with_version(version: &str) -> Metrics {
+        let mut r = Registry::with_prefix(PREFIX);
+        let f = Families {
+            records_in: Family::default(),
+            bytes_in: Family::default(),
+            records_rejected: Family::default(),
+            dead_letters: Family::default(),
+            dead_letter_errors: Family::default(),
+            results_emitted: Family::default(),
+            result_bytes: Family::default(),
+            consumer_lag: Family::default(),
+            watermark: Family::default(),
+            checkpoint_duration: Family::new_with_constructor(checkpoint_histogram),
+            checkpoint_size: Family::default(),
+            checkpoint_failures: Family::default(),
+            last_checkpoint: Family::default(),
+            open_windows: Family::default(),
+            open_groups: Family::default(),
+        };
+        // Counter names get `_total` from the encoder, and unit names get `_<unit>`: the names
+        // below are the exposed ones without those suffixes.
+        r.register(
+            "records_in",
+            "Records read from Kafka, valid or not",
+            f.records_in.clone(),
+        );
+        r.register(
+            "bytes_in",
+            "Bytes of record values read from Kafka",
+            f.bytes_in.clone(),
+        );
+        r.register(
+            "records_rejected",
+            "Records the job could not use, by reason: invalid_json, missing_field, wrong_type, \
+             invalid_event_time, or late (every window it belongs to had already closed)",
+            f.records_rejected.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Rejected records written to the dead-letter topic",
+            f.dead_letters.clone(),
+        );
+        r.register(
+            "dead_letter_errors",
+            "Rejected records that could not be written to the dead-letter topic",
+            f.dead_letter_errors.clone(),
+        );
+        r.register(
+            "results_emitted",
+            "Window results written to the output topic",
+            f.results_emitted.clone(),
+        );
+        r.register(
+            "result_bytes",
+            "Bytes of window results written to the output topic",
+            f.result_bytes.clone(),
+        );
+        r.register_with_unit(
+            "consumer_lag",
+            "Records in the partition not read yet: high watermark minus the next offset to read",
+            Unit::Other("records".to_owned()),
+            f.consumer_lag.clone(),
+        );
+        r.register_with_unit(
+            "watermark",
+            "Event-time watermark of the partition, in seconds since the Unix epoch; absent until \
+             the partition's first record",
+            Unit::Seconds,
+            f.watermark.clone(),
+        );
+        r.register_with_unit(
+            "checkpoint_duration",
+            "Time taken to write a partition checkpoint",
+            Unit::Seconds,
+            f.checkpoint_duration.clone(),
+        );
+        r.register_with_unit(
+            "checkpoint_size",
+            "Size of the partition's last written checkpoint",
+            Unit::Bytes,
+            f.checkpoint_size.clone(),
+        );
+        r.register(
+            "checkpoint_failures",
+            "Checkpoint writes that failed (they are retried; a fenced write is counted in \
+             weir_partitions_fenced_total instead)",
+            f.checkpoint_failures.clone(),
+        );
+        r.register_with_unit(
+            "last_checkpoint_timestamp",
+            "When the partition's last checkpoint was written, in seconds since the Unix epoch",
+            Unit::Seconds,
+            f.last_checkpoint.clone(),
+        );
+        r.register(
+            "open_windows",
+            "Windows of the partition that are open: started, not yet closed by the watermark",
+            f.open_windows.clone(),
+        );
+        r.register(
+            "open_groups",
+            "Groups (distinct group-by keys) held in the partition's open windows",
+            f.open_groups.clone(),
+        );
+        let partitions_owned = Gauge::default();
+        r.register(
+            "partitions_owned",
+            "Partitions this worker owns now",
+            partitions_owned.clone(),
+        );
+        let partitions_fenced = Counter::default();
+        r.register(
+            "partitions_fenced",
+            "Times this worker lost a partition to a newer owner (assignment epoch fence) and \
+             stopped it",
+            partitions_fenced.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: version.to_owned(),
+            })
+            .set(1);
+        r.register(
+            "build_info",
+            "Always 1; the label version is the weir version of this worker",
+            build_info,
+        );
+        Metrics {
+            registry: r,
+            families: f,
+            partitions_owned,
+            partitions_fenced,
+        }
+    }
+
+    /// The registry, to register more metrics or collectors into.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Handles for one partition's series, created (at zero) if new. Call once when taking the
+    /// partition, and keep the result on its thread.
+    pub fn partition(&self, topic: &str, partition: i32) -> PartitionMetrics {
+        let f = &self.families;
+        let labels = PartitionLabels {
+            topic: topic.to_owned(),
+            partition,
+        };
+        let rejected = RejectReason::ALL.map(|reason| {
+            f.records_rejected.get_or_create_owned(&RejectLabels {
+                topic: topic.to_owned(),
+                partition,
+                reason: Reason(reason),
+            })
+        });
+        PartitionMetrics {
+            records_in: f.records_in.get_or_create_owned(&labels),
+            bytes_in: f.bytes_in.get_or_create_owned(&labels),
+            rejected,
+            dead_letters: f.dead_letters.get_or_create_owned(&labels),
+            dead_letter_errors: f.dead_letter_errors.get_or_create_owned(&labels),
+            results_emitted: f.results_emitted.get_or_create_owned(&labels),
+            result_bytes: f.result_bytes.get_or_create_owned(&labels),
+            consumer_lag: f.consumer_lag.get_or_create_owned(&labels),
+            watermark: OnceLock::new(),
+            watermark_family: f.watermark.clone(),
+            checkpoint_duration: f.checkpoint_duration.get_or_create_owned(&labels),
+            checkpoint_size: f.checkpoint_size.get_or_create_owned(&labels),
+            checkpoint_failures: f.checkpoint_failures.get_or_create_owned(&labels),
+            last_checkpoint: OnceLock::new(),
+            last_checkpoint_family: f.last_checkpoint.clone(),
+            open_windows: f.open_windows.get_or_create_owned(&labels),
+            open_groups: f.open_groups.get_or_create_owned(&labels),
+            labels,
+        }
+    }
+
+    /// Remove a released partition's gauges (lag, watermark, checkpoint size and time, open
+    /// windows and groups), so they do not linger with a stale value. Counters and the
+    /// checkpoint histogram stay. Handles from [`Metrics::partition`] for it are detached from
+    /// the removed gauges: take new ones if the partition comes back.
+    pub fn release_partition(&self, topic: &str, partition: i32) {
+        let f = &self.families;
+        let labels = PartitionLabels {
+            topic: topic.to_owned(),
+            partition,
+        };
+        f.consumer_lag.remove(&labels);
+        f.watermark.remove(&labels);
+        f.checkpoint_size.remove(&labels);
+        f.last_checkpoint.remove(&labels);
+        f.open_windows.remove(&labels);
+        f.open_groups.remove(&labels);
+    }
+
+    /// Every metric in the OpenMetrics text format, ending with `# EOF`
+    /// (content type [`OPENMETRICS_CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an encoder error would be a bug in a metric.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            out.clear();
+            let _ = writeln!(out, "# encoding the metrics failed: {e}\n# EOF");
+        }
+        out
+    }
+
+    /// Every metric in the Prometheus text format 0.0.4 (content type
+    /// [`PROMETHEUS_TEXT_CONTENT_TYPE`]), for clients that do not ask for OpenMetrics, such as
+    /// `curl` and `promtool check metrics`.
+    pub fn encode_prometheus_text(&self) -> String {
+        openmetrics_to_prometheus_text(&self.encode())
+    }
+}
+
+/// Rewrite OpenMetrics text (as this crate's encoder writes it: no exemplars, no `_created`) as
+/// Prometheus text 0.0.4. The two differ, for what we expose, in three ways: a counter's `HELP`
+/// and `TYPE` name the family without `_total` in OpenMetrics but the sample name with it in
+/// 0.0.4; `# UNIT` lines and `# EOF` exist only in OpenMetrics.
+fn openmetrics_to_prometheus_text(om: &str) -> String {
+    let counters: Vec<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len() + 8 * counters.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let descriptor = line
+            .strip_prefix("# HELP ")
+            .map(|rest| ("# HELP ", rest))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|rest| ("# TYPE ", rest)));
+        if let Some((kind, rest)) = descriptor {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(&name) {
+                let _ = writeln!(out, "{kind}{name}_total {tail}");
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// One partition's series, resolved once: every update is an atomic operation on a shared
+/// handle, with no label lookup. Cheap to clone; clones update the same series.
+#[derive(Clone)]
+pub struct PartitionMetrics {
+    labels: PartitionLabels,
+    /// Records read (count every record, valid or not).
+    pub records_in: Counter,
+    /// Bytes of record values read.
+    pub bytes_in: Counter,
+    rejected: [Counter; RejectReason::ALL.len()],
+    /// Rejected records written to the dead-letter topic.
+    pub dead_letters: Counter,
+    /// Rejected records the dead-letter write failed for.
+    pub dead_letter_errors: Counter,
+    /// Window results written.
+    pub results_emitted: Counter,
+    /// Bytes of window results written.
+    pub result_bytes: Counter,
+    consumer_lag: Gauge,
+    // The watermark series only exists once a watermark is known, so it is created on first use.
+    watermark: OnceLock<FloatGauge>,
+    watermark_family: Family<PartitionLabels, FloatGauge>,
+    checkpoint_duration: Histogram,
+    checkpoint_size: Gauge,
+    /// Checkpoint writes that failed.
+    pub checkpoint_failures: Counter,
+    last_checkpoint: OnceLock<FloatGauge>,
+    last_checkpoint_family: Family<PartitionLabels, FloatGauge>,
+    /// Windows open now.
+    pub open_windows: Gauge,
+    /// Groups held in open windows now.
+    pub open_groups: Gauge,
+}
+
+impl PartitionMetrics {
+    /// The topic and partition these handles are for.
+    pub fn labels(&self) -> &PartitionLabels {
+        &self.labels
+    }
+
+    /// One record read, of `value_bytes` bytes.
+    pub fn record_in(&self, value_bytes: usize) {
+        self.records_in.inc();
+        self.bytes_in.inc_by(value_bytes as u64);
+    }
+
+    /// One record rejected for `reason`.
+    pub fn rejected(&self, reason: RejectReason) {
+        self.rejected[reject_index(reason)].inc();
+    }
+
+    /// One result written, of `bytes` bytes.
+    pub fn result_emitted(&self, bytes: usize) {
+        self.results_emitted.inc();
+        self.result_bytes.inc_by(bytes as u64);
+    }
+
+    /// Lag from the partition's high watermark and the next offset to read (never negative:
+    /// a high watermark fetched before the last read can be behind).
+    pub fn set_lag(&self, high_watermark: i64, next_offset: i64) {
+        self.consumer_lag
+            .set(high_watermark.saturating_sub(next_offset).max(0));
+    }
+
+    /// The partition's event-time watermark, in ms since the epoch as the engine keeps it.
+    /// `i64::MIN` (the engine's "no record yet") leaves the series absent.
+    pub fn set_watermark_ms(&self, watermark_ms: i64) {
+        if watermark_ms == i64::MIN {
+            return;
+        }
+        self.watermark
+            .get_or_init(|| self.watermark_family.get_or_create_owned(&self.labels))
+            .set(watermark_ms as f64 / 1000.0);
+    }
+
+    /// Windows and groups open now (the engine's `open_windows()` and `open_groups()`).
+    pub fn set_open(&self, windows: usize, groups: usize) {
+        self.open_windows.set(saturating_i64(windows));
+        self.open_groups.set(saturating_i64(groups));
+    }
+
+    /// A checkpoint was written: how long it took, its size, and now as its time.
+    pub fn checkpoint_written(&self, took: Duration, size_bytes: usize) {
+        self.checkpoint_duration.observe(took.as_secs_f64());
+        self.checkpoint_size.set(saturating_i64(size_bytes));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.last_checkpoint
+            .get_or_init(|| {
+                self.last_checkpoint_family
+                    .get_or_create_owned(&self.labels)
+            })
+            .set(now);
+    }
+
+    /// A checkpoint write failed after `took`.
+    pub fn checkpoint_failed(&self, took: Duration) {
+        self.checkpoint_duration.observe(took.as_secs_f64());
+        self.checkpoint_failures.inc();
+    }
+}
+
+/// Position of `reason` in [`RejectReason::ALL`], the order `rejected` is built in. A match,
+/// so a new reason fails to compile here instead of being counted as another.
+fn reject_index(reason: RejectReason) -> usize {
+    match reason {
+        RejectReason::InvalidJson => 0,
+        RejectReason::MissingField => 1,
+        RejectReason::WrongType => 2,
+        RejectReason::InvalidEventTime => 3,
+        RejectReason::Late => 4,
+    }
+}
+
+fn saturating_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_with<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+        text.lines().filter(|l| l.starts_with(prefix)).collect()
+    }
+
+    #[test]
+    fn partition_updates_show_with_their_labels() {
+        let m = Metrics::with_version("1.2.3");
+        let p = m.partition("orders", 3);
+        p.record_in(100);
+        p.record_in(20);
+        p.rejected(RejectReason::Late);
+        p.rejected(RejectReason::Late);
+        p.rejected(RejectReason::InvalidJson);
+        p.result_emitted(64);
+        p.set_lag(1_000, 990);
+        p.set_open(4, 17);
+        p.dead_letters.inc();
+        m.partitions_owned.set(2);
+        m.partitions_fenced.inc();
+
+        let text = m.encode();
+        let l = r#"{topic="orders",partition="3"}"#;
+        for want in [
+            format!("weir_records_in_total{l} 2"),
+            format!("weir_bytes_in_total{l} 120"),
+            r#"weir_records_rejected_total{topic="orders",partition="3",reason="late"} 2"#
+                .to_owned(),
+            r#"weir_records_rejected_total{topic="orders",partition="3",reason="invalid_json"} 1"#
+                .to_owned(),
+            r#"weir_records_rejected_total{topic="orders",partition="3",reason="wrong_type"} 0"#
+                .to_owned(),
+            format!("weir_results_emitted_total{l} 1"),
+            format!("weir_result_bytes_total{l} 64"),
+            format!("weir_dead_letters_total{l} 1"),
+            format!("weir_dead_letter_errors_total{l} 0"),
+            format!("weir_consumer_lag_records{l} 10"),
+            format!("weir_open_windows{l} 4"),
+            format!("weir_open_groups{l} 17"),
+            "weir_partitions_owned 2".to_owned(),
+            "weir_partitions_fenced_total 1".to_owned(),
+            r#"weir_build_info{version="1.2.3"} 1"#.to_owned(),
+        ] {
+            assert!(
+                text.lines().any(|line| line == want),
+                "missing {want:?} in:\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn each_reason_counts_in_its_own_series() {
+        for (i, reason) in RejectReason::ALL.into_iter().enumerate() {
+            assert_eq!(reject_index(reason), i, "{reason:?}");
+        }
+        let m = Metrics::new();
+        let p = m.partition("t", 0);
+        for (n, reason) in RejectReason::ALL.into_iter().enumerate() {
+            for _ in 0..=n {
+                p.rejected(reason);
+            }
+        }
+        let text = m.encode();
+        for (n, reason) in RejectReason::ALL.into_iter().enumerate() {
+            let want = format!(
+                r#"weir_records_rejected_total{{topic="t",partition="0",reason="{}"}} {}"#,
+                reason.as_str(),
+                n + 1
+            );
+            assert!(
+                text.lines().any(|l| l == want),
+                "missing {want} in:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn lag_is_never_negative() {
+        let m = Metrics::new();
+        let p = m.partition("t", 0);
+        p.set_lag(5, 9);
+        assert!(m
+            .encode()
+            .contains(r#"weir_consumer_lag_records{topic="t",partition="0"} 0"#));
+    }
+
+    #[test]
+    fn watermark_is_absent_until_known_then_in_seconds() {
+        let m = Metrics::new();
+        let p = m.partition("t", 1);
+        p.set_watermark_ms(i64::MIN);
+        assert!(
+            lines_with(&m.encode(), "weir_watermark_seconds{").is_empty(),
+            "{}",
+            m.encode()
+        );
+        p.set_watermark_ms(1_700_000_000_500);
+        let text = m.encode();
+        let lines = lines_with(&text, "weir_watermark_seconds{");
+        assert_eq!(lines.len(), 1, "{text}");
+        let value: f64 = lines[0]
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("a number");
+        assert_eq!(value, 1_700_000_000.5);
+    }
+
+    #[test]
+    fn checkpoint_histogram_has_every_bucket_and_counts_observations() {
+        let m = Metrics::new();
+        let p = m.partition("t", 2);
+        p.checkpoint_written(Duration::from_millis(3), 512);
+        p.checkpoint_failed(Duration::from_secs(20));
+        let text = m.encode();
+        let buckets = lines_with(&text, "weir_checkpoint_duration_seconds_bucket{");
+        // Every configured bound plus +Inf.
+        assert_eq!(
+            buckets.len(),
+            CHECKPOINT_DURATION_BUCKETS.len() + 1,
+            "{text}"
+        );
+        for (want, got) in [
+            ("0.0025", "0"),
+            ("0.005", "1"),
+            ("10.0", "1"),
+            ("30.0", "2"),
+            ("+Inf", "2"),
+        ] {
+            let needle = format!(
+                r#"weir_checkpoint_duration_seconds_bucket{{le="{want}",topic="t",partition="2"}} {got}"#
+            );
+            assert!(
+                text.lines().any(|l| l == needle),
+                "missing {needle} in:\n{text}"
+            );
+        }
+        assert!(
+            text.contains(r#"weir_checkpoint_duration_seconds_count{topic="t",partition="2"} 2"#)
+        );
+        assert!(text.contains(r#"weir_checkpoint_size_bytes{topic="t",partition="2"} 512"#));
+        assert!(text.contains(r#"weir_checkpoint_failures_total{topic="t",partition="2"} 1"#));
+        assert_eq!(
+            lines_with(&text, "weir_last_checkpoint_timestamp_seconds{").len(),
+            1,
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn release_removes_gauges_and_keeps_counters() {
+        let m = Metrics::new();
+        let p = m.partition("t", 7);
+        p.record_in(1);
+        p.set_lag(10, 1);
+        p.set_watermark_ms(1_000);
+        m.release_partition("t", 7);
+        let text = m.encode();
+        assert!(
+            lines_with(&text, "weir_consumer_lag_records{").is_empty(),
+            "{text}"
+        );
+        assert!(
+            lines_with(&text, "weir_watermark_seconds{").is_empty(),
+            "{text}"
+        );
+        assert!(text.contains(r#"weir_records_in_total{topic="t",partition="7"} 1"#));
+        // Taking the partition again continues its counters.
+        m.partition("t", 7).record_in(1);
+        assert!(m
+            .encode()
+            .contains(r#"weir_records_in_total{topic="t",partition="7"} 2"#));
+    }
+
+    #[test]
+    fn every_family_has_help_and_type() {
+        let m = Metrics::new();
+        // A family without a series is not written at all, so give each one a series.
+        let p = m.partition("t", 0);
+        p.set_watermark_ms(0);
+        p.checkpoint_written(Duration::from_millis(1), 1);
+        let text = m.encode();
+        let helps = lines_with(&text, "# HELP ").len();
+        let types = lines_with(&text, "# TYPE ").len();
+        assert_eq!(helps, types);
+        assert_eq!(helps, 18, "{text}");
+        for help in lines_with(&text, "# HELP ") {
+            // The encoder writes help verbatim; these would need escaping.
+            assert!(!help.contains('\\') && !help.contains('"'), "{help}");
+            // The encoder ends help with a period of its own.
+            assert!(!help.ends_with(".."), "{help}");
+        }
+    }
+
+    #[test]
+    fn prometheus_text_names_counters_by_their_samples() {
+        let m = Metrics::new();
+        m.partition("t", 0).record_in(1);
+        let text = m.encode_prometheus_text();
+        assert!(
+            text.contains("# HELP weir_records_in_total Records read"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE weir_records_in_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE weir_open_windows gauge\n"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(!text.contains("# UNIT"), "{text}");
+    }
+}
