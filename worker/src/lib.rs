@@ -1,8 +1,10 @@
 //! The worker's library: what the `weir` binary and the integration tests share.
 //!
-//! Observability only, for now: the metrics registry, the HTTP endpoints that expose it with
-//! the health probes, and the log setup.
+//! The pure engine lives in `weir-engine`; around it: Kafka settings, checkpoint stores with
+//! fencing, the per-partition runtime, metrics, HTTP probes and log setup.
 
+pub mod checkpoint;
 pub mod http;
+pub mod kafka;
 pub mod logging;
 pub mod metrics;

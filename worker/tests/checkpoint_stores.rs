@@ -1,0 +1,204 @@
+//! The checkpoint stores against the conformance suite and the fencing scenario: in memory,
+//! in a local directory, and in a real S3 (SeaweedFS started by the test).
+
+mod support;
+
+use std::sync::Arc;
+
+use support::seaweedfs::{SeaweedFs, ACCESS_KEY, BUCKET, SECRET_KEY};
+use support::suites::{conformance, fencing, record};
+use weir_worker::checkpoint::{
+    CheckpointError, CheckpointStore, DirStore, MemoryStore, ObjectStoreConfig, ObjectStoreStore,
+    PartitionLease, StoreError,
+};
+
+#[tokio::test]
+async fn memory_store_conforms() {
+    let store = MemoryStore::new();
+    conformance(Arc::new(store.clone()), Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn memory_store_fences() {
+    let store = MemoryStore::new();
+    fencing(Arc::new(store.clone()), Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn memory_store_refuses_unknown_formats() {
+    let store = MemoryStore::new();
+    store.put_raw(0, br#"{"format": 2, "whatever": true}"#.to_vec());
+    store.put_raw(1, b"not json".to_vec());
+    let mut wrong_partition = serde_json::to_value(record(2, 1, "w", None)).expect("json");
+    wrong_partition["partition"] = 5.into();
+    store.put_raw(2, wrong_partition.to_string().into_bytes());
+    for p in 0..3 {
+        let got = store.get(p).await;
+        assert!(
+            matches!(got, Err(StoreError::Corrupt { partition, .. }) if partition == p),
+            "{got:?}"
+        );
+    }
+    // A lease does not start on a record it cannot read.
+    let acquired = PartitionLease::acquire(Arc::new(store), "payments", 0, 1, "w").await;
+    assert!(matches!(
+        acquired,
+        Err(CheckpointError::Store(StoreError::Corrupt { .. }))
+    ));
+}
+
+#[tokio::test]
+async fn lease_refuses_another_topics_checkpoint() {
+    let store: Arc<dyn CheckpointStore> = Arc::new(MemoryStore::new());
+    PartitionLease::acquire(store.clone(), "payments", 0, 1, "w")
+        .await
+        .expect("acquire");
+    let other = PartitionLease::acquire(store, "refunds", 0, 2, "w").await;
+    assert!(
+        matches!(other, Err(CheckpointError::WrongTopic { .. })),
+        "{other:?}"
+    );
+}
+
+#[tokio::test]
+async fn lease_stops_when_its_checkpoint_vanishes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn CheckpointStore> = Arc::new(DirStore::new(dir.path()));
+    let (mut lease, _) = PartitionLease::acquire(store, "payments", 3, 1, "w")
+        .await
+        .expect("acquire");
+    std::fs::remove_file(dir.path().join("partition-3.json")).expect("delete the record");
+    let lost = lease.commit(support::suites::progress(1)).await;
+    assert!(
+        matches!(lost, Err(CheckpointError::Lost { partition: 3, .. })),
+        "{lost:?}"
+    );
+    assert!(lost.is_err_and(|e| e.is_fenced()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dir_store_conforms_across_two_instances() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A directory that does not exist yet is created on the first write.
+    let path = dir.path().join("job").join("payments");
+    conformance(
+        Arc::new(DirStore::new(&path)),
+        Arc::new(DirStore::new(&path)),
+    )
+    .await;
+    let names: Vec<String> = std::fs::read_dir(&path)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"partition-0.json".to_owned()), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.contains(".tmp")),
+        "temporary files left: {names:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dir_store_fences_across_two_instances() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fencing(
+        Arc::new(DirStore::new(dir.path())),
+        Arc::new(DirStore::new(dir.path())),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn dir_store_reports_a_damaged_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("partition-0.json"), b"{\"version\": 1,").expect("write");
+    let store = DirStore::new(dir.path());
+    let got = store.get(0).await;
+    assert!(
+        matches!(got, Err(StoreError::Corrupt { partition: 0, .. })),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn object_store_refuses_file_urls_and_bad_urls() {
+    for url in [
+        "file:///tmp/weir",
+        "ftp://host/x",
+        "s3://user:pass@bucket/p",
+        "nonsense",
+    ] {
+        let config = ObjectStoreConfig {
+            url: url.to_owned(),
+            ..ObjectStoreConfig::default()
+        };
+        let error = ObjectStoreStore::new(&config).expect_err(url);
+        assert!(!format!("{error} {error:?}").contains("pass"), "{error}");
+        if url.starts_with("file:") {
+            assert!(
+                error.to_string().contains("dir checkpoint store"),
+                "{error}"
+            );
+        }
+    }
+}
+
+#[test]
+fn object_store_config_never_prints_secrets() {
+    let config = ObjectStoreConfig {
+        url: "s3://b/p".to_owned(),
+        access_key_id: Some("AKIA-SHOULD-NOT-SHOW".to_owned()),
+        secret_access_key: Some("SECRET-SHOULD-NOT-SHOW".to_owned()),
+        ..ObjectStoreConfig::default()
+    };
+    let printed = format!("{config:?}");
+    assert!(!printed.contains("SHOULD-NOT-SHOW"), "{printed}");
+}
+
+fn seaweed_store(endpoint: &str, prefix: &str) -> ObjectStoreStore {
+    ObjectStoreStore::new(&ObjectStoreConfig {
+        url: format!("s3://{BUCKET}/{prefix}"),
+        endpoint: Some(endpoint.to_owned()),
+        region: Some("us-east-1".to_owned()),
+        allow_http: false, // implied by the http:// endpoint
+        access_key_id: Some(ACCESS_KEY.to_owned()),
+        secret_access_key: Some(SECRET_KEY.to_owned()),
+    })
+    .expect("open the SeaweedFS store")
+}
+
+/// One SeaweedFS for the whole scenario (it takes seconds to start); each part has its own
+/// prefix, so they cannot see each other's objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn object_store_on_seaweedfs() {
+    let weed = SeaweedFs::start(|endpoint| async move {
+        // Ready when the bucket answers an authenticated read.
+        seaweed_store(&endpoint, "ready")
+            .get(0)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+
+    let store = seaweed_store(&weed.endpoint, "jobs/conformance");
+    assert_eq!(
+        store.describe(),
+        format!("s3://{BUCKET}/jobs/conformance at {}", weed.endpoint)
+    );
+    conformance(
+        Arc::new(store),
+        Arc::new(seaweed_store(&weed.endpoint, "jobs/conformance")),
+    )
+    .await;
+    fencing(
+        Arc::new(seaweed_store(&weed.endpoint, "jobs/fencing")),
+        Arc::new(seaweed_store(&weed.endpoint, "jobs/fencing")),
+    )
+    .await;
+    // Another prefix is another stream.
+    assert!(seaweed_store(&weed.endpoint, "jobs/other")
+        .get(0)
+        .await
+        .expect("get")
+        .is_none());
+}
