@@ -5,6 +5,9 @@
 
 pub mod checkpoint;
 pub mod http;
+pub mod job;
 pub mod kafka;
 pub mod logging;
 pub mod metrics;
+pub mod runtime;
+pub mod tools;

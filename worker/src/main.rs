@@ -1,9 +1,12 @@
 //! `weir`: the worker binary, and the command a person uses to try a StreamJob locally.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use weir_worker::job::{self, Assignment, RunOptions};
 use weir_worker::logging::{self, LogFormat};
 
 mod run;
@@ -26,6 +29,12 @@ struct Cli {
 enum Command {
     /// Run a StreamJob file on this machine.
     ///
+    /// Without --input (local mode), the job reads the Kafka topic named in the spec, every
+    /// partition in this process, writes results to the sink topic and prints them to stdout,
+    /// checkpoints in .weir/checkpoints (or --checkpoint-dir, or the spec's object store), and
+    /// prints progress to stderr. Ctrl-C stops it after a final checkpoint; running it again
+    /// resumes where it stopped.
+    ///
     /// With --input, the job reads JSON lines from a file (or - for stdin) as if they were one
     /// Kafka partition in file order, prints a result line to stdout as each window closes, and
     /// the remaining windows at the end of the input. Rejected lines go to stderr (or --rejects)
@@ -39,7 +48,142 @@ enum Command {
         /// Write rejected records (JSON lines with the reason) here instead of stderr.
         #[arg(long)]
         rejects: Option<PathBuf>,
+        /// Local mode: keep checkpoints under this directory (default .weir/checkpoints).
+        #[arg(long, conflicts_with = "input")]
+        checkpoint_dir: Option<PathBuf>,
+        /// Local mode: serve /metrics, /healthz and /readyz on this address.
+        #[arg(long, conflicts_with = "input")]
+        listen: Option<SocketAddr>,
+        /// Local mode: use these brokers instead of the spec's bootstrapServers (source, sink
+        /// and dead-letter topics alike).
+        #[arg(long, env = "WEIR_BOOTSTRAP", conflicts_with = "input")]
+        bootstrap: Option<String>,
+        /// Local mode: seconds between progress lines on stderr (0: none).
+        #[arg(long, default_value_t = 5, conflicts_with = "input")]
+        progress: u64,
     },
+    /// Small Kafka tools: create a topic, produce records, print a topic.
+    #[command(subcommand)]
+    Kafka(KafkaCommand),
+    /// Run this worker's share of a job: what a worker pod runs.
+    ///
+    /// The operator mounts the job ConfigMap (job.yaml and assignment.json); the pod's ordinal
+    /// comes from its StatefulSet name (HOSTNAME) unless --ordinal is given.
+    Worker {
+        /// The StreamJob (the job ConfigMap's job.yaml).
+        #[arg(long, env = "WEIR_JOB", default_value = "/etc/weir/job.yaml")]
+        job: PathBuf,
+        /// The partition assignment (the job ConfigMap's assignment.json).
+        #[arg(
+            long,
+            env = "WEIR_ASSIGNMENT",
+            default_value = "/etc/weir/assignment.json"
+        )]
+        assignment: PathBuf,
+        /// This worker's ordinal in the assignment; default: the number at the end of HOSTNAME.
+        #[arg(long, env = "WEIR_ORDINAL")]
+        ordinal: Option<usize>,
+        /// Keep checkpoints in this directory instead of the spec's store (tests, single hosts).
+        #[arg(long, env = "WEIR_CHECKPOINT_DIR")]
+        checkpoint_dir: Option<PathBuf>,
+        /// Serve /metrics, /healthz and /readyz here.
+        #[arg(long, env = "WEIR_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum KafkaCommand {
+    /// Create a topic (an existing one is left alone).
+    CreateTopic {
+        /// Brokers, host:port[,host:port...].
+        #[arg(long, env = "WEIR_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        /// Topic name.
+        topic: String,
+        /// Number of partitions.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
+    /// Produce JSON lines from stdin, or synthetic payments with --payments.
+    Produce {
+        /// Brokers, host:port[,host:port...].
+        #[arg(long, env = "WEIR_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        /// Topic name.
+        topic: String,
+        /// Use this field's value as the message key (lines from stdin).
+        #[arg(long)]
+        key_field: Option<String>,
+        /// Synthetic payments {ts, merchant, amount, customer}, keyed by merchant, event
+        /// times near now.
+        #[arg(long)]
+        payments: bool,
+        /// Payments per second (0: as fast as possible).
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Stop after this many payments (0: never).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        /// Number of distinct merchants.
+        #[arg(long, default_value_t = 20)]
+        merchants: u32,
+    },
+    /// Print a topic's messages as JSON lines, from the beginning, until it is quiet.
+    Consume {
+        /// Brokers, host:port[,host:port...].
+        #[arg(long, env = "WEIR_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        /// Topic name.
+        topic: String,
+        /// Stop after this long without a message, e.g. 5s.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        idle: Duration,
+    },
+}
+
+fn kafka_tool(cmd: KafkaCommand) -> ExitCode {
+    use weir_worker::tools;
+    let result = match cmd {
+        KafkaCommand::CreateTopic {
+            bootstrap,
+            topic,
+            partitions,
+        } => tools::create_topic(&bootstrap, &topic, partitions).map(|()| {
+            eprintln!("topic {topic}: {partitions} partitions");
+        }),
+        KafkaCommand::Produce {
+            bootstrap,
+            topic,
+            key_field,
+            payments,
+            rate,
+            count,
+            merchants,
+        } => if payments {
+            tools::produce_payments(&bootstrap, &topic, rate, count, merchants)
+        } else {
+            tools::produce_lines(
+                &bootstrap,
+                &topic,
+                key_field.as_deref(),
+                std::io::stdin().lock(),
+            )
+        }
+        .map(|n| eprintln!("produced {n} records to {topic}")),
+        KafkaCommand::Consume {
+            bootstrap,
+            topic,
+            idle,
+        } => tools::consume(&bootstrap, &topic, idle, &mut std::io::stdout().lock()).map(|_| ()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -48,8 +192,91 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run {
             job,
-            input,
+            input: Some(input),
             rejects,
-        } => run::main(&job, input.as_deref(), rejects.as_deref()),
+            ..
+        } => run::main(&job, &input, rejects.as_deref()),
+        Command::Run {
+            job,
+            input: None,
+            checkpoint_dir,
+            listen,
+            progress,
+            bootstrap,
+            ..
+        } => {
+            let opts = RunOptions {
+                bootstrap,
+                checkpoint_dir,
+                listen,
+                echo: true,
+                progress_every: (progress > 0).then(|| Duration::from_secs(progress)),
+            };
+            with_job(&job, |job, plan| job::local(job, plan, &opts))
+        }
+        Command::Kafka(cmd) => kafka_tool(cmd),
+        Command::Worker {
+            job,
+            assignment,
+            ordinal,
+            checkpoint_dir,
+            listen,
+        } => {
+            let opts = RunOptions {
+                bootstrap: None,
+                checkpoint_dir,
+                listen: Some(listen),
+                echo: false,
+                progress_every: None,
+            };
+            let host = std::env::var("HOSTNAME").unwrap_or_default();
+            let Some(ordinal) = ordinal.or_else(|| job::ordinal_from_hostname(&host)) else {
+                eprintln!(
+                    "error: no --ordinal, and HOSTNAME {host:?} does not end in one (name-N)"
+                );
+                return ExitCode::from(run::EXIT_USAGE);
+            };
+            let assignment: Assignment = match std::fs::read_to_string(&assignment)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", assignment.display());
+                    return ExitCode::from(run::EXIT_USAGE);
+                }
+            };
+            let owner = if host.is_empty() {
+                format!("worker-{ordinal}")
+            } else {
+                host
+            };
+            with_job(&job, |job, plan| {
+                job::worker(job, plan, &assignment, ordinal, owner, &opts)
+            })
+        }
+    }
+}
+
+/// Load and validate the job, then run `f`; errors become messages and exit codes.
+fn with_job(
+    path: &std::path::Path,
+    f: impl FnOnce(&weir_crds::StreamJob, weir_engine::JobPlan) -> anyhow::Result<()>,
+) -> ExitCode {
+    let (job, plan) = match job::load_job(path) {
+        Ok(x) => x,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("error: {p}");
+            }
+            return ExitCode::from(run::EXIT_USAGE);
+        }
+    };
+    match f(&job, plan) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

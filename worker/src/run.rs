@@ -1,8 +1,6 @@
-//! `weir run`: a StreamJob on this machine.
-//!
-//! With `--input`, the engine runs over a file of JSON lines as one partition (offsets are line
-//! numbers, starting at 0). Without it, the job would read Kafka: that is the worker runtime's
-//! local mode.
+//! `weir run JOB --input FILE`: a StreamJob over a file of JSON lines, as one partition (offsets
+//! are line numbers, starting at 0). Without `--input` the job reads Kafka (local mode, in
+//! `weir_worker::job`).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
@@ -13,24 +11,17 @@ use anyhow::Context;
 use weir_engine::{Engine, JobPlan, Record, RejectReason};
 
 /// Exit code for a job or an invocation that cannot run (bad spec, unreadable file).
-const EXIT_USAGE: u8 = 2;
+pub const EXIT_USAGE: u8 = 2;
 
-pub fn main(job: &Path, input: Option<&Path>, rejects: Option<&Path>) -> ExitCode {
-    let plan = match load_plan(job) {
-        Ok(plan) => plan,
+pub fn main(job: &Path, input: &Path, rejects: Option<&Path>) -> ExitCode {
+    let plan = match weir_worker::job::load_job(job) {
+        Ok((_, plan)) => plan,
         Err(problems) => {
             for p in problems {
                 eprintln!("error: {p}");
             }
             return ExitCode::from(EXIT_USAGE);
         }
-    };
-    let Some(input) = input else {
-        eprintln!(
-            "error: running against Kafka needs the worker runtime, which is not built yet; \
-             pass --input FILE (JSON lines, or - for stdin) to run the job over a file"
-        );
-        return ExitCode::from(EXIT_USAGE);
     };
     if plan.needs_key() || plan.needs_kafka_timestamp() {
         eprintln!(
@@ -52,22 +43,6 @@ pub fn main(job: &Path, input: Option<&Path>, rejects: Option<&Path>) -> ExitCod
             ExitCode::FAILURE
         }
     }
-}
-
-/// Read, parse and validate a StreamJob file; every problem is a line for the user.
-pub fn load_plan(path: &Path) -> Result<JobPlan, Vec<String>> {
-    let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{shown}: {e}")])?;
-    let parsed = weir_crds::parse_stream_job(&text).map_err(|e| vec![format!("{shown}: {e}")])?;
-    if !parsed.unknown_fields.is_empty() {
-        return Err(parsed
-            .unknown_fields
-            .iter()
-            .map(|f| format!("{shown}: {f}: unknown field (check its spelling)"))
-            .collect());
-    }
-    JobPlan::new(&parsed.job.spec)
-        .map_err(|errors| errors.0.iter().map(|e| format!("{shown}: {e}")).collect())
 }
 
 fn run_file(plan: JobPlan, input: &Path, rejects: Option<&Path>) -> anyhow::Result<()> {

@@ -154,16 +154,9 @@ impl WindowResult {
         out.push_str(&time::format(self.start));
         out.push_str("\",\"end\":\"");
         out.push_str(&time::format(self.end));
-        out.push_str("\"},\"group\":{");
-        for (i, ((name, _), text)) in plan.group.iter().zip(self.group_texts()).enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            push_json_str(&mut out, name);
-            out.push(':');
-            out.push_str(text);
-        }
-        out.push_str("},\"values\":{");
+        out.push_str("\"},\"group\":");
+        self.push_group(plan, &mut out);
+        out.push_str(",\"values\":{");
         for (i, (agg, v)) in plan.aggs.iter().zip(&self.values).enumerate() {
             if i > 0 {
                 out.push(',');
@@ -174,6 +167,33 @@ impl WindowResult {
         }
         out.push_str("}}");
         out
+    }
+}
+
+impl WindowResult {
+    /// The sink message key: `{"group":{..},"start":".."}`. Unique per (group, window), since
+    /// windows of one group that share a start are the same window (sessions never overlap).
+    pub fn key_json(&self, plan: &JobPlan) -> String {
+        let mut out = String::with_capacity(64);
+        out.push_str("{\"group\":");
+        self.push_group(plan, &mut out);
+        out.push_str(",\"start\":\"");
+        out.push_str(&time::format(self.start));
+        out.push_str("\"}");
+        out
+    }
+
+    fn push_group(&self, plan: &JobPlan, out: &mut String) {
+        out.push('{');
+        for (i, ((name, _), text)) in plan.group.iter().zip(self.group_texts()).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(out, name);
+            out.push(':');
+            out.push_str(text);
+        }
+        out.push('}');
     }
 }
 

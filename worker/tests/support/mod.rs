@@ -3,5 +3,6 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the support code
 
+pub mod broker;
 pub mod seaweedfs;
 pub mod suites;

@@ -1,0 +1,441 @@
+//! Running a job's partitions: in a pod (`weir worker`, partitions from the assignment the
+//! operator publishes) or all on this machine (`weir run JOB.yaml`, local mode).
+//!
+//! Both start the same partition threads ([`crate::runtime`]); they differ only in where the
+//! assignment, the epoch and the checkpoint store come from.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde::{Deserialize, Serialize};
+use tracing::{error, info};
+use weir_crds::{StreamJob, StreamJobSpec};
+use weir_engine::JobPlan;
+
+use crate::checkpoint::{
+    CheckpointStore, ConfigMapStore, DirStore, ObjectStoreConfig, ObjectStoreStore,
+};
+use crate::http::{self, Health};
+use crate::kafka;
+use crate::metrics::Metrics;
+use crate::runtime::{self, JobContext, PartitionEnd, RuntimeError, Totals};
+
+/// Which partitions each worker ordinal owns, under which epoch. Written by the operator into
+/// the job ConfigMap as `assignment.json` (and computed in-process in local mode).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Changes whenever the assignment changes; checkpoint writes carry it (fencing).
+    pub epoch: i64,
+    /// `workers[ordinal]` = the partitions of that worker.
+    pub workers: Vec<Vec<i32>>,
+}
+
+impl Assignment {
+    /// Partitions spread over `workers` round-robin: balanced (sizes differ by at most one) and
+    /// deterministic.
+    pub fn round_robin(partitions: i32, workers: usize, epoch: i64) -> Assignment {
+        let workers = workers.max(1);
+        let mut out = vec![Vec::new(); workers];
+        for p in 0..partitions.max(0) {
+            out[p as usize % workers].push(p);
+        }
+        Assignment {
+            epoch,
+            workers: out,
+        }
+    }
+}
+
+/// A StreamJob file, parsed and validated: every problem is one line for the user.
+pub fn load_job(path: &Path) -> Result<(StreamJob, JobPlan), Vec<String>> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{shown}: {e}")])?;
+    let parsed = weir_crds::parse_stream_job(&text).map_err(|e| vec![format!("{shown}: {e}")])?;
+    if !parsed.unknown_fields.is_empty() {
+        return Err(parsed
+            .unknown_fields
+            .iter()
+            .map(|f| format!("{shown}: {f}: unknown field (check its spelling)"))
+            .collect());
+    }
+    let plan = JobPlan::new(&parsed.job.spec).map_err(|errors| {
+        errors
+            .0
+            .iter()
+            .map(|e| format!("{shown}: {e}"))
+            .collect::<Vec<_>>()
+    })?;
+    Ok((parsed.job, plan))
+}
+
+/// Options shared by both ways of running.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Brokers to use instead of every bootstrapServers of the spec (local mode).
+    pub bootstrap: Option<String>,
+    /// Keep checkpoints in this directory (one subdirectory per job) instead of the spec's store.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Serve /metrics, /healthz and /readyz here.
+    pub listen: Option<SocketAddr>,
+    /// Print results to stdout as they are sent.
+    pub echo: bool,
+    /// Print a progress line to stderr every this often.
+    pub progress_every: Option<Duration>,
+}
+
+fn job_name(job: &StreamJob) -> String {
+    job.metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| "streamjob".to_string())
+}
+
+/// The checkpoint store: `--checkpoint-dir` if given, else the spec's (a ConfigMap store only
+/// inside a cluster).
+async fn open_store(
+    job: &StreamJob,
+    opts: &RunOptions,
+    in_cluster: bool,
+) -> anyhow::Result<Arc<dyn CheckpointStore>> {
+    let name = job_name(job);
+    if let Some(dir) = &opts.checkpoint_dir {
+        let dir = dir.join(&name);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the checkpoint directory {}", dir.display()))?;
+        return Ok(Arc::new(DirStore::new(dir)));
+    }
+    let store = &job.spec.checkpoint.store;
+    if let Some(o) = &store.object_store {
+        let config = ObjectStoreConfig {
+            url: format!("{}/{}", o.url.trim_end_matches('/'), name),
+            endpoint: o.endpoint.clone(),
+            region: o.region.clone(),
+            allow_http: o
+                .endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("http://")),
+            access_key_id: None,
+            secret_access_key: None,
+        };
+        return Ok(Arc::new(ObjectStoreStore::new(&config)?));
+    }
+    if !in_cluster {
+        bail!(
+            "this job keeps checkpoints in ConfigMaps, which need a cluster; \
+             pass --checkpoint-dir DIR to keep them in a local directory"
+        );
+    }
+    let namespace = std::env::var("WEIR_NAMESPACE")
+        .ok()
+        .or_else(|| job.metadata.namespace.clone())
+        .unwrap_or_else(|| "default".to_string());
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API for ConfigMap checkpoints")?;
+    Ok(Arc::new(ConfigMapStore::new(
+        client,
+        &namespace,
+        &format!("{name}-checkpoint"),
+    )))
+}
+
+/// Partition count of the source topic (Kafka metadata), with an error a person can act on.
+pub fn partition_count(settings: &kafka::ClientSettings, topic: &str) -> anyhow::Result<i32> {
+    let consumer: BaseConsumer = settings
+        .config()
+        .create()
+        .context("creating a Kafka client")?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .with_context(|| {
+            format!(
+                "reading metadata of topic {topic} from {}",
+                settings.get("bootstrap.servers").unwrap_or("?")
+            )
+        })?;
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        bail!("topic {topic} not found");
+    };
+    if let Some(e) = t.error() {
+        bail!(
+            "topic {topic}: {:?} (does it exist on {}?)",
+            rdkafka::error::RDKafkaErrorCode::from(e),
+            settings.get("bootstrap.servers").unwrap_or("?")
+        );
+    }
+    if t.partitions().is_empty() {
+        bail!("topic {topic} has no partitions");
+    }
+    Ok(t.partitions().len() as i32)
+}
+
+/// Run `partitions` of the job until stopped (SIGTERM/SIGINT) or until a partition fails.
+/// Fenced partitions stop alone; the others go on.
+pub fn run(
+    job: &StreamJob,
+    plan: JobPlan,
+    partitions: Vec<i32>,
+    epoch: i64,
+    owner: String,
+    opts: &RunOptions,
+    in_cluster: bool,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let name = job_name(job);
+    let spec: &StreamJobSpec = &job.spec;
+    let store = rt.block_on(open_store(job, opts, in_cluster))?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(Duration::from_secs(30)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ctx = Arc::new(JobContext {
+        name: name.clone(),
+        spec: spec.clone(),
+        plan,
+        source: kafka::source_settings(spec, &name)?,
+        sink: kafka::sink_settings(spec, &name)?,
+        dead_letter: kafka::dead_letter_settings(spec, &name)?,
+        store,
+        checkpoint_interval: JobContext::interval_of(spec),
+        epoch,
+        owner: owner.clone(),
+        metrics: metrics.clone(),
+        echo: opts.echo,
+        stop: stop.clone(),
+        totals: Arc::new(Totals::default()),
+    });
+    info!(
+        job = %name,
+        owner = %owner,
+        epoch,
+        partitions = ?partitions,
+        store = %ctx.store.describe(),
+        "starting"
+    );
+
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = opts.listen {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("listening on {addr}"))?;
+        info!(addr = %listener.local_addr().unwrap_or(addr), "serving /metrics, /healthz, /readyz");
+        let (m, h) = (metrics.clone(), health.clone());
+        rt.spawn(async move {
+            let shutdown = async move {
+                let _ = http_stop_rx.await;
+            };
+            if let Err(e) = http::serve(listener, m, h, shutdown).await {
+                error!(error = %e, "HTTP server failed");
+            }
+        });
+    }
+    {
+        let stop = stop.clone();
+        rt.spawn(async move {
+            wait_for_signal().await;
+            info!("stopping: flushing results and writing final checkpoints");
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+
+    metrics.partitions_owned.set(partitions.len() as i64);
+    let mut threads = BTreeMap::new();
+    for p in &partitions {
+        let handle = runtime::spawn_partition(ctx.clone(), rt.handle().clone(), *p)
+            .context("starting a partition thread")?;
+        threads.insert(*p, handle);
+    }
+
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut last_records = 0u64;
+    let mut failure: Option<RuntimeError> = None;
+    let total = partitions.len() as u64;
+    while !threads.is_empty() {
+        std::thread::sleep(Duration::from_millis(200));
+        health.beat();
+        let totals = &ctx.totals;
+        if totals.caught_up.load(Ordering::Relaxed) >= total {
+            health.set_ready();
+        }
+        let done: Vec<i32> = threads
+            .iter()
+            .filter(|(_, h)| h.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in done {
+            let Some(h) = threads.remove(&p) else {
+                continue;
+            };
+            match h.join() {
+                Ok(Ok(PartitionEnd::Stopped)) => {}
+                Ok(Ok(PartitionEnd::Fenced(_))) => {
+                    metrics.partitions_owned.dec();
+                }
+                Ok(Err(e)) => {
+                    error!(error = %e, "partition failed; stopping the worker");
+                    stop.store(true, Ordering::Relaxed);
+                    failure.get_or_insert(e);
+                }
+                Err(_) => {
+                    stop.store(true, Ordering::Relaxed);
+                    failure.get_or_insert(RuntimeError::Panicked { partition: p });
+                }
+            }
+        }
+        if let Some(every) = opts.progress_every {
+            if last_progress.elapsed() >= every {
+                let records = totals.records.load(Ordering::Relaxed);
+                let rate = (records - last_records) as f64 / last_progress.elapsed().as_secs_f64();
+                eprintln!(
+                    "weir: {:>6.0}s  {:>9.0} records/s  {} records  {} results  {} rejected  lag {}",
+                    started.elapsed().as_secs_f64(),
+                    rate,
+                    records,
+                    totals.results.load(Ordering::Relaxed),
+                    totals.rejected.load(Ordering::Relaxed),
+                    totals.lag(),
+                );
+                last_records = records;
+                last_progress = Instant::now();
+            }
+        }
+    }
+    let _ = http_stop_tx.send(());
+    rt.shutdown_timeout(Duration::from_secs(2));
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `weir worker`: this pod's partitions from the published assignment.
+pub fn worker(
+    job: &StreamJob,
+    plan: JobPlan,
+    assignment: &Assignment,
+    ordinal: usize,
+    owner: String,
+    opts: &RunOptions,
+) -> anyhow::Result<()> {
+    let Some(partitions) = assignment.workers.get(ordinal) else {
+        bail!(
+            "ordinal {ordinal} has no entry in the assignment ({} workers); \
+             the StatefulSet has more replicas than the assignment",
+            assignment.workers.len()
+        );
+    };
+    run(
+        job,
+        plan,
+        partitions.clone(),
+        assignment.epoch,
+        owner,
+        opts,
+        true,
+    )
+}
+
+/// The ordinal of a StatefulSet pod from its name (`name-3` → 3).
+pub fn ordinal_from_hostname(host: &str) -> Option<usize> {
+    host.rsplit_once('-').and_then(|(_, n)| n.parse().ok())
+}
+
+/// Local mode: every partition of the topic in this process, split over `parallelism` tasks
+/// as the operator would split them over pods. Checkpoints default to `.weir/checkpoints`.
+pub fn local(job: &StreamJob, plan: JobPlan, opts: &RunOptions) -> anyhow::Result<()> {
+    let mut job = job.clone();
+    if let Some(b) = &opts.bootstrap {
+        let spec = &mut job.spec;
+        spec.source.kafka.bootstrap_servers = b.clone();
+        spec.sink.kafka.bootstrap_servers = None;
+        if let Some(d) = &mut spec.dead_letter {
+            d.kafka.bootstrap_servers = None;
+        }
+    }
+    let job = &job;
+    let name = job_name(job);
+    let source = kafka::source_settings(&job.spec, &name)?;
+    let topic = &job.spec.source.kafka.topic.0;
+    let count = partition_count(&source, topic)?;
+    let tasks = (job.spec.parallelism.max(1) as usize).min(count as usize);
+    let epoch = runtime::local_epoch();
+    let assignment = Assignment::round_robin(count, tasks, epoch);
+    eprintln!(
+        "weir: {name}: topic {topic} has {count} partitions, {tasks} task(s): {:?}",
+        assignment.workers
+    );
+    let mut opts = opts.clone();
+    if opts.checkpoint_dir.is_none() && job.spec.checkpoint.store.object_store.is_none() {
+        opts.checkpoint_dir = Some(PathBuf::from(".weir/checkpoints"));
+    }
+    // One process, so one set of threads; the tasks are the assignment's grouping.
+    let partitions: Vec<i32> = (0..count).collect();
+    run(
+        job,
+        plan,
+        partitions,
+        epoch,
+        "local".to_string(),
+        &opts,
+        false,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_robin_gives_every_partition_to_one_worker_balanced() {
+        for partitions in [1, 3, 4, 12] {
+            for workers in 1..=14 {
+                let a = Assignment::round_robin(partitions, workers, 7);
+                let mut all: Vec<i32> = a.workers.iter().flatten().copied().collect();
+                all.sort_unstable();
+                assert_eq!(all, (0..partitions).collect::<Vec<_>>());
+                let sizes: Vec<usize> = a.workers.iter().map(Vec::len).collect();
+                let (min, max) = (sizes.iter().min(), sizes.iter().max());
+                assert!(max.zip(min).is_some_and(|(a, b)| a - b <= 1), "{sizes:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn ordinals_come_from_statefulset_pod_names() {
+        assert_eq!(ordinal_from_hostname("payments-worker-3"), Some(3));
+        assert_eq!(ordinal_from_hostname("payments"), None);
+    }
+}

@@ -1,0 +1,301 @@
+//! Kafka client settings for a job: the spec's properties, the credentials mounted from a
+//! Secret, and the settings weir itself needs. Builds configurations only; opens no connection.
+//!
+//! Credentials arrive as a directory with one file per librdkafka property (a Kubernetes
+//! Secret mounted as a volume: the key is the file name, the value its content). Their values
+//! are never logged: [`ClientSettings`] prints property names only.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rdkafka::ClientConfig;
+use weir_crds::{KafkaSink, StreamJobSpec};
+
+/// Environment variables naming the credential directories the operator mounts.
+pub const SOURCE_CREDENTIALS_ENV: &str = "WEIR_SOURCE_CREDENTIALS_DIR";
+/// See [`SOURCE_CREDENTIALS_ENV`].
+pub const SINK_CREDENTIALS_ENV: &str = "WEIR_SINK_CREDENTIALS_DIR";
+/// See [`SOURCE_CREDENTIALS_ENV`].
+pub const DEAD_LETTER_CREDENTIALS_ENV: &str = "WEIR_DEAD_LETTER_CREDENTIALS_DIR";
+
+/// Properties weir sets itself; a spec may not override them (the guarantees depend on them).
+const RESERVED_CONSUMER: &[&str] = &[
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.partition.eof",
+];
+const RESERVED_PRODUCER: &[&str] = &["enable.idempotence"];
+
+/// Failure to put a client configuration together.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A credential file could not be read.
+    #[error("reading Kafka credentials from {dir}: {source}")]
+    ReadCredentials {
+        /// The directory.
+        dir: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The spec sets a property weir must control.
+    #[error("property {name} is set by weir and cannot be overridden ({role})")]
+    Reserved {
+        /// Property name.
+        name: String,
+        /// consumer or producer.
+        role: &'static str,
+    },
+}
+
+/// One client's librdkafka properties, with secret values kept apart so they never print.
+#[derive(Clone, Default)]
+pub struct ClientSettings {
+    props: BTreeMap<String, String>,
+    secrets: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for ClientSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientSettings")
+            .field("props", &self.props)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl ClientSettings {
+    /// Set a property (later calls win).
+    pub fn set(&mut self, k: &str, v: impl Into<String>) -> &mut Self {
+        self.props.insert(k.to_string(), v.into());
+        self
+    }
+
+    /// A property's value, secrets excluded.
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.props.get(k).map(String::as_str)
+    }
+
+    /// The librdkafka configuration.
+    pub fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in self.props.iter().chain(&self.secrets) {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn with_secrets_from(mut self, dir: Option<&Path>) -> Result<Self, SettingsError> {
+        if let Some(dir) = dir {
+            self.secrets = read_credentials(dir)?;
+        }
+        Ok(self)
+    }
+}
+
+/// Read a mounted Secret: every regular file whose name looks like a librdkafka property.
+/// Kubernetes' `..data` symlink farm and dotfiles are skipped.
+pub fn read_credentials(dir: &Path) -> Result<BTreeMap<String, String>, SettingsError> {
+    let err = |source| SettingsError::ReadCredentials {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.path().is_file() {
+            continue;
+        }
+        let value = std::fs::read_to_string(entry.path()).map_err(err)?;
+        // Secrets written by hand often end with a newline; PEM values keep theirs.
+        let value = if name.ends_with(".pem") {
+            value
+        } else {
+            value.trim_end_matches(['\n', '\r']).to_string()
+        };
+        out.insert(name, value);
+    }
+    Ok(out)
+}
+
+fn env_dir(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+fn check_reserved(
+    props: &BTreeMap<String, String>,
+    reserved: &[&str],
+    role: &'static str,
+) -> Result<(), SettingsError> {
+    match props.keys().find(|k| reserved.contains(&k.as_str())) {
+        Some(k) => Err(SettingsError::Reserved {
+            name: k.clone(),
+            role,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The consumer of the source topic: `assign()` only, never a consumer group, no commits
+/// (the checkpoint store holds the offsets).
+pub fn source_settings(spec: &StreamJobSpec, job: &str) -> Result<ClientSettings, SettingsError> {
+    let src = &spec.source.kafka;
+    check_reserved(&src.properties, RESERVED_CONSUMER, "consumer")?;
+    let mut s = ClientSettings::default();
+    s.set("bootstrap.servers", &src.bootstrap_servers)
+        // A group id is required by librdkafka even for assign(); it is never joined.
+        .set("group.id", format!("weir-{job}"))
+        .set("client.id", format!("weir-{job}"))
+        // Small fetch backoff: librdkafka otherwise stalls for a second when its queue fills.
+        .set("fetch.queue.backoff.ms", "10")
+        .set("queued.max.messages.kbytes", "16384");
+    for (k, v) in &src.properties {
+        s.set(k, v);
+    }
+    s.set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    s.with_secrets_from(env_dir(SOURCE_CREDENTIALS_ENV).as_deref())
+}
+
+fn producer_settings(
+    spec: &StreamJobSpec,
+    job: &str,
+    target: &KafkaSink,
+    credentials_env: &str,
+) -> Result<ClientSettings, SettingsError> {
+    check_reserved(&target.properties, RESERVED_PRODUCER, "producer")?;
+    let own_cluster = target.bootstrap_servers.is_some();
+    let mut s = ClientSettings::default();
+    match &target.bootstrap_servers {
+        Some(b) => s.set("bootstrap.servers", b),
+        None => {
+            // Same cluster as the source: the source's connection properties apply.
+            let src = &spec.source.kafka;
+            s.set("bootstrap.servers", &src.bootstrap_servers);
+            for (k, v) in &src.properties {
+                if is_connection_property(k) {
+                    s.set(k, v);
+                }
+            }
+            &mut s
+        }
+    };
+    s.set("client.id", format!("weir-{job}"))
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4");
+    for (k, v) in &target.properties {
+        s.set(k, v);
+    }
+    // Idempotence: retries never duplicate or reorder a partition's results.
+    s.set("enable.idempotence", "true");
+    let dir = if own_cluster || target.credentials.is_some() {
+        env_dir(credentials_env)
+    } else {
+        env_dir(SOURCE_CREDENTIALS_ENV)
+    };
+    s.with_secrets_from(dir.as_deref())
+}
+
+/// Properties about reaching and authenticating to a cluster (shared by every client of it).
+fn is_connection_property(k: &str) -> bool {
+    k.starts_with("security.")
+        || k.starts_with("sasl.")
+        || k.starts_with("ssl.")
+        || k.starts_with("ssl_")
+        || k == "client.dns.lookup"
+        || k == "broker.address.family"
+}
+
+/// The producer of result records.
+pub fn sink_settings(spec: &StreamJobSpec, job: &str) -> Result<ClientSettings, SettingsError> {
+    producer_settings(spec, job, &spec.sink.kafka, SINK_CREDENTIALS_ENV)
+}
+
+/// The producer of dead letters, if the job has a dead-letter topic.
+pub fn dead_letter_settings(
+    spec: &StreamJobSpec,
+    job: &str,
+) -> Result<Option<ClientSettings>, SettingsError> {
+    spec.dead_letter
+        .as_ref()
+        .map(|d| producer_settings(spec, job, &d.kafka, DEAD_LETTER_CREDENTIALS_ENV))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> StreamJobSpec {
+        let yaml = format!(
+            r#"apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: t}}
+spec:
+  source:
+    kafka:
+      bootstrapServers: "a:9092"
+      topic: in
+      properties: {{security.protocol: SASL_SSL, fetch.min.bytes: "1"{extra}}}
+  window: {{type: tumbling, size: 1m}}
+  aggregations: [{{name: n, fn: count}}]
+  sink: {{kafka: {{topic: out}}}}
+  deadLetter: {{kafka: {{topic: dlq, bootstrapServers: "b:9092"}}}}
+"#
+        );
+        weir_crds::parse_stream_job(&yaml)
+            .expect("valid job")
+            .job
+            .spec
+    }
+
+    #[test]
+    fn consumer_keeps_spec_properties_but_not_the_reserved_ones() {
+        let s = source_settings(&spec(""), "j").expect("settings");
+        assert_eq!(s.get("bootstrap.servers"), Some("a:9092"));
+        assert_eq!(s.get("fetch.min.bytes"), Some("1"));
+        assert_eq!(s.get("enable.auto.commit"), Some("false"));
+        let err =
+            source_settings(&spec(", enable.auto.commit: \"true\""), "j").expect_err("reserved");
+        assert!(err.to_string().contains("enable.auto.commit"), "{err}");
+    }
+
+    #[test]
+    fn sink_on_the_source_cluster_shares_its_connection_properties_only() {
+        let s = sink_settings(&spec(""), "j").expect("settings");
+        assert_eq!(s.get("bootstrap.servers"), Some("a:9092"));
+        assert_eq!(s.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(s.get("fetch.min.bytes"), None);
+        assert_eq!(s.get("enable.idempotence"), Some("true"));
+        let d = dead_letter_settings(&spec(""), "j")
+            .expect("settings")
+            .expect("configured");
+        assert_eq!(d.get("bootstrap.servers"), Some("b:9092"));
+        assert_eq!(d.get("security.protocol"), None);
+    }
+
+    #[test]
+    fn credentials_are_read_from_files_and_never_printed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("sasl.password"), "hunter2\n").expect("write");
+        std::fs::write(dir.path().join("ssl.ca.pem"), "-----BEGIN-----\n").expect("write");
+        std::fs::write(dir.path().join(".hidden"), "x").expect("write");
+        let creds = read_credentials(dir.path()).expect("read");
+        assert_eq!(creds["sasl.password"], "hunter2");
+        assert_eq!(creds["ssl.ca.pem"], "-----BEGIN-----\n");
+        assert!(!creds.contains_key(".hidden"));
+        let s = ClientSettings {
+            secrets: creds,
+            ..ClientSettings::default()
+        };
+        let shown = format!("{s:?}");
+        assert!(
+            shown.contains("sasl.password") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
+}

@@ -1,0 +1,638 @@
+//! The worker runtime: one thread per owned partition, each with its own consumer, engine,
+//! producers and checkpoint lease.
+//!
+//! A partition's life: take its lease (fencing out older owners), seek to the checkpoint's
+//! replay point (or resolve `startFrom` to an offset and record it at once), feed the engine,
+//! send results and dead letters, and every checkpoint interval flush the producers and then
+//! write the checkpoint. The order matters: a checkpoint only ever claims results the sink has
+//! acknowledged, so a crash at any moment loses nothing; what is replayed after it is either
+//! suppressed (windows already emitted, records already dead-lettered) or re-sent with the
+//! same key and value (DESIGN.md invariants 2, 3 and 6).
+//!
+//! One engine per partition keeps every checkpoint self-contained, and lets a partition move
+//! to another worker alone. Results are exact when a group's records share a partition (for
+//! example, group by the message key); merging across partitions is the second stage's job.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tracing::{info, warn};
+use weir_crds::{StartFrom, StreamJobSpec};
+use weir_engine::{Engine, JobPlan, Record, Rejection};
+
+use crate::checkpoint::{CheckpointError, CheckpointStore, PartitionLease, Progress};
+use crate::kafka::ClientSettings;
+use crate::metrics::{Metrics, PartitionMetrics};
+
+/// How long a flush before a checkpoint may take before the partition gives up (and its
+/// process exits, to be restarted and replay).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often watermark, open-state gauges and lag are refreshed.
+const GAUGE_EVERY: Duration = Duration::from_secs(2);
+
+/// Failures that stop a partition.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A Kafka client could not be created or configured.
+    #[error("partition {partition}: creating the Kafka {role}: {source}")]
+    CreateClient {
+        /// Partition.
+        partition: i32,
+        /// consumer, sink producer, dead-letter producer.
+        role: &'static str,
+        /// Cause.
+        source: KafkaError,
+    },
+    /// Assigning or resolving the start offset failed.
+    #[error("partition {partition}: {action}: {source}")]
+    Kafka {
+        /// Partition.
+        partition: i32,
+        /// What was being done.
+        action: &'static str,
+        /// Cause.
+        source: KafkaError,
+    },
+    /// A result or dead letter could not be delivered; the checkpoint did not advance.
+    #[error("partition {partition}: delivering to {topic} failed: {message}")]
+    Delivery {
+        /// Partition.
+        partition: i32,
+        /// Target topic.
+        topic: String,
+        /// librdkafka's error.
+        message: String,
+    },
+    /// The checkpoint store failed other than by fencing.
+    #[error("partition {partition}: {source}")]
+    Checkpoint {
+        /// Partition.
+        partition: i32,
+        /// Cause.
+        source: CheckpointError,
+    },
+    /// The partition thread panicked (a bug).
+    #[error("partition {partition}: the worker thread panicked")]
+    Panicked {
+        /// Partition.
+        partition: i32,
+    },
+}
+
+/// How a partition's thread ended without an error.
+#[derive(Debug)]
+pub enum PartitionEnd {
+    /// Asked to stop; the final checkpoint is written.
+    Stopped,
+    /// A newer owner holds the partition; this worker stopped it.
+    Fenced(CheckpointError),
+}
+
+/// Everything the partition threads of one job share.
+pub struct JobContext {
+    /// The StreamJob's name (client ids, logs).
+    pub name: String,
+    /// Its spec.
+    pub spec: StreamJobSpec,
+    /// The engine plan built from it.
+    pub plan: JobPlan,
+    /// Consumer settings.
+    pub source: ClientSettings,
+    /// Result producer settings.
+    pub sink: ClientSettings,
+    /// Dead-letter producer settings, if the job has a dead-letter topic.
+    pub dead_letter: Option<ClientSettings>,
+    /// Where checkpoints go.
+    pub store: Arc<dyn CheckpointStore>,
+    /// Checkpoint interval.
+    pub checkpoint_interval: Duration,
+    /// Assignment epoch this worker runs under.
+    pub epoch: i64,
+    /// Who this worker is (pod name or local task).
+    pub owner: String,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Print each result line to stdout too (local mode).
+    pub echo: bool,
+    /// Set to stop every partition (SIGTERM, Ctrl-C).
+    pub stop: Arc<AtomicBool>,
+    /// Totals for progress lines.
+    pub totals: Arc<Totals>,
+}
+
+/// Counters summed over partitions, for progress lines and readiness.
+#[derive(Default)]
+pub struct Totals {
+    /// Records read (including replayed ones).
+    pub records: AtomicU64,
+    /// Results sent.
+    pub results: AtomicU64,
+    /// Records rejected (not counting replays).
+    pub rejected: AtomicU64,
+    /// Partitions that have taken their lease and are reading.
+    pub started: AtomicU64,
+    /// Partitions that have caught up with their checkpoint (replay done).
+    pub caught_up: AtomicU64,
+    /// Sum of the partitions' last known lag.
+    pub lag: Mutex<std::collections::BTreeMap<i32, i64>>,
+}
+
+impl Totals {
+    /// Sum of the last known lag of each partition.
+    pub fn lag(&self) -> i64 {
+        self.lag.lock().map(|m| m.values().sum()).unwrap_or(0)
+    }
+}
+
+impl JobContext {
+    /// The job's checkpoint interval, from the spec (default 10 s).
+    pub fn interval_of(spec: &StreamJobSpec) -> Duration {
+        spec.checkpoint
+            .interval
+            .as_ref()
+            .and_then(|d| d.as_millis().ok())
+            .map(|ms| Duration::from_millis(ms.max(1) as u64))
+            .unwrap_or(Duration::from_secs(10))
+    }
+}
+
+/// Start a thread for `partition`. Its result says how it ended.
+pub fn spawn_partition(
+    ctx: Arc<JobContext>,
+    rt: Handle,
+    partition: i32,
+) -> std::io::Result<JoinHandle<Result<PartitionEnd, RuntimeError>>> {
+    std::thread::Builder::new()
+        .name(format!("partition-{partition}"))
+        .spawn(move || run_partition(&ctx, &rt, partition))
+}
+
+/// Counts failed deliveries of one producer; the checkpoint does not advance past one.
+#[derive(Default)]
+struct Deliveries {
+    failed: AtomicU64,
+    last_error: Mutex<String>,
+}
+
+/// The producer's context: librdkafka reports each delivery to it.
+#[derive(Clone)]
+struct DeliveryCounter(Arc<Deliveries>);
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.0.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = self.0.last_error.lock() {
+                *last = e.to_string();
+            }
+        }
+    }
+}
+
+/// A producer with its delivery counter.
+struct Out {
+    topic: String,
+    producer: ThreadedProducer<DeliveryCounter>,
+    deliveries: Arc<Deliveries>,
+}
+
+impl Out {
+    fn new(
+        settings: &ClientSettings,
+        topic: &str,
+        partition: i32,
+        role: &'static str,
+    ) -> Result<Out, RuntimeError> {
+        let deliveries = Arc::new(Deliveries::default());
+        let producer = settings
+            .config()
+            .create_with_context(DeliveryCounter(deliveries.clone()))
+            .map_err(|source| RuntimeError::CreateClient {
+                partition,
+                role,
+                source,
+            })?;
+        Ok(Out {
+            topic: topic.to_string(),
+            producer,
+            deliveries,
+        })
+    }
+
+    /// Queue a message, waiting while librdkafka's queue is full (backpressure: the partition
+    /// stops reading until the sink keeps up).
+    fn send(
+        &self,
+        partition: i32,
+        key: &[u8],
+        value: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), RuntimeError> {
+        let mut rec = BaseRecord::to(&self.topic).key(key).payload(value);
+        if let Some(h) = headers {
+            rec = rec.headers(h);
+        }
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) => {
+                    return Err(RuntimeError::Delivery {
+                        partition,
+                        topic: self.topic.clone(),
+                        message: e.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Wait until every queued message is acknowledged; fail if any delivery failed.
+    fn flush(&self, partition: i32) -> Result<(), RuntimeError> {
+        let failed = |message: String| RuntimeError::Delivery {
+            partition,
+            topic: self.topic.clone(),
+            message,
+        };
+        self.producer
+            .flush(FLUSH_TIMEOUT)
+            .map_err(|e| failed(format!("flush: {e}")))?;
+        if self.deliveries.failed.load(Ordering::Relaxed) > 0 {
+            let last = self
+                .deliveries
+                .last_error
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default();
+            return Err(failed(last));
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What a partition resumes from.
+struct Start {
+    /// First offset to read.
+    offset: i64,
+    /// Results ending at or before this were emitted before.
+    emitted_through: i64,
+    /// Records before this offset were already counted and dead-lettered.
+    seen_through: i64,
+}
+
+fn run_partition(
+    ctx: &JobContext,
+    rt: &Handle,
+    partition: i32,
+) -> Result<PartitionEnd, RuntimeError> {
+    let topic = ctx.spec.source.kafka.topic.0.as_str();
+    let pm = ctx.metrics.partition(topic, partition);
+    let ckpt_err = |source| RuntimeError::Checkpoint { partition, source };
+    let kafka_err = |action| {
+        move |source| RuntimeError::Kafka {
+            partition,
+            action,
+            source,
+        }
+    };
+
+    let (mut lease, resume) = match rt.block_on(PartitionLease::acquire(
+        ctx.store.clone(),
+        topic,
+        partition,
+        ctx.epoch,
+        &ctx.owner,
+    )) {
+        Ok(x) => x,
+        Err(e) if e.is_fenced() => {
+            ctx.metrics.partitions_fenced.inc();
+            warn!(partition, error = %e, "not taking the partition: a newer owner holds it");
+            return Ok(PartitionEnd::Fenced(e));
+        }
+        Err(e) => return Err(ckpt_err(e)),
+    };
+
+    let consumer: BaseConsumer =
+        ctx.source
+            .config()
+            .create()
+            .map_err(|source| RuntimeError::CreateClient {
+                partition,
+                role: "consumer",
+                source,
+            })?;
+    let mut engine = Engine::new(ctx.plan.clone(), [partition]);
+    let start = match &resume {
+        Some(p) => {
+            if let Some(max) = p.replay_max_event_time {
+                engine.resume(partition, max);
+            }
+            Start {
+                offset: p.replay_from,
+                emitted_through: p.emitted_through.unwrap_or(i64::MIN),
+                seen_through: p.next_offset,
+            }
+        }
+        None => {
+            // Resolve startFrom to an offset and record it before reading, so a crash before the
+            // first checkpoint restarts from the same place (not from a newer "latest").
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(30))
+                .map_err(kafka_err("reading the partition's offsets"))?;
+            let offset = match ctx.spec.source.kafka.start_from {
+                StartFrom::Earliest => low,
+                StartFrom::Latest => high,
+            };
+            let first = Progress {
+                next_offset: offset,
+                replay_from: offset,
+                replay_max_event_time: None,
+                watermark: None,
+                emitted_through: None,
+            };
+            match rt.block_on(lease.commit(first)) {
+                Ok(_) => {}
+                Err(e) if e.is_fenced() => {
+                    ctx.metrics.partitions_fenced.inc();
+                    return Ok(PartitionEnd::Fenced(e));
+                }
+                Err(e) => return Err(ckpt_err(e)),
+            }
+            Start {
+                offset,
+                emitted_through: i64::MIN,
+                seen_through: offset,
+            }
+        }
+    };
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(start.offset))
+        .map_err(kafka_err("choosing the start offset"))?;
+    consumer
+        .assign(&tpl)
+        .map_err(kafka_err("assigning the partition"))?;
+
+    let sink = Out::new(
+        &ctx.sink,
+        &ctx.spec.sink.kafka.topic.0,
+        partition,
+        "sink producer",
+    )?;
+    let dlq = match (&ctx.dead_letter, &ctx.spec.dead_letter) {
+        (Some(s), Some(d)) => Some(Out::new(
+            s,
+            &d.kafka.topic.0,
+            partition,
+            "dead-letter producer",
+        )?),
+        _ => None,
+    };
+    info!(
+        partition,
+        epoch = ctx.epoch,
+        from = start.offset,
+        replay_until = start.seen_through,
+        "partition started"
+    );
+    ctx.totals.started.fetch_add(1, Ordering::Relaxed);
+
+    let mut part = PartitionRun {
+        ctx,
+        partition,
+        topic,
+        pm,
+        engine,
+        sink,
+        dlq,
+        next: start.offset,
+        start,
+        caught_up: false,
+    };
+    part.note_caught_up();
+    let mut last_checkpoint = Instant::now();
+    let mut last_gauges = Instant::now() - GAUGE_EVERY;
+    let end = loop {
+        if ctx.stop.load(Ordering::Relaxed) {
+            break PartitionEnd::Stopped;
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(e)) => warn!(partition, error = %e, "consumer error"),
+            Some(Ok(m)) => part.process(&Record {
+                partition,
+                offset: m.offset(),
+                key: m.key(),
+                timestamp: m.timestamp().to_millis(),
+                value: m.payload().unwrap_or(&[]),
+            })?,
+        }
+        if last_gauges.elapsed() >= GAUGE_EVERY {
+            last_gauges = Instant::now();
+            part.gauges();
+            if let Ok((_, high)) =
+                consumer.fetch_watermarks(topic, partition, Duration::from_secs(2))
+            {
+                part.pm.set_lag(high, part.next);
+                if let Ok(mut lag) = ctx.totals.lag.lock() {
+                    lag.insert(partition, (high - part.next).max(0));
+                }
+            }
+        }
+        if last_checkpoint.elapsed() >= ctx.checkpoint_interval {
+            last_checkpoint = Instant::now();
+            if let Some(fenced) = part.checkpoint(rt, &mut lease)? {
+                break fenced;
+            }
+        }
+    };
+    let end = match end {
+        PartitionEnd::Stopped => match part.checkpoint(rt, &mut lease)? {
+            Some(fenced) => fenced,
+            None => PartitionEnd::Stopped,
+        },
+        fenced => fenced,
+    };
+    if let PartitionEnd::Fenced(e) = &end {
+        ctx.metrics.partitions_fenced.inc();
+        warn!(partition, error = %e, "partition stopped: a newer owner took it");
+    } else {
+        info!(partition, next_offset = part.next, "partition stopped");
+    }
+    ctx.metrics.release_partition(topic, partition);
+    Ok(end)
+}
+
+/// One partition's moving parts.
+struct PartitionRun<'a> {
+    ctx: &'a JobContext,
+    partition: i32,
+    topic: &'a str,
+    pm: PartitionMetrics,
+    engine: Engine,
+    sink: Out,
+    dlq: Option<Out>,
+    /// Next offset to read.
+    next: i64,
+    start: Start,
+    caught_up: bool,
+}
+
+impl PartitionRun<'_> {
+    fn process(&mut self, rec: &Record<'_>) -> Result<(), RuntimeError> {
+        self.pm.record_in(rec.value.len());
+        self.ctx.totals.records.fetch_add(1, Ordering::Relaxed);
+        let replayed = rec.offset < self.start.seen_through;
+        if let Err(rejection) = self.engine.process(rec) {
+            // A replayed record was counted and dead-lettered the first time.
+            if !replayed {
+                self.reject(rec, &rejection)?;
+            }
+        }
+        for r in self.engine.take_results() {
+            // Emitted before the restart; the replay rebuilt only part of it.
+            if r.end <= self.start.emitted_through {
+                continue;
+            }
+            let value = r.to_json(&self.ctx.plan);
+            let key = r.key_json(&self.ctx.plan);
+            self.sink
+                .send(self.partition, key.as_bytes(), value.as_bytes(), None)?;
+            self.pm.result_emitted(value.len());
+            self.ctx.totals.results.fetch_add(1, Ordering::Relaxed);
+            if self.ctx.echo {
+                println!("{value}");
+            }
+        }
+        self.next = rec.offset + 1;
+        self.note_caught_up();
+        Ok(())
+    }
+
+    fn note_caught_up(&mut self) {
+        if !self.caught_up && self.next >= self.start.seen_through {
+            self.caught_up = true;
+            self.ctx.totals.caught_up.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn reject(&mut self, rec: &Record<'_>, rejection: &Rejection) -> Result<(), RuntimeError> {
+        self.pm.rejected(rejection.reason);
+        self.ctx.totals.rejected.fetch_add(1, Ordering::Relaxed);
+        let Some(dlq) = &self.dlq else {
+            return Ok(());
+        };
+        let partition = self.partition.to_string();
+        let offset = rec.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "weir.reason",
+                value: Some(rejection.reason.as_str()),
+            })
+            .insert(Header {
+                key: "weir.error",
+                value: Some(rejection.detail.as_str()),
+            })
+            .insert(Header {
+                key: "weir.source.topic",
+                value: Some(self.topic),
+            })
+            .insert(Header {
+                key: "weir.source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "weir.source.offset",
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: "weir.job",
+                value: Some(self.ctx.name.as_str()),
+            });
+        dlq.send(
+            self.partition,
+            rec.key.unwrap_or_default(),
+            rec.value,
+            Some(headers),
+        )?;
+        self.pm.dead_letters.inc();
+        Ok(())
+    }
+
+    fn gauges(&self) {
+        if let Some(p) = self.engine.partitions().get(&self.partition) {
+            self.pm.set_watermark_ms(p.watermark);
+        }
+        self.pm
+            .set_open(self.engine.open_rows(), self.engine.open_groups());
+    }
+
+    /// Flush the producers, then record progress. `Some` when a newer owner fenced us out.
+    fn checkpoint(
+        &mut self,
+        rt: &Handle,
+        lease: &mut PartitionLease,
+    ) -> Result<Option<PartitionEnd>, RuntimeError> {
+        let t0 = Instant::now();
+        self.sink.flush(self.partition)?;
+        if let Some(d) = &self.dlq {
+            d.flush(self.partition)?;
+        }
+        let state = self.engine.partitions().get(&self.partition);
+        let max_time = state.map(|s| s.max_time).unwrap_or(i64::MIN);
+        let (replay_from, replay_max) = self
+            .engine
+            .replay_point(self.partition)
+            .unwrap_or((self.next, max_time));
+        let known = |t: i64| (t != i64::MIN).then_some(t);
+        let progress = Progress {
+            // During a replay the position is behind what was already seen.
+            next_offset: self.next.max(self.start.seen_through),
+            replay_from,
+            replay_max_event_time: known(replay_max),
+            watermark: state.and_then(|s| known(s.watermark)),
+            emitted_through: known(self.engine.watermark().max(self.start.emitted_through)),
+        };
+        match rt.block_on(lease.commit(progress)) {
+            Ok(bytes) => {
+                self.pm.checkpoint_written(t0.elapsed(), bytes);
+                Ok(None)
+            }
+            Err(e) if e.is_fenced() => Ok(Some(PartitionEnd::Fenced(e))),
+            Err(e) => {
+                // Transient: keep going; the next interval tries again, and a crash meanwhile
+                // only means a longer replay.
+                self.pm.checkpoint_failed(t0.elapsed());
+                warn!(partition = self.partition, error = %e, "checkpoint failed; will retry");
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// A last-resort epoch for local runs: wall-clock milliseconds, so a later run outranks an
+/// earlier one that may still be alive.
+pub fn local_epoch() -> i64 {
+    now_ms()
+}

@@ -1,0 +1,224 @@
+//! `weir kafka ...`: small Kafka tools for trying jobs and for tests (create a topic, produce
+//! lines or synthetic payments, print a topic), so no other Kafka client is needed.
+
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+fn config(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    c
+}
+
+/// Create `topic` with `partitions` partitions; an existing topic is fine.
+pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let admin: AdminClient<DefaultClientContext> = config(bootstrap)
+        .create()
+        .context("creating an admin client")?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = rt
+        .block_on(admin.create_topics([&new], &opts))
+        .with_context(|| format!("creating topic {topic} on {bootstrap}"))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => bail!("creating topic {t}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn producer(bootstrap: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+    config(bootstrap)
+        .set("linger.ms", "20")
+        .set("enable.idempotence", "true")
+        .create()
+        .context("creating a producer")
+}
+
+fn send(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: Option<&[u8]>,
+    partition: Option<i32>,
+    value: &[u8],
+) -> anyhow::Result<()> {
+    let mut rec = BaseRecord::<[u8], [u8]>::to(topic).payload(value);
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    if let Some(p) = partition {
+        rec = rec.partition(p);
+    }
+    loop {
+        match p.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                r,
+            )) => {
+                rec = r;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((e, _)) => bail!("producing to {topic}: {e}"),
+        }
+    }
+}
+
+/// Produce JSON lines from a reader; the key is the string value of `key_field` if given.
+pub fn produce_lines(
+    bootstrap: &str,
+    topic: &str,
+    key_field: Option<&str>,
+    input: impl BufRead,
+) -> anyhow::Result<u64> {
+    let p = producer(bootstrap)?;
+    let mut n = 0;
+    for line in input.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let key = key_field.and_then(|f| {
+            serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .and_then(|v| {
+                    v.get(f)
+                        .map(|k| k.as_str().map(str::to_string).unwrap_or(k.to_string()))
+                })
+        });
+        send(
+            &p,
+            topic,
+            key.as_deref().map(str::as_bytes),
+            None,
+            line.as_bytes(),
+        )?;
+        n += 1;
+    }
+    p.flush(Duration::from_secs(60)).context("flushing")?;
+    Ok(n)
+}
+
+/// Synthetic payments, `rate` per second (0: as fast as possible), until `count` (0: forever).
+/// Event times follow the wall clock with a few seconds of disorder; merchant is the key.
+pub fn produce_payments(
+    bootstrap: &str,
+    topic: &str,
+    rate: u64,
+    count: u64,
+    merchants: u32,
+) -> anyhow::Result<u64> {
+    let p = producer(bootstrap)?;
+    let started = Instant::now();
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut n = 0u64;
+    while count == 0 || n < count {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let ts = now_ms - (next() % 3000) as i64;
+        let merchant = format!("m{}", next() % u64::from(merchants.max(1)));
+        let amount = (next() % 20_000) as f64 / 100.0;
+        let customer = format!("c{}", next() % 5000);
+        let value = serde_json::json!({
+            "ts": weir_engine::time::format(ts),
+            "merchant": merchant,
+            "amount": amount,
+            "customer": customer,
+        })
+        .to_string();
+        send(&p, topic, Some(merchant.as_bytes()), None, value.as_bytes())?;
+        n += 1;
+        if rate > 0 {
+            let due = Duration::from_secs_f64(n as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).context("flushing")?;
+    Ok(n)
+}
+
+/// Print every message of `topic` as a JSON line (`partition`, `offset`, `key`, `value`,
+/// `headers`), from the beginning, until no message arrives for `idle`.
+pub fn consume(
+    bootstrap: &str,
+    topic: &str,
+    idle: Duration,
+    out: &mut impl Write,
+) -> anyhow::Result<u64> {
+    let c: BaseConsumer = config(bootstrap)
+        .set("group.id", "weir-tools")
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating a consumer")?;
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .context("reading metadata")?;
+    let partitions = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
+    if partitions == 0 {
+        bail!("topic {topic} not found");
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    let mut last = Instant::now();
+    let mut n = 0;
+    while last.elapsed() < idle {
+        match c.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(e)) => bail!("consuming {topic}: {e}"),
+            Some(Ok(m)) => {
+                let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
+                let headers: serde_json::Map<String, serde_json::Value> = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), text(h.value).into()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let line = serde_json::json!({
+                    "partition": m.partition(),
+                    "offset": m.offset(),
+                    "key": text(m.key()),
+                    "value": text(m.payload()),
+                    "headers": headers,
+                });
+                writeln!(out, "{line}")?;
+                n += 1;
+                last = Instant::now();
+            }
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,574 @@
+//! The worker runtime end to end, on a real Kafka-protocol broker (nisshi) with real worker
+//! processes: results equal `weir run --input` on the same records, also when workers are
+//! SIGKILLed and restarted (checkpoints in a directory, or on a real S3: SeaweedFS), bad and
+//! late records reach the dead-letter topic, and an older owner is fenced out.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+use support::broker::Broker;
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+const PARTITIONS: i32 = 4;
+const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+const END: &str = "zz-end";
+
+/// One source record: key and value, in production order.
+struct Rec {
+    key: String,
+    value: String,
+    partition: Option<i32>,
+}
+
+/// `n` payments over 200 merchants, 5 ms of event time apart, up to 3 s out of order (under
+/// the 5 s allowed lateness, so "late" means the same with 1 partition or 4), with bad records
+/// of every kind and records 10 minutes late sprinkled in. Then one record per partition far
+/// in the future, which closes every window (its own group is left out of comparisons).
+fn records(n: usize, seed: u64) -> Vec<Rec> {
+    let mut s = seed | 1;
+    let mut rnd = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let ts = |t: i64| weir_engine::time::format(t);
+    let mut out = Vec::with_capacity(n + 4);
+    for i in 0..n {
+        let r = rnd();
+        let merchant = format!("m{}", r % 200);
+        let base = T0 + i as i64 * 5;
+        let amount = (rnd() % 100_000) as f64 / 100.0;
+        let customer = format!("c{}", rnd() % 500);
+        let value = if i % 997 == 5 {
+            format!("{{\"ts\":\"{}\",\"merchant\":", ts(base))
+        } else if i % 991 == 7 {
+            serde_json::json!({"ts": ts(base), "merchant": merchant, "customer": customer})
+                .to_string()
+        } else if i % 983 == 11 {
+            serde_json::json!({"ts": ts(base), "merchant": merchant, "amount": "lots", "customer": customer}).to_string()
+        } else {
+            let t = if i > 5000 && i % 1009 == 3 {
+                base - 600_000
+            } else {
+                base - (rnd() % 3000) as i64
+            };
+            serde_json::json!({"ts": ts(t), "merchant": merchant, "amount": amount, "customer": customer}).to_string()
+        };
+        out.push(Rec {
+            key: merchant,
+            value,
+            partition: None,
+        });
+    }
+    for p in 0..PARTITIONS {
+        out.push(Rec {
+            key: END.into(),
+            value: serde_json::json!({"ts": ts(T0 + 86_400_000), "merchant": END, "amount": 0, "customer": "x"})
+                .to_string(),
+            partition: Some(p),
+        });
+    }
+    out
+}
+
+fn job_yaml(bootstrap: &str, window: &str, store: &str) -> String {
+    format!(
+        r#"apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: e2e}}
+spec:
+  source:
+    kafka: {{bootstrapServers: "{bootstrap}", topic: in, startFrom: earliest}}
+    eventTime: {{field: ts, format: rfc3339}}
+  groupBy: [merchant]
+  window: {window}
+  aggregations:
+    - {{name: n, fn: count}}
+    - {{name: total, fn: sum, field: amount}}
+    - {{name: mean, fn: mean, field: amount}}
+    - {{name: min, fn: min, field: amount}}
+    - {{name: max, fn: max, field: amount}}
+    - {{name: sd, fn: stddev, field: amount}}
+    - {{name: customers, fn: countDistinct, field: customer}}
+    - {{name: p90, fn: percentile, field: amount, quantile: 0.9}}
+    - {{name: first, fn: first, field: customer}}
+    - {{name: last, fn: last, field: customer}}
+  sink: {{kafka: {{topic: out}}}}
+  deadLetter: {{kafka: {{topic: dlq}}}}
+  parallelism: 2
+  checkpoint: {{interval: 1s, store: {store}}}
+"#
+    )
+}
+
+/// Key of a result: (group, window start), as the sink's message key names it.
+fn result_key(v: &Value) -> String {
+    serde_json::json!({"group": v["group"], "start": v["window"]["start"]}).to_string()
+}
+
+/// `weir run --input` over the same values: the expected results by key, and rejections by
+/// reason.
+fn reference(
+    dir: &Path,
+    job: &Path,
+    recs: &[Rec],
+) -> (BTreeMap<String, Value>, BTreeMap<String, usize>) {
+    let input = dir.join("input.jsonl");
+    let text: String = recs.iter().map(|r| format!("{}\n", r.value)).collect();
+    std::fs::write(&input, text).unwrap();
+    let rejects = dir.join("rejects.jsonl");
+    let out = Command::new(WEIR)
+        .args(["run"])
+        .arg(job)
+        .arg("--input")
+        .arg(&input)
+        .arg("--rejects")
+        .arg(&rejects)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "weir run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut results = BTreeMap::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if v["group"]["merchant"] != END {
+            assert!(
+                results.insert(result_key(&v), v).is_none(),
+                "duplicate in weir run"
+            );
+        }
+    }
+    let mut reasons = BTreeMap::new();
+    for line in std::fs::read_to_string(&rejects).unwrap().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        *reasons
+            .entry(v["reason"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    (results, reasons)
+}
+
+fn create_topics(bootstrap: &str) {
+    for (topic, n) in [("in", PARTITIONS), ("out", 3), ("dlq", 1)] {
+        let out = Command::new(WEIR)
+            .args([
+                "kafka",
+                "create-topic",
+                "--bootstrap",
+                bootstrap,
+                topic,
+                "--partitions",
+            ])
+            .arg(n.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "create {topic}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Produce in batches, pausing between them so workers run (and die) while data arrives.
+fn produce(bootstrap: &str, recs: &[Rec], pause: Duration) {
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "10")
+        .create()
+        .unwrap();
+    for (i, r) in recs.iter().enumerate() {
+        let mut rec = BaseRecord::to("in")
+            .key(r.key.as_bytes())
+            .payload(r.value.as_bytes());
+        if let Some(part) = r.partition {
+            rec = rec.partition(part);
+        }
+        let mut rec = rec;
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        if i % 20_000 == 19_999 {
+            p.flush(Duration::from_secs(30)).unwrap();
+            std::thread::sleep(pause);
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// Everything read from a topic so far: (key, value, headers).
+type Seen = Arc<Mutex<Vec<(String, String, BTreeMap<String, String>)>>>;
+
+/// Read `topic` from the beginning in a thread until `stop`.
+fn collect(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    stop: Arc<AtomicBool>,
+) -> (Seen, std::thread::JoinHandle<()>) {
+    let seen: Seen = Arc::default();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "e2e-reader")
+        .set("enable.auto.commit", "false")
+        .set("fetch.queue.backoff.ms", "10")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let out = seen.clone();
+    let handle = std::thread::spawn(move || {
+        let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), text(h.value)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.lock()
+                    .unwrap()
+                    .push((text(m.key()), text(m.payload()), headers));
+            }
+        }
+    });
+    (seen, handle)
+}
+
+struct Worker {
+    ordinal: usize,
+    child: Child,
+}
+
+struct Workers {
+    dir: PathBuf,
+    job: PathBuf,
+    assignment: PathBuf,
+    env: Vec<(String, String)>,
+    checkpoint_dir: Option<PathBuf>,
+    running: Vec<Worker>,
+    starts: usize,
+}
+
+impl Workers {
+    fn start(&mut self, ordinal: usize) {
+        self.starts += 1;
+        let log = std::fs::File::create(
+            self.dir
+                .join(format!("worker-{ordinal}-{}.log", self.starts)),
+        )
+        .unwrap();
+        let mut cmd = Command::new(WEIR);
+        cmd.args(["worker", "--job"])
+            .arg(&self.job)
+            .arg("--assignment")
+            .arg(&self.assignment)
+            .args(["--ordinal", &ordinal.to_string(), "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(d) = &self.checkpoint_dir {
+            cmd.arg("--checkpoint-dir").arg(d);
+        }
+        let child = cmd.spawn().unwrap();
+        self.running.push(Worker { ordinal, child });
+    }
+
+    fn kill(&mut self, i: usize) -> usize {
+        let mut w = self.running.remove(i);
+        w.child.kill().unwrap(); // SIGKILL
+        w.child.wait().unwrap();
+        w.ordinal
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(&self.dir).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("worker-") {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                out.push_str(&format!(
+                    "--- {name}\n{}\n",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
+            }
+        }
+        out
+    }
+
+    /// SIGTERM everything and wait: a graceful stop writes final checkpoints.
+    fn stop(&mut self) {
+        for w in &self.running {
+            let _ = Command::new("kill")
+                .args(["-TERM", &w.child.id().to_string()])
+                .status();
+        }
+        for w in &mut self.running {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while w.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = w.child.kill();
+            let _ = w.child.wait();
+        }
+        self.running.clear();
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for w in &mut self.running {
+            let _ = w.child.kill();
+            let _ = w.child.wait();
+        }
+    }
+}
+
+struct Scenario {
+    window: &'static str,
+    records: usize,
+    kills: usize,
+    /// Checkpoints on a SeaweedFS S3 (`Some((endpoint, env))`) instead of a directory.
+    s3: Option<(String, Vec<(String, String)>)>,
+}
+
+/// Run the scenario; returns the final results deduplicated by key (last wins) and every
+/// dead letter.
+fn run(s: Scenario) {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = match &s.s3 {
+        Some((endpoint, _)) => format!(
+            "{{objectStore: {{url: \"s3://{}/runs/{}\", endpoint: \"{endpoint}\", region: us-east-1}}}}",
+            support::seaweedfs::BUCKET,
+            std::process::id()
+        ),
+        None => "{configMap: {}}".to_string(),
+    };
+    let job = dir.path().join("job.yaml");
+    std::fs::write(&job, job_yaml(&broker.bootstrap, s.window, &store)).unwrap();
+    let recs = records(s.records, 0x5eed ^ s.records as u64);
+    let (expected, expected_rejects) = reference(dir.path(), &job, &recs);
+    assert!(
+        expected.len() > 1000,
+        "only {} results expected",
+        expected.len()
+    );
+
+    create_topics(&broker.bootstrap);
+    let assignment = dir.path().join("assignment.json");
+    std::fs::write(&assignment, r#"{"epoch": 1, "workers": [[0, 2], [1, 3]]}"#).unwrap();
+    let mut workers = Workers {
+        dir: dir.path().to_path_buf(),
+        job: job.clone(),
+        assignment,
+        env: s
+            .s3
+            .as_ref()
+            .map(|(_, env)| env.clone())
+            .unwrap_or_default(),
+        checkpoint_dir: s.s3.is_none().then(|| dir.path().join("checkpoints")),
+        running: Vec::new(),
+        starts: 0,
+    };
+    workers.start(0);
+    workers.start(1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (results, results_reader) = collect(&broker.bootstrap, "out", 3, stop.clone());
+    let (dead, dead_reader) = collect(&broker.bootstrap, "dlq", 1, stop.clone());
+    let bootstrap = broker.bootstrap.clone();
+    let pause = if s.kills > 0 {
+        Duration::from_millis(700)
+    } else {
+        Duration::ZERO
+    };
+    let producer = std::thread::spawn(move || produce(&bootstrap, &recs, pause));
+
+    // Kill workers at random moments while the data arrives, and restart them.
+    let mut rnd = 0x9e37_79b9_7f4a_7c15u64;
+    for k in 0..s.kills {
+        rnd ^= rnd << 13;
+        rnd ^= rnd >> 7;
+        rnd ^= rnd << 17;
+        std::thread::sleep(Duration::from_millis(300 + rnd % 2000));
+        let ordinal = workers.kill((rnd as usize >> 8) % workers.running.len());
+        if k % 3 == 2 {
+            std::thread::sleep(Duration::from_millis(500)); // sometimes both are down
+        }
+        workers.start(ordinal);
+    }
+    producer.join().unwrap();
+
+    // Wait until every expected window is in the sink.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let final_results = loop {
+        let got: BTreeMap<String, Value> = results
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v, _)| (k.clone(), serde_json::from_str(v).unwrap()))
+            .collect();
+        if expected.keys().all(|k| got.contains_key(k)) {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 240 s only {} of {} windows arrived\n{}",
+            expected.keys().filter(|k| got.contains_key(*k)).count(),
+            expected.len(),
+            workers.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    workers.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    results_reader.join().unwrap();
+    dead_reader.join().unwrap();
+
+    // Keys name their content: each message's key is its value's (group, window start).
+    let all = results.lock().unwrap();
+    for (k, v, _) in all.iter() {
+        assert_eq!(*k, result_key(&serde_json::from_str(v).unwrap()));
+    }
+    // The deduplicated results are exactly the expected ones: nothing missing, nothing extra,
+    // every value equal.
+    let got: BTreeMap<&String, &Value> = final_results.iter().collect();
+    let want: BTreeMap<&String, &Value> = expected.iter().collect();
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|k| !want.contains_key(**k))
+        .take(3)
+        .collect();
+    assert!(extra.is_empty(), "unexpected windows: {extra:?}");
+    for (k, v) in &want {
+        assert_eq!(got.get(k), Some(v), "window {k}");
+    }
+    eprintln!(
+        "{} windows equal to weir run --input; {} result messages ({} duplicates after {} kills)",
+        expected.len(),
+        all.len(),
+        all.len() - final_results.len(),
+        s.kills
+    );
+
+    let dead = dead.lock().unwrap();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut places = BTreeSet::new();
+    for (_, _, h) in dead.iter() {
+        *reasons.entry(h["weir.reason"].clone()).or_insert(0) += 1;
+        assert_eq!(h["weir.source.topic"], "in");
+        assert!(h.contains_key("weir.error"));
+        places.insert((
+            h["weir.source.partition"].clone(),
+            h["weir.source.offset"].clone(),
+        ));
+    }
+    if s.kills == 0 {
+        // Every rejected record exactly once, with the reason `weir run` gives.
+        assert_eq!(reasons, expected_rejects, "dead letters by reason");
+        assert_eq!(places.len(), dead.len(), "a record dead-lettered twice");
+    } else {
+        // After crashes a dead letter may be repeated, never lost.
+        let distinct: usize = places.len();
+        assert_eq!(
+            distinct,
+            expected_rejects.values().sum::<usize>(),
+            "distinct dead letters"
+        );
+    }
+    for reason in ["invalid_json", "missing_field", "wrong_type", "late"] {
+        assert!(
+            reasons.contains_key(reason),
+            "no {reason} dead letter: {reasons:?}"
+        );
+    }
+}
+
+#[test]
+fn workers_on_a_real_broker_equal_weir_run_on_the_same_records() {
+    run(Scenario {
+        window: "{type: tumbling, size: 10s, allowedLateness: 5s}",
+        records: 200_000,
+        kills: 0,
+        s3: None,
+    });
+}
+
+#[test]
+fn killed_and_restarted_workers_give_the_clean_results() {
+    run(Scenario {
+        window: "{type: hopping, size: 30s, slide: 10s, allowedLateness: 5s}",
+        records: 200_000,
+        kills: 6,
+        s3: None,
+    });
+}
+
+#[test]
+fn killed_workers_with_checkpoints_on_s3_give_the_clean_results() {
+    use support::seaweedfs::{SeaweedFs, ACCESS_KEY, SECRET_KEY};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let weed = rt.block_on(SeaweedFs::start(|endpoint| async move {
+        use weir_worker::checkpoint::{CheckpointStore, ObjectStoreConfig, ObjectStoreStore};
+        let store = ObjectStoreStore::new(&ObjectStoreConfig {
+            url: format!("s3://{}/ready", support::seaweedfs::BUCKET),
+            endpoint: Some(endpoint),
+            region: Some("us-east-1".into()),
+            allow_http: true,
+            access_key_id: Some(ACCESS_KEY.into()),
+            secret_access_key: Some(SECRET_KEY.into()),
+        })
+        .map_err(|e| e.to_string())?;
+        store.get(0).await.map(|_| ()).map_err(|e| e.to_string())
+    }));
+    run(Scenario {
+        window: "{type: session, gap: 500ms, allowedLateness: 5s}",
+        records: 200_000,
+        kills: 5,
+        s3: Some((
+            weed.endpoint.clone(),
+            vec![
+                ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+            ],
+        )),
+    });
+}

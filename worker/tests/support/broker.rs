@@ -1,0 +1,143 @@
+//! Starts a real Kafka-protocol broker (nisshi 0.8.1, in-memory storage) on a free loopback
+//! port for one test, and stops it when dropped. The binary comes from `WEIR_NISSHI`, `PATH`,
+//! or the cache `scripts/deps` installs it into; if it is missing the test fails.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+
+pub struct Broker {
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub bootstrap: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub fn nisshi_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("WEIR_NISSHI") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "WEIR_NISSHI={} is not a file: run scripts/deps (CI does)",
+            path.display()
+        );
+        return path;
+    }
+    let cache = std::env::var_os("WEIR_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/weir")));
+    let candidates = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("nisshi"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .chain(cache.map(|c| c.join("nisshi/bin/nisshi")));
+    for c in candidates {
+        if c.is_file() {
+            return c;
+        }
+    }
+    panic!(
+        "the Kafka-protocol broker `nisshi` was not found (WEIR_NISSHI, PATH, ~/.cache/weir/nisshi/bin): \
+         run scripts/deps, which installs nisshi 0.8.1 (about 18 minutes the first time; CI does it)"
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let binary = nisshi_binary();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("nisshi.log");
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args([
+                "--storage-engine",
+                "memory://nisshi/",
+                "--group-initial-rebalance-delay",
+                "0s",
+            ])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+        let mut broker = Broker {
+            child,
+            bootstrap: format!("127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        };
+        broker.wait_ready();
+        broker
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("client");
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("nisshi exited with {status}:\n{}", self.log_text());
+            }
+            if consumer
+                .fetch_metadata(None, Duration::from_millis(500))
+                .is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nisshi not ready after 30 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
