@@ -259,6 +259,7 @@ pub fn run(
     let mut last_progress = Instant::now();
     let mut last_records = 0u64;
     let mut failure: Option<RuntimeError> = None;
+    let mut fenced = Vec::new();
     let total = partitions.len() as u64;
     while !threads.is_empty() {
         std::thread::sleep(Duration::from_millis(200));
@@ -278,8 +279,9 @@ pub fn run(
             };
             match h.join() {
                 Ok(Ok(PartitionEnd::Stopped)) => {}
-                Ok(Ok(PartitionEnd::Fenced(_))) => {
+                Ok(Ok(PartitionEnd::Fenced(e))) => {
                     metrics.partitions_owned.dec();
+                    fenced.push(e.to_string());
                 }
                 Ok(Err(e)) => {
                     error!(error = %e, "partition failed; stopping the worker");
@@ -312,10 +314,20 @@ pub fn run(
     }
     let _ = http_stop_tx.send(());
     rt.shutdown_timeout(Duration::from_secs(2));
-    match failure {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
+    if let Some(e) = failure {
+        return Err(e.into());
     }
+    if !fenced.is_empty() {
+        // The assignment this worker started with is out of date; exiting lets the pod restart
+        // and read the new one.
+        bail!(
+            "{} partition(s) were taken over by a newer owner, so this worker's assignment is \
+             out of date: {}",
+            fenced.len(),
+            fenced.join("; ")
+        );
+    }
+    Ok(())
 }
 
 async fn wait_for_signal() {

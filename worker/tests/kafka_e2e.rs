@@ -278,6 +278,8 @@ struct Workers {
     checkpoint_dir: Option<PathBuf>,
     running: Vec<Worker>,
     starts: usize,
+    /// Where worker 0 serves /metrics.
+    metrics_port: u16,
 }
 
 impl Workers {
@@ -293,7 +295,12 @@ impl Workers {
             .arg(&self.job)
             .arg("--assignment")
             .arg(&self.assignment)
-            .args(["--ordinal", &ordinal.to_string(), "--listen", "127.0.0.1:0"])
+            .args(["--ordinal", &ordinal.to_string(), "--listen"])
+            .arg(if ordinal == 0 {
+                format!("127.0.0.1:{}", self.metrics_port)
+            } else {
+                "127.0.0.1:0".to_string()
+            })
             .env("RUST_LOG", "warn")
             .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
@@ -403,6 +410,7 @@ fn run(s: Scenario) {
         checkpoint_dir: s.s3.is_none().then(|| dir.path().join("checkpoints")),
         running: Vec::new(),
         starts: 0,
+        metrics_port: free_port(),
     };
     workers.start(0);
     workers.start(1);
@@ -454,6 +462,9 @@ fn run(s: Scenario) {
         );
         std::thread::sleep(Duration::from_millis(500));
     };
+    if s.kills == 0 {
+        check_metrics(workers.metrics_port);
+    }
     workers.stop();
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
@@ -519,6 +530,80 @@ fn run(s: Scenario) {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The running worker's /metrics passes `promtool check metrics` and shows its partitions.
+fn check_metrics(port: u16) {
+    assert_eq!(http_get(port, "/healthz").0, 200);
+    assert_eq!(http_get(port, "/readyz").0, 200);
+    let (status, body) = http_get(port, "/metrics");
+    assert_eq!(status, 200);
+    for needle in [
+        r#"weir_records_in_total{topic="in",partition="0"}"#,
+        r#"weir_records_in_total{topic="in",partition="2"}"#,
+        "weir_results_emitted_total",
+        "weir_checkpoint_duration_seconds_bucket",
+        "weir_watermark_seconds",
+        "weir_consumer_lag_records",
+    ] {
+        assert!(body.contains(needle), "/metrics lacks {needle}:\n{body}");
+    }
+    let promtool = std::env::var_os("WEIR_PROMTOOL").unwrap_or_else(|| "promtool".into());
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool: {e}: run `apt-get install prometheus` (CI installs it)")
+        });
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn workers_on_a_real_broker_equal_weir_run_on_the_same_records() {
     run(Scenario {
@@ -571,4 +656,120 @@ fn killed_workers_with_checkpoints_on_s3_give_the_clean_results() {
             ],
         )),
     });
+}
+
+/// Two workers believe they own the same partitions: the one with the newer assignment epoch
+/// takes the checkpoints over, and the older one stops (DESIGN.md invariant 2).
+#[test]
+fn an_older_owner_is_fenced_out_by_a_newer_epoch() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.yaml");
+    std::fs::write(
+        &job,
+        job_yaml(
+            &broker.bootstrap,
+            "{type: tumbling, size: 10s, allowedLateness: 5s}",
+            "{configMap: {}}",
+        ),
+    )
+    .unwrap();
+    create_topics(&broker.bootstrap);
+    produce(&broker.bootstrap, &records(20_000, 7), Duration::ZERO);
+    let checkpoints = dir.path().join("checkpoints");
+    let start = |name: &str, epoch: i64| {
+        let assignment = dir.path().join(format!("assignment-{name}.json"));
+        std::fs::write(
+            &assignment,
+            format!(r#"{{"epoch": {epoch}, "workers": [[0, 1, 2, 3]]}}"#),
+        )
+        .unwrap();
+        Command::new(WEIR)
+            .args(["worker", "--job"])
+            .arg(&job)
+            .arg("--assignment")
+            .arg(&assignment)
+            .args([
+                "--ordinal",
+                "0",
+                "--listen",
+                "127.0.0.1:0",
+                "--checkpoint-dir",
+            ])
+            .arg(&checkpoints)
+            .env("HOSTNAME", format!("{name}-0"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let owners = || -> Vec<(i64, String)> {
+        (0..PARTITIONS)
+            .map(|p| {
+                let path = checkpoints.join("e2e").join(format!("partition-{p}.json"));
+                let v: Value = std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .unwrap_or(Value::Null);
+                let cp = &v["checkpoint"];
+                (
+                    cp["epoch"].as_i64().unwrap_or(-1),
+                    cp["owner"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:?}",
+                owners()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    let mut old = start("old", 1);
+    wait_for("the old owner's checkpoints", &|| {
+        owners().iter().all(|(e, o)| *e == 1 && o == "old-0")
+    });
+    let mut new = start("new", 2);
+    wait_for("the new owner's checkpoints", &|| {
+        owners().iter().all(|(e, o)| *e == 2 && o == "new-0")
+    });
+
+    // The old worker finds out at its next checkpoint write, stops every partition, and exits
+    // with an error so that its pod restarts and reads the new assignment.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = old.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the old owner kept running");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut old.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(!status.success(), "old owner exited successfully:\n{log}");
+    assert!(log.contains("newer owner"), "{log}");
+    assert!(log.contains("epoch 2"), "{log}");
+
+    // The newer owner is unaffected and keeps checkpointing.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(new.try_wait().unwrap().is_none(), "the new owner stopped");
+    assert!(
+        owners().iter().all(|(e, o)| *e == 2 && o == "new-0"),
+        "{:?}",
+        owners()
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &new.id().to_string()])
+        .status();
+    assert!(
+        new.wait().unwrap().success(),
+        "graceful stop of the new owner failed"
+    );
 }
