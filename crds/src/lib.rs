@@ -9,6 +9,7 @@
 //! all report a bad job the same way: a list of problems, each naming its field.
 #![deny(missing_docs)]
 
+pub mod assignment;
 mod duration;
 mod validate;
 

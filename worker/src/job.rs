@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use serde::{Deserialize, Serialize};
 use tracing::{error, info};
+pub use weir_crds::assignment::Assignment;
 use weir_crds::{StreamJob, StreamJobSpec};
 use weir_engine::JobPlan;
 
@@ -25,32 +25,6 @@ use crate::http::{self, Health};
 use crate::kafka;
 use crate::metrics::Metrics;
 use crate::runtime::{self, JobContext, PartitionEnd, RuntimeError, Totals};
-
-/// Which partitions each worker ordinal owns, under which epoch. Written by the operator into
-/// the job ConfigMap as `assignment.json` (and computed in-process in local mode).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Assignment {
-    /// Changes whenever the assignment changes; checkpoint writes carry it (fencing).
-    pub epoch: i64,
-    /// `workers[ordinal]` = the partitions of that worker.
-    pub workers: Vec<Vec<i32>>,
-}
-
-impl Assignment {
-    /// Partitions spread over `workers` round-robin: balanced (sizes differ by at most one) and
-    /// deterministic.
-    pub fn round_robin(partitions: i32, workers: usize, epoch: i64) -> Assignment {
-        let workers = workers.max(1);
-        let mut out = vec![Vec::new(); workers];
-        for p in 0..partitions.max(0) {
-            out[p as usize % workers].push(p);
-        }
-        Assignment {
-            epoch,
-            workers: out,
-        }
-    }
-}
 
 /// A StreamJob file, parsed and validated: every problem is one line for the user.
 pub fn load_job(path: &Path) -> Result<(StreamJob, JobPlan), Vec<String>> {
@@ -429,21 +403,6 @@ pub fn local(job: &StreamJob, plan: JobPlan, opts: &RunOptions) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn round_robin_gives_every_partition_to_one_worker_balanced() {
-        for partitions in [1, 3, 4, 12] {
-            for workers in 1..=14 {
-                let a = Assignment::round_robin(partitions, workers, 7);
-                let mut all: Vec<i32> = a.workers.iter().flatten().copied().collect();
-                all.sort_unstable();
-                assert_eq!(all, (0..partitions).collect::<Vec<_>>());
-                let sizes: Vec<usize> = a.workers.iter().map(Vec::len).collect();
-                let (min, max) = (sizes.iter().min(), sizes.iter().max());
-                assert!(max.zip(min).is_some_and(|(a, b)| a - b <= 1), "{sizes:?}");
-            }
-        }
-    }
 
     #[test]
     fn ordinals_come_from_statefulset_pod_names() {
