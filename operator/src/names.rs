@@ -1,0 +1,238 @@
+//! Names, labels and constants the operator uses, derived from the StreamJob's name. Defined once
+//! here so the controller, `desired` and `status` cannot disagree.
+//!
+//! A StreamJob name is a DNS subdomain (up to 253 characters, may contain dots and start with a
+//! digit), but several children need stricter names:
+//! - a Service name is a DNS-1035 label: at most 63 characters, starts with a letter, no dots;
+//! - a StatefulSet's pods carry the label `controller-revision-hash: <statefulset>-<hash>`, whose
+//!   value must fit in 63 characters, so the StatefulSet name must stay within 52;
+//! - label values are at most 63 characters.
+//!
+//! [`worker_name`] and [`job_label_value`] therefore keep a name as is when it already fits, and
+//! otherwise truncate it and append 8 hex digits of its SHA-256: the result is deterministic,
+//! within bounds, and two jobs whose names share a long prefix still get different children.
+//!
+//! The checkpoint ConfigMaps are the exception: their names (`<job>-checkpoint-<partition>`) are
+//! computed by the workers too (`worker/src/job.rs`), so they are never shortened; a job whose
+//! name makes them longer than 253 characters is refused as an invalid spec (see
+//! [`checkpoint_config_map_name`] and `desired`).
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+/// The field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "weir-operator";
+/// Finalizer added only when `spec.checkpoint.deleteOnJobDeletion` is true: the checkpoints live
+/// outside the job's owner-reference tree (they are retained by default), so deleting them
+/// needs explicit cleanup.
+pub const FINALIZER: &str = "weir.dev/checkpoints";
+
+/// `app.kubernetes.io/name`.
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+/// Its value on every worker object.
+pub const NAME_WORKER: &str = "weir-worker";
+/// `app.kubernetes.io/instance`: the job (see [`job_label_value`]).
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+/// `app.kubernetes.io/managed-by`.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Its value on the objects the operator applies.
+pub const MANAGED_BY_OPERATOR: &str = "weir-operator";
+/// Its value on checkpoint ConfigMaps: the workers write it on every checkpoint
+/// (`worker/src/checkpoint/configmap.rs`), so the operator uses the same value rather than
+/// fight over it.
+pub const MANAGED_BY_CHECKPOINT: &str = "weir";
+/// `app.kubernetes.io/component`.
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+/// Its value on worker objects.
+pub const COMPONENT_WORKER: &str = "worker";
+/// Its value on checkpoint ConfigMaps.
+pub const COMPONENT_CHECKPOINT: &str = "checkpoint";
+/// `weir.dev/job`: the job (see [`job_label_value`]); selects everything of one job, including
+/// the checkpoint ConfigMaps, for cleanup.
+pub const LABEL_JOB: &str = "weir.dev/job";
+/// Pod-template annotation holding [`crate::desired::config_hash`]: pods roll when the spec or
+/// the assignment changes.
+pub const ANNOTATION_CONFIG_HASH: &str = "weir.dev/config-hash";
+
+/// Key of the job ConfigMap holding the StreamJob, read by `weir worker --job`.
+pub const JOB_KEY: &str = "job.yaml";
+/// Key of the job ConfigMap holding the assignment, read by `weir worker --assignment`.
+pub const ASSIGNMENT_KEY: &str = "assignment.json";
+
+const MAX_LABEL: usize = 63;
+/// 63 minus the 11 characters of `-<revision hash>` the StatefulSet controller appends in the
+/// `controller-revision-hash` label of its pods.
+const MAX_STATEFULSET: usize = 52;
+const MAX_SUBDOMAIN: usize = 253;
+
+/// First 8 hex digits of the SHA-256 of `s`.
+fn short_hash(s: &str) -> String {
+    let digest = Sha256::digest(s.as_bytes());
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// `base + suffix` if it fits in `max` characters, else `base` truncated, `-<hash of base>`,
+/// then `suffix`. `base` is ASCII (a Kubernetes name), so byte slicing is safe; a truncated base
+/// never ends in `-` or `.`.
+fn bounded(base: &str, suffix: &str, max: usize, force_hash: bool) -> String {
+    if !force_hash && base.len() + suffix.len() <= max {
+        return format!("{base}{suffix}");
+    }
+    let hash = short_hash(base);
+    let keep = max
+        .saturating_sub(suffix.len() + hash.len() + 1)
+        .min(base.len());
+    let head = base
+        .get(..keep)
+        .unwrap_or(base)
+        .trim_end_matches(['-', '.']);
+    if head.is_empty() {
+        format!("{hash}{suffix}")
+    } else {
+        format!("{head}-{hash}{suffix}")
+    }
+}
+
+/// Name of the StatefulSet, its headless Service, the PodDisruptionBudget, the ServiceAccount,
+/// the Role and the RoleBinding: `<job>-worker`.
+///
+/// Kept a DNS-1035 label of at most 52 characters: dots become `-`, a name not starting with a
+/// letter gets the prefix `w-`, and a name that was changed or is too long gets a hash of the
+/// job name (so `a.b` and `a-b` do not collide). Worker pods are `<worker_name>-<ordinal>`.
+pub fn worker_name(job: &str) -> String {
+    let mut base = job.replace('.', "-");
+    if !base.starts_with(|c: char| c.is_ascii_lowercase()) {
+        base = format!("w-{base}");
+    }
+    let changed = base != job;
+    if changed {
+        // Hash the original name, not the rewritten one, so distinct jobs stay distinct.
+        let hash = short_hash(job);
+        let suffix = format!("-{hash}-worker");
+        let keep = MAX_STATEFULSET.saturating_sub(suffix.len()).min(base.len());
+        let head = base.get(..keep).unwrap_or(&base).trim_end_matches('-');
+        return format!("{head}{suffix}");
+    }
+    bounded(job, "-worker", MAX_STATEFULSET, false)
+}
+
+/// Name of the job ConfigMap (`job.yaml`, `assignment.json`): `<job>-config`.
+pub fn config_map_name(job: &str) -> String {
+    bounded(job, "-config", MAX_SUBDOMAIN, false)
+}
+
+/// Name of the checkpoint ConfigMap of `partition`, exactly as the workers compute it
+/// (`<job>-checkpoint-<partition>`, `worker/src/job.rs` and `checkpoint/configmap.rs`).
+/// Never shortened: `None` when it would exceed 253 characters.
+pub fn checkpoint_config_map_name(job: &str, partition: i32) -> Option<String> {
+    let name = format!("{job}-checkpoint-{partition}");
+    (name.len() <= MAX_SUBDOMAIN).then_some(name)
+}
+
+/// The job name as a label value: itself when it fits in 63 characters, else truncated with a
+/// hash (label values allow dots, so nothing else changes).
+pub fn job_label_value(job: &str) -> String {
+    bounded(job, "", MAX_LABEL, false)
+}
+
+/// Labels that select a job's worker pods. Never change them: a StatefulSet's selector is
+/// immutable.
+pub fn selector_labels(job: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_string(), NAME_WORKER.to_string()),
+        (LABEL_INSTANCE.to_string(), job_label_value(job)),
+    ])
+}
+
+/// Labels of every object the operator applies for a job (and of its worker pods).
+pub fn labels(job: &str) -> BTreeMap<String, String> {
+    let mut l = selector_labels(job);
+    l.insert(
+        LABEL_MANAGED_BY.to_string(),
+        MANAGED_BY_OPERATOR.to_string(),
+    );
+    l.insert(LABEL_COMPONENT.to_string(), COMPONENT_WORKER.to_string());
+    l.insert(LABEL_JOB.to_string(), job_label_value(job));
+    l
+}
+
+/// Labels of a job's checkpoint ConfigMaps.
+pub fn checkpoint_labels(job: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            LABEL_MANAGED_BY.to_string(),
+            MANAGED_BY_CHECKPOINT.to_string(),
+        ),
+        (
+            LABEL_COMPONENT.to_string(),
+            COMPONENT_CHECKPOINT.to_string(),
+        ),
+        (LABEL_JOB.to_string(), job_label_value(job)),
+    ])
+}
+
+/// The worker pods' label selector as a string, for `status.selector` (the `/scale`
+/// subresource, HPA, KEDA).
+pub fn selector_string(job: &str) -> String {
+    selector_labels(job)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_dns1035_label(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    }
+
+    #[test]
+    fn short_names_are_kept() {
+        assert_eq!(worker_name("payments"), "payments-worker");
+        assert_eq!(config_map_name("payments"), "payments-config");
+        assert_eq!(job_label_value("payments"), "payments");
+        assert_eq!(
+            checkpoint_config_map_name("payments", 3).as_deref(),
+            Some("payments-checkpoint-3")
+        );
+        assert_eq!(
+            selector_string("payments"),
+            "app.kubernetes.io/instance=payments,app.kubernetes.io/name=weir-worker"
+        );
+    }
+
+    #[test]
+    fn long_or_odd_names_are_bounded_distinct_and_valid() {
+        let long_a = format!("{}a", "x".repeat(200));
+        let long_b = format!("{}b", "x".repeat(200));
+        for job in [
+            long_a.as_str(),
+            long_b.as_str(),
+            "a.b",
+            "a-b",
+            "9lives",
+            "x".repeat(45).as_str(),
+        ] {
+            let w = worker_name(job);
+            assert!(w.len() <= 52, "{w}");
+            assert!(is_dns1035_label(&w), "{w}");
+            assert!(w.ends_with("-worker"), "{w}");
+            let l = job_label_value(job);
+            assert!(l.len() <= 63, "{l}");
+        }
+        assert_ne!(worker_name(&long_a), worker_name(&long_b));
+        assert_ne!(job_label_value(&long_a), job_label_value(&long_b));
+        assert_ne!(worker_name("a.b"), worker_name("a-b"));
+        assert!(config_map_name(&"y".repeat(253)).len() <= 253);
+        assert_eq!(checkpoint_config_map_name(&"y".repeat(240), 0), None);
+    }
+}
