@@ -233,6 +233,6 @@ mod tests {
         assert_ne!(job_label_value(&long_a), job_label_value(&long_b));
         assert_ne!(worker_name("a.b"), worker_name("a-b"));
         assert!(config_map_name(&"y".repeat(253)).len() <= 253);
-        assert_eq!(checkpoint_config_map_name(&"y".repeat(240), 0), None);
+        assert_eq!(checkpoint_config_map_name(&"y".repeat(241), 0), None);
     }
 }
