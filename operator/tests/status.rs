@@ -1,0 +1,225 @@
+//! `status::compute` and `status::needs_update`: conditions with reasons a person can act on,
+//! written only when something other than a timestamp changed.
+
+mod support;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use support::{found, job, job_with, ok, run, sts};
+use weir_crds::{StreamJob, StreamJobStatus};
+use weir_operator::observed::{Observed, TopicObservation};
+use weir_operator::status::{self, compute, needs_update, reason};
+
+fn at(secs: i64) -> Time {
+    Time(Timestamp::from_second(secs).expect("timestamp"))
+}
+
+/// Status for `job` and `obs`, after `previous`, at time `now`.
+fn status_of(
+    j: &StreamJob,
+    obs: &Observed,
+    previous: Option<&StreamJobStatus>,
+    now: i64,
+) -> StreamJobStatus {
+    let d = run(j, obs);
+    compute(j, d.as_ref(), obs, previous, &at(now))
+}
+
+fn cond<'a>(s: &'a StreamJobStatus, t: &str) -> &'a Condition {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .unwrap_or_else(|| panic!("no {t} condition in {s:?}"))
+}
+
+/// 12 partitions, 3 workers, StatefulSet at generation 2 with `ready` ready pods.
+fn running(ready: i32) -> Observed {
+    let mut obs = found(12);
+    obs.stateful_set = Some(sts(2, 2, 3, 3, ready, 3));
+    obs.lag = Some(42);
+    obs
+}
+
+#[test]
+fn a_running_job_is_ready_with_its_summary_fields() {
+    let j = job();
+    let s = status_of(&j, &running(3), None, 100);
+    assert_eq!(cond(&s, status::READY).status, "True");
+    assert_eq!(cond(&s, status::READY).reason, reason::RUNNING);
+    assert_eq!(cond(&s, status::PROGRESSING).status, "False");
+    assert_eq!(cond(&s, status::DEGRADED).status, "False");
+    assert_eq!(s.observed_generation, Some(1));
+    assert_eq!((s.replicas, s.ready_replicas), (3, 3));
+    assert_eq!(s.partitions, Some(12));
+    assert_eq!(s.assignment_epoch, Some(1));
+    assert_eq!(s.lag, Some(42));
+    assert_eq!(s.window.as_deref(), Some("tumbling 1m +10s late"));
+    assert_eq!(
+        s.selector.as_deref(),
+        Some("app.kubernetes.io/instance=payments,app.kubernetes.io/name=weir-worker")
+    );
+    for c in &s.conditions {
+        assert_eq!(c.observed_generation, Some(1));
+        assert_eq!(c.last_transition_time, at(100));
+    }
+}
+
+#[test]
+fn only_timestamps_changing_needs_no_update_and_keeps_transition_times() {
+    let j = job();
+    let mut obs = running(3);
+    obs.last_checkpoint_time = Some(at(50));
+    let first = status_of(&j, &obs, None, 100);
+    obs.last_checkpoint_time = Some(at(60));
+    let second = status_of(&j, &obs, Some(&first), 200);
+    assert_eq!(second.last_checkpoint_time, Some(at(60)));
+    for c in &second.conditions {
+        assert_eq!(c.last_transition_time, at(100), "{}", c.type_);
+    }
+    assert!(!needs_update(&first, &second));
+
+    // Even a status computed without the old one (new transition times) needs no patch.
+    let fresh = status_of(&j, &obs, None, 300);
+    assert!(!needs_update(&first, &fresh));
+}
+
+#[test]
+fn a_condition_flip_needs_an_update_with_a_new_transition_time() {
+    let j = job();
+    let first = status_of(&j, &running(3), None, 100);
+    let second = status_of(&j, &running(2), Some(&first), 200);
+    let ready = cond(&second, status::READY);
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.reason, reason::WORKERS_NOT_READY);
+    assert_eq!(ready.message, "2 of 3 workers ready");
+    assert_eq!(ready.last_transition_time, at(200));
+    // Degraded flipped too (rollout done, a worker still not ready); Progressing did not.
+    assert_eq!(
+        cond(&second, status::DEGRADED).reason,
+        reason::WORKERS_NOT_READY
+    );
+    assert_eq!(
+        cond(&second, status::DEGRADED).last_transition_time,
+        at(200)
+    );
+    assert_eq!(
+        cond(&second, status::PROGRESSING).last_transition_time,
+        at(100)
+    );
+    assert!(needs_update(&first, &second));
+}
+
+#[test]
+fn a_lag_change_needs_an_update() {
+    let j = job();
+    let first = status_of(&j, &running(3), None, 100);
+    let mut obs = running(3);
+    obs.lag = Some(7);
+    assert!(needs_update(
+        &first,
+        &status_of(&j, &obs, Some(&first), 200)
+    ));
+}
+
+#[test]
+fn a_rollout_in_progress_is_progressing() {
+    let j = job();
+    let mut obs = found(12);
+    // The StatefulSet controller has not seen the new template yet.
+    obs.stateful_set = Some(sts(3, 2, 3, 3, 3, 3));
+    let s = status_of(&j, &obs, None, 100);
+    assert_eq!(cond(&s, status::PROGRESSING).status, "True");
+    assert_eq!(cond(&s, status::PROGRESSING).reason, reason::ROLLING_OUT);
+    assert_eq!(cond(&s, status::READY).reason, reason::WORKERS_NOT_READY);
+    assert_eq!(cond(&s, status::DEGRADED).status, "False");
+
+    // Not created yet.
+    let s = status_of(&j, &found(12), None, 100);
+    assert_eq!(cond(&s, status::PROGRESSING).status, "True");
+    assert_eq!(cond(&s, status::READY).status, "False");
+    assert_eq!(s.replicas, 0);
+}
+
+#[test]
+fn an_invalid_spec_names_the_field() {
+    let j = job_with("window: {type: hopping, size: 1m}");
+    let obs = running(3);
+    let d = run(&j, &obs);
+    assert!(d.is_err());
+    let s = compute(&j, d.as_ref(), &obs, None, &at(1));
+    let ready = cond(&s, status::READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reason::INVALID_SPEC)
+    );
+    assert!(
+        ready.message.contains("spec.window.slide"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(cond(&s, status::DEGRADED).status, "True");
+    assert_eq!(cond(&s, status::PROGRESSING).status, "False");
+    // The running workers are still reported.
+    assert_eq!(s.replicas, 3);
+}
+
+#[test]
+fn topic_and_broker_problems_have_their_reasons() {
+    let j = job();
+    let mut obs = Observed::new(TopicObservation::NotFound);
+    let s = status_of(&j, &obs, None, 1);
+    let ready = cond(&s, status::READY);
+    assert_eq!(ready.reason, reason::TOPIC_NOT_FOUND);
+    assert!(ready.message.contains("payments") && ready.message.contains("kafka:9092"));
+    assert_eq!(cond(&s, status::DEGRADED).reason, reason::TOPIC_NOT_FOUND);
+    assert_eq!(s.assignment_epoch, None);
+
+    obs.topic = TopicObservation::BrokerUnreachable {
+        message: "connection refused".to_string(),
+    };
+    // The last published assignment is still reported.
+    obs.previous_assignment = ok(&j, &found(4)).workers.map(|w| w.assignment);
+    let s = status_of(&j, &obs, None, 1);
+    let ready = cond(&s, status::READY);
+    assert_eq!(ready.reason, reason::BROKER_UNREACHABLE);
+    assert!(ready.message.contains("connection refused"));
+    assert_eq!(s.partitions, Some(4));
+    assert_eq!(s.assignment_epoch, Some(1));
+}
+
+#[test]
+fn retention_shorter_than_window_plus_lateness_is_degraded_not_unready() {
+    let j = job_with("window: {type: tumbling, size: 24h, allowedLateness: 1h}");
+    let mut obs = running(3);
+    obs.topic = TopicObservation::Found {
+        partitions: 12,
+        retention_ms: Some(24 * 3_600_000),
+    };
+    let s = status_of(&j, &obs, None, 1);
+    let degraded = cond(&s, status::DEGRADED);
+    assert_eq!(degraded.status, "True");
+    assert_eq!(degraded.reason, reason::RETENTION_SHORTER_THAN_WINDOW);
+    assert!(degraded.message.contains("1d1h"), "{}", degraded.message);
+    assert_eq!(cond(&s, status::READY).status, "True");
+
+    // Enough retention, or infinite: healthy.
+    for retention in [Some(25 * 3_600_000), None] {
+        obs.topic = TopicObservation::Found {
+            partitions: 12,
+            retention_ms: retention,
+        };
+        let s = status_of(&j, &obs, None, 1);
+        assert_eq!(cond(&s, status::DEGRADED).status, "False", "{retention:?}");
+    }
+}
+
+#[test]
+fn window_summaries() {
+    let w = |extra: &str| status::window_summary(&job_with(extra).spec.window);
+    assert_eq!(w("window: {type: tumbling, size: 1m}"), "tumbling 1m");
+    assert_eq!(
+        w("window: {type: hopping, size: 1m, slide: 10s}"),
+        "hopping 1m every 10s"
+    );
+    assert_eq!(w("window: {type: session, gap: 5m}"), "session gap 5m");
+}
