@@ -269,9 +269,22 @@ impl Out {
             topic: self.topic.clone(),
             message,
         };
-        self.producer
-            .flush(FLUSH_TIMEOUT)
-            .map_err(|e| failed(format!("flush: {e}")))?;
+        // Not `flush(FLUSH_TIMEOUT)`: rust-rdkafka's flush then polls in steps of 100 ms that
+        // only end at their deadline, so each checkpoint with results in flight stalled the
+        // partition for 100 ms. `flush(0)` asks librdkafka to send now and reports whether
+        // everything is acknowledged (the producer's own thread serves the delivery reports).
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        loop {
+            match self.producer.flush(Duration::ZERO) {
+                Ok(()) => break,
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+                    if Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(failed(format!("flush: {e}"))),
+            }
+        }
         if self.deliveries.failed.load(Ordering::Relaxed) > 0 {
             let last = self
                 .deliveries
