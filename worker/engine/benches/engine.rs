@@ -56,6 +56,18 @@ fn bench(c: &mut Criterion) {
     // Under `cargo test --benches` run a tiny version, just to prove the benchmark works.
     let full = std::env::args().any(|a| a == "--bench");
     let (warm_secs, measured_secs) = if full { (65, 20) } else { (2, 1) };
+    // `WEIR_BENCH_SECONDS=warm,measured` shortens (or lengthens) the run, e.g. `62,5` while
+    // iterating; select benchmarks with criterion's own filter (`-- hopping_1m_1s/all`).
+    let (warm_secs, measured_secs) = match std::env::var("WEIR_BENCH_SECONDS") {
+        Ok(v) => match v
+            .split_once(',')
+            .map(|(w, m)| (w.trim().parse(), m.trim().parse()))
+        {
+            Some((Ok(w), Ok(m))) if m > 0 => (w, m),
+            _ => panic!("WEIR_BENCH_SECONDS must be `warm,measured` seconds, got {v:?}"),
+        },
+        Err(_) => (warm_secs, measured_secs),
+    };
     let warm_n = (warm_secs * RATE) as usize;
     let measured_n = (measured_secs * RATE) as usize;
     let all = data::records(warm_n + measured_n, GROUPS, RATE);

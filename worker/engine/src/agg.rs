@@ -44,12 +44,14 @@
 //!   (tested ≤ 10^-12). `n·Σx²` beyond `f64::MAX` (`|x| ≳ 10^154/√n`) gives `null`.
 //! * **countDistinct**: values are hashed with XXH3-64 and a fixed seed (identical across
 //!   processes, runs and platforms). Up to [`DISTINCT_EXACT_LIMIT`] distinct hashes are kept in a
-//!   sorted set and counted exactly (wrong only on a 64-bit collision, probability ≈ `n²/2^65`).
+//!   hash set and counted exactly (wrong only on a 64-bit collision, probability ≈ `n²/2^65`).
 //!   Above that, a HyperLogLog++ sketch (`hyperloglogplus`, precision 14, `m = 16384` registers):
 //!   sparse representation (precision 25) up to a few thousand values, then dense registers with
 //!   standard error `1.04/√m ≈ 0.81%`. The sketch's state is a function of the set of hashes, so
 //!   merge (union) and the result are independent of insertion and merge order.
-//! * **percentile(q)**: a DDSketch (`sketches-ddsketch`) with relative accuracy
+//! * **percentile(q)**: up to [`PERCENTILE_EXACT_LIMIT`] values are kept exactly, and the result
+//!   is then the exact nearest-rank value (the `r`-th smallest, `r` as below). Beyond that limit
+//!   the values move into a DDSketch (`sketches-ddsketch`) with relative accuracy
 //!   [`PERCENTILE_ALPHA`] = 0.99%, positive and negative stores plus a zero bucket (magnitudes below
 //!   `f64::MIN_POSITIVE` count as zero), and enough bins for the whole `f64` range so it never
 //!   collapses (memory ≈ 0.9 KiB per decade spanned, per sign). Merge adds bucket counts: exact and
@@ -59,6 +61,10 @@
 //!   the bucket holding that value, clamped to `[min, max]`. Relative error ≤ α (+ ~10^-12
 //!   floating-point slack) < 1%. (The crate's own `quantile` uses rank `⌊q·(n−1)⌋`, 0-based; we
 //!   query it with a quantile that maps onto the nearest rank, see `nearest_rank`.)
+//!   Whether the state is exact or a sketch depends only on the number of values, and the
+//!   sketch's bucket counts and min/max only on their multiset, so the result is independent of
+//!   how the values were split, updated and merged (by update or by merge, a state crosses the
+//!   limit into the very sketch it would have had).
 //! * **first, last**: the JSON value of the input with the smallest / largest [`Order`]; equal
 //!   orders are broken by the JSON text (smaller text for first, larger for last), so merges are
 //!   commutative. Text that does not parse as JSON yields `null`.
@@ -224,7 +230,7 @@ impl Acc {
                     if x.is_finite() {
                         // `+ 0.0` turns -0.0 into 0.0, so the sketch's exact min/max cannot
                         // depend on the order in which zeros of both signs arrive.
-                        p.sketch.add(x + 0.0);
+                        p.add(x + 0.0);
                     }
                 }
             }
@@ -238,6 +244,22 @@ impl Acc {
                     offer(slot, order, text, Ordering::Greater);
                 }
             }
+        }
+    }
+
+    /// Empties this accumulator in place: afterwards it behaves exactly like [`Acc::new`] of the
+    /// same function and quantile, but keeps the memory of its boxed and exact states (for
+    /// reusing scratch rows, e.g. when merging the panes of hopping windows).
+    pub fn reset(&mut self) {
+        match self {
+            Acc::Count(n) => *n = 0,
+            Acc::Sum(s) => *s = SumAcc::default(),
+            Acc::Min(m) | Acc::Max(m) => *m = None,
+            Acc::Mean(m) => *m = MeanAcc::default(),
+            Acc::Stddev(m) | Acc::Variance(m) => **m = Moments::default(),
+            Acc::CountDistinct(d) => d.clear(),
+            Acc::Percentile(p) => p.clear(),
+            Acc::First(slot) | Acc::Last(slot) => *slot = None,
         }
     }
 
@@ -276,7 +298,7 @@ impl Acc {
             Acc::CountDistinct(d) => Value::from(d.estimate()),
             Acc::Percentile(p) => number(p.value()),
             Acc::First(slot) | Acc::Last(slot) => match slot {
-                Some(pick) => serde_json::from_str(&pick.json).unwrap_or(Value::Null),
+                Some(pick) => json_value(&pick.json),
                 None => Value::Null,
             },
         }
@@ -284,8 +306,11 @@ impl Acc {
 }
 
 /// The accumulators of one aggregation for many rows (one row per group in a pane), stored
-/// compactly: a row costs 8 bytes for count, 16 for sum, 24 for mean and 8 for min or max (an
-/// empty min/max is NaN, which no input can be). The other functions keep an [`Acc`] per row.
+/// compactly and without a box per row: a row costs 8 bytes for count, 16 for sum, 24 for mean,
+/// 8 for min or max (an empty min/max is NaN, which no input can be), 56 for stddev or variance,
+/// and for percentile, countDistinct, first and last the state of [`Quantile`], [`Distinct`] or
+/// a [`PickSlot`] (whose variable-size part is on the heap). Rows that will not change any more
+/// can be packed with [`Column::seal`].
 ///
 /// Rows behave exactly like the `Acc` of the same function: same update, merge and result.
 #[derive(Clone, Debug)]
@@ -300,15 +325,317 @@ pub enum Column {
     Min(Vec<f64>),
     /// `max`, NaN when empty.
     Max(Vec<f64>),
-    /// Any other function.
-    Other {
-        /// The function.
-        function: AggregationFn,
-        /// Its quantile (percentile).
+    /// `stddev`.
+    Stddev(Vec<Moments>),
+    /// `variance`.
+    Variance(Vec<Moments>),
+    /// `percentile`.
+    Percentile {
+        /// The quantile, as given to [`Column::new`].
         quantile: Option<f64>,
         /// One accumulator per row.
-        rows: Vec<Acc>,
+        rows: Vec<Quantile>,
     },
+    /// `countDistinct`.
+    CountDistinct(Vec<Distinct>),
+    /// `first`.
+    First(Vec<PickSlot>),
+    /// `last`.
+    Last(Vec<PickSlot>),
+    /// Percentile, countDistinct, first or last rows packed by [`Column::seal`].
+    Sealed(Sealed),
+}
+
+/// A `first` or `last` row of a [`Column`]: an `Option<Pick>` whose text buffer outlives it being
+/// emptied, so that a reused row does not allocate again.
+#[derive(Clone, Debug, Default)]
+pub struct PickSlot {
+    order: Option<Order>,
+    json: String,
+}
+
+impl PickSlot {
+    /// [`offer`] for a slot.
+    #[inline]
+    fn offer(&mut self, order: Order, text: &str, want: Ordering) {
+        let better = match self.order {
+            None => true,
+            Some(cur) => order.cmp(&cur).then_with(|| text.cmp(&self.json)) == want,
+        };
+        if better {
+            self.order = Some(order);
+            self.json.clear();
+            self.json.push_str(text);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.order = None;
+        self.json.clear();
+    }
+
+    fn pick(&self) -> Option<Pick> {
+        self.order.map(|order| Pick {
+            order,
+            json: self.json.clone(),
+        })
+    }
+
+    fn result(&self) -> Value {
+        match self.order {
+            Some(_) => json_value(&self.json),
+            None => Value::Null,
+        }
+    }
+}
+
+/// Rows packed by [`Column::seal`]: read-only, with every row's variable-size state in one buffer
+/// shared by the column, in row order, so that merging from many rows in order reads memory
+/// sequentially instead of chasing a heap pointer per row. Changing a row unpacks the column.
+#[derive(Clone, Debug)]
+pub struct Sealed {
+    /// Row `r`'s entries are `bounds[r]..bounds[r + 1]` of the buffer (`rows + 1` bounds).
+    bounds: Vec<u32>,
+    packed: Packed,
+}
+
+#[derive(Clone, Debug)]
+enum Packed {
+    /// countDistinct rows, all exact: their hashes.
+    Distinct(Vec<u64>),
+    /// percentile rows, all exact: their values. `q` is the rows' quantile.
+    Percentile {
+        quantile: Option<f64>,
+        q: f64,
+        values: Vec<f64>,
+    },
+    /// first (`want == Less`) or last (`Greater`) rows: their orders and JSON texts.
+    Picks {
+        want: Ordering,
+        orders: Vec<Option<Order>>,
+        text: String,
+    },
+}
+
+impl Sealed {
+    /// The buffer range of row `row`.
+    #[inline]
+    fn span(&self, row: usize) -> Option<std::ops::Range<usize>> {
+        let a = *self.bounds.get(row)? as usize;
+        let b = *self.bounds.get(row + 1)? as usize;
+        Some(a..b)
+    }
+
+    fn len(&self) -> usize {
+        self.bounds.len().saturating_sub(1)
+    }
+
+    fn function(&self) -> AggregationFn {
+        match &self.packed {
+            Packed::Distinct(_) => AggregationFn::CountDistinct,
+            Packed::Percentile { .. } => AggregationFn::Percentile,
+            Packed::Picks {
+                want: Ordering::Less,
+                ..
+            } => AggregationFn::First,
+            Packed::Picks { .. } => AggregationFn::Last,
+        }
+    }
+
+    fn quantile(&self) -> Option<f64> {
+        match &self.packed {
+            Packed::Percentile { quantile, .. } => *quantile,
+            _ => None,
+        }
+    }
+
+    /// Packs `rows` into `buf` (`entries` appends one row's entries and returns the buffer's new
+    /// length); `None` when the buffer would not be addressable by `u32` bounds.
+    fn pack<T, B>(
+        rows: &[T],
+        mut buf: B,
+        mut entries: impl FnMut(&T, &mut B) -> usize,
+    ) -> Option<(Vec<u32>, B)> {
+        let mut bounds = Vec::with_capacity(rows.len() + 1);
+        bounds.push(0);
+        for row in rows {
+            let end = entries(row, &mut buf);
+            bounds.push(u32::try_from(end).ok()?);
+        }
+        Some((bounds, buf))
+    }
+
+    /// Appends a copy of `src`'s row `row` if it can be packed here (same function and
+    /// quantile, exact state); `false` (and no change) otherwise.
+    fn push_from(&mut self, src: &Column, row: usize) -> bool {
+        let Some(&start) = self.bounds.last() else {
+            return false;
+        };
+        let end = match (&mut self.packed, src) {
+            (Packed::Distinct(hashes), Column::CountDistinct(rows)) => match rows.get(row) {
+                Some(d) if d.sketch.is_none() => {
+                    let Ok(end) = u32::try_from(hashes.len() + d.exact.len()) else {
+                        return false;
+                    };
+                    hashes.extend(d.exact.iter());
+                    end
+                }
+                _ => return false,
+            },
+            (Packed::Percentile { q, values, .. }, Column::Percentile { rows, .. }) => {
+                match rows.get(row) {
+                    Some(p) if p.sketch.is_none() && p.q.to_bits() == q.to_bits() => {
+                        let Ok(end) = u32::try_from(values.len() + p.exact.len()) else {
+                            return false;
+                        };
+                        values.extend_from_slice(&p.exact);
+                        end
+                    }
+                    _ => return false,
+                }
+            }
+            (Packed::Picks { want, orders, text }, Column::First(rows) | Column::Last(rows)) => {
+                let first = matches!(src, Column::First(_));
+                match rows.get(row) {
+                    Some(p) if first == (*want == Ordering::Less) => {
+                        let len = if p.order.is_some() { p.json.len() } else { 0 };
+                        let Ok(end) = u32::try_from(text.len() + len) else {
+                            return false;
+                        };
+                        if p.order.is_some() {
+                            text.push_str(&p.json);
+                        }
+                        orders.push(p.order);
+                        end
+                    }
+                    _ => return false,
+                }
+            }
+            _ => return false,
+        };
+        debug_assert!(end >= start);
+        self.bounds.push(end);
+        true
+    }
+
+    /// The rows unpacked into their ordinary column.
+    fn unpack(&self) -> Column {
+        let n = self.len();
+        let spans = (0..n).map(|r| self.span(r).unwrap_or(0..0));
+        match &self.packed {
+            Packed::Distinct(hashes) => Column::CountDistinct(
+                spans
+                    .map(|s| {
+                        let mut d = Distinct::default();
+                        let h = hashes.get(s).unwrap_or_default();
+                        d.union(h.iter().copied(), h.len());
+                        d
+                    })
+                    .collect(),
+            ),
+            Packed::Percentile {
+                quantile,
+                q,
+                values,
+            } => Column::Percentile {
+                quantile: *quantile,
+                rows: spans
+                    .map(|s| Quantile {
+                        q: *q,
+                        exact: values.get(s).unwrap_or_default().to_vec(),
+                        sketch: None,
+                    })
+                    .collect(),
+            },
+            Packed::Picks { want, orders, text } => {
+                let rows = spans
+                    .zip(orders)
+                    .map(|(s, order)| PickSlot {
+                        order: *order,
+                        json: text.get(s).unwrap_or_default().to_owned(),
+                    })
+                    .collect();
+                if *want == Ordering::Less {
+                    Column::First(rows)
+                } else {
+                    Column::Last(rows)
+                }
+            }
+        }
+    }
+
+    /// Row `row` as an [`Acc`].
+    fn acc(&self, row: usize) -> Option<Acc> {
+        let s = self.span(row)?;
+        Some(match &self.packed {
+            Packed::Distinct(hashes) => {
+                let mut d = Distinct::default();
+                let h = hashes.get(s)?;
+                d.union(h.iter().copied(), h.len());
+                Acc::CountDistinct(d)
+            }
+            Packed::Percentile { q, values, .. } => Acc::Percentile(Box::new(Quantile {
+                q: *q,
+                exact: values.get(s)?.to_vec(),
+                sketch: None,
+            })),
+            Packed::Picks { want, orders, text } => {
+                let pick = match orders.get(row)? {
+                    Some(order) => Some(Pick {
+                        order: *order,
+                        json: text.get(s)?.to_owned(),
+                    }),
+                    None => None,
+                };
+                if *want == Ordering::Less {
+                    Acc::First(pick)
+                } else {
+                    Acc::Last(pick)
+                }
+            }
+        })
+    }
+
+    /// [`Acc::result`] of row `row`.
+    fn result(&self, row: usize) -> Option<Value> {
+        let s = self.span(row)?;
+        Some(match &self.packed {
+            // The hashes of an exact set are distinct.
+            Packed::Distinct(_) => Value::from(s.len()),
+            Packed::Percentile { q, values, .. } => number(exact_rank(values.get(s)?, *q)),
+            Packed::Picks { orders, text, .. } => match orders.get(row)? {
+                Some(_) => json_value(text.get(s)?),
+                None => Value::Null,
+            },
+        })
+    }
+}
+
+/// Applies `$body` to the column's row vector, whatever its type (not for sealed columns).
+macro_rules! with_rows {
+    ($col:expr, $v:ident => $body:expr, $sealed:pat => $other:expr) => {
+        match $col {
+            Column::Count($v) => $body,
+            Column::Sum($v) => $body,
+            Column::Mean($v) => $body,
+            Column::Min($v) | Column::Max($v) => $body,
+            Column::Stddev($v) | Column::Variance($v) => $body,
+            Column::Percentile { rows: $v, .. } => $body,
+            Column::CountDistinct($v) => $body,
+            Column::First($v) | Column::Last($v) => $body,
+            $sealed => $other,
+        }
+    };
+}
+
+/// Calls `f(dst[into[k]], src[k])` for every `k` (targets out of range skipped).
+#[inline]
+fn merge_each<T, U>(dst: &mut [T], src: &[U], into: &[u32], mut f: impl FnMut(&mut T, &U)) {
+    for (from, to) in src.iter().zip(into) {
+        if let Some(d) = dst.get_mut(*to as usize) {
+            f(d, from);
+        }
+    }
 }
 
 impl Column {
@@ -320,37 +647,49 @@ impl Column {
             AggregationFn::Mean => Column::Mean(Vec::new()),
             AggregationFn::Min => Column::Min(Vec::new()),
             AggregationFn::Max => Column::Max(Vec::new()),
-            function => Column::Other {
-                function,
+            AggregationFn::Stddev => Column::Stddev(Vec::new()),
+            AggregationFn::Variance => Column::Variance(Vec::new()),
+            AggregationFn::Percentile => Column::Percentile {
                 quantile,
                 rows: Vec::new(),
             },
+            AggregationFn::CountDistinct => Column::CountDistinct(Vec::new()),
+            AggregationFn::First => Column::First(Vec::new()),
+            AggregationFn::Last => Column::Last(Vec::new()),
         }
     }
 
-    /// An empty column of the same function.
-    pub fn empty_like(&self) -> Column {
+    /// The aggregation function of this column.
+    pub fn function(&self) -> AggregationFn {
         match self {
-            Column::Other {
-                function, quantile, ..
-            } => Column::new(*function, *quantile),
-            Column::Count(_) => Column::Count(Vec::new()),
-            Column::Sum(_) => Column::Sum(Vec::new()),
-            Column::Mean(_) => Column::Mean(Vec::new()),
-            Column::Min(_) => Column::Min(Vec::new()),
-            Column::Max(_) => Column::Max(Vec::new()),
+            Column::Count(_) => AggregationFn::Count,
+            Column::Sum(_) => AggregationFn::Sum,
+            Column::Mean(_) => AggregationFn::Mean,
+            Column::Min(_) => AggregationFn::Min,
+            Column::Max(_) => AggregationFn::Max,
+            Column::Stddev(_) => AggregationFn::Stddev,
+            Column::Variance(_) => AggregationFn::Variance,
+            Column::Percentile { .. } => AggregationFn::Percentile,
+            Column::CountDistinct(_) => AggregationFn::CountDistinct,
+            Column::First(_) => AggregationFn::First,
+            Column::Last(_) => AggregationFn::Last,
+            Column::Sealed(s) => s.function(),
         }
+    }
+
+    /// An empty column of the same function (and quantile).
+    pub fn empty_like(&self) -> Column {
+        let quantile = match self {
+            Column::Percentile { quantile, .. } => *quantile,
+            Column::Sealed(s) => s.quantile(),
+            _ => None,
+        };
+        Column::new(self.function(), quantile)
     }
 
     /// Number of rows.
     pub fn len(&self) -> usize {
-        match self {
-            Column::Count(v) => v.len(),
-            Column::Sum(v) => v.len(),
-            Column::Mean(v) => v.len(),
-            Column::Min(v) | Column::Max(v) => v.len(),
-            Column::Other { rows, .. } => rows.len(),
-        }
+        with_rows!(self, v => v.len(), Column::Sealed(s) => s.len())
     }
 
     /// Whether the column has no rows.
@@ -358,41 +697,208 @@ impl Column {
         self.len() == 0
     }
 
+    /// Pack the rows for reading: the variable-size states of percentile, countDistinct, first
+    /// and last rows move into one buffer per column (see [`Sealed`]), which makes merging from
+    /// the rows in order much cheaper and frees their separate allocations. A no-op for the other
+    /// functions, and for percentile and countDistinct columns holding a sketch. Any later change
+    /// unpacks the column again, so this never changes what the rows hold.
+    pub fn seal(&mut self) {
+        let function = self.function();
+        let sealed = match &*self {
+            Column::CountDistinct(rows) => {
+                if rows.iter().any(|d| d.sketch.is_some()) {
+                    return;
+                }
+                let total = rows.iter().map(|d| d.exact.len()).sum();
+                Sealed::pack(rows, Vec::with_capacity(total), |d, buf| {
+                    buf.extend(d.exact.iter());
+                    buf.len()
+                })
+                .map(|(bounds, hashes)| Sealed {
+                    bounds,
+                    packed: Packed::Distinct(hashes),
+                })
+            }
+            Column::Percentile { quantile, rows } => {
+                let q = Quantile::new(*quantile).q;
+                if rows
+                    .iter()
+                    .any(|p| p.sketch.is_some() || p.q.to_bits() != q.to_bits())
+                {
+                    return;
+                }
+                let total = rows.iter().map(|p| p.exact.len()).sum();
+                Sealed::pack(rows, Vec::with_capacity(total), |p, buf| {
+                    buf.extend_from_slice(&p.exact);
+                    buf.len()
+                })
+                .map(|(bounds, values)| Sealed {
+                    bounds,
+                    packed: Packed::Percentile {
+                        quantile: *quantile,
+                        q,
+                        values,
+                    },
+                })
+            }
+            Column::First(rows) | Column::Last(rows) => {
+                let want = if function == AggregationFn::First {
+                    Ordering::Less
+                } else {
+                    Ordering::Greater
+                };
+                let total = rows.iter().map(|p| p.json.len()).sum();
+                Sealed::pack(rows, String::with_capacity(total), |p, buf| {
+                    if p.order.is_some() {
+                        buf.push_str(&p.json);
+                    }
+                    buf.len()
+                })
+                .map(|(bounds, text)| Sealed {
+                    bounds,
+                    packed: Packed::Picks {
+                        want,
+                        orders: rows.iter().map(|p| p.order).collect(),
+                        text,
+                    },
+                })
+            }
+            _ => return,
+        };
+        if let Some(sealed) = sealed {
+            *self = Column::Sealed(sealed);
+        }
+    }
+
+    /// Append a copy of `src`'s row `row` (a row of the same function; otherwise an empty row
+    /// is appended). A sealed column stays sealed when it can.
+    pub fn push_row(&mut self, src: &Column, row: usize) {
+        if let Column::Sealed(s) = self {
+            if s.push_from(src, row) {
+                return;
+            }
+        }
+        self.push_empty();
+        let last = self.len().saturating_sub(1);
+        self.merge_row(last, src, row);
+    }
+
+    /// Undo [`Column::seal`] (a no-op unless sealed).
+    #[inline]
+    fn unseal(&mut self) {
+        if let Column::Sealed(s) = self {
+            *self = s.unpack();
+        }
+    }
+
     /// Append an empty row.
     pub fn push_empty(&mut self) {
+        self.unseal();
         match self {
             Column::Count(v) => v.push(0),
             Column::Sum(v) => v.push(SumAcc::default()),
             Column::Mean(v) => v.push(MeanAcc::default()),
             Column::Min(v) | Column::Max(v) => v.push(f64::NAN),
-            Column::Other {
-                function,
-                quantile,
-                rows,
-            } => rows.push(Acc::new(*function, *quantile)),
+            Column::Stddev(v) | Column::Variance(v) => v.push(Moments::default()),
+            Column::Percentile { quantile, rows } => rows.push(Quantile::new(*quantile)),
+            Column::CountDistinct(v) => v.push(Distinct::default()),
+            Column::First(v) | Column::Last(v) => v.push(PickSlot::default()),
+            Column::Sealed(_) => {}
         }
+    }
+
+    /// Empty row `row` in place (an index out of range is ignored): afterwards it behaves like a
+    /// row added by [`Column::push_empty`], but keeps its memory (see [`Acc::reset`]).
+    pub fn reset_row(&mut self, row: usize) {
+        self.unseal();
+        fn reset<T>(v: &mut [T], row: usize, f: impl FnOnce(&mut T)) {
+            if let Some(x) = v.get_mut(row) {
+                f(x);
+            }
+        }
+        match self {
+            Column::Count(v) => reset(v, row, |x| *x = 0),
+            Column::Sum(v) => reset(v, row, |x| *x = SumAcc::default()),
+            Column::Mean(v) => reset(v, row, |x| *x = MeanAcc::default()),
+            Column::Min(v) | Column::Max(v) => reset(v, row, |x| *x = f64::NAN),
+            Column::Stddev(v) | Column::Variance(v) => reset(v, row, |x| *x = Moments::default()),
+            Column::Percentile { rows, .. } => reset(rows, row, Quantile::clear),
+            Column::CountDistinct(v) => reset(v, row, Distinct::clear),
+            Column::First(v) | Column::Last(v) => reset(v, row, PickSlot::clear),
+            Column::Sealed(_) => {}
+        }
+    }
+
+    /// Whether a row is a fixed-size state with nothing on the heap (count, sum, mean, min,
+    /// max, stddev, variance).
+    pub fn has_fixed_size(&self) -> bool {
+        matches!(
+            self,
+            Column::Count(_)
+                | Column::Sum(_)
+                | Column::Mean(_)
+                | Column::Min(_)
+                | Column::Max(_)
+                | Column::Stddev(_)
+                | Column::Variance(_)
+        )
+    }
+
+    /// Make the column `len` empty rows, reusing the memory of the rows it has.
+    pub fn reset_rows(&mut self, len: usize) {
+        fn fill<T: Clone>(v: &mut Vec<T>, len: usize, empty: T) {
+            v.clear();
+            v.resize(len, empty);
+        }
+        self.unseal();
+        match self {
+            Column::Count(v) => fill(v, len, 0),
+            Column::Sum(v) => fill(v, len, SumAcc::default()),
+            Column::Mean(v) => fill(v, len, MeanAcc::default()),
+            Column::Min(v) | Column::Max(v) => fill(v, len, f64::NAN),
+            Column::Stddev(v) | Column::Variance(v) => fill(v, len, Moments::default()),
+            _ => {
+                self.truncate(len);
+                (0..self.len()).for_each(|r| self.reset_row(r));
+                (self.len()..len).for_each(|_| self.push_empty());
+            }
+        }
+    }
+
+    /// Keep only the first `len` rows.
+    pub fn truncate(&mut self, len: usize) {
+        self.unseal();
+        with_rows!(self, v => v.truncate(len), Column::Sealed(_) => {})
+    }
+
+    /// Reorder the rows: row `k` becomes the former row `order[k]`. `order` should be a
+    /// permutation of the rows; rows it does not name are dropped, indexes out of range skipped.
+    pub fn permute(&mut self, order: &[u32]) {
+        fn apply<T>(v: &mut Vec<T>, order: &[u32]) {
+            let mut old: Vec<Option<T>> = std::mem::take(v).into_iter().map(Some).collect();
+            v.reserve_exact(order.len());
+            v.extend(
+                order
+                    .iter()
+                    .filter_map(|&i| old.get_mut(i as usize).and_then(Option::take)),
+            );
+        }
+        self.unseal();
+        with_rows!(self, v => apply(v, order), Column::Sealed(_) => {})
     }
 
     /// Make room for `rows` more rows.
     pub fn reserve(&mut self, rows: usize) {
-        match self {
-            Column::Count(v) => v.reserve(rows),
-            Column::Sum(v) => v.reserve(rows),
-            Column::Mean(v) => v.reserve(rows),
-            Column::Min(v) | Column::Max(v) => v.reserve(rows),
-            Column::Other { rows: v, .. } => v.reserve(rows),
-        }
+        self.unseal();
+        with_rows!(self, v => v.reserve(rows), Column::Sealed(_) => {})
     }
 
     /// Remove every row.
     pub fn clear(&mut self) {
-        match self {
-            Column::Count(v) => v.clear(),
-            Column::Sum(v) => v.clear(),
-            Column::Mean(v) => v.clear(),
-            Column::Min(v) | Column::Max(v) => v.clear(),
-            Column::Other { rows, .. } => rows.clear(),
+        if let Column::Sealed(_) = self {
+            *self = self.empty_like();
         }
+        with_rows!(self, v => v.clear(), Column::Sealed(_) => {})
     }
 
     /// [`Acc::update`] on row `row` (an index out of range is ignored).
@@ -429,80 +935,161 @@ impl Column {
                     keep_extreme_nan(m, x, Ordering::Greater);
                 }
             }
-            Column::Other { rows, .. } => {
-                if let Some(a) = rows.get_mut(row) {
-                    a.update(input, order);
+            Column::Stddev(v) | Column::Variance(v) => {
+                if let (Some(m), Input::Number(x)) = (v.get_mut(row), input) {
+                    if x.is_finite() {
+                        m.add(x);
+                    }
+                }
+            }
+            Column::Percentile { rows, .. } => {
+                if let (Some(p), Input::Number(x)) = (rows.get_mut(row), input) {
+                    if x.is_finite() {
+                        p.add(x + 0.0);
+                    }
+                }
+            }
+            Column::CountDistinct(v) => {
+                if let (Some(d), Input::Json(text)) = (v.get_mut(row), input) {
+                    d.insert(hash_value(text));
+                }
+            }
+            Column::First(v) => {
+                if let (Some(p), Input::Json(text)) = (v.get_mut(row), input) {
+                    p.offer(order, text, Ordering::Less);
+                }
+            }
+            Column::Last(v) => {
+                if let (Some(p), Input::Json(text)) = (v.get_mut(row), input) {
+                    p.offer(order, text, Ordering::Greater);
+                }
+            }
+            Column::Sealed(_) => {
+                self.unseal();
+                if !matches!(self, Column::Sealed(_)) {
+                    self.update(row, input, order);
                 }
             }
         }
     }
 
     /// [`Acc::merge`] of `other`'s row `from` into this column's row `row`.
+    #[inline]
     pub fn merge_row(&mut self, row: usize, other: &Column, from: usize) {
-        match (self, other) {
-            (Column::Count(a), Column::Count(b)) => {
-                if let (Some(a), Some(b)) = (a.get_mut(row), b.get(from)) {
-                    *a = a.saturating_add(*b);
-                }
-            }
-            (Column::Sum(a), Column::Sum(b)) => {
-                if let (Some(a), Some(b)) = (a.get_mut(row), b.get(from)) {
-                    a.0.merge(&b.0);
-                }
-            }
-            (Column::Mean(a), Column::Mean(b)) => {
-                if let (Some(a), Some(b)) = (a.get_mut(row), b.get(from)) {
-                    a.n = a.n.saturating_add(b.n);
-                    a.sum.merge(&b.sum);
-                }
-            }
-            (Column::Min(a), Column::Min(b)) => {
-                if let (Some(a), Some(b)) = (a.get_mut(row), b.get(from)) {
-                    keep_extreme_nan(a, *b, Ordering::Less);
-                }
-            }
-            (Column::Max(a), Column::Max(b)) => {
-                if let (Some(a), Some(b)) = (a.get_mut(row), b.get(from)) {
-                    keep_extreme_nan(a, *b, Ordering::Greater);
-                }
-            }
-            (Column::Other { rows: a, .. }, Column::Other { rows: b, .. }) => {
-                if let (Some(a), Some(b)) = (a.get_mut(row), b.get(from)) {
-                    a.merge(b);
-                }
-            }
-            _ => {}
-        }
+        self.merge_rows_from(other, from, &[row as u32]);
     }
 
     /// Merge every row `r` of `other` into row `into[r]` of this column: the bulk form of
     /// [`Column::merge_row`], one dispatch per column instead of per row (hopping windows merge
     /// dozens of panes per result). Rows out of range are skipped.
     pub fn merge_rows(&mut self, other: &Column, into: &[u32]) {
-        fn each<T, U>(dst: &mut [T], src: &[U], into: &[u32], mut f: impl FnMut(&mut T, &U)) {
-            for (from, to) in src.iter().zip(into) {
-                if let Some(d) = dst.get_mut(*to as usize) {
-                    f(d, from);
-                }
-            }
+        self.merge_rows_from(other, 0, into);
+    }
+
+    /// Merge row `from + k` of `other` into row `into[k]` of this column, for every `k` (rows
+    /// out of range skipped): [`Column::merge_rows`] for a range of `other`'s rows.
+    pub fn merge_range(&mut self, other: &Column, from: usize, into: &[u32]) {
+        self.merge_rows_from(other, from, into);
+    }
+
+    /// Merge row `first + k` of `other` into row `into[k]` of this column, for every `k`.
+    #[inline]
+    fn merge_rows_from(&mut self, other: &Column, first: usize, into: &[u32]) {
+        self.unseal();
+        if let Column::Sealed(s) = other {
+            self.merge_sealed(s, first, into);
+            return;
+        }
+        macro_rules! src {
+            ($b:expr) => {
+                $b.get(first..).unwrap_or_default()
+            };
         }
         match (self, other) {
             (Column::Count(a), Column::Count(b)) => {
-                each(a, b, into, |a, b| *a = a.saturating_add(*b))
+                merge_each(a, src!(b), into, |a, b| *a = a.saturating_add(*b))
             }
-            (Column::Sum(a), Column::Sum(b)) => each(a, b, into, |a, b| a.0.merge(&b.0)),
-            (Column::Mean(a), Column::Mean(b)) => each(a, b, into, |a, b| {
+            (Column::Sum(a), Column::Sum(b)) => {
+                merge_each(a, src!(b), into, |a, b| a.0.merge(&b.0))
+            }
+            (Column::Mean(a), Column::Mean(b)) => merge_each(a, src!(b), into, |a, b| {
                 a.n = a.n.saturating_add(b.n);
                 a.sum.merge(&b.sum);
             }),
-            (Column::Min(a), Column::Min(b)) => {
-                each(a, b, into, |a, b| keep_extreme_nan(a, *b, Ordering::Less))
-            }
-            (Column::Max(a), Column::Max(b)) => each(a, b, into, |a, b| {
+            (Column::Min(a), Column::Min(b)) => merge_each(a, src!(b), into, |a, b| {
+                keep_extreme_nan(a, *b, Ordering::Less)
+            }),
+            (Column::Max(a), Column::Max(b)) => merge_each(a, src!(b), into, |a, b| {
                 keep_extreme_nan(a, *b, Ordering::Greater)
             }),
-            (Column::Other { rows: a, .. }, Column::Other { rows: b, .. }) => {
-                each(a, b, into, |a, b| a.merge(b))
+            (Column::Stddev(a), Column::Stddev(b)) | (Column::Variance(a), Column::Variance(b)) => {
+                merge_each(a, src!(b), into, |a, b| a.merge(b))
+            }
+            (Column::Percentile { rows: a, .. }, Column::Percentile { rows: b, .. }) => {
+                merge_each(a, src!(b), into, |a, b| a.merge(b))
+            }
+            (Column::CountDistinct(a), Column::CountDistinct(b)) => {
+                merge_each(a, src!(b), into, |a, b| a.merge(b))
+            }
+            (Column::First(a), Column::First(b)) => merge_each(a, src!(b), into, |a, b| {
+                if let Some(order) = b.order {
+                    a.offer(order, &b.json, Ordering::Less);
+                }
+            }),
+            (Column::Last(a), Column::Last(b)) => merge_each(a, src!(b), into, |a, b| {
+                if let Some(order) = b.order {
+                    a.offer(order, &b.json, Ordering::Greater);
+                }
+            }),
+            _ => {}
+        }
+    }
+
+    /// [`Column::merge_rows_from`] with a sealed source.
+    fn merge_sealed(&mut self, s: &Sealed, first: usize, into: &[u32]) {
+        // Rows `first + k` of `s` with their spans, paired with their targets.
+        let rows = into
+            .iter()
+            .enumerate()
+            .map_while(|(k, to)| Some((first + k, s.span(first + k)?, *to as usize)));
+        match (&mut *self, &s.packed) {
+            (Column::CountDistinct(d), Packed::Distinct(hashes)) => {
+                for (_, span, to) in rows {
+                    if let (Some(d), Some(h)) = (d.get_mut(to), hashes.get(span)) {
+                        d.union(h.iter().copied(), h.len());
+                    }
+                }
+            }
+            (Column::Percentile { rows: p, .. }, Packed::Percentile { values, .. }) => {
+                for (_, span, to) in rows {
+                    if let (Some(p), Some(v)) = (p.get_mut(to), values.get(span)) {
+                        p.merge_exact(v);
+                    }
+                }
+            }
+            (
+                Column::First(p),
+                Packed::Picks {
+                    want: want @ Ordering::Less,
+                    orders,
+                    text,
+                },
+            )
+            | (
+                Column::Last(p),
+                Packed::Picks {
+                    want: want @ Ordering::Greater,
+                    orders,
+                    text,
+                },
+            ) => {
+                for (from, span, to) in rows {
+                    if let (Some(p), Some(Some(order)), Some(t)) =
+                        (p.get_mut(to), orders.get(from), text.get(span))
+                    {
+                        p.offer(*order, t, *want);
+                    }
+                }
             }
             _ => {}
         }
@@ -517,19 +1104,31 @@ impl Column {
             Column::Mean(v) => Acc::Mean(*v.get(row)?),
             Column::Min(v) => Acc::Min(opt(*v.get(row)?)),
             Column::Max(v) => Acc::Max(opt(*v.get(row)?)),
-            Column::Other { rows, .. } => rows.get(row)?.clone(),
+            Column::Stddev(v) => Acc::Stddev(Box::new(*v.get(row)?)),
+            Column::Variance(v) => Acc::Variance(Box::new(*v.get(row)?)),
+            Column::Percentile { rows, .. } => Acc::Percentile(Box::new(rows.get(row)?.clone())),
+            Column::CountDistinct(v) => Acc::CountDistinct(v.get(row)?.clone()),
+            Column::First(v) => Acc::First(v.get(row)?.pick()),
+            Column::Last(v) => Acc::Last(v.get(row)?.pick()),
+            Column::Sealed(s) => s.acc(row)?,
         })
     }
 
     /// [`Acc::result`] of row `row` (`null` when out of range).
     pub fn result(&self, row: usize) -> Value {
         let opt = |x: f64| (!x.is_nan()).then_some(x);
+        let get = |v: Option<Value>| v.unwrap_or(Value::Null);
         match self {
-            Column::Count(v) => v.get(row).map_or(Value::Null, |n| Value::from(*n)),
-            Column::Sum(v) => v.get(row).map_or(Value::Null, |s| number(s.0.value())),
-            Column::Mean(v) => v.get(row).map_or(Value::Null, |m| number(m.mean())),
-            Column::Min(v) | Column::Max(v) => v.get(row).map_or(Value::Null, |x| number(opt(*x))),
-            Column::Other { rows, .. } => rows.get(row).map_or(Value::Null, Acc::result),
+            Column::Count(v) => get(v.get(row).map(|n| Value::from(*n))),
+            Column::Sum(v) => get(v.get(row).map(|s| number(s.0.value()))),
+            Column::Mean(v) => get(v.get(row).map(|m| number(m.mean()))),
+            Column::Min(v) | Column::Max(v) => get(v.get(row).map(|x| number(opt(*x)))),
+            Column::Stddev(v) => get(v.get(row).map(|m| number(m.variance().map(f64::sqrt)))),
+            Column::Variance(v) => get(v.get(row).map(|m| number(m.variance()))),
+            Column::Percentile { rows, .. } => get(rows.get(row).map(|p| number(p.value()))),
+            Column::CountDistinct(v) => get(v.get(row).map(|d| Value::from(d.estimate()))),
+            Column::First(v) | Column::Last(v) => get(v.get(row).map(PickSlot::result)),
+            Column::Sealed(s) => get(s.result(row)),
         }
     }
 }
@@ -540,6 +1139,19 @@ fn keep_extreme_nan(slot: &mut f64, x: f64, want: Ordering) {
     if x.is_finite() && (slot.is_nan() || x.total_cmp(slot) == want) {
         *slot = x;
     }
+}
+
+/// The JSON value of `text`, `null` if it is not JSON. A string without escapes (the common case
+/// for first/last) is taken as it is, without running the parser.
+fn json_value(text: &str) -> Value {
+    if let Some(inner) = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .filter(|t| t.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'))
+    {
+        return Value::String(inner.to_owned());
+    }
+    serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
 /// A finite number as JSON, anything else as `null`.
@@ -802,12 +1414,116 @@ fn new_hll() -> Hll {
     HyperLogLogPlus::new(DISTINCT_PRECISION, StableHash).expect("precision 14 is in 4..=18")
 }
 
+/// A set of 64-bit hashes: open addressing with linear probing, indexed by the hashes
+/// themselves (they are uniformly distributed already), at most 3/4 full. `0` marks an empty
+/// slot; the hash `0` itself is kept in a flag.
+#[derive(Clone, Default)]
+struct HashSet64 {
+    /// A power of two slots, or none.
+    slots: Vec<u64>,
+    len: usize,
+    zero: bool,
+}
+
+impl HashSet64 {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        let zero = self.zero.then_some(0);
+        zero.into_iter()
+            .chain(self.slots.iter().copied().filter(|h| *h != 0))
+    }
+
+    /// Where `h` (nonzero) is, or the empty slot where it would go; `None` without slots.
+    #[inline]
+    fn probe(&self, h: u64) -> Option<usize> {
+        let mask = self.slots.len().checked_sub(1)?;
+        let mut i = h as usize & mask;
+        // At most 3/4 full, so there is always an empty slot and this ends.
+        loop {
+            match self.slots.get(i) {
+                Some(&x) if x != h && x != 0 => i = (i + 1) & mask,
+                _ => return Some(i),
+            }
+        }
+    }
+
+    fn contains(&self, h: u64) -> bool {
+        if h == 0 {
+            return self.zero;
+        }
+        self.probe(h)
+            .and_then(|i| self.slots.get(i))
+            .is_some_and(|x| *x == h)
+    }
+
+    /// Adds `h`; `true` if it was not there.
+    #[inline]
+    fn insert(&mut self, h: u64) -> bool {
+        if h == 0 {
+            let new = !self.zero;
+            self.zero = true;
+            self.len += usize::from(new);
+            return new;
+        }
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow(self.len + 1);
+        }
+        let Some(slot) = self.probe(h).and_then(|i| self.slots.get_mut(i)) else {
+            return false;
+        };
+        if *slot == h {
+            return false;
+        }
+        *slot = h;
+        self.len += 1;
+        true
+    }
+
+    /// Makes room for `n` more hashes, at most half full: bulk inserts (merges) are then cheap
+    /// because most land in an empty slot at once.
+    fn reserve(&mut self, n: usize) {
+        if (self.len + n) * 2 > self.slots.len() {
+            self.grow((self.len + n) * 3 / 2);
+        }
+    }
+
+    /// Rebuilds with room for `len` hashes.
+    fn grow(&mut self, len: usize) {
+        let size = (len * 4).div_ceil(3).next_power_of_two().max(8);
+        let old = std::mem::replace(&mut self.slots, vec![0; size]);
+        for h in old.into_iter().filter(|h| *h != 0) {
+            if let Some(slot) = self.probe(h).and_then(|i| self.slots.get_mut(i)) {
+                *slot = h;
+            }
+        }
+    }
+
+    /// Removes every hash, keeping the slots.
+    fn clear(&mut self) {
+        if self.len > 0 {
+            self.slots.fill(0);
+        }
+        self.len = 0;
+        self.zero = false;
+    }
+}
+
 /// Accumulator for `countDistinct`: an exact set of hashes, then a HyperLogLog++ sketch.
-#[derive(Clone, Default, Serialize, Deserialize)]
-#[serde(from = "DistinctRepr")]
+///
+/// The exact set is a hash set indexed by the (already uniformly distributed) hashes
+/// themselves, so an insert or a merge costs O(1) per hash. It is serialised as a sorted list,
+/// so the serialised form is a function of the set only.
+#[derive(Clone, Default)]
 pub struct Distinct {
-    /// Sorted, deduplicated hashes; empty once `sketch` is in use.
-    exact: Vec<u64>,
+    /// The distinct hashes; empty once `sketch` is in use.
+    exact: HashSet64,
     sketch: Option<Box<Hll>>,
 }
 
@@ -817,17 +1533,35 @@ struct DistinctRepr {
     sketch: Option<Box<Hll>>,
 }
 
-impl From<DistinctRepr> for Distinct {
-    fn from(repr: DistinctRepr) -> Distinct {
-        let mut exact = repr.exact;
+#[derive(Serialize)]
+struct DistinctOut<'a> {
+    exact: Vec<u64>,
+    sketch: &'a Option<Box<Hll>>,
+}
+
+impl Serialize for Distinct {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut exact: Vec<u64> = self.exact.iter().collect();
         exact.sort_unstable();
-        exact.dedup();
+        DistinctOut {
+            exact,
+            sketch: &self.sketch,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Distinct {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let repr = DistinctRepr::deserialize(deserializer)?;
         let mut d = Distinct {
-            exact: Vec::new(),
+            exact: HashSet64::default(),
             sketch: repr.sketch,
         };
-        d.union_sorted(&exact);
-        d
+        for h in repr.exact {
+            d.insert(h);
+        }
+        Ok(d)
     }
 }
 
@@ -838,71 +1572,56 @@ impl Distinct {
             sketch.insert_any(&hash);
             return;
         }
-        if let Err(at) = self.exact.binary_search(&hash) {
-            if self.exact.len() < DISTINCT_EXACT_LIMIT {
-                self.exact.insert(at, hash);
-            } else {
-                self.promote().insert_any(&hash);
-            }
+        if self.exact.len() < DISTINCT_EXACT_LIMIT {
+            self.exact.insert(hash);
+        } else if !self.exact.contains(hash) {
+            self.promote().insert_any(&hash);
         }
     }
 
     /// Moves the exact hashes into a new sketch.
     fn promote(&mut self) -> &mut Hll {
         let exact = std::mem::take(&mut self.exact);
-        self.sketch.get_or_insert_with(|| {
-            let mut sketch = new_hll();
-            for h in &exact {
-                sketch.insert_any(h);
-            }
-            Box::new(sketch)
-        })
-    }
-
-    /// Adds sorted, deduplicated hashes.
-    fn union_sorted(&mut self, hashes: &[u64]) {
-        if let Some(sketch) = &mut self.sketch {
-            for h in hashes {
-                sketch.insert_any(h);
-            }
-            return;
+        let sketch = self.sketch.get_or_insert_with(|| Box::new(new_hll()));
+        for h in exact.iter() {
+            sketch.insert_any(&h);
         }
-        if hashes.is_empty() {
-            return;
-        }
-        let mut union = Vec::with_capacity(self.exact.len() + hashes.len());
-        let (mut a, mut b) = (self.exact.iter().peekable(), hashes.iter().peekable());
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(&&x), Some(&&y)) => match x.cmp(&y) {
-                    Ordering::Less => a.next(),
-                    Ordering::Greater => b.next(),
-                    Ordering::Equal => {
-                        b.next();
-                        a.next()
-                    }
-                },
-                (Some(_), None) => a.next(),
-                (None, Some(_)) => b.next(),
-                (None, None) => break,
-            };
-            union.extend(next);
-        }
-        self.exact = union;
-        if self.exact.len() > DISTINCT_EXACT_LIMIT {
-            self.promote();
-        }
+        sketch
     }
 
     fn merge(&mut self, other: &Distinct) {
-        match &other.sketch {
-            Some(theirs) => {
-                let ours = self.promote();
-                // Same precision by construction, so this cannot fail.
-                let _ = ours.merge(theirs.as_ref());
-            }
-            None => self.union_sorted(&other.exact),
+        if let Some(theirs) = &other.sketch {
+            let ours = self.promote();
+            // Same precision by construction, so this cannot fail.
+            let _ = ours.merge(theirs.as_ref());
         }
+        if !other.exact.is_empty() {
+            self.union(other.exact.iter(), other.exact.len());
+        }
+    }
+
+    /// Adds `n` hashes.
+    fn union(&mut self, hashes: impl Iterator<Item = u64>, n: usize) {
+        if self.sketch.is_none() {
+            let room = DISTINCT_EXACT_LIMIT.saturating_sub(self.exact.len());
+            self.exact.reserve(n.min(room));
+            if n <= room {
+                // The set cannot outgrow the limit.
+                for h in hashes {
+                    self.exact.insert(h);
+                }
+                return;
+            }
+        }
+        for h in hashes {
+            self.insert(h);
+        }
+    }
+
+    /// Back to the empty state, keeping the exact set's memory.
+    fn clear(&mut self) {
+        self.exact.clear();
+        self.sketch = None;
     }
 
     fn estimate(&self) -> u64 {
@@ -947,11 +1666,20 @@ fn dd_config() -> DdConfig {
     DdConfig::new(PERCENTILE_ALPHA, PERCENTILE_MAX_BINS, PERCENTILE_MIN_VALUE)
 }
 
-/// Accumulator for `percentile`: the quantile and a DDSketch.
+/// Up to this many values, `percentile` keeps them exactly (8 bytes each, at most 4 KiB: about
+/// the size of a DDSketch spanning four decades) and its result is the exact nearest-rank value;
+/// one more value moves them all into the DDSketch.
+pub const PERCENTILE_EXACT_LIMIT: usize = 512;
+
+/// Accumulator for `percentile`: the quantile, and either the values themselves (at most
+/// [`PERCENTILE_EXACT_LIMIT`], in no particular order) or a DDSketch of them.
 #[derive(Clone)]
 pub struct Quantile {
     q: f64,
-    sketch: DDSketch,
+    /// The values (finite, `-0.0` stored as `0.0`) while there are at most
+    /// [`PERCENTILE_EXACT_LIMIT`]; empty once `sketch` is in use.
+    exact: Vec<f64>,
+    sketch: Option<Box<DDSketch>>,
 }
 
 impl Quantile {
@@ -962,7 +1690,8 @@ impl Quantile {
         };
         Quantile {
             q,
-            sketch: DDSketch::new(dd_config()),
+            exact: Vec::new(),
+            sketch: None,
         }
     }
 
@@ -971,14 +1700,153 @@ impl Quantile {
         self.q
     }
 
+    /// Number of values.
+    fn count(&self) -> usize {
+        match &self.sketch {
+            Some(sketch) => sketch.count(),
+            None => self.exact.len(),
+        }
+    }
+
+    /// Adds a finite value, with `-0.0` already turned into `0.0`.
+    #[inline]
+    fn add(&mut self, x: f64) {
+        match &mut self.sketch {
+            Some(sketch) => sketch.add(x),
+            None if self.exact.len() < PERCENTILE_EXACT_LIMIT => self.exact.push(x),
+            None => self.promote().add(x),
+        }
+    }
+
+    /// Moves the exact values into the sketch (a new one if there is none).
+    fn promote(&mut self) -> &mut DDSketch {
+        let exact = std::mem::take(&mut self.exact);
+        let sketch = self
+            .sketch
+            .get_or_insert_with(|| Box::new(DDSketch::new(dd_config())));
+        for &x in &exact {
+            sketch.add(x);
+        }
+        sketch
+    }
+
     fn merge(&mut self, other: &Quantile) {
-        // Same config by construction (and checked on deserialisation), so this cannot fail.
-        let _ = self.sketch.merge(&other.sketch);
+        if let Some(theirs) = &other.sketch {
+            // Same config by construction (and checked on deserialisation), so this cannot fail.
+            let _ = self.promote().merge(theirs);
+        }
+        self.merge_exact(&other.exact);
+    }
+
+    /// Adds values (finite, no `-0.0`).
+    #[inline]
+    fn merge_exact(&mut self, values: &[f64]) {
+        if values.is_empty() {
+            return;
+        }
+        match &mut self.sketch {
+            None if self.exact.len() + values.len() <= PERCENTILE_EXACT_LIMIT => {
+                self.exact.extend_from_slice(values);
+            }
+            Some(sketch) => values.iter().for_each(|&x| sketch.add(x)),
+            None => {
+                let sketch = self.promote();
+                values.iter().for_each(|&x| sketch.add(x));
+            }
+        }
+    }
+
+    /// Back to the empty state, keeping the exact values' memory.
+    fn clear(&mut self) {
+        self.exact.clear();
+        self.sketch = None;
     }
 
     fn value(&self) -> Option<f64> {
-        nearest_rank(&self.sketch, self.q)
+        match &self.sketch {
+            Some(sketch) => nearest_rank(sketch, self.q),
+            None => exact_rank(&self.exact, self.q),
+        }
     }
+}
+
+/// 0-based index of the nearest-rank value, `⌈q·n⌉ − 1` clamped to `[0, n − 1]`, for `n > 0`.
+fn rank_index(q: f64, n: u64) -> u64 {
+    let rank = (q * n as f64).ceil();
+    let rank = if rank >= 1.0 { (rank as u64).min(n) } else { 1 };
+    rank - 1
+}
+
+thread_local! {
+    /// Reused buffer for selecting the nearest-rank value among exact values.
+    static SELECT: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The exact nearest-rank value of `values` (in any order; finite, without `-0.0`, as
+/// [`Quantile`] keeps them): a function of their multiset.
+fn exact_rank(values: &[f64], q: f64) -> Option<f64> {
+    let n = values.len();
+    if n == 0 {
+        return None;
+    }
+    let r0 = rank_index(q, n as u64) as usize;
+    // Ranks near either end (p99 of a few hundred values): one pass keeping the k + 1 most
+    // extreme values, sorted, most extreme first.
+    let (k, want) = if r0 <= n - 1 - r0 {
+        (r0, Ordering::Less)
+    } else {
+        (n - 1 - r0, Ordering::Greater)
+    };
+    const NEAR_END: usize = 8;
+    if k < NEAR_END {
+        // The values are finite and `-0.0` is not among them, so `>` orders them like
+        // `total_cmp`; the smallest are the largest of the negated values.
+        let sign = if want == Ordering::Greater { 1.0 } else { -1.0 };
+        // The k + 1 largest keys so far with their values, largest first.
+        let mut best = [(f64::NEG_INFINITY, 0.0f64); NEAR_END];
+        let mut len = 0;
+        let mut offer = |x: f64, kx: f64| {
+            let mut i = len.min(k);
+            while i > 0 && kx > best[i - 1].0 {
+                best[i] = best[i - 1];
+                i -= 1;
+            }
+            best[i] = (kx, x);
+            len = (len + 1).min(k + 1);
+            best[k].0
+        };
+        let (head, rest) = values.split_at((k + 1).min(n));
+        let mut bar = f64::NEG_INFINITY;
+        for &x in head {
+            bar = offer(x, sign * x);
+        }
+        // Almost every value fails the test against the (k+1)-th key: test runs of them at once.
+        for run in rest.chunks(8) {
+            let mut top = [f64::NEG_INFINITY; 4];
+            for quad in run.chunks(4) {
+                for (t, &x) in top.iter_mut().zip(quad) {
+                    let kx = sign * x;
+                    *t = if kx > *t { kx } else { *t };
+                }
+            }
+            if top.iter().all(|t| *t <= bar) {
+                continue;
+            }
+            for &x in run {
+                let kx = sign * x;
+                if kx > bar {
+                    bar = offer(x, kx);
+                }
+            }
+        }
+        return best.get(k).map(|b| b.1);
+    }
+    SELECT.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.extend_from_slice(values);
+        buf.select_nth_unstable_by(r0, f64::total_cmp);
+        buf.get(r0).copied()
+    })
 }
 
 /// The sketch's estimate of the nearest-rank value: the `⌈q·n⌉`-th smallest input (1-based).
@@ -988,9 +1856,7 @@ fn nearest_rank(sketch: &DDSketch, q: f64) -> Option<f64> {
         return None;
     }
     let (min, max) = (sketch.min()?, sketch.max()?);
-    let rank = (q * n as f64).ceil();
-    let rank = if rank >= 1.0 { (rank as u64).min(n) } else { 1 };
-    let r0 = rank - 1; // 0-based
+    let r0 = rank_index(q, n); // 0-based
     if r0 == 0 {
         return Some(min);
     }
@@ -1014,22 +1880,32 @@ fn nearest_rank(sketch: &DDSketch, q: f64) -> Option<f64> {
 
 impl fmt::Debug for Quantile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Quantile")
-            .field("q", &self.q)
-            .field("count", &self.sketch.count())
-            .field("min", &self.sketch.min())
-            .field("max", &self.sketch.max())
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("Quantile");
+        d.field("q", &self.q).field("count", &self.count());
+        match &self.sketch {
+            Some(sketch) => d
+                .field("min", &sketch.min())
+                .field("max", &sketch.max())
+                .field("sketch", &true),
+            None => d
+                .field("min", &exact_rank(&self.exact, 0.0))
+                .field("max", &exact_rank(&self.exact, 1.0))
+                .field("sketch", &false),
+        };
+        d.finish()
     }
 }
 
-/// Serialised form of a [`Quantile`]: the bucket counts and exact min/max, without the sketch's
-/// configuration (always [`dd_config`]) or its running sum (unused, and possibly infinite, which
-/// JSON cannot hold).
+/// Serialised form of a [`Quantile`]: the exact values (sorted), or the sketch's bucket counts
+/// and exact min/max, without the sketch's configuration (always [`dd_config`]) or its running
+/// sum (unused, and possibly infinite, which JSON cannot hold). `values` may be absent (states
+/// written before the exact values existed).
 #[derive(Serialize, Deserialize)]
 struct QuantileRepr {
     q: f64,
     sketch: Option<SketchRepr>,
+    #[serde(default)]
+    values: Vec<f64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -1055,13 +1931,24 @@ struct StoreRepr {
 // round-trip tests below pin this to the crate's field layout.
 impl Serialize for Quantile {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let sketch = if self.sketch.count() == 0 {
-            None
-        } else {
-            let tree = serde_json::to_value(&self.sketch).map_err(serde::ser::Error::custom)?;
-            Some(serde_json::from_value::<SketchRepr>(tree).map_err(serde::ser::Error::custom)?)
+        let sketch = match &self.sketch {
+            Some(sketch) if sketch.count() > 0 => {
+                let tree = serde_json::to_value(sketch).map_err(serde::ser::Error::custom)?;
+                Some(
+                    serde_json::from_value::<SketchRepr>(tree)
+                        .map_err(serde::ser::Error::custom)?,
+                )
+            }
+            _ => None,
         };
-        QuantileRepr { q: self.q, sketch }.serialize(serializer)
+        let mut values = self.exact.clone();
+        values.sort_unstable_by(f64::total_cmp);
+        QuantileRepr {
+            q: self.q,
+            sketch,
+            values,
+        }
+        .serialize(serializer)
     }
 }
 
@@ -1070,7 +1957,16 @@ impl<'de> Deserialize<'de> for Quantile {
         let repr = QuantileRepr::deserialize(deserializer)?;
         let mut quantile = Quantile::new(Some(repr.q));
         if let Some(sketch) = repr.sketch {
-            quantile.sketch = rebuild_sketch(sketch).map_err(serde::de::Error::custom)?;
+            let sketch = rebuild_sketch(sketch).map_err(serde::de::Error::custom)?;
+            quantile.sketch = Some(Box::new(sketch));
+        }
+        if repr.values.iter().any(|x| !x.is_finite()) {
+            return Err(serde::de::Error::custom(
+                "percentile: a value is not finite",
+            ));
+        }
+        for x in repr.values {
+            quantile.add(x + 0.0);
         }
         Ok(quantile)
     }
@@ -2050,32 +2946,5 @@ mod tests {
         );
         assert_eq!(hash_value("\"m1\""), PINNED);
         assert_ne!(hash_value("\"12\""), hash_value("12"));
-    }
-
-    /// Rough per-update cost of the hot functions: `cargo test --release -- --ignored bench`.
-    #[test]
-    #[ignore = "timing, run in release"]
-    fn bench_update() {
-        let values: Vec<f64> = (0..1000).map(|i| i as f64 * 0.37).collect();
-        for f in [
-            AggregationFn::Count,
-            AggregationFn::Sum,
-            AggregationFn::Mean,
-            AggregationFn::Min,
-            AggregationFn::Variance,
-            AggregationFn::Percentile,
-        ] {
-            let mut accs: Vec<Acc> = (0..64).map(|_| Acc::new(f, Some(0.5))).collect();
-            let rounds = 20_000;
-            let start = std::time::Instant::now();
-            for r in 0..rounds {
-                for (i, &x) in values.iter().enumerate() {
-                    let acc = &mut accs[(i + r) % 64];
-                    acc.update(std::hint::black_box(Input::Number(x)), ord(0, 0));
-                }
-            }
-            let ns = start.elapsed().as_nanos() as f64 / (rounds * values.len()) as f64;
-            println!("{f:?}: {ns:.2} ns/update ({})", text(&accs[0]));
-        }
     }
 }

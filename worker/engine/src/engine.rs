@@ -333,11 +333,6 @@ impl Groups {
     fn len(&self) -> usize {
         self.table.len()
     }
-
-    /// One past the largest id ever handed out.
-    fn capacity(&self) -> usize {
-        self.spans.len()
-    }
 }
 
 /// A group's accumulators in one pane or session.
@@ -393,6 +388,9 @@ struct Pane {
     cols: Vec<Column>,
     /// Where a replay must start to rebuild this pane.
     marks: Marks,
+    /// Whether the rows are in increasing group id order (hopping windows merge panes by a
+    /// sorted walk, see [`merge_by_group`]).
+    sorted: bool,
 }
 
 fn hash_gid(gid: u32) -> u64 {
@@ -416,6 +414,7 @@ impl Pane {
             gids: Vec::with_capacity(rows),
             cols,
             marks: Marks::default(),
+            sorted: true,
         }
     }
 
@@ -423,12 +422,17 @@ impl Pane {
     #[inline]
     fn row(&mut self, gid: u32) -> (usize, bool) {
         let Pane {
-            index, gids, cols, ..
+            index,
+            gids,
+            cols,
+            sorted,
+            ..
         } = self;
         let hash = hash_gid(gid);
         if let Some(r) = index.find(hash, |r| gids[*r as usize] == gid) {
             return (*r as usize, false);
         }
+        *sorted &= gids.last().is_none_or(|last| *last < gid);
         let r = gids.len();
         gids.push(gid);
         for c in cols.iter_mut() {
@@ -441,17 +445,57 @@ impl Pane {
     fn len(&self) -> usize {
         self.gids.len()
     }
+
+    /// Put the rows in increasing group id order and pack the columns for reading (see
+    /// [`Column::seal`]); cheap when already done. Only for panes that no record can reach any
+    /// more (which would undo it).
+    fn seal(&mut self) {
+        if !self.sorted {
+            self.sort_by_gid();
+        }
+        self.cols.iter_mut().for_each(Column::seal);
+    }
+
+    fn sort_by_gid(&mut self) {
+        let Pane {
+            index,
+            gids,
+            cols,
+            sorted,
+            ..
+        } = self;
+        let mut order: Vec<u32> = (0..gids.len() as u32).collect();
+        order.sort_unstable_by_key(|r| gids[*r as usize]);
+        for c in cols.iter_mut() {
+            c.permute(&order);
+        }
+        *gids = order.iter().map(|r| gids[*r as usize]).collect();
+        index.clear();
+        for (r, gid) in gids.iter().enumerate() {
+            index.insert_unique(hash_gid(*gid), r as u32, |r| hash_gid(gids[*r as usize]));
+        }
+        *sorted = true;
+    }
 }
 
 /// Reused buffers for merging the panes of a hopping window.
 #[derive(Default)]
 struct MergeScratch {
-    /// Merged row of each group id, `u32::MAX` when none (indexed by group id).
-    slot: Vec<u32>,
-    gids: Vec<u32>,
+    /// The merged rows, reset in place for the next window or group so that their memory is
+    /// reused: one per group for fixed-size states, one for the group being merged otherwise.
     cols: Vec<Column>,
-    rows: Vec<u32>,
+    /// The window's groups, by increasing id.
+    gids: Vec<u32>,
+    /// For each merged pane, the position in `gids` of each of its rows.
+    into: Vec<Vec<u32>>,
+    /// Position in each merged pane.
+    cursors: Vec<usize>,
+    /// Targets of a run of rows, relative to the first group merged.
+    rel: Vec<u32>,
 }
+
+/// Groups merged together for the variable-size states of a hopping window (see `emit_window`).
+const MERGE_CHUNK: usize = 64;
 
 /// Tumbling and hopping windows, stored as panes of gcd(size, slide).
 ///
@@ -474,22 +518,114 @@ struct Aligned {
     blocks: BTreeMap<i64, Pane>,
 }
 
-/// Merge every row of `src` into `dst` (adding rows for new groups).
-fn merge_into(dst: &mut Pane, src: &Pane, slots: &mut Vec<u32>) {
-    slots.clear();
-    for gid in &src.gids {
-        slots.push(dst.row(*gid).0 as u32);
+impl MergeScratch {
+    /// Lines up the rows of `items`, each sorted by group id: `gids` becomes the groups of all
+    /// of them in increasing id order, and `into[i]` the position in `gids` of each row of
+    /// `items[i]`.
+    fn align(&mut self, items: &[&Pane]) {
+        let MergeScratch {
+            gids,
+            into,
+            cursors,
+            ..
+        } = self;
+        gids.clear();
+        into.resize_with(items.len(), Vec::new);
+        into.iter_mut().for_each(Vec::clear);
+        cursors.clear();
+        cursors.resize(items.len(), 0);
+        loop {
+            let next = items
+                .iter()
+                .zip(cursors.iter())
+                .filter_map(|(item, c)| item.gids.get(*c))
+                .min();
+            let Some(&gid) = next else {
+                break;
+            };
+            let g = gids.len() as u32;
+            gids.push(gid);
+            for ((item, c), into) in items.iter().zip(cursors.iter_mut()).zip(into.iter_mut()) {
+                if item.gids.get(*c) == Some(&gid) {
+                    into.push(g);
+                    *c += 1;
+                }
+            }
+        }
     }
-    for (d, c) in dst.cols.iter_mut().zip(&src.cols) {
-        d.merge_rows(c, slots);
+
+    /// Merges the rows of `items` lined up by [`MergeScratch::align`], group by group, each
+    /// group's rows in the order of `items`. `sink(c, merged, g, n)` receives column `c` merged
+    /// for groups `g..g + n` of `gids`, as rows `0..n` of `merged`.
+    ///
+    /// Fixed-size states (count, sum, ...: a few bytes a group) are merged item by item into one
+    /// row per group, reading the items and writing the rows in order, with the groups
+    /// independent of each other. The others (sets, values, picks) are merged a few groups at a
+    /// time, whose rows stay in cache (and are reused) while each item's rows for them, which are
+    /// consecutive, are read in one sweep. Either way one column at a time, so that few memory
+    /// streams are read at once.
+    fn merge(
+        &mut self,
+        items: &[&Pane],
+        shape: &[Column],
+        mut sink: impl FnMut(usize, &Column, usize, usize),
+    ) {
+        let MergeScratch {
+            cols,
+            gids,
+            into,
+            cursors,
+            rel,
+        } = self;
+        if cols.len() != shape.len() {
+            *cols = shape.to_vec();
+        }
+        let n = gids.len();
+        for (c, dst) in cols.iter_mut().enumerate() {
+            // Every item has every column; `None` only keeps the items and `into` aligned.
+            let srcs: Vec<Option<&Column>> = items.iter().map(|item| item.cols.get(c)).collect();
+            if dst.has_fixed_size() {
+                dst.reset_rows(n);
+                for (src, into) in srcs.iter().zip(into.iter()) {
+                    if let Some(src) = src {
+                        dst.merge_rows(src, into);
+                    }
+                }
+                sink(c, dst, 0, n);
+                continue;
+            }
+            while dst.len() < MERGE_CHUNK.min(n) {
+                dst.push_empty();
+            }
+            cursors.iter_mut().for_each(|c| *c = 0);
+            for g0 in (0..n).step_by(MERGE_CHUNK) {
+                let rows = MERGE_CHUNK.min(n - g0);
+                let g1 = (g0 + rows) as u32;
+                (0..rows).for_each(|r| dst.reset_row(r));
+                for ((src, into), cur) in srcs.iter().zip(into.iter()).zip(cursors.iter_mut()) {
+                    let start = *cur;
+                    while into.get(*cur).is_some_and(|g| *g < g1) {
+                        *cur += 1;
+                    }
+                    let from = into.get(start..*cur).unwrap_or_default();
+                    if let (Some(src), false) = (src, from.is_empty()) {
+                        rel.clear();
+                        rel.extend(from.iter().map(|g| g - g0 as u32));
+                        dst.merge_range(src, start, rel);
+                    }
+                }
+                sink(c, dst, g0, rows);
+            }
+        }
     }
 }
 
-impl MergeScratch {
-    /// Empty columns shaped like `pane`'s.
-    fn cols_like(&self, pane: Option<&Pane>) -> Vec<Column> {
-        pane.map(|p| p.cols.iter().map(Column::empty_like).collect())
-            .unwrap_or_default()
+/// Seal the panes with these keys (see [`Pane::seal`]).
+fn seal_panes(panes: &mut BTreeMap<(i64, i64), Pane>, keys: &[(i64, i64)]) {
+    for k in keys {
+        if let Some(p) = panes.get_mut(k) {
+            p.seal();
+        }
     }
 }
 
@@ -1129,8 +1265,26 @@ impl Aligned {
         } else {
             // Hopping: merge the window's panes group by group, in pane order. Runs of untagged
             // panes that fill a block are merged once into the block, which later windows reuse:
-            // every untagged pane of a window being emitted is final (its first window closed).
-            let block_len = self.block_len;
+            // every untagged pane of a window being emitted is final (its first window closed),
+            // and so is every pane a window being emitted reads, which lets them be sorted.
+            let Aligned {
+                size,
+                slide,
+                pane,
+                block_len,
+                panes,
+                blocks,
+                scratch,
+                ..
+            } = self;
+            let (size, slide, pane, block_len) = (*size, *slide, *pane, *block_len);
+            // Empty columns of the job's aggregations (every pane has them).
+            let shape: Vec<Column> = panes
+                .values()
+                .next()
+                .map(|p| p.cols.iter().map(Column::empty_like).collect())
+                .unwrap_or_default();
+            let untagged = |p: i64, first: i64| first == align_up(p + pane - size, slide);
             let (b0, b1) = if block_len > 0 {
                 (align_up(s, block_len), align_down(end, block_len))
             } else {
@@ -1138,62 +1292,69 @@ impl Aligned {
             };
             let mut b = b0;
             while b < b1 {
-                if !self.blocks.contains_key(&b) {
-                    let mut block = Pane::with_capacity(&[], 0);
-                    block.cols = self.scratch.cols_like(self.panes.values().next());
-                    let panes = self.panes.range((b, i64::MIN)..(b + block_len, i64::MIN));
-                    for ((p, first), pane) in panes {
-                        if *first == self.first_window(*p) {
-                            merge_into(&mut block, pane, &mut self.scratch.rows);
-                        }
+                if let std::collections::btree_map::Entry::Vacant(slot) = blocks.entry(b) {
+                    let keys: Vec<(i64, i64)> = panes
+                        .range((b, i64::MIN)..(b + block_len, i64::MIN))
+                        .map(|(k, _)| *k)
+                        .filter(|(p, first)| untagged(*p, *first))
+                        .collect();
+                    seal_panes(panes, &keys);
+                    let items: Vec<&Pane> = keys.iter().filter_map(|k| panes.get(k)).collect();
+                    scratch.align(&items);
+                    let mut block = Pane::with_capacity(&[], scratch.gids.len());
+                    for (r, gid) in scratch.gids.iter().enumerate() {
+                        block.row(*gid);
+                        debug_assert_eq!(block.gids.get(r), Some(gid));
                     }
-                    self.blocks.insert(b, block);
+                    // Packed from the start (see `Column::seal`), so that the rows are copied once.
+                    block.cols = shape
+                        .iter()
+                        .map(|c| {
+                            let mut c = c.clone();
+                            c.seal();
+                            c
+                        })
+                        .collect();
+                    let cols = &mut block.cols;
+                    scratch.merge(&items, &shape, |c, merged, _, rows| {
+                        if let Some(dst) = cols.get_mut(c) {
+                            (0..rows).for_each(|r| dst.push_row(merged, r));
+                        }
+                    });
+                    slot.insert(block);
                 }
                 b += block_len;
             }
-            let m = &mut self.scratch;
-            m.slot.resize(groups.capacity(), u32::MAX);
-            let add = |m: &mut MergeScratch, pane: &Pane| {
-                if m.cols.is_empty() {
-                    m.cols = pane.cols.iter().map(Column::empty_like).collect();
-                }
-                m.rows.clear();
-                for gid in &pane.gids {
-                    let slot = &mut m.slot[*gid as usize];
-                    if *slot == u32::MAX {
-                        *slot = m.gids.len() as u32;
-                        m.gids.push(*gid);
-                        for c in m.cols.iter_mut() {
-                            c.push_empty();
-                        }
-                    }
-                    m.rows.push(*slot);
-                }
-                for (dst, src) in m.cols.iter_mut().zip(&pane.cols) {
-                    dst.merge_rows(src, &m.rows);
-                }
-            };
             // Blocks first, then the panes they do not cover, both in time order.
-            for (_, block) in self.blocks.range(b0..b1) {
-                add(m, block);
-            }
-            let panes = self.panes.range((s, i64::MIN)..(end, i64::MIN));
-            for ((p, first), pane) in panes.filter(|((_, first), _)| *first <= s) {
-                let untagged = *first == align_up(p + self.pane - self.size, self.slide);
-                if !(untagged && (b0..b1).contains(p)) {
-                    add(m, pane);
+            let loose: Vec<(i64, i64)> = panes
+                .range((s, i64::MIN)..(end, i64::MIN))
+                .map(|(k, _)| *k)
+                .filter(|(p, first)| *first <= s && !(untagged(*p, *first) && (b0..b1).contains(p)))
+                .collect();
+            seal_panes(panes, &loose);
+            let items: Vec<&Pane> = blocks
+                .range(b0..b1)
+                .map(|(_, block)| block)
+                .chain(loose.iter().filter_map(|k| panes.get(k)))
+                .collect();
+            let m = scratch;
+            m.align(&items);
+            let results = out.len();
+            out.extend(m.gids.iter().map(|gid| WindowResult {
+                start: s,
+                end,
+                group: groups.key(*gid).into(),
+                values: Vec::with_capacity(shape.len()),
+            }));
+            let emitted = &mut out[results..];
+            m.merge(&items, &shape, |_, merged, g0, rows| {
+                let results = emitted.iter_mut().skip(g0).take(rows);
+                for (r, result) in results.enumerate() {
+                    result.values.push(merged.result(r));
                 }
-            }
-            for (row, gid) in m.gids.iter().enumerate() {
-                out.push(result(*gid, &m.cols, row));
-                m.slot[*gid as usize] = u32::MAX;
-            }
-            m.gids.clear();
-            for c in m.cols.iter_mut() {
-                c.clear();
-            }
+            });
             // Blocks that start before the next window are not wholly inside any later window.
-            while let Some(entry) = self.blocks.first_entry() {
+            while let Some(entry) = blocks.first_entry() {
                 if *entry.key() > s {
                     break;
                 }
