@@ -576,32 +576,8 @@ fn check_metrics(port: u16) {
     ] {
         assert!(body.contains(needle), "/metrics lacks {needle}:\n{body}");
     }
-    let promtool = std::env::var_os("WEIR_PROMTOOL").unwrap_or_else(|| "promtool".into());
-    let mut child = Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("promtool: {e}: run `apt-get install prometheus` (CI installs it)")
-        });
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(body.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = support::promtool::check(&body);
+    assert!(said.is_empty(), "promtool check metrics: {said}");
 }
 
 #[test]
