@@ -535,3 +535,29 @@ async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     }
     Ok(Action::await_change())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_failure_with_jitter_caps_and_resets() {
+        let b = Backoff::default();
+        let k = ("ns".to_string(), "job".to_string());
+        let other = ("ns".to_string(), "other".to_string());
+        for n in 0..12u32 {
+            let d = b.next_delay(k.clone());
+            let full = BACKOFF_BASE.saturating_mul(1 << n).min(BACKOFF_MAX);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {n}: {d:?} not in [{full:?}/2, {full:?}]"
+            );
+        }
+        assert_eq!(b.attempts(&k), 12);
+        // Per object: another job starts from the base delay.
+        assert!(b.next_delay(other.clone()) <= BACKOFF_BASE);
+        b.reset(&k);
+        assert_eq!(b.attempts(&k), 0);
+        assert_eq!(b.attempts(&other), 1);
+    }
+}

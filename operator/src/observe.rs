@@ -420,3 +420,75 @@ pub async fn observe(
         checkpoint_names,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::ObjectMeta;
+
+    fn cm(name: &str, checkpoint: Option<&str>) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..ObjectMeta::default()
+            },
+            data: checkpoint.map(|c| BTreeMap::from([(CHECKPOINT_KEY.to_string(), c.to_string())])),
+            ..ConfigMap::default()
+        }
+    }
+
+    /// A checkpoint exactly as the worker serialises `PartitionCheckpoint`.
+    fn checkpoint(topic: &str, partition: i32, epoch: i64, at: i64, next: Option<i64>) -> String {
+        let progress = next.map(|n| {
+            serde_json::json!({"nextOffset": n, "replayFrom": n, "replayMaxEventTime": null,
+                               "watermark": null, "emittedThrough": null})
+        });
+        serde_json::json!({"format": 1, "topic": topic, "partition": partition, "epoch": epoch,
+                           "owner": "payments-worker-0", "writtenAtMs": at, "progress": progress})
+        .to_string()
+    }
+
+    #[test]
+    fn checkpoints_give_max_epoch_oldest_write_and_next_offsets() {
+        let cms = [
+            cm("payments-config", None),
+            cm(
+                "payments-checkpoint-0",
+                Some(&checkpoint("payments", 0, 3, 2_000, Some(40))),
+            ),
+            cm(
+                "payments-checkpoint-1",
+                Some(&checkpoint("payments", 1, 2, 1_000, None)),
+            ),
+            cm("payments-checkpoint-2", Some("{not json")),
+            // A checkpoint of the topic the job read before: its epoch counts, nothing else.
+            cm(
+                "payments-checkpoint-3",
+                Some(&checkpoint("old", 3, 7, 10, Some(5))),
+            ),
+        ];
+        let s = summarize_checkpoints(&cms, "payments");
+        assert_eq!(s.max_epoch, Some(7));
+        assert_eq!(s.oldest_written_at_ms, Some(1_000));
+        assert_eq!(s.next_offsets, BTreeMap::from([(0, 40)]));
+    }
+
+    #[test]
+    fn lag_sums_high_watermark_minus_next_offset_never_negative() {
+        let next = BTreeMap::from([(0, 40), (1, 100), (2, 7), (9, 1)]);
+        // Partition 1 is ahead of a stale watermark; partition 9 no longer exists.
+        assert_eq!(lag(&next, &[100, 90, 10]), 60 + 3);
+        assert_eq!(lag(&BTreeMap::new(), &[5]), 0);
+    }
+
+    #[test]
+    fn connection_debug_hides_secret_values() {
+        let c = KafkaConnection {
+            bootstrap_servers: "kafka:9092".to_string(),
+            properties: BTreeMap::from([("sasl.password".to_string(), "s3cret".to_string())]),
+        };
+        let shown = format!("{c:?}");
+        assert!(shown.contains("sasl.password"));
+        assert!(!shown.contains("s3cret"));
+    }
+}

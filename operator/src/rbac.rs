@@ -68,3 +68,34 @@ pub const GRANTED_TO_WORKERS: &[(&str, &str, &[&str])] = &[
     ("", "configmaps", &["get", "update"]),
     ("", "secrets", &["get"]),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_resource_is_listed_once_with_known_verbs() {
+        let known = [
+            "get",
+            "list",
+            "watch",
+            "create",
+            "update",
+            "patch",
+            "deletecollection",
+        ];
+        for (_, resource, verbs) in API_CALLS.iter().chain(GRANTED_TO_WORKERS) {
+            assert!(
+                verbs.iter().all(|v| known.contains(v)),
+                "{resource}: {verbs:?}"
+            );
+        }
+        let mut once = std::collections::BTreeSet::new();
+        for (group, resource, _) in API_CALLS {
+            assert!(
+                once.insert((group, resource)),
+                "{group}/{resource} listed twice"
+            );
+        }
+    }
+}
