@@ -23,6 +23,7 @@ use weir_operator::controller::{error_policy, reconcile, Context};
 use weir_operator::metrics::Metrics;
 use weir_operator::observe::{KafkaConnection, KafkaObserver};
 use weir_operator::observed::TopicObservation;
+use weir_operator::rbac::API_CALLS;
 
 use support::{cfg, job, job_with};
 
@@ -172,14 +173,19 @@ struct Harness {
 }
 
 fn harness(partitions: i32, script: Script) -> Harness {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
-    let kafka = Arc::new(FakeKafka {
-        topic: TopicObservation::Found {
+    harness_topic(
+        TopicObservation::Found {
             partitions,
             retention_ms: None,
         },
-    });
+        script,
+    )
+}
+
+fn harness_topic(topic: TopicObservation, script: Script) -> Harness {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let kafka = Arc::new(FakeKafka { topic });
     let ctx = Arc::new(Context::new(client, kafka, cfg(), Metrics::default(), None));
     Harness {
         ctx,
@@ -188,14 +194,54 @@ fn harness(partitions: i32, script: Script) -> Harness {
 }
 
 impl Harness {
-    /// Drops the client and returns every call the API server saw.
+    /// Drops the client and returns every call the API server saw, each checked against
+    /// `API_CALLS` (the operator's RBAC must allow every call it makes).
     async fn calls(self) -> Vec<Call> {
         drop(self.ctx);
-        tokio::time::timeout(TIMEOUT, self.server)
+        let calls = tokio::time::timeout(TIMEOUT, self.server)
             .await
             .expect("the API server is still being called")
-            .expect("API server task")
+            .expect("API server task");
+        for c in &calls {
+            let (group, resource, verb) = rbac_of(c);
+            assert!(
+                API_CALLS
+                    .iter()
+                    .any(|(g, r, verbs)| *g == group && *r == resource && verbs.contains(&verb)),
+                "{} needs {verb} on {group}/{resource}, missing from API_CALLS",
+                c.line()
+            );
+        }
+        calls
     }
+}
+
+/// The (group, resource, verb) an API request is authorised as.
+fn rbac_of(c: &Call) -> (String, String, &'static str) {
+    let parts: Vec<&str> = c.path.trim_start_matches('/').split('/').collect();
+    // /api/v1/namespaces/NS/RES[/NAME[/SUB]] or /apis/GROUP/VERSION/namespaces/NS/RES[/...]
+    let (group, rest) = match parts.first() {
+        Some(&"api") => (String::new(), &parts[2..]),
+        _ => (parts[1].to_string(), &parts[3..]),
+    };
+    assert_eq!(rest.first(), Some(&"namespaces"), "{}", c.path);
+    let resource = match rest.get(4) {
+        Some(sub) => format!("{}/{sub}", rest[2]),
+        None => rest[2].to_string(),
+    };
+    let named = rest.len() > 3;
+    let verb = match (c.method.as_str(), named) {
+        ("GET", true) => "get",
+        ("GET", false) if c.query.contains("watch=true") => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        (m, _) => panic!("unexpected method {m}"),
+    };
+    (group, resource, verb)
 }
 
 async fn run(ctx: &Arc<Context>, job: StreamJob) -> Result<Action, weir_operator::error::Error> {
@@ -468,5 +514,51 @@ async fn deleted_job_with_finalizer_deletes_its_checkpoints() {
         ),
         "{}",
         calls[0].query
+    );
+}
+
+#[tokio::test]
+async fn missing_topic_keeps_partition_dependent_children_and_warns() {
+    let h = harness_topic(TopicObservation::NotFound, Script::default());
+    let action = run(&h.ctx, job()).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    let calls = h.calls().await;
+    let mut want = reads();
+    // No Role, job ConfigMap, checkpoints or StatefulSet: running workers keep their
+    // assignment while the topic cannot be seen.
+    want.extend([
+        format!("PATCH {NS}/serviceaccounts/payments-worker"),
+        format!("PATCH {RBAC}/rolebindings/payments-worker"),
+        format!("PATCH {NS}/services/payments-worker"),
+        format!("PATCH {POLICY}/poddisruptionbudgets/payments-worker"),
+        format!("PATCH {JOBS}/payments/status"),
+        "POST /apis/events.k8s.io/v1/namespaces/shop/events".to_string(),
+    ]);
+    assert_eq!(lines(&calls), want);
+    let status = patched_status(&calls);
+    assert_eq!(condition(&status, "Ready"), ("False", "TopicNotFound"));
+    assert_eq!(
+        calls.last().expect("event").body["reason"],
+        json!("TopicNotFound")
+    );
+}
+
+#[tokio::test]
+async fn finalizer_is_removed_when_delete_on_job_deletion_is_turned_off() {
+    let h = harness(3, Script::default());
+    let mut j = job();
+    j.metadata.finalizers = Some(vec![
+        "other.example/keep".to_string(),
+        "weir.dev/checkpoints".to_string(),
+    ]);
+    j.metadata.resource_version = Some("42".to_string());
+    let action = run(&h.ctx, j).await.expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    let calls = h.calls().await;
+    assert_eq!(lines(&calls), [format!("PATCH {JOBS}/payments")]);
+    assert_eq!(calls[0].content_type, "application/merge-patch+json");
+    assert_eq!(
+        calls[0].body,
+        json!({"metadata": {"finalizers": ["other.example/keep"], "resourceVersion": "42"}})
     );
 }
