@@ -562,3 +562,26 @@ async fn finalizer_is_removed_when_delete_on_job_deletion_is_turned_off() {
         json!({"metadata": {"finalizers": ["other.example/keep"], "resourceVersion": "42"}})
     );
 }
+
+#[tokio::test]
+async fn malformed_job_gets_an_event_and_nothing_else() {
+    let h = harness(3, Script::default());
+    let invalid = kube::core::error_boundary::InvalidObject {
+        error: "spec.window: missing field `type`".to_string(),
+        metadata: job().metadata,
+    };
+    let guard = Arc::new(DeserializeGuard::<StreamJob>(Err(invalid)));
+    let action = tokio::time::timeout(TIMEOUT, reconcile(guard, h.ctx.clone()))
+        .await
+        .expect("reconcile finishes")
+        .expect("a malformed object is not an error");
+    assert_eq!(action, Action::await_change());
+    let calls = h.calls().await;
+    assert_eq!(
+        lines(&calls),
+        ["POST /apis/events.k8s.io/v1/namespaces/shop/events"]
+    );
+    assert!(calls[0].body["note"]
+        .as_str()
+        .is_some_and(|n| n.contains("missing field `type`")));
+}
