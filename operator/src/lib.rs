@@ -1,10 +1,17 @@
-//! The weir operator's reconcile core, shared by the controller binary and its tests.
+//! The weir operator: a kube-runtime controller for StreamJobs.
 //!
-//! One reconcile is observe → [`desired::desired`] → server-side apply → [`status::compute`].
-//! This crate holds the pure steps (no client, no clock, no I/O): [`observed`] is what observe
-//! reads, [`desired`] the objects that should exist, [`status`] the StreamJob's status.
+//! One reconcile is [`observe`] (reads only) → [`desired::desired`] (pure) → server-side apply
+//! ([`controller`]) → [`status::compute`] (pure). [`observed`], [`desired`] and [`status`] are
+//! pure (no client, no clock, no I/O); [`observe`], [`controller`] and [`leader`] talk to the API
+//! server and Kafka. [`rbac::API_CALLS`] lists every API call the operator makes.
 
+pub mod controller;
 pub mod desired;
+pub mod error;
+pub mod leader;
+pub mod metrics;
 pub mod names;
+pub mod observe;
 pub mod observed;
+pub mod rbac;
 pub mod status;

@@ -1,12 +1,217 @@
-//! weir operator: reconciles StreamJobs into worker pods. Built in issue 5; this binary only
-//! reserves the name so the workspace layout is final.
+//! `weir-operator`: reconciles StreamJobs into worker pods (see docs/operator.md). Serves
+//! `/metrics` and `/healthz`; with leader election on (the default) only the replica holding
+//! the `weir-operator` Lease reconciles.
 
-use std::process::ExitCode;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-fn main() -> ExitCode {
-    eprintln!(
-        "weir-operator: not built yet (issue 5). Use `weir run JOB.yaml --input FILE` to run a \
-         StreamJob locally."
-    );
-    ExitCode::from(2)
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use clap::{Parser, ValueEnum};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use weir_operator::controller::{self, Context};
+use weir_operator::desired::OperatorConfig;
+use weir_operator::leader::{LeaderElector, LeaseConfig};
+use weir_operator::metrics::Metrics;
+use weir_operator::observe::RdKafkaObserver;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The weir operator: turns StreamJobs into worker StatefulSets and reports their status.
+#[derive(Debug, Parser)]
+#[command(name = "weir-operator", version)]
+struct Args {
+    /// Watch StreamJobs in this namespace only. Absent: every namespace.
+    #[arg(long, env = "WEIR_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Worker image for jobs whose spec.worker.image is empty.
+    #[arg(long, env = "WEIR_WORKER_IMAGE", default_value_t = OperatorConfig::default().worker_image)]
+    worker_image: String,
+    /// Log format.
+    #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Address of `/metrics` and `/healthz`.
+    #[arg(long, env = "WEIR_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Reconcile only while holding the Lease (run two replicas for availability).
+    #[arg(long, env = "WEIR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "weir-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease and in Events (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn metrics_handler(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            e.to_string(),
+        ),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes client configuration (in-cluster or KUBECONFIG)")?;
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let registry = Arc::new(registry);
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(registry);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, "serving /metrics and /healthz");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    let config = OperatorConfig {
+        worker_image: args.worker_image.clone(),
+        ..OperatorConfig::default()
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(RdKafkaObserver::default()),
+        config,
+        metrics,
+        args.pod_name.clone(),
+    ));
+
+    // `stop` turns true on SIGTERM/SIGINT or when the Lease is lost; the controller drains
+    // in-flight reconciles and returns.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let signal_tx = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = signal_tx.send(true);
+    });
+
+    let mut elector = None;
+    if args.leader_election {
+        let identity = args
+            .pod_name
+            .clone()
+            .unwrap_or_else(|| format!("weir-operator-{:016x}", fastrand::u64(..)));
+        let cfg = LeaseConfig {
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            lease_duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        };
+        let mut e = LeaderElector::new(
+            Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+            cfg,
+        );
+        tracing::info!(lease = %args.lease_name, %identity, "waiting for leadership");
+        let mut rx = stop_rx.clone();
+        tokio::select! {
+            _ = e.acquire() => {}
+            _ = rx.wait_for(|s| *s) => return Ok(()),
+        }
+        tracing::info!(%identity, "leading");
+        elector = Some(e);
+    }
+
+    let namespace = args.namespace.clone();
+    let controller = tokio::spawn(async move {
+        controller::run(ctx, namespace.as_deref(), stop).await;
+    });
+    let lost = match elector.as_mut() {
+        Some(e) => {
+            let mut rx = stop_rx.clone();
+            tokio::select! {
+                _ = e.hold() => true,
+                _ = rx.wait_for(|s| *s) => false,
+            }
+        }
+        None => false,
+    };
+    let _ = stop_tx.send(true);
+    controller.await.context("controller task")?;
+    if let Some(e) = elector.as_mut() {
+        if lost {
+            // Another replica may lead already: exit non-zero so the pod restarts as a
+            // candidate rather than carry on.
+            anyhow::bail!("lost the lease {}", args.lease_name);
+        }
+        e.release().await;
+    }
+    Ok(())
 }

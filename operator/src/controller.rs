@@ -1,0 +1,563 @@
+//! The controller: one reconcile = [`observe`] (reads only) → [`desired`] (pure) → server-side
+//! apply of the children, in [`Desired::apply_order`] → [`status::compute`] (pure), patched only
+//! when [`status::needs_update`]. A bad spec is a status (`Ready=False, reason InvalidSpec`)
+//! and no child write; every other failure is an [`Error`] retried with per-object
+//! exponential backoff and jitter ([`error_policy`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{info, instrument, warn, Span};
+use weir_crds::{StreamJob, StreamJobStatus};
+
+use crate::desired::{desired, Child, Desired, OperatorConfig};
+use crate::error::Error;
+use crate::metrics::{CategoryLabel, Metrics};
+use crate::names::{self, FIELD_MANAGER, FINALIZER};
+use crate::observe::{observe, KafkaObserver};
+use crate::status::{self, reason};
+
+/// Requeue after a successful reconcile: a safety net, since watches already trigger on every
+/// change of the job and its children.
+pub const REQUEUE_HEALTHY: Duration = Duration::from_secs(300);
+/// Requeue while the job is not Ready (workers starting, topic missing, brokers unreachable)
+/// or reports lag: the Kafka side changes without any Kubernetes event.
+pub const REQUEUE_WAITING: Duration = Duration::from_secs(30);
+/// First retry delay after an error; doubles per consecutive failure of the same object.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Longest retry delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Reasons of the conditions a user must act on: each new one is also a Warning Event.
+const ACTIONABLE: &[&str] = &[
+    reason::INVALID_SPEC,
+    reason::TOPIC_NOT_FOUND,
+    reason::BROKER_UNREACHABLE,
+    reason::RETENTION_SHORTER_THAN_WINDOW,
+];
+
+/// Consecutive failures per object, for [`error_policy`]; reset by a successful reconcile.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    attempts: Mutex<HashMap<(String, String), u32>>,
+}
+
+impl Backoff {
+    /// Records one more failure of (namespace, name) and returns the delay before the retry:
+    /// `BACKOFF_BASE · 2^(failures−1)`, at most [`BACKOFF_MAX`], with equal jitter (uniform in
+    /// [d/2, d]) so that many jobs failing together do not retry in lockstep.
+    pub fn next_delay(&self, key: (String, String)) -> Duration {
+        let mut map = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        let exp = BACKOFF_BASE.saturating_mul(1u32 << (*n - 1).min(16));
+        let d = exp.min(BACKOFF_MAX);
+        d / 2 + d.mul_f64(fastrand::f64() / 2.0)
+    }
+
+    /// Forgets the failures of (namespace, name).
+    pub fn reset(&self, key: &(String, String)) {
+        self.attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
+
+    /// Consecutive failures of (namespace, name).
+    pub fn attempts(&self, key: &(String, String)) -> u32 {
+        self.attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Reads the source topics.
+    pub kafka: Arc<dyn KafkaObserver>,
+    /// Operator settings that shape the workers.
+    pub config: OperatorConfig,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Reconcile metrics.
+    pub metrics: Metrics,
+    /// Per-object failure counts.
+    pub backoff: Backoff,
+}
+
+impl Context {
+    /// A context with fresh backoff state; Events are reported as `weir-operator` (and the pod
+    /// name in `instance`, when given).
+    pub fn new(
+        client: Client,
+        kafka: Arc<dyn KafkaObserver>,
+        config: OperatorConfig,
+        metrics: Metrics,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_string(),
+            instance,
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            kafka,
+            config,
+            metrics,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+fn key_of(meta: &kube::api::ObjectMeta) -> (String, String) {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Runs the controller over `jobs` until `shutdown` resolves. The owned kinds are watched only
+/// with the operator's `managed-by` label, so the operator caches its own children, not every
+/// ConfigMap of the cluster (and not the checkpoint ConfigMaps, which workers rewrite every few
+/// seconds and which need no reconcile).
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let owned = watcher::Config::default().labels(&format!(
+        "{}={}",
+        names::LABEL_MANAGED_BY,
+        names::MANAGED_BY_OPERATOR
+    ));
+    let jobs: Api<DeserializeGuard<StreamJob>> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    Controller::new(jobs, watcher::Config::default().any_semantic())
+        .owns(api::<ConfigMap>(&client, namespace), owned.clone())
+        .owns(api::<StatefulSet>(&client, namespace), owned.clone())
+        .owns(api::<Service>(&client, namespace), owned.clone())
+        .owns(api::<ServiceAccount>(&client, namespace), owned.clone())
+        .owns(api::<Role>(&client, namespace), owned.clone())
+        .owns(api::<RoleBinding>(&client, namespace), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, namespace), owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(job = %obj, "reconciled"),
+                Err(e) => warn!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+/// One reconcile of one StreamJob, with metrics and backoff bookkeeping around
+/// [`reconcile_job`].
+#[instrument(skip_all, fields(namespace, name))]
+pub async fn reconcile(
+    guard: Arc<DeserializeGuard<StreamJob>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let key = key_of(guard.meta());
+    Span::current().record("namespace", key.0.as_str());
+    Span::current().record("name", key.1.as_str());
+    ctx.metrics.reconciles.inc();
+    let start = Instant::now();
+    let result = match &guard.0 {
+        Ok(job) => reconcile_job(Arc::new(job.clone()), &ctx).await,
+        Err(invalid) => {
+            // Not even the schema matches (the CRD changed under it, or validation was
+            // bypassed): nothing can be computed, so tell the user and wait for an edit.
+            let note = format!("cannot read the StreamJob: {invalid}");
+            warn!(%note);
+            publish(&ctx, guard.meta(), reason::INVALID_SPEC, &note).await;
+            Ok(Action::await_change())
+        }
+    };
+    ctx.metrics.duration.observe(start.elapsed().as_secs_f64());
+    match &result {
+        Ok(_) => ctx.backoff.reset(&key),
+        Err(e) => {
+            ctx.metrics
+                .failures
+                .get_or_create(&CategoryLabel {
+                    category: e.category().to_string(),
+                })
+                .inc();
+        }
+    }
+    result
+}
+
+/// Retry after a failed reconcile: exponential backoff per object, with jitter.
+pub fn error_policy(
+    guard: Arc<DeserializeGuard<StreamJob>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let key = key_of(guard.meta());
+    let delay = ctx.backoff.next_delay(key.clone());
+    warn!(namespace = %key.0, name = %key.1, category = error.category(), %error,
+        retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The finalizer is used only when the checkpoints must go with the job
+/// (`spec.checkpoint.deleteOnJobDeletion`, i.e. [`Desired::finalizer`]); it is added when the
+/// setting is turned on, removed when it is turned off, and its cleanup runs when a job that
+/// has it is deleted.
+async fn reconcile_job(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
+    let ns = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    let jobs: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &ns);
+    let deleting = job.metadata.deletion_timestamp.is_some();
+    let finalizer_index = job.finalizers().iter().position(|f| f == FINALIZER);
+    if job.spec.checkpoint.delete_on_job_deletion || (deleting && finalizer_index.is_some()) {
+        return finalizer(&jobs, FINALIZER, job, |event| async move {
+            match event {
+                Finalizer::Apply(job) => apply(&job, ctx).await,
+                Finalizer::Cleanup(job) => cleanup(&job, ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)));
+    }
+    if deleting {
+        // Children go with the job through their owner references; checkpoints are kept.
+        return Ok(Action::await_change());
+    }
+    if let Some(i) = finalizer_index {
+        // deleteOnJobDeletion was turned off: the checkpoints now outlive the job, so the
+        // finalizer must go. The resourceVersion makes the merge patch (which replaces the whole
+        // list) fail rather than drop a finalizer added meanwhile. It triggers the next reconcile.
+        let mut remaining = job.finalizers().to_vec();
+        remaining.remove(i);
+        let patch = serde_json::json!({
+            "metadata": {"finalizers": remaining, "resourceVersion": job.resource_version()},
+        });
+        jobs.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| Error::RemoveFinalizer { name, source })?;
+        return Ok(Action::await_change());
+    }
+    apply(&job, ctx).await
+}
+
+/// Server-side apply of one child with the operator's field manager. `force`: the operator is
+/// the only writer of these fields; a `kubectl edit` of them is reverted, not a conflict.
+async fn apply_one<K>(client: &Client, ns: &str, obj: &K) -> Result<K, kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+    <K as Resource>::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+}
+
+/// Creates the checkpoint ConfigMaps that do not exist yet. Never applied (see
+/// [`crate::desired::Workers::checkpoint_config_maps`]); an AlreadyExists means a worker (or
+/// another reconcile) was first, which is fine.
+async fn create_checkpoints(
+    client: &Client,
+    ns: &str,
+    desired: &Desired,
+    existing: &std::collections::BTreeSet<String>,
+) -> Result<(), Error> {
+    let Some(w) = &desired.workers else {
+        return Ok(());
+    };
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let pp = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PostParams::default()
+    };
+    for cm in &w.checkpoint_config_maps {
+        let name = cm.metadata.name.clone().unwrap_or_default();
+        if existing.contains(&name) {
+            continue;
+        }
+        match api.create(&pp, cm).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(source) => return Err(Error::CreateCheckpoint { name, source }),
+        }
+    }
+    Ok(())
+}
+
+/// observe → desired → apply → status.
+async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
+    let ns = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    let observation = observe(&ctx.client, ctx.kafka.as_ref(), job).await?;
+    let mut obs = observation.observed;
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let desired = match desired(job, &obs, &ctx.config) {
+        Ok(d) => d,
+        Err(invalid) => {
+            // Permanent until the spec changes: no child is touched (so nothing churns), the
+            // status says why, and only an edit of the job triggers the next reconcile.
+            info!(%invalid, "invalid spec");
+            let status = status::compute(job, Err(&invalid), &obs, job.status.as_ref(), &now);
+            patch_status(job, &status, ctx).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    let client = &ctx.client;
+    for child in desired.apply_order() {
+        // The order is Desired::apply_order's: identity and permissions before the pods that
+        // use them, and the job ConfigMap before the StatefulSet, because pods created from a
+        // new template (new config hash) must mount the new assignment, never the previous
+        // one. Checkpoint ConfigMaps are created right before the StatefulSet so that workers
+        // find their (fenced) checkpoint objects and the Role naming them already in place.
+        let n = |m: &kube::api::ObjectMeta| m.name.clone().unwrap_or_default();
+        match child {
+            Child::ServiceAccount(o) => {
+                apply_one(client, &ns, o)
+                    .await
+                    .map_err(|source| Error::ApplyServiceAccount {
+                        name: n(&o.metadata),
+                        source,
+                    })?;
+            }
+            Child::Role(o) => {
+                apply_one(client, &ns, o)
+                    .await
+                    .map_err(|source| Error::ApplyRole {
+                        name: n(&o.metadata),
+                        source,
+                    })?;
+            }
+            Child::RoleBinding(o) => {
+                apply_one(client, &ns, o)
+                    .await
+                    .map_err(|source| Error::ApplyRoleBinding {
+                        name: n(&o.metadata),
+                        source,
+                    })?;
+            }
+            Child::ConfigMap(o) => {
+                apply_one(client, &ns, o)
+                    .await
+                    .map_err(|source| Error::ApplyConfigMap {
+                        name: n(&o.metadata),
+                        source,
+                    })?;
+            }
+            Child::Service(o) => {
+                apply_one(client, &ns, o)
+                    .await
+                    .map_err(|source| Error::ApplyService {
+                        name: n(&o.metadata),
+                        source,
+                    })?;
+            }
+            Child::StatefulSet(o) => {
+                create_checkpoints(client, &ns, &desired, &observation.checkpoint_names).await?;
+                let applied =
+                    apply_one(client, &ns, o)
+                        .await
+                        .map_err(|source| Error::ApplyStatefulSet {
+                            name: n(&o.metadata),
+                            source,
+                        })?;
+                obs.stateful_set = Some(applied);
+            }
+            Child::PodDisruptionBudget(o) => {
+                apply_one(client, &ns, o).await.map_err(|source| {
+                    Error::ApplyPodDisruptionBudget {
+                        name: n(&o.metadata),
+                        source,
+                    }
+                })?;
+            }
+        }
+    }
+
+    let status = status::compute(job, Ok(&desired), &obs, job.status.as_ref(), &now);
+    patch_status(job, &status, ctx).await?;
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == status::READY && c.status == "True");
+    tracing::debug!(job = %name, ready, "applied");
+    Ok(if ready && status.lag.unwrap_or(0) == 0 {
+        Action::requeue(REQUEUE_HEALTHY)
+    } else {
+        Action::requeue(REQUEUE_WAITING)
+    })
+}
+
+/// Patches the status subresource when something other than a timestamp changed, and
+/// publishes a Warning Event for each newly present condition a user must act on.
+async fn patch_status(job: &StreamJob, new: &StreamJobStatus, ctx: &Context) -> Result<(), Error> {
+    let old = job.status.as_ref();
+    if old.is_some_and(|old| !status::needs_update(old, new)) {
+        return Ok(());
+    }
+    let name = job.name_any();
+    let api: Api<StreamJob> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let body = serde_json::json!({
+        "apiVersion": StreamJob::api_version(&()),
+        "kind": StreamJob::kind(&()),
+        "status": new,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|source| Error::PatchStatus {
+        name: name.clone(),
+        source,
+    })?;
+    for c in &new.conditions {
+        let is_new = !old.is_some_and(|o| {
+            o.conditions
+                .iter()
+                .any(|p| p.type_ == c.type_ && p.reason == c.reason && p.status == c.status)
+        });
+        // Ready carries every blocking reason; Degraded adds RetentionShorterThanWindow.
+        let relevant = (c.type_ == status::READY && c.status == "False")
+            || (c.type_ == status::DEGRADED && c.reason == reason::RETENTION_SHORTER_THAN_WINDOW);
+        if is_new && relevant && ACTIONABLE.contains(&c.reason.as_str()) {
+            publish(ctx, &job.metadata, &c.reason, &c.message).await;
+        }
+    }
+    Ok(())
+}
+
+/// Publishes a Warning Event about the job. An Event that cannot be written is logged, not an
+/// error: the status already says the same.
+async fn publish(ctx: &Context, meta: &kube::api::ObjectMeta, reason: &str, note: &str) {
+    let reference = ObjectReference {
+        api_version: Some(StreamJob::api_version(&()).into_owned()),
+        kind: Some(StreamJob::kind(&()).into_owned()),
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        resource_version: meta.resource_version.clone(),
+        ..ObjectReference::default()
+    };
+    // The Events API limits a note to 1 kB.
+    let mut note = note.to_string();
+    if note.len() > 1024 {
+        let mut cut = 1021;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        warn!(error = %e, reason, "cannot publish Event");
+    }
+}
+
+/// Cleanup of a deleted job with `deleteOnJobDeletion`: deletes its checkpoint ConfigMaps (by
+/// the job label). Idempotent: deleting nothing succeeds.
+///
+/// TODO(object store): checkpoints in object storage are not deleted yet; the operator would
+/// need the store's credentials. They are left in place and the job's deletion proceeds.
+async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
+    let ns = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    if job.spec.checkpoint.store.config_map.is_some() {
+        let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+        let selector = crate::observe::checkpoint_selector(&name);
+        api.delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels(&selector),
+        )
+        .await
+        .map_err(|source| Error::DeleteCheckpoints {
+            job: name.clone(),
+            source,
+        })?;
+    } else {
+        warn!(job = %name, "object-store checkpoints are not deleted by the operator yet");
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_failure_with_jitter_caps_and_resets() {
+        let b = Backoff::default();
+        let k = ("ns".to_string(), "job".to_string());
+        let other = ("ns".to_string(), "other".to_string());
+        for n in 0..12u32 {
+            let d = b.next_delay(k.clone());
+            let full = BACKOFF_BASE.saturating_mul(1 << n).min(BACKOFF_MAX);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {n}: {d:?} not in [{full:?}/2, {full:?}]"
+            );
+        }
+        assert_eq!(b.attempts(&k), 12);
+        // Per object: another job starts from the base delay.
+        assert!(b.next_delay(other.clone()) <= BACKOFF_BASE);
+        b.reset(&k);
+        assert_eq!(b.attempts(&k), 0);
+        assert_eq!(b.attempts(&other), 1);
+    }
+}

@@ -1,0 +1,204 @@
+//! The one error type of a reconcile: each variant names the action that failed and carries the
+//! object it was acting on and the source. A bad spec is not an error (it is a status:
+//! `Ready=False, reason InvalidSpec`); everything here is transient and retried with backoff.
+
+/// A reconcile step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the credentials Secret of the source.
+    #[error("reading Secret {name}: {source}")]
+    ReadSecret {
+        /// The Secret.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Reading the job ConfigMap (the previous assignment).
+    #[error("reading ConfigMap {name}: {source}")]
+    ReadJobConfigMap {
+        /// The ConfigMap.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Listing the job's checkpoint ConfigMaps.
+    #[error("listing the checkpoint ConfigMaps of {job}: {source}")]
+    ReadCheckpoints {
+        /// The job.
+        job: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Reading the job's StatefulSet.
+    #[error("reading StatefulSet {name}: {source}")]
+    ReadStatefulSet {
+        /// The StatefulSet.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Applying the ServiceAccount.
+    #[error("applying ServiceAccount {name}: {source}")]
+    ApplyServiceAccount {
+        /// The object.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Applying the Role.
+    #[error("applying Role {name}: {source}")]
+    ApplyRole {
+        /// The object.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Applying the RoleBinding.
+    #[error("applying RoleBinding {name}: {source}")]
+    ApplyRoleBinding {
+        /// The object.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Applying the job ConfigMap.
+    #[error("applying ConfigMap {name}: {source}")]
+    ApplyConfigMap {
+        /// The object.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Creating a checkpoint ConfigMap (an AlreadyExists is not an error).
+    #[error("creating checkpoint ConfigMap {name}: {source}")]
+    CreateCheckpoint {
+        /// The object.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Applying the Service.
+    #[error("applying Service {name}: {source}")]
+    ApplyService {
+        /// The object.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Applying the StatefulSet.
+    #[error("applying StatefulSet {name}: {source}")]
+    ApplyStatefulSet {
+        /// The object.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Applying the PodDisruptionBudget.
+    #[error("applying PodDisruptionBudget {name}: {source}")]
+    ApplyPodDisruptionBudget {
+        /// The object.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Patching the StreamJob's status.
+    #[error("patching the status of StreamJob {name}: {source}")]
+    PatchStatus {
+        /// The job.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Removing the finalizer after `deleteOnJobDeletion` was turned off.
+    #[error("removing the finalizer of StreamJob {name}: {source}")]
+    RemoveFinalizer {
+        /// The job.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Deleting the checkpoint ConfigMaps of a deleted job.
+    #[error("deleting the checkpoint ConfigMaps of {job}: {source}")]
+    DeleteCheckpoints {
+        /// The job.
+        job: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// The kube-runtime finalizer helper failed (adding or removing the finalizer, or the
+    /// apply/cleanup it ran).
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A short, stable label for the failure metric and the Event reason.
+    pub fn category(&self) -> &'static str {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::ReadSecret { .. } => "ReadSecret",
+            Error::ReadJobConfigMap { .. } => "ReadJobConfigMap",
+            Error::ReadCheckpoints { .. } => "ReadCheckpoints",
+            Error::ReadStatefulSet { .. } => "ReadStatefulSet",
+            Error::ApplyServiceAccount { .. } => "ApplyServiceAccount",
+            Error::ApplyRole { .. } => "ApplyRole",
+            Error::ApplyRoleBinding { .. } => "ApplyRoleBinding",
+            Error::ApplyConfigMap { .. } => "ApplyConfigMap",
+            Error::CreateCheckpoint { .. } => "CreateCheckpoint",
+            Error::ApplyService { .. } => "ApplyService",
+            Error::ApplyStatefulSet { .. } => "ApplyStatefulSet",
+            Error::ApplyPodDisruptionBudget { .. } => "ApplyPodDisruptionBudget",
+            Error::PatchStatus { .. } => "PatchStatus",
+            Error::RemoveFinalizer { .. } => "RemoveFinalizer",
+            Error::DeleteCheckpoints { .. } => "DeleteCheckpoints",
+            Error::Finalizer(e) => match e.as_ref() {
+                F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner.category(),
+                F::AddFinalizer(_) => "AddFinalizer",
+                F::RemoveFinalizer(_) => "RemoveFinalizer",
+                F::UnnamedObject | F::InvalidFinalizer => "Finalizer",
+            },
+        }
+    }
+
+    /// The Kubernetes API error underneath, if any.
+    pub fn kube_error(&self) -> Option<&kube::Error> {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::ReadSecret { source, .. }
+            | Error::ReadJobConfigMap { source, .. }
+            | Error::ReadCheckpoints { source, .. }
+            | Error::ReadStatefulSet { source, .. }
+            | Error::ApplyServiceAccount { source, .. }
+            | Error::ApplyRole { source, .. }
+            | Error::ApplyRoleBinding { source, .. }
+            | Error::ApplyConfigMap { source, .. }
+            | Error::CreateCheckpoint { source, .. }
+            | Error::ApplyService { source, .. }
+            | Error::ApplyStatefulSet { source, .. }
+            | Error::ApplyPodDisruptionBudget { source, .. }
+            | Error::PatchStatus { source, .. }
+            | Error::RemoveFinalizer { source, .. }
+            | Error::DeleteCheckpoints { source, .. } => Some(source),
+            Error::Finalizer(e) => match e.as_ref() {
+                F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner.kube_error(),
+                F::AddFinalizer(source) | F::RemoveFinalizer(source) => Some(source),
+                F::UnnamedObject | F::InvalidFinalizer => None,
+            },
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! The observe step: reads only. For one StreamJob it reads the credentials Secret, the source
+//! topic (partitions, `retention.ms`) through a [`KafkaObserver`], the job ConfigMap (the
+//! previous assignment), the checkpoint ConfigMaps (epochs, offsets, times) with the topic's
+//! high watermarks for lag, and the StatefulSet. It writes nothing, anywhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use serde::Deserialize;
+use weir_crds::assignment::Assignment;
+use weir_crds::StreamJob;
+
+use crate::error::Error;
+use crate::names;
+use crate::observed::{Observed, TopicObservation};
+
+/// The key of a checkpoint ConfigMap holding the JSON checkpoint (the worker's
+/// `checkpoint::CHECKPOINT_KEY`).
+pub const CHECKPOINT_KEY: &str = "checkpoint.json";
+
+/// How to reach the source brokers: bootstrap servers and librdkafka properties (the spec's
+/// `properties` overlaid with the credentials Secret's keys). Its `Debug` never shows values.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaConnection {
+    /// `bootstrap.servers`.
+    pub bootstrap_servers: String,
+    /// Further librdkafka properties, some of them secret.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for KafkaConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConnection")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Reads what the operator needs from Kafka. The real one is [`RdKafkaObserver`]; tests use a
+/// fake.
+#[async_trait]
+pub trait KafkaObserver: Send + Sync {
+    /// The topic's partition count and retention, or why they are unknown. Never an error: an
+    /// unreachable broker is a status the user can act on, not a reason to back off.
+    async fn topic(&self, conn: &KafkaConnection, topic: &str) -> TopicObservation;
+
+    /// The high watermark (next offset to be written) of partitions `0..partitions`.
+    async fn high_watermarks(
+        &self,
+        conn: &KafkaConnection,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<Vec<i64>, String>;
+}
+
+/// [`KafkaObserver`] over librdkafka: metadata for the partition count, `DescribeConfigs` for
+/// `retention.ms`, watermarks for lag. Blocking librdkafka calls run on tokio's blocking pool.
+#[derive(Clone, Debug)]
+pub struct RdKafkaObserver {
+    /// Bound of every request to the brokers.
+    pub timeout: Duration,
+}
+
+impl Default for RdKafkaObserver {
+    fn default() -> Self {
+        RdKafkaObserver {
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn client_config(conn: &KafkaConnection) -> rdkafka::ClientConfig {
+    let mut c = rdkafka::ClientConfig::new();
+    for (k, v) in &conn.properties {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &conn.bootstrap_servers);
+    // Observing must never create the topic it looks for.
+    c.set("allow.auto.create.topics", "false");
+    c
+}
+
+impl RdKafkaObserver {
+    async fn retention_ms(
+        &self,
+        conn: &KafkaConnection,
+        topic: &str,
+    ) -> Result<Option<i64>, String> {
+        use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+        use rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> =
+            client_config(conn).create().map_err(|e| e.to_string())?;
+        let opts = AdminOptions::new().request_timeout(Some(self.timeout));
+        let results = admin
+            .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        for r in results {
+            let resource = r.map_err(|e| e.to_string())?;
+            if let Some(entry) = resource.get("retention.ms") {
+                let ms = entry.value.as_deref().and_then(|v| v.parse::<i64>().ok());
+                return Ok(ms.filter(|ms| *ms > 0));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl KafkaObserver for RdKafkaObserver {
+    async fn topic(&self, conn: &KafkaConnection, topic: &str) -> TopicObservation {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::error::RDKafkaErrorCode;
+        let config = client_config(conn);
+        let name = topic.to_string();
+        let timeout = self.timeout;
+        let partitions = tokio::task::spawn_blocking(move || -> Result<Option<i32>, String> {
+            let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+            let md = consumer
+                .fetch_metadata(Some(&name), timeout)
+                .map_err(|e| e.to_string())?;
+            let Some(t) = md.topics().iter().find(|t| t.name() == name) else {
+                return Ok(None);
+            };
+            match t.error().map(RDKafkaErrorCode::from) {
+                Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Ok(None),
+                Some(e) => Err(format!("metadata of topic {name}: {e}")),
+                None => Ok(Some(t.partitions().len() as i32)),
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        match partitions {
+            Err(message) => TopicObservation::BrokerUnreachable { message },
+            Ok(None) => TopicObservation::NotFound,
+            Ok(Some(partitions)) => {
+                // Retention only feeds a warning: when it cannot be read (no DescribeConfigs
+                // ACL, say) the job still runs.
+                let retention_ms = match self.retention_ms(conn, topic).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(topic, error = %e, "cannot read retention.ms");
+                        None
+                    }
+                };
+                TopicObservation::Found {
+                    partitions,
+                    retention_ms,
+                }
+            }
+        }
+    }
+
+    async fn high_watermarks(
+        &self,
+        conn: &KafkaConnection,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<Vec<i64>, String> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let config = client_config(conn);
+        let topic = topic.to_string();
+        let timeout = self.timeout;
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+            (0..partitions)
+                .map(|p| {
+                    consumer
+                        .fetch_watermarks(&topic, p, timeout)
+                        .map(|(_, high)| high)
+                        .map_err(|e| format!("watermarks of {topic}/{p}: {e}"))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
+
+/// What observe read: [`Observed`] for the pure steps, plus what only the controller needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    /// Input of `desired` and `status`.
+    pub observed: Observed,
+    /// Names of the checkpoint ConfigMaps that exist (so only the missing ones are created).
+    pub checkpoint_names: BTreeSet<String>,
+}
+
+/// The fields of a worker checkpoint (`worker/src/checkpoint/mod.rs`, `PartitionCheckpoint`)
+/// the operator reads. Parsed here rather than through the worker crate, which would bring the
+/// object-store stack into the operator.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CheckpointView {
+    topic: String,
+    partition: i32,
+    epoch: i64,
+    written_at_ms: i64,
+    progress: Option<ProgressView>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProgressView {
+    next_offset: i64,
+}
+
+/// The checkpoints of one job, summarised.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CheckpointSummary {
+    /// Largest epoch of any checkpoint (whatever its topic).
+    pub max_epoch: Option<i64>,
+    /// Oldest of the partitions' latest writes (ms): one partition that stopped checkpointing
+    /// shows here, which the newest would hide.
+    pub oldest_written_at_ms: Option<i64>,
+    /// Next offset to read, per partition of `topic` that has progress.
+    pub next_offsets: BTreeMap<i32, i64>,
+}
+
+/// Summarises the checkpoint ConfigMaps of a job reading `topic`. ConfigMaps without a
+/// checkpoint yet (created empty by the operator) or that do not parse are skipped.
+pub fn summarize_checkpoints(config_maps: &[ConfigMap], topic: &str) -> CheckpointSummary {
+    let mut s = CheckpointSummary::default();
+    for cm in config_maps {
+        let Some(text) = cm.data.as_ref().and_then(|d| d.get(CHECKPOINT_KEY)) else {
+            continue;
+        };
+        let cp: CheckpointView = match serde_json::from_str(text) {
+            Ok(cp) => cp,
+            Err(e) => {
+                tracing::warn!(configmap = ?cm.metadata.name, error = %e, "unreadable checkpoint");
+                continue;
+            }
+        };
+        s.max_epoch = Some(s.max_epoch.map_or(cp.epoch, |m| m.max(cp.epoch)));
+        if cp.topic != topic {
+            continue;
+        }
+        s.oldest_written_at_ms = Some(
+            s.oldest_written_at_ms
+                .map_or(cp.written_at_ms, |m| m.min(cp.written_at_ms)),
+        );
+        if let Some(p) = cp.progress {
+            s.next_offsets.insert(cp.partition, p.next_offset);
+        }
+    }
+    s
+}
+
+/// Records not yet checkpointed: Σ (high watermark − next offset) over the partitions that have
+/// progress, never negative per partition.
+pub fn lag(next_offsets: &BTreeMap<i32, i64>, high_watermarks: &[i64]) -> i64 {
+    next_offsets
+        .iter()
+        .filter_map(|(p, next)| {
+            let high = high_watermarks.get(usize::try_from(*p).ok()?)?;
+            Some((high - next).max(0))
+        })
+        .sum()
+}
+
+/// Label selector of a job's checkpoint ConfigMaps (the job ConfigMap carries the job label
+/// too, hence the component).
+pub fn checkpoint_selector(job: &str) -> String {
+    format!(
+        "{}={},{}={}",
+        names::LABEL_JOB,
+        names::job_label_value(job),
+        names::LABEL_COMPONENT,
+        names::COMPONENT_CHECKPOINT
+    )
+}
+
+fn time_from_ms(ms: i64) -> Option<Time> {
+    k8s_openapi::jiff::Timestamp::from_millisecond(ms)
+        .ok()
+        .map(Time)
+}
+
+/// The librdkafka properties of the source: the spec's `properties`, overlaid with the keys of
+/// the credentials Secret (read through the API; values never logged). `Ok(Err(message))`
+/// when the referenced Secret does not exist: the user must create it, so it is reported as a
+/// status (BrokerUnreachable), not retried as an error.
+pub async fn connection(
+    client: &Client,
+    job: &StreamJob,
+) -> Result<Result<KafkaConnection, String>, Error> {
+    let ns = job.metadata.namespace.clone().unwrap_or_default();
+    let kafka = &job.spec.source.kafka;
+    let mut properties = kafka.properties.clone();
+    if let Some(creds) = &kafka.credentials {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let secret = secrets
+            .get_opt(&creds.secret_name)
+            .await
+            .map_err(|source| Error::ReadSecret {
+                name: creds.secret_name.clone(),
+                source,
+            })?;
+        let Some(secret) = secret else {
+            return Ok(Err(format!(
+                "the credentials Secret {} (spec.source.kafka.credentials) does not exist in \
+                 namespace {ns}",
+                creds.secret_name
+            )));
+        };
+        for (k, v) in secret.data.unwrap_or_default() {
+            properties.insert(k, String::from_utf8_lossy(&v.0).into_owned());
+        }
+        for (k, v) in secret.string_data.unwrap_or_default() {
+            properties.insert(k, v);
+        }
+    }
+    Ok(Ok(KafkaConnection {
+        bootstrap_servers: kafka.bootstrap_servers.clone(),
+        properties,
+    }))
+}
+
+/// Reads everything `desired` and `status` need for `job`. Only reads.
+pub async fn observe(
+    client: &Client,
+    kafka: &dyn KafkaObserver,
+    job: &StreamJob,
+) -> Result<Observation, Error> {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let ns = job.metadata.namespace.clone().unwrap_or_default();
+    let topic_name = job.spec.source.kafka.topic.0.clone();
+
+    let (conn, topic) = match connection(client, job).await? {
+        Ok(conn) => {
+            let topic = kafka.topic(&conn, &topic_name).await;
+            (Some(conn), topic)
+        }
+        Err(message) => (None, TopicObservation::BrokerUnreachable { message }),
+    };
+
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let config_name = names::config_map_name(&name);
+    let previous_assignment = config_maps
+        .get_opt(&config_name)
+        .await
+        .map_err(|source| Error::ReadJobConfigMap {
+            name: config_name.clone(),
+            source,
+        })?
+        .and_then(|cm| cm.data)
+        .and_then(|d| d.get(names::ASSIGNMENT_KEY).cloned())
+        .and_then(|text| match serde_json::from_str::<Assignment>(&text) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(configmap = %config_name, error = %e, "unreadable assignment");
+                None
+            }
+        });
+
+    let mut checkpoint_names = BTreeSet::new();
+    let mut summary = CheckpointSummary::default();
+    if job.spec.checkpoint.store.config_map.is_some() {
+        let selector = checkpoint_selector(&name);
+        let list = config_maps
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|source| Error::ReadCheckpoints {
+                job: name.clone(),
+                source,
+            })?;
+        checkpoint_names = list
+            .items
+            .iter()
+            .filter_map(|cm| cm.metadata.name.clone())
+            .collect();
+        summary = summarize_checkpoints(&list.items, &topic_name);
+    }
+    // TODO(object store): read the object-store checkpoints too; until then the epoch base,
+    // lag and lastCheckpointTime of such jobs come from the job ConfigMap alone.
+
+    let lag = match (&conn, topic.partitions()) {
+        (Some(conn), Some(p)) if !summary.next_offsets.is_empty() => {
+            match kafka.high_watermarks(conn, &topic_name, p).await {
+                Ok(high) => Some(lag(&summary.next_offsets, &high)),
+                Err(e) => {
+                    tracing::warn!(topic = %topic_name, error = %e, "cannot read high watermarks");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let sts_name = names::worker_name(&name);
+    let stateful_set =
+        statefulsets
+            .get_opt(&sts_name)
+            .await
+            .map_err(|source| Error::ReadStatefulSet {
+                name: sts_name,
+                source,
+            })?;
+
+    Ok(Observation {
+        observed: Observed {
+            topic,
+            previous_assignment,
+            max_checkpoint_epoch: summary.max_epoch,
+            stateful_set,
+            lag,
+            last_checkpoint_time: summary.oldest_written_at_ms.and_then(time_from_ms),
+        },
+        checkpoint_names,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::ObjectMeta;
+
+    fn cm(name: &str, checkpoint: Option<&str>) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..ObjectMeta::default()
+            },
+            data: checkpoint.map(|c| BTreeMap::from([(CHECKPOINT_KEY.to_string(), c.to_string())])),
+            ..ConfigMap::default()
+        }
+    }
+
+    /// A checkpoint exactly as the worker serialises `PartitionCheckpoint`.
+    fn checkpoint(topic: &str, partition: i32, epoch: i64, at: i64, next: Option<i64>) -> String {
+        let progress = next.map(|n| {
+            serde_json::json!({"nextOffset": n, "replayFrom": n, "replayMaxEventTime": null,
+                               "watermark": null, "emittedThrough": null})
+        });
+        serde_json::json!({"format": 1, "topic": topic, "partition": partition, "epoch": epoch,
+                           "owner": "payments-worker-0", "writtenAtMs": at, "progress": progress})
+        .to_string()
+    }
+
+    #[test]
+    fn checkpoints_give_max_epoch_oldest_write_and_next_offsets() {
+        let cms = [
+            cm("payments-config", None),
+            cm(
+                "payments-checkpoint-0",
+                Some(&checkpoint("payments", 0, 3, 2_000, Some(40))),
+            ),
+            cm(
+                "payments-checkpoint-1",
+                Some(&checkpoint("payments", 1, 2, 1_000, None)),
+            ),
+            cm("payments-checkpoint-2", Some("{not json")),
+            // A checkpoint of the topic the job read before: its epoch counts, nothing else.
+            cm(
+                "payments-checkpoint-3",
+                Some(&checkpoint("old", 3, 7, 10, Some(5))),
+            ),
+        ];
+        let s = summarize_checkpoints(&cms, "payments");
+        assert_eq!(s.max_epoch, Some(7));
+        assert_eq!(s.oldest_written_at_ms, Some(1_000));
+        assert_eq!(s.next_offsets, BTreeMap::from([(0, 40)]));
+    }
+
+    #[test]
+    fn lag_sums_high_watermark_minus_next_offset_never_negative() {
+        let next = BTreeMap::from([(0, 40), (1, 100), (2, 7), (9, 1)]);
+        // Partition 1 is ahead of a stale watermark; partition 9 no longer exists.
+        assert_eq!(lag(&next, &[100, 90, 10]), 60 + 3);
+        assert_eq!(lag(&BTreeMap::new(), &[5]), 0);
+    }
+
+    #[test]
+    fn connection_debug_hides_secret_values() {
+        let c = KafkaConnection {
+            bootstrap_servers: "kafka:9092".to_string(),
+            properties: BTreeMap::from([("sasl.password".to_string(), "s3cret".to_string())]),
+        };
+        let shown = format!("{c:?}");
+        assert!(shown.contains("sasl.password"));
+        assert!(!shown.contains("s3cret"));
+    }
+}

@@ -1,0 +1,587 @@
+//! Reconcile wiring against a mocked API server (kube-rs controller-rs `fixtures.rs` pattern):
+//! a `tower_test` mock service behind a real `kube::Client`, and an [`ApiServer`] task that
+//! answers every request like a small fake API server and records it. Each test then asserts
+//! the exact calls, in order. Everything runs under a timeout, so a call the reconcile waits
+//! for but never gets answered (or an expected call never made) fails the test instead of
+//! hanging it; an unexpected call shows up in the recorded sequence.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use kube::client::Body;
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::Client;
+use serde_json::{json, Value};
+use weir_crds::{StreamJob, StreamJobStatus};
+use weir_operator::controller::{error_policy, reconcile, Context};
+use weir_operator::metrics::Metrics;
+use weir_operator::observe::{KafkaConnection, KafkaObserver};
+use weir_operator::observed::TopicObservation;
+use weir_operator::rbac::API_CALLS;
+
+use support::{cfg, job, job_with};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A Kafka that has the topic with `partitions` partitions.
+struct FakeKafka {
+    topic: TopicObservation,
+}
+
+#[async_trait]
+impl KafkaObserver for FakeKafka {
+    async fn topic(&self, conn: &KafkaConnection, _topic: &str) -> TopicObservation {
+        // The credentials Secret's keys arrive as librdkafka properties.
+        assert_eq!(
+            conn.properties.get("sasl.password").map(String::as_str),
+            Some("s3cret")
+        );
+        self.topic.clone()
+    }
+
+    async fn high_watermarks(
+        &self,
+        _conn: &KafkaConnection,
+        _topic: &str,
+        partitions: i32,
+    ) -> Result<Vec<i64>, String> {
+        Ok(vec![100; partitions as usize])
+    }
+}
+
+/// One request as the API server saw it.
+#[derive(Clone, Debug)]
+struct Call {
+    method: String,
+    path: String,
+    query: String,
+    content_type: String,
+    body: Value,
+}
+
+impl Call {
+    /// `METHOD path` — what the sequence assertions compare.
+    fn line(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+/// What the fake API server answers, per test.
+#[derive(Clone, Default)]
+struct Script {
+    /// Answer 409 Conflict to the apply of this path (once).
+    conflict_on: Option<String>,
+}
+
+fn status_body(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "reason": reason, "code": code, "message": reason})
+}
+
+/// Answers like an API server holding the credentials Secret and nothing else of the job:
+/// reads of children are 404, lists are empty, writes echo the object.
+fn answer(call: &Call, script: &mut Script) -> (StatusCode, Value) {
+    let p = call.path.as_str();
+    match call.method.as_str() {
+        "GET" if p.ends_with("/secrets/kafka-creds") => (
+            StatusCode::OK,
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "kafka-creds", "namespace": "shop"},
+                   "data": {"sasl.password": "czNjcmV0"}}),
+        ),
+        "GET" if p.ends_with("/configmaps") => (
+            StatusCode::OK,
+            json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {}, "items": []}),
+        ),
+        "GET" => (StatusCode::NOT_FOUND, status_body(404, "NotFound")),
+        "PATCH" if script.conflict_on.as_deref() == Some(p) => {
+            script.conflict_on = None;
+            (StatusCode::CONFLICT, status_body(409, "Conflict"))
+        }
+        "PATCH" if p.ends_with("/status") => {
+            let mut j = serde_json::to_value(job()).expect("job");
+            j["status"] = call.body["status"].clone();
+            (StatusCode::OK, j)
+        }
+        "PATCH" if p.starts_with(JOBS) => {
+            (StatusCode::OK, serde_json::to_value(job()).expect("job"))
+        }
+        "DELETE" if p.ends_with("/configmaps") => (
+            StatusCode::OK,
+            json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {}, "items": []}),
+        ),
+        "PATCH" | "POST" => {
+            let mut b = call.body.clone();
+            if b["metadata"]["namespace"].is_null() {
+                b["metadata"]["namespace"] = json!("shop");
+            }
+            let code = if call.method == "POST" {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (code, b)
+        }
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            status_body(405, "MethodNotAllowed"),
+        ),
+    }
+}
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// The fake API server: answers until the client is dropped, then returns every call.
+async fn api_server(mut handle: Handle, mut script: Script) -> Vec<Call> {
+    let mut calls = Vec::new();
+    while let Some((req, send)) = handle.next_request().await {
+        let (parts, body) = req.into_parts();
+        let bytes = body.collect().await.expect("request body").to_bytes();
+        let call = Call {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or_default().to_string(),
+            content_type: parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        };
+        let (code, reply) = answer(&call, &mut script);
+        calls.push(call);
+        let response = Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&reply).expect("reply")))
+            .expect("response");
+        send.send_response(response);
+    }
+    calls
+}
+
+struct Harness {
+    ctx: Arc<Context>,
+    server: tokio::task::JoinHandle<Vec<Call>>,
+}
+
+fn harness(partitions: i32, script: Script) -> Harness {
+    harness_topic(
+        TopicObservation::Found {
+            partitions,
+            retention_ms: None,
+        },
+        script,
+    )
+}
+
+fn harness_topic(topic: TopicObservation, script: Script) -> Harness {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let kafka = Arc::new(FakeKafka { topic });
+    let ctx = Arc::new(Context::new(client, kafka, cfg(), Metrics::default(), None));
+    Harness {
+        ctx,
+        server: tokio::spawn(api_server(handle, script)),
+    }
+}
+
+impl Harness {
+    /// Drops the client and returns every call the API server saw, each checked against
+    /// `API_CALLS` (the operator's RBAC must allow every call it makes).
+    async fn calls(self) -> Vec<Call> {
+        drop(self.ctx);
+        let calls = tokio::time::timeout(TIMEOUT, self.server)
+            .await
+            .expect("the API server is still being called")
+            .expect("API server task");
+        for c in &calls {
+            let (group, resource, verb) = rbac_of(c);
+            assert!(
+                API_CALLS
+                    .iter()
+                    .any(|(g, r, verbs)| *g == group && *r == resource && verbs.contains(&verb)),
+                "{} needs {verb} on {group}/{resource}, missing from API_CALLS",
+                c.line()
+            );
+        }
+        calls
+    }
+}
+
+/// The (group, resource, verb) an API request is authorised as.
+fn rbac_of(c: &Call) -> (String, String, &'static str) {
+    let parts: Vec<&str> = c.path.trim_start_matches('/').split('/').collect();
+    // /api/v1/namespaces/NS/RES[/NAME[/SUB]] or /apis/GROUP/VERSION/namespaces/NS/RES[/...]
+    let (group, rest) = match parts.first() {
+        Some(&"api") => (String::new(), &parts[2..]),
+        _ => (parts[1].to_string(), &parts[3..]),
+    };
+    assert_eq!(rest.first(), Some(&"namespaces"), "{}", c.path);
+    let resource = match rest.get(4) {
+        Some(sub) => format!("{}/{sub}", rest[2]),
+        None => rest[2].to_string(),
+    };
+    let named = rest.len() > 3;
+    let verb = match (c.method.as_str(), named) {
+        ("GET", true) => "get",
+        ("GET", false) if c.query.contains("watch=true") => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        (m, _) => panic!("unexpected method {m}"),
+    };
+    (group, resource, verb)
+}
+
+async fn run(ctx: &Arc<Context>, job: StreamJob) -> Result<Action, weir_operator::error::Error> {
+    let guard = Arc::new(DeserializeGuard(Ok(job)));
+    tokio::time::timeout(TIMEOUT, reconcile(guard, ctx.clone()))
+        .await
+        .expect("reconcile waited for an API call that was never answered")
+}
+
+const NS: &str = "/api/v1/namespaces/shop";
+const APPS: &str = "/apis/apps/v1/namespaces/shop";
+const RBAC: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/shop";
+const POLICY: &str = "/apis/policy/v1/namespaces/shop";
+const JOBS: &str = "/apis/weir.dev/v1alpha1/namespaces/shop/streamjobs";
+
+/// The reads of observe, in order.
+fn reads() -> Vec<String> {
+    vec![
+        format!("GET {NS}/secrets/kafka-creds"),
+        format!("GET {NS}/configmaps/payments-config"),
+        format!("GET {NS}/configmaps"),
+        format!("GET {APPS}/statefulsets/payments-worker"),
+    ]
+}
+
+/// The writes of a good job with 3 partitions, in order, without the status patch.
+fn child_writes() -> Vec<String> {
+    vec![
+        format!("PATCH {NS}/serviceaccounts/payments-worker"),
+        format!("PATCH {RBAC}/roles/payments-worker"),
+        format!("PATCH {RBAC}/rolebindings/payments-worker"),
+        format!("PATCH {NS}/configmaps/payments-config"),
+        format!("PATCH {NS}/services/payments-worker"),
+        format!("POST {NS}/configmaps"),
+        format!("POST {NS}/configmaps"),
+        format!("POST {NS}/configmaps"),
+        format!("PATCH {APPS}/statefulsets/payments-worker"),
+        format!("PATCH {POLICY}/poddisruptionbudgets/payments-worker"),
+    ]
+}
+
+fn lines(calls: &[Call]) -> Vec<String> {
+    calls.iter().map(Call::line).collect()
+}
+
+/// Every PATCH is a forced server-side apply by `weir-operator`; every POST names it too.
+fn assert_ssa(calls: &[Call]) {
+    for c in calls.iter().filter(|c| c.method == "PATCH") {
+        assert!(
+            c.query.contains("fieldManager=weir-operator"),
+            "{}: {}",
+            c.line(),
+            c.query
+        );
+        assert!(c.query.contains("force=true"), "{}: {}", c.line(), c.query);
+        assert_eq!(
+            c.content_type,
+            "application/apply-patch+yaml",
+            "{}",
+            c.line()
+        );
+    }
+}
+
+fn patched_status(calls: &[Call]) -> StreamJobStatus {
+    let c = calls
+        .iter()
+        .find(|c| c.path.ends_with("/status"))
+        .expect("a status patch");
+    serde_json::from_value(c.body["status"].clone()).expect("status body")
+}
+
+fn condition<'a>(s: &'a StreamJobStatus, t: &str) -> (&'a str, &'a str) {
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .unwrap_or_else(|| panic!("no {t} condition"));
+    (c.status.as_str(), c.reason.as_str())
+}
+
+#[tokio::test]
+async fn good_job_applies_children_in_order_creates_checkpoints_and_patches_status_once() {
+    let h = harness(3, Script::default());
+    let action = run(&h.ctx, job()).await.expect("reconcile succeeds");
+    // Workers are not ready yet: come back soon.
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    let calls = h.calls().await;
+
+    let mut want = reads();
+    want.extend(child_writes());
+    want.push(format!("PATCH {JOBS}/payments/status"));
+    assert_eq!(lines(&calls), want);
+    assert_ssa(&calls);
+
+    let created: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.method == "POST")
+        .map(|c| c.body["metadata"]["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        created,
+        [
+            "payments-checkpoint-0",
+            "payments-checkpoint-1",
+            "payments-checkpoint-2"
+        ]
+    );
+    for c in calls.iter().filter(|c| c.method == "POST") {
+        assert!(
+            c.query.contains("fieldManager=weir-operator"),
+            "{}",
+            c.query
+        );
+    }
+    let sts = calls
+        .iter()
+        .find(|c| c.path.ends_with("/statefulsets/payments-worker") && c.method == "PATCH")
+        .expect("sts apply");
+    assert_eq!(sts.body["spec"]["replicas"], json!(3));
+
+    let status = patched_status(&calls);
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.partitions, Some(3));
+    assert_eq!(status.assignment_epoch, Some(1));
+    assert_eq!(condition(&status, "Ready"), ("False", "WorkersNotReady"));
+}
+
+#[tokio::test]
+async fn conflict_on_an_apply_fails_the_reconcile_then_the_retry_succeeds() {
+    let h = harness(
+        3,
+        Script {
+            conflict_on: Some(format!("{APPS}/statefulsets/payments-worker")),
+        },
+    );
+    let guard = Arc::new(DeserializeGuard(Ok(job())));
+    let err = run(&h.ctx, job())
+        .await
+        .expect_err("409 fails the reconcile");
+    assert_eq!(err.category(), "ApplyStatefulSet");
+    let key = ("shop".to_string(), "payments".to_string());
+    // The controller's error policy retries with backoff (first delay in [0.5 s, 1 s]).
+    let action = error_policy(guard.clone(), &err, h.ctx.clone());
+    assert_ne!(action, Action::await_change());
+    assert_eq!(h.ctx.backoff.attempts(&key), 1);
+    assert_eq!(
+        h.ctx
+            .metrics
+            .failures
+            .get_or_create(&weir_operator::metrics::CategoryLabel {
+                category: "ApplyStatefulSet".to_string()
+            })
+            .get(),
+        1
+    );
+
+    // The retry: the API server no longer conflicts.
+    run(&h.ctx, job()).await.expect("the retry succeeds");
+    assert_eq!(
+        h.ctx.backoff.attempts(&key),
+        0,
+        "success resets the backoff"
+    );
+    let calls = h.calls().await;
+
+    // First attempt: stops at the refused StatefulSet (no PDB, no status). Second: everything.
+    let mut want = reads();
+    want.extend(child_writes().into_iter().take(9));
+    want.extend(reads());
+    want.extend(child_writes());
+    want.push(format!("PATCH {JOBS}/payments/status"));
+    assert_eq!(lines(&calls), want);
+    assert_ssa(&calls);
+}
+
+#[tokio::test]
+async fn invalid_spec_patches_only_the_status_and_waits_for_a_change() {
+    let h = harness(3, Script::default());
+    let bad = job_with("worker: {env: [{name: WEIR_JOB, value: /tmp/x}]}");
+    let action = run(&h.ctx, bad)
+        .await
+        .expect("an invalid spec is not an error");
+    assert_eq!(action, Action::await_change());
+    let calls = h.calls().await;
+
+    let writes: Vec<String> = calls
+        .iter()
+        .filter(|c| c.method != "GET")
+        .map(Call::line)
+        .collect();
+    // One status patch, and the Warning Event a user must act on; no child write.
+    assert_eq!(
+        writes,
+        [
+            format!("PATCH {JOBS}/payments/status"),
+            "POST /apis/events.k8s.io/v1/namespaces/shop/events".to_string(),
+        ]
+    );
+    assert_ssa(&calls);
+    let status = patched_status(&calls);
+    assert_eq!(condition(&status, "Ready"), ("False", "InvalidSpec"));
+    let event = calls.last().expect("event");
+    assert_eq!(event.body["reason"], json!("InvalidSpec"));
+    assert_eq!(event.body["type"], json!("Warning"));
+    assert!(
+        event.body["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("spec.worker.env")),
+        "{}",
+        event.body["note"]
+    );
+}
+
+#[tokio::test]
+async fn unchanged_status_is_not_patched_again() {
+    let h = harness(3, Script::default());
+    run(&h.ctx, job()).await.expect("first reconcile");
+    let first = h.calls().await;
+    let status = patched_status(&first);
+
+    // The job now carries that status; the world has not changed.
+    let mut again = job();
+    again.status = Some(status);
+    let h = harness(3, Script::default());
+    run(&h.ctx, again).await.expect("second reconcile");
+    let calls = h.calls().await;
+    let mut want = reads();
+    want.extend(child_writes());
+    assert_eq!(lines(&calls), want, "no status patch");
+}
+
+#[tokio::test]
+async fn delete_on_job_deletion_adds_the_finalizer_first() {
+    let h = harness(3, Script::default());
+    let j = job_with("checkpoint: {deleteOnJobDeletion: true}");
+    let action = run(&h.ctx, j).await.expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    let calls = h.calls().await;
+    assert_eq!(lines(&calls), [format!("PATCH {JOBS}/payments")]);
+    let c = &calls[0];
+    assert_eq!(c.content_type, "application/json-patch+json");
+    assert!(
+        c.body.to_string().contains("weir.dev/checkpoints"),
+        "{}",
+        c.body
+    );
+}
+
+#[tokio::test]
+async fn deleted_job_with_finalizer_deletes_its_checkpoints() {
+    let h = harness(3, Script::default());
+    let mut j = job_with("checkpoint: {deleteOnJobDeletion: true}");
+    j.metadata.finalizers = Some(vec!["weir.dev/checkpoints".to_string()]);
+    j.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    ));
+    run(&h.ctx, j).await.expect("cleanup");
+    let calls = h.calls().await;
+    assert_eq!(
+        lines(&calls),
+        [
+            format!("DELETE {NS}/configmaps"),
+            format!("PATCH {JOBS}/payments"),
+        ]
+    );
+    assert!(
+        calls[0].query.contains(
+            "labelSelector=weir.dev%2Fjob%3Dpayments%2Capp.kubernetes.io%2Fcomponent%3Dcheckpoint"
+        ),
+        "{}",
+        calls[0].query
+    );
+}
+
+#[tokio::test]
+async fn missing_topic_keeps_partition_dependent_children_and_warns() {
+    let h = harness_topic(TopicObservation::NotFound, Script::default());
+    let action = run(&h.ctx, job()).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    let calls = h.calls().await;
+    let mut want = reads();
+    // No Role, job ConfigMap, checkpoints or StatefulSet: running workers keep their
+    // assignment while the topic cannot be seen.
+    want.extend([
+        format!("PATCH {NS}/serviceaccounts/payments-worker"),
+        format!("PATCH {RBAC}/rolebindings/payments-worker"),
+        format!("PATCH {NS}/services/payments-worker"),
+        format!("PATCH {POLICY}/poddisruptionbudgets/payments-worker"),
+        format!("PATCH {JOBS}/payments/status"),
+        "POST /apis/events.k8s.io/v1/namespaces/shop/events".to_string(),
+    ]);
+    assert_eq!(lines(&calls), want);
+    let status = patched_status(&calls);
+    assert_eq!(condition(&status, "Ready"), ("False", "TopicNotFound"));
+    assert_eq!(
+        calls.last().expect("event").body["reason"],
+        json!("TopicNotFound")
+    );
+}
+
+#[tokio::test]
+async fn finalizer_is_removed_when_delete_on_job_deletion_is_turned_off() {
+    let h = harness(3, Script::default());
+    let mut j = job();
+    j.metadata.finalizers = Some(vec![
+        "other.example/keep".to_string(),
+        "weir.dev/checkpoints".to_string(),
+    ]);
+    j.metadata.resource_version = Some("42".to_string());
+    let action = run(&h.ctx, j).await.expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    let calls = h.calls().await;
+    assert_eq!(lines(&calls), [format!("PATCH {JOBS}/payments")]);
+    assert_eq!(calls[0].content_type, "application/merge-patch+json");
+    assert_eq!(
+        calls[0].body,
+        json!({"metadata": {"finalizers": ["other.example/keep"], "resourceVersion": "42"}})
+    );
+}
+
+#[tokio::test]
+async fn malformed_job_gets_an_event_and_nothing_else() {
+    let h = harness(3, Script::default());
+    let invalid = kube::core::error_boundary::InvalidObject {
+        error: "spec.window: missing field `type`".to_string(),
+        metadata: job().metadata,
+    };
+    let guard = Arc::new(DeserializeGuard::<StreamJob>(Err(invalid)));
+    let action = tokio::time::timeout(TIMEOUT, reconcile(guard, h.ctx.clone()))
+        .await
+        .expect("reconcile finishes")
+        .expect("a malformed object is not an error");
+    assert_eq!(action, Action::await_change());
+    let calls = h.calls().await;
+    assert_eq!(
+        lines(&calls),
+        ["POST /apis/events.k8s.io/v1/namespaces/shop/events"]
+    );
+    assert!(calls[0].body["note"]
+        .as_str()
+        .is_some_and(|n| n.contains("missing field `type`")));
+}
