@@ -344,7 +344,12 @@ type Row = Box<[Acc]>;
 /// Offsets of one partition arrive in increasing order, so the first record of a partition in a
 /// pane or session is normally its smallest; the minimum is kept anyway.
 #[derive(Debug, Default, Clone)]
-struct Marks(Vec<Mark>);
+struct Marks {
+    /// The first partition's mark, inline: with one engine per partition (the runtime) there is
+    /// no other, and a session then costs no allocation for its marks.
+    first: Option<Mark>,
+    more: Vec<Mark>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Mark {
@@ -354,27 +359,42 @@ struct Mark {
 }
 
 impl Marks {
+    fn one(m: Mark) -> Marks {
+        Marks {
+            first: Some(m),
+            more: Vec::new(),
+        }
+    }
+
     #[inline]
     fn note(&mut self, m: Mark) {
-        for x in self.0.iter_mut() {
-            if x.partition == m.partition {
-                if m.offset < x.offset {
-                    *x = m;
-                }
-                return;
+        let keep_lowest = |x: &mut Mark| {
+            if m.offset < x.offset {
+                *x = m;
             }
+        };
+        match &mut self.first {
+            None => self.first = Some(m),
+            Some(x) if x.partition == m.partition => keep_lowest(x),
+            Some(_) => match self.more.iter_mut().find(|x| x.partition == m.partition) {
+                Some(x) => keep_lowest(x),
+                None => self.more.push(m),
+            },
         }
-        self.0.push(m);
     }
 
     fn merge(&mut self, other: &Marks) {
-        for m in &other.0 {
+        for m in other.first.iter().chain(&other.more) {
             self.note(*m);
         }
     }
 
     fn get(&self, partition: i32) -> Option<Mark> {
-        self.0.iter().find(|m| m.partition == partition).copied()
+        self.first
+            .iter()
+            .chain(&self.more)
+            .find(|m| m.partition == partition)
+            .copied()
     }
 }
 
@@ -919,7 +939,7 @@ impl Engine {
                 for (acc, c) in row.iter_mut().zip(inputs) {
                     acc.update(input(c), order);
                 }
-                let mut marks = Marks(vec![mark]);
+                let mut marks = Marks::one(mark);
                 // Merge every session the new one overlaps, keeping the list sorted by start.
                 let mut kept = Vec::with_capacity(list.len() + 1);
                 for old in list.drain(..) {
