@@ -468,10 +468,6 @@ async fn bench(n: usize) {
             wall.as_secs_f64()
         );
     }
-    out.push('\n');
-    for (r, c) in rounds.iter().zip(&round_calls) {
-        let _ = writeln!(out, "API requests, {r}: {c}");
-    }
     let mut all: Vec<Duration> = times.concat();
     all.sort();
     let _ = writeln!(
@@ -483,6 +479,10 @@ async fn bench(n: usize) {
         ms(*all.last().expect("times")),
         round_wall.iter().map(Duration::as_secs_f64).sum::<f64>()
     );
+    out.push('\n');
+    for (r, c) in rounds.iter().zip(&round_calls) {
+        let _ = writeln!(out, "API requests, {r}: {c}");
+    }
     let _ = writeln!(
         out,
         "\n| memory | MB |\n|---|---|\n\
