@@ -92,7 +92,7 @@ fn job(i: usize) -> StreamJob {
         "{name: customers, fn: countDistinct, field: customer}",
     ];
     let aggregations = all[..1 + i % all.len()].join(", ");
-    let credentials = if i % 4 == 0 {
+    let credentials = if i.is_multiple_of(4) {
         ", credentials: {secretName: kafka-creds}"
     } else {
         ""
