@@ -5,26 +5,25 @@
 //! for but never gets answered (or an expected call never made) fails the test instead of
 //! hanging it; an unexpected call shows up in the recorded sequence.
 
+#[path = "support/api.rs"]
+mod api;
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use kube::client::Body;
+use http::StatusCode;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::Client;
 use serde_json::{json, Value};
 use weir_crds::{StreamJob, StreamJobStatus};
 use weir_operator::controller::{error_policy, reconcile, Context};
 use weir_operator::metrics::Metrics;
 use weir_operator::observe::{KafkaConnection, KafkaObserver};
 use weir_operator::observed::TopicObservation;
-use weir_operator::rbac::API_CALLS;
 
+use api::{assert_allowed, mock_client, serve, status_body, Call, Handle};
 use support::{cfg, job, job_with};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,33 +54,11 @@ impl KafkaObserver for FakeKafka {
     }
 }
 
-/// One request as the API server saw it.
-#[derive(Clone, Debug)]
-struct Call {
-    method: String,
-    path: String,
-    query: String,
-    content_type: String,
-    body: Value,
-}
-
-impl Call {
-    /// `METHOD path` — what the sequence assertions compare.
-    fn line(&self) -> String {
-        format!("{} {}", self.method, self.path)
-    }
-}
-
 /// What the fake API server answers, per test.
 #[derive(Clone, Default)]
 struct Script {
     /// Answer 409 Conflict to the apply of this path (once).
     conflict_on: Option<String>,
-}
-
-fn status_body(code: u16, reason: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-           "reason": reason, "code": code, "message": reason})
 }
 
 /// Answers like an API server holding the credentials Secret and nothing else of the job:
@@ -135,35 +112,14 @@ fn answer(call: &Call, script: &mut Script) -> (StatusCode, Value) {
     }
 }
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
 /// The fake API server: answers until the client is dropped, then returns every call.
-async fn api_server(mut handle: Handle, mut script: Script) -> Vec<Call> {
+async fn api_server(handle: Handle, mut script: Script) -> Vec<Call> {
     let mut calls = Vec::new();
-    while let Some((req, send)) = handle.next_request().await {
-        let (parts, body) = req.into_parts();
-        let bytes = body.collect().await.expect("request body").to_bytes();
-        let call = Call {
-            method: parts.method.to_string(),
-            path: parts.uri.path().to_string(),
-            query: parts.uri.query().unwrap_or_default().to_string(),
-            content_type: parts
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string(),
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        };
-        let (code, reply) = answer(&call, &mut script);
-        calls.push(call);
-        let response = Response::builder()
-            .status(code)
-            .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(&reply).expect("reply")))
-            .expect("response");
-        send.send_response(response);
-    }
+    serve(handle, |call| {
+        calls.push(call.clone());
+        answer(call, &mut script)
+    })
+    .await;
     calls
 }
 
@@ -183,8 +139,7 @@ fn harness(partitions: i32, script: Script) -> Harness {
 }
 
 fn harness_topic(topic: TopicObservation, script: Script) -> Harness {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
+    let (client, handle) = mock_client();
     let kafka = Arc::new(FakeKafka { topic });
     let ctx = Arc::new(Context::new(client, kafka, cfg(), Metrics::default(), None));
     Harness {
@@ -202,46 +157,9 @@ impl Harness {
             .await
             .expect("the API server is still being called")
             .expect("API server task");
-        for c in &calls {
-            let (group, resource, verb) = rbac_of(c);
-            assert!(
-                API_CALLS
-                    .iter()
-                    .any(|(g, r, verbs)| *g == group && *r == resource && verbs.contains(&verb)),
-                "{} needs {verb} on {group}/{resource}, missing from API_CALLS",
-                c.line()
-            );
-        }
+        calls.iter().for_each(assert_allowed);
         calls
     }
-}
-
-/// The (group, resource, verb) an API request is authorised as.
-fn rbac_of(c: &Call) -> (String, String, &'static str) {
-    let parts: Vec<&str> = c.path.trim_start_matches('/').split('/').collect();
-    // /api/v1/namespaces/NS/RES[/NAME[/SUB]] or /apis/GROUP/VERSION/namespaces/NS/RES[/...]
-    let (group, rest) = match parts.first() {
-        Some(&"api") => (String::new(), &parts[2..]),
-        _ => (parts[1].to_string(), &parts[3..]),
-    };
-    assert_eq!(rest.first(), Some(&"namespaces"), "{}", c.path);
-    let resource = match rest.get(4) {
-        Some(sub) => format!("{}/{sub}", rest[2]),
-        None => rest[2].to_string(),
-    };
-    let named = rest.len() > 3;
-    let verb = match (c.method.as_str(), named) {
-        ("GET", true) => "get",
-        ("GET", false) if c.query.contains("watch=true") => "watch",
-        ("GET", false) => "list",
-        ("POST", _) => "create",
-        ("PUT", _) => "update",
-        ("PATCH", _) => "patch",
-        ("DELETE", true) => "delete",
-        ("DELETE", false) => "deletecollection",
-        (m, _) => panic!("unexpected method {m}"),
-    };
-    (group, resource, verb)
 }
 
 async fn run(ctx: &Arc<Context>, job: StreamJob) -> Result<Action, weir_operator::error::Error> {
