@@ -3,105 +3,24 @@
 //! broker, high watermarks.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use weir_operator::observe::{KafkaConnection, KafkaObserver, RdKafkaObserver};
 use weir_operator::observed::TopicObservation;
 
-struct Broker {
-    child: Child,
-    bootstrap: String,
-}
+// The worker's broker harness: one way to find, start and stop nisshi.
+#[path = "../../worker/tests/support/broker.rs"]
+mod broker;
+use broker::Broker;
 
-fn nisshi() -> PathBuf {
-    if let Some(p) = std::env::var_os("WEIR_NISSHI") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("WEIR_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/weir")));
-    std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("nisshi"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default()
-        .into_iter()
-        .chain(cache.map(|c| c.join("nisshi/bin/nisshi")))
-        .find(|c| c.is_file())
-        .expect("the broker `nisshi` (run scripts/deps, which installs it; CI does)")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-impl Broker {
-    fn start() -> Broker {
-        let url = format!("tcp://127.0.0.1:{}", free_port());
-        let child = Command::new(nisshi())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://nisshi/"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start nisshi");
-        let broker = Broker {
-            child,
-            bootstrap: url.trim_start_matches("tcp://").to_string(),
-        };
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &broker.bootstrap)
-            .create()
-            .expect("client");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while consumer
-            .fetch_metadata(None, Duration::from_millis(500))
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "nisshi not ready after 30 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        broker
-    }
-
-    fn conn(&self) -> KafkaConnection {
-        KafkaConnection {
-            bootstrap_servers: self.bootstrap.clone(),
-            properties: BTreeMap::new(),
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+fn conn(broker: &Broker) -> KafkaConnection {
+    KafkaConnection {
+        bootstrap_servers: broker.bootstrap.clone(),
+        properties: BTreeMap::new(),
     }
 }
 
@@ -142,7 +61,7 @@ async fn observes_partitions_retention_missing_topic_and_watermarks() {
     let observer = RdKafkaObserver {
         timeout: Duration::from_secs(5),
     };
-    let conn = broker.conn();
+    let conn = conn(&broker);
     assert_eq!(
         observer.topic(&conn, "payments").await,
         TopicObservation::Found {
@@ -171,7 +90,7 @@ async fn an_unreachable_broker_is_reported_not_waited_on_forever() {
         timeout: Duration::from_secs(2),
     };
     let conn = KafkaConnection {
-        bootstrap_servers: format!("127.0.0.1:{}", free_port()),
+        bootstrap_servers: format!("127.0.0.1:{}", broker::free_port()),
         properties: BTreeMap::new(),
     };
     let start = Instant::now();
