@@ -151,7 +151,10 @@ pub fn source_settings(spec: &StreamJobSpec, job: &str) -> Result<ClientSettings
         .set("client.id", format!("weir-{job}"))
         // Small fetch backoff: librdkafka otherwise stalls for a second when its queue fills.
         .set("fetch.queue.backoff.ms", "10")
-        .set("queued.max.messages.kbytes", "16384");
+        .set("queued.max.messages.kbytes", "16384")
+        // If a replay point was already deleted by retention, go on from the oldest record still
+        // there: librdkafka's default (latest) would silently skip everything in between.
+        .set("auto.offset.reset", "earliest");
     for (k, v) in &src.properties {
         s.set(k, v);
     }
@@ -259,6 +262,7 @@ spec:
         assert_eq!(s.get("bootstrap.servers"), Some("a:9092"));
         assert_eq!(s.get("fetch.min.bytes"), Some("1"));
         assert_eq!(s.get("enable.auto.commit"), Some("false"));
+        assert_eq!(s.get("auto.offset.reset"), Some("earliest"));
         let err =
             source_settings(&spec(", enable.auto.commit: \"true\""), "j").expect_err("reserved");
         assert!(err.to_string().contains("enable.auto.commit"), "{err}");
