@@ -118,24 +118,10 @@ fn load(bootstrap: &str, n: u64) -> u64 {
     for i in 0..n {
         let (key, value) = record(i, &mut rnd);
         bytes += value.len() as u64;
-        let mut rec = BaseRecord::to(TOPIC)
+        let rec = BaseRecord::to(TOPIC)
             .key(key.as_bytes())
             .payload(value.as_bytes());
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => panic!("producing: {e}"),
-            }
-        }
+        weir_worker::kafka::send_when_room(&p, rec).expect("producing");
     }
     p.flush(Duration::from_secs(120)).expect("flush");
     bytes

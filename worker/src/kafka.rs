@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
 use weir_crds::{KafkaSink, StreamJobSpec};
 
@@ -227,6 +230,29 @@ pub fn dead_letter_settings(
         .as_ref()
         .map(|d| producer_settings(spec, job, &d.kafka, DEAD_LETTER_CREDENTIALS_ENV))
         .transpose()
+}
+
+/// Queue `record`, waiting while librdkafka's queue is full: backpressure, so a slow broker
+/// slows the caller instead of growing a buffer. Other errors are returned.
+pub fn send_when_room<C, K, P>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> Result<(), KafkaError>
+where
+    C: ProducerContext + 'static,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -244,22 +244,11 @@ impl Out {
         if let Some(h) = headers {
             rec = rec.headers(h);
         }
-        loop {
-            match self.producer.send(rec) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err((e, _)) => {
-                    return Err(RuntimeError::Delivery {
-                        partition,
-                        topic: self.topic.clone(),
-                        message: e.to_string(),
-                    })
-                }
-            }
-        }
+        crate::kafka::send_when_room(&self.producer, rec).map_err(|e| RuntimeError::Delivery {
+            partition,
+            topic: self.topic.clone(),
+            message: e.to_string(),
+        })
     }
 
     /// Wait until every queued message is acknowledged; fail if any delivery failed.

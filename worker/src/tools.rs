@@ -63,19 +63,7 @@ fn send(
     if let Some(p) = partition {
         rec = rec.partition(p);
     }
-    loop {
-        match p.send(rec) {
-            Ok(()) => return Ok(()),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                r,
-            )) => {
-                rec = r;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err((e, _)) => bail!("producing to {topic}: {e}"),
-        }
-    }
+    crate::kafka::send_when_room(p, rec).with_context(|| format!("producing to {topic}"))
 }
 
 /// Produce JSON lines from a reader; the key is the string value of `key_field` if given.
