@@ -137,8 +137,6 @@ pub struct Totals {
     pub results: AtomicU64,
     /// Records rejected (not counting replays).
     pub rejected: AtomicU64,
-    /// Partitions that have taken their lease and are reading.
-    pub started: AtomicU64,
     /// Partitions that have caught up with their checkpoint (replay done).
     pub caught_up: AtomicU64,
     /// Sum of the partitions' last known lag.
@@ -418,7 +416,6 @@ fn run_partition(
         replay_until = start.seen_through,
         "partition started"
     );
-    ctx.totals.started.fetch_add(1, Ordering::Relaxed);
 
     let mut part = PartitionRun {
         ctx,
