@@ -139,16 +139,16 @@ fn key_of(meta: &kube::api::ObjectMeta) -> (String, String) {
     )
 }
 
-/// Runs the controller over `jobs` until `shutdown` resolves. The owned kinds are watched only
-/// with the operator's `managed-by` label, so the operator caches its own children, not every
-/// ConfigMap of the cluster (and not the checkpoint ConfigMaps, which workers rewrite every few
-/// seconds and which need no reconcile).
-pub async fn run(
-    ctx: Arc<Context>,
+/// The controller the operator runs, before [`Controller::run`]: StreamJobs (through
+/// [`DeserializeGuard`], so one malformed object cannot break the watch) and the children it
+/// `.owns(...)`. The owned kinds are watched only with the operator's `managed-by` label, so
+/// the operator caches its own children, not every ConfigMap of the cluster (and not the
+/// checkpoint ConfigMaps, which workers rewrite every few seconds and which need no
+/// reconcile). [`run`] runs it; the reconcile benchmark runs the same one.
+pub fn controller(
+    client: &Client,
     namespace: Option<&str>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) {
-    let client = ctx.client.clone();
+) -> Controller<DeserializeGuard<StreamJob>> {
     fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
@@ -164,18 +164,26 @@ pub async fn run(
         names::LABEL_MANAGED_BY,
         names::MANAGED_BY_OPERATOR
     ));
-    let jobs: Api<DeserializeGuard<StreamJob>> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    Controller::new(jobs, watcher::Config::default().any_semantic())
-        .owns(api::<ConfigMap>(&client, namespace), owned.clone())
-        .owns(api::<StatefulSet>(&client, namespace), owned.clone())
-        .owns(api::<Service>(&client, namespace), owned.clone())
-        .owns(api::<ServiceAccount>(&client, namespace), owned.clone())
-        .owns(api::<Role>(&client, namespace), owned.clone())
-        .owns(api::<RoleBinding>(&client, namespace), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, namespace), owned)
+    Controller::new(
+        api::<DeserializeGuard<StreamJob>>(client, namespace),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(api::<ConfigMap>(client, namespace), owned.clone())
+    .owns(api::<StatefulSet>(client, namespace), owned.clone())
+    .owns(api::<Service>(client, namespace), owned.clone())
+    .owns(api::<ServiceAccount>(client, namespace), owned.clone())
+    .owns(api::<Role>(client, namespace), owned.clone())
+    .owns(api::<RoleBinding>(client, namespace), owned.clone())
+    .owns(api::<PodDisruptionBudget>(client, namespace), owned)
+}
+
+/// Runs [`controller`] until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    controller(&ctx.client, namespace)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

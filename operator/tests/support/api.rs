@@ -17,10 +17,32 @@ pub struct Call {
     pub path: String,
     pub query: String,
     pub content_type: String,
+    /// The `Accept` header: metadata-only lists and watches ask for `PartialObjectMetadata`.
+    pub accept: String,
     pub body: Value,
 }
 
 impl Call {
+    /// The call a request makes.
+    pub fn new(parts: &http::request::Parts, body: &[u8]) -> Call {
+        let header = |name: http::header::HeaderName| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        Call {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or_default().to_string(),
+            content_type: header(http::header::CONTENT_TYPE),
+            accept: header(http::header::ACCEPT),
+            body: serde_json::from_slice(body).unwrap_or(Value::Null),
+        }
+    }
+
     /// `METHOD path` — what the sequence assertions compare.
     pub fn line(&self) -> String {
         format!("{} {}", self.method, self.path)
@@ -46,18 +68,7 @@ pub async fn serve(mut handle: Handle, mut answer: impl FnMut(&Call) -> (StatusC
     while let Some((req, send)) = handle.next_request().await {
         let (parts, body) = req.into_parts();
         let bytes = body.collect().await.expect("request body").to_bytes();
-        let call = Call {
-            method: parts.method.to_string(),
-            path: parts.uri.path().to_string(),
-            query: parts.uri.query().unwrap_or_default().to_string(),
-            content_type: parts
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string(),
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        };
+        let call = Call::new(&parts, &bytes);
         let (code, reply) = answer(&call);
         let response = Response::builder()
             .status(code)
