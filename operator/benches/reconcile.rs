@@ -1,51 +1,71 @@
-//! The operator with 1,000 StreamJobs: wall time of each reconcile and the process's memory.
+//! The operator with 1,000 StreamJobs: reconcile times, and the memory of the operator's
+//! process alone.
 //!
-//! `cargo bench -p weir-operator --bench reconcile` reconciles 1,000 distinct jobs (10
-//! namespaces; tumbling, hopping and session windows; 1 to 5 aggregations; topics of 1 to 64
-//! partitions; parallelism 1 to 12; a credentials Secret on every fourth) against a fake API
-//! server (the one of `tests/controller.rs`, here with a store so that it answers reads with
-//! what was written) and a fake Kafka. Each job is reconciled three times, sequentially: the
-//! first creates its children, the next two are the steady state (everything exists, status
-//! unchanged). Without `--bench` (as `cargo test --all-targets` runs it) it does a 20-job smoke
-//! run.
+//! `cargo bench -p weir-operator --bench reconcile` starts the fake API server
+//! (`tests/support/apiserver.rs`, served over HTTP) as a separate process — this binary run
+//! again with `--api-server N` — so that its memory is not counted. It holds 1,000 distinct
+//! StreamJobs (10 namespaces; tumbling, hopping and session windows; 1 to 5 aggregations;
+//! topics of 1 to 64 partitions; parallelism 1 to 12; a credentials Secret on every fourth),
+//! created as `kubectl apply` creates them. This process is then the operator: a `kube::Client`
+//! over HTTP to that server and [`controller::controller`] — the controller `weir-operator`
+//! runs, with its StreamJob reflector and the metadata watches of the seven owned kinds — run
+//! with the operator's `reconcile` and `error_policy`, against a fake Kafka. Each reconcile is
+//! timed. Phases:
+//! 1. startup: from an empty cache until every job has been reconciled and nothing has run for
+//!    a second (the first reconciles create every child; the watch events of those children and
+//!    of the status patches trigger the reconciles that follow, as in a cluster);
+//! 2. two steady rounds: every job reconciled again (`reconcile_all_on`), everything exists.
 //!
-//! Memory is the process's VmRSS/VmHWM from `/proc/self/status`, read before the first
-//! reconcile and at the end while the benchmark holds what the controller's reflector caches
-//! would: every StreamJob (with its status) and every child the controller watches through
-//! `.owns(...)` (ServiceAccount, Role, RoleBinding, job ConfigMap, Service, StatefulSet,
-//! PodDisruptionBudget), as typed objects decoded from what the API server stored. The fake
-//! API server lives in the same process and keeps its own copy of everything as serialised
-//! JSON (its size is printed): the RSS is an over-estimate of the operator's by that much.
+//! Memory is this process's VmRSS/VmHWM from `/proc/self/status`: before the controller
+//! starts, after startup, at the end, and the peak. Without `--bench` (as `cargo test
+//! --all-targets` runs it) it does the same with 20 jobs and checks that every job became
+//! Ready and that no reconcile failed.
 
 #[path = "../tests/support/api.rs"]
 mod api;
+#[path = "../tests/support/apiserver.rs"]
+mod apiserver;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use http::StatusCode;
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use futures::StreamExt;
 use kube::core::DeserializeGuard;
-use serde::de::DeserializeOwned;
+use kube::{CustomResourceExt, Resource};
 use serde_json::{json, Value};
 use weir_crds::StreamJob;
-use weir_operator::controller::{reconcile, Context};
+use weir_operator::controller::{self, error_policy, reconcile, Context};
 use weir_operator::desired::OperatorConfig;
 use weir_operator::metrics::Metrics;
-use weir_operator::names;
 use weir_operator::observe::{KafkaConnection, KafkaObserver};
 use weir_operator::observed::TopicObservation;
 
-use api::{mock_client, serve, status_body, Call};
+use api::Call;
+use apiserver::FakeApiServer;
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
+
+/// Counts heap bytes, so that the report can tell live heap from the rest of the RSS.
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+/// Bytes allocated and not yet freed (stats_alloc counts reallocation growth in
+/// `bytes_allocated` and shrinking in `bytes_deallocated`).
+fn live_heap() -> usize {
+    let s = GLOBAL.stats();
+    s.bytes_allocated.saturating_sub(s.bytes_deallocated)
+}
 
 const NAMESPACES: usize = 10;
 const PARTITIONS: [i32; 7] = [1, 3, 6, 12, 24, 48, 64];
+/// A phase ends when nothing has been reconciled for this long.
+const QUIET: Duration = Duration::from_secs(1);
+/// A phase that has not ended after this long fails the benchmark.
+const PHASE_LIMIT: Duration = Duration::from_secs(300);
 
 /// A Kafka where topic `t-<i>` has `PARTITIONS[i % 7]` partitions.
 struct FakeKafka;
@@ -113,235 +133,244 @@ spec:
         ns = i % NAMESPACES,
         parallelism = 1 + i % 12,
     );
-    let mut job = weir_crds::parse_stream_job(&text)
+    weir_crds::parse_stream_job(&text)
         .unwrap_or_else(|e| panic!("job {i}: {e:?}"))
-        .job;
-    job.metadata.uid = Some(format!("00000000-0000-0000-0000-{i:012}"));
-    job.metadata.generation = Some(1);
-    job
+        .job
 }
 
-/// The fake API server's objects, by API path, as serialised JSON.
-#[derive(Default)]
-struct Store {
-    objects: HashMap<String, Vec<u8>>,
-    /// Checkpoint ConfigMap paths per (namespace, job), for the labelled list.
-    checkpoints: HashMap<(String, String), Vec<String>>,
-    /// Requests since the last [`Store::take_counts`], by kind.
-    counts: std::collections::BTreeMap<&'static str, usize>,
+// ---------------------------------------------------------------------------------------
+// The API server process.
+
+/// The fake API server and the resource version its watches have been told about.
+struct Shared {
+    server: Mutex<FakeApiServer>,
+    events: tokio::sync::watch::Sender<u64>,
 }
 
-impl Store {
-    fn get(&self, path: &str) -> Option<Value> {
-        self.objects
-            .get(path)
-            .map(|b| serde_json::from_slice(b).expect("stored JSON"))
-    }
+const STATS_PATH: &str = "/bench/stats";
 
-    fn put(&mut self, path: String, v: &Value) {
-        self.objects
-            .insert(path, serde_json::to_vec(v).expect("JSON"));
-    }
-
-    fn take_counts(&mut self) -> String {
-        let c = std::mem::take(&mut self.counts);
-        c.iter()
-            .map(|(k, v)| format!("{v} {k}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    fn bytes(&self) -> usize {
-        self.objects.iter().map(|(k, v)| k.len() + v.len()).sum()
-    }
-}
-
-/// `/api/v1/namespaces/NS/...` → NS.
-fn namespace_of(path: &str) -> String {
-    let mut it = path.split('/');
-    it.find(|p| *p == "namespaces");
-    it.next().unwrap_or_default().to_string()
-}
-
-/// Answers like an API server: reads return what was written, server-side applies store the
-/// applied object, creates of checkpoint ConfigMaps are listed by their job label.
-fn answer(store: &mut Store, call: &Call) -> (StatusCode, Value) {
-    let p = call.path.as_str();
-    let kind = match call.method.as_str() {
-        "GET" => "GET",
-        "PATCH" if p.ends_with("/status") => "status PATCH",
-        "PATCH" => "apply PATCH",
-        "POST" if p.ends_with("/configmaps") => "checkpoint POST",
-        "POST" => "event POST",
-        _ => "other",
-    };
-    *store.counts.entry(kind).or_default() += 1;
-    match call.method.as_str() {
-        "GET" if p.ends_with("/configmaps") => {
-            let job = call
-                .query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("labelSelector=weir.dev%2Fjob%3D"))
-                .and_then(|v| v.split("%2C").next())
-                .expect("checkpoint list by job label")
-                .to_string();
-            let items: Vec<Value> = store
-                .checkpoints
-                .get(&(namespace_of(p), job))
+/// Requests by kind since the last stats call, and whether every job is Ready.
+fn stats(server: &mut FakeApiServer) -> Value {
+    let jobs = server.all("/apis/weir.dev/v1alpha1/streamjobs");
+    let ready = jobs
+        .iter()
+        .filter(|j| {
+            j["status"]["conditions"]
+                .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|path| store.get(path))
-                .collect();
-            (
-                StatusCode::OK,
-                json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {}, "items": items}),
-            )
-        }
-        "GET" => match store.get(p) {
-            Some(v) => (StatusCode::OK, v),
-            None => (StatusCode::NOT_FOUND, status_body(404, "NotFound")),
-        },
-        "PATCH" if p.ends_with("/status") => {
-            let job_path = p.trim_end_matches("/status");
-            let mut j = store.get(job_path).expect("the job is stored");
-            j["status"] = call.body["status"].clone();
-            store.put(job_path.to_string(), &j);
-            (StatusCode::OK, j)
-        }
-        "PATCH" => {
-            let mut b = call.body.clone();
-            b["metadata"]["namespace"] = json!(namespace_of(p));
-            store.put(p.to_string(), &b);
-            (StatusCode::OK, b)
-        }
-        "POST" if p.ends_with("/configmaps") => {
-            let mut b = call.body.clone();
-            b["metadata"]["namespace"] = json!(namespace_of(p));
-            let name = b["metadata"]["name"].as_str().unwrap_or_default();
-            let path = format!("{p}/{name}");
-            if store.objects.contains_key(&path) {
-                return (StatusCode::CONFLICT, status_body(409, "AlreadyExists"));
-            }
-            let job = b["metadata"]["labels"]["weir.dev/job"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            store
-                .checkpoints
-                .entry((namespace_of(p), job))
-                .or_default()
-                .push(path.clone());
-            store.put(path, &b);
-            (StatusCode::CREATED, b)
-        }
-        // Events.
-        "POST" => (StatusCode::CREATED, call.body.clone()),
-        _ => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            status_body(405, "MethodNotAllowed"),
-        ),
-    }
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .count();
+    json!({
+        "jobs": jobs.len(),
+        "ready": ready,
+        "statefulsets": server.all("/apis/apps/v1/statefulsets").len(),
+        "objects": server.len(),
+        "requests": server.take_counts(),
+    })
 }
 
-/// What the controller's reflectors hold: the jobs and the children it `.owns(...)`.
+async fn http_answer(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let call = Call::new(&parts, &bytes);
+    let respond = |code: http::StatusCode, body: axum::body::Body| {
+        axum::response::Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(body)
+            .expect("response")
+    };
+    if call.path == STATS_PATH {
+        let v = stats(&mut shared.server.lock().expect("server"));
+        return respond(http::StatusCode::OK, axum::body::Body::from(v.to_string()));
+    }
+    let watch = call.method == "GET" && apiserver::query(&call, "watch").as_deref() == Some("true");
+    if watch {
+        let start = shared.server.lock().expect("server").watch_start(&call);
+        let Some((filter, from)) = start else {
+            return respond(http::StatusCode::NOT_FOUND, axum::body::Body::empty());
+        };
+        // Events as they are logged, until the client goes away (or the process ends).
+        let rx = shared.events.subscribe();
+        let stream = futures::stream::unfold(
+            (shared.clone(), filter, from, rx),
+            |(shared, filter, mut from, mut rx)| async move {
+                loop {
+                    rx.borrow_and_update();
+                    let (bytes, next) = shared
+                        .server
+                        .lock()
+                        .expect("server")
+                        .watch_events(&filter, from);
+                    from = next;
+                    if !bytes.is_empty() {
+                        let chunk: Result<axum::body::Bytes, std::convert::Infallible> =
+                            Ok(bytes.into());
+                        return Some((chunk, (shared, filter, from, rx)));
+                    }
+                    rx.changed().await.ok()?;
+                }
+            },
+        );
+        return respond(http::StatusCode::OK, axum::body::Body::from_stream(stream));
+    }
+    let (code, reply) = {
+        let mut server = shared.server.lock().expect("server");
+        let answer = server.handle(&call);
+        let rv = server.resource_version();
+        // Wake the watches only when something was written.
+        shared
+            .events
+            .send_if_modified(|seen| std::mem::replace(seen, rv) != rv);
+        answer
+    };
+    respond(code, axum::body::Body::from(reply.to_string()))
+}
+
+/// `--api-server N`: serves the fake API server with N jobs on a free port, prints
+/// `listening ADDR`, and exits when its stdin closes (the benchmark ended or died).
+fn api_server_process(n: usize) {
+    let mut server = FakeApiServer::new(&[StreamJob::crd()]);
+    for i in 0..n {
+        let j = job(i);
+        let ns = j.metadata.namespace.clone().unwrap_or_default();
+        let path = format!("/apis/weir.dev/v1alpha1/namespaces/{ns}/streamjobs/job-{i}");
+        server.create_as_kubectl(&path, &serde_json::to_value(&j).expect("job JSON"));
+    }
+    for ns in 0..NAMESPACES {
+        server.insert(
+            &format!("/api/v1/namespaces/ns-{ns}/secrets/kafka-creds"),
+            json!({"data": {"sasl.password": "czNjcmV0"}}),
+        );
+    }
+    std::thread::spawn(|| {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        std::process::exit(0);
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!("listening {}", listener.local_addr().expect("address"));
+        let shared = Arc::new(Shared {
+            events: tokio::sync::watch::channel(server.resource_version()).0,
+            server: Mutex::new(server),
+        });
+        let app = axum::Router::new().fallback(http_answer).with_state(shared);
+        axum::serve(listener, app).await.expect("serve");
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// The operator process.
+
+/// Reconciles of the current phase.
 #[derive(Default)]
-struct Cache {
-    jobs: Vec<Arc<DeserializeGuard<StreamJob>>>,
-    service_accounts: Vec<Arc<ServiceAccount>>,
-    roles: Vec<Arc<Role>>,
-    role_bindings: Vec<Arc<RoleBinding>>,
-    config_maps: Vec<Arc<ConfigMap>>,
-    services: Vec<Arc<Service>>,
-    stateful_sets: Vec<Arc<StatefulSet>>,
-    pdbs: Vec<Arc<PodDisruptionBudget>>,
+struct Phase {
+    /// Largest live heap seen while waiting for the phase to end (sampled every 50 ms).
+    peak_heap: usize,
+    running: usize,
+    times: Vec<Duration>,
+    failures: Vec<String>,
+    jobs: HashSet<String>,
+    first_start: Option<Instant>,
+    last_end: Option<Instant>,
 }
 
-/// Sets `v[i]` (the items arrive in index order).
-fn put<T>(v: &mut Vec<T>, i: usize, x: Option<T>) {
-    if let Some(x) = x {
-        if v.len() > i {
-            v[i] = x;
-        } else {
-            v.push(x);
+#[derive(Clone, Default)]
+struct Probe(Arc<Mutex<Phase>>);
+
+impl Probe {
+    fn start(&self) {
+        let mut p = self.0.lock().expect("probe");
+        p.running += 1;
+        p.first_start.get_or_insert_with(Instant::now);
+    }
+
+    fn end(&self, job: String, took: Duration, failure: Option<String>) {
+        let mut p = self.0.lock().expect("probe");
+        p.running -= 1;
+        p.times.push(took);
+        p.failures.extend(failure.map(|f| format!("{job}: {f}")));
+        p.jobs.insert(job);
+        p.last_end = Some(Instant::now());
+    }
+
+    /// Waits until every one of `n` jobs was reconciled in this phase and nothing ran for
+    /// [`QUIET`]; returns the phase and starts the next.
+    async fn phase_done(&self, n: usize) -> Phase {
+        let deadline = Instant::now() + PHASE_LIMIT;
+        loop {
+            {
+                let heap = live_heap();
+                let mut p = self.0.lock().expect("probe");
+                p.peak_heap = p.peak_heap.max(heap);
+                let quiet = p.last_end.is_some_and(|t| t.elapsed() >= QUIET);
+                if p.running == 0 && p.jobs.len() >= n && quiet {
+                    return std::mem::take(&mut *p);
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "phase not done after {PHASE_LIMIT:?}: {} jobs reconciled, {} running",
+                    p.jobs.len(),
+                    p.running
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
 
-fn typed<K: DeserializeOwned>(store: &Store, path: &str) -> Option<Arc<K>> {
-    store
-        .get(path)
-        .map(|v| Arc::new(serde_json::from_value(v).expect("typed object")))
+/// The operator's concurrency: its default, or `WEIR_MAX_CONCURRENT_RECONCILES` as the operator
+/// reads it.
+fn concurrency() -> u16 {
+    std::env::var("WEIR_MAX_CONCURRENT_RECONCILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(controller::DEFAULT_CONCURRENCY)
 }
 
-impl Cache {
-    /// Refreshes job `i` and its children from the store, as watch events would.
-    fn load(&mut self, store: &Store, i: usize) {
-        let ns = format!("ns-{}", i % NAMESPACES);
-        let core = format!("/api/v1/namespaces/{ns}");
-        let apps = format!("/apis/apps/v1/namespaces/{ns}");
-        let rbac = format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}");
-        let policy = format!("/apis/policy/v1/namespaces/{ns}");
-        let job: Arc<StreamJob> = typed(
-            store,
-            &format!("/apis/weir.dev/v1alpha1/namespaces/{ns}/streamjobs/job-{i}"),
-        )
-        .expect("job");
-        let job = Arc::new(DeserializeGuard(Ok((*job).clone())));
-        let name = format!("job-{i}");
-        let w = names::worker_name(&name);
-        let config = names::config_map_name(&name);
-        put(&mut self.jobs, i, Some(job));
-        put(
-            &mut self.service_accounts,
-            i,
-            typed(store, &format!("{core}/serviceaccounts/{w}")),
-        );
-        put(
-            &mut self.roles,
-            i,
-            typed(store, &format!("{rbac}/roles/{w}")),
-        );
-        put(
-            &mut self.role_bindings,
-            i,
-            typed(store, &format!("{rbac}/rolebindings/{w}")),
-        );
-        put(
-            &mut self.config_maps,
-            i,
-            typed(store, &format!("{core}/configmaps/{config}")),
-        );
-        put(
-            &mut self.services,
-            i,
-            typed(store, &format!("{core}/services/{w}")),
-        );
-        put(
-            &mut self.stateful_sets,
-            i,
-            typed(store, &format!("{apps}/statefulsets/{w}")),
-        );
-        put(
-            &mut self.pdbs,
-            i,
-            typed(store, &format!("{policy}/poddisruptionbudgets/{w}")),
-        );
-    }
-
-    fn objects(&self) -> usize {
-        self.jobs.len()
-            + self.service_accounts.len()
-            + self.roles.len()
-            + self.role_bindings.len()
-            + self.config_maps.len()
-            + self.services.len()
-            + self.stateful_sets.len()
-            + self.pdbs.len()
-    }
+/// CPU time (user + system) of process `pid` (`self` for this one) from `/proc/PID/stat`, in
+/// clock ticks of 10 ms (`CLK_TCK` is 100 on Linux).
+fn cpu(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; the fields after it are space-separated.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
-/// (VmRSS, VmHWM) in kB.
-fn memory_kb() -> (u64, u64) {
+/// Memory of this process from `/proc/self/status`, in kB.
+#[derive(Clone, Copy, Default)]
+struct Memory {
+    rss: u64,
+    hwm: u64,
+    /// Heap, stacks and other anonymous memory.
+    anon: u64,
+    /// Pages of mapped files: the binary's code and data.
+    file: u64,
+}
+
+fn memory_kb() -> Memory {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
         status
@@ -350,7 +379,12 @@ fn memory_kb() -> (u64, u64) {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    Memory {
+        rss: field("VmRSS:"),
+        hwm: field("VmHWM:"),
+        anon: field("RssAnon:"),
+        file: field("RssFile:"),
+    }
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -366,145 +400,258 @@ fn mb(kb: u64) -> String {
     format!("{:.1}", kb as f64 / 1024.0)
 }
 
+/// The fake server's counters (and a reset of its request counts).
+async fn server_stats(client: &kube::Client) -> Value {
+    let req = http::Request::get(STATS_PATH)
+        .body(Vec::new())
+        .expect("request");
+    let text = client.request_text(req).await.expect("stats");
+    serde_json::from_str(&text).expect("stats JSON")
+}
+
+fn requests_line(stats: &Value) -> String {
+    let counts: BTreeMap<String, u64> =
+        serde_json::from_value(stats["requests"].clone()).unwrap_or_default();
+    counts
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Bytes of JSON of the cached StreamJobs: all, and their `managedFields` and
+/// `last-applied-configuration` annotation.
+fn cache_bytes(cache: &[Arc<DeserializeGuard<StreamJob>>]) -> (usize, usize, usize) {
+    let mut all = 0;
+    let mut managed = 0;
+    let mut last_applied = 0;
+    for g in cache {
+        if let Ok(j) = &g.0 {
+            all += serde_json::to_vec(j).map_or(0, |v| v.len());
+            managed += serde_json::to_vec(&j.meta().managed_fields).map_or(0, |v| v.len());
+            last_applied += j
+                .meta()
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("kubectl.kubernetes.io/last-applied-configuration"))
+                .map_or(0, String::len);
+        }
+    }
+    (all, managed, last_applied)
+}
+
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--api-server") {
+        let n = args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .expect("--api-server N");
+        api_server_process(n);
+        return;
+    }
+    let full = args.iter().any(|a| a == "--bench");
     let n = if full { 1_000 } else { 20 };
-    // The operator binary's runtime: multi-threaded, one worker per core (2 here).
+
+    let mut server = Command::new(std::env::current_exe().expect("this binary"))
+        .args(["--api-server", &n.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the fake API server process");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the API server's address");
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("unexpected first line from the API server: {line:?}"))
+        .to_string();
+
+    // The operator binary's runtime (`#[tokio::main]`: one worker per core).
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(bench(n));
+    let report = rt.block_on(operator(&addr, n, &server.id().to_string()));
+    drop(rt);
+    // Our own child: closing its stdin ends it; kill in case it is stuck.
+    drop(server.stdin.take());
+    let _ = server.kill();
+    let _ = server.wait();
+    print!("{report}");
 }
 
-async fn bench(n: usize) {
-    let store = Arc::new(Mutex::new(Store::default()));
-    let jobs: Vec<StreamJob> = (0..n).map(job).collect();
-    {
-        let mut s = store.lock().expect("store");
-        for j in &jobs {
-            let ns = j.metadata.namespace.clone().unwrap_or_default();
-            let name = j.metadata.name.clone().unwrap_or_default();
-            let path = format!("/apis/weir.dev/v1alpha1/namespaces/{ns}/streamjobs/{name}");
-            s.put(path, &serde_json::to_value(j).expect("job JSON"));
-        }
-        for ns in 0..NAMESPACES {
-            s.put(
-                format!("/api/v1/namespaces/ns-{ns}/secrets/kafka-creds"),
-                &json!({"apiVersion": "v1", "kind": "Secret",
-                        "metadata": {"name": "kafka-creds", "namespace": format!("ns-{ns}")},
-                        "data": {"sasl.password": "czNjcmV0"}}),
-            );
-        }
-    }
-    let (client, handle) = mock_client();
-    let server_store = store.clone();
-    let server = tokio::spawn(serve(handle, move |call| {
-        answer(&mut server_store.lock().expect("store"), call)
-    }));
+async fn operator(addr: &str, n: usize, server_pid: &str) -> String {
+    let url: http::Uri = format!("http://{addr}").parse().expect("URL");
+    let client = kube::Client::try_from(kube::Config::new(url)).expect("client");
     let config = OperatorConfig {
         worker_image: "ghcr.io/weir/weir:bench".to_string(),
         ..OperatorConfig::default()
     };
     let ctx = Arc::new(Context::new(
-        client,
+        client.clone(),
         Arc::new(FakeKafka),
         config,
         Metrics::default(),
         None,
     ));
-    let mut cache = Cache::default();
     let before = memory_kb();
 
-    let rounds = ["create", "steady 1", "steady 2"];
-    let mut times: Vec<Vec<Duration>> = Vec::new();
-    let mut round_wall = Vec::new();
-    let mut round_calls = Vec::new();
-    for round in 0..rounds.len() {
-        let mut t = Vec::with_capacity(n);
-        let start = Instant::now();
-        for (i, j) in jobs.iter().enumerate() {
-            // The reconcile receives the job as the cache holds it (with the status of the
-            // previous round, so a steady reconcile patches no status).
-            let guard = match cache.jobs.get(i) {
-                Some(g) => g.clone(),
-                None => Arc::new(DeserializeGuard(Ok(j.clone()))),
-            };
-            let t0 = Instant::now();
-            reconcile(guard, ctx.clone())
-                .await
-                .unwrap_or_else(|e| panic!("round {round} job {i}: {e}"));
-            t.push(t0.elapsed());
-            cache.load(&store.lock().expect("store"), i);
+    let probe = Probe::default();
+    let timed = {
+        let probe = probe.clone();
+        move |obj: Arc<DeserializeGuard<StreamJob>>, ctx: Arc<Context>| {
+            let probe = probe.clone();
+            async move {
+                let name = obj.meta().name.clone().unwrap_or_default();
+                probe.start();
+                let t0 = Instant::now();
+                let r = reconcile(obj, ctx).await;
+                probe.end(name, t0.elapsed(), r.as_ref().err().map(|e| e.to_string()));
+                r
+            }
         }
-        round_wall.push(start.elapsed());
-        round_calls.push(store.lock().expect("store").take_counts());
-        t.sort();
-        times.push(t);
-    }
-    let after = memory_kb();
-    let store_bytes = store.lock().expect("store").bytes();
-    let stored = store.lock().expect("store").objects.len();
+    };
+    let (trigger, rounds) = futures::channel::mpsc::unbounded::<()>();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = controller::controller(&client, None, concurrency());
+    let cache = controller.store();
+    let running = tokio::spawn(
+        controller
+            .reconcile_all_on(rounds)
+            .graceful_shutdown_on(async move {
+                let _ = stopped.await;
+            })
+            .run(timed, error_policy, ctx)
+            .for_each(|_| async {}),
+    );
 
+    // CPU time of (this process, the API server) at the start of each phase and at the end.
+    let mut cpu_marks = vec![(cpu("self"), cpu(server_pid))];
+    let mut phases = vec![("startup", probe.phase_done(n).await)];
+    cpu_marks.push((cpu("self"), cpu(server_pid)));
+    let after_startup = memory_kb();
+    let mut requests = vec![server_stats(&client).await];
+    for name in ["steady 1", "steady 2"] {
+        cpu_marks.push((cpu("self"), cpu(server_pid)));
+        trigger.unbounded_send(()).expect("trigger a round");
+        phases.push((name, probe.phase_done(n).await));
+        cpu_marks.push((cpu("self"), cpu(server_pid)));
+        requests.push(server_stats(&client).await);
+    }
+    let end = memory_kb();
+    let heap_end = live_heap();
+    let cached = cache.state();
+    let (cache_json, cache_managed, cache_last_applied) = cache_bytes(&cached);
+    let cached_jobs = cached.len();
+    drop(cached);
+    let _ = stop.send(());
+    running.await.expect("controller task");
+    // The controller is gone (its watches, queues, connections); the cache is still held here.
+    let heap_cache_only = live_heap();
+    drop(cache);
+    let heap_nothing = live_heap();
+
+    let last = requests.last().cloned().unwrap_or_default();
+    let failures: Vec<&String> = phases.iter().flat_map(|(_, p)| &p.failures).collect();
+    assert!(failures.is_empty(), "reconciles failed: {failures:?}");
+    assert_eq!(last["jobs"], json!(n), "{last}");
+    assert_eq!(last["ready"], json!(n), "every job should be Ready: {last}");
+    assert_eq!(last["statefulsets"], json!(n), "{last}");
+    assert_eq!(cached_jobs, n, "the controller's cache holds every job");
+
+    let mib = |b: usize| format!("{:.1}", b as f64 / (1024.0 * 1024.0));
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{n} StreamJobs, each reconciled {} times in sequence (fake API server + fake Kafka)\n",
-        rounds.len()
+        "{n} StreamJobs; the operator's controller ({} reconciles at once) against a fake API \
+         server in another process (HTTP) and a fake Kafka\n",
+        concurrency()
     );
     let _ = writeln!(
         out,
-        "| round | reconciles | p50 ms | p99 ms | max ms | wall s |\n|---|---|---|---|---|---|"
+        "| phase | reconciles | p50 ms | p99 ms | max ms | wall s | operator CPU s | ms CPU per \
+         reconcile | API server CPU s |\n|---|---|---|---|---|---|---|---|---|"
     );
-    for ((r, t), wall) in rounds.iter().zip(&times).zip(&round_wall) {
+    let mut all = Vec::new();
+    for (i, (name, p)) in phases.iter().enumerate() {
+        let (start, end) = (cpu_marks[2 * i], cpu_marks[2 * i + 1]);
+        let ours = end.0.saturating_sub(start.0);
+        let server_cpu = end.1.saturating_sub(start.1);
+        let mut t = p.times.clone();
+        t.sort();
+        let wall = match (p.first_start, p.last_end) {
+            (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+            _ => 0.0,
+        };
         let _ = writeln!(
             out,
-            "| {r} | {} | {} | {} | {} | {:.2} |",
+            "| {name} | {} | {} | {} | {} | {wall:.2} | {:.2} | {:.2} | {:.2} |",
             t.len(),
-            ms(percentile(t, 0.50)),
-            ms(percentile(t, 0.99)),
+            ms(percentile(&t, 0.50)),
+            ms(percentile(&t, 0.99)),
             ms(*t.last().expect("times")),
-            wall.as_secs_f64()
+            ours.as_secs_f64(),
+            ours.as_secs_f64() * 1e3 / t.len().max(1) as f64,
+            server_cpu.as_secs_f64(),
         );
+        all.extend(t);
     }
-    let mut all: Vec<Duration> = times.concat();
     all.sort();
     let _ = writeln!(
         out,
-        "| all | {} | {} | {} | {} | {:.2} |",
+        "| all | {} | {} | {} | {} | | | | |",
         all.len(),
         ms(percentile(&all, 0.50)),
         ms(percentile(&all, 0.99)),
         ms(*all.last().expect("times")),
-        round_wall.iter().map(Duration::as_secs_f64).sum::<f64>()
     );
     out.push('\n');
-    for (r, c) in rounds.iter().zip(&round_calls) {
-        let _ = writeln!(out, "API requests, {r}: {c}");
+    for ((name, _), r) in phases.iter().zip(&requests) {
+        let _ = writeln!(out, "API requests, {name}: {}", requests_line(r));
     }
     let _ = writeln!(
         out,
-        "\n| memory | MB |\n|---|---|\n\
-         | VmRSS before the first reconcile | {} |\n\
-         | VmRSS after, holding the cache | {} |\n\
-         | VmHWM (peak RSS) | {} |\n\
-         | of which the fake API server's JSON store (not the operator's) | {:.1} |",
-        mb(before.0),
-        mb(after.0),
-        mb(after.1),
-        store_bytes as f64 / (1024.0 * 1024.0),
+        "API server at the end: {} objects, {} jobs of which {} Ready",
+        last["objects"], last["jobs"], last["ready"]
     );
     let _ = writeln!(
         out,
-        "\ncache held: {} objects ({} jobs and their owned children); API objects stored: {stored}",
-        cache.objects(),
-        cache.jobs.len()
+        "\n| operator process memory | MB |\n|---|---|\n\
+         | VmRSS before the controller starts | {} |\n\
+         | VmRSS after startup | {} |\n\
+         | VmRSS at the end | {} |\n\
+         | VmHWM (peak RSS) | {} |\n\
+         | at the end: RssAnon (heap, stacks) / RssFile (code) | {} / {} |\n\
+         | live heap, peak (sampled every 50 ms) | {} |\n\
+         | live heap at the end | {} |\n\
+         | of which the StreamJob cache (freed when it is dropped) | {} |\n\
+         | of which the rest of the running controller (freed when it stops) | {} |",
+        mb(before.rss),
+        mb(after_startup.rss),
+        mb(end.rss),
+        mb(end.hwm),
+        mb(end.anon),
+        mb(end.file),
+        mib(phases.iter().map(|(_, p)| p.peak_heap).max().unwrap_or(0)),
+        mib(heap_end),
+        mib(heap_cache_only.saturating_sub(heap_nothing)),
+        mib(heap_end.saturating_sub(heap_cache_only)),
     );
-    print!("{out}");
+    let _ = writeln!(
+        out,
+        "\nStreamJob cache: {cached_jobs} objects, {} MB as JSON, of which managedFields {} MB \
+         and the last-applied-configuration annotation {} MB",
+        mib(cache_json),
+        mib(cache_managed),
+        mib(cache_last_applied),
+    );
     let p99 = percentile(&all, 0.99);
-    let peak_mb = after.1 as f64 / 1024.0;
-    println!(
+    let peak_mb = end.hwm as f64 / 1024.0;
+    let _ = writeln!(
+        out,
         "targets: p99 reconcile <= 100 ms: {} ({} ms); RSS <= 50 MB: {} (peak {peak_mb:.1} MB)",
         if p99 <= Duration::from_millis(100) {
             "met"
@@ -514,8 +661,5 @@ async fn bench(n: usize) {
         ms(p99),
         if peak_mb <= 50.0 { "met" } else { "NOT met" },
     );
-
-    drop(cache);
-    drop(ctx);
-    server.await.expect("API server task");
+    out
 }

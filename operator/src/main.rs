@@ -54,6 +54,10 @@ struct Args {
     /// Namespace of the Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
+    /// Reconciles running at once (0: unbounded). Each holds an API connection and, while it
+    /// reads the topic, a Kafka client.
+    #[arg(long, env = "WEIR_MAX_CONCURRENT_RECONCILES", default_value_t = controller::DEFAULT_CONCURRENCY)]
+    max_concurrent_reconciles: u16,
     /// This replica's identity in the Lease and in Events (the pod name).
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
@@ -190,8 +194,9 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let namespace = args.namespace.clone();
+    let concurrency = args.max_concurrent_reconciles;
     let controller = tokio::spawn(async move {
-        controller::run(ctx, namespace.as_deref(), stop).await;
+        controller::run(ctx, namespace.as_deref(), concurrency, stop).await;
     });
     let lost = match elector.as_mut() {
         Some(e) => {

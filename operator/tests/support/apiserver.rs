@@ -694,13 +694,18 @@ impl FakeApiServer {
     }
 
     fn matching(&self, t: &Target, selector: &str) -> Vec<(Key, &Value)> {
+        // Keys sort by (collection, namespace, name): a range, not a scan of every object.
+        let from = (
+            t.collection.clone(),
+            t.namespace.clone().unwrap_or_default(),
+            String::new(),
+        );
         self.objects
-            .iter()
-            .filter(|((c, ns, _), o)| {
-                *c == t.collection
-                    && t.namespace.as_ref().is_none_or(|n| n == ns)
-                    && selects(selector, &o["metadata"]["labels"])
+            .range(from..)
+            .take_while(|((c, ns, _), _)| {
+                *c == t.collection && t.namespace.as_ref().is_none_or(|n| n == ns)
             })
+            .filter(|(_, o)| selects(selector, &o["metadata"]["labels"]))
             .map(|(k, v)| (k.clone(), v))
             .collect()
     }
