@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod assignment;
+pub mod checkpoint;
 mod duration;
 mod validate;
 

@@ -86,16 +86,10 @@ async fn open_store(
     }
     let store = &job.spec.checkpoint.store;
     if let Some(o) = &store.object_store {
+        // Credentials from the environment: the operator mounts the spec's Secret there.
         let config = ObjectStoreConfig {
-            url: format!("{}/{}", o.url.trim_end_matches('/'), name),
-            endpoint: o.endpoint.clone(),
-            region: o.region.clone(),
-            allow_http: o
-                .endpoint
-                .as_deref()
-                .is_some_and(|e| e.starts_with("http://")),
-            access_key_id: None,
-            secret_access_key: None,
+            from_env: true,
+            ..ObjectStoreConfig::for_job(o, &name)
         };
         return Ok(Arc::new(ObjectStoreStore::new(&config)?));
     }

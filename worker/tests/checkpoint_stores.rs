@@ -162,6 +162,7 @@ fn seaweed_store(endpoint: &str, prefix: &str) -> ObjectStoreStore {
         allow_http: false, // implied by the http:// endpoint
         access_key_id: Some(ACCESS_KEY.to_owned()),
         secret_access_key: Some(SECRET_KEY.to_owned()),
+        ..ObjectStoreConfig::default()
     })
     .expect("open the SeaweedFS store")
 }

@@ -616,6 +616,7 @@ fn killed_workers_with_checkpoints_on_s3_give_the_clean_results() {
             allow_http: true,
             access_key_id: Some(ACCESS_KEY.into()),
             secret_access_key: Some(SECRET_KEY.into()),
+            ..ObjectStoreConfig::default()
         })
         .map_err(|e| e.to_string())?;
         store.get(0).await.map(|_| ()).map_err(|e| e.to_string())

@@ -15,8 +15,8 @@ use kube::{Api, Client};
 
 use super::{decode, encode, CheckpointStore, PartitionCheckpoint, StoreError, Version, Versioned};
 
-/// The data key holding the record.
-pub const CHECKPOINT_KEY: &str = "checkpoint.json";
+/// The data key holding the record (shared with the operator, which reads it).
+pub const CHECKPOINT_KEY: &str = weir_crds::checkpoint::CONFIG_MAP_KEY;
 /// The label every checkpoint ConfigMap carries.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Its value.

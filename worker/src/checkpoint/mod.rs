@@ -9,8 +9,6 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
 mod configmap;
 mod dir;
 mod memory;
@@ -21,47 +19,9 @@ pub use dir::DirStore;
 pub use memory::MemoryStore;
 pub use object::{ObjectStoreConfig, ObjectStoreStore};
 
-/// What a partition's owner records about its progress. One per (stream, partition).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PartitionCheckpoint {
-    /// Format of this record; readers refuse versions they do not know.
-    pub format: u32,
-    /// The topic the offsets are in.
-    pub topic: String,
-    /// The partition.
-    pub partition: i32,
-    /// Assignment epoch of the owner that wrote it.
-    pub epoch: i64,
-    /// Who wrote it (pod name or local task), for people reading it.
-    pub owner: String,
-    /// Wall-clock time of the write, ms since the epoch, for status and people.
-    pub written_at_ms: i64,
-    /// `None`: claimed but nothing processed yet; start per `startFrom`.
-    pub progress: Option<Progress>,
-}
-
-/// The current checkpoint format.
-pub const FORMAT: u32 = 1;
-
-/// How far a partition got. Everything here is a pure function of the records up to
-/// `next_offset`, so a replay from `replay_from` rebuilds exactly the open windows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Progress {
-    /// Next offset to read.
-    pub next_offset: i64,
-    /// Earliest offset still needed by an open window (`<= next_offset`): replay starts here.
-    pub replay_from: i64,
-    /// Largest event time among records before `replay_from` (the partition's watermark state
-    /// at the replay point); `None` if there was none.
-    pub replay_max_event_time: Option<i64>,
-    /// The partition's watermark at `next_offset` (ms), for lag and status.
-    pub watermark: Option<i64>,
-    /// Every window ending at or before this (ms) was emitted and acknowledged by the sink;
-    /// a replay does not emit them again.
-    pub emitted_through: Option<i64>,
-}
+// The record is the contract between the workers and the operator, so it lives in the API
+// crate; re-exported here where the stores use it.
+pub use weir_crds::checkpoint::{PartitionCheckpoint, Progress, FORMAT};
 
 /// Opaque store version of a checkpoint (a resourceVersion, an e-tag, a generation).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,29 +110,8 @@ pub(crate) fn encode(cp: &PartitionCheckpoint) -> Result<Vec<u8>, StoreError> {
 
 /// Reads stored bytes back, refusing unknown formats and records of another partition.
 pub(crate) fn decode(partition: i32, bytes: &[u8]) -> Result<PartitionCheckpoint, StoreError> {
-    #[derive(Deserialize)]
-    struct FormatOnly {
-        format: u32,
-    }
-    let corrupt = |message: String| StoreError::Corrupt { partition, message };
-    // Look at the format first, so a newer format is reported as such, not as a parse error.
-    let head: FormatOnly =
-        serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not a checkpoint: {e}")))?;
-    if head.format != FORMAT {
-        return Err(corrupt(format!(
-            "format {} is not known to this worker (it reads format {FORMAT})",
-            head.format
-        )));
-    }
-    let cp: PartitionCheckpoint =
-        serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not a checkpoint: {e}")))?;
-    if cp.partition != partition {
-        return Err(corrupt(format!(
-            "record is for partition {}, stored under partition {partition}",
-            cp.partition
-        )));
-    }
-    Ok(cp)
+    weir_crds::checkpoint::parse(partition, bytes)
+        .map_err(|message| StoreError::Corrupt { partition, message })
 }
 
 /// Why a lease refused to go on.

@@ -1,0 +1,174 @@
+//! The checkpoint record and where it is kept: the contract between the workers, which write
+//! one record per source partition, and the operator, which reads the records (the epoch a new
+//! assignment must start above, lag, the time of the last write) and deletes them with the job
+//! when asked (DESIGN.md invariants 2 and 3; docs/checkpoints.md).
+//!
+//! Where: a ConfigMap `<job>-checkpoint-<partition>` under [`CONFIG_MAP_KEY`], or an object
+//! [`object_name`] under the job's location [`object_store_url`] in object storage.
+
+use serde::{Deserialize, Serialize};
+
+/// The current record format. A reader refuses a format it does not know rather than guess.
+pub const FORMAT: u32 = 1;
+
+/// What a partition's owner records about its progress. One per (stream, partition).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionCheckpoint {
+    /// Format of this record; readers refuse versions they do not know.
+    pub format: u32,
+    /// The topic the offsets are in.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// Assignment epoch of the owner that wrote it.
+    pub epoch: i64,
+    /// Who wrote it (pod name or local task), for people reading it.
+    pub owner: String,
+    /// Wall-clock time of the write, ms since the epoch, for status and people.
+    pub written_at_ms: i64,
+    /// `None`: claimed but nothing processed yet; start per `startFrom`.
+    pub progress: Option<Progress>,
+}
+
+/// How far a partition got. Everything here is a pure function of the records up to
+/// `next_offset`, so a replay from `replay_from` rebuilds exactly the open windows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Next offset to read.
+    pub next_offset: i64,
+    /// Earliest offset still needed by an open window (`<= next_offset`): replay starts here.
+    pub replay_from: i64,
+    /// Largest event time among records before `replay_from` (the partition's watermark state
+    /// at the replay point); `None` if there was none.
+    pub replay_max_event_time: Option<i64>,
+    /// The partition's watermark at `next_offset` (ms), for lag and status.
+    pub watermark: Option<i64>,
+    /// Every window ending at or before this (ms) was emitted and acknowledged by the sink;
+    /// a replay does not emit them again.
+    pub emitted_through: Option<i64>,
+}
+
+/// Key of a checkpoint ConfigMap under which the record is stored (as JSON).
+pub const CONFIG_MAP_KEY: &str = "checkpoint.json";
+
+/// Where a job's checkpoints live in object storage: the spec's
+/// `checkpoint.store.objectStore.url` followed by the job's name, so that jobs sharing a bucket
+/// and prefix do not share records.
+pub fn object_store_url(url: &str, job: &str) -> String {
+    format!("{}/{job}", url.trim_end_matches('/'))
+}
+
+/// Name of the object holding the record of `partition`, under [`object_store_url`].
+pub fn object_name(partition: i32) -> String {
+    format!("partition-{partition}.json")
+}
+
+/// The partition whose record an object named `name` (under [`object_store_url`]) holds, if
+/// the name is one [`object_name`] gives.
+pub fn partition_of_object(name: &str) -> Option<i32> {
+    let p = name.strip_prefix("partition-")?.strip_suffix(".json")?;
+    let partition: i32 = p.parse().ok()?;
+    (partition >= 0 && object_name(partition) == name).then_some(partition)
+}
+
+/// Reads a stored record of `partition`: refuses records that do not parse, of a format this
+/// reader does not know, or of another partition. The error says which, for a person.
+pub fn parse(partition: i32, bytes: &[u8]) -> Result<PartitionCheckpoint, String> {
+    #[derive(Deserialize)]
+    struct FormatOnly {
+        format: u32,
+    }
+    // Look at the format first, so a newer format is reported as such, not as a parse error.
+    let head: FormatOnly =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a checkpoint: {e}"))?;
+    if head.format != FORMAT {
+        return Err(format!(
+            "format {} is not known to this version of weir (it reads format {FORMAT})",
+            head.format
+        ));
+    }
+    let cp: PartitionCheckpoint =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a checkpoint: {e}"))?;
+    if cp.partition != partition {
+        return Err(format!(
+            "record is for partition {}, stored under partition {partition}",
+            cp.partition
+        ));
+    }
+    Ok(cp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(partition: i32) -> PartitionCheckpoint {
+        PartitionCheckpoint {
+            format: FORMAT,
+            topic: "payments".to_string(),
+            partition,
+            epoch: 7,
+            owner: "payments-worker-1".to_string(),
+            written_at_ms: 1_700_000_000_000,
+            progress: Some(Progress {
+                next_offset: 1200,
+                replay_from: 1100,
+                replay_max_event_time: Some(1_699_999_990_000),
+                watermark: None,
+                emitted_through: Some(1_699_999_980_000),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_documented_record_parses_and_round_trips() {
+        // The example of docs/checkpoints.md, field for field.
+        let text = r#"{"format": 1, "topic": "payments", "partition": 3, "epoch": 7,
+            "owner": "payments-per-merchant-worker-1", "writtenAtMs": 1700000000000,
+            "progress": {"nextOffset": 1200, "replayFrom": 1100,
+                         "replayMaxEventTime": 1699999990000, "watermark": 1699999999000,
+                         "emittedThrough": 1699999980000}}"#;
+        let cp = parse(3, text.as_bytes()).expect("parses");
+        assert_eq!((cp.epoch, cp.written_at_ms), (7, 1_700_000_000_000));
+        assert_eq!(cp.progress.as_ref().map(|p| p.next_offset), Some(1200));
+        let again = serde_json::to_vec(&record(3)).expect("JSON");
+        assert_eq!(parse(3, &again), Ok(record(3)));
+    }
+
+    #[test]
+    fn unknown_format_other_partition_and_garbage_are_refused() {
+        let mut newer = serde_json::to_value(record(0)).expect("JSON");
+        newer["format"] = serde_json::json!(2);
+        let e = parse(0, newer.to_string().as_bytes()).expect_err("format 2");
+        assert!(e.contains("format 2 is not known"), "{e}");
+        let e = parse(1, &serde_json::to_vec(&record(0)).expect("JSON")).expect_err("other");
+        assert!(e.contains("stored under partition 1"), "{e}");
+        let e = parse(0, b"{not json").expect_err("garbage");
+        assert!(e.starts_with("not a checkpoint"), "{e}");
+    }
+
+    #[test]
+    fn object_names_map_to_partitions_and_back() {
+        assert_eq!(
+            object_store_url("s3://b/jobs/", "payments"),
+            "s3://b/jobs/payments"
+        );
+        assert_eq!(object_store_url("s3://b", "payments"), "s3://b/payments");
+        assert_eq!(object_name(12), "partition-12.json");
+        for p in [0, 1, 12, 4096] {
+            assert_eq!(partition_of_object(&object_name(p)), Some(p));
+        }
+        for other in [
+            "partition-.json",
+            "partition--1.json",
+            "partition-01.json",
+            "partition-1.json.tmp",
+            "partition-1.lock",
+            "checkpoint.json",
+        ] {
+            assert_eq!(partition_of_object(other), None, "{other}");
+        }
+    }
+}
