@@ -553,11 +553,13 @@ async fn publish(ctx: &Context, meta: &kube::api::ObjectMeta, reason: &str, note
     }
 }
 
-/// Cleanup of a deleted job with `deleteOnJobDeletion`: deletes its checkpoint ConfigMaps (by
-/// the job label). Idempotent: deleting nothing succeeds.
-///
-/// TODO(object store): checkpoints in object storage are not deleted yet; the operator would
-/// need the store's credentials. They are left in place and the job's deletion proceeds.
+/// Event reason when the checkpoints of a deleted job cannot be deleted (the deletion waits).
+pub const CHECKPOINT_CLEANUP_FAILED: &str = "CheckpointCleanupFailed";
+
+/// Cleanup of a deleted job with `deleteOnJobDeletion`: deletes its checkpoints — the
+/// ConfigMaps (by the job label), or the records in object storage. Idempotent: deleting
+/// nothing succeeds. A failure is retried with backoff and the job's deletion waits for it;
+/// for the object store, a Warning Event says why (a missing Secret, refused credentials).
 async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     let ns = job.namespace().unwrap_or_default();
     let name = job.name_any();
@@ -573,8 +575,14 @@ async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
             job: name.clone(),
             source,
         })?;
-    } else {
-        warn!(job = %name, "object-store checkpoints are not deleted by the operator yet");
+    } else if let Some(store) = &job.spec.checkpoint.store.object_store {
+        if let Err(e) = crate::object_checkpoints::cleanup(&ctx.client, job, store).await {
+            let note = format!(
+                "{e}; the StreamJob is deleted once they are (or remove its finalizer {FINALIZER})"
+            );
+            publish(ctx, &job.metadata, CHECKPOINT_CLEANUP_FAILED, &note).await;
+            return Err(e);
+        }
     }
     Ok(Action::await_change())
 }

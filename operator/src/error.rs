@@ -140,6 +140,23 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Reading the object-store checkpoints of a job that has no previous assignment (so the
+    /// epoch to start above is unknown): the Secret missing, the store unreachable, refused.
+    #[error("reading the object-store checkpoints of {job}: {message}")]
+    ReadObjectStoreCheckpoints {
+        /// The job.
+        job: String,
+        /// What failed (never contains credentials).
+        message: String,
+    },
+    /// Deleting the object-store checkpoints of a deleted job.
+    #[error("deleting the object-store checkpoints of {job}: {message}")]
+    DeleteObjectStoreCheckpoints {
+        /// The job.
+        job: String,
+        /// What failed (never contains credentials).
+        message: String,
+    },
     /// The kube-runtime finalizer helper failed (adding or removing the finalizer, or the
     /// apply/cleanup it ran).
     #[error("finalizer: {0}")]
@@ -166,6 +183,8 @@ impl Error {
             Error::PatchStatus { .. } => "PatchStatus",
             Error::RemoveFinalizer { .. } => "RemoveFinalizer",
             Error::DeleteCheckpoints { .. } => "DeleteCheckpoints",
+            Error::ReadObjectStoreCheckpoints { .. } => "ReadObjectStoreCheckpoints",
+            Error::DeleteObjectStoreCheckpoints { .. } => "DeleteObjectStoreCheckpoints",
             Error::Finalizer(e) => match e.as_ref() {
                 F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner.category(),
                 F::AddFinalizer(_) => "AddFinalizer",
@@ -194,6 +213,8 @@ impl Error {
             | Error::PatchStatus { source, .. }
             | Error::RemoveFinalizer { source, .. }
             | Error::DeleteCheckpoints { source, .. } => Some(source),
+            Error::ReadObjectStoreCheckpoints { .. }
+            | Error::DeleteObjectStoreCheckpoints { .. } => None,
             Error::Finalizer(e) => match e.as_ref() {
                 F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner.kube_error(),
                 F::AddFinalizer(source) | F::RemoveFinalizer(source) => Some(source),

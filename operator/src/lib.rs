@@ -2,8 +2,8 @@
 //!
 //! One reconcile is [`observe`] (reads only) → [`desired::desired`] (pure) → server-side apply
 //! ([`controller`]) → [`status::compute`] (pure). [`observed`], [`desired`] and [`status`] are
-//! pure (no client, no clock, no I/O); [`observe`], [`controller`] and [`leader`] talk to the API
-//! server and Kafka. [`rbac::API_CALLS`] lists every API call the operator makes.
+//! pure (no client, no clock, no I/O); [`observe`], [`object_checkpoints`], [`controller`] and [`leader`]
+//! talk to the API server, Kafka and object storage. [`rbac::API_CALLS`] lists every API call the operator makes.
 
 pub mod controller;
 pub mod desired;
@@ -11,6 +11,7 @@ pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod object_checkpoints;
 pub mod observe;
 pub mod observed;
 pub mod rbac;

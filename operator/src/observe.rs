@@ -1,7 +1,8 @@
 //! The observe step: reads only. For one StreamJob it reads the credentials Secret, the source
 //! topic (partitions, `retention.ms`) through a [`KafkaObserver`], the job ConfigMap (the
-//! previous assignment), the checkpoint ConfigMaps (epochs, offsets, times) with the topic's
-//! high watermarks for lag, and the StatefulSet. It writes nothing, anywhere.
+//! previous assignment), the checkpoints — ConfigMaps, or objects in object storage
+//! ([`crate::object_checkpoints`]) — (epochs, offsets, times) with the topic's high watermarks
+//! for lag, and the StatefulSet. It writes nothing, anywhere.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -13,17 +14,16 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
 use kube::{Api, Client};
-use serde::Deserialize;
 use weir_crds::assignment::Assignment;
+use weir_crds::checkpoint::{self, PartitionCheckpoint};
 use weir_crds::StreamJob;
 
 use crate::error::Error;
 use crate::names;
 use crate::observed::{Observed, TopicObservation};
 
-/// The key of a checkpoint ConfigMap holding the JSON checkpoint (the worker's
-/// `checkpoint::CHECKPOINT_KEY`).
-pub const CHECKPOINT_KEY: &str = "checkpoint.json";
+/// The key of a checkpoint ConfigMap holding the JSON checkpoint (the workers write it).
+pub const CHECKPOINT_KEY: &str = checkpoint::CONFIG_MAP_KEY;
 
 /// How to reach the source brokers: bootstrap servers and librdkafka properties (the spec's
 /// `properties` overlaid with the credentials Secret's keys). Its `Debug` never shows values.
@@ -195,25 +195,6 @@ pub struct Observation {
     pub checkpoint_names: BTreeSet<String>,
 }
 
-/// The fields of a worker checkpoint (`worker/src/checkpoint/mod.rs`, `PartitionCheckpoint`)
-/// the operator reads. Parsed here rather than through the worker crate, which would bring the
-/// object-store stack into the operator.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CheckpointView {
-    topic: String,
-    partition: i32,
-    epoch: i64,
-    written_at_ms: i64,
-    progress: Option<ProgressView>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ProgressView {
-    next_offset: i64,
-}
-
 /// The checkpoints of one job, summarised.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CheckpointSummary {
@@ -226,6 +207,24 @@ pub struct CheckpointSummary {
     pub next_offsets: BTreeMap<i32, i64>,
 }
 
+impl CheckpointSummary {
+    /// Counts one checkpoint of a job reading `topic` (a record of another topic, the one the
+    /// job read before, counts for the epoch only).
+    pub fn add(&mut self, cp: &PartitionCheckpoint, topic: &str) {
+        self.max_epoch = Some(self.max_epoch.map_or(cp.epoch, |m| m.max(cp.epoch)));
+        if cp.topic != topic {
+            return;
+        }
+        self.oldest_written_at_ms = Some(
+            self.oldest_written_at_ms
+                .map_or(cp.written_at_ms, |m| m.min(cp.written_at_ms)),
+        );
+        if let Some(p) = &cp.progress {
+            self.next_offsets.insert(cp.partition, p.next_offset);
+        }
+    }
+}
+
 /// Summarises the checkpoint ConfigMaps of a job reading `topic`. ConfigMaps without a
 /// checkpoint yet (created empty by the operator) or that do not parse are skipped.
 pub fn summarize_checkpoints(config_maps: &[ConfigMap], topic: &str) -> CheckpointSummary {
@@ -234,24 +233,19 @@ pub fn summarize_checkpoints(config_maps: &[ConfigMap], topic: &str) -> Checkpoi
         let Some(text) = cm.data.as_ref().and_then(|d| d.get(CHECKPOINT_KEY)) else {
             continue;
         };
-        let cp: CheckpointView = match serde_json::from_str(text) {
-            Ok(cp) => cp,
+        let cp = match serde_json::from_str::<PartitionCheckpoint>(text) {
+            Ok(cp) if cp.format == checkpoint::FORMAT => cp,
+            Ok(cp) => {
+                tracing::warn!(configmap = ?cm.metadata.name, format = cp.format,
+                    "checkpoint of a format this operator does not know");
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(configmap = ?cm.metadata.name, error = %e, "unreadable checkpoint");
                 continue;
             }
         };
-        s.max_epoch = Some(s.max_epoch.map_or(cp.epoch, |m| m.max(cp.epoch)));
-        if cp.topic != topic {
-            continue;
-        }
-        s.oldest_written_at_ms = Some(
-            s.oldest_written_at_ms
-                .map_or(cp.written_at_ms, |m| m.min(cp.written_at_ms)),
-        );
-        if let Some(p) = cp.progress {
-            s.next_offsets.insert(cp.partition, p.next_offset);
-        }
+        s.add(&cp, topic);
     }
     s
 }
@@ -380,9 +374,16 @@ pub async fn observe(
             .filter_map(|cm| cm.metadata.name.clone())
             .collect();
         summary = summarize_checkpoints(&list.items, &topic_name);
+    } else if let Some(store) = &job.spec.checkpoint.store.object_store {
+        summary = crate::object_checkpoints::observe(
+            client,
+            job,
+            store,
+            topic.partitions(),
+            previous_assignment.is_some(),
+        )
+        .await?;
     }
-    // TODO(object store): read the object-store checkpoints too; until then the epoch base,
-    // lag and lastCheckpointTime of such jobs come from the job ConfigMap alone.
 
     let lag = match (&conn, topic.partitions()) {
         (Some(conn), Some(p)) if !summary.next_offsets.is_empty() => {

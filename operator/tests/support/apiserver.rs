@@ -234,6 +234,83 @@ fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
+/// The location a JSON pointer (`/metadata/finalizers/0`) names: its parent and last token.
+fn pointer_parent<'a>(
+    target: &'a mut Value,
+    pointer: &str,
+) -> Result<(&'a mut Value, String), String> {
+    let tokens: Vec<String> = pointer
+        .split('/')
+        .skip(1)
+        .map(|t| t.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    let (last, parents) = tokens.split_last().ok_or("empty pointer")?;
+    let mut cur = target;
+    for t in parents {
+        cur = match cur {
+            Value::Object(m) => m.get_mut(t).ok_or(format!("no {t} in {pointer}"))?,
+            Value::Array(a) => {
+                let i: usize = t.parse().map_err(|_| format!("bad index {t}"))?;
+                a.get_mut(i).ok_or(format!("no index {i} in {pointer}"))?
+            }
+            _ => return Err(format!("{pointer} goes through a scalar")),
+        };
+    }
+    Ok((cur, last.clone()))
+}
+
+/// RFC 6902 JSON patch: `test`, `add`, `remove` and `replace`, the operations kube's finalizer
+/// helper sends. An error is what the API server answers 422 for.
+fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
+    for op in ops.as_array().ok_or("a JSON patch is a list")? {
+        let path = op["path"].as_str().ok_or("op without path")?;
+        let (parent, last) = pointer_parent(target, path)?;
+        let kind = op["op"].as_str().unwrap_or_default();
+        match (kind, parent) {
+            ("test", p) => {
+                let here = match p {
+                    Value::Object(m) => m.get(&last).cloned(),
+                    Value::Array(a) => last.parse::<usize>().ok().and_then(|i| a.get(i).cloned()),
+                    _ => None,
+                };
+                if here.as_ref() != Some(&op["value"]) {
+                    return Err(format!("test of {path} failed"));
+                }
+            }
+            ("add" | "replace", Value::Object(m)) => {
+                m.insert(last, op["value"].clone());
+            }
+            ("add", Value::Array(a)) => {
+                let i = if last == "-" {
+                    a.len()
+                } else {
+                    last.parse().map_err(|_| "bad index")?
+                };
+                if i > a.len() {
+                    return Err(format!("index {i} out of {path}"));
+                }
+                a.insert(i, op["value"].clone());
+            }
+            ("replace", Value::Array(a)) => {
+                let i: usize = last.parse().map_err(|_| "bad index")?;
+                *a.get_mut(i).ok_or(format!("no {path}"))? = op["value"].clone();
+            }
+            ("remove", Value::Object(m)) => {
+                m.remove(&last).ok_or(format!("no {path}"))?;
+            }
+            ("remove", Value::Array(a)) => {
+                let i: usize = last.parse().map_err(|_| "bad index")?;
+                if i >= a.len() {
+                    return Err(format!("no {path}"));
+                }
+                a.remove(i);
+            }
+            (other, _) => return Err(format!("unsupported op {other:?} on {path}")),
+        }
+    }
+    Ok(())
+}
+
 /// The `kind` of the objects of a resource the operator touches.
 fn kind_of(collection: &str) -> &'static str {
     match collection.rsplit('/').next().unwrap_or_default() {
@@ -460,6 +537,21 @@ impl FakeApiServer {
         }
         self.rv += 1;
         new["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        let finalizers_left = new["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        if !new["metadata"]["deletionTimestamp"].is_null() && !finalizers_left {
+            // Being deleted and nothing holds it any more: gone.
+            self.objects.remove(&key(t));
+            self.events.push(Arc::new(Event {
+                rv: self.rv,
+                collection: t.collection.clone(),
+                namespace: ns,
+                type_: "DELETED",
+                object: new.clone(),
+            }));
+            return new;
+        }
         self.events.push(Arc::new(Event {
             rv: self.rv,
             collection: t.collection.clone(),
@@ -539,6 +631,17 @@ impl FakeApiServer {
             }
             ("PATCH", Some(_), None) if call.content_type.contains("merge-patch") => {
                 self.merge_patch(&t, call)
+            }
+            ("PATCH", Some(_), None) if call.content_type.contains("json-patch") => {
+                let Some(old) = self.objects.get(&key(&t)).cloned() else {
+                    return (StatusCode::NOT_FOUND, status_body(404, "NotFound"));
+                };
+                let mut new = old.clone();
+                if let Err(e) = json_patch(&mut new, &call.body) {
+                    return (StatusCode::UNPROCESSABLE_ENTITY, status_body(422, &e));
+                }
+                let stored = self.store(&t, Some(old), new);
+                (StatusCode::OK, stored)
             }
             ("POST", None, _) if resource == "events" => (StatusCode::CREATED, call.body.clone()),
             ("POST", None, _) => self.create(&t, call),
