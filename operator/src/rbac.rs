@@ -26,7 +26,7 @@ pub const API_CALLS: &[(&str, &str, &[&str])] = &[
             "deletecollection",
         ],
     ),
-    // The source credentials Secret (librdkafka properties).
+    // The source credentials Secret (librdkafka properties) and the object-store one.
     ("", "secrets", &["get"]),
     ("", "serviceaccounts", &["list", "watch", "create", "patch"]),
     ("", "services", &["list", "watch", "create", "patch"]),
