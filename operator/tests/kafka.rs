@@ -100,3 +100,74 @@ async fn an_unreachable_broker_is_reported_not_waited_on_forever() {
     }
     assert!(start.elapsed() < Duration::from_secs(10));
 }
+
+/// (VmRSS, VmHWM) of this process, kB.
+fn memory_kb() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A measurement, not a check (the reconcile benchmark fakes Kafka): how much RSS the real
+/// observer adds when `WEIR_MAX_CONCURRENT_RECONCILES` (16) reconciles read their topics at
+/// once, each with its own librdkafka clients (metadata, DescribeConfigs, watermarks).
+/// `cargo test -p weir-operator --release --test kafka -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it with --ignored --nocapture"]
+async fn memory_of_concurrent_topic_reads() {
+    let broker = Broker::start();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .expect("admin");
+    let topics: Vec<NewTopic> = (0..16)
+        .map(|i| {
+            NewTopic::new(
+                Box::leak(format!("t-{i}").into_boxed_str()),
+                64,
+                TopicReplication::Fixed(1),
+            )
+        })
+        .collect();
+    for r in admin
+        .create_topics(&topics, &AdminOptions::new())
+        .await
+        .expect("create topics")
+    {
+        r.expect("topic created");
+    }
+    let observer = std::sync::Arc::new(RdKafkaObserver::default());
+    let conn = conn(&broker);
+    let before = memory_kb();
+    for round in 0..5 {
+        let reads = (0..16).map(|i| {
+            let (observer, conn) = (observer.clone(), conn.clone());
+            tokio::spawn(async move {
+                let topic = format!("t-{i}");
+                let found = observer.topic(&conn, &topic).await;
+                assert_eq!(found.partitions(), Some(64), "{found:?}");
+                observer
+                    .high_watermarks(&conn, &topic, 64)
+                    .await
+                    .expect("watermarks");
+            })
+        });
+        for r in futures::future::join_all(reads).await {
+            r.expect("read");
+        }
+        let now = memory_kb();
+        println!(
+            "round {round}: 16 concurrent topic reads: VmRSS {:.1} MB (+{:.1}), VmHWM {:.1} MB (+{:.1})",
+            now.0 as f64 / 1024.0,
+            (now.0 as f64 - before.0 as f64) / 1024.0,
+            now.1 as f64 / 1024.0,
+            (now.1 as f64 - before.1 as f64) / 1024.0,
+        );
+    }
+}
