@@ -2075,6 +2075,36 @@ fn offer(slot: &mut Option<Pick>, order: Order, text: &str, want: Ordering) {
     }
 }
 
+impl Column {
+    /// A column of one row holding `acc` (to merge a partial aggregate into a pane row).
+    pub fn from_acc(acc: &Acc) -> Column {
+        let or_nan = |x: &Option<f64>| x.unwrap_or(f64::NAN);
+        let slot = |p: &Option<Pick>| match p {
+            Some(p) => PickSlot {
+                order: Some(p.order),
+                json: p.json.clone(),
+            },
+            None => PickSlot::default(),
+        };
+        match acc {
+            Acc::Count(n) => Column::Count(vec![*n]),
+            Acc::Sum(s) => Column::Sum(vec![*s]),
+            Acc::Mean(m) => Column::Mean(vec![*m]),
+            Acc::Min(m) => Column::Min(vec![or_nan(m)]),
+            Acc::Max(m) => Column::Max(vec![or_nan(m)]),
+            Acc::Stddev(m) => Column::Stddev(vec![**m]),
+            Acc::Variance(m) => Column::Variance(vec![**m]),
+            Acc::CountDistinct(d) => Column::CountDistinct(vec![d.clone()]),
+            Acc::Percentile(q) => Column::Percentile {
+                quantile: Some(q.quantile()),
+                rows: vec![(**q).clone()],
+            },
+            Acc::First(p) => Column::First(vec![slot(p)]),
+            Acc::Last(p) => Column::Last(vec![slot(p)]),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

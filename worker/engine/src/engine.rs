@@ -31,6 +31,9 @@ use crate::decode::{Fields, Scalar};
 use crate::plan::{AggPlan, GroupPart, JobPlan, TimeSource, WindowKind};
 use crate::time;
 
+mod stages;
+pub use stages::{Exchange, MergeOutcome, Partial};
+
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A watermark larger than any event time plus any window, used to close everything at the end.
@@ -219,8 +222,12 @@ pub struct Stats {
     pub accepted: u64,
     /// Records rejected, by reason (indexed like [`RejectReason::ALL`]).
     pub rejected: [u64; 5],
-    /// Results emitted.
+    /// Results emitted (partials, in stage 1 of a two-stage job).
     pub results: u64,
+    /// Stage 2: partials skipped because they were merged before (a replay of stage 1).
+    pub duplicate_partials: u64,
+    /// Stage 2: partials dropped because their windows had closed (their source was idle).
+    pub late_partials: u64,
 }
 
 /// Interned group keys with a count of the state entries holding each, so a group's key is
@@ -332,6 +339,13 @@ impl Groups {
 
     fn len(&self) -> usize {
         self.table.len()
+    }
+
+    /// Drop `id` if nothing holds it (it was interned only to be looked at).
+    fn forget_if_unused(&mut self, id: u32) {
+        if self.refs[id as usize] == 0 {
+            self.release(id);
+        }
     }
 }
 
@@ -714,6 +728,12 @@ pub struct Engine {
     key_buf: Vec<u8>,
     json_buf: Vec<u8>,
     contributions: Vec<Contribution>,
+    /// Stage 1 of a two-stage job: emit partials, not results (see [`stages`]).
+    partial_mode: bool,
+    partials: Vec<Partial>,
+    /// Stage 2: per pane row (pane, first window) still open, the (group, source partition,
+    /// segment) of each partial merged into it.
+    merged: BTreeMap<(i64, i64), std::collections::HashSet<(u32, i32, Option<i64>)>>,
 }
 
 /// Reuse a vector's allocation for another lifetime (the standard library collects in place).
@@ -758,6 +778,9 @@ impl Engine {
             key_buf: Vec::new(),
             json_buf: Vec::new(),
             contributions: Vec::new(),
+            partial_mode: false,
+            partials: Vec::new(),
+            merged: BTreeMap::new(),
         }
     }
 
@@ -1176,6 +1199,7 @@ impl Engine {
         let wm = self.watermark;
         let first = self.results.len();
         match &mut self.state {
+            State::Aligned(_) if self.partial_mode => self.close_partials(wm),
             State::Aligned(a) => {
                 a.close(old, wm, &mut self.groups, &mut self.results);
             }
