@@ -614,10 +614,7 @@ impl StreamJobSpec {
 /// Name of a job's repartition topic (two-stage jobs): `weir-<namespace>-<job>-repartition`,
 /// the same in a cluster and in local mode (namespace `default` when the job names none).
 pub fn repartition_topic(namespace: Option<&str>, job: &str) -> String {
-    format!(
-        "weir-{}-{job}-repartition",
-        namespace.unwrap_or("default")
-    )
+    format!("weir-{}-{job}-repartition", namespace.unwrap_or("default"))
 }
 
 /// Settings of the worker pods.

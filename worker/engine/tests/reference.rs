@@ -753,21 +753,24 @@ fn run_two_stages(
     let mut results = Vec::new();
     let mut rejects = Vec::new();
     let route = |p: &Partial| p.group.bytes().map(usize::from).sum::<usize>() % merges;
-    let deliver = |stage2: &mut Vec<Engine>, log_offsets: &mut Vec<i64>, msg: &Exchange, to: usize| {
-        let bytes = msg.to_bytes();
-        let msg = Exchange::from_bytes(&bytes).map_err(|e| format!("exchange bytes: {e}"))?;
-        let offset = log_offsets[to];
-        log_offsets[to] += 1;
-        match msg {
-            Exchange::Partial(p) => {
-                stage2[to].merge_partial(to as i32, offset, &p);
+    let deliver =
+        |stage2: &mut Vec<Engine>, log_offsets: &mut Vec<i64>, msg: &Exchange, to: usize| {
+            let bytes = msg.to_bytes();
+            let msg = Exchange::from_bytes(&bytes).map_err(|e| format!("exchange bytes: {e}"))?;
+            let offset = log_offsets[to];
+            log_offsets[to] += 1;
+            match msg {
+                Exchange::Partial(p) => {
+                    stage2[to].merge_partial(to as i32, offset, &p);
+                }
+                Exchange::Watermark {
+                    source,
+                    watermark,
+                    idle,
+                } => stage2[to].source_watermark(source, watermark, idle),
             }
-            Exchange::Watermark { source, watermark, idle } => {
-                stage2[to].source_watermark(source, watermark, idle)
-            }
-        }
-        Ok::<(), String>(())
-    };
+            Ok::<(), String>(())
+        };
     let mut resend = resend.iter().peekable();
     for (i, e) in events.iter().enumerate() {
         let p = match *e {
@@ -776,7 +779,14 @@ fn run_two_stages(
                 stage1[p as usize].flush_partials(offsets[p as usize]);
                 p
             }
-            Event::Record { partition, t, g, x, d, bad } => {
+            Event::Record {
+                partition,
+                t,
+                g,
+                x,
+                d,
+                bad,
+            } => {
                 let v = value(t, g, x, d, bad);
                 let offset = &mut offsets[partition as usize];
                 let rec = Record {
@@ -801,7 +811,12 @@ fn run_two_stages(
         for partial in stage1[p as usize].take_partials() {
             let to = route(&partial);
             sent.push(partial.clone());
-            deliver(&mut stage2, &mut log_offsets, &Exchange::Partial(partial), to)?;
+            deliver(
+                &mut stage2,
+                &mut log_offsets,
+                &Exchange::Partial(partial),
+                to,
+            )?;
         }
         while let Some((at, which)) = resend.peek() {
             if *at > i || sent.is_empty() {
@@ -831,10 +846,18 @@ fn run_two_stages(
         engine.finish();
         for partial in engine.take_partials() {
             let to = route(&partial);
-            deliver(&mut stage2, &mut log_offsets, &Exchange::Partial(partial), to)?;
+            deliver(
+                &mut stage2,
+                &mut log_offsets,
+                &Exchange::Partial(partial),
+                to,
+            )?;
         }
         if engine.open_rows() != 0 {
-            return Err(format!("stage 1 of partition {p} kept {} rows", engine.open_rows()));
+            return Err(format!(
+                "stage 1 of partition {p} kept {} rows",
+                engine.open_rows()
+            ));
         }
     }
     for s in stage2.iter_mut() {
