@@ -401,15 +401,12 @@ pub fn worker(
              assignment has no second stage (an operator older than this worker?)"
         );
     }
-    let merge = match &assignment.merge {
-        Some(m) => Some(MergePlan {
-            topic: m.topic.clone(),
-            partitions: m.workers.iter().map(Vec::len).sum::<usize>() as i32,
-            sources: m.sources,
-            mine: m.workers.get(ordinal).cloned().unwrap_or_default(),
-        }),
-        None => None,
-    };
+    let merge = assignment.merge.as_ref().map(|m| MergePlan {
+        topic: m.topic.clone(),
+        partitions: m.workers.iter().map(Vec::len).sum::<usize>() as i32,
+        sources: m.sources,
+        mine: m.workers.get(ordinal).cloned().unwrap_or_default(),
+    });
     run(
         job,
         plan,

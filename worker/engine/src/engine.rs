@@ -714,6 +714,9 @@ fn align_up(t: i64, step: i64) -> i64 {
     }
 }
 
+/// What identifies a partial within its pane row: (group id, source partition, segment).
+type PartialId = (u32, i32, Option<i64>);
+
 /// The streaming engine for one job and a set of input partitions.
 pub struct Engine {
     plan: JobPlan,
@@ -733,7 +736,7 @@ pub struct Engine {
     partials: Vec<Partial>,
     /// Stage 2: per pane row (pane, first window) still open, the (group, source partition,
     /// segment) of each partial merged into it.
-    merged: BTreeMap<(i64, i64), std::collections::HashSet<(u32, i32, Option<i64>)>>,
+    merged: BTreeMap<(i64, i64), std::collections::HashSet<PartialId>>,
 }
 
 /// Reuse a vector's allocation for another lifetime (the standard library collects in place).
