@@ -11,6 +11,23 @@ pub struct Assignment {
     pub epoch: i64,
     /// `workers[ordinal]` = the partitions of that worker.
     pub workers: Vec<Vec<i32>>,
+    /// Two-stage jobs: the second stage's partitions, assigned to the same workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<MergeAssignment>,
+}
+
+/// The second stage of a two-stage job (DESIGN.md invariant 5): which partitions of the
+/// repartition topic each worker merges, and how many source partitions report to them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MergeAssignment {
+    /// The repartition topic.
+    pub topic: String,
+    /// Partitions of the source topic: every one of them must report its watermark before the
+    /// second stage closes a window.
+    pub sources: i32,
+    /// `workers[ordinal]` = the repartition partitions of that worker.
+    pub workers: Vec<Vec<i32>>,
 }
 
 impl Assignment {
@@ -25,7 +42,20 @@ impl Assignment {
         Assignment {
             epoch,
             workers: out,
+            merge: None,
         }
+    }
+
+    /// Adds a second stage: `partitions` of `topic` spread over the same workers round-robin,
+    /// merging partials from `sources` source partitions.
+    pub fn with_merge(mut self, topic: &str, partitions: i32, sources: i32) -> Assignment {
+        let spread = Assignment::round_robin(partitions, self.workers.len(), self.epoch);
+        self.merge = Some(MergeAssignment {
+            topic: topic.to_string(),
+            sources,
+            workers: spread.workers,
+        });
+        self
     }
 }
 

@@ -33,7 +33,7 @@ pub struct PartitionCheckpoint {
 
 /// How far a partition got. Everything here is a pure function of the records up to
 /// `next_offset`, so a replay from `replay_from` rebuilds exactly the open windows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Progress {
     /// Next offset to read.
@@ -48,7 +48,30 @@ pub struct Progress {
     /// Every window ending at or before this (ms) was emitted and acknowledged by the sink;
     /// a replay does not emit them again.
     pub emitted_through: Option<i64>,
+    /// Stage 1 of a two-stage job: offsets (at or after `replay_from`) at which the partition
+    /// went idle and flushed its open pane rows; a replay flushes at the same offsets, so that it
+    /// sends the same partials again (which stage 2 then recognises).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flushes: Vec<i64>,
+    /// Stage 2 of a two-stage job: each source partition's progress as last reported.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sources: std::collections::BTreeMap<i32, SourceProgress>,
 }
+
+/// A source partition's progress, as stage 2 last heard it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceProgress {
+    /// Its watermark, ms (`None`: no record yet).
+    pub watermark: Option<i64>,
+    /// Whether it was idle.
+    pub idle: bool,
+}
+
+/// Where stage 2 of a two-stage job (the merge, reading the repartition topic) keeps its
+/// records, under the job's location: `<job location>/merge/partition-<p>.json` in object
+/// storage (ConfigMaps `<job>-merge-checkpoint-<p>`).
+pub const MERGE_LOCATION: &str = "merge";
 
 /// Key of a checkpoint ConfigMap under which the record is stored (as JSON).
 pub const CONFIG_MAP_KEY: &str = "checkpoint.json";
@@ -118,6 +141,7 @@ mod tests {
                 replay_max_event_time: Some(1_699_999_990_000),
                 watermark: None,
                 emitted_through: Some(1_699_999_980_000),
+                ..Progress::default()
             }),
         }
     }

@@ -74,6 +74,7 @@ pub const VERSION: &str = "v1alpha1";
 #[x_kube(
     validation = Rule::new("self.sink.kafka.topic != self.source.kafka.topic || (has(self.sink.kafka.bootstrapServers) && self.sink.kafka.bootstrapServers != self.source.kafka.bootstrapServers)").message("sink.kafka.topic must differ from source.kafka.topic: results written to the source would be read again").field_path(".sink.kafka.topic"),
     validation = Rule::new("!has(self.deadLetter) || self.deadLetter.kafka.topic != self.source.kafka.topic || (has(self.deadLetter.kafka.bootstrapServers) && self.deadLetter.kafka.bootstrapServers != self.source.kafka.bootstrapServers)").message("deadLetter.kafka.topic must differ from source.kafka.topic").field_path(".deadLetter.kafka.topic"),
+    validation = Rule::new("self.window.type != 'session' || (has(self.repartition) && has(self.repartition.coPartitioned) ? self.repartition.coPartitioned : (has(self.groupByKey) && self.groupByKey && (!has(self.groupBy) || size(self.groupBy) == 0)))").message("session windows need co-partitioned groups: group by the message key alone, or set repartition.coPartitioned: true").field_path(".repartition.coPartitioned"),
     validation = Rule::new("!(has(self.groupByKey) && self.groupByKey && has(self.groupBy) && self.groupBy.exists(p, p == 'key'))").message("groupBy must not name a field 'key' when groupByKey is true: both would be the output group field 'key'").field_path(".groupBy"),
 )]
 #[serde(rename_all = "camelCase")]
@@ -126,6 +127,11 @@ pub struct StreamJobSpec {
     /// How often and where progress is checkpointed.
     #[serde(default)]
     pub checkpoint: Checkpoint,
+
+    /// Whether each group's records share one source partition, and if not, the internal topic
+    /// through which workers exchange partial aggregates so that every result is exact.
+    #[serde(default, skip_serializing_if = "Repartition::is_default")]
+    pub repartition: Repartition,
 
     /// Settings of the worker pods.
     #[serde(default, skip_serializing_if = "WorkerTemplate::is_empty")]
@@ -565,6 +571,53 @@ pub struct ObjectStore {
     pub credentials: Option<SecretReference>,
 }
 
+/// How the records of one group are spread over the source partitions.
+///
+/// When every record of a group is in one partition (groups are *co-partitioned*, as when the
+/// group is the message key), each worker computes its groups' results alone. Otherwise results
+/// are computed in two stages: each source partition pre-aggregates its records, the partial
+/// aggregates go by group through an internal repartition topic, and a second stage merges them
+/// and closes a window only when every source partition's watermark has passed it. Results are
+/// the same either way; the second stage costs a topic and some latency.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Repartition {
+    /// `true`: every record of a group is in one source partition (for example, the producer
+    /// keys records by the group field), so no second stage runs. Absent: inferred, true only
+    /// when the group is the message key alone (`groupByKey: true` and no `groupBy`). Session
+    /// windows need co-partitioned groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub co_partitioned: Option<bool>,
+
+    /// Partitions of the repartition topic (the second stage's parallelism). Default: as many as
+    /// the source topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub partitions: Option<i32>,
+}
+
+impl Repartition {
+    fn is_default(&self) -> bool {
+        self == &Repartition::default()
+    }
+}
+
+impl StreamJobSpec {
+    /// Whether the job runs in one stage: its groups are co-partitioned, declared or inferred
+    /// (see [`Repartition::co_partitioned`]).
+    pub fn co_partitioned(&self) -> bool {
+        self.repartition
+            .co_partitioned
+            .unwrap_or(self.group_by_key && self.group_by.is_empty())
+    }
+}
+
+/// Name of a job's repartition topic (two-stage jobs): `weir-<namespace>-<job>-repartition`,
+/// the same in a cluster and in local mode (namespace `default` when the job names none).
+pub fn repartition_topic(namespace: Option<&str>, job: &str) -> String {
+    format!("weir-{}-{job}-repartition", namespace.unwrap_or("default"))
+}
+
 /// Settings of the worker pods.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -647,6 +700,11 @@ pub struct StreamJobStatus {
     /// Records in the source topic not yet checkpointed, summed over partitions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+
+    /// Two-stage jobs: partial aggregates in the repartition topic not yet checkpointed by the
+    /// second stage, summed over its partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repartition_lag: Option<i64>,
 
     /// Time of the oldest of the partitions' latest checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]

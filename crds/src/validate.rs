@@ -269,6 +269,20 @@ impl StreamJobSpec {
         );
 
         c.window(&self.window);
+        c.check(
+            self.window.kind != WindowType::Session || self.co_partitioned(),
+            "spec.repartition.coPartitioned",
+            "session windows need co-partitioned groups: group by the message key alone \
+             (groupByKey: true, no groupBy), or set repartition.coPartitioned: true when the \
+             producer puts all records of a group in one partition",
+        );
+        if let Some(n) = self.repartition.partitions {
+            c.check(
+                (1..=10000).contains(&n),
+                "spec.repartition.partitions",
+                "must be between 1 and 10000",
+            );
+        }
 
         c.check(
             !self.aggregations.is_empty(),

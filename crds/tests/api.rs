@@ -160,6 +160,19 @@ fn bad_specs() -> Vec<(&'static str, Mutation, &'static str)> {
             "spec.window.size",
         ),
         (
+            "session window over groups that span partitions",
+            Box::new(|v: &mut Value| {
+                v["spec"]["window"] = json!({"type": "session", "gap": "30s"});
+                v["spec"]["groupBy"] = json!(["merchant"]);
+            }),
+            "spec.repartition.coPartitioned",
+        ),
+        (
+            "repartition topic without partitions",
+            Box::new(|v: &mut Value| v["spec"]["repartition"] = json!({"partitions": 0})),
+            "spec.repartition.partitions",
+        ),
+        (
             "tumbling window without size",
             Box::new(|v: &mut Value| v["spec"]["window"] = json!({"type": "tumbling"})),
             "spec.window.size",

@@ -61,6 +61,16 @@ impl ObjectStoreConfig {
     }
 }
 
+impl ObjectStoreConfig {
+    /// The location of the records of stage 2 (the merge) of a two-stage `job`:
+    /// [`weir_crds::checkpoint::MERGE_LOCATION`] under the job's.
+    pub fn for_merge(store: &weir_crds::ObjectStore, job: &str) -> Self {
+        let mut config = ObjectStoreConfig::for_job(store, job);
+        config.url = format!("{}/{}", config.url, weir_crds::checkpoint::MERGE_LOCATION);
+        config
+    }
+}
+
 impl std::fmt::Debug for ObjectStoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let redacted = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");

@@ -124,6 +124,7 @@ metadata: {{name: job-{i}, namespace: ns-{ns}}}
 spec:
   source: {{kafka: {{bootstrapServers: 'kafka-{ns}:9092', topic: t-{i}{credentials}}}, eventTime: {{field: ts, format: rfc3339}}}}
   groupBy: [merchant]
+  repartition: {{coPartitioned: true}}
   window: {window}
   aggregations: [{aggregations}]
   sink: {{kafka: {{topic: out-{i}}}}}

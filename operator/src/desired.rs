@@ -502,12 +502,26 @@ impl Builder<'_> {
     fn workers(&self, obs: &Observed, partitions: i32) -> Result<Workers, InvalidSpec> {
         let spec = &self.job.spec;
         let count = worker_count(spec, partitions);
-        let assignment = next_assignment(
+        let mut assignment = next_assignment(
             partitions,
             count,
             obs.previous_assignment.as_ref(),
             obs.max_checkpoint_epoch,
         );
+        // Two-stage jobs (groups that span partitions): the repartition topic's partitions go
+        // to the same workers. A change of the second stage is a change of assignment.
+        let merge_partitions =
+            (!spec.co_partitioned()).then(|| spec.repartition.partitions.unwrap_or(partitions));
+        if let Some(r) = merge_partitions {
+            let topic = weir_crds::repartition_topic(Some(self.namespace), self.name);
+            let epoch = assignment.epoch;
+            assignment = assignment.with_merge(&topic, r, partitions);
+            if let Some(p) = &obs.previous_assignment {
+                if p.epoch == epoch && p.merge != assignment.merge {
+                    assignment.epoch = epoch + 1;
+                }
+            }
+        }
         let job_yaml = job_yaml(self.job, count)?;
         let assignment_json = serde_json::to_string(&assignment)
             .map_err(|e| InvalidSpec::one("spec", format!("assignment cannot be written: {e}")))?;
@@ -516,6 +530,10 @@ impl Builder<'_> {
         let checkpoints: Vec<String> = if spec.checkpoint.store.config_map.is_some() {
             (0..partitions)
                 .filter_map(|p| names::checkpoint_config_map_name(self.name, p))
+                .chain(
+                    (0..merge_partitions.unwrap_or(0))
+                        .filter_map(|p| names::merge_checkpoint_config_map_name(self.name, p)),
+                )
                 .collect()
         } else {
             Vec::new()

@@ -33,9 +33,14 @@ enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(name = "weir-operator", version)]
 struct Args {
-    /// Watch StreamJobs in this namespace only. Absent: every namespace.
-    #[arg(long, env = "WEIR_WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch StreamJobs in these namespaces only: repeat the flag or separate names with
+    /// commas (`a,b`). Absent: every namespace.
+    #[arg(
+        long = "namespace",
+        env = "WEIR_WATCH_NAMESPACE",
+        value_delimiter = ','
+    )]
+    namespaces: Vec<String>,
     /// Worker image for jobs whose spec.worker.image is empty.
     #[arg(long, env = "WEIR_WORKER_IMAGE", default_value_t = OperatorConfig::default().worker_image)]
     worker_image: String,
@@ -54,13 +59,26 @@ struct Args {
     /// Namespace of the Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
-    /// Reconciles running at once (0: unbounded). Each holds an API connection and, while it
-    /// reads the topic, a Kafka client.
+    /// Reconciles running at once, per watched namespace (0: unbounded). Each holds an API
+    /// connection and, while it reads the topic, Kafka clients.
     #[arg(long, env = "WEIR_MAX_CONCURRENT_RECONCILES", default_value_t = controller::DEFAULT_CONCURRENCY)]
     max_concurrent_reconciles: u16,
     /// This replica's identity in the Lease and in Events (the pod name).
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
+}
+
+impl Args {
+    /// The namespaces to watch, without blanks or repeats; empty means every namespace.
+    fn watch_namespaces(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for ns in self.namespaces.iter().map(|n| n.trim()) {
+            if !ns.is_empty() && !out.iter().any(|o| o == ns) {
+                out.push(ns.to_string());
+            }
+        }
+        out
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -152,10 +170,10 @@ async fn main() -> anyhow::Result<()> {
         args.pod_name.clone(),
     ));
 
-    // `stop` turns true on SIGTERM/SIGINT or when the Lease is lost; the controller drains
-    // in-flight reconciles and returns.
+    // `stop_tx` turns true on SIGTERM/SIGINT or when the Lease is lost; the controllers drain
+    // in-flight reconciles and return.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stop = {
+    let stopped = || {
         let mut rx = stop_rx.clone();
         async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -193,11 +211,27 @@ async fn main() -> anyhow::Result<()> {
         elector = Some(e);
     }
 
-    let namespace = args.namespace.clone();
+    // One controller per watched namespace (a kube watch is over one namespace or all); they
+    // share the context, whose backoff and metrics are keyed by (namespace, name).
+    let namespaces = args.watch_namespaces();
+    tracing::info!(namespaces = ?namespaces, "watching StreamJobs (empty: every namespace)");
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    // The concurrency bound is per controller, so per watched namespace.
     let concurrency = args.max_concurrent_reconciles;
-    let controller = tokio::spawn(async move {
-        controller::run(ctx, namespace.as_deref(), concurrency, stop).await;
-    });
+    let controllers: Vec<_> = scopes
+        .into_iter()
+        .map(|ns| {
+            let ctx = ctx.clone();
+            let stop = stopped();
+            tokio::spawn(async move {
+                controller::run(ctx, ns.as_deref(), concurrency, stop).await;
+            })
+        })
+        .collect();
     let lost = match elector.as_mut() {
         Some(e) => {
             let mut rx = stop_rx.clone();
@@ -209,7 +243,9 @@ async fn main() -> anyhow::Result<()> {
         None => false,
     };
     let _ = stop_tx.send(true);
-    controller.await.context("controller task")?;
+    for controller in futures::future::join_all(controllers).await {
+        controller.context("controller task")?;
+    }
     if let Some(e) = elector.as_mut() {
         if lost {
             // Another replica may lead already: exit non-zero so the pod restarts as a
@@ -219,4 +255,39 @@ async fn main() -> anyhow::Result<()> {
         e.release().await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn namespaces(args: &[&str]) -> Vec<String> {
+        let argv = std::iter::once("weir-operator").chain(args.iter().copied());
+        Args::try_parse_from(argv)
+            .expect("arguments parse")
+            .watch_namespaces()
+    }
+
+    // One test, because it sets WEIR_WATCH_NAMESPACE and parsing reads it: tests running in
+    // parallel in this binary would otherwise see each other's environment.
+    #[test]
+    fn watch_namespaces_from_flags_and_env() {
+        std::env::remove_var("WEIR_WATCH_NAMESPACE");
+        assert!(namespaces(&[]).is_empty(), "no flag: every namespace");
+        assert_eq!(namespaces(&["--namespace", "a"]), ["a"]);
+        assert_eq!(
+            namespaces(&["--namespace", "a,b", "--namespace=c", "--namespace", "b"]),
+            ["a", "b", "c"],
+            "repeatable, comma-separated, repeats dropped"
+        );
+        assert!(namespaces(&["--namespace", ""]).is_empty());
+
+        // The chart sets WEIR_WATCH_NAMESPACE to the comma-joined list.
+        std::env::set_var("WEIR_WATCH_NAMESPACE", "team-a,team-b");
+        assert_eq!(namespaces(&[]), ["team-a", "team-b"]);
+        assert_eq!(namespaces(&["--namespace", "x"]), ["x"], "the flag wins");
+        std::env::set_var("WEIR_WATCH_NAMESPACE", "");
+        assert!(namespaces(&[]).is_empty(), "empty env: every namespace");
+        std::env::remove_var("WEIR_WATCH_NAMESPACE");
+    }
 }

@@ -130,6 +130,13 @@ pub fn checkpoint_config_map_name(job: &str, partition: i32) -> Option<String> {
     (name.len() <= MAX_SUBDOMAIN).then_some(name)
 }
 
+/// The checkpoint ConfigMap of a two-stage job's repartition partition `partition` (the
+/// worker's stage-2 store prefix is `<job>-merge-checkpoint`).
+pub fn merge_checkpoint_config_map_name(job: &str, partition: i32) -> Option<String> {
+    let name = format!("{job}-merge-checkpoint-{partition}");
+    (name.len() <= MAX_SUBDOMAIN).then_some(name)
+}
+
 /// The job name as a label value: itself when it fits in 63 characters, else truncated with a
 /// hash (label values allow dots, so nothing else changes).
 pub fn job_label_value(job: &str) -> String {

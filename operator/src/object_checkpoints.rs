@@ -103,42 +103,69 @@ pub async fn read(
         .await
 }
 
-/// The observe step's view of the job's object-store checkpoints. Reading them may fail (the
-/// Secret missing, the store unreachable, credentials refused). If the job ConfigMap holds a
-/// previous assignment, its epoch is at least every checkpoint's (workers write only epochs
-/// the operator assigned), so the reconcile goes on without lag or checkpoint time. Without
-/// one (a new job, or one recreated under the same name) the epoch of a new assignment could
-/// fall below the checkpoints' and every worker would be fenced out: the reconcile fails and
-/// is retried.
+/// The observe step's view of the job's object-store checkpoints: the summary of stage 1's
+/// records for `topic`, and — for a two-stage job, whose stage 2 reads the `repartition` topic
+/// and keeps its records under [`weir_crds::checkpoint::MERGE_LOCATION`] — of stage 2's. The
+/// largest epoch of either counts in the first (as for ConfigMaps, where both stages' records
+/// are listed together).
+///
+/// Reading them may fail (the Secret missing, the store unreachable, credentials refused). If
+/// the job ConfigMap holds a previous assignment, its epoch is at least every checkpoint's
+/// (workers write only epochs the operator assigned), so the reconcile goes on without lag or
+/// checkpoint time. Without one (a new job, or one recreated under the same name) the epoch of
+/// a new assignment could fall below the checkpoints' and every worker would be fenced out: the
+/// reconcile fails and is retried.
 pub async fn observe(
     client: &Client,
     job: &StreamJob,
     store: &ObjectStore,
     partitions: Option<i32>,
+    repartition: Option<&str>,
     has_previous_assignment: bool,
-) -> Result<CheckpointSummary, Error> {
+) -> Result<(CheckpointSummary, CheckpointSummary), Error> {
     // Without a partition count there is no new assignment to compute, nor lag.
     let Some(partitions) = partitions else {
-        return Ok(CheckpointSummary::default());
+        return Ok(Default::default());
     };
     let name = job.metadata.name.clone().unwrap_or_default();
     let topic = &job.spec.source.kafka.topic.0;
-    let records = match config(client, job, store).await? {
-        Ok(config) => read(&config, partitions).await,
-        Err(message) => Err(message),
-    };
+    let records = async {
+        let config = config(client, job, store).await?;
+        let mut records = match &config {
+            Ok(config) => read(config, partitions).await,
+            Err(message) => Err(message.clone()),
+        };
+        if let (Some(_), Ok(config), Ok(stage_one)) = (repartition, &config, &mut records) {
+            // Stage 2 has as many partitions as the repartition topic (desired.rs).
+            let merge_partitions = job.spec.repartition.partitions.unwrap_or(partitions);
+            let merge = ObjectStoreConfig {
+                url: format!("{}/{}", config.url, weir_crds::checkpoint::MERGE_LOCATION),
+                ..config.clone()
+            };
+            match read(&merge, merge_partitions).await {
+                Ok(more) => stage_one.extend(more),
+                Err(e) => records = Err(e),
+            }
+        }
+        Ok::<_, Error>(records)
+    }
+    .await?;
     match records {
         Ok(records) => {
             let mut summary = CheckpointSummary::default();
+            let mut merge = CheckpointSummary::default();
             for cp in &records {
                 summary.add(cp, topic);
+                if let Some(r) = repartition {
+                    merge.add(cp, r);
+                }
             }
-            Ok(summary)
+            Ok((summary, merge))
         }
         Err(message) if has_previous_assignment => {
             warn!(job = %name, %message,
                 "cannot read the object-store checkpoints; lag and last checkpoint time unknown");
-            Ok(CheckpointSummary::default())
+            Ok(Default::default())
         }
         Err(message) => Err(Error::ReadObjectStoreCheckpoints { job: name, message }),
     }
@@ -213,7 +240,8 @@ pub async fn delete(config: &ObjectStoreConfig) -> Result<Deleted, String> {
     Ok(done)
 }
 
-/// Cleanup of a deleted job with `deleteOnJobDeletion` and an object store: deletes its records.
+/// Cleanup of a deleted job with `deleteOnJobDeletion` and an object store: deletes its records,
+/// and those of its stage 2 (under [`weir_crds::checkpoint::MERGE_LOCATION`]) if any.
 pub async fn cleanup(client: &Client, job: &StreamJob, store: &ObjectStore) -> Result<(), Error> {
     let name = job.metadata.name.clone().unwrap_or_default();
     let failed = |message: String| Error::DeleteObjectStoreCheckpoints {
@@ -221,6 +249,11 @@ pub async fn cleanup(client: &Client, job: &StreamJob, store: &ObjectStore) -> R
         message,
     };
     let config = config(client, job, store).await?.map_err(&failed)?;
-    delete(&config).await.map_err(failed)?;
+    let merge = ObjectStoreConfig {
+        url: format!("{}/{}", config.url, weir_crds::checkpoint::MERGE_LOCATION),
+        ..config.clone()
+    };
+    delete(&config).await.map_err(&failed)?;
+    delete(&merge).await.map_err(failed)?;
     Ok(())
 }

@@ -359,6 +359,10 @@ pub async fn observe(
 
     let mut checkpoint_names = BTreeSet::new();
     let mut summary = CheckpointSummary::default();
+    // Two-stage jobs: the second stage's checkpoints, offsets in the repartition topic.
+    let repartition =
+        (!job.spec.co_partitioned()).then(|| weir_crds::repartition_topic(Some(&ns), &name));
+    let mut merge_summary = CheckpointSummary::default();
     if job.spec.checkpoint.store.config_map.is_some() {
         let selector = checkpoint_selector(&name);
         let list = config_maps
@@ -374,12 +378,16 @@ pub async fn observe(
             .filter_map(|cm| cm.metadata.name.clone())
             .collect();
         summary = summarize_checkpoints(&list.items, &topic_name);
+        if let Some(r) = &repartition {
+            merge_summary = summarize_checkpoints(&list.items, r);
+        }
     } else if let Some(store) = &job.spec.checkpoint.store.object_store {
-        summary = crate::object_checkpoints::observe(
+        (summary, merge_summary) = crate::object_checkpoints::observe(
             client,
             job,
             store,
             topic.partitions(),
+            repartition.as_deref(),
             previous_assignment.is_some(),
         )
         .await?;
@@ -391,6 +399,20 @@ pub async fn observe(
                 Ok(high) => Some(lag(&summary.next_offsets, &high)),
                 Err(e) => {
                     tracing::warn!(topic = %topic_name, error = %e, "cannot read high watermarks");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+
+    let repartition_lag = match (&conn, &repartition) {
+        (Some(conn), Some(r)) if !merge_summary.next_offsets.is_empty() => {
+            let count = merge_summary.next_offsets.keys().max().map_or(0, |p| p + 1);
+            match kafka.high_watermarks(conn, r, count).await {
+                Ok(high) => Some(self::lag(&merge_summary.next_offsets, &high)),
+                Err(e) => {
+                    tracing::warn!(topic = %r, error = %e, "cannot read high watermarks");
                     None
                 }
             }
@@ -416,6 +438,7 @@ pub async fn observe(
             max_checkpoint_epoch: summary.max_epoch,
             stateful_set,
             lag,
+            repartition_lag,
             last_checkpoint_time: summary.oldest_written_at_ms.and_then(time_from_ms),
         },
         checkpoint_names,

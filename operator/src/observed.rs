@@ -51,6 +51,8 @@ pub struct Observed {
     pub stateful_set: Option<StatefulSet>,
     /// Records not yet checkpointed, summed over partitions, if computed.
     pub lag: Option<i64>,
+    /// Two-stage jobs: partials in the repartition topic not yet checkpointed by stage 2.
+    pub repartition_lag: Option<i64>,
     /// Time of the oldest of the partitions' latest checkpoints, if read.
     pub last_checkpoint_time: Option<Time>,
 }
@@ -64,6 +66,7 @@ impl Observed {
             max_checkpoint_epoch: None,
             stateful_set: None,
             lag: None,
+            repartition_lag: None,
             last_checkpoint_time: None,
         }
     }

@@ -325,6 +325,7 @@ pub fn compute(
             .map(|w| w.assignment.epoch)
             .or_else(|| previous_assignment.map(|a| a.epoch)),
         lag: obs.lag,
+        repartition_lag: obs.repartition_lag,
         last_checkpoint_time: obs.last_checkpoint_time.clone(),
     }
 }

@@ -609,3 +609,56 @@ fn a_bad_spec_is_refused_naming_the_field() {
     let err = run(&j, &found(3)).expect_err("too long for checkpoint names");
     assert_eq!(err.errors[0].path, "metadata.name");
 }
+
+/// Groups that span partitions: the second stage's repartition partitions are assigned to the
+/// same workers, its checkpoint ConfigMaps exist and are the workers' to update, and a change
+/// of the second stage alone takes a new epoch.
+#[test]
+fn a_two_stage_job_assigns_the_repartition_topic_and_its_checkpoints() {
+    let j = job_with("  groupBy: [merchant]");
+    let d = ok(&j, &found(3));
+    let a = assignment_in_config_map(&d);
+    let merge = a.merge.clone().expect("a second stage");
+    assert_eq!(merge.topic, "weir-shop-payments-repartition");
+    assert_eq!(merge.sources, 3);
+    assert_eq!(
+        merge.workers, a.workers,
+        "repartition partitions spread like the source"
+    );
+    let w = d.workers.as_ref().expect("workers");
+    let created: Vec<&str> = w
+        .checkpoint_config_maps
+        .iter()
+        .filter_map(|c| c.metadata.name.as_deref())
+        .collect();
+    for name in [
+        "payments-checkpoint-2",
+        "payments-merge-checkpoint-0",
+        "payments-merge-checkpoint-2",
+    ] {
+        assert!(created.contains(&name), "{name} not created: {created:?}");
+        let rules = w.role.rules.as_deref().unwrap_or_default();
+        assert!(
+            rules.iter().any(|r| r
+                .resource_names
+                .as_ref()
+                .is_some_and(|n| n.iter().any(|x| x == name))
+                && r.verbs.iter().any(|v| v == "update")),
+            "{name} not granted"
+        );
+    }
+    // Unchanged: same epoch. More repartition partitions: a new assignment, a new epoch.
+    let again = ok(&j, &after(&d, 3));
+    assert_eq!(assignment_in_config_map(&again), a);
+    let wider = job_with("  groupBy: [merchant]\n  repartition: {partitions: 6}");
+    let changed = ok(&wider, &after(&d, 3));
+    let b = assignment_in_config_map(&changed);
+    assert_eq!(
+        b.merge.as_ref().map(|m| m.workers.iter().flatten().count()),
+        Some(6)
+    );
+    assert!(b.epoch > a.epoch, "{} then {}", a.epoch, b.epoch);
+    // Co-partitioned (the key alone): one stage.
+    let one = ok(&job(), &found(3));
+    assert_eq!(assignment_in_config_map(&one).merge, None);
+}

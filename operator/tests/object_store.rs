@@ -119,6 +119,7 @@ fn record(partition: i32, epoch: i64, written_at_ms: i64, next: Option<i64>) -> 
             replay_max_event_time: None,
             watermark: None,
             emitted_through: None,
+            ..Progress::default()
         }),
     };
     serde_json::to_vec(&cp).expect("record JSON")
@@ -359,6 +360,13 @@ async fn deleting_the_job_deletes_its_records_and_nothing_else() {
     put(&b, untouched[1], b"notes".to_vec()).await;
     put(&b, untouched[2], record(0, 1, 1, None)).await;
     put(&b, untouched[3], record(0, 1, 1, None)).await;
+    // Stage 2 of a two-stage job keeps its records under merge/: they go too.
+    put(
+        &b,
+        "jobs/payments/merge/partition-0.json",
+        record(0, 3, 1, None),
+    )
+    .await;
 
     let mut j = serde_json::to_value(job(&weed, "  deleteOnJobDeletion: true")).expect("job");
     j["metadata"]["finalizers"] = json!(["weir.dev/checkpoints"]);
@@ -377,7 +385,7 @@ async fn deleting_the_job_deletes_its_records_and_nothing_else() {
     assert_eq!(event.body["reason"], json!(CHECKPOINT_CLEANUP_FAILED));
     assert_eq!(event.body["type"], json!("Warning"));
     assert!(w.object(JOB).is_some(), "the finalizer must hold the job");
-    assert_eq!(keys(&b).await.len(), 3 + untouched.len());
+    assert_eq!(keys(&b).await.len(), 4 + untouched.len());
 
     // With the credentials: the records go, then the finalizer, then the job.
     w.set_secret(secret(ACCESS_KEY, SECRET_KEY));

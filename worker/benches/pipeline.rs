@@ -260,6 +260,8 @@ fn worker(
         echo: false,
         stop: stop.clone(),
         totals: totals.clone(),
+        merge: None,
+        idle_timeout: JobContext::idle_timeout_of(spec),
     });
     let t0 = Instant::now();
     let threads: Vec<_> = (0..PARTITIONS)
@@ -318,6 +320,7 @@ fn dir_store_write(rt: &tokio::runtime::Runtime) -> f64 {
                 replay_max_event_time: Some(T0),
                 watermark: Some(T0),
                 emitted_through: Some(T0),
+                ..Default::default()
             };
             let t = Instant::now();
             rt.block_on(lease.commit(progress)).expect("commit");

@@ -70,16 +70,43 @@ fn job_name(job: &StreamJob) -> String {
         .unwrap_or_else(|| "streamjob".to_string())
 }
 
+/// The second stage this process runs, for a two-stage job.
+#[derive(Clone, Debug)]
+pub struct MergePlan {
+    /// The repartition topic.
+    pub topic: String,
+    /// Its partition count.
+    pub partitions: i32,
+    /// Partitions of the source topic.
+    pub sources: i32,
+    /// The repartition partitions this process merges.
+    pub mine: Vec<i32>,
+}
+
+/// Where a stage's checkpoints live under the job's: stage 1 at the top, stage 2 below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    One,
+    Two,
+}
+
 /// The checkpoint store: `--checkpoint-dir` if given, else the spec's (a ConfigMap store only
-/// inside a cluster).
+/// inside a cluster). Stage 2 keeps its checkpoints apart: `merge/` under the job's directory
+/// or object-store prefix, ConfigMaps `<job>-merge-checkpoint-<partition>`.
 async fn open_store(
     job: &StreamJob,
     opts: &RunOptions,
     in_cluster: bool,
+    stage: Stage,
 ) -> anyhow::Result<Arc<dyn CheckpointStore>> {
     let name = job_name(job);
     if let Some(dir) = &opts.checkpoint_dir {
         let dir = dir.join(&name);
+        let dir = if stage == Stage::Two {
+            dir.join(weir_crds::checkpoint::MERGE_LOCATION)
+        } else {
+            dir
+        };
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating the checkpoint directory {}", dir.display()))?;
         return Ok(Arc::new(DirStore::new(dir)));
@@ -89,7 +116,10 @@ async fn open_store(
         // Credentials from the environment: the operator mounts the spec's Secret there.
         let config = ObjectStoreConfig {
             from_env: true,
-            ..ObjectStoreConfig::for_job(o, &name)
+            ..match stage {
+                Stage::One => ObjectStoreConfig::for_job(o, &name),
+                Stage::Two => ObjectStoreConfig::for_merge(o, &name),
+            }
         };
         return Ok(Arc::new(ObjectStoreStore::new(&config)?));
     }
@@ -106,11 +136,11 @@ async fn open_store(
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API for ConfigMap checkpoints")?;
-    Ok(Arc::new(ConfigMapStore::new(
-        client,
-        &namespace,
-        &format!("{name}-checkpoint"),
-    )))
+    let prefix = match stage {
+        Stage::One => format!("{name}-checkpoint"),
+        Stage::Two => format!("{name}-merge-checkpoint"),
+    };
+    Ok(Arc::new(ConfigMapStore::new(client, &namespace, &prefix)))
 }
 
 /// Partition count of the source topic (Kafka metadata), with an error a person can act on.
@@ -145,10 +175,12 @@ pub fn partition_count(settings: &kafka::ClientSettings, topic: &str) -> anyhow:
 
 /// Run `partitions` of the job until stopped (SIGTERM/SIGINT) or until a partition fails.
 /// Fenced partitions stop alone; the others go on.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     job: &StreamJob,
     plan: JobPlan,
     partitions: Vec<i32>,
+    merge: Option<MergePlan>,
     epoch: i64,
     owner: String,
     opts: &RunOptions,
@@ -161,7 +193,17 @@ pub fn run(
         .context("starting the async runtime")?;
     let name = job_name(job);
     let spec: &StreamJobSpec = &job.spec;
-    let store = rt.block_on(open_store(job, opts, in_cluster))?;
+    let store = rt.block_on(open_store(job, opts, in_cluster, Stage::One))?;
+    let merge_ctx = match &merge {
+        Some(m) => Some(runtime::MergeContext {
+            topic: m.topic.clone(),
+            partitions: m.partitions,
+            sources: m.sources,
+            producer: kafka::repartition_settings(spec, &name, &m.topic)?,
+            store: rt.block_on(open_store(job, opts, in_cluster, Stage::Two))?,
+        }),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(Duration::from_secs(30)));
     let stop = Arc::new(AtomicBool::new(false));
@@ -180,12 +222,15 @@ pub fn run(
         echo: opts.echo,
         stop: stop.clone(),
         totals: Arc::new(Totals::default()),
+        merge: merge_ctx,
+        idle_timeout: JobContext::idle_timeout_of(spec),
     });
     info!(
         job = %name,
         owner = %owner,
         epoch,
         partitions = ?partitions,
+        merge_partitions = ?merge.as_ref().map(|m| &m.mine),
         store = %ctx.store.describe(),
         "starting"
     );
@@ -215,12 +260,20 @@ pub fn run(
         });
     }
 
-    metrics.partitions_owned.set(partitions.len() as i64);
+    let merge_mine = merge.map(|m| m.mine).unwrap_or_default();
+    metrics
+        .partitions_owned
+        .set((partitions.len() + merge_mine.len()) as i64);
     let mut threads = BTreeMap::new();
     for p in &partitions {
         let handle = runtime::spawn_partition(ctx.clone(), rt.handle().clone(), *p)
             .context("starting a partition thread")?;
-        threads.insert(*p, handle);
+        threads.insert((1, *p), handle);
+    }
+    for p in &merge_mine {
+        let handle = runtime::spawn_merge_partition(ctx.clone(), rt.handle().clone(), *p)
+            .context("starting a repartition partition thread")?;
+        threads.insert((2, *p), handle);
     }
 
     let started = Instant::now();
@@ -228,7 +281,7 @@ pub fn run(
     let mut last_records = 0u64;
     let mut failure: Option<RuntimeError> = None;
     let mut fenced = Vec::new();
-    let total = partitions.len() as u64;
+    let total = (partitions.len() + merge_mine.len()) as u64;
     while !threads.is_empty() {
         std::thread::sleep(Duration::from_millis(200));
         health.beat();
@@ -236,15 +289,16 @@ pub fn run(
         if totals.caught_up.load(Ordering::Relaxed) >= total {
             health.set_ready();
         }
-        let done: Vec<i32> = threads
+        let done: Vec<(u8, i32)> = threads
             .iter()
             .filter(|(_, h)| h.is_finished())
             .map(|(p, _)| *p)
             .collect();
-        for p in done {
-            let Some(h) = threads.remove(&p) else {
+        for key in done {
+            let Some(h) = threads.remove(&key) else {
                 continue;
             };
+            let p = key.1;
             match h.join() {
                 Ok(Ok(PartitionEnd::Stopped)) => {}
                 Ok(Ok(PartitionEnd::Fenced(e))) => {
@@ -337,10 +391,23 @@ pub fn worker(
             assignment.workers.len()
         );
     };
+    if !job.spec.co_partitioned() && assignment.merge.is_none() {
+        bail!(
+            "this job's groups may span partitions, so it runs in two stages, but the \
+             assignment has no second stage (an operator older than this worker?)"
+        );
+    }
+    let merge = assignment.merge.as_ref().map(|m| MergePlan {
+        topic: m.topic.clone(),
+        partitions: m.workers.iter().map(Vec::len).sum::<usize>() as i32,
+        sources: m.sources,
+        mine: m.workers.get(ordinal).cloned().unwrap_or_default(),
+    });
     run(
         job,
         plan,
         partitions.clone(),
+        merge,
         assignment.epoch,
         owner,
         opts,
@@ -383,10 +450,40 @@ pub fn local(job: &StreamJob, plan: JobPlan, opts: &RunOptions) -> anyhow::Resul
     }
     // One process, so one set of threads; the tasks are the assignment's grouping.
     let partitions: Vec<i32> = (0..count).collect();
+    let merge = if job.spec.co_partitioned() {
+        None
+    } else {
+        let topic = weir_crds::repartition_topic(job.metadata.namespace.as_deref(), &name);
+        let wanted = job.spec.repartition.partitions.unwrap_or(count);
+        let bootstrap = source
+            .get("bootstrap.servers")
+            .unwrap_or_default()
+            .to_string();
+        crate::tools::create_topic_with(&source, &topic, wanted)
+            .with_context(|| format!("creating the repartition topic {topic} on {bootstrap}"))?;
+        let partitions = partition_count(&source, &topic)?;
+        if partitions != wanted {
+            eprintln!(
+                "weir: {name}: the repartition topic {topic} exists with {partitions} partitions \
+                 (not {wanted}); using it as it is"
+            );
+        }
+        eprintln!(
+            "weir: {name}: groups may span partitions: two stages, through {topic} \
+             ({partitions} partitions)"
+        );
+        Some(MergePlan {
+            topic,
+            partitions,
+            sources: count,
+            mine: (0..partitions).collect(),
+        })
+    };
     run(
         job,
         plan,
         partitions,
+        merge,
         epoch,
         "local".to_string(),
         &opts,

@@ -221,6 +221,25 @@ pub fn sink_settings(spec: &StreamJobSpec, job: &str) -> Result<ClientSettings, 
     producer_settings(spec, job, &spec.sink.kafka, SINK_CREDENTIALS_ENV)
 }
 
+/// The producer of partial aggregates and watermarks into the repartition topic (two-stage
+/// jobs), on the source's cluster with the source's connection properties and credentials.
+pub fn repartition_settings(
+    spec: &StreamJobSpec,
+    job: &str,
+    topic: &str,
+) -> Result<ClientSettings, SettingsError> {
+    let target = KafkaSink {
+        topic: weir_crds::TopicName(topic.to_string()),
+        bootstrap_servers: None,
+        properties: BTreeMap::new(),
+        credentials: None,
+    };
+    let mut s = producer_settings(spec, job, &target, SOURCE_CREDENTIALS_ENV)?;
+    // Partials are sent when a pane closes, in bursts: batch them a little longer.
+    s.set("linger.ms", "50");
+    Ok(s)
+}
+
 /// The producer of dead letters, if the job has a dead-letter topic.
 pub fn dead_letter_settings(
     spec: &StreamJobSpec,

@@ -8,6 +8,7 @@ pub mod http;
 pub mod job;
 pub mod kafka;
 pub mod logging;
+pub mod merge;
 pub mod metrics;
 pub mod runtime;
 pub mod tools;

@@ -126,6 +126,36 @@ pub struct JobContext {
     pub stop: Arc<AtomicBool>,
     /// Totals for progress lines.
     pub totals: Arc<Totals>,
+    /// Two-stage jobs: the repartition topic and the second stage's checkpoints.
+    pub merge: Option<MergeContext>,
+    /// A partition with no record for this long is idle (two-stage jobs: it flushes its open
+    /// pane rows and stops holding back the second stage).
+    pub idle_timeout: Duration,
+}
+
+/// The second stage of a two-stage job (DESIGN.md invariant 5), as the partition threads see it.
+pub struct MergeContext {
+    /// The repartition topic.
+    pub topic: String,
+    /// Its partition count.
+    pub partitions: i32,
+    /// Partitions of the source topic, each of which reports to every stage-2 partition.
+    pub sources: i32,
+    /// Producer settings for the repartition topic.
+    pub producer: ClientSettings,
+    /// Where stage-2 checkpoints go (one per repartition partition).
+    pub store: Arc<dyn CheckpointStore>,
+}
+
+/// The repartition partition of a group: a stable hash (FNV-1a) of its bytes, so that every
+/// stage-1 partition sends a group's partials to the same stage-2 partition.
+pub fn route(group: &[u8], partitions: i32) -> i32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in group {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % partitions.max(1) as u64) as i32
 }
 
 /// Counters summed over partitions, for progress lines and readiness.
@@ -151,6 +181,16 @@ impl Totals {
 }
 
 impl JobContext {
+    /// The job's idle timeout, from the spec (default 30 s).
+    pub fn idle_timeout_of(spec: &StreamJobSpec) -> Duration {
+        spec.window
+            .idle_timeout
+            .as_ref()
+            .and_then(|d| d.as_millis().ok())
+            .map(|ms| Duration::from_millis(ms.max(1) as u64))
+            .unwrap_or(Duration::from_secs(30))
+    }
+
     /// The job's checkpoint interval, from the spec (default 10 s).
     pub fn interval_of(spec: &StreamJobSpec) -> Duration {
         spec.checkpoint
@@ -171,6 +211,17 @@ pub fn spawn_partition(
     std::thread::Builder::new()
         .name(format!("partition-{partition}"))
         .spawn(move || run_partition(&ctx, &rt, partition))
+}
+
+/// Start a thread for partition `partition` of the repartition topic (stage 2).
+pub fn spawn_merge_partition(
+    ctx: Arc<JobContext>,
+    rt: Handle,
+    partition: i32,
+) -> std::io::Result<JoinHandle<Result<PartitionEnd, RuntimeError>>> {
+    std::thread::Builder::new()
+        .name(format!("merge-{partition}"))
+        .spawn(move || crate::merge::run_merge_partition(&ctx, &rt, partition))
 }
 
 /// Counts failed deliveries of one producer; the checkpoint does not advance past one.
@@ -200,14 +251,14 @@ impl ProducerContext for DeliveryCounter {
 }
 
 /// A producer with its delivery counter.
-struct Out {
+pub(crate) struct Out {
     topic: String,
     producer: ThreadedProducer<DeliveryCounter>,
     deliveries: Arc<Deliveries>,
 }
 
 impl Out {
-    fn new(
+    pub(crate) fn new(
         settings: &ClientSettings,
         topic: &str,
         partition: i32,
@@ -231,14 +282,29 @@ impl Out {
 
     /// Queue a message, waiting while librdkafka's queue is full (backpressure: the partition
     /// stops reading until the sink keeps up).
-    fn send(
+    pub(crate) fn send(
         &self,
         partition: i32,
         key: &[u8],
         value: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> Result<(), RuntimeError> {
+        self.send_to(partition, None, key, value, headers)
+    }
+
+    /// [`Out::send`] to partition `to` of the topic (`None`: the partitioner's choice).
+    pub(crate) fn send_to(
+        &self,
+        partition: i32,
+        to: Option<i32>,
+        key: &[u8],
+        value: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), RuntimeError> {
         let mut rec = BaseRecord::to(&self.topic).key(key).payload(value);
+        if let Some(to) = to {
+            rec = rec.partition(to);
+        }
         if let Some(h) = headers {
             rec = rec.headers(h);
         }
@@ -250,7 +316,7 @@ impl Out {
     }
 
     /// Wait until every queued message is acknowledged; fail if any delivery failed.
-    fn flush(&self, partition: i32) -> Result<(), RuntimeError> {
+    pub(crate) fn flush(&self, partition: i32) -> Result<(), RuntimeError> {
         let failed = |message: String| RuntimeError::Delivery {
             partition,
             topic: self.topic.clone(),
@@ -285,7 +351,7 @@ impl Out {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -300,6 +366,8 @@ struct Start {
     emitted_through: i64,
     /// Records before this offset were already counted and dead-lettered.
     seen_through: i64,
+    /// Offsets at which to flush partials again, as the run before the restart did.
+    flushes: Vec<i64>,
 }
 
 fn run_partition(
@@ -344,6 +412,9 @@ fn run_partition(
                 source,
             })?;
     let mut engine = Engine::new(ctx.plan.clone(), [partition]);
+    if ctx.merge.is_some() {
+        engine.emit_partials();
+    }
     let start = match &resume {
         Some(p) => {
             if let Some(max) = p.replay_max_event_time {
@@ -353,6 +424,7 @@ fn run_partition(
                 offset: p.replay_from,
                 emitted_through: p.emitted_through.unwrap_or(i64::MIN),
                 seen_through: p.next_offset,
+                flushes: p.flushes.clone(),
             }
         }
         None => {
@@ -368,9 +440,7 @@ fn run_partition(
             let first = Progress {
                 next_offset: offset,
                 replay_from: offset,
-                replay_max_event_time: None,
-                watermark: None,
-                emitted_through: None,
+                ..Progress::default()
             };
             match rt.block_on(lease.commit(first)) {
                 Ok(_) => {}
@@ -384,6 +454,7 @@ fn run_partition(
                 offset,
                 emitted_through: i64::MIN,
                 seen_through: offset,
+                flushes: Vec::new(),
             }
         }
     };
@@ -409,11 +480,21 @@ fn run_partition(
         )?),
         _ => None,
     };
+    let exchange = match &ctx.merge {
+        Some(m) => Some(Out::new(
+            &m.producer,
+            &m.topic,
+            partition,
+            "repartition producer",
+        )?),
+        None => None,
+    };
     info!(
         partition,
         epoch = ctx.epoch,
         from = start.offset,
         replay_until = start.seen_through,
+        two_stage = exchange.is_some(),
         "partition started"
     );
 
@@ -425,9 +506,15 @@ fn run_partition(
         engine,
         sink,
         dlq,
+        exchange,
         next: start.offset,
+        flushed: start.flushes.clone(),
         start,
         caught_up: false,
+        idle: false,
+        last_record: Instant::now(),
+        marker: None,
+        marker_at: Instant::now(),
     };
     part.note_caught_up();
     let mut last_checkpoint = Instant::now();
@@ -468,15 +555,34 @@ fn run_partition(
                 }
             }
         }
+        if part.exchange.is_some() {
+            if !part.idle && part.caught_up && part.last_record.elapsed() >= ctx.idle_timeout {
+                // Idle: stage 2 stops waiting for this partition, so it must have its records
+                // now. Record the flush first (write-ahead), so a replay flushes at the same
+                // offset and sends the same partials again.
+                if let Some(fenced) = part.checkpoint(rt, &mut lease, Some(part.next))? {
+                    break fenced;
+                }
+                last_checkpoint = Instant::now();
+                part.flush_partials(part.next)?;
+                part.idle = true;
+                part.send_marker()?;
+            } else if part.marker_at.elapsed() >= MARKER_EVERY {
+                part.send_marker()?;
+            }
+        }
         if last_checkpoint.elapsed() >= ctx.checkpoint_interval {
             last_checkpoint = Instant::now();
-            if let Some(fenced) = part.checkpoint(rt, &mut lease)? {
+            if let Some(fenced) = part.checkpoint(rt, &mut lease, None)? {
                 break fenced;
             }
         }
     };
+    if part.exchange.is_some() {
+        part.send_marker()?;
+    }
     let end = match end {
-        PartitionEnd::Stopped => match part.checkpoint(rt, &mut lease)? {
+        PartitionEnd::Stopped => match part.checkpoint(rt, &mut lease, None)? {
             Some(fenced) => fenced,
             None => PartitionEnd::Stopped,
         },
@@ -492,6 +598,9 @@ fn run_partition(
     Ok(end)
 }
 
+/// How often a two-stage partition tells stage 2 its watermark, when it moved.
+const MARKER_EVERY: Duration = Duration::from_millis(200);
+
 /// One partition's moving parts.
 struct PartitionRun<'a> {
     ctx: &'a JobContext,
@@ -501,10 +610,20 @@ struct PartitionRun<'a> {
     engine: Engine,
     sink: Out,
     dlq: Option<Out>,
+    /// Two-stage jobs: the repartition topic's producer (partials and watermarks).
+    exchange: Option<Out>,
     /// Next offset to read.
     next: i64,
+    /// Offsets at which open pane rows were flushed (idle), since the replay point.
+    flushed: Vec<i64>,
     start: Start,
     caught_up: bool,
+    /// Two-stage jobs: idle (flushed, and told stage 2).
+    idle: bool,
+    last_record: Instant,
+    /// The last watermark marker sent: (watermark, idle).
+    marker: Option<(i64, bool)>,
+    marker_at: Instant,
 }
 
 impl PartitionRun<'_> {
@@ -518,6 +637,7 @@ impl PartitionRun<'_> {
                 self.reject(rec, &rejection)?;
             }
         }
+        self.send_partials()?;
         for r in self.engine.take_results() {
             // Emitted before the restart; the replay rebuilt only part of it.
             if r.end <= self.start.emitted_through {
@@ -534,7 +654,71 @@ impl PartitionRun<'_> {
             }
         }
         self.next = rec.offset + 1;
+        self.last_record = Instant::now();
+        if replayed && self.start.flushes.contains(&self.next) {
+            // The run before the restart flushed here (idle): do it again, identically.
+            self.flush_partials(self.next)?;
+        }
         self.note_caught_up();
+        if self.idle && self.exchange.is_some() {
+            self.idle = false;
+            self.send_marker()?;
+        }
+        Ok(())
+    }
+
+    /// Two-stage jobs: send the partials the engine emitted to their stage-2 partitions.
+    fn send_partials(&mut self) -> Result<(), RuntimeError> {
+        let (Some(out), Some(merge)) = (&self.exchange, &self.ctx.merge) else {
+            return Ok(());
+        };
+        let size = self.engine.window_size();
+        for p in self.engine.take_partials() {
+            // Sent before the restart (its first window had closed by the checkpoint).
+            if p.segment.is_none() && p.first_end(size) <= self.start.emitted_through {
+                continue;
+            }
+            let to = route(p.group.as_bytes(), merge.partitions);
+            let key = p.group.clone();
+            let value = weir_engine::engine::Exchange::Partial(p).to_bytes();
+            out.send_to(self.partition, Some(to), key.as_bytes(), &value, None)?;
+            self.pm.result_emitted(value.len());
+            self.ctx.totals.results.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Emit every open pane row now (the partition went idle), as segment `at`.
+    fn flush_partials(&mut self, at: i64) -> Result<(), RuntimeError> {
+        self.engine.flush_partials(at);
+        if !self.flushed.contains(&at) {
+            self.flushed.push(at);
+        }
+        self.send_partials()
+    }
+
+    /// Tell every stage-2 partition this partition's watermark (after the partials it closed,
+    /// which the same producer sent before). Only when it changed.
+    fn send_marker(&mut self) -> Result<(), RuntimeError> {
+        let (Some(out), Some(merge)) = (&self.exchange, &self.ctx.merge) else {
+            return Ok(());
+        };
+        self.marker_at = Instant::now();
+        let wm = self.engine.watermark();
+        if self.marker == Some((wm, self.idle)) || self.next < self.start.seen_through {
+            // Unchanged, or replaying (what the replay reaches was reported before).
+            return Ok(());
+        }
+        let msg = weir_engine::engine::Exchange::Watermark {
+            source: self.partition,
+            watermark: (wm != i64::MIN).then_some(wm),
+            idle: self.idle,
+        }
+        .to_bytes();
+        for to in 0..merge.partitions {
+            out.send_to(self.partition, Some(to), b"", &msg, None)?;
+        }
+        self.marker = Some((wm, self.idle));
         Ok(())
     }
 
@@ -596,16 +780,21 @@ impl PartitionRun<'_> {
             .set_open(self.engine.open_rows(), self.engine.open_groups());
     }
 
-    /// Flush the producers, then record progress. `Some` when a newer owner fenced us out.
+    /// Flush the producers, then record progress (and `flush_at`, a flush about to happen).
+    /// `Some` when a newer owner fenced us out.
     fn checkpoint(
         &mut self,
         rt: &Handle,
         lease: &mut PartitionLease,
+        flush_at: Option<i64>,
     ) -> Result<Option<PartitionEnd>, RuntimeError> {
         let t0 = Instant::now();
         self.sink.flush(self.partition)?;
         if let Some(d) = &self.dlq {
             d.flush(self.partition)?;
+        }
+        if let Some(x) = &self.exchange {
+            x.flush(self.partition)?;
         }
         let state = self.engine.partitions().get(&self.partition);
         let max_time = state.map(|s| s.max_time).unwrap_or(i64::MIN);
@@ -621,6 +810,14 @@ impl PartitionRun<'_> {
             replay_max_event_time: known(replay_max),
             watermark: state.and_then(|s| known(s.watermark)),
             emitted_through: known(self.engine.watermark().max(self.start.emitted_through)),
+            flushes: self
+                .flushed
+                .iter()
+                .copied()
+                .chain(flush_at)
+                .filter(|x| *x >= replay_from)
+                .collect(),
+            sources: Default::default(),
         };
         match rt.block_on(lease.commit(progress)) {
             Ok(bytes) => {

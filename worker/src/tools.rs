@@ -21,17 +21,30 @@ fn config(bootstrap: &str) -> ClientConfig {
 
 /// Create `topic` with `partitions` partitions; an existing topic is fine.
 pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    create_topic_on(config(bootstrap), topic, partitions)
+}
+
+/// [`create_topic`] with a job's client settings (brokers, TLS, SASL): the repartition topic of
+/// a two-stage job in local mode.
+pub fn create_topic_with(
+    settings: &crate::kafka::ClientSettings,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    create_topic_on(settings.config(), topic, partitions)
+}
+
+fn create_topic_on(config: ClientConfig, topic: &str, partitions: i32) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let admin: AdminClient<DefaultClientContext> = config(bootstrap)
-        .create()
-        .context("creating an admin client")?;
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().context("creating an admin client")?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = rt
         .block_on(admin.create_topics([&new], &opts))
-        .with_context(|| format!("creating topic {topic} on {bootstrap}"))?;
+        .with_context(|| format!("creating topic {topic}"))?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

@@ -37,6 +37,7 @@ fn checkpoint(epoch: i64) -> PartitionCheckpoint {
             replay_max_event_time: None,
             watermark: Some(1_700_000_000_000),
             emitted_through: None,
+            ..Default::default()
         }),
     }
 }

@@ -22,6 +22,8 @@ use support::broker::Broker;
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 const PARTITIONS: i32 = 4;
+/// The repartition topic of the job `e2e` (two-stage scenarios).
+const REPARTITION: &str = "weir-default-e2e-repartition";
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 const END: &str = "zz-end";
 
@@ -37,6 +39,20 @@ struct Rec {
 /// of every kind and records 10 minutes late sprinkled in. Then one record per partition far
 /// in the future, which closes every window (its own group is left out of comparisons).
 fn records(n: usize, seed: u64) -> Vec<Rec> {
+    records_over(n, seed, PARTITIONS, Spread::ByMerchant)
+}
+
+/// How records are spread over partitions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Spread {
+    /// Keyed by merchant: a merchant's records share a partition (co-partitioned).
+    ByMerchant,
+    /// Round-robin over the first `n` partitions, whatever the merchant: every merchant's
+    /// records are in every one of them (the other partitions stay empty).
+    RoundRobin(i32),
+}
+
+fn records_over(n: usize, seed: u64, partitions: i32, spread: Spread) -> Vec<Rec> {
     let mut s = seed | 1;
     let mut rnd = move || {
         s ^= s << 13;
@@ -60,20 +76,33 @@ fn records(n: usize, seed: u64) -> Vec<Rec> {
         } else if i % 983 == 11 {
             serde_json::json!({"ts": ts(base), "merchant": merchant, "amount": "lots", "customer": customer}).to_string()
         } else {
+            // Out of order by up to 2.6 s (a permutation within blocks of 512 records), every
+            // event time distinct: first/last never depend on how ties between partitions are
+            // broken, which differs between Kafka and a file.
+            let block = (i >> 9) as u64;
+            let k = (block.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 55) as usize;
             let t = if i > 5000 && i % 1009 == 3 {
-                base - 600_000
+                base - 600_000 + 1
             } else {
-                base - (rnd() % 3000) as i64
+                T0 + 5 * ((i & !511) | ((i & 511) ^ k)) as i64
             };
             serde_json::json!({"ts": ts(t), "merchant": merchant, "amount": amount, "customer": customer}).to_string()
+        };
+        let partition = match spread {
+            Spread::ByMerchant => None,
+            Spread::RoundRobin(k) => Some((i % k as usize) as i32),
         };
         out.push(Rec {
             key: merchant,
             value,
-            partition: None,
+            partition,
         });
     }
-    for p in 0..PARTITIONS {
+    let ends = match spread {
+        Spread::ByMerchant => partitions,
+        Spread::RoundRobin(k) => k,
+    };
+    for p in 0..ends {
         out.push(Rec {
             key: END.into(),
             value: serde_json::json!({"ts": ts(T0 + 86_400_000), "merchant": END, "amount": 0, "customer": "x"})
@@ -85,6 +114,17 @@ fn records(n: usize, seed: u64) -> Vec<Rec> {
 }
 
 fn job_yaml(bootstrap: &str, window: &str, store: &str) -> String {
+    job_yaml_with(
+        bootstrap,
+        window,
+        store,
+        "[merchant]",
+        "repartition: {coPartitioned: true}",
+    )
+}
+
+/// `group`: the groupBy list; `extra`: more spec lines (indented by two spaces).
+fn job_yaml_with(bootstrap: &str, window: &str, store: &str, group: &str, extra: &str) -> String {
     format!(
         r#"apiVersion: weir.dev/v1alpha1
 kind: StreamJob
@@ -93,7 +133,8 @@ spec:
   source:
     kafka: {{bootstrapServers: "{bootstrap}", topic: in, startFrom: earliest}}
     eventTime: {{field: ts, format: rfc3339}}
-  groupBy: [merchant]
+  groupBy: {group}
+  {extra}
   window: {window}
   aggregations:
     - {{name: n, fn: count}}
@@ -145,9 +186,12 @@ fn reference(
         String::from_utf8_lossy(&out.stderr)
     );
     let mut results = BTreeMap::new();
+    let end_of_data = weir_engine::time::format(T0 + 86_400_000);
     for line in String::from_utf8(out.stdout).unwrap().lines() {
         let v: Value = serde_json::from_str(line).unwrap();
-        if v["group"]["merchant"] != END {
+        // The windows of the records that close everything never close themselves.
+        let last = v["window"]["end"].as_str().unwrap_or_default() > end_of_data.as_str();
+        if v["group"]["merchant"] != END && !last {
             assert!(
                 results.insert(result_key(&v), v).is_none(),
                 "duplicate in weir run"
@@ -165,7 +209,16 @@ fn reference(
 }
 
 fn create_topics(bootstrap: &str) {
-    for (topic, n) in [("in", PARTITIONS), ("out", 3), ("dlq", 1)] {
+    create_topics_with(bootstrap, PARTITIONS)
+}
+
+fn create_topics_with(bootstrap: &str, partitions: i32) {
+    for (topic, n) in [
+        ("in", partitions),
+        ("out", 3),
+        ("dlq", 1),
+        (REPARTITION, partitions),
+    ] {
         let out = Command::new(WEIR)
             .args([
                 "kafka",
@@ -366,6 +419,15 @@ impl Drop for Workers {
 
 struct Scenario {
     window: &'static str,
+    /// Partitions of the source topic.
+    partitions: i32,
+    /// Worker processes.
+    workers: usize,
+    /// How records are spread over the partitions.
+    spread: Spread,
+    /// groupBy, and other spec lines (`repartition: ...`, `window idleTimeout`).
+    group: &'static str,
+    extra: &'static str,
     records: usize,
     kills: usize,
     /// Checkpoints on a SeaweedFS S3 (`Some((endpoint, env))`) instead of a directory.
@@ -386,18 +448,28 @@ fn run(s: Scenario) {
         None => "{configMap: {}}".to_string(),
     };
     let job = dir.path().join("job.yaml");
-    std::fs::write(&job, job_yaml(&broker.bootstrap, s.window, &store)).unwrap();
-    let recs = records(s.records, 0x5eed ^ s.records as u64);
+    std::fs::write(
+        &job,
+        job_yaml_with(&broker.bootstrap, s.window, &store, s.group, s.extra),
+    )
+    .unwrap();
+    let recs = records_over(s.records, 0x5eed ^ s.records as u64, s.partitions, s.spread);
+    let two_stage = !s.extra.contains("coPartitioned: true");
     let (expected, expected_rejects) = reference(dir.path(), &job, &recs);
+    let enough = if s.group == "[]" { 10 } else { 1000 };
     assert!(
-        expected.len() > 1000,
+        expected.len() > enough,
         "only {} results expected",
         expected.len()
     );
 
-    create_topics(&broker.bootstrap);
+    create_topics_with(&broker.bootstrap, s.partitions);
     let assignment = dir.path().join("assignment.json");
-    std::fs::write(&assignment, r#"{"epoch": 1, "workers": [[0, 2], [1, 3]]}"#).unwrap();
+    let mut plan = weir_crds::assignment::Assignment::round_robin(s.partitions, s.workers, 1);
+    if two_stage {
+        plan = plan.with_merge(REPARTITION, s.partitions, s.partitions);
+    }
+    std::fs::write(&assignment, serde_json::to_string(&plan).unwrap()).unwrap();
     let mut workers = Workers {
         dir: dir.path().to_path_buf(),
         job: job.clone(),
@@ -412,8 +484,9 @@ fn run(s: Scenario) {
         starts: 0,
         metrics_port: free_port(),
     };
-    workers.start(0);
-    workers.start(1);
+    for ordinal in 0..s.workers {
+        workers.start(ordinal);
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let (results, results_reader) = collect(&broker.bootstrap, "out", 3, stop.clone());
@@ -462,7 +535,7 @@ fn run(s: Scenario) {
         );
         std::thread::sleep(Duration::from_millis(500));
     };
-    if s.kills == 0 {
+    if s.kills == 0 && s.workers == 2 {
         check_metrics(workers.metrics_port);
     }
     workers.stop();
@@ -490,8 +563,12 @@ fn run(s: Scenario) {
         assert_eq!(got.get(k), Some(v), "window {k}");
     }
     eprintln!(
-        "{} windows equal to weir run --input; {} result messages ({} duplicates after {} kills)",
+        "{} windows equal to weir run --input ({} partitions, {} workers, {}); {} result \
+         messages ({} duplicates after {} kills)",
         expected.len(),
+        s.partitions,
+        s.workers,
+        if two_stage { "two stages" } else { "one stage" },
         all.len(),
         all.len() - final_results.len(),
         s.kills
@@ -584,6 +661,11 @@ fn check_metrics(port: u16) {
 fn workers_on_a_real_broker_equal_weir_run_on_the_same_records() {
     run(Scenario {
         window: "{type: tumbling, size: 10s, allowedLateness: 5s}",
+        partitions: PARTITIONS,
+        workers: 2,
+        spread: Spread::ByMerchant,
+        group: "[merchant]",
+        extra: "repartition: {coPartitioned: true}",
         records: 200_000,
         kills: 0,
         s3: None,
@@ -594,6 +676,11 @@ fn workers_on_a_real_broker_equal_weir_run_on_the_same_records() {
 fn killed_and_restarted_workers_give_the_clean_results() {
     run(Scenario {
         window: "{type: hopping, size: 30s, slide: 10s, allowedLateness: 5s}",
+        partitions: PARTITIONS,
+        workers: 2,
+        spread: Spread::ByMerchant,
+        group: "[merchant]",
+        extra: "repartition: {coPartitioned: true}",
         records: 200_000,
         kills: 6,
         s3: None,
@@ -623,6 +710,11 @@ fn killed_workers_with_checkpoints_on_s3_give_the_clean_results() {
     }));
     run(Scenario {
         window: "{type: session, gap: 500ms, allowedLateness: 5s}",
+        partitions: PARTITIONS,
+        workers: 2,
+        spread: Spread::ByMerchant,
+        group: "[merchant]",
+        extra: "repartition: {coPartitioned: true}",
         records: 200_000,
         kills: 5,
         s3: Some((
@@ -749,4 +841,66 @@ fn an_older_owner_is_fenced_out_by_a_newer_epoch() {
         new.wait().unwrap().success(),
         "graceful stop of the new owner failed"
     );
+}
+
+/// Groups that span partitions (DESIGN.md invariant 5): records round-robin over 8 partitions,
+/// so every merchant is in all of them; grouped by merchant, and one global group. Two stages
+/// give the results of `weir run --input` whatever the number of workers.
+#[test]
+fn two_stage_jobs_equal_weir_run_with_1_2_3_and_8_workers() {
+    for (group, workers) in [
+        ("[merchant]", 1),
+        ("[merchant]", 2),
+        ("[merchant]", 3),
+        ("[merchant]", 8),
+        ("[]", 1),
+        ("[]", 3),
+        ("[]", 8),
+    ] {
+        run(Scenario {
+            window: "{type: tumbling, size: 10s, allowedLateness: 5s}",
+            partitions: 8,
+            workers,
+            spread: Spread::RoundRobin(8),
+            group,
+            extra: "",
+            records: 40_000,
+            kills: 0,
+            s3: None,
+        });
+    }
+}
+
+/// The kill test of the runtime, for a two-stage job: workers running both stages are killed
+/// at random; the deduplicated results equal a clean run.
+#[test]
+fn killed_two_stage_workers_give_the_clean_results() {
+    run(Scenario {
+        window: "{type: hopping, size: 30s, slide: 10s, allowedLateness: 5s}",
+        partitions: PARTITIONS,
+        workers: 2,
+        spread: Spread::RoundRobin(PARTITIONS),
+        group: "[merchant]",
+        extra: "",
+        records: 200_000,
+        kills: 6,
+        s3: None,
+    });
+}
+
+/// A source partition that never gets a record does not hold the second stage back beyond the
+/// idle timeout: every window arrives (without idleness none would).
+#[test]
+fn an_idle_source_partition_does_not_stall_two_stage_results() {
+    run(Scenario {
+        window: "{type: tumbling, size: 10s, allowedLateness: 5s, idleTimeout: 2s}",
+        partitions: 4,
+        workers: 2,
+        spread: Spread::RoundRobin(3),
+        group: "[merchant]",
+        extra: "",
+        records: 40_000,
+        kills: 0,
+        s3: None,
+    });
 }

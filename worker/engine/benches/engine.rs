@@ -7,6 +7,12 @@
 //! times the next 20 s of records, during which windows close and are emitted as they would in a
 //! live stream (one hopping window per second, one tumbling window per minute). Emitted results
 //! are built (values computed) but not serialised.
+//!
+//! After criterion's runs, the same measurement is repeated in alternating rounds, tumbling then
+//! hopping, and the ratio hopping / tumbling of each round is printed (wall-clock and this
+//! thread's CPU time): on a shared machine the absolute numbers drift with the load, the ratio
+//! within one round much less. `WEIR_BENCH_RATIO_ROUNDS` sets the number of rounds (default 5;
+//! 0 skips them); `-- ratio` as criterion's filter runs only these rounds.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -42,14 +48,79 @@ fn feed(engine: &mut Engine, records: &[Vec<u8>], first_offset: usize) -> usize 
 fn steady_state(plan: &JobPlan, warmup: &[Vec<u8>], measured: &[Vec<u8>], iters: u64) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
-        let mut engine = Engine::new(plan.clone(), [0]);
-        feed(&mut engine, warmup, 0);
-        let start = Instant::now();
-        let results = feed(&mut engine, measured, warmup.len());
-        total += start.elapsed();
-        std::hint::black_box(results);
+        total += steady_state_once(plan, warmup, measured).0;
     }
     total
+}
+
+/// One steady-state run: wall-clock time of the measured part, and this thread's CPU time
+/// during it (when the platform tells).
+fn steady_state_once(
+    plan: &JobPlan,
+    warmup: &[Vec<u8>],
+    measured: &[Vec<u8>],
+) -> (Duration, Option<Duration>) {
+    let mut engine = Engine::new(plan.clone(), [0]);
+    feed(&mut engine, warmup, 0);
+    let cpu = thread_cpu_time();
+    let start = Instant::now();
+    let results = feed(&mut engine, measured, warmup.len());
+    let wall = start.elapsed();
+    let cpu = thread_cpu_time().zip(cpu).map(|(b, a)| b.saturating_sub(a));
+    std::hint::black_box(results);
+    (wall, cpu)
+}
+
+/// CPU time of the calling thread (Linux: the first field of `/proc/thread-self/schedstat`, in
+/// nanoseconds). Less disturbed than wall-clock time by other processes on a shared machine,
+/// though not immune (they share caches and memory bandwidth).
+fn thread_cpu_time() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns = text.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+/// Alternating rounds of tumbling and hopping with the same aggregations; prints each round's
+/// throughput and ratio, then the median ratio.
+fn ratio_rounds(rounds: usize, warmup: &[Vec<u8>], measured: &[Vec<u8>]) {
+    let rate = |d: Duration| measured.len() as f64 / d.as_secs_f64() / 1e6;
+    for (name, aggs) in [("count_sum_mean", data::COUNT_SUM_MEAN), ("all", data::ALL)] {
+        let tumbling = data::plan("{type: tumbling, size: 1m, allowedLateness: 1s}", aggs);
+        let hopping = data::plan(
+            "{type: hopping, size: 1m, slide: 1s, allowedLateness: 1s}",
+            aggs,
+        );
+        let (mut by_wall, mut by_cpu) = (Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            let (tw, tc) = steady_state_once(&tumbling, warmup, measured);
+            let (hw, hc) = steady_state_once(&hopping, warmup, measured);
+            let wall = hw.as_secs_f64() / tw.as_secs_f64();
+            by_wall.push(wall);
+            let mut line = format!(
+                "ratio {name} round {round}: wall tumbling {:.3} M/s, hopping {:.3} M/s, {wall:.2}x slower",
+                rate(tw),
+                rate(hw)
+            );
+            if let (Some(tc), Some(hc)) = (tc, hc) {
+                let cpu = hc.as_secs_f64() / tc.as_secs_f64();
+                by_cpu.push(cpu);
+                line += &format!(
+                    "; cpu tumbling {:.3} M/s, hopping {:.3} M/s, {cpu:.2}x slower",
+                    rate(tc),
+                    rate(hc)
+                );
+            }
+            eprintln!("{line}");
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied()
+        };
+        if let Some(wall) = median(&mut by_wall) {
+            let cpu = median(&mut by_cpu).map_or(String::new(), |c| format!(", cpu {c:.2}x"));
+            eprintln!("ratio {name}: hopping 1m/1s vs tumbling 1m, median of {rounds} rounds: wall {wall:.2}x{cpu}");
+        }
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -131,6 +202,15 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+    let rounds = match std::env::var("WEIR_BENCH_RATIO_ROUNDS") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("WEIR_BENCH_RATIO_ROUNDS must be a number, got {v:?}")),
+        Err(_) if full => 5,
+        Err(_) => 1,
+    };
+    ratio_rounds(rounds, warmup, measured);
 }
 
 criterion_group!(benches, bench);

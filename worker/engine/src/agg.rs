@@ -1133,6 +1133,126 @@ impl Column {
     }
 }
 
+/// Reused buffers for [`Column::merged_result`].
+#[derive(Default)]
+pub struct ResultScratch {
+    /// An open-addressing table of hashes (`0`: empty), all empty between calls: small enough to
+    /// stay in the L1 cache, where merging into a row per group, for many groups, would not.
+    slots: Vec<u64>,
+    /// Values of a percentile rank that is not near an end.
+    values: Vec<f64>,
+}
+
+impl Column {
+    /// The result of merging rows `parts` (a column of this function and a row of it, each), in
+    /// any order, without building the merged state, where that is much cheaper: countDistinct
+    /// and percentile rows that are all packed by [`Column::seal`] (so exact) and whose merge is
+    /// exact too (a union of at most [`DISTINCT_EXACT_LIMIT`] hashes, at most
+    /// [`PERCENTILE_EXACT_LIMIT`] values). Equal to [`Column::result`] of the merged row. `None`
+    /// when it does not apply: then merge the rows.
+    ///
+    /// This is what a hopping window result needs: the count of a union of a few hundred hashes,
+    /// or one rank of a few hundred values, from a dozen panes and blocks.
+    pub fn merged_result(parts: &[(&Column, usize)], scratch: &mut ResultScratch) -> Option<Value> {
+        fn sealed<'a>(
+            &(col, row): &(&'a Column, usize),
+        ) -> Option<(&'a Packed, std::ops::Range<usize>)> {
+            match col {
+                Column::Sealed(s) => Some((&s.packed, s.span(row)?)),
+                _ => None,
+            }
+        }
+        match sealed(parts.first()?)?.0 {
+            Packed::Distinct(_) => {
+                let mut total = 0;
+                for part in parts {
+                    match sealed(part)? {
+                        (Packed::Distinct(_), span) => total += span.len(),
+                        _ => return None,
+                    }
+                }
+                let size = (total.min(DISTINCT_EXACT_LIMIT + 1) * 2)
+                    .next_power_of_two()
+                    .max(16);
+                if scratch.slots.len() < size {
+                    scratch.slots.resize(size, 0);
+                }
+                let table = scratch.slots.get_mut(..size)?;
+                let mask = size - 1;
+                // At most `DISTINCT_EXACT_LIMIT + 1` of the `size / 2` or more slots are ever
+                // filled, so every probe ends at an empty slot.
+                let (mut count, mut zero) = (0usize, false);
+                'parts: for part in parts {
+                    let Some((Packed::Distinct(hashes), span)) = sealed(part) else {
+                        continue;
+                    };
+                    for &h in hashes.get(span).unwrap_or_default() {
+                        if h == 0 {
+                            zero = true;
+                            continue;
+                        }
+                        let mut i = h as usize & mask;
+                        while let Some(slot) = table.get_mut(i) {
+                            if *slot == 0 {
+                                *slot = h;
+                                count += 1;
+                                break;
+                            }
+                            if *slot == h {
+                                break;
+                            }
+                            i = (i + 1) & mask;
+                        }
+                        if count > DISTINCT_EXACT_LIMIT {
+                            break 'parts;
+                        }
+                    }
+                }
+                table.fill(0);
+                let count = count + usize::from(zero);
+                (count <= DISTINCT_EXACT_LIMIT).then(|| Value::from(count))
+            }
+            Packed::Percentile { q, .. } => {
+                let q = *q;
+                let mut n = 0;
+                for part in parts {
+                    match sealed(part)? {
+                        (Packed::Percentile { q: other, .. }, span)
+                            if other.to_bits() == q.to_bits() =>
+                        {
+                            n += span.len()
+                        }
+                        _ => return None,
+                    }
+                }
+                if n > PERCENTILE_EXACT_LIMIT {
+                    return None;
+                }
+                if n == 0 {
+                    return Some(Value::Null);
+                }
+                let spans = parts.iter().filter_map(|part| match sealed(part) {
+                    Some((Packed::Percentile { values, .. }, span)) => values.get(span),
+                    _ => None,
+                });
+                let r0 = rank_index(q, n as u64) as usize;
+                let (k, want) = rank_from_end(r0, n);
+                let value = if k < NEAR_END {
+                    near_end_rank(spans, k, want)
+                } else {
+                    let buf = &mut scratch.values;
+                    buf.clear();
+                    spans.for_each(|v| buf.extend_from_slice(v));
+                    buf.select_nth_unstable_by(r0, f64::total_cmp);
+                    buf.get(r0).copied()
+                };
+                Some(number(value))
+            }
+            Packed::Picks { .. } => None,
+        }
+    }
+}
+
 /// [`keep_extreme`] for a slot where NaN means empty; non-finite inputs are ignored.
 #[inline]
 fn keep_extreme_nan(slot: &mut f64, x: f64, want: Ordering) {
@@ -1782,6 +1902,61 @@ thread_local! {
     static SELECT: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Ranks within this distance of either end are found in one pass (see [`near_end_rank`]).
+const NEAR_END: usize = 8;
+
+/// Which rank to look for, as a distance from an end: `(k, Less)` for the `k + 1`-th smallest,
+/// `(k, Greater)` for the `k + 1`-th largest, whichever is nearer, for the 0-based rank `r0` of
+/// `n` values.
+fn rank_from_end(r0: usize, n: usize) -> (usize, Ordering) {
+    if r0 <= n - 1 - r0 {
+        (r0, Ordering::Less)
+    } else {
+        (n - 1 - r0, Ordering::Greater)
+    }
+}
+
+/// The `k + 1`-th smallest (`want == Less`) or largest (`Greater`) of the values of `parts`, for
+/// `k < NEAR_END`, in one pass keeping the `k + 1` most extreme values, sorted, most extreme first.
+/// The values are finite and `-0.0` is not among them (as [`Quantile`] keeps them); `None` when
+/// there are at most `k` of them.
+fn near_end_rank<'a>(
+    parts: impl IntoIterator<Item = &'a [f64]>,
+    k: usize,
+    want: Ordering,
+) -> Option<f64> {
+    if k >= NEAR_END {
+        return None;
+    }
+    // `>` orders the values like `total_cmp`; the smallest are the largest of the negated values.
+    let sign = if want == Ordering::Greater { 1.0 } else { -1.0 };
+    // The k + 1 largest keys so far with their values, largest first.
+    let mut best = [(f64::NEG_INFINITY, 0.0f64); NEAR_END];
+    let mut len = 0;
+    let mut offer = |x: f64, kx: f64| {
+        let mut i = len.min(k);
+        while i > 0 && kx > best[i - 1].0 {
+            best[i] = best[i - 1];
+            i -= 1;
+        }
+        best[i] = (kx, x);
+        len = (len + 1).min(k + 1);
+        best[k].0
+    };
+    // The (k + 1)-th largest key so far, `-inf` until there are k + 1 (the values are finite).
+    // Almost every value fails the test against it, a branch that is then well predicted.
+    let mut bar = f64::NEG_INFINITY;
+    for part in parts {
+        for &x in part {
+            let kx = sign * x;
+            if kx > bar {
+                bar = offer(x, kx);
+            }
+        }
+    }
+    (len > k).then_some(best[k].1)
+}
+
 /// The exact nearest-rank value of `values` (in any order; finite, without `-0.0`, as
 /// [`Quantile`] keeps them): a function of their multiset.
 fn exact_rank(values: &[f64], q: f64) -> Option<f64> {
@@ -1790,56 +1965,10 @@ fn exact_rank(values: &[f64], q: f64) -> Option<f64> {
         return None;
     }
     let r0 = rank_index(q, n as u64) as usize;
-    // Ranks near either end (p99 of a few hundred values): one pass keeping the k + 1 most
-    // extreme values, sorted, most extreme first.
-    let (k, want) = if r0 <= n - 1 - r0 {
-        (r0, Ordering::Less)
-    } else {
-        (n - 1 - r0, Ordering::Greater)
-    };
-    const NEAR_END: usize = 8;
+    // Ranks near either end (p99 of a few hundred values): one pass.
+    let (k, want) = rank_from_end(r0, n);
     if k < NEAR_END {
-        // The values are finite and `-0.0` is not among them, so `>` orders them like
-        // `total_cmp`; the smallest are the largest of the negated values.
-        let sign = if want == Ordering::Greater { 1.0 } else { -1.0 };
-        // The k + 1 largest keys so far with their values, largest first.
-        let mut best = [(f64::NEG_INFINITY, 0.0f64); NEAR_END];
-        let mut len = 0;
-        let mut offer = |x: f64, kx: f64| {
-            let mut i = len.min(k);
-            while i > 0 && kx > best[i - 1].0 {
-                best[i] = best[i - 1];
-                i -= 1;
-            }
-            best[i] = (kx, x);
-            len = (len + 1).min(k + 1);
-            best[k].0
-        };
-        let (head, rest) = values.split_at((k + 1).min(n));
-        let mut bar = f64::NEG_INFINITY;
-        for &x in head {
-            bar = offer(x, sign * x);
-        }
-        // Almost every value fails the test against the (k+1)-th key: test runs of them at once.
-        for run in rest.chunks(8) {
-            let mut top = [f64::NEG_INFINITY; 4];
-            for quad in run.chunks(4) {
-                for (t, &x) in top.iter_mut().zip(quad) {
-                    let kx = sign * x;
-                    *t = if kx > *t { kx } else { *t };
-                }
-            }
-            if top.iter().all(|t| *t <= bar) {
-                continue;
-            }
-            for &x in run {
-                let kx = sign * x;
-                if kx > bar {
-                    bar = offer(x, kx);
-                }
-            }
-        }
-        return best.get(k).map(|b| b.1);
+        return near_end_rank([values], k, want);
     }
     SELECT.with_borrow_mut(|buf| {
         buf.clear();
@@ -2071,6 +2200,36 @@ fn offer(slot: &mut Option<Pick>, order: Order, text: &str, want: Ordering) {
                 pick.json.clear();
                 pick.json.push_str(text);
             }
+        }
+    }
+}
+
+impl Column {
+    /// A column of one row holding `acc` (to merge a partial aggregate into a pane row).
+    pub fn from_acc(acc: &Acc) -> Column {
+        let or_nan = |x: &Option<f64>| x.unwrap_or(f64::NAN);
+        let slot = |p: &Option<Pick>| match p {
+            Some(p) => PickSlot {
+                order: Some(p.order),
+                json: p.json.clone(),
+            },
+            None => PickSlot::default(),
+        };
+        match acc {
+            Acc::Count(n) => Column::Count(vec![*n]),
+            Acc::Sum(s) => Column::Sum(vec![*s]),
+            Acc::Mean(m) => Column::Mean(vec![*m]),
+            Acc::Min(m) => Column::Min(vec![or_nan(m)]),
+            Acc::Max(m) => Column::Max(vec![or_nan(m)]),
+            Acc::Stddev(m) => Column::Stddev(vec![**m]),
+            Acc::Variance(m) => Column::Variance(vec![**m]),
+            Acc::CountDistinct(d) => Column::CountDistinct(vec![d.clone()]),
+            Acc::Percentile(q) => Column::Percentile {
+                quantile: Some(q.quantile()),
+                rows: vec![(**q).clone()],
+            },
+            Acc::First(p) => Column::First(vec![slot(p)]),
+            Acc::Last(p) => Column::Last(vec![slot(p)]),
         }
     }
 }
@@ -2355,6 +2514,64 @@ mod tests {
                 prop_assert_eq!(bulk.result(0), by_row.result(0), "{:?} bulk", f);
                 prop_assert_eq!(bulk.result(1), by_row.result(1), "{:?} bulk", f);
                 prop_assert_eq!(col.result(5), Value::Null);
+            }
+        }
+
+        /// `Column::merged_result` equals the result of merging the rows, for every function (it
+        /// declines the ones it does not compute), with and without sealed rows, across the exact
+        /// limits (unions above 1,024 hashes, more than 512 values, rows holding a sketch).
+        #[test]
+        fn merged_result_equals_merging_the_rows(
+            parts in prop::collection::vec((0usize..700, 1u64..3000, any::<bool>(), any::<u64>()), 1..6),
+            q in prop_oneof![Just(0.5), Just(0.99), Just(0.0), Just(1.0), 0.0..=1.0f64],
+        ) {
+            let mut scratch = ResultScratch::default();
+            for f in ALL {
+                // One column per part, each with an empty row 0 and the part's values in row 1.
+                let cols: Vec<Column> = parts
+                    .iter()
+                    .map(|&(len, range, seal, seed)| {
+                        let mut rng = Rng(seed | 1);
+                        let mut col = Column::new(f, Some(q));
+                        col.push_empty();
+                        col.push_empty();
+                        for i in 0..len {
+                            let v = rng.below(range as usize) as f64 - 100.0;
+                            let text = format!("{v}");
+                            let input = match f {
+                                AggregationFn::CountDistinct
+                                | AggregationFn::First
+                                | AggregationFn::Last => Input::Json(&text),
+                                _ => Input::Number(v),
+                            };
+                            col.update(1, input, ord(i as i64 % 5, i as u64));
+                        }
+                        if seal {
+                            col.seal();
+                        }
+                        col
+                    })
+                    .collect();
+                for row in [0, 1] {
+                    let refs: Vec<(&Column, usize)> = cols.iter().map(|c| (c, row)).collect();
+                    let mut merged = Column::new(f, Some(q));
+                    merged.push_empty();
+                    for (c, r) in &refs {
+                        merged.merge_row(0, c, *r);
+                    }
+                    let direct = Column::merged_result(&refs, &mut scratch);
+                    if let Some(direct) = &direct {
+                        prop_assert_eq!(direct, &merged.result(0), "{:?} row {}", f, row);
+                    }
+                    // It must apply where it is meant to: all rows packed, and an exact merge.
+                    let packed = cols.iter().all(|c| matches!(c, Column::Sealed(_)));
+                    let exact = match merged.acc(0) {
+                        Some(Acc::CountDistinct(d)) => d.sketch.is_none(),
+                        Some(Acc::Percentile(p)) => p.sketch.is_none(),
+                        _ => false,
+                    };
+                    prop_assert_eq!(direct.is_some(), packed && exact, "{:?} row {}", f, row);
+                }
             }
         }
 

@@ -26,10 +26,14 @@ use std::hash::BuildHasher;
 use hashbrown::HashTable;
 use std::fmt;
 
-use crate::agg::{Acc, Column, Input, Order};
+use crate::agg::{Acc, Column, Input, Order, ResultScratch};
 use crate::decode::{Fields, Scalar};
 use crate::plan::{AggPlan, GroupPart, JobPlan, TimeSource, WindowKind};
 use crate::time;
+use weir_crds::AggregationFn;
+
+mod stages;
+pub use stages::{Exchange, MergeOutcome, Partial};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -219,8 +223,12 @@ pub struct Stats {
     pub accepted: u64,
     /// Records rejected, by reason (indexed like [`RejectReason::ALL`]).
     pub rejected: [u64; 5],
-    /// Results emitted.
+    /// Results emitted (partials, in stage 1 of a two-stage job).
     pub results: u64,
+    /// Stage 2: partials skipped because they were merged before (a replay of stage 1).
+    pub duplicate_partials: u64,
+    /// Stage 2: partials dropped because their windows had closed (their source was idle).
+    pub late_partials: u64,
 }
 
 /// Interned group keys with a count of the state entries holding each, so a group's key is
@@ -332,6 +340,13 @@ impl Groups {
 
     fn len(&self) -> usize {
         self.table.len()
+    }
+
+    /// Drop `id` if nothing holds it (it was interned only to be looked at).
+    fn forget_if_unused(&mut self, id: u32) {
+        if self.refs[id as usize] == 0 {
+            self.release(id);
+        }
     }
 }
 
@@ -512,6 +527,25 @@ struct MergeScratch {
     cursors: Vec<usize>,
     /// Targets of a run of rows, relative to the first group merged.
     rel: Vec<u32>,
+    /// Results computed without merging (see [`Column::merged_result`]); boxed, as the engine
+    /// state holds this scratch inline.
+    direct: Box<Direct>,
+}
+
+/// Buffers for results computed without merging.
+#[derive(Default)]
+struct Direct {
+    scratch: ResultScratch,
+    /// The results, for the groups in order.
+    values: Vec<serde_json::Value>,
+}
+
+/// What [`MergeScratch::merge`] hands on for a column and a run of groups.
+enum Merged<'a> {
+    /// The merged rows, one per group.
+    Rows(&'a Column),
+    /// Only the results, one per group, to take.
+    Values(&'a mut Vec<serde_json::Value>),
 }
 
 /// Groups merged together for the variable-size states of a hopping window (see `emit_window`).
@@ -576,7 +610,10 @@ impl MergeScratch {
 
     /// Merges the rows of `items` lined up by [`MergeScratch::align`], group by group, each
     /// group's rows in the order of `items`. `sink(c, merged, g, n)` receives column `c` merged
-    /// for groups `g..g + n` of `gids`, as rows `0..n` of `merged`.
+    /// for groups `g..g + n` of `gids`, as rows `0..n` of `merged`; or, when only `results` are
+    /// wanted, their results where they are cheaper to compute without merging (countDistinct
+    /// and percentile, see [`Column::merged_result`]): one group at a time from the items' rows,
+    /// in a few kilobytes of scratch memory that stay in the L1 cache.
     ///
     /// Fixed-size states (count, sum, ...: a few bytes a group) are merged item by item into one
     /// row per group, reading the items and writing the rows in order, with the groups
@@ -588,7 +625,8 @@ impl MergeScratch {
         &mut self,
         items: &[&Pane],
         shape: &[Column],
-        mut sink: impl FnMut(usize, &Column, usize, usize),
+        results: bool,
+        mut sink: impl FnMut(usize, Merged<'_>, usize, usize),
     ) {
         let MergeScratch {
             cols,
@@ -596,7 +634,9 @@ impl MergeScratch {
             into,
             cursors,
             rel,
+            direct,
         } = self;
+        let Direct { scratch, values } = &mut **direct;
         if cols.len() != shape.len() {
             *cols = shape.to_vec();
         }
@@ -611,7 +651,43 @@ impl MergeScratch {
                         dst.merge_rows(src, into);
                     }
                 }
-                sink(c, dst, 0, n);
+                sink(c, Merged::Rows(dst), 0, n);
+                continue;
+            }
+            let function = dst.function();
+            if results
+                && matches!(
+                    function,
+                    AggregationFn::CountDistinct | AggregationFn::Percentile
+                )
+            {
+                cursors.iter_mut().for_each(|c| *c = 0);
+                values.clear();
+                let mut parts: Vec<(&Column, usize)> = Vec::with_capacity(items.len());
+                for g in 0..n as u32 {
+                    parts.clear();
+                    for ((src, into), cur) in srcs.iter().zip(into.iter()).zip(cursors.iter_mut()) {
+                        if into.get(*cur) == Some(&g) {
+                            if let Some(src) = src {
+                                parts.push((src, *cur));
+                            }
+                            *cur += 1;
+                        }
+                    }
+                    let value = Column::merged_result(&parts, scratch).unwrap_or_else(|| {
+                        // A sketch, or a merge that needs one: merge the rows.
+                        if dst.is_empty() {
+                            dst.push_empty();
+                        }
+                        dst.reset_row(0);
+                        for (src, row) in &parts {
+                            dst.merge_row(0, src, *row);
+                        }
+                        dst.result(0)
+                    });
+                    values.push(value);
+                }
+                sink(c, Merged::Values(values), 0, n);
                 continue;
             }
             while dst.len() < MERGE_CHUNK.min(n) {
@@ -634,7 +710,7 @@ impl MergeScratch {
                         dst.merge_range(src, start, rel);
                     }
                 }
-                sink(c, dst, g0, rows);
+                sink(c, Merged::Rows(dst), g0, rows);
             }
         }
     }
@@ -700,6 +776,9 @@ fn align_up(t: i64, step: i64) -> i64 {
     }
 }
 
+/// What identifies a partial within its pane row: (group id, source partition, segment).
+type PartialId = (u32, i32, Option<i64>);
+
 /// The streaming engine for one job and a set of input partitions.
 pub struct Engine {
     plan: JobPlan,
@@ -714,6 +793,12 @@ pub struct Engine {
     key_buf: Vec<u8>,
     json_buf: Vec<u8>,
     contributions: Vec<Contribution>,
+    /// Stage 1 of a two-stage job: emit partials, not results (see [`stages`]).
+    partial_mode: bool,
+    partials: Vec<Partial>,
+    /// Stage 2: per pane row (pane, first window) still open, the (group, source partition,
+    /// segment) of each partial merged into it.
+    merged: BTreeMap<(i64, i64), std::collections::HashSet<PartialId>>,
 }
 
 /// Reuse a vector's allocation for another lifetime (the standard library collects in place).
@@ -758,6 +843,9 @@ impl Engine {
             key_buf: Vec::new(),
             json_buf: Vec::new(),
             contributions: Vec::new(),
+            partial_mode: false,
+            partials: Vec::new(),
+            merged: BTreeMap::new(),
         }
     }
 
@@ -1176,6 +1264,7 @@ impl Engine {
         let wm = self.watermark;
         let first = self.results.len();
         match &mut self.state {
+            State::Aligned(_) if self.partial_mode => self.close_partials(wm),
             State::Aligned(a) => {
                 a.close(old, wm, &mut self.groups, &mut self.results);
             }
@@ -1336,8 +1425,8 @@ impl Aligned {
                         })
                         .collect();
                     let cols = &mut block.cols;
-                    scratch.merge(&items, &shape, |c, merged, _, rows| {
-                        if let Some(dst) = cols.get_mut(c) {
+                    scratch.merge(&items, &shape, false, |c, merged, _, rows| {
+                        if let (Some(dst), Merged::Rows(merged)) = (cols.get_mut(c), merged) {
                             (0..rows).for_each(|r| dst.push_row(merged, r));
                         }
                     });
@@ -1367,10 +1456,19 @@ impl Aligned {
                 values: Vec::with_capacity(shape.len()),
             }));
             let emitted = &mut out[results..];
-            m.merge(&items, &shape, |_, merged, g0, rows| {
+            m.merge(&items, &shape, true, |_, merged, g0, rows| {
                 let results = emitted.iter_mut().skip(g0).take(rows);
-                for (r, result) in results.enumerate() {
-                    result.values.push(merged.result(r));
+                match merged {
+                    Merged::Rows(merged) => {
+                        for (r, result) in results.enumerate() {
+                            result.values.push(merged.result(r));
+                        }
+                    }
+                    Merged::Values(values) => {
+                        for (result, value) in results.zip(values.drain(..)) {
+                            result.values.push(value);
+                        }
+                    }
                 }
             });
             // Blocks that start before the next window are not wholly inside any later window.
@@ -1381,7 +1479,8 @@ impl Aligned {
                 entry.remove();
             }
         }
-        out[first..].sort_by(|x, y| x.group.cmp(&y.group));
+        // Each group has one result per window, so an unstable sort gives the same order.
+        out[first..].sort_unstable_by(|x, y| x.group.cmp(&y.group));
     }
 
     fn drop_panes_before(&mut self, s: i64, groups: &mut Groups) {

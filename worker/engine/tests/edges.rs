@@ -15,6 +15,7 @@ spec:
     kafka: {{bootstrapServers: "k:9092", topic: in}}
     eventTime: {time}
   groupBy: {group_by}
+  repartition: {{coPartitioned: true}}
   window: {window}
   aggregations: {aggregations}
   sink:

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use weir_engine::engine::{Exchange, Partial};
 use weir_engine::{Engine, JobPlan, Record, RejectReason, WindowResult};
 
 #[derive(Debug, Clone)]
@@ -41,6 +42,7 @@ spec:
     kafka: {{bootstrapServers: "k:9092", topic: in}}
     eventTime: {{field: t, format: epochMillis}}
   groupBy: {group}
+  repartition: {{coPartitioned: true}}
   window: {window}, allowedLateness: {lateness}ms}}
   aggregations:
     - {{name: n, fn: count}}
@@ -115,10 +117,14 @@ type Key = (String, i64, i64); // group JSON, start, end
 
 /// The naive reference: per-partition watermarks, a monotonic engine watermark, and every
 /// accepted record kept with the windows it was counted in.
+/// The expected windows and rejects. `two_stage`: as computed in two stages, where stage 1 judges
+/// a record by its own partition's watermark only (and counts it in that partition's progress),
+/// and stage 2 counts it toward the windows still open by every partition's progress.
 fn reference(
     job: &Job,
     events: &[Event],
     partitions: i32,
+    two_stage: bool,
 ) -> (BTreeMap<Key, Vec<Accepted>>, Vec<RejectReason>) {
     // partition -> (watermark, idle); every partition is known from the start.
     let mut wm: BTreeMap<i32, (i64, bool)> =
@@ -189,11 +195,13 @@ fn reference(
                         };
                         // Every window [s, s+size) with s a multiple of slide containing t.
                         let mut open = Vec::new();
+                        let mut own_open = false;
                         let mut s = t.div_euclid(slide) * slide;
                         while s > t - size {
                             if s + size > bar {
                                 open.push(s);
                             }
+                            own_open |= s + size > wm[&partition].0;
                             s -= slide;
                         }
                         for s in &open {
@@ -202,7 +210,11 @@ fn reference(
                                 .or_default()
                                 .push(rec);
                         }
-                        !open.is_empty()
+                        if two_stage {
+                            own_open
+                        } else {
+                            !open.is_empty()
+                        }
                     }
                     Win::Session(_) => {
                         if t >= bar {
@@ -372,7 +384,17 @@ fn run_engine(job: &Job, events: &[Event], partitions: i32) -> Result<Run, Strin
 
 fn compare(job: &Job, events: &[Event], partitions: i32) -> Result<(), String> {
     let run = run_engine(job, events, partitions)?;
-    let (expected, expected_rejects) = reference(job, events, partitions);
+    compare_run(job, events, partitions, &run, false)
+}
+
+fn compare_run(
+    job: &Job,
+    events: &[Event],
+    partitions: i32,
+    run: &Run,
+    two_stage: bool,
+) -> Result<(), String> {
+    let (expected, expected_rejects) = reference(job, events, partitions, two_stage);
     if run.rejects != expected_rejects {
         return Err(format!(
             "rejects: engine {:?}, reference {:?}",
@@ -697,6 +719,192 @@ proptest! {
             })
             .collect();
         if let Err(e) = replay_equals_clean_run(&job, &events, &crashes) {
+            prop_assert!(false, "{}\njob: {:?}", e, job);
+        }
+    }
+}
+
+/// Two stages (DESIGN.md invariant 5): one stage-1 engine per partition emitting partials, routed
+/// by group to `merges` stage-2 engines, with each partition's watermark sent to every stage-2
+/// engine after its partials. Every partial travels as the repartition topic's bytes, and
+/// `resend` re-sends earlier partials (as a restarted stage 1 does) at random points.
+fn run_two_stages(
+    job: &Job,
+    events: &[Event],
+    partitions: i32,
+    merges: usize,
+    resend: &[(usize, usize)],
+) -> Result<Run, String> {
+    let plan = job.plan();
+    let mut stage1: Vec<Engine> = (0..partitions)
+        .map(|p| {
+            let mut e = Engine::new(plan.clone(), [p]);
+            e.emit_partials();
+            e
+        })
+        .collect();
+    let mut stage2: Vec<Engine> = (0..merges)
+        .map(|_| Engine::new(plan.clone(), 0..partitions))
+        .collect();
+    let mut idle = vec![false; partitions as usize];
+    let mut offsets = vec![0i64; partitions as usize];
+    let mut log_offsets = vec![0i64; merges];
+    let mut sent: Vec<Partial> = Vec::new();
+    let mut results = Vec::new();
+    let mut rejects = Vec::new();
+    let route = |p: &Partial| p.group.bytes().map(usize::from).sum::<usize>() % merges;
+    let deliver =
+        |stage2: &mut Vec<Engine>, log_offsets: &mut Vec<i64>, msg: &Exchange, to: usize| {
+            let bytes = msg.to_bytes();
+            let msg = Exchange::from_bytes(&bytes).map_err(|e| format!("exchange bytes: {e}"))?;
+            let offset = log_offsets[to];
+            log_offsets[to] += 1;
+            match msg {
+                Exchange::Partial(p) => {
+                    stage2[to].merge_partial(to as i32, offset, &p);
+                }
+                Exchange::Watermark {
+                    source,
+                    watermark,
+                    idle,
+                } => stage2[to].source_watermark(source, watermark, idle),
+            }
+            Ok::<(), String>(())
+        };
+    let mut resend = resend.iter().peekable();
+    for (i, e) in events.iter().enumerate() {
+        let p = match *e {
+            Event::Idle(p) => {
+                idle[p as usize] = true;
+                stage1[p as usize].flush_partials(offsets[p as usize]);
+                p
+            }
+            Event::Record {
+                partition,
+                t,
+                g,
+                x,
+                d,
+                bad,
+            } => {
+                let v = value(t, g, x, d, bad);
+                let offset = &mut offsets[partition as usize];
+                let rec = Record {
+                    partition,
+                    offset: *offset,
+                    key: None,
+                    timestamp: None,
+                    value: v.as_bytes(),
+                };
+                *offset += 1;
+                let engine = &mut stage1[partition as usize];
+                match engine.process(&rec) {
+                    Err(r) => rejects.push(r.reason),
+                    Ok(()) => idle[partition as usize] = false,
+                }
+                if !engine.take_results().is_empty() {
+                    return Err("a stage-1 engine emitted results".into());
+                }
+                partition
+            }
+        };
+        for partial in stage1[p as usize].take_partials() {
+            let to = route(&partial);
+            sent.push(partial.clone());
+            deliver(
+                &mut stage2,
+                &mut log_offsets,
+                &Exchange::Partial(partial),
+                to,
+            )?;
+        }
+        while let Some((at, which)) = resend.peek() {
+            if *at > i || sent.is_empty() {
+                break;
+            }
+            let again = sent[which % sent.len()].clone();
+            let to = route(&again);
+            deliver(&mut stage2, &mut log_offsets, &Exchange::Partial(again), to)?;
+            resend.next();
+        }
+        let wm = stage1[p as usize].watermark();
+        let marker = Exchange::Watermark {
+            source: p,
+            watermark: (wm != i64::MIN).then_some(wm),
+            idle: idle[p as usize],
+        };
+        for to in 0..merges {
+            deliver(&mut stage2, &mut log_offsets, &marker, to)?;
+        }
+        for s in stage2.iter_mut() {
+            results.extend(s.take_results());
+        }
+    }
+    // End of input: every stage-1 engine flushes, then says so.
+    for p in 0..partitions {
+        let engine = &mut stage1[p as usize];
+        engine.finish();
+        for partial in engine.take_partials() {
+            let to = route(&partial);
+            deliver(
+                &mut stage2,
+                &mut log_offsets,
+                &Exchange::Partial(partial),
+                to,
+            )?;
+        }
+        if engine.open_rows() != 0 {
+            return Err(format!(
+                "stage 1 of partition {p} kept {} rows",
+                engine.open_rows()
+            ));
+        }
+    }
+    for s in stage2.iter_mut() {
+        s.finish();
+        results.extend(s.take_results());
+        if s.open_rows() != 0 || s.open_groups() != 0 {
+            return Err(format!(
+                "stage 2 kept {} rows, {} groups",
+                s.open_rows(),
+                s.open_groups()
+            ));
+        }
+    }
+    Ok(Run { results, rejects })
+}
+
+fn aligned_job_strategy() -> impl Strategy<Value = Job> {
+    job_strategy().prop_filter("aligned windows", |j| !matches!(j.window, Win::Session(_)))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// Two stages give the results of one engine reading every partition, for every aggregation,
+    /// with partials re-sent at random, however many stage-2 engines share the groups.
+    #[test]
+    fn two_stages_equal_the_naive_reference(
+        job in aligned_job_strategy(),
+        partitions in 1i32..=4,
+        merges in 1usize..=3,
+        seed_events in events_strategy(4),
+        resend in proptest::collection::vec((0usize..300, any::<usize>()), 0..20),
+    ) {
+        let events: Vec<Event> = seed_events
+            .into_iter()
+            .filter(|e| match e {
+                Event::Record { partition, .. } | Event::Idle(partition) => *partition < partitions,
+            })
+            .collect();
+        let mut resend = resend;
+        resend.sort();
+        let run = run_two_stages(&job, &events, partitions, merges, &resend);
+        let run = match run {
+            Ok(r) => r,
+            Err(e) => return Err(TestCaseError::fail(format!("{e}\njob: {job:?}"))),
+        };
+        if let Err(e) = compare_run(&job, &events, partitions, &run, true) {
             prop_assert!(false, "{}\njob: {:?}", e, job);
         }
     }

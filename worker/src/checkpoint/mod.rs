@@ -21,7 +21,7 @@ pub use object::{ObjectStoreConfig, ObjectStoreStore};
 
 // The record is the contract between the workers and the operator, so it lives in the API
 // crate; re-exported here where the stores use it.
-pub use weir_crds::checkpoint::{PartitionCheckpoint, Progress, FORMAT};
+pub use weir_crds::checkpoint::{PartitionCheckpoint, Progress, SourceProgress, FORMAT};
 
 /// Opaque store version of a checkpoint (a resourceVersion, an e-tag, a generation).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -35,6 +35,7 @@ pub fn progress(next_offset: i64) -> Progress {
         replay_max_event_time: Some(1_700_000_000_000 + next_offset),
         watermark: Some(1_700_000_000_500 + next_offset),
         emitted_through: Some(1_699_999_999_000 + next_offset),
+        ..Default::default()
     }
 }
 
@@ -139,6 +140,7 @@ pub async fn conformance(a: Arc<dyn CheckpointStore>, b: Arc<dyn CheckpointStore
         replay_max_event_time: Some(-5),
         watermark: Some(i64::MIN + 1),
         emitted_through: Some(1_700_000_060_000),
+        ..Default::default()
     };
     let sparse = Progress {
         next_offset: 42,
@@ -146,6 +148,7 @@ pub async fn conformance(a: Arc<dyn CheckpointStore>, b: Arc<dyn CheckpointStore
         replay_max_event_time: None,
         watermark: None,
         emitted_through: None,
+        ..Default::default()
     };
     for (partition, progress) in [(2, None), (3, Some(full)), (4, Some(sparse))] {
         let mut cp = record(

@@ -13,6 +13,7 @@ spec:
     kafka: {{bootstrapServers: "k:9092", topic: payments}}
     eventTime: {{field: ts, format: rfc3339}}
   groupBy: [merchant]
+  repartition: {{coPartitioned: true}}
   window: {window}
   aggregations: {aggregations}
   sink:
