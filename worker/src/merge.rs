@@ -12,16 +12,19 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 use weir_engine::engine::Exchange;
 use weir_engine::Engine;
 
 use crate::checkpoint::{PartitionLease, Progress, SourceProgress};
-use crate::runtime::{JobContext, Out, PartitionEnd, RuntimeError};
+use crate::metrics::PartitionMetrics;
+use crate::runtime::{
+    assign_at, commit_progress, finish_partition, new_consumer, take_lease, JobContext, Out,
+    PartitionEnd, RuntimeError,
+};
 
 /// Run repartition partition `partition` until stopped or fenced.
 pub fn run_merge_partition(
@@ -33,38 +36,11 @@ pub fn run_merge_partition(
         return Ok(PartitionEnd::Stopped);
     };
     let topic = merge.topic.as_str();
-    let pm = ctx.metrics.partition(topic, partition);
-    let ckpt_err = |source| RuntimeError::Checkpoint { partition, source };
-    let kafka_err = |action| {
-        move |source| RuntimeError::Kafka {
-            partition,
-            action,
-            source,
-        }
-    };
-    let (mut lease, resume) = match rt.block_on(PartitionLease::acquire(
-        merge.store.clone(),
-        topic,
-        partition,
-        ctx.epoch,
-        &ctx.owner,
-    )) {
+    let (mut lease, resume) = match take_lease(ctx, rt, &merge.store, topic, partition)? {
         Ok(x) => x,
-        Err(e) if e.is_fenced() => {
-            ctx.metrics.partitions_fenced.inc();
-            return Ok(PartitionEnd::Fenced(e));
-        }
-        Err(e) => return Err(ckpt_err(e)),
+        Err(fenced) => return Ok(fenced),
     };
-    let consumer: BaseConsumer =
-        ctx.source
-            .config()
-            .create()
-            .map_err(|source| RuntimeError::CreateClient {
-                partition,
-                role: "repartition consumer",
-                source,
-            })?;
+    let consumer = new_consumer(ctx, partition, "repartition consumer")?;
     let mut engine = Engine::new(ctx.plan.clone(), 0..merge.sources);
     let (from, seen_through, emitted_through) = match &resume {
         Some(p) => {
@@ -81,16 +57,15 @@ pub fn run_merge_partition(
             // Everything in the repartition topic is for this job: start at its beginning.
             let (low, _) = consumer
                 .fetch_watermarks(topic, partition, Duration::from_secs(30))
-                .map_err(kafka_err("reading the repartition partition's offsets"))?;
+                .map_err(|source| RuntimeError::Kafka {
+                    partition,
+                    action: "reading the repartition partition's offsets",
+                    source,
+                })?;
             (low, low, i64::MIN)
         }
     };
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(from))
-        .map_err(kafka_err("choosing the start offset"))?;
-    consumer
-        .assign(&tpl)
-        .map_err(kafka_err("assigning the repartition partition"))?;
+    assign_at(&consumer, topic, partition, from)?;
     let sink = Out::new(
         &ctx.sink,
         &ctx.spec.sink.kafka.topic.0,
@@ -105,160 +80,145 @@ pub fn run_merge_partition(
         replay_until = seen_through,
         "repartition partition started"
     );
-    let mut next = from;
-    let mut caught_up = false;
-    let mut note_caught_up = |next: i64| {
-        if !caught_up && next >= seen_through {
-            caught_up = true;
-            ctx.totals.caught_up.fetch_add(1, Ordering::Relaxed);
-        }
+    let mut run = MergeRun {
+        ctx,
+        partition,
+        pm: ctx.metrics.partition(topic, partition),
+        engine,
+        sink,
+        next: from,
+        seen_through,
+        emitted_through,
+        caught_up: false,
     };
-    note_caught_up(next);
+    run.note_caught_up();
     let mut last_checkpoint = Instant::now();
     let end = loop {
         if ctx.stop.load(Ordering::Relaxed) {
             break PartitionEnd::Stopped;
         }
-        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            match m {
-                Err(e) => warn!(stage = 2, partition, error = %e, "consumer error"),
-                Ok(m) => {
-                    let offset = m.offset();
-                    match Exchange::from_bytes(m.payload().unwrap_or_default()) {
-                        Ok(Exchange::Partial(p)) => {
-                            engine.merge_partial(partition, offset, &p);
-                        }
-                        Ok(Exchange::Watermark {
-                            source,
-                            watermark,
-                            idle,
-                        }) => engine.source_watermark(source, watermark, idle),
-                        Err(e) => {
-                            // Not written by weir (someone else produced to the topic).
-                            warn!(stage = 2, partition, offset, error = %e, "skipping a message that is not a partial aggregate");
-                        }
-                    }
-                    next = offset + 1;
-                    note_caught_up(next);
-                    for r in engine.take_results() {
-                        if r.end <= emitted_through {
-                            continue;
-                        }
-                        let value = r.to_json(&ctx.plan);
-                        let key = r.key_json(&ctx.plan);
-                        sink.send(partition, key.as_bytes(), value.as_bytes(), None)?;
-                        pm.result_emitted(value.len());
-                        ctx.totals.results.fetch_add(1, Ordering::Relaxed);
-                        if ctx.echo {
-                            println!("{value}");
-                        }
-                    }
-                }
-            }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(e)) => warn!(stage = 2, partition, error = %e, "consumer error"),
+            Some(Ok(m)) => run.process(m.offset(), m.payload().unwrap_or_default())?,
         }
         if last_checkpoint.elapsed() >= ctx.checkpoint_interval {
             last_checkpoint = Instant::now();
-            if let Some(fenced) = checkpoint(
-                rt,
-                &mut lease,
-                &engine,
-                &sink,
-                &pm,
-                partition,
-                next.max(seen_through),
-                emitted_through,
-            )? {
+            if let Some(fenced) = run.checkpoint(rt, &mut lease)? {
                 break fenced;
             }
-            pm.set_watermark_ms(engine.watermark());
-            pm.set_open(engine.open_rows(), engine.open_groups());
+            run.pm.set_watermark_ms(run.engine.watermark());
+            run.pm
+                .set_open(run.engine.open_rows(), run.engine.open_groups());
             if let Ok((_, high)) =
                 consumer.fetch_watermarks(topic, partition, Duration::from_secs(2))
             {
-                pm.set_lag(high, next);
+                run.pm.set_lag(high, run.next);
             }
         }
     };
-    let end = match end {
-        PartitionEnd::Stopped => match checkpoint(
-            rt,
-            &mut lease,
-            &engine,
-            &sink,
-            &pm,
-            partition,
-            next.max(seen_through),
-            emitted_through,
-        )? {
-            Some(fenced) => fenced,
-            None => PartitionEnd::Stopped,
-        },
-        fenced => fenced,
-    };
-    if let PartitionEnd::Fenced(e) = &end {
-        ctx.metrics.partitions_fenced.inc();
-        warn!(stage = 2, partition, error = %e, "repartition partition stopped: a newer owner took it");
-    } else {
-        info!(
-            stage = 2,
-            partition,
-            next_offset = next,
-            "repartition partition stopped"
-        );
-    }
-    ctx.metrics.release_partition(topic, partition);
-    Ok(end)
+    let next = run.next;
+    finish_partition(ctx, topic, partition, next, end, || {
+        run.checkpoint(rt, &mut lease)
+    })
 }
 
-/// Flush the sink, then record stage-2 progress. `Some` when fenced out.
-#[allow(clippy::too_many_arguments)]
-fn checkpoint(
-    rt: &Handle,
-    lease: &mut PartitionLease,
-    engine: &Engine,
-    sink: &Out,
-    pm: &crate::metrics::PartitionMetrics,
+/// One repartition partition's moving parts.
+struct MergeRun<'a> {
+    ctx: &'a JobContext,
     partition: i32,
+    pm: PartitionMetrics,
+    engine: Engine,
+    sink: Out,
+    /// Next offset to read.
     next: i64,
-    emitted_before: i64,
-) -> Result<Option<PartitionEnd>, RuntimeError> {
-    let t0 = Instant::now();
-    sink.flush(partition)?;
-    let known = |t: i64| (t != i64::MIN).then_some(t);
-    let replay_from = engine
-        .replay_point(partition)
-        .map(|(o, _)| o)
-        .unwrap_or(next);
-    let progress = Progress {
-        next_offset: next,
-        replay_from,
-        watermark: known(engine.watermark()),
-        emitted_through: known(engine.watermark().max(emitted_before)),
-        sources: engine
-            .partitions()
-            .iter()
-            .map(|(p, s)| {
-                (
-                    *p,
-                    SourceProgress {
-                        watermark: known(s.watermark),
-                        idle: s.idle,
-                    },
-                )
-            })
-            .collect(),
-        ..Progress::default()
-    };
-    match rt.block_on(lease.commit(progress)) {
-        Ok(bytes) => {
-            pm.checkpoint_written(t0.elapsed(), bytes);
-            Ok(None)
+    /// Offsets before this were read before the restart (replayed now).
+    seen_through: i64,
+    /// Results ending at or before this were written before the restart.
+    emitted_through: i64,
+    caught_up: bool,
+}
+
+impl MergeRun<'_> {
+    fn note_caught_up(&mut self) {
+        if !self.caught_up && self.next >= self.seen_through {
+            self.caught_up = true;
+            self.ctx.totals.caught_up.fetch_add(1, Ordering::Relaxed);
         }
-        Err(e) if e.is_fenced() => Ok(Some(PartitionEnd::Fenced(e))),
-        Err(e) => {
-            pm.checkpoint_failed(t0.elapsed());
-            warn!(stage = 2, partition, error = %e, "checkpoint failed; will retry");
-            Ok(None)
+    }
+
+    /// Merge one message of the repartition partition and write the results it closes.
+    fn process(&mut self, offset: i64, payload: &[u8]) -> Result<(), RuntimeError> {
+        let partition = self.partition;
+        match Exchange::from_bytes(payload) {
+            Ok(Exchange::Partial(p)) => {
+                self.engine.merge_partial(partition, offset, &p);
+            }
+            Ok(Exchange::Watermark {
+                source,
+                watermark,
+                idle,
+            }) => self.engine.source_watermark(source, watermark, idle),
+            Err(e) => {
+                // Not written by weir (someone else produced to the topic).
+                warn!(stage = 2, partition, offset, error = %e, "skipping a message that is not a partial aggregate");
+            }
         }
+        self.next = offset + 1;
+        self.note_caught_up();
+        let plan = &self.ctx.plan;
+        for r in self.engine.take_results() {
+            if r.end <= self.emitted_through {
+                continue;
+            }
+            let value = r.to_json(plan);
+            let key = r.key_json(plan);
+            self.sink
+                .send(partition, key.as_bytes(), value.as_bytes(), None)?;
+            self.pm.result_emitted(value.len());
+            self.ctx.totals.results.fetch_add(1, Ordering::Relaxed);
+            if self.ctx.echo {
+                println!("{value}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush the sink, then record stage-2 progress. `Some` when fenced out.
+    fn checkpoint(
+        &mut self,
+        rt: &Handle,
+        lease: &mut PartitionLease,
+    ) -> Result<Option<PartitionEnd>, RuntimeError> {
+        let t0 = Instant::now();
+        self.sink.flush(self.partition)?;
+        // During a replay the position is behind what was already seen.
+        let next = self.next.max(self.seen_through);
+        let known = |t: i64| (t != i64::MIN).then_some(t);
+        let engine = &self.engine;
+        let progress = Progress {
+            next_offset: next,
+            replay_from: engine
+                .replay_point(self.partition)
+                .map(|(o, _)| o)
+                .unwrap_or(next),
+            watermark: known(engine.watermark()),
+            emitted_through: known(engine.watermark().max(self.emitted_through)),
+            sources: engine
+                .partitions()
+                .iter()
+                .map(|(p, s)| {
+                    (
+                        *p,
+                        SourceProgress {
+                            watermark: known(s.watermark),
+                            idle: s.idle,
+                        },
+                    )
+                })
+                .collect(),
+            ..Progress::default()
+        };
+        Ok(commit_progress(rt, lease, &self.pm, progress, t0))
     }
 }

@@ -370,14 +370,55 @@ struct Start {
     flushes: Vec<i64>,
 }
 
-fn run_partition(
+/// Take the lease of `partition` of `topic` in `store`: the lease and the progress to resume
+/// from, or `Err(end)` when a newer owner holds it (counted and logged).
+pub(crate) fn take_lease(
     ctx: &JobContext,
     rt: &Handle,
+    store: &Arc<dyn CheckpointStore>,
+    topic: &str,
     partition: i32,
-) -> Result<PartitionEnd, RuntimeError> {
-    let topic = ctx.spec.source.kafka.topic.0.as_str();
-    let pm = ctx.metrics.partition(topic, partition);
-    let ckpt_err = |source| RuntimeError::Checkpoint { partition, source };
+) -> Result<Result<(PartitionLease, Option<Progress>), PartitionEnd>, RuntimeError> {
+    match rt.block_on(PartitionLease::acquire(
+        store.clone(),
+        topic,
+        partition,
+        ctx.epoch,
+        &ctx.owner,
+    )) {
+        Ok(x) => Ok(Ok(x)),
+        Err(e) if e.is_fenced() => {
+            ctx.metrics.partitions_fenced.inc();
+            warn!(topic, partition, error = %e, "not taking the partition: a newer owner holds it");
+            Ok(Err(PartitionEnd::Fenced(e)))
+        }
+        Err(source) => Err(RuntimeError::Checkpoint { partition, source }),
+    }
+}
+
+/// A consumer of the source cluster, for `role` ("consumer", "repartition consumer").
+pub(crate) fn new_consumer(
+    ctx: &JobContext,
+    partition: i32,
+    role: &'static str,
+) -> Result<BaseConsumer, RuntimeError> {
+    ctx.source
+        .config()
+        .create()
+        .map_err(|source| RuntimeError::CreateClient {
+            partition,
+            role,
+            source,
+        })
+}
+
+/// Read `partition` of `topic` from `offset` on (`assign()`, never a group).
+pub(crate) fn assign_at(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<(), RuntimeError> {
     let kafka_err = |action| {
         move |source| RuntimeError::Kafka {
             partition,
@@ -385,32 +426,75 @@ fn run_partition(
             source,
         }
     };
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .map_err(kafka_err("choosing the start offset"))?;
+    consumer
+        .assign(&tpl)
+        .map_err(kafka_err("assigning the partition"))
+}
 
-    let (mut lease, resume) = match rt.block_on(PartitionLease::acquire(
-        ctx.store.clone(),
-        topic,
-        partition,
-        ctx.epoch,
-        &ctx.owner,
-    )) {
-        Ok(x) => x,
-        Err(e) if e.is_fenced() => {
-            ctx.metrics.partitions_fenced.inc();
-            warn!(partition, error = %e, "not taking the partition: a newer owner holds it");
-            return Ok(PartitionEnd::Fenced(e));
+/// Write `progress` (begun at `t0`, after the producers were flushed). `Some` when a newer
+/// owner fenced us out; any other failure is transient: keep going, the next interval tries
+/// again, and a crash meanwhile only means a longer replay.
+pub(crate) fn commit_progress(
+    rt: &Handle,
+    lease: &mut PartitionLease,
+    pm: &PartitionMetrics,
+    progress: Progress,
+    t0: Instant,
+) -> Option<PartitionEnd> {
+    match rt.block_on(lease.commit(progress)) {
+        Ok(bytes) => {
+            pm.checkpoint_written(t0.elapsed(), bytes);
+            None
         }
-        Err(e) => return Err(ckpt_err(e)),
-    };
+        Err(e) if e.is_fenced() => Some(PartitionEnd::Fenced(e)),
+        Err(e) => {
+            pm.checkpoint_failed(t0.elapsed());
+            warn!(partition = lease.partition(), error = %e, "checkpoint failed; will retry");
+            None
+        }
+    }
+}
 
-    let consumer: BaseConsumer =
-        ctx.source
-            .config()
-            .create()
-            .map_err(|source| RuntimeError::CreateClient {
-                partition,
-                role: "consumer",
-                source,
-            })?;
+/// The end of a partition's loop: a stopped partition writes its final checkpoint
+/// (`final_checkpoint`); either way the outcome is counted, logged and the partition's gauges
+/// released.
+pub(crate) fn finish_partition(
+    ctx: &JobContext,
+    topic: &str,
+    partition: i32,
+    next: i64,
+    end: PartitionEnd,
+    final_checkpoint: impl FnOnce() -> Result<Option<PartitionEnd>, RuntimeError>,
+) -> Result<PartitionEnd, RuntimeError> {
+    let end = match end {
+        PartitionEnd::Stopped => final_checkpoint()?.unwrap_or(PartitionEnd::Stopped),
+        fenced => fenced,
+    };
+    if let PartitionEnd::Fenced(e) = &end {
+        ctx.metrics.partitions_fenced.inc();
+        warn!(topic, partition, error = %e, "partition stopped: a newer owner took it");
+    } else {
+        info!(topic, partition, next_offset = next, "partition stopped");
+    }
+    ctx.metrics.release_partition(topic, partition);
+    Ok(end)
+}
+
+fn run_partition(
+    ctx: &JobContext,
+    rt: &Handle,
+    partition: i32,
+) -> Result<PartitionEnd, RuntimeError> {
+    let topic = ctx.spec.source.kafka.topic.0.as_str();
+    let pm = ctx.metrics.partition(topic, partition);
+    let (mut lease, resume) = match take_lease(ctx, rt, &ctx.store, topic, partition)? {
+        Ok(x) => x,
+        Err(fenced) => return Ok(fenced),
+    };
+    let consumer = new_consumer(ctx, partition, "consumer")?;
     let mut engine = Engine::new(ctx.plan.clone(), [partition]);
     if ctx.merge.is_some() {
         engine.emit_partials();
@@ -432,7 +516,11 @@ fn run_partition(
             // first checkpoint restarts from the same place (not from a newer "latest").
             let (low, high) = consumer
                 .fetch_watermarks(topic, partition, Duration::from_secs(30))
-                .map_err(kafka_err("reading the partition's offsets"))?;
+                .map_err(|source| RuntimeError::Kafka {
+                    partition,
+                    action: "reading the partition's offsets",
+                    source,
+                })?;
             let offset = match ctx.spec.source.kafka.start_from {
                 StartFrom::Earliest => low,
                 StartFrom::Latest => high,
@@ -448,7 +536,7 @@ fn run_partition(
                     ctx.metrics.partitions_fenced.inc();
                     return Ok(PartitionEnd::Fenced(e));
                 }
-                Err(e) => return Err(ckpt_err(e)),
+                Err(source) => return Err(RuntimeError::Checkpoint { partition, source }),
             }
             Start {
                 offset,
@@ -458,12 +546,7 @@ fn run_partition(
             }
         }
     };
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(start.offset))
-        .map_err(kafka_err("choosing the start offset"))?;
-    consumer
-        .assign(&tpl)
-        .map_err(kafka_err("assigning the partition"))?;
+    assign_at(&consumer, topic, partition, start.offset)?;
 
     let sink = Out::new(
         &ctx.sink,
@@ -581,21 +664,10 @@ fn run_partition(
     if part.exchange.is_some() {
         part.send_marker()?;
     }
-    let end = match end {
-        PartitionEnd::Stopped => match part.checkpoint(rt, &mut lease, None)? {
-            Some(fenced) => fenced,
-            None => PartitionEnd::Stopped,
-        },
-        fenced => fenced,
-    };
-    if let PartitionEnd::Fenced(e) = &end {
-        ctx.metrics.partitions_fenced.inc();
-        warn!(partition, error = %e, "partition stopped: a newer owner took it");
-    } else {
-        info!(partition, next_offset = part.next, "partition stopped");
-    }
-    ctx.metrics.release_partition(topic, partition);
-    Ok(end)
+    let next = part.next;
+    finish_partition(ctx, topic, partition, next, end, || {
+        part.checkpoint(rt, &mut lease, None)
+    })
 }
 
 /// How often a two-stage partition tells stage 2 its watermark, when it moved.
@@ -819,20 +891,7 @@ impl PartitionRun<'_> {
                 .collect(),
             sources: Default::default(),
         };
-        match rt.block_on(lease.commit(progress)) {
-            Ok(bytes) => {
-                self.pm.checkpoint_written(t0.elapsed(), bytes);
-                Ok(None)
-            }
-            Err(e) if e.is_fenced() => Ok(Some(PartitionEnd::Fenced(e))),
-            Err(e) => {
-                // Transient: keep going; the next interval tries again, and a crash meanwhile
-                // only means a longer replay.
-                self.pm.checkpoint_failed(t0.elapsed());
-                warn!(partition = self.partition, error = %e, "checkpoint failed; will retry");
-                Ok(None)
-            }
-        }
+        Ok(commit_progress(rt, lease, &self.pm, progress, t0))
     }
 }
 
