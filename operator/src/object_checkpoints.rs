@@ -8,11 +8,8 @@
 //! operator's own identity (its environment, IRSA, workload identity) is used, as the workers
 //! use theirs.
 
-use std::collections::BTreeMap;
-
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client};
+use kube::Client;
 use tracing::{info, warn};
 use weir_crds::checkpoint::{parse, partition_of_object, PartitionCheckpoint};
 use weir_crds::{ObjectStore, StreamJob};
@@ -39,26 +36,17 @@ pub async fn config(
         config.from_env = true;
         return Ok(Ok(config));
     };
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let secret = secrets
-        .get_opt(&creds.secret_name)
-        .await
-        .map_err(|source| Error::ReadSecret {
-            name: creds.secret_name.clone(),
-            source,
-        })?;
-    let Some(secret) = secret else {
-        return Ok(Err(format!(
-            "the credentials Secret {} (spec.checkpoint.store.objectStore.credentials) does not \
-             exist in namespace {ns}",
-            creds.secret_name
-        )));
+    let options = match crate::observe::secret_values(
+        client,
+        &ns,
+        &creds.secret_name,
+        "spec.checkpoint.store.objectStore.credentials",
+    )
+    .await?
+    {
+        Ok(values) => values,
+        Err(missing) => return Ok(Err(missing)),
     };
-    let mut options = BTreeMap::new();
-    for (k, v) in secret.data.unwrap_or_default() {
-        options.insert(k, String::from_utf8_lossy(&v.0).into_owned());
-    }
-    options.extend(secret.string_data.unwrap_or_default());
     config.options = options;
     Ok(Ok(config))
 }

@@ -292,32 +292,54 @@ pub async fn connection(
     let kafka = &job.spec.source.kafka;
     let mut properties = kafka.properties.clone();
     if let Some(creds) = &kafka.credentials {
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        let secret = secrets
-            .get_opt(&creds.secret_name)
-            .await
-            .map_err(|source| Error::ReadSecret {
-                name: creds.secret_name.clone(),
-                source,
-            })?;
-        let Some(secret) = secret else {
-            return Ok(Err(format!(
-                "the credentials Secret {} (spec.source.kafka.credentials) does not exist in \
-                 namespace {ns}",
-                creds.secret_name
-            )));
-        };
-        for (k, v) in secret.data.unwrap_or_default() {
-            properties.insert(k, String::from_utf8_lossy(&v.0).into_owned());
-        }
-        for (k, v) in secret.string_data.unwrap_or_default() {
-            properties.insert(k, v);
+        match secret_values(
+            client,
+            &ns,
+            &creds.secret_name,
+            "spec.source.kafka.credentials",
+        )
+        .await?
+        {
+            Ok(values) => properties.extend(values),
+            Err(missing) => return Ok(Err(missing)),
         }
     }
     Ok(Ok(KafkaConnection {
         bootstrap_servers: kafka.bootstrap_servers.clone(),
         properties,
     }))
+}
+
+/// The keys and values of Secret `name` in `ns` (`data` decoded as UTF-8, then `stringData`),
+/// or, when it does not exist, a message naming the spec `field` that references it: the user
+/// must create it, so it is a status, not an error to retry.
+pub async fn secret_values(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    field: &str,
+) -> Result<Result<BTreeMap<String, String>, String>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::ReadSecret {
+            name: name.to_string(),
+            source,
+        })?;
+    let Some(secret) = secret else {
+        return Ok(Err(format!(
+            "the credentials Secret {name} ({field}) does not exist in namespace {ns}"
+        )));
+    };
+    let mut values: BTreeMap<String, String> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect();
+    values.extend(secret.string_data.unwrap_or_default());
+    Ok(Ok(values))
 }
 
 /// Reads everything `desired` and `status` need for `job`. Only reads.
