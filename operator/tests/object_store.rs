@@ -21,7 +21,6 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures::TryStreamExt;
 use k8s_openapi::ByteString;
 use kube::core::DeserializeGuard;
@@ -36,13 +35,11 @@ use weir_objstore::{Location, ObjectStoreConfig};
 use weir_operator::controller::{reconcile, Context, CHECKPOINT_CLEANUP_FAILED};
 use weir_operator::metrics::Metrics;
 use weir_operator::object_checkpoints;
-use weir_operator::observe::{KafkaConnection, KafkaObserver};
-use weir_operator::observed::TopicObservation;
 
 use api::{assert_allowed, mock_client, serve, Call};
 use apiserver::FakeApiServer;
 use seaweedfs::{SeaweedFs, ACCESS_KEY, BUCKET, SECRET_KEY};
-use support::{cfg, job_with};
+use support::{cfg, job_with, FixedKafka};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 const PARTITIONS: i32 = 4;
@@ -50,27 +47,6 @@ const HIGH_WATERMARK: i64 = 100;
 const JOB: &str = "/apis/weir.dev/v1alpha1/namespaces/shop/streamjobs/payments";
 const CONFIG: &str = "/api/v1/namespaces/shop/configmaps/payments-config";
 const S3_SECRET: &str = "/api/v1/namespaces/shop/secrets/s3-creds";
-
-struct FakeKafka;
-
-#[async_trait]
-impl KafkaObserver for FakeKafka {
-    async fn topic(&self, _conn: &KafkaConnection, _topic: &str) -> TopicObservation {
-        TopicObservation::Found {
-            partitions: PARTITIONS,
-            retention_ms: None,
-        }
-    }
-
-    async fn high_watermarks(
-        &self,
-        _conn: &KafkaConnection,
-        _topic: &str,
-        partitions: i32,
-    ) -> Result<Vec<i64>, String> {
-        Ok(vec![HIGH_WATERMARK; partitions as usize])
-    }
-}
 
 /// The bucket, as the test (not the operator) reaches it.
 fn bucket(weed: &SeaweedFs) -> Location {
@@ -184,7 +160,10 @@ impl World {
         }));
         let ctx = Arc::new(Context::new(
             client.clone(),
-            Arc::new(FakeKafka),
+            Arc::new(FixedKafka {
+                partitions: PARTITIONS,
+                high_watermark: HIGH_WATERMARK,
+            }),
             cfg(),
             Metrics::default(),
             None,

@@ -17,7 +17,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use k8s_openapi::api::autoscaling::v1::Scale;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
@@ -27,39 +26,16 @@ use weir_crds::assignment::Assignment;
 use weir_crds::StreamJob;
 use weir_operator::controller::{reconcile, Context};
 use weir_operator::metrics::Metrics;
-use weir_operator::observe::{KafkaConnection, KafkaObserver};
-use weir_operator::observed::TopicObservation;
 
 use api::{assert_allowed, mock_client, serve, Call};
 use apiserver::FakeApiServer;
-use support::{cfg, job};
+use support::{cfg, job, FixedKafka};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const PARTITIONS: i32 = 6;
 const JOB: &str = "/apis/weir.dev/v1alpha1/namespaces/shop/streamjobs/payments";
 const CONFIG: &str = "/api/v1/namespaces/shop/configmaps/payments-config";
 const STS: &str = "/apis/apps/v1/namespaces/shop/statefulsets/payments-worker";
-
-struct FakeKafka;
-
-#[async_trait]
-impl KafkaObserver for FakeKafka {
-    async fn topic(&self, _conn: &KafkaConnection, _topic: &str) -> TopicObservation {
-        TopicObservation::Found {
-            partitions: PARTITIONS,
-            retention_ms: None,
-        }
-    }
-
-    async fn high_watermarks(
-        &self,
-        _conn: &KafkaConnection,
-        _topic: &str,
-        partitions: i32,
-    ) -> Result<Vec<i64>, String> {
-        Ok(vec![0; partitions as usize])
-    }
-}
 
 struct World {
     server: Arc<Mutex<FakeApiServer>>,
@@ -86,7 +62,10 @@ impl World {
         }));
         let ctx = Arc::new(Context::new(
             client.clone(),
-            Arc::new(FakeKafka),
+            Arc::new(FixedKafka {
+                partitions: PARTITIONS,
+                high_watermark: 0,
+            }),
             cfg(),
             Metrics::default(),
             None,

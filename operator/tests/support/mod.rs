@@ -102,3 +102,33 @@ pub fn sts(
         }),
     }
 }
+
+/// A Kafka that always has the topic, with `partitions` partitions whose high watermarks are all
+/// `high_watermark`.
+pub struct FixedKafka {
+    pub partitions: i32,
+    pub high_watermark: i64,
+}
+
+#[async_trait::async_trait]
+impl weir_operator::observe::KafkaObserver for FixedKafka {
+    async fn topic(
+        &self,
+        _conn: &weir_operator::observe::KafkaConnection,
+        _topic: &str,
+    ) -> TopicObservation {
+        TopicObservation::Found {
+            partitions: self.partitions,
+            retention_ms: None,
+        }
+    }
+
+    async fn high_watermarks(
+        &self,
+        _conn: &weir_operator::observe::KafkaConnection,
+        _topic: &str,
+        partitions: i32,
+    ) -> Result<Vec<i64>, String> {
+        Ok(vec![self.high_watermark; partitions as usize])
+    }
+}
