@@ -594,6 +594,12 @@ pub struct Repartition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub partitions: Option<i32>,
+
+    /// Replication factor of the repartition topic when the operator creates it. Default: the
+    /// brokers' `default.replication.factor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 32))]
+    pub replication_factor: Option<i32>,
 }
 
 impl Repartition {

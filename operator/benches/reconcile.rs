@@ -42,7 +42,7 @@ use weir_crds::StreamJob;
 use weir_operator::controller::{self, error_policy, reconcile, Context};
 use weir_operator::desired::OperatorConfig;
 use weir_operator::metrics::Metrics;
-use weir_operator::observe::{KafkaConnection, KafkaObserver};
+use weir_operator::observe::{KafkaConnection, KafkaObserver, NewTopic};
 use weir_operator::observed::TopicObservation;
 
 use api::Call;
@@ -94,6 +94,14 @@ impl KafkaObserver for FakeKafka {
         partitions: i32,
     ) -> Result<Vec<i64>, String> {
         Ok(vec![1_000; partitions as usize])
+    }
+
+    async fn create_topic(&self, _conn: &KafkaConnection, _topic: &NewTopic) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn delete_topic(&self, _conn: &KafkaConnection, _topic: &str) -> Result<(), String> {
+        Ok(())
     }
 }
 

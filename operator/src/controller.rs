@@ -32,6 +32,7 @@ use crate::error::Error;
 use crate::metrics::{CategoryLabel, Metrics};
 use crate::names::{self, FIELD_MANAGER, FINALIZER};
 use crate::observe::{observe, KafkaObserver};
+use crate::observed::TopicObservation;
 use crate::status::{self, reason};
 
 /// Requeue after a successful reconcile: a safety net, since watches already trigger on every
@@ -56,6 +57,8 @@ const ACTIONABLE: &[&str] = &[
     reason::TOPIC_NOT_FOUND,
     reason::BROKER_UNREACHABLE,
     reason::RETENTION_SHORTER_THAN_WINDOW,
+    reason::REPARTITION_TOPIC_UNAVAILABLE,
+    reason::REPARTITION_PARTITIONS_FIXED,
 ];
 
 /// Consecutive failures per object, for [`error_policy`]; reset by a successful reconcile.
@@ -343,9 +346,15 @@ where
     .await
 }
 
-/// Creates the checkpoint ConfigMaps that do not exist yet. Never applied (see
-/// [`crate::desired::Workers::checkpoint_config_maps`]); an AlreadyExists means a worker (or
-/// another reconcile) was first, which is fine.
+/// Checkpoint ConfigMaps created at once by one reconcile. A new job has one per partition (and
+/// one per repartition partition): created one after the other, a 64-partition job's first
+/// reconcile made 64 round trips, and was the slowest reconcile by far whenever the API server
+/// was busy (docs/benchmarks.md).
+pub const CREATE_CONCURRENCY: usize = 8;
+
+/// Creates the checkpoint ConfigMaps that do not exist yet, [`CREATE_CONCURRENCY`] at a time.
+/// Never applied (see [`crate::desired::Workers::checkpoint_config_maps`]); an AlreadyExists
+/// means a worker (or another reconcile) was first, which is fine.
 async fn create_checkpoints(
     client: &Client,
     ns: &str,
@@ -360,18 +369,31 @@ async fn create_checkpoints(
         field_manager: Some(FIELD_MANAGER.to_string()),
         ..PostParams::default()
     };
+    let mut creates = Vec::new();
     for cm in &w.checkpoint_config_maps {
         let name = cm.metadata.name.clone().unwrap_or_default();
-        if existing.contains(&name) {
-            continue;
-        }
-        match api.create(&pp, cm).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(source) => return Err(Error::CreateCheckpoint { name, source }),
+        if !existing.contains(&name) {
+            creates.push(create_checkpoint(&api, &pp, cm, name));
         }
     }
+    let mut creates = futures::stream::iter(creates).buffer_unordered(CREATE_CONCURRENCY);
+    while let Some(created) = creates.next().await {
+        created?;
+    }
     Ok(())
+}
+
+async fn create_checkpoint(
+    api: &Api<ConfigMap>,
+    pp: &PostParams,
+    cm: &ConfigMap,
+    name: String,
+) -> Result<(), Error> {
+    match api.create(pp, cm).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(source) => Err(Error::CreateCheckpoint { name, source }),
+    }
 }
 
 /// observe → desired → apply → status.
@@ -444,6 +466,32 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
             }
             Child::StatefulSet(o) => {
                 create_checkpoints(client, &ns, &desired, &observation.checkpoint_names).await?;
+                // The workers of a two-stage job produce into and read the repartition topic:
+                // it must exist before they start. Without it, they would not start either, so
+                // the StatefulSet is not applied and the status says why.
+                let topic = desired
+                    .workers
+                    .as_ref()
+                    .and_then(|w| w.repartition_topic.as_ref());
+                if let Some(topic) = topic {
+                    let created = match &observation.connection {
+                        Some(conn) => ctx.kafka.create_topic(conn, topic).await,
+                        None => Err("the source's connection is unknown".to_string()),
+                    };
+                    if let Err(message) = created {
+                        obs.repartition = Some(TopicObservation::BrokerUnreachable {
+                            message: message.clone(),
+                        });
+                        let status =
+                            status::compute(job, Ok(&desired), &obs, job.status.as_ref(), &now);
+                        patch_status(job, &status, ctx).await?;
+                        return Err(Error::CreateRepartitionTopic {
+                            topic: topic.name.clone(),
+                            message,
+                        });
+                    }
+                    info!(topic = %topic.name, partitions = topic.partitions, "created the repartition topic");
+                }
                 let applied =
                     apply_one(client, &ns, o)
                         .await
@@ -509,9 +557,11 @@ async fn patch_status(job: &StreamJob, new: &StreamJobStatus, ctx: &Context) -> 
                 .iter()
                 .any(|p| p.type_ == c.type_ && p.reason == c.reason && p.status == c.status)
         });
-        // Ready carries every blocking reason; Degraded adds RetentionShorterThanWindow.
+        // Ready carries every blocking reason; Degraded adds the warnings.
         let relevant = (c.type_ == status::READY && c.status == "False")
-            || (c.type_ == status::DEGRADED && c.reason == reason::RETENTION_SHORTER_THAN_WINDOW);
+            || (c.type_ == status::DEGRADED
+                && (c.reason == reason::RETENTION_SHORTER_THAN_WINDOW
+                    || c.reason == reason::REPARTITION_PARTITIONS_FIXED));
         if is_new && relevant && ACTIONABLE.contains(&c.reason.as_str()) {
             publish(ctx, &job.metadata, &c.reason, &c.message).await;
         }
@@ -557,22 +607,49 @@ async fn publish(ctx: &Context, meta: &kube::api::ObjectMeta, reason: &str, note
 pub const CHECKPOINT_CLEANUP_FAILED: &str = "CheckpointCleanupFailed";
 
 /// Cleanup of a deleted job with `deleteOnJobDeletion`: deletes its checkpoints — the
-/// ConfigMaps (by the job label), or the records in object storage. Idempotent: deleting
-/// nothing succeeds. A failure is retried with backoff and the job's deletion waits for it;
-/// for the object store, a Warning Event says why (a missing Secret, refused credentials).
+/// ConfigMaps (by the job label), or the records in object storage — and, for a two-stage
+/// job, then its repartition topic. Idempotent: deleting nothing succeeds.
+/// A failure is retried with backoff and the job's deletion waits for it; for the object store
+/// and the topic, a Warning Event says why (a missing Secret, refused credentials or ACLs).
 async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     let ns = job.namespace().unwrap_or_default();
     let name = job.name_any();
+    cleanup_checkpoints(job, ctx, &ns, &name).await?;
+    if !job.spec.co_partitioned() {
+        let topic = weir_crds::repartition_topic(Some(&ns), &name);
+        let deleted = match crate::observe::connection(&ctx.client, job).await? {
+            Ok(conn) => ctx.kafka.delete_topic(&conn, &topic).await,
+            Err(message) => Err(message),
+        };
+        if let Err(message) = deleted {
+            let note = format!(
+                "cannot delete the repartition topic {topic}: {message}; the StreamJob is \
+                 deleted once it is (or remove its finalizer {FINALIZER})"
+            );
+            publish(ctx, &job.metadata, CHECKPOINT_CLEANUP_FAILED, &note).await;
+            return Err(Error::DeleteRepartitionTopic { topic, message });
+        }
+        info!(%topic, "deleted the repartition topic");
+    }
+    Ok(Action::await_change())
+}
+
+async fn cleanup_checkpoints(
+    job: &StreamJob,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<(), Error> {
     if job.spec.checkpoint.store.config_map.is_some() {
-        let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-        let selector = crate::observe::checkpoint_selector(&name);
+        let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+        let selector = crate::observe::checkpoint_selector(name);
         api.delete_collection(
             &DeleteParams::default(),
             &ListParams::default().labels(&selector),
         )
         .await
         .map_err(|source| Error::DeleteCheckpoints {
-            job: name.clone(),
+            job: name.to_string(),
             source,
         })?;
     } else if let Some(store) = &job.spec.checkpoint.store.object_store {
@@ -584,7 +661,7 @@ async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
             return Err(e);
         }
     }
-    Ok(Action::await_change())
+    Ok(())
 }
 
 #[cfg(test)]

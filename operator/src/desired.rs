@@ -30,7 +30,8 @@ use weir_crds::assignment::Assignment;
 use weir_crds::{FieldError, StreamJob, StreamJobSpec, WorkerTemplate};
 
 use crate::names;
-use crate::observed::Observed;
+use crate::observe::NewTopic;
+use crate::observed::{Observed, TopicObservation};
 
 /// The operator's own settings that shape the workers.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,6 +55,8 @@ impl Default for OperatorConfig {
     }
 }
 
+/// Longest Kafka topic name.
+pub const MAX_TOPIC_NAME: usize = 249;
 /// 60 s of flush (the worker's bound) + 30 s for the final checkpoint writes.
 pub const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 90;
 /// Port of `/metrics`, `/healthz` and `/readyz`.
@@ -147,6 +150,50 @@ pub struct Workers {
     /// job recreated under the same name resumes. With `deleteOnJobDeletion` the finalizer's
     /// cleanup deletes them by label ([`names::LABEL_JOB`]).
     pub checkpoint_config_maps: Vec<ConfigMap>,
+    /// Two-stage jobs whose repartition topic does not exist yet: the topic to create before
+    /// the StatefulSet (the workers produce into it and read it).
+    pub repartition_topic: Option<NewTopic>,
+}
+
+/// Partitions of the repartition topic `topic` of a two-stage job whose source has `sources`
+/// partitions. An existing topic keeps its count: routing is by hash of the group modulo the
+/// count, so a change would send a group's partials of one window to two merges, each closing
+/// a partial result. When the topic could not be read, the previous assignment's count (the
+/// running workers' view). Otherwise (to create it) `spec.repartition.partitions`, by default
+/// the source's count.
+fn repartition_partitions(spec: &StreamJobSpec, obs: &Observed, topic: &str, sources: i32) -> i32 {
+    let wanted = spec.repartition.partitions.unwrap_or(sources);
+    match &obs.repartition {
+        Some(TopicObservation::Found { .. }) => obs
+            .repartition
+            .as_ref()
+            .and_then(TopicObservation::partitions)
+            .unwrap_or(wanted),
+        Some(TopicObservation::BrokerUnreachable { .. }) => obs
+            .previous_assignment
+            .as_ref()
+            .and_then(|a| a.merge.as_ref())
+            .filter(|m| m.topic == topic)
+            .map(|m| m.workers.iter().map(Vec::len).sum::<usize>() as i32)
+            .filter(|p| *p > 0)
+            .unwrap_or(wanted),
+        Some(TopicObservation::NotFound) | None => wanted,
+    }
+}
+
+/// Configs of a new repartition topic. Partials are needed until the second stage has
+/// checkpointed past them, like the source records until the first stage has: the source's
+/// `retention.ms` when known, otherwise the brokers' default.
+fn repartition_configs(source: &TopicObservation) -> BTreeMap<String, String> {
+    let mut c = BTreeMap::from([("cleanup.policy".to_string(), "delete".to_string())]);
+    if let TopicObservation::Found {
+        retention_ms: Some(ms),
+        ..
+    } = source
+    {
+        c.insert("retention.ms".to_string(), ms.to_string());
+    }
+    c
 }
 
 /// One object to apply, borrowed from a [`Desired`], in apply order.
@@ -287,6 +334,20 @@ pub fn desired(
                     "is too long for the checkpoint ConfigMaps {name}-checkpoint-<partition> \
                      (at most 253 characters with {p} partitions): shorten it or use \
                      spec.checkpoint.store.objectStore"
+                ),
+            ));
+        }
+    }
+    if !spec.co_partitioned() {
+        let topic = weir_crds::repartition_topic(Some(&namespace), &name);
+        if topic.len() > MAX_TOPIC_NAME {
+            errors.push(field_error(
+                "metadata.name",
+                format!(
+                    "is too long for the repartition topic {topic} ({} characters; Kafka allows \
+                     {MAX_TOPIC_NAME}): shorten it, or declare co-partitioned groups \
+                     (spec.repartition.coPartitioned) if they are",
+                    topic.len()
                 ),
             ));
         }
@@ -510,10 +571,20 @@ impl Builder<'_> {
         );
         // Two-stage jobs (groups that span partitions): the repartition topic's partitions go
         // to the same workers. A change of the second stage is a change of assignment.
+        let topic = weir_crds::repartition_topic(Some(self.namespace), self.name);
         let merge_partitions =
-            (!spec.co_partitioned()).then(|| spec.repartition.partitions.unwrap_or(partitions));
+            (!spec.co_partitioned()).then(|| repartition_partitions(spec, obs, &topic, partitions));
+        // Created (by the controller, before the StatefulSet) only when Kafka said it is missing.
+        let repartition_topic = match (merge_partitions, &obs.repartition) {
+            (Some(r), Some(TopicObservation::NotFound)) => Some(NewTopic {
+                name: topic.clone(),
+                partitions: r,
+                replication_factor: spec.repartition.replication_factor,
+                configs: repartition_configs(&obs.topic),
+            }),
+            _ => None,
+        };
         if let Some(r) = merge_partitions {
-            let topic = weir_crds::repartition_topic(Some(self.namespace), self.name);
             let epoch = assignment.epoch;
             assignment = assignment.with_merge(&topic, r, partitions);
             if let Some(p) = &obs.previous_assignment {
@@ -566,6 +637,7 @@ impl Builder<'_> {
             config_hash: hash,
             config_map,
             checkpoint_config_maps,
+            repartition_topic,
         })
     }
 

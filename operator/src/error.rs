@@ -157,6 +157,22 @@ pub enum Error {
         /// What failed (never contains credentials).
         message: String,
     },
+    /// Creating the repartition topic of a two-stage job (the status says why, too).
+    #[error("creating the repartition topic {topic}: {message}")]
+    CreateRepartitionTopic {
+        /// The topic.
+        topic: String,
+        /// What Kafka answered.
+        message: String,
+    },
+    /// Deleting the repartition topic of a deleted job with `deleteOnJobDeletion`.
+    #[error("deleting the repartition topic {topic}: {message}")]
+    DeleteRepartitionTopic {
+        /// The topic.
+        topic: String,
+        /// What Kafka answered (or why it could not be asked).
+        message: String,
+    },
     /// The kube-runtime finalizer helper failed (adding or removing the finalizer, or the
     /// apply/cleanup it ran).
     #[error("finalizer: {0}")]
@@ -185,6 +201,8 @@ impl Error {
             Error::DeleteCheckpoints { .. } => "DeleteCheckpoints",
             Error::ReadObjectStoreCheckpoints { .. } => "ReadObjectStoreCheckpoints",
             Error::DeleteObjectStoreCheckpoints { .. } => "DeleteObjectStoreCheckpoints",
+            Error::CreateRepartitionTopic { .. } => "CreateRepartitionTopic",
+            Error::DeleteRepartitionTopic { .. } => "DeleteRepartitionTopic",
             Error::Finalizer(e) => match e.as_ref() {
                 F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner.category(),
                 F::AddFinalizer(_) => "AddFinalizer",
@@ -214,7 +232,9 @@ impl Error {
             | Error::RemoveFinalizer { source, .. }
             | Error::DeleteCheckpoints { source, .. } => Some(source),
             Error::ReadObjectStoreCheckpoints { .. }
-            | Error::DeleteObjectStoreCheckpoints { .. } => None,
+            | Error::DeleteObjectStoreCheckpoints { .. }
+            | Error::CreateRepartitionTopic { .. }
+            | Error::DeleteRepartitionTopic { .. } => None,
             Error::Finalizer(e) => match e.as_ref() {
                 F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner.kube_error(),
                 F::AddFinalizer(source) | F::RemoveFinalizer(source) => Some(source),

@@ -44,8 +44,24 @@ impl fmt::Debug for KafkaConnection {
     }
 }
 
-/// Reads what the operator needs from Kafka. The real one is [`RdKafkaObserver`]; tests use a
-/// fake.
+/// A topic the operator creates: the repartition topic of a two-stage job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewTopic {
+    /// Its name.
+    pub name: String,
+    /// Its partition count.
+    pub partitions: i32,
+    /// Its replication factor; `None`: the brokers' `default.replication.factor`.
+    pub replication_factor: Option<i32>,
+    /// Topic configs (`retention.ms`, `cleanup.policy`, ...).
+    pub configs: BTreeMap<String, String>,
+}
+
+/// What the operator needs from Kafka. The real one is [`RdKafkaObserver`]; tests use a fake.
+/// [`topic`](Self::topic) and [`high_watermarks`](Self::high_watermarks) read (the observe
+/// step); [`create_topic`](Self::create_topic) and [`delete_topic`](Self::delete_topic) are the
+/// operator's only writes to Kafka, for the repartition topic of two-stage jobs, called by the
+/// controller, never by observe.
 #[async_trait]
 pub trait KafkaObserver: Send + Sync {
     /// The topic's partition count and retention, or why they are unknown. Never an error: an
@@ -59,6 +75,13 @@ pub trait KafkaObserver: Send + Sync {
         topic: &str,
         partitions: i32,
     ) -> Result<Vec<i64>, String>;
+
+    /// Creates `topic`. A topic of that name that already exists (another replica of the
+    /// operator, or a user, was first) is success: the next observe reads what it is.
+    async fn create_topic(&self, conn: &KafkaConnection, topic: &NewTopic) -> Result<(), String>;
+
+    /// Deletes `topic`. A topic that does not exist is success.
+    async fn delete_topic(&self, conn: &KafkaConnection, topic: &str) -> Result<(), String>;
 }
 
 /// [`KafkaObserver`] over librdkafka: metadata for the partition count, `DescribeConfigs` for
@@ -89,15 +112,19 @@ fn client_config(conn: &KafkaConnection) -> rdkafka::ClientConfig {
 }
 
 impl RdKafkaObserver {
+    fn admin(
+        conn: &KafkaConnection,
+    ) -> Result<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>, String> {
+        client_config(conn).create().map_err(|e| e.to_string())
+    }
+
     async fn retention_ms(
         &self,
         conn: &KafkaConnection,
         topic: &str,
     ) -> Result<Option<i64>, String> {
-        use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-        use rdkafka::client::DefaultClientContext;
-        let admin: AdminClient<DefaultClientContext> =
-            client_config(conn).create().map_err(|e| e.to_string())?;
+        use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+        let admin = Self::admin(conn)?;
         let opts = AdminOptions::new().request_timeout(Some(self.timeout));
         let results = admin
             .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
@@ -184,6 +211,52 @@ impl KafkaObserver for RdKafkaObserver {
         .await
         .map_err(|e| e.to_string())?
     }
+
+    async fn create_topic(&self, conn: &KafkaConnection, topic: &NewTopic) -> Result<(), String> {
+        use rdkafka::admin::{AdminOptions, TopicReplication};
+        use rdkafka::error::RDKafkaErrorCode;
+        let admin = Self::admin(conn)?;
+        // -1: the brokers' default.replication.factor (KIP-464, Kafka 2.4).
+        let replication = TopicReplication::Fixed(topic.replication_factor.unwrap_or(-1));
+        let mut new = rdkafka::admin::NewTopic::new(&topic.name, topic.partitions, replication);
+        for (k, v) in &topic.configs {
+            new = new.set(k, v);
+        }
+        let opts = AdminOptions::new()
+            .request_timeout(Some(self.timeout))
+            .operation_timeout(Some(self.timeout));
+        let results = admin
+            .create_topics([&new], &opts)
+            .await
+            .map_err(|e| format!("creating topic {}: {e}", topic.name))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, e)) => return Err(format!("creating topic {t}: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_topic(&self, conn: &KafkaConnection, topic: &str) -> Result<(), String> {
+        use rdkafka::admin::AdminOptions;
+        use rdkafka::error::RDKafkaErrorCode;
+        let admin = Self::admin(conn)?;
+        let opts = AdminOptions::new()
+            .request_timeout(Some(self.timeout))
+            .operation_timeout(Some(self.timeout));
+        let results = admin
+            .delete_topics(&[topic], &opts)
+            .await
+            .map_err(|e| format!("deleting topic {topic}: {e}"))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((t, e)) => return Err(format!("deleting topic {t}: {e}")),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What observe read: [`Observed`] for the pure steps, plus what only the controller needs.
@@ -193,6 +266,9 @@ pub struct Observation {
     pub observed: Observed,
     /// Names of the checkpoint ConfigMaps that exist (so only the missing ones are created).
     pub checkpoint_names: BTreeSet<String>,
+    /// How to reach the source brokers, when the credentials could be read (the repartition
+    /// topic is created on the source's cluster).
+    pub connection: Option<KafkaConnection>,
 }
 
 /// The checkpoints of one job, summarised.
@@ -442,6 +518,13 @@ pub async fn observe(
         _ => None,
     };
 
+    // Two-stage jobs: whether the repartition topic exists, and its partitions (only asked when
+    // the source could be read: a broker that is down already blocks the job).
+    let repartition_topic = match (&conn, &repartition, &topic) {
+        (Some(conn), Some(r), TopicObservation::Found { .. }) => Some(kafka.topic(conn, r).await),
+        _ => None,
+    };
+
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     let sts_name = names::worker_name(&name);
     let stateful_set =
@@ -461,9 +544,11 @@ pub async fn observe(
             stateful_set,
             lag,
             repartition_lag,
+            repartition: repartition_topic,
             last_checkpoint_time: summary.oldest_written_at_ms.and_then(time_from_ms),
         },
         checkpoint_names,
+        connection: conn,
     })
 }
 

@@ -53,6 +53,11 @@ pub struct Observed {
     pub lag: Option<i64>,
     /// Two-stage jobs: partials in the repartition topic not yet checkpointed by stage 2.
     pub repartition_lag: Option<i64>,
+    /// Two-stage jobs: the repartition topic, as Kafka metadata showed it (`None` for a
+    /// one-stage job, or when the brokers could not be asked about the source either). The
+    /// operator creates it when `NotFound`; once it exists, its partition count is the one the
+    /// assignment uses, whatever the spec says now (see `desired`).
+    pub repartition: Option<TopicObservation>,
     /// Time of the oldest of the partitions' latest checkpoints, if read.
     pub last_checkpoint_time: Option<Time>,
 }
@@ -67,6 +72,7 @@ impl Observed {
             stateful_set: None,
             lag: None,
             repartition_lag: None,
+            repartition: None,
             last_checkpoint_time: None,
         }
     }

@@ -4,12 +4,13 @@
 //!
 //! Conditions, each with a reason a person can act on:
 //! - `Ready`: results are flowing. False with `InvalidSpec`, `TopicNotFound`,
-//!   `BrokerUnreachable` or `WorkersNotReady`; true with `Running`.
+//!   `BrokerUnreachable`, `RepartitionTopicUnavailable` or `WorkersNotReady`; true with
+//!   `Running`.
 //! - `Progressing`: a change is rolling out (`RollingOut`); false with `UpToDate`, or with the
 //!   blocking reason when nothing can roll out.
 //! - `Degraded`: something needs attention even if results flow: the blocking reason,
-//!   `RetentionShorterThanWindow`, `WorkersNotReady` (rollout done, workers still not ready);
-//!   false with `Healthy`.
+//!   `RetentionShorterThanWindow`, `RepartitionPartitionsFixed`, `WorkersNotReady` (rollout
+//!   done, workers still not ready); false with `Healthy`.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -46,6 +47,11 @@ pub mod reason {
     pub const UP_TO_DATE: &str = "UpToDate";
     /// Nothing needs attention.
     pub const HEALTHY: &str = "Healthy";
+    /// A two-stage job's repartition topic can be neither read nor created.
+    pub const REPARTITION_TOPIC_UNAVAILABLE: &str = "RepartitionTopicUnavailable";
+    /// `spec.repartition.partitions` differs from the existing repartition topic, which keeps
+    /// its partitions.
+    pub const REPARTITION_PARTITIONS_FIXED: &str = "RepartitionPartitionsFixed";
 }
 
 /// Where the StatefulSet stands against what was asked.
@@ -223,12 +229,25 @@ pub fn compute(
             reason::TOPIC_NOT_FOUND,
             format!("topic {topic} on {brokers} reports no partitions"),
         )),
-        (Ok(_), TopicObservation::Found { .. }) => None,
+        (Ok(_), TopicObservation::Found { .. }) => match &obs.repartition {
+            Some(TopicObservation::BrokerUnreachable { message }) => Some((
+                reason::REPARTITION_TOPIC_UNAVAILABLE,
+                format!(
+                    "the repartition topic {} (groups span source partitions, so results are \
+                     merged in a second stage through it) can be neither read nor created on \
+                     {brokers}: {message}. Allow the job's Kafka identity to describe and create \
+                     it, or create it yourself",
+                    weir_crds::repartition_topic(job.metadata.namespace.as_deref(), &name)
+                ),
+            )),
+            _ => None,
+        },
     };
     let retention = match &obs.topic {
         TopicObservation::Found { retention_ms, .. } => retention_warning(job, *retention_ms),
         _ => None,
     };
+    let fixed = repartition_warning(job, obs);
     let workers_msg = format!("{} of {} workers ready", r.ready, r.wanted);
 
     let (ready, progressing, degraded) = match &blocked {
@@ -272,20 +291,26 @@ pub fn compute(
                     ),
                 )
             };
-            let degraded = match &retention {
-                Some(msg) => cond(
+            let degraded = match (&retention, &fixed) {
+                (Some(msg), _) => cond(
                     DEGRADED,
                     true,
                     reason::RETENTION_SHORTER_THAN_WINDOW,
                     msg.clone(),
                 ),
-                None if r.done && r.ready < r.wanted => cond(
+                (None, Some(msg)) => cond(
+                    DEGRADED,
+                    true,
+                    reason::REPARTITION_PARTITIONS_FIXED,
+                    msg.clone(),
+                ),
+                (None, None) if r.done && r.ready < r.wanted => cond(
                     DEGRADED,
                     true,
                     reason::WORKERS_NOT_READY,
                     format!("{workers_msg}; see the worker pods' events and logs"),
                 ),
-                None => cond(
+                (None, None) => cond(
                     DEGRADED,
                     false,
                     reason::HEALTHY,
@@ -328,6 +353,24 @@ pub fn compute(
         repartition_lag: obs.repartition_lag,
         last_checkpoint_time: obs.last_checkpoint_time.clone(),
     }
+}
+
+/// The warning when `spec.repartition.partitions` asks for another count than the existing
+/// repartition topic has: the topic keeps its count (see `desired`).
+fn repartition_warning(job: &StreamJob, obs: &Observed) -> Option<String> {
+    let wanted = job.spec.repartition.partitions?;
+    let has = obs.repartition.as_ref()?.partitions()?;
+    (wanted != has).then(|| {
+        let name = job.metadata.name.as_deref().unwrap_or_default();
+        format!(
+            "the repartition topic {} has {has} partitions and keeps them, though \
+             spec.repartition.partitions asks for {wanted}: each group's partials must keep \
+             going to one merge. To change it, delete the job with \
+             spec.checkpoint.deleteOnJobDeletion: true (its checkpoints and repartition topic go \
+             with it) and create it again, or set spec.repartition.partitions back to {has}",
+            weir_crds::repartition_topic(job.metadata.namespace.as_deref(), name)
+        )
+    })
 }
 
 /// Whether `new` differs from `old` in anything but timestamps: the conditions'

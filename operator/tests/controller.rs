@@ -9,7 +9,7 @@
 mod api;
 mod support;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use weir_crds::{StreamJob, StreamJobStatus};
 use weir_operator::controller::{error_policy, reconcile, Context};
 use weir_operator::metrics::Metrics;
-use weir_operator::observe::{KafkaConnection, KafkaObserver};
+use weir_operator::observe::{KafkaConnection, KafkaObserver, NewTopic};
 use weir_operator::observed::TopicObservation;
 
 use api::{assert_allowed, mock_client, serve, status_body, Call, Handle};
@@ -28,20 +28,32 @@ use support::{cfg, job, job_with};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A Kafka that has the topic with `partitions` partitions.
+/// A Kafka that has the source topic (`topic`) and answers `repartition` for the repartition
+/// topic; it records the topics created and deleted, and refuses to create one when
+/// `refuse_create` says why.
+#[derive(Default)]
 struct FakeKafka {
-    topic: TopicObservation,
+    topic: Option<TopicObservation>,
+    repartition: Option<TopicObservation>,
+    refuse_create: Option<String>,
+    created: Mutex<Vec<NewTopic>>,
+    deleted: Mutex<Vec<String>>,
 }
 
 #[async_trait]
 impl KafkaObserver for FakeKafka {
-    async fn topic(&self, conn: &KafkaConnection, _topic: &str) -> TopicObservation {
+    async fn topic(&self, conn: &KafkaConnection, topic: &str) -> TopicObservation {
         // The credentials Secret's keys arrive as librdkafka properties.
         assert_eq!(
             conn.properties.get("sasl.password").map(String::as_str),
             Some("s3cret")
         );
-        self.topic.clone()
+        let answer = if topic.ends_with("-repartition") {
+            &self.repartition
+        } else {
+            &self.topic
+        };
+        answer.clone().expect("a topic this test does not expect")
     }
 
     async fn high_watermarks(
@@ -51,6 +63,23 @@ impl KafkaObserver for FakeKafka {
         partitions: i32,
     ) -> Result<Vec<i64>, String> {
         Ok(vec![100; partitions as usize])
+    }
+
+    async fn create_topic(&self, conn: &KafkaConnection, topic: &NewTopic) -> Result<(), String> {
+        assert_eq!(
+            conn.properties.get("sasl.password").map(String::as_str),
+            Some("s3cret")
+        );
+        if let Some(why) = &self.refuse_create {
+            return Err(why.clone());
+        }
+        self.created.lock().expect("lock").push(topic.clone());
+        Ok(())
+    }
+
+    async fn delete_topic(&self, _conn: &KafkaConnection, topic: &str) -> Result<(), String> {
+        self.deleted.lock().expect("lock").push(topic.to_string());
+        Ok(())
     }
 }
 
@@ -139,13 +168,31 @@ fn harness(partitions: i32, script: Script) -> Harness {
 }
 
 fn harness_topic(topic: TopicObservation, script: Script) -> Harness {
+    harness_kafka(
+        FakeKafka {
+            topic: Some(topic),
+            ..FakeKafka::default()
+        },
+        script,
+    )
+    .0
+}
+
+fn harness_kafka(kafka: FakeKafka, script: Script) -> (Harness, Arc<FakeKafka>) {
     let (client, handle) = mock_client();
-    let kafka = Arc::new(FakeKafka { topic });
-    let ctx = Arc::new(Context::new(client, kafka, cfg(), Metrics::default(), None));
-    Harness {
+    let kafka = Arc::new(kafka);
+    let ctx = Arc::new(Context::new(
+        client,
+        kafka.clone(),
+        cfg(),
+        Metrics::default(),
+        None,
+    ));
+    let h = Harness {
         ctx,
         server: tokio::spawn(api_server(handle, script)),
-    }
+    };
+    (h, kafka)
 }
 
 impl Harness {
@@ -255,11 +302,13 @@ async fn good_job_applies_children_in_order_creates_checkpoints_and_patches_stat
     assert_eq!(lines(&calls), want);
     assert_ssa(&calls);
 
-    let created: Vec<&str> = calls
+    // Created several at a time: in any order.
+    let mut created: Vec<&str> = calls
         .iter()
         .filter(|c| c.method == "POST")
         .map(|c| c.body["metadata"]["name"].as_str().unwrap_or_default())
         .collect();
+    created.sort_unstable();
     assert_eq!(
         created,
         [
@@ -502,4 +551,175 @@ async fn malformed_job_gets_an_event_and_nothing_else() {
     assert!(calls[0].body["note"]
         .as_str()
         .is_some_and(|n| n.contains("missing field `type`")));
+}
+
+/// A two-stage job (its groups span partitions) on a 3-partition topic, with the repartition
+/// topic as Kafka shows it.
+fn two_stage(repartition: TopicObservation, refuse_create: Option<&str>) -> FakeKafka {
+    FakeKafka {
+        topic: Some(TopicObservation::Found {
+            partitions: 3,
+            retention_ms: Some(86_400_000),
+        }),
+        repartition: Some(repartition),
+        refuse_create: refuse_create.map(str::to_string),
+        ..FakeKafka::default()
+    }
+}
+
+const TWO_STAGE: &str = "repartition: {coPartitioned: false, partitions: 2}";
+
+/// The checkpoint ConfigMaps created (POST), by name, sorted (they are created several at a
+/// time).
+fn created_config_maps(calls: &[Call]) -> Vec<String> {
+    let mut names: Vec<String> = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path.ends_with("/configmaps"))
+        .map(|c| {
+            c.body["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+#[tokio::test]
+async fn a_missing_repartition_topic_is_created_before_the_workers() {
+    let (h, kafka) = harness_kafka(
+        two_stage(TopicObservation::NotFound, None),
+        Script::default(),
+    );
+    run(&h.ctx, job_with(TWO_STAGE)).await.expect("reconcile");
+    let calls = h.calls().await;
+    let created = kafka.created.lock().expect("lock").clone();
+    assert_eq!(
+        created,
+        [NewTopic {
+            name: "weir-shop-payments-repartition".to_string(),
+            partitions: 2,
+            replication_factor: None,
+            configs: [
+                ("cleanup.policy".to_string(), "delete".to_string()),
+                ("retention.ms".to_string(), "86400000".to_string()),
+            ]
+            .into(),
+        }]
+    );
+    // Both stages' checkpoints, then the workers.
+    assert_eq!(
+        created_config_maps(&calls),
+        [
+            "payments-checkpoint-0",
+            "payments-checkpoint-1",
+            "payments-checkpoint-2",
+            "payments-merge-checkpoint-0",
+            "payments-merge-checkpoint-1",
+        ]
+    );
+    assert!(lines(&calls).contains(&format!("PATCH {APPS}/statefulsets/payments-worker")));
+    let assignment = calls
+        .iter()
+        .find(|c| c.path.ends_with("/configmaps/payments-config") && c.method == "PATCH")
+        .and_then(|c| c.body["data"]["assignment.json"].as_str())
+        .expect("job ConfigMap with an assignment");
+    let assignment: weir_crds::assignment::Assignment =
+        serde_json::from_str(assignment).expect("assignment");
+    let merge = assignment.merge.expect("a second stage");
+    assert_eq!(merge.topic, "weir-shop-payments-repartition");
+    assert_eq!(merge.workers.iter().map(Vec::len).sum::<usize>(), 2);
+}
+
+#[tokio::test]
+async fn an_existing_repartition_topic_keeps_its_partitions_and_is_not_created() {
+    let existing = TopicObservation::Found {
+        partitions: 4,
+        retention_ms: None,
+    };
+    let (h, kafka) = harness_kafka(two_stage(existing, None), Script::default());
+    run(&h.ctx, job_with(TWO_STAGE)).await.expect("reconcile");
+    let calls = h.calls().await;
+    assert!(kafka.created.lock().expect("lock").is_empty());
+    // The topic's 4 partitions, not the spec's 2: a group's partials keep one merge.
+    assert_eq!(created_config_maps(&calls).len(), 3 + 4);
+    let status = patched_status(&calls);
+    assert_eq!(
+        condition(&status, "Degraded"),
+        ("True", "RepartitionPartitionsFixed")
+    );
+}
+
+#[tokio::test]
+async fn a_repartition_topic_that_cannot_be_created_stops_before_the_workers() {
+    let (h, _kafka) = harness_kafka(
+        two_stage(
+            TopicObservation::NotFound,
+            Some("Broker: Topic authorization failed"),
+        ),
+        Script::default(),
+    );
+    let err = run(&h.ctx, job_with(TWO_STAGE))
+        .await
+        .expect_err("retried with backoff");
+    assert_eq!(err.category(), "CreateRepartitionTopic");
+    let calls = h.calls().await;
+    let writes = lines(&calls);
+    assert!(
+        !writes
+            .iter()
+            .any(|l| (l.starts_with("PATCH") && l.contains("/statefulsets/"))
+                || l.contains("poddisruptionbudgets")),
+        "no workers without their topic: {writes:?}"
+    );
+    let status = patched_status(&calls);
+    assert_eq!(
+        condition(&status, "Ready"),
+        ("False", "RepartitionTopicUnavailable")
+    );
+    let event = calls.last().expect("event");
+    assert_eq!(event.body["reason"], json!("RepartitionTopicUnavailable"));
+    assert!(
+        event.body["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("Topic authorization failed")),
+        "{}",
+        event.body["note"]
+    );
+}
+
+#[tokio::test]
+async fn deleted_two_stage_job_with_finalizer_deletes_its_repartition_topic() {
+    let (h, kafka) = harness_kafka(
+        two_stage(
+            TopicObservation::Found {
+                partitions: 2,
+                retention_ms: None,
+            },
+            None,
+        ),
+        Script::default(),
+    );
+    let mut j = job_with(&format!(
+        "{TWO_STAGE}\ncheckpoint: {{deleteOnJobDeletion: true}}"
+    ));
+    j.metadata.finalizers = Some(vec!["weir.dev/checkpoints".to_string()]);
+    j.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    ));
+    run(&h.ctx, j).await.expect("cleanup");
+    let calls = h.calls().await;
+    assert_eq!(
+        lines(&calls),
+        [
+            format!("DELETE {NS}/configmaps"),
+            format!("GET {NS}/secrets/kafka-creds"),
+            format!("PATCH {JOBS}/payments"),
+        ]
+    );
+    assert_eq!(
+        *kafka.deleted.lock().expect("lock"),
+        ["weir-shop-payments-repartition"]
+    );
 }

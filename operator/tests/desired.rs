@@ -647,17 +647,67 @@ fn a_two_stage_job_assigns_the_repartition_topic_and_its_checkpoints() {
             "{name} not granted"
         );
     }
-    // Unchanged: same epoch. More repartition partitions: a new assignment, a new epoch.
+    // Unchanged: same epoch. More repartition partitions while the topic does not exist yet:
+    // a new assignment, a new epoch, and the topic to create has 6.
     let again = ok(&j, &after(&d, 3));
     assert_eq!(assignment_in_config_map(&again), a);
     let wider = job_with("  groupBy: [merchant]\n  repartition: {partitions: 6}");
-    let changed = ok(&wider, &after(&d, 3));
+    let mut missing = after(&d, 3);
+    missing.repartition = Some(TopicObservation::NotFound);
+    let changed = ok(&wider, &missing);
     let b = assignment_in_config_map(&changed);
-    assert_eq!(
-        b.merge.as_ref().map(|m| m.workers.iter().flatten().count()),
-        Some(6)
-    );
+    let merge_partitions = |a: &weir_crds::assignment::Assignment| {
+        a.merge.as_ref().map(|m| m.workers.iter().flatten().count())
+    };
+    assert_eq!(merge_partitions(&b), Some(6));
     assert!(b.epoch > a.epoch, "{} then {}", a.epoch, b.epoch);
+    let create = changed
+        .workers
+        .as_ref()
+        .and_then(|w| w.repartition_topic.clone());
+    assert_eq!(
+        create.map(|t| (t.name, t.partitions)),
+        Some((merge.topic.clone(), 6))
+    );
+    // Once the topic exists, its count is the one used, whatever the spec says: no new epoch,
+    // nothing to create.
+    let mut exists = after(&d, 3);
+    exists.repartition = Some(TopicObservation::Found {
+        partitions: 3,
+        retention_ms: None,
+    });
+    let kept = ok(&wider, &exists);
+    assert_eq!(assignment_in_config_map(&kept), a);
+    assert_eq!(
+        kept.workers
+            .as_ref()
+            .and_then(|w| w.repartition_topic.clone()),
+        None
+    );
+    // Kafka unreachable for the topic alone: the running workers' count.
+    let mut unknown = after(&d, 3);
+    unknown.repartition = Some(TopicObservation::BrokerUnreachable {
+        message: "timed out".to_string(),
+    });
+    let kept = ok(&wider, &unknown);
+    assert_eq!(merge_partitions(&assignment_in_config_map(&kept)), Some(3));
+    assert_eq!(
+        kept.workers
+            .as_ref()
+            .and_then(|w| w.repartition_topic.clone()),
+        None
+    );
+    // A name too long for a Kafka topic (249 characters) is an invalid spec, for two-stage
+    // jobs only.
+    let mut long = job_with("  groupBy: [merchant]");
+    long.metadata.name = Some("n".repeat(240));
+    let err = run(&long, &found(3)).expect_err("too long for the repartition topic");
+    assert!(
+        err.errors
+            .iter()
+            .any(|e| e.path == "metadata.name" && e.message.contains("repartition")),
+        "{err}"
+    );
     // Co-partitioned (the key alone): one stage.
     let one = ok(&job(), &found(3));
     assert_eq!(assignment_in_config_map(&one).merge, None);

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use weir_operator::observe::{KafkaConnection, KafkaObserver, RdKafkaObserver};
+use weir_operator::observe::{KafkaConnection, KafkaObserver, NewTopic, RdKafkaObserver};
 use weir_operator::observed::TopicObservation;
 
 // The worker's broker harness: one way to find, start and stop nisshi.
@@ -31,8 +31,8 @@ async fn observes_partitions_retention_missing_topic_and_watermarks() {
         .set("bootstrap.servers", &broker.bootstrap)
         .create()
         .expect("admin");
-    let topic =
-        NewTopic::new("payments", 3, TopicReplication::Fixed(1)).set("retention.ms", "3600000");
+    let topic = rdkafka::admin::NewTopic::new("payments", 3, TopicReplication::Fixed(1))
+        .set("retention.ms", "3600000");
     for r in admin
         .create_topics(&[topic], &AdminOptions::new())
         .await
@@ -84,6 +84,60 @@ async fn observes_partitions_retention_missing_topic_and_watermarks() {
     );
 }
 
+/// The repartition topic of a two-stage job: created with its partitions and configs (the
+/// replication factor left to the broker), a second create is success (another operator replica
+/// was first), deleted, and a second delete is success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_and_deletes_a_repartition_topic() {
+    let broker = Broker::start();
+    let observer = RdKafkaObserver {
+        timeout: Duration::from_secs(5),
+    };
+    let conn = conn(&broker);
+    let topic = NewTopic {
+        name: "weir-shop-payments-repartition".to_string(),
+        partitions: 6,
+        replication_factor: None,
+        configs: BTreeMap::from([
+            ("cleanup.policy".to_string(), "delete".to_string()),
+            ("retention.ms".to_string(), "86400000".to_string()),
+        ]),
+    };
+    assert_eq!(
+        observer.topic(&conn, &topic.name).await,
+        TopicObservation::NotFound
+    );
+    observer.create_topic(&conn, &topic).await.expect("created");
+    assert_eq!(
+        observer.topic(&conn, &topic.name).await,
+        TopicObservation::Found {
+            partitions: 6,
+            retention_ms: Some(86_400_000)
+        }
+    );
+    observer
+        .create_topic(&conn, &topic)
+        .await
+        .expect("creating an existing topic is success");
+    observer
+        .delete_topic(&conn, &topic.name)
+        .await
+        .expect("deleted");
+    // Deletion completes asynchronously on some brokers: wait for it, with a bound.
+    let start = Instant::now();
+    while observer.topic(&conn, &topic.name).await != TopicObservation::NotFound {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "topic still there"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    observer
+        .delete_topic(&conn, &topic.name)
+        .await
+        .expect("deleting a missing topic is success");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_is_reported_not_waited_on_forever() {
     let observer = RdKafkaObserver {
@@ -126,9 +180,9 @@ async fn memory_of_concurrent_topic_reads() {
         .set("bootstrap.servers", &broker.bootstrap)
         .create()
         .expect("admin");
-    let topics: Vec<NewTopic> = (0..16)
+    let topics: Vec<rdkafka::admin::NewTopic> = (0..16)
         .map(|i| {
-            NewTopic::new(
+            rdkafka::admin::NewTopic::new(
                 Box::leak(format!("t-{i}").into_boxed_str()),
                 64,
                 TopicReplication::Fixed(1),

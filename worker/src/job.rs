@@ -459,7 +459,8 @@ pub fn local(job: &StreamJob, plan: JobPlan, opts: &RunOptions) -> anyhow::Resul
             .get("bootstrap.servers")
             .unwrap_or_default()
             .to_string();
-        crate::tools::create_topic_with(&source, &topic, wanted)
+        let replication = job.spec.repartition.replication_factor;
+        crate::tools::create_topic_with(&source, &topic, wanted, replication)
             .with_context(|| format!("creating the repartition topic {topic} on {bootstrap}"))?;
         let partitions = partition_count(&source, &topic)?;
         if partitions != wanted {

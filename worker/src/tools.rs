@@ -21,26 +21,43 @@ fn config(bootstrap: &str) -> ClientConfig {
 
 /// Create `topic` with `partitions` partitions; an existing topic is fine.
 pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    create_topic_on(config(bootstrap), topic, partitions)
+    create_topic_on(config(bootstrap), topic, partitions, 1)
 }
 
-/// [`create_topic`] with a job's client settings (brokers, TLS, SASL): the repartition topic of
-/// a two-stage job in local mode.
+/// [`create_topic`] with a job's client settings (brokers, TLS, SASL) and replication factor
+/// (`None`: the brokers' `default.replication.factor`): the repartition topic of a two-stage
+/// job in local mode.
 pub fn create_topic_with(
     settings: &crate::kafka::ClientSettings,
     topic: &str,
     partitions: i32,
+    replication_factor: Option<i32>,
 ) -> anyhow::Result<()> {
-    create_topic_on(settings.config(), topic, partitions)
+    create_topic_on(
+        settings.config(),
+        topic,
+        partitions,
+        replication_factor.unwrap_or(-1),
+    )
 }
 
-fn create_topic_on(config: ClientConfig, topic: &str, partitions: i32) -> anyhow::Result<()> {
+fn create_topic_on(
+    config: ClientConfig,
+    topic: &str,
+    partitions: i32,
+    replication_factor: i32,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let admin: AdminClient<DefaultClientContext> =
         config.create().context("creating an admin client")?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    // -1: the brokers' default.replication.factor (KIP-464, Kafka 2.4).
+    let new = NewTopic::new(
+        topic,
+        partitions,
+        TopicReplication::Fixed(replication_factor),
+    );
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = rt
         .block_on(admin.create_topics([&new], &opts))

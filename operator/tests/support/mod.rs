@@ -131,4 +131,24 @@ impl weir_operator::observe::KafkaObserver for FixedKafka {
     ) -> Result<Vec<i64>, String> {
         Ok(vec![self.high_watermark; partitions as usize])
     }
+
+    /// Never called: every topic exists.
+    async fn create_topic(
+        &self,
+        _conn: &weir_operator::observe::KafkaConnection,
+        topic: &weir_operator::observe::NewTopic,
+    ) -> Result<(), String> {
+        Err(format!(
+            "FixedKafka has every topic; asked to create {}",
+            topic.name
+        ))
+    }
+
+    async fn delete_topic(
+        &self,
+        _conn: &weir_operator::observe::KafkaConnection,
+        _topic: &str,
+    ) -> Result<(), String> {
+        Ok(())
+    }
 }
