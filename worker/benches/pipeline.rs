@@ -11,10 +11,14 @@
 //! - (b) the worker: `spawn_partition` for each partition (consumer, engine, idempotent sink
 //!   producer, checkpoints in a directory), tumbling 1m windows grouped by merchant with count,
 //!   sum and mean, timed until it has read every record; with checkpoints effectively off
-//!   (every hour), every 10 s and every 1 s.
+//!   (every hour), every 10 s and every 1 s;
+//! - (c) the same job in two stages (issue 6): declared not co-partitioned, so each partition
+//!   sends partial aggregates and watermark markers through a 4-partition repartition topic to
+//!   a second stage (4 more threads) that merges them and writes the results; checkpoints
+//!   every 10 s; timed until the second stage has merged every message the first sent.
 //!
 //! It prints every run and a summary (medians, ratios to (a) of the same round, checkpoint
-//! cost). `cargo test --all-targets` runs this binary without `--bench`: it then does one small
+//! cost, two stages against one). `cargo test --all-targets` runs this binary without `--bench`: it then does one small
 //! round (20,000 records) so the code keeps working without taking minutes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -48,6 +52,7 @@ const T0: i64 = 1_767_225_600_000;
 const PER_MINUTE: u64 = 200_000;
 /// Give up on a run after this long (a stall is a bug, not a slow run).
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+const TEN_S: Duration = Duration::from_secs(10);
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -56,7 +61,12 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn job_spec(bootstrap: &str) -> (StreamJobSpec, JobPlan) {
+/// The benchmark's job: tumbling 1m grouped by merchant, count + sum + mean. The records are
+/// keyed by merchant, so its groups are co-partitioned and one stage is exact; `two_stage`
+/// declares them not co-partitioned, so the same job runs in two stages (partials through a
+/// repartition topic, merged by a second stage), with the same results.
+fn job_spec(bootstrap: &str, two_stage: bool) -> (StreamJobSpec, JobPlan) {
+    let co_partitioned = !two_stage;
     let yaml = format!(
         r#"apiVersion: weir.dev/v1alpha1
 kind: StreamJob
@@ -66,6 +76,7 @@ spec:
     kafka: {{bootstrapServers: "{bootstrap}", topic: {TOPIC}, startFrom: earliest}}
     eventTime: {{field: ts, format: rfc3339}}
   groupBy: [merchant]
+  repartition: {{coPartitioned: {co_partitioned}}}
   window: {{type: tumbling, size: 1m, allowedLateness: 1s}}
   aggregations:
     - {{name: n, fn: count}}
@@ -170,7 +181,12 @@ struct Run {
     variant: &'static str,
     records: u64,
     seconds: f64,
+    /// Until the (first stage of the) worker had read every record.
+    first_stage_seconds: f64,
+    /// Results written (for a two-stage job: partials sent by the first stage, and results).
     results: u64,
+    /// Messages sent to the repartition topic (two-stage jobs).
+    exchanged: u64,
     /// Checkpoints written while timed (all partitions), and their summed duration.
     checkpoints: u64,
     checkpoint_seconds: f64,
@@ -194,7 +210,9 @@ fn bare(settings: &ClientSettings, n: u64, round: usize) -> Run {
         variant: "(a) bare consumer, 1 thread",
         records: n,
         seconds: t0.elapsed().as_secs_f64(),
+        first_stage_seconds: 0.0,
         results: 0,
+        exchanged: 0,
         checkpoints: 0,
         checkpoint_seconds: 0.0,
         stop_seconds: 0.0,
@@ -214,7 +232,9 @@ fn bare_per_partition(settings: &ClientSettings, sizes: &[u64], round: usize) ->
         variant: "(a4) bare consumers, 1 thread/partition",
         records: sizes.iter().sum(),
         seconds: t0.elapsed().as_secs_f64(),
+        first_stage_seconds: 0.0,
         results: 0,
+        exchanged: 0,
         checkpoints: 0,
         checkpoint_seconds: 0.0,
         stop_seconds: 0.0,
@@ -229,19 +249,40 @@ fn metric_sum(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-/// (b): the worker's partition threads until they have read `n` records.
-#[allow(clippy::too_many_arguments)]
-fn worker(
-    spec: &StreamJobSpec,
-    plan: &JobPlan,
-    rt: &tokio::runtime::Runtime,
+/// What (b) and (c) share.
+struct Setup {
+    bootstrap: String,
+    rt: tokio::runtime::Runtime,
     n: u64,
+}
+
+/// (b): the worker's partition threads until they have read `n` records. (c), with
+/// `two_stage`: the same job in two stages, with one more thread per partition of the
+/// repartition topic (4; a fresh topic per run) for the second stage, until the first stage has read `n` records and the second has merged every message the
+/// first sent (partials and watermark markers).
+fn worker(
+    setup: &Setup,
+    two_stage: bool,
     interval: Duration,
     variant: &'static str,
     round: usize,
 ) -> Run {
-    let name = format!("bench-{round}-{}", interval.as_secs());
+    let (rt, n) = (&setup.rt, setup.n);
+    let (spec, plan) = &job_spec(&setup.bootstrap, two_stage);
+    let name = format!("bench-{round}-{}-{two_stage}", interval.as_secs());
     let dir = tempfile::tempdir().expect("checkpoint dir");
+    let merge = two_stage.then(|| {
+        let topic = format!("{name}-repartition");
+        weir_worker::tools::create_topic(&setup.bootstrap, &topic, PARTITIONS)
+            .expect("create the repartition topic");
+        runtime::MergeContext {
+            producer: kafka::repartition_settings(spec, &name, &topic).expect("settings"),
+            topic,
+            partitions: PARTITIONS,
+            sources: PARTITIONS,
+            store: Arc::new(DirStore::new(dir.path().join("merge"))),
+        }
+    });
     let metrics = Arc::new(Metrics::new());
     let stop = Arc::new(AtomicBool::new(false));
     let totals = Arc::new(Totals::default());
@@ -260,20 +301,38 @@ fn worker(
         echo: false,
         stop: stop.clone(),
         totals: totals.clone(),
-        merge: None,
+        merge,
         idle_timeout: JobContext::idle_timeout_of(spec),
     });
     let t0 = Instant::now();
-    let threads: Vec<_> = (0..PARTITIONS)
+    let mut threads: Vec<_> = (0..PARTITIONS)
         .map(|p| runtime::spawn_partition(ctx.clone(), rt.handle().clone(), p).expect("thread"))
         .collect();
-    while totals.records.load(Ordering::Relaxed) < n {
-        assert!(
-            !threads.iter().any(|t| t.is_finished()),
-            "a partition thread ended early"
-        );
-        assert!(t0.elapsed() < RUN_TIMEOUT, "worker stalled");
+    if two_stage {
+        threads.extend((0..PARTITIONS).map(|p| {
+            runtime::spawn_merge_partition(ctx.clone(), rt.handle().clone(), p).expect("thread")
+        }));
+    }
+    let wait = |done: &dyn Fn() -> bool| {
+        while !done() {
+            assert!(
+                !threads.iter().any(|t| t.is_finished()),
+                "a partition thread ended early"
+            );
+            assert!(t0.elapsed() < RUN_TIMEOUT, "worker stalled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    wait(&|| totals.records.load(Ordering::Relaxed) >= n);
+    let first_stage_seconds = t0.elapsed().as_secs_f64();
+    if two_stage {
+        // The partials a record closes are counted just after the record: let the last
+        // record's be, then wait for the second stage to have merged every message.
         std::thread::sleep(Duration::from_millis(1));
+        wait(&|| {
+            let sent = totals.exchanged.load(Ordering::Relaxed);
+            sent > 0 && totals.merged.load(Ordering::Relaxed) >= sent
+        });
     }
     let seconds = t0.elapsed().as_secs_f64();
     let text = metrics.encode();
@@ -297,7 +356,9 @@ fn worker(
         variant,
         records: n,
         seconds,
+        first_stage_seconds,
         results: totals.results.load(Ordering::Relaxed),
+        exchanged: totals.exchanged.load(Ordering::Relaxed),
         checkpoints,
         checkpoint_seconds,
         stop_seconds: t1.elapsed().as_secs_f64(),
@@ -350,7 +411,7 @@ fn main() {
     let bootstrap = broker.bootstrap.clone();
     weir_worker::tools::create_topic(&bootstrap, TOPIC, PARTITIONS).expect("create topic");
     weir_worker::tools::create_topic(&bootstrap, SINK, PARTITIONS).expect("create topic");
-    let (spec, plan) = job_spec(&bootstrap);
+    let (spec, _) = job_spec(&bootstrap, false);
     let bare_settings = kafka::source_settings(&spec, "bench-bare").expect("settings");
 
     println!("nisshi (memory storage) at {bootstrap}; loading {n} records into {TOPIC} ({PARTITIONS} partitions, {MERCHANTS} merchants)");
@@ -367,25 +428,34 @@ fn main() {
     assert_eq!(sizes.iter().sum::<u64>(), n, "partition sizes {sizes:?}");
     println!("records per partition: {sizes:?}\n");
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let setup = Setup {
+        bootstrap: bootstrap.clone(),
+        rt: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime"),
+        n,
+    };
     let off = Duration::from_secs(3600);
     let mut runs: Vec<Run> = Vec::new();
-    println!("| round | variant | records | seconds | records/s | ratio to (a) | results | checkpoints (timed) | mean checkpoint ms | stop s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| round | variant | records | seconds | records/s | ratio to (a) | results | to repartition | checkpoints (timed) | mean checkpoint ms | stop s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for round in 1..=rounds {
         let first = runs.len();
         runs.push(bare(&bare_settings, n, round));
         runs.push(bare_per_partition(&bare_settings, &sizes, round));
-        for (interval, variant) in [
-            (off, "(b) worker, checkpoints off (1 h)"),
-            (Duration::from_secs(10), "(b) worker, checkpoint every 10 s"),
-            (Duration::from_secs(1), "(b) worker, checkpoint every 1 s"),
+        for (two_stage, interval, variant) in [
+            (false, off, "(b) worker, checkpoints off (1 h)"),
+            (false, TEN_S, "(b) worker, checkpoint every 10 s"),
+            (
+                false,
+                Duration::from_secs(1),
+                "(b) worker, checkpoint every 1 s",
+            ),
+            (true, TEN_S, "(c) worker, two stages, checkpoint every 10 s"),
         ] {
-            runs.push(worker(&spec, &plan, &rt, n, interval, variant, round));
+            runs.push(worker(&setup, two_stage, interval, variant, round));
         }
         let base = runs[first].rate();
         for r in &runs[first..] {
@@ -394,15 +464,23 @@ fn main() {
             } else {
                 "—".to_string()
             };
+            let seconds = if r.exchanged > 0 {
+                format!(
+                    "{:.2} (first stage {:.2})",
+                    r.seconds, r.first_stage_seconds
+                )
+            } else {
+                format!("{:.2}", r.seconds)
+            };
             println!(
-                "| {} | {} | {} | {:.2} | {:.0} | {:.2} | {} | {} | {} | {:.2} |",
+                "| {} | {} | {} | {seconds} | {:.0} | {:.2} | {} | {} | {} | {} | {:.2} |",
                 r.round,
                 r.variant,
                 r.records,
-                r.seconds,
                 r.rate(),
                 r.rate() / base,
                 r.results,
+                r.exchanged,
                 r.checkpoints,
                 mean_ms,
                 r.stop_seconds
@@ -478,7 +556,19 @@ fn main() {
     );
     println!(
         "- of which the DirStore write alone (median of 20): {:.1} ms",
-        dir_store_write(&rt) * 1e3
+        dir_store_write(&setup.rt) * 1e3
+    );
+    // Two stages against one, same job and records, checkpoints every 10 s, per round.
+    let two = median(
+        per_round_rate(variants[5])
+            .iter()
+            .zip(&per_round_rate(variants[3]))
+            .map(|(c, b)| c / b)
+            .collect(),
+    );
+    println!(
+        "\ntwo stages vs one (same job and records, checkpoint every 10 s; end = every partial \
+         merged): median ratio {two:.2} over {rounds} rounds (issue 6 target: at least 0.60)"
     );
     drop(broker);
 }

@@ -165,6 +165,7 @@ impl MergeRun<'_> {
             }
         }
         self.next = offset + 1;
+        self.ctx.totals.merged.fetch_add(1, Ordering::Relaxed);
         self.note_caught_up();
         let plan = &self.ctx.plan;
         for r in self.engine.take_results() {

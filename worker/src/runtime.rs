@@ -171,6 +171,11 @@ pub struct Totals {
     pub caught_up: AtomicU64,
     /// Sum of the partitions' last known lag.
     pub lag: Mutex<std::collections::BTreeMap<i32, i64>>,
+    /// Two-stage jobs: messages stage 1 sent to the repartition topic (partials and watermark
+    /// markers, including re-sends after a restart).
+    pub exchanged: AtomicU64,
+    /// Two-stage jobs: messages stage 2 read from the repartition topic (including replays).
+    pub merged: AtomicU64,
 }
 
 impl Totals {
@@ -756,6 +761,7 @@ impl PartitionRun<'_> {
             out.send_to(self.partition, Some(to), key.as_bytes(), &value, None)?;
             self.pm.result_emitted(value.len());
             self.ctx.totals.results.fetch_add(1, Ordering::Relaxed);
+            self.ctx.totals.exchanged.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -789,6 +795,7 @@ impl PartitionRun<'_> {
         .to_bytes();
         for to in 0..merge.partitions {
             out.send_to(self.partition, Some(to), b"", &msg, None)?;
+            self.ctx.totals.exchanged.fetch_add(1, Ordering::Relaxed);
         }
         self.marker = Some((wm, self.idle));
         Ok(())
