@@ -458,15 +458,23 @@ async fn delete_on_job_deletion_adds_the_finalizer_first() {
     );
 }
 
-#[tokio::test]
-async fn deleted_job_with_finalizer_deletes_its_checkpoints() {
-    let h = harness(3, Script::default());
-    let mut j = job_with("checkpoint: {deleteOnJobDeletion: true}");
+/// A job with `deleteOnJobDeletion` (and `extra` spec lines), being deleted: it has the
+/// finalizer and a deletion timestamp.
+fn deleted(extra: &str) -> StreamJob {
+    let mut j = job_with(&format!(
+        "{extra}\ncheckpoint: {{deleteOnJobDeletion: true}}"
+    ));
     j.metadata.finalizers = Some(vec!["weir.dev/checkpoints".to_string()]);
     j.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
     ));
-    run(&h.ctx, j).await.expect("cleanup");
+    j
+}
+
+#[tokio::test]
+async fn deleted_job_with_finalizer_deletes_its_checkpoints() {
+    let h = harness(3, Script::default());
+    run(&h.ctx, deleted("")).await.expect("cleanup");
     let calls = h.calls().await;
     assert_eq!(
         lines(&calls),
@@ -701,14 +709,7 @@ async fn deleted_two_stage_job_with_finalizer_deletes_its_repartition_topic() {
         ),
         Script::default(),
     );
-    let mut j = job_with(&format!(
-        "{TWO_STAGE}\ncheckpoint: {{deleteOnJobDeletion: true}}"
-    ));
-    j.metadata.finalizers = Some(vec!["weir.dev/checkpoints".to_string()]);
-    j.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-    ));
-    run(&h.ctx, j).await.expect("cleanup");
+    run(&h.ctx, deleted(TWO_STAGE)).await.expect("cleanup");
     let calls = h.calls().await;
     assert_eq!(
         lines(&calls),

@@ -570,5 +570,12 @@ fn main() {
         "\ntwo stages vs one (same job and records, checkpoint every 10 s; end = every partial \
          merged): median ratio {two:.2} over {rounds} rounds (issue 6 target: at least 0.60)"
     );
+    if !full {
+        println!(
+            "(a smoke run of {n} records under `cargo test`, which checks that the code works: \
+             connecting and starting the threads dominate it, so these are not measurements; \
+             run `cargo bench -p weir-worker --bench pipeline` for them)"
+        );
+    }
     drop(broker);
 }
