@@ -47,7 +47,7 @@ pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Reconciles running at once, by default. Unbounded (kube-runtime's default), an operator
 /// starting with 1,000 jobs runs 1,000 reconciles at once: as many HTTP/1 connections to the
-/// API server and Kafka clients, 217 MB of RSS and a p99 of 8 s per reconcile in the benchmark
+/// API server and Kafka requests, 217 MB of RSS and a p99 of 8 s per reconcile in the benchmark
 /// against 33 MB and 68 ms with 16 (docs/benchmarks.md), for no gain in throughput.
 pub const DEFAULT_CONCURRENCY: u16 = 16;
 

@@ -60,7 +60,7 @@ struct Args {
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
     /// Reconciles running at once, per watched namespace (0: unbounded). Each holds an API
-    /// connection and, while it reads the topic, Kafka clients.
+    /// connection and, while it reads the topic, Kafka requests.
     #[arg(long, env = "WEIR_MAX_CONCURRENT_RECONCILES", default_value_t = controller::DEFAULT_CONCURRENCY)]
     max_concurrent_reconciles: u16,
     /// This replica's identity in the Lease and in Events (the pod name).

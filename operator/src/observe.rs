@@ -4,9 +4,10 @@
 //! ([`crate::object_checkpoints`]) — (epochs, offsets, times) with the topic's high watermarks
 //! for lag, and the StatefulSet. It writes nothing, anywhere.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -27,7 +28,7 @@ pub const CHECKPOINT_KEY: &str = checkpoint::CONFIG_MAP_KEY;
 
 /// How to reach the source brokers: bootstrap servers and librdkafka properties (the spec's
 /// `properties` overlaid with the credentials Secret's keys). Its `Debug` never shows values.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct KafkaConnection {
     /// `bootstrap.servers`.
     pub bootstrap_servers: String,
@@ -85,18 +86,51 @@ pub trait KafkaObserver: Send + Sync {
 }
 
 /// [`KafkaObserver`] over librdkafka: metadata for the partition count, `DescribeConfigs` for
-/// `retention.ms`, watermarks for lag. Blocking librdkafka calls run on tokio's blocking pool.
-#[derive(Clone, Debug)]
+/// `retention.ms`, watermarks for lag, `CreateTopics`/`DeleteTopics` for repartition topics.
+/// Blocking librdkafka calls run on tokio's blocking pool.
+///
+/// It keeps one consumer (metadata, watermarks) and one admin client per connection — brokers
+/// and properties, credentials included — and reuses them across reconciles, as a Kafka
+/// Streams or Flink application keeps its clients: 1,000 jobs on one cluster share two clients
+/// and their broker connections, instead of opening three clients (each with its threads, TCP
+/// and TLS/SASL handshakes) per job every reconcile. A connection unused for
+/// [`CLIENT_IDLE`] is closed (checked whenever a client is asked for); new credentials are a new connection, so the old one ages out.
+#[derive(Clone)]
 pub struct RdKafkaObserver {
     /// Bound of every request to the brokers.
     pub timeout: Duration,
+    /// Clients unused this long are closed ([`CLIENT_IDLE`] by default).
+    pub idle: Duration,
+    clients: Arc<Mutex<HashMap<KafkaConnection, Cached>>>,
+}
+
+/// How long a connection's clients are kept without use.
+pub const CLIENT_IDLE: Duration = Duration::from_secs(600);
+
+/// The clients of one connection.
+struct Clients {
+    consumer: rdkafka::consumer::BaseConsumer,
+    admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+}
+
+struct Cached {
+    clients: Arc<Clients>,
+    used: Instant,
+}
+
+impl fmt::Debug for RdKafkaObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RdKafkaObserver")
+            .field("timeout", &self.timeout)
+            .field("idle", &self.idle)
+            .field("connections", &self.connections())
+            .finish()
+    }
 }
 
 impl Default for RdKafkaObserver {
     fn default() -> Self {
-        RdKafkaObserver {
-            timeout: Duration::from_secs(10),
-        }
+        RdKafkaObserver::new(Duration::from_secs(10))
     }
 }
 
@@ -112,10 +146,65 @@ fn client_config(conn: &KafkaConnection) -> rdkafka::ClientConfig {
 }
 
 impl RdKafkaObserver {
-    fn admin(
-        conn: &KafkaConnection,
-    ) -> Result<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>, String> {
-        client_config(conn).create().map_err(|e| e.to_string())
+    /// An observer whose requests time out after `timeout`, with no client yet.
+    pub fn new(timeout: Duration) -> Self {
+        RdKafkaObserver {
+            timeout,
+            idle: CLIENT_IDLE,
+            clients: Arc::default(),
+        }
+    }
+
+    /// Connections whose clients are open now.
+    pub fn connections(&self) -> usize {
+        self.clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// The clients of `conn`, created on first use; closes those idle for `idle`.
+    /// Creating a client does not connect yet (librdkafka connects in the background), so this
+    /// never waits on the network.
+    fn clients(&self, conn: &KafkaConnection) -> Result<Arc<Clients>, String> {
+        let now = Instant::now();
+        let mut idle = Vec::new();
+        let clients = {
+            let mut map = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+            map.retain(|_, c| {
+                let keep = now.duration_since(c.used) < self.idle;
+                if !keep {
+                    idle.push(c.clients.clone());
+                }
+                keep
+            });
+            match map.get_mut(conn) {
+                Some(c) => {
+                    c.used = now;
+                    c.clients.clone()
+                }
+                None => {
+                    let config = client_config(conn);
+                    let clients = Arc::new(Clients {
+                        consumer: config.create().map_err(|e| e.to_string())?,
+                        admin: config.create().map_err(|e| e.to_string())?,
+                    });
+                    map.insert(
+                        conn.clone(),
+                        Cached {
+                            clients: clients.clone(),
+                            used: now,
+                        },
+                    );
+                    clients
+                }
+            }
+        };
+        if !idle.is_empty() {
+            // Destroying a librdkafka client joins its threads: not on the async runtime.
+            tokio::task::spawn_blocking(move || drop(idle));
+        }
+        Ok(clients)
     }
 
     async fn retention_ms(
@@ -124,9 +213,10 @@ impl RdKafkaObserver {
         topic: &str,
     ) -> Result<Option<i64>, String> {
         use rdkafka::admin::{AdminOptions, ResourceSpecifier};
-        let admin = Self::admin(conn)?;
+        let clients = self.clients(conn)?;
         let opts = AdminOptions::new().request_timeout(Some(self.timeout));
-        let results = admin
+        let results = clients
+            .admin
             .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
             .await
             .map_err(|e| e.to_string())?;
@@ -144,14 +234,17 @@ impl RdKafkaObserver {
 #[async_trait]
 impl KafkaObserver for RdKafkaObserver {
     async fn topic(&self, conn: &KafkaConnection, topic: &str) -> TopicObservation {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::consumer::Consumer;
         use rdkafka::error::RDKafkaErrorCode;
-        let config = client_config(conn);
+        let clients = match self.clients(conn) {
+            Ok(c) => c,
+            Err(message) => return TopicObservation::BrokerUnreachable { message },
+        };
         let name = topic.to_string();
         let timeout = self.timeout;
         let partitions = tokio::task::spawn_blocking(move || -> Result<Option<i32>, String> {
-            let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
-            let md = consumer
+            let md = clients
+                .consumer
                 .fetch_metadata(Some(&name), timeout)
                 .map_err(|e| e.to_string())?;
             let Some(t) = md.topics().iter().find(|t| t.name() == name) else {
@@ -193,15 +286,15 @@ impl KafkaObserver for RdKafkaObserver {
         topic: &str,
         partitions: i32,
     ) -> Result<Vec<i64>, String> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let config = client_config(conn);
+        use rdkafka::consumer::Consumer;
+        let clients = self.clients(conn)?;
         let topic = topic.to_string();
         let timeout = self.timeout;
         tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
             (0..partitions)
                 .map(|p| {
-                    consumer
+                    clients
+                        .consumer
                         .fetch_watermarks(&topic, p, timeout)
                         .map(|(_, high)| high)
                         .map_err(|e| format!("watermarks of {topic}/{p}: {e}"))
@@ -215,7 +308,7 @@ impl KafkaObserver for RdKafkaObserver {
     async fn create_topic(&self, conn: &KafkaConnection, topic: &NewTopic) -> Result<(), String> {
         use rdkafka::admin::{AdminOptions, TopicReplication};
         use rdkafka::error::RDKafkaErrorCode;
-        let admin = Self::admin(conn)?;
+        let clients = self.clients(conn)?;
         // -1: the brokers' default.replication.factor (KIP-464, Kafka 2.4).
         let replication = TopicReplication::Fixed(topic.replication_factor.unwrap_or(-1));
         let mut new = rdkafka::admin::NewTopic::new(&topic.name, topic.partitions, replication);
@@ -225,7 +318,8 @@ impl KafkaObserver for RdKafkaObserver {
         let opts = AdminOptions::new()
             .request_timeout(Some(self.timeout))
             .operation_timeout(Some(self.timeout));
-        let results = admin
+        let results = clients
+            .admin
             .create_topics([&new], &opts)
             .await
             .map_err(|e| format!("creating topic {}: {e}", topic.name))?;
@@ -241,11 +335,12 @@ impl KafkaObserver for RdKafkaObserver {
     async fn delete_topic(&self, conn: &KafkaConnection, topic: &str) -> Result<(), String> {
         use rdkafka::admin::AdminOptions;
         use rdkafka::error::RDKafkaErrorCode;
-        let admin = Self::admin(conn)?;
+        let clients = self.clients(conn)?;
         let opts = AdminOptions::new()
             .request_timeout(Some(self.timeout))
             .operation_timeout(Some(self.timeout));
-        let results = admin
+        let results = clients
+            .admin
             .delete_topics(&[topic], &opts)
             .await
             .map_err(|e| format!("deleting topic {topic}: {e}"))?;

@@ -58,9 +58,7 @@ async fn observes_partitions_retention_missing_topic_and_watermarks() {
         }
     }
 
-    let observer = RdKafkaObserver {
-        timeout: Duration::from_secs(5),
-    };
+    let observer = RdKafkaObserver::new(Duration::from_secs(5));
     let conn = conn(&broker);
     assert_eq!(
         observer.topic(&conn, "payments").await,
@@ -82,6 +80,40 @@ async fn observes_partitions_retention_missing_topic_and_watermarks() {
         observer.high_watermarks(&conn, "payments", 3).await,
         Ok(vec![5, 0, 2])
     );
+    // Every read above went through one connection's clients.
+    assert_eq!(observer.connections(), 1);
+}
+
+/// Clients are kept per connection (brokers and properties, credentials included) and closed
+/// once unused for `idle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_shared_per_connection_and_closed_when_idle() {
+    let broker = Broker::start();
+    let mut observer = RdKafkaObserver::new(Duration::from_secs(5));
+    observer.idle = Duration::from_millis(500);
+    let a = conn(&broker);
+    let mut b = conn(&broker);
+    b.properties
+        .insert("client.id".to_string(), "rotated".to_string());
+    for _ in 0..3 {
+        assert_eq!(
+            observer.topic(&a, "missing").await,
+            TopicObservation::NotFound
+        );
+    }
+    assert_eq!(observer.connections(), 1);
+    assert_eq!(
+        observer.topic(&b, "missing").await,
+        TopicObservation::NotFound
+    );
+    assert_eq!(observer.connections(), 2);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Asking for `a` again closes `b`'s (and `a`'s old) clients, idle too long.
+    assert_eq!(
+        observer.topic(&a, "missing").await,
+        TopicObservation::NotFound
+    );
+    assert_eq!(observer.connections(), 1);
 }
 
 /// The repartition topic of a two-stage job: created with its partitions and configs (the
@@ -90,9 +122,7 @@ async fn observes_partitions_retention_missing_topic_and_watermarks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_and_deletes_a_repartition_topic() {
     let broker = Broker::start();
-    let observer = RdKafkaObserver {
-        timeout: Duration::from_secs(5),
-    };
+    let observer = RdKafkaObserver::new(Duration::from_secs(5));
     let conn = conn(&broker);
     let topic = NewTopic {
         name: "weir-shop-payments-repartition".to_string(),
@@ -140,9 +170,7 @@ async fn creates_and_deletes_a_repartition_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_is_reported_not_waited_on_forever() {
-    let observer = RdKafkaObserver {
-        timeout: Duration::from_secs(2),
-    };
+    let observer = RdKafkaObserver::new(Duration::from_secs(2));
     let conn = KafkaConnection {
         bootstrap_servers: format!("127.0.0.1:{}", broker::free_port()),
         properties: BTreeMap::new(),
@@ -170,7 +198,10 @@ fn memory_kb() -> (u64, u64) {
 
 /// A measurement, not a check (the reconcile benchmark fakes Kafka): how much RSS the real
 /// observer adds when `WEIR_MAX_CONCURRENT_RECONCILES` (16) reconciles read their topics at
-/// once, each with its own librdkafka clients (metadata, DescribeConfigs, watermarks).
+/// once (metadata, DescribeConfigs, watermarks of 64 partitions). First with one observer, as
+/// the operator runs (its clients shared by every read), then with a new observer per read —
+/// new librdkafka clients for every read, what the operator did before it kept them. VmHWM only
+/// grows, so the second phase shows what it adds on top of the first.
 /// `cargo test -p weir-operator --release --test kafka -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run it with --ignored --nocapture"]
@@ -196,12 +227,19 @@ async fn memory_of_concurrent_topic_reads() {
     {
         r.expect("topic created");
     }
-    let observer = std::sync::Arc::new(RdKafkaObserver::default());
+    let shared = std::sync::Arc::new(RdKafkaObserver::default());
     let conn = conn(&broker);
     let before = memory_kb();
-    for round in 0..5 {
+    for round in 0..10 {
+        let per_read = round >= 5;
+        let started = Instant::now();
         let reads = (0..16).map(|i| {
-            let (observer, conn) = (observer.clone(), conn.clone());
+            let observer = if per_read {
+                std::sync::Arc::new(RdKafkaObserver::default())
+            } else {
+                shared.clone()
+            };
+            let conn = conn.clone();
             tokio::spawn(async move {
                 let topic = format!("t-{i}");
                 let found = observer.topic(&conn, &topic).await;
@@ -217,7 +255,9 @@ async fn memory_of_concurrent_topic_reads() {
         }
         let now = memory_kb();
         println!(
-            "round {round}: 16 concurrent topic reads: VmRSS {:.1} MB (+{:.1}), VmHWM {:.1} MB (+{:.1})",
+            "round {round} ({}): 16 concurrent topic reads in {:.0} ms: VmRSS {:.1} MB (+{:.1}), VmHWM {:.1} MB (+{:.1})",
+            if per_read { "clients per read" } else { "shared clients" },
+            started.elapsed().as_secs_f64() * 1e3,
             now.0 as f64 / 1024.0,
             (now.0 as f64 - before.0 as f64) / 1024.0,
             now.1 as f64 / 1024.0,
