@@ -183,7 +183,7 @@ struct Run {
     seconds: f64,
     /// Until the (first stage of the) worker had read every record.
     first_stage_seconds: f64,
-    /// Results written (for a two-stage job: partials sent by the first stage, and results).
+    /// Results written to the sink.
     results: u64,
     /// Messages sent to the repartition topic (two-stage jobs).
     exchanged: u64,

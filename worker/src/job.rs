@@ -320,8 +320,16 @@ pub fn run(
             if last_progress.elapsed() >= every {
                 let records = totals.records.load(Ordering::Relaxed);
                 let rate = (records - last_records) as f64 / last_progress.elapsed().as_secs_f64();
+                // Two-stage jobs: how far the second stage is behind the first.
+                let exchanged = totals.exchanged.load(Ordering::Relaxed);
+                let stage2 = if exchanged > 0 {
+                    let merged = totals.merged.load(Ordering::Relaxed);
+                    format!("  stage 2: {merged} of {exchanged} partials and markers merged")
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "weir: {:>6.0}s  {:>9.0} records/s  {} records  {} results  {} rejected  lag {}",
+                    "weir: {:>6.0}s  {:>9.0} records/s  {} records  {} results  {} rejected  lag {}{stage2}",
                     started.elapsed().as_secs_f64(),
                     rate,
                     records,

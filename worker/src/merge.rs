@@ -16,7 +16,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use tokio::runtime::Handle;
 use tracing::{info, warn};
-use weir_engine::engine::Exchange;
+use weir_engine::engine::{Exchange, MergeOutcome};
 use weir_engine::Engine;
 
 use crate::checkpoint::{PartitionLease, Progress, SourceProgress};
@@ -90,6 +90,7 @@ pub fn run_merge_partition(
         seen_through,
         emitted_through,
         caught_up: false,
+        late: 0,
     };
     run.note_caught_up();
     let mut last_checkpoint = Instant::now();
@@ -137,6 +138,8 @@ struct MergeRun<'a> {
     /// Results ending at or before this were written before the restart.
     emitted_through: i64,
     caught_up: bool,
+    /// Partials dropped as late so far.
+    late: u64,
 }
 
 impl MergeRun<'_> {
@@ -152,7 +155,20 @@ impl MergeRun<'_> {
         let partition = self.partition;
         match Exchange::from_bytes(payload) {
             Ok(Exchange::Partial(p)) => {
-                self.engine.merge_partial(partition, offset, &p);
+                let outcome = self.engine.merge_partial(partition, offset, &p);
+                if outcome == MergeOutcome::Late {
+                    self.late += 1;
+                    // Lost for the windows it was for: say so (the first few, then sparsely).
+                    if self.late <= 10 || self.late.is_multiple_of(1000) {
+                        warn!(stage = 2, partition, offset, source = p.source,
+                            window_start = %weir_engine::time::format(p.first),
+                            watermark = %weir_engine::time::format(self.engine.watermark()),
+                            late_partials = self.late,
+                            "a partial arrived after every window it counts toward had closed (its \
+                             source partition was idle, or behind the others by more than the \
+                             allowed lateness); dropped");
+                    }
+                }
             }
             Ok(Exchange::Watermark {
                 source,

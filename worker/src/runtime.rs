@@ -163,7 +163,7 @@ pub fn route(group: &[u8], partitions: i32) -> i32 {
 pub struct Totals {
     /// Records read (including replayed ones).
     pub records: AtomicU64,
-    /// Results sent.
+    /// Results sent to the sink (by stage 2 in a two-stage job; partials are `exchanged`).
     pub results: AtomicU64,
     /// Records rejected (not counting replays).
     pub rejected: AtomicU64,
@@ -655,6 +655,9 @@ fn run_partition(
                 part.flush_partials(part.next)?;
                 part.idle = true;
                 part.send_marker()?;
+                info!(partition, offset = part.next, idle_timeout = ?ctx.idle_timeout,
+                    "idle: no record for the idle timeout; sent the open windows' partials and \
+                     told stage 2 not to wait for this partition");
             } else if part.marker_at.elapsed() >= MARKER_EVERY {
                 part.send_marker()?;
             }
@@ -740,6 +743,11 @@ impl PartitionRun<'_> {
         if self.idle && self.exchange.is_some() {
             self.idle = false;
             self.send_marker()?;
+            info!(
+                partition = self.partition,
+                offset = rec.offset,
+                "active again after being idle"
+            );
         }
         Ok(())
     }
@@ -760,7 +768,7 @@ impl PartitionRun<'_> {
             let value = weir_engine::engine::Exchange::Partial(p).to_bytes();
             out.send_to(self.partition, Some(to), key.as_bytes(), &value, None)?;
             self.pm.result_emitted(value.len());
-            self.ctx.totals.results.fetch_add(1, Ordering::Relaxed);
+            // A partial, not a result: counted as sent to stage 2.
             self.ctx.totals.exchanged.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())

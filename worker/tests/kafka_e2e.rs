@@ -282,12 +282,28 @@ fn collect(
     partitions: i32,
     stop: Arc<AtomicBool>,
 ) -> (Seen, std::thread::JoinHandle<()>) {
+    collect_at(bootstrap, topic, partitions, stop, Arc::default())
+}
+
+/// [`collect`], publishing the next offset it will read per partition in `at` (to tell a
+/// reader that fell behind from a topic that never got the messages).
+fn collect_at(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    stop: Arc<AtomicBool>,
+    at: Arc<Mutex<Vec<i64>>>,
+) -> (Seen, std::thread::JoinHandle<()>) {
     let seen: Seen = Arc::default();
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "e2e-reader")
         .set("enable.auto.commit", "false")
         .set("fetch.queue.backoff.ms", "10")
+        // librdkafka's default (latest) would silently skip to the end if a fetch were ever
+        // refused as out of range, and the skipped results would look like windows the workers
+        // never wrote: stop and say so instead (printed with the failure).
+        .set("auto.offset.reset", "error")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -297,21 +313,62 @@ fn collect(
     }
     c.assign(&tpl).unwrap();
     let out = seen.clone();
+    let topic = topic.to_string();
     let handle = std::thread::spawn(move || {
         let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
+        // Next offset to read, per partition.
+        let mut next = vec![0i64; partitions as usize];
+        let read = |next: &mut Vec<i64>, m: rdkafka::message::BorrowedMessage<'_>| {
+            if let Ok(mut at) = at.lock() {
+                at.resize(next.len(), 0);
+                at[m.partition() as usize] = m.offset() + 1;
+            }
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), text(h.value)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            next[m.partition() as usize] = m.offset() + 1;
+            out.lock()
+                .unwrap()
+                .push((text(m.key()), text(m.payload()), headers));
+        };
         while !stop.load(Ordering::Relaxed) {
+            match c.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => read(&mut next, m),
+                Some(Err(e)) => eprintln!("reading {topic}: {e}"),
+                None => {}
+            }
+        }
+        // Stopped (the workers are): read what the topic holds now, however far behind this
+        // reader is on a loaded machine, instead of what arrived within a fixed delay.
+        let ends: Vec<i64> = (0..partitions)
+            .map(|p| {
+                c.fetch_watermarks(&topic, p, Duration::from_secs(10))
+                    .expect("high watermark")
+                    .1
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let behind: Vec<(i64, i64)> = ends
+                .iter()
+                .zip(&next)
+                .filter(|(end, n)| n < end)
+                .map(|(end, n)| (*n, *end))
+                .collect();
+            if behind.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reading {topic}: still at (next, end) {behind:?} after 60 s"
+            );
             if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_string(), text(h.value)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.lock()
-                    .unwrap()
-                    .push((text(m.key()), text(m.payload()), headers));
+                read(&mut next, m);
             }
         }
     });
@@ -354,7 +411,11 @@ impl Workers {
             } else {
                 "127.0.0.1:0".to_string()
             })
-            .env("RUST_LOG", "warn")
+            // WEIR_E2E_WORKER_LOG=info (or debug) to see more of the workers on a failure.
+            .env(
+                "RUST_LOG",
+                std::env::var("WEIR_E2E_WORKER_LOG").unwrap_or_else(|_| "warn".to_string()),
+            )
             .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -379,7 +440,7 @@ impl Workers {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with("worker-") {
                 let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
                 out.push_str(&format!(
                     "--- {name}\n{}\n",
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -489,7 +550,9 @@ fn run(s: Scenario) {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (results, results_reader) = collect(&broker.bootstrap, "out", 3, stop.clone());
+    let read_at: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let (results, results_reader) =
+        collect_at(&broker.bootstrap, "out", 3, stop.clone(), read_at.clone());
     let (dead, dead_reader) = collect(&broker.bootstrap, "dlq", 1, stop.clone());
     let bootstrap = broker.bootstrap.clone();
     let pause = if s.kills > 0 {
@@ -526,11 +589,30 @@ fn run(s: Scenario) {
         if expected.keys().all(|k| got.contains_key(k)) {
             break got;
         }
+        if Instant::now() >= deadline {
+            // Where the stall is: the reader behind the topic, or messages never in it.
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &broker.bootstrap)
+                .create()
+                .unwrap();
+            let ends: Vec<_> = (0..3)
+                .map(|p| c.fetch_watermarks("out", p, Duration::from_secs(10)))
+                .collect();
+            eprintln!(
+                "sink topic `out`: read up to {:?}; (low, high) watermarks now {ends:?}",
+                read_at.lock().unwrap()
+            );
+        }
         assert!(
             Instant::now() < deadline,
-            "after 240 s only {} of {} windows arrived\n{}",
+            "after 240 s only {} of {} windows arrived; missing, for example: {:?}\n{}",
             expected.keys().filter(|k| got.contains_key(*k)).count(),
             expected.len(),
+            expected
+                .keys()
+                .filter(|k| !got.contains_key(*k))
+                .take(8)
+                .collect::<Vec<_>>(),
             workers.logs()
         );
         std::thread::sleep(Duration::from_millis(500));
@@ -767,7 +849,11 @@ fn an_older_owner_is_fenced_out_by_a_newer_epoch() {
             ])
             .arg(&checkpoints)
             .env("HOSTNAME", format!("{name}-0"))
-            .env("RUST_LOG", "warn")
+            // WEIR_E2E_WORKER_LOG=info (or debug) to see more of the workers on a failure.
+            .env(
+                "RUST_LOG",
+                std::env::var("WEIR_E2E_WORKER_LOG").unwrap_or_else(|_| "warn".to_string()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
