@@ -434,6 +434,22 @@ impl Workers {
         w.ordinal
     }
 
+    /// Whether each running worker process is still alive (a worker that exited leaves its
+    /// partitions unread: no test step restarts it unless it kills it).
+    fn alive(&mut self) -> Vec<(usize, String)> {
+        self.running
+            .iter_mut()
+            .map(|w| {
+                let state = match w.child.try_wait() {
+                    Ok(None) => "running".to_string(),
+                    Ok(Some(status)) => format!("exited: {status}"),
+                    Err(e) => format!("unknown: {e}"),
+                };
+                (w.ordinal, state)
+            })
+            .collect()
+    }
+
     fn logs(&self) -> String {
         let mut out = String::new();
         for e in std::fs::read_dir(&self.dir).unwrap().flatten() {
@@ -599,8 +615,10 @@ fn run(s: Scenario) {
                 .map(|p| c.fetch_watermarks("out", p, Duration::from_secs(10)))
                 .collect();
             eprintln!(
-                "sink topic `out`: read up to {:?}; (low, high) watermarks now {ends:?}",
-                read_at.lock().unwrap()
+                "sink topic `out`: read up to {:?}; (low, high) watermarks now {ends:?}; \
+                 workers (ordinal, process): {:?}",
+                read_at.lock().unwrap(),
+                workers.alive()
             );
         }
         assert!(
