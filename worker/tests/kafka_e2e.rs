@@ -576,6 +576,7 @@ fn run(s: Scenario) {
     } else {
         Duration::ZERO
     };
+    let produced = recs.len() as i64;
     let producer = std::thread::spawn(move || produce(&bootstrap, &recs, pause));
 
     // Kill workers at random moments while the data arrives, and restart them.
@@ -592,6 +593,25 @@ fn run(s: Scenario) {
         workers.start(ordinal);
     }
     producer.join().unwrap();
+    // Every record the producer had acknowledged is in the source topic (else missing windows
+    // would be the broker's doing, not the workers').
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .unwrap();
+    let stored: Vec<i64> = (0..s.partitions)
+        .map(|p| {
+            let (low, high) = c
+                .fetch_watermarks("in", p, Duration::from_secs(10))
+                .unwrap();
+            high - low
+        })
+        .collect();
+    assert_eq!(
+        stored.iter().sum::<i64>(),
+        produced,
+        "records in the source topic per partition: {stored:?}"
+    );
 
     // Wait until every expected window is in the sink.
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -693,10 +713,22 @@ fn run(s: Scenario) {
     } else {
         // After crashes a dead letter may be repeated, never lost.
         let distinct: usize = places.len();
+        let mut distinct_reasons: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+        for (_, _, h) in dead.iter() {
+            distinct_reasons
+                .entry(h["weir.reason"].clone())
+                .or_default()
+                .insert((
+                    h["weir.source.partition"].clone(),
+                    h["weir.source.offset"].clone(),
+                ));
+        }
+        let by_reason: BTreeMap<&String, usize> =
+            distinct_reasons.iter().map(|(r, p)| (r, p.len())).collect();
         assert_eq!(
             distinct,
             expected_rejects.values().sum::<usize>(),
-            "distinct dead letters"
+            "distinct dead letters; by reason {by_reason:?}, expected {expected_rejects:?}"
         );
     }
     for reason in ["invalid_json", "missing_field", "wrong_type", "late"] {
