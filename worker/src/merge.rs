@@ -153,6 +153,15 @@ impl MergeRun<'_> {
     /// Merge one message of the repartition partition and write the results it closes.
     fn process(&mut self, offset: i64, payload: &[u8]) -> Result<(), RuntimeError> {
         let partition = self.partition;
+        if offset != self.next {
+            warn!(
+                stage = 2,
+                partition,
+                expected = self.next,
+                got = offset,
+                "the repartition partition did not continue at the next offset"
+            );
+        }
         match Exchange::from_bytes(payload) {
             Ok(Exchange::Partial(p)) => {
                 let outcome = self.engine.merge_partial(partition, offset, &p);

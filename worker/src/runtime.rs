@@ -708,6 +708,16 @@ struct PartitionRun<'a> {
 
 impl PartitionRun<'_> {
     fn process(&mut self, rec: &Record<'_>) -> Result<(), RuntimeError> {
+        if rec.offset != self.next {
+            // Offsets of a topic written without transactions or compaction are contiguous: a
+            // jump means records were skipped (retention, or a client or broker fault).
+            warn!(
+                partition = self.partition,
+                expected = self.next,
+                got = rec.offset,
+                "the source partition did not continue at the next offset"
+            );
+        }
         self.pm.record_in(rec.value.len());
         self.ctx.totals.records.fetch_add(1, Ordering::Relaxed);
         let replayed = rec.offset < self.start.seen_through;
