@@ -93,8 +93,9 @@ pub trait KafkaObserver: Send + Sync {
 /// and properties, credentials included — and reuses them across reconciles, as a Kafka
 /// Streams or Flink application keeps its clients: 1,000 jobs on one cluster share two clients
 /// and their broker connections, instead of opening three clients (each with its threads, TCP
-/// and TLS/SASL handshakes) per job every reconcile. A connection unused for
-/// [`CLIENT_IDLE`] is closed (checked whenever a client is asked for); new credentials are a new connection, so the old one ages out.
+/// and TLS/SASL handshakes) per job every reconcile. A connection unused for [`CLIENT_IDLE`]
+/// is closed (checked whenever a client is asked for); new credentials are a new connection,
+/// so the old one ages out.
 #[derive(Clone)]
 pub struct RdKafkaObserver {
     /// Bound of every request to the brokers.

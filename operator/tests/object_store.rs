@@ -16,15 +16,17 @@ mod broker;
 #[path = "../../worker/tests/support/seaweedfs.rs"]
 mod seaweedfs;
 mod support;
+#[path = "support/world.rs"]
+mod world;
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
 use k8s_openapi::ByteString;
 use kube::core::DeserializeGuard;
-use kube::{Api, CustomResourceExt};
+use kube::CustomResourceExt;
 use serde_json::{json, Value};
 use weir_crds::assignment::Assignment;
 use weir_crds::checkpoint::{PartitionCheckpoint, Progress, FORMAT};
@@ -32,14 +34,14 @@ use weir_crds::StreamJob;
 use weir_objstore::object_store::path::Path;
 use weir_objstore::object_store::{ObjectStoreExt, PutPayload};
 use weir_objstore::{Location, ObjectStoreConfig};
-use weir_operator::controller::{reconcile, Context, CHECKPOINT_CLEANUP_FAILED};
-use weir_operator::metrics::Metrics;
+use weir_operator::controller::{reconcile, CHECKPOINT_CLEANUP_FAILED};
 use weir_operator::object_checkpoints;
 
-use api::{assert_allowed, mock_client, serve, Call};
+use api::{assert_allowed, Call};
 use apiserver::FakeApiServer;
 use seaweedfs::{SeaweedFs, ACCESS_KEY, BUCKET, SECRET_KEY};
-use support::{cfg, job_with, FixedKafka};
+use support::job_with;
+use world::World;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 const PARTITIONS: i32 = 4;
@@ -132,13 +134,6 @@ fn job(weed: &SeaweedFs, extra: &str) -> StreamJob {
     ))
 }
 
-struct World {
-    server: Arc<Mutex<FakeApiServer>>,
-    calls: Arc<Mutex<Vec<Call>>>,
-    ctx: Arc<Context>,
-    jobs: Api<StreamJob>,
-}
-
 impl World {
     fn new(job: &Value, s3_secret: Option<Value>) -> World {
         let mut server = FakeApiServer::new(&[StreamJob::crd()]);
@@ -150,30 +145,7 @@ impl World {
             server.insert(S3_SECRET, s);
         }
         server.insert(JOB, job.clone());
-        let server = Arc::new(Mutex::new(server));
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let (client, handle) = mock_client();
-        let (s, c) = (server.clone(), calls.clone());
-        tokio::spawn(serve(handle, move |call| {
-            c.lock().expect("calls").push(call.clone());
-            s.lock().expect("server").handle(call)
-        }));
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            Arc::new(FixedKafka {
-                partitions: PARTITIONS,
-                high_watermark: HIGH_WATERMARK,
-            }),
-            cfg(),
-            Metrics::default(),
-            None,
-        ));
-        World {
-            server,
-            calls,
-            ctx,
-            jobs: Api::namespaced(client, "shop"),
-        }
+        World::serving(server, PARTITIONS, HIGH_WATERMARK)
     }
 
     fn object(&self, path: &str) -> Option<Value> {

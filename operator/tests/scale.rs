@@ -12,37 +12,32 @@ mod api;
 #[path = "support/apiserver.rs"]
 mod apiserver;
 mod support;
+#[path = "support/world.rs"]
+mod world;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::autoscaling::v1::Scale;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
-use kube::{Api, CustomResourceExt};
+use kube::CustomResourceExt;
 use serde_json::{json, Value};
 use weir_crds::assignment::Assignment;
 use weir_crds::StreamJob;
-use weir_operator::controller::{reconcile, Context};
-use weir_operator::metrics::Metrics;
+use weir_operator::controller::reconcile;
 
-use api::{assert_allowed, mock_client, serve, Call};
+use api::{assert_allowed, Call};
 use apiserver::FakeApiServer;
-use support::{cfg, job, FixedKafka};
+use support::job;
+use world::World;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const PARTITIONS: i32 = 6;
 const JOB: &str = "/apis/weir.dev/v1alpha1/namespaces/shop/streamjobs/payments";
 const CONFIG: &str = "/api/v1/namespaces/shop/configmaps/payments-config";
 const STS: &str = "/apis/apps/v1/namespaces/shop/statefulsets/payments-worker";
-
-struct World {
-    server: Arc<Mutex<FakeApiServer>>,
-    calls: Arc<Mutex<Vec<Call>>>,
-    ctx: Arc<Context>,
-    jobs: Api<StreamJob>,
-}
 
 impl World {
     fn new() -> World {
@@ -52,30 +47,7 @@ impl World {
             json!({"data": {"sasl.password": "czNjcmV0"}}),
         );
         server.create_as_kubectl(JOB, &serde_json::to_value(job()).expect("job JSON"));
-        let server = Arc::new(Mutex::new(server));
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let (client, handle) = mock_client();
-        let (s, c) = (server.clone(), calls.clone());
-        tokio::spawn(serve(handle, move |call| {
-            c.lock().expect("calls").push(call.clone());
-            s.lock().expect("server").handle(call)
-        }));
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            Arc::new(FixedKafka {
-                partitions: PARTITIONS,
-                high_watermark: 0,
-            }),
-            cfg(),
-            Metrics::default(),
-            None,
-        ));
-        World {
-            server,
-            calls,
-            ctx,
-            jobs: Api::namespaced(client, "shop"),
-        }
+        World::serving(server, PARTITIONS, 0)
     }
 
     fn object(&self, path: &str) -> Value {

@@ -43,6 +43,18 @@ pub struct Target {
     pub sub: Option<String>,
 }
 
+impl Target {
+    /// The resource: `configmaps`, `statefulsets`.
+    pub fn resource(&self) -> &str {
+        resource_of(&self.collection)
+    }
+}
+
+/// The last segment of a collection path: its resource.
+fn resource_of(collection: &str) -> &str {
+    collection.rsplit('/').next().unwrap_or_default()
+}
+
 /// Parses `/api/v1[/namespaces/NS]/RES[/NAME[/SUB]]` and the `/apis/GROUP/VERSION/...` form.
 pub fn target(path: &str) -> Option<Target> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -313,7 +325,7 @@ fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
 
 /// The `kind` of the objects of a resource the operator touches.
 fn kind_of(collection: &str) -> &'static str {
-    match collection.rsplit('/').next().unwrap_or_default() {
+    match resource_of(collection) {
         "configmaps" => "ConfigMap",
         "secrets" => "Secret",
         "services" => "Service",
@@ -573,12 +585,7 @@ impl FakeApiServer {
         let Some(t) = target(&call.path) else {
             return (StatusCode::NOT_FOUND, status_body(404, "NotFound"));
         };
-        let resource = t
-            .collection
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let resource = t.resource().to_string();
         let what = match (&t.name, &t.sub) {
             (None, _) => resource.clone(),
             (Some(_), None) => format!("{resource}/NAME"),
@@ -890,12 +897,7 @@ impl FakeApiServer {
     /// event (the first after the `resourceVersion` it names).
     pub fn watch_start(&mut self, call: &Call) -> Option<(WatchFilter, usize)> {
         let t = target(&call.path)?;
-        let resource = t
-            .collection
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let resource = t.resource().to_string();
         self.count(format!("WATCH {resource}"));
         let since: u64 = query(call, "resourceVersion")
             .and_then(|rv| rv.parse().ok())

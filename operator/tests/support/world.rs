@@ -1,0 +1,54 @@
+//! The stateful fake API server (`apiserver.rs`) behind a real `kube::Client`, with the
+//! operator's `Context` over it: what the tests that reconcile against stored objects share.
+//! A test file that includes it also declares the modules `api`, `apiserver` and `support`.
+
+use std::sync::{Arc, Mutex};
+
+use kube::Api;
+use weir_crds::StreamJob;
+use weir_operator::controller::Context;
+use weir_operator::metrics::Metrics;
+
+use crate::api::{mock_client, serve, Call};
+use crate::apiserver::FakeApiServer;
+use crate::support::{cfg, FixedKafka};
+
+pub struct World {
+    pub server: Arc<Mutex<FakeApiServer>>,
+    /// Every call the operator made, in order.
+    pub calls: Arc<Mutex<Vec<Call>>>,
+    pub ctx: Arc<Context>,
+    /// StreamJobs in namespace `shop`.
+    pub jobs: Api<StreamJob>,
+}
+
+impl World {
+    /// Serves `server` to a new client; Kafka has every topic with `partitions` partitions
+    /// whose high watermarks are `high_watermark`.
+    pub fn serving(server: FakeApiServer, partitions: i32, high_watermark: i64) -> World {
+        let server = Arc::new(Mutex::new(server));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (client, handle) = mock_client();
+        let (s, c) = (server.clone(), calls.clone());
+        tokio::spawn(serve(handle, move |call| {
+            c.lock().expect("calls").push(call.clone());
+            s.lock().expect("server").handle(call)
+        }));
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            Arc::new(FixedKafka {
+                partitions,
+                high_watermark,
+            }),
+            cfg(),
+            Metrics::default(),
+            None,
+        ));
+        World {
+            server,
+            calls,
+            ctx,
+            jobs: Api::namespaced(client, "shop"),
+        }
+    }
+}
