@@ -4,6 +4,7 @@
 //! fencing, the per-partition runtime, metrics, HTTP probes and log setup.
 
 pub mod checkpoint;
+pub mod contiguous;
 pub mod http;
 pub mod job;
 pub mod kafka;

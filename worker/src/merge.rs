@@ -20,10 +20,11 @@ use weir_engine::engine::{Exchange, MergeOutcome};
 use weir_engine::Engine;
 
 use crate::checkpoint::{PartitionLease, Progress, SourceProgress};
+use crate::contiguous::Contiguous;
 use crate::metrics::PartitionMetrics;
 use crate::runtime::{
-    assign_at, commit_progress, finish_partition, new_consumer, take_lease, JobContext, Out,
-    PartitionEnd, RuntimeError,
+    assign_at, commit_progress, continues, finish_partition, new_consumer, take_lease, JobContext,
+    Out, PartitionEnd, RuntimeError,
 };
 
 /// Run repartition partition `partition` until stopped or fenced.
@@ -94,6 +95,9 @@ pub fn run_merge_partition(
     };
     run.note_caught_up();
     let mut last_checkpoint = Instant::now();
+    // weir writes this topic without transactions or compaction: a hole is a broker's answer
+    // that jumped ahead, read again before it is believed (crate::contiguous).
+    let mut holes = Contiguous::rereading();
     let end = loop {
         if ctx.stop.load(Ordering::Relaxed) {
             break PartitionEnd::Stopped;
@@ -101,7 +105,12 @@ pub fn run_merge_partition(
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(e)) => warn!(stage = 2, partition, error = %e, "consumer error"),
-            Some(Ok(m)) => run.process(m.offset(), m.payload().unwrap_or_default())?,
+            Some(Ok(m)) => {
+                let offset = m.offset();
+                if continues(&consumer, &mut holes, &run.pm, run.next, offset)? {
+                    run.process(offset, m.payload().unwrap_or_default())?;
+                }
+            }
         }
         if last_checkpoint.elapsed() >= ctx.checkpoint_interval {
             last_checkpoint = Instant::now();
@@ -153,15 +162,6 @@ impl MergeRun<'_> {
     /// Merge one message of the repartition partition and write the results it closes.
     fn process(&mut self, offset: i64, payload: &[u8]) -> Result<(), RuntimeError> {
         let partition = self.partition;
-        if offset != self.next {
-            warn!(
-                stage = 2,
-                partition,
-                expected = self.next,
-                got = offset,
-                "the repartition partition did not continue at the next offset"
-            );
-        }
         match Exchange::from_bytes(payload) {
             Ok(Exchange::Partial(p)) => {
                 let outcome = self.engine.merge_partial(partition, offset, &p);

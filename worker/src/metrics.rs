@@ -88,6 +88,9 @@ struct Families {
     dead_letters: Family<PartitionLabels, Counter>,
     dead_letter_errors: Family<PartitionLabels, Counter>,
     results_emitted: Family<PartitionLabels, Counter>,
+    offsets_skipped: Family<PartitionLabels, Counter>,
+    offset_rereads: Family<PartitionLabels, Counter>,
+    partials_sent: Family<PartitionLabels, Counter>,
     result_bytes: Family<PartitionLabels, Counter>,
     consumer_lag: Family<PartitionLabels, Gauge>,
     watermark: Family<PartitionLabels, FloatGauge>,
@@ -131,6 +134,9 @@ impl Metrics {
             dead_letters: Family::default(),
             dead_letter_errors: Family::default(),
             results_emitted: Family::default(),
+            offsets_skipped: Family::default(),
+            offset_rereads: Family::default(),
+            partials_sent: Family::default(),
             result_bytes: Family::default(),
             consumer_lag: Family::default(),
             watermark: Family::default(),
@@ -168,6 +174,25 @@ impl Metrics {
             "dead_letter_errors",
             "Rejected records that could not be written to the dead-letter topic",
             f.dead_letter_errors.clone(),
+        );
+        r.register(
+            "partials_sent",
+            "Partial aggregates and watermark markers a source partition of a two-stage job sent \
+             to the repartition topic (its results are written by stage 2)",
+            f.partials_sent.clone(),
+        );
+        r.register(
+            "offsets_skipped",
+            "Offsets the partition's reads jumped over and never delivered: on a source topic \
+             transaction markers and aborted, compacted or expired records; on the repartition \
+             topic records expired before stage 2 read them, or a broker fault",
+            f.offsets_skipped.clone(),
+        );
+        r.register(
+            "offset_rereads",
+            "Times a read of a repartition partition jumped past the next offset and was \
+             repeated from it (a broker answering before it had stored earlier records)",
+            f.offset_rereads.clone(),
         );
         r.register(
             "results_emitted",
@@ -285,6 +310,9 @@ impl Metrics {
             dead_letters: f.dead_letters.get_or_create_owned(&labels),
             dead_letter_errors: f.dead_letter_errors.get_or_create_owned(&labels),
             results_emitted: f.results_emitted.get_or_create_owned(&labels),
+            offsets_skipped: f.offsets_skipped.get_or_create_owned(&labels),
+            offset_rereads: f.offset_rereads.get_or_create_owned(&labels),
+            partials_sent: f.partials_sent.get_or_create_owned(&labels),
             result_bytes: f.result_bytes.get_or_create_owned(&labels),
             consumer_lag: f.consumer_lag.get_or_create_owned(&labels),
             watermark: OnceLock::new(),
@@ -386,6 +414,12 @@ pub struct PartitionMetrics {
     pub dead_letter_errors: Counter,
     /// Window results written.
     pub results_emitted: Counter,
+    /// Offsets skipped by reads (holes believed).
+    pub offsets_skipped: Counter,
+    /// Reads repeated because the broker's answer jumped ahead.
+    pub offset_rereads: Counter,
+    /// Partials and watermark markers sent to stage 2.
+    pub partials_sent: Counter,
     /// Bytes of window results written.
     pub result_bytes: Counter,
     consumer_lag: Gauge,
@@ -510,6 +544,7 @@ mod tests {
         p.set_lag(1_000, 990);
         p.set_open(4, 17);
         p.dead_letters.inc();
+        p.offsets_skipped.inc_by(3);
         m.partitions_owned.set(2);
         m.partitions_fenced.inc();
 
@@ -528,6 +563,8 @@ mod tests {
             format!("weir_result_bytes_total{l} 64"),
             format!("weir_dead_letters_total{l} 1"),
             format!("weir_dead_letter_errors_total{l} 0"),
+            format!("weir_offsets_skipped_total{l} 3"),
+            format!("weir_offset_rereads_total{l} 0"),
             format!("weir_consumer_lag_records{l} 10"),
             format!("weir_open_windows{l} 4"),
             format!("weir_open_groups{l} 17"),
@@ -678,7 +715,7 @@ mod tests {
         let helps = lines_with(&text, "# HELP ").len();
         let types = lines_with(&text, "# TYPE ").len();
         assert_eq!(helps, types);
-        assert_eq!(helps, 18, "{text}");
+        assert_eq!(helps, 21, "{text}");
         for help in lines_with(&text, "# HELP ") {
             // The encoder writes help verbatim; these would need escaping.
             assert!(!help.contains('\\') && !help.contains('"'), "{help}");

@@ -24,11 +24,12 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use weir_crds::{StartFrom, StreamJobSpec};
 use weir_engine::{Engine, JobPlan, Record, Rejection};
 
 use crate::checkpoint::{CheckpointError, CheckpointStore, PartitionLease, Progress};
+use crate::contiguous::{Contiguous, Step};
 use crate::kafka::ClientSettings;
 use crate::metrics::{Metrics, PartitionMetrics};
 
@@ -439,6 +440,69 @@ pub(crate) fn assign_at(
         .map_err(kafka_err("assigning the partition"))
 }
 
+/// Whether a message of `topic`/`partition` at `got` is to be used, `expected` being the next
+/// offset (see [`crate::contiguous`]): on a hole the policy re-reads, the consumer is sent back
+/// to `expected` and the message dropped; a hole believed is counted in
+/// `weir_offsets_skipped_total` and the message used.
+pub(crate) fn continues(
+    consumer: &BaseConsumer,
+    guard: &mut Contiguous,
+    pm: &PartitionMetrics,
+    expected: i64,
+    got: i64,
+) -> Result<bool, RuntimeError> {
+    let labels = pm.labels();
+    let (topic, partition) = (labels.topic.as_str(), labels.partition);
+    let step = crate::contiguous::step(consumer, guard, topic, partition, expected, got).map_err(
+        |source| RuntimeError::Kafka {
+            partition,
+            action: "seeking back to re-read a hole",
+            source,
+        },
+    )?;
+    match step {
+        Step::Take => Ok(true),
+        Step::Duplicate => {
+            debug!(
+                topic,
+                partition, expected, got, "dropping a message read before"
+            );
+            Ok(false)
+        }
+        Step::Reread { .. } => {
+            pm.offset_rereads.inc();
+            debug!(
+                topic,
+                partition, expected, got, "the broker's answer jumped ahead; read again"
+            );
+            Ok(false)
+        }
+        Step::Skip { from, to } => {
+            pm.offsets_skipped
+                .inc_by(u64::try_from(to - from).unwrap_or(0));
+            if guard.rereads() > 0 {
+                // A topic weir wrote without transactions: records were lost to retention, or
+                // to a broker that does not hold what it acknowledged.
+                warn!(
+                    topic,
+                    partition,
+                    from,
+                    to,
+                    rereads = guard.rereads(),
+                    "offsets missing from the partition after re-reading; skipped"
+                );
+            } else {
+                // Transaction markers, aborted or compacted records, retention: usually fine.
+                debug!(
+                    topic,
+                    partition, from, to, "offsets skipped by the broker's answer"
+                );
+            }
+            Ok(true)
+        }
+    }
+}
+
 /// Write `progress` (begun at `t0`, after the producers were flushed). `Some` when a newer
 /// owner fenced us out; any other failure is transient: keep going, the next interval tries
 /// again, and a crash meanwhile only means a longer replay.
@@ -611,6 +675,8 @@ fn run_partition(
     // timers are looked at every TIMER_EVERY records, and whenever the partition is quiet.
     const TIMER_EVERY: u32 = 256;
     let mut since_timers = 0u32;
+    // A source topic's holes are believed (transaction markers, compaction, retention).
+    let mut holes = Contiguous::trusting();
     let end = loop {
         if ctx.stop.load(Ordering::Relaxed) {
             break PartitionEnd::Stopped;
@@ -618,13 +684,28 @@ fn run_partition(
         match consumer.poll(Duration::from_millis(100)) {
             None => since_timers = TIMER_EVERY,
             Some(Err(e)) => warn!(partition, error = %e, "consumer error"),
-            Some(Ok(m)) => part.process(&Record {
-                partition,
-                offset: m.offset(),
-                key: m.key(),
-                timestamp: m.timestamp().to_millis(),
-                value: m.payload().unwrap_or(&[]),
-            })?,
+            Some(Ok(m)) => {
+                if part.next == part.start.offset && m.offset() > part.next {
+                    // The first record is past the start or replay point.
+                    warn!(
+                        partition,
+                        from = part.next,
+                        to = m.offset(),
+                        "the first offsets to read are not in the partition (records deleted \
+                         by retention before this job read them, or transaction markers); going \
+                         on from the first record there"
+                    );
+                }
+                if continues(&consumer, &mut holes, &part.pm, part.next, m.offset())? {
+                    part.process(&Record {
+                        partition,
+                        offset: m.offset(),
+                        key: m.key(),
+                        timestamp: m.timestamp().to_millis(),
+                        value: m.payload().unwrap_or(&[]),
+                    })?;
+                }
+            }
         }
         since_timers += 1;
         if since_timers < TIMER_EVERY {
@@ -708,16 +789,6 @@ struct PartitionRun<'a> {
 
 impl PartitionRun<'_> {
     fn process(&mut self, rec: &Record<'_>) -> Result<(), RuntimeError> {
-        if rec.offset != self.next {
-            // Offsets of a topic written without transactions or compaction are contiguous: a
-            // jump means records were skipped (retention, or a client or broker fault).
-            warn!(
-                partition = self.partition,
-                expected = self.next,
-                got = rec.offset,
-                "the source partition did not continue at the next offset"
-            );
-        }
         self.pm.record_in(rec.value.len());
         self.ctx.totals.records.fetch_add(1, Ordering::Relaxed);
         let replayed = rec.offset < self.start.seen_through;
@@ -777,8 +848,8 @@ impl PartitionRun<'_> {
             let key = p.group.clone();
             let value = weir_engine::engine::Exchange::Partial(p).to_bytes();
             out.send_to(self.partition, Some(to), key.as_bytes(), &value, None)?;
-            self.pm.result_emitted(value.len());
             // A partial, not a result: counted as sent to stage 2.
+            self.pm.partials_sent.inc();
             self.ctx.totals.exchanged.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -813,6 +884,7 @@ impl PartitionRun<'_> {
         .to_bytes();
         for to in 0..merge.partitions {
             out.send_to(self.partition, Some(to), b"", &msg, None)?;
+            self.pm.partials_sent.inc();
             self.ctx.totals.exchanged.fetch_add(1, Ordering::Relaxed);
         }
         self.marker = Some((wm, self.idle));

@@ -13,6 +13,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use crate::contiguous::{step, Contiguous, Step};
+
 fn config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap);
@@ -205,10 +207,18 @@ pub fn consume(
         bail!("topic {topic} not found");
     }
     let mut tpl = TopicPartitionList::new();
+    // Next offset per partition, and re-reads of holes: a broker may answer past a batch other
+    // producers are still writing (crate::contiguous).
+    let mut next = Vec::with_capacity(partitions);
     for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        let (low, _) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(30))
+            .with_context(|| format!("reading the offsets of partition {p}"))?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
+        next.push(low);
     }
     c.assign(&tpl)?;
+    let mut holes = vec![Contiguous::rereading(); partitions];
     let mut last = Instant::now();
     let mut n = 0;
     while last.elapsed() < idle {
@@ -216,6 +226,12 @@ pub fn consume(
             None => {}
             Some(Err(e)) => bail!("consuming {topic}: {e}"),
             Some(Ok(m)) => {
+                let p = m.partition() as usize;
+                let (expected, got) = (next[p], m.offset());
+                match step(&c, &mut holes[p], topic, m.partition(), expected, got)? {
+                    Step::Duplicate | Step::Reread { .. } => continue,
+                    Step::Take | Step::Skip { .. } => next[p] = got + 1,
+                }
                 let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
                 let headers: serde_json::Map<String, serde_json::Value> = m
                     .headers()

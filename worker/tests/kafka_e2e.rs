@@ -19,6 +19,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use support::broker::Broker;
+use weir_worker::contiguous::{step, Contiguous, Step};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 const PARTITIONS: i32 = 4;
@@ -318,7 +319,32 @@ fn collect_at(
         let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
         // Next offset to read, per partition.
         let mut next = vec![0i64; partitions as usize];
-        let read = |next: &mut Vec<i64>, m: rdkafka::message::BorrowedMessage<'_>| {
+        // Several workers write each of these topics at once, and nisshi can answer a fetch
+        // past a batch it has not stored yet (weir_worker::contiguous): seek back and read
+        // again. The topics have no transactions or compaction, so a hole that stays is a bug.
+        let mut holes = vec![Contiguous::new(200, Duration::from_millis(10)); partitions as usize];
+        let mut rereads = 0;
+        let mut read = |next: &mut Vec<i64>, m: rdkafka::message::BorrowedMessage<'_>| {
+            let p = m.partition() as usize;
+            match step(
+                &c,
+                &mut holes[p],
+                &topic,
+                m.partition(),
+                next[p],
+                m.offset(),
+            ) {
+                Ok(Step::Take) => {}
+                Ok(Step::Duplicate) => return,
+                Ok(Step::Reread { .. }) => {
+                    rereads += 1;
+                    return;
+                }
+                Ok(Step::Skip { from, to }) => {
+                    panic!("reading {topic}: partition {p} has no offsets {from}..{to}")
+                }
+                Err(e) => panic!("reading {topic}: seeking back to {}: {e}", next[p]),
+            }
             if let Ok(mut at) = at.lock() {
                 at.resize(next.len(), 0);
                 at[m.partition() as usize] = m.offset() + 1;
@@ -370,6 +396,9 @@ fn collect_at(
             if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
                 read(&mut next, m);
             }
+        }
+        if rereads > 0 {
+            println!("reading {topic}: {rereads} re-reads of holes the broker's answers skipped");
         }
     });
     (seen, handle)
