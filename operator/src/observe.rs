@@ -69,6 +69,12 @@ pub trait KafkaObserver: Send + Sync {
     /// unreachable broker is a status the user can act on, not a reason to back off.
     async fn topic(&self, conn: &KafkaConnection, topic: &str) -> TopicObservation;
 
+    /// [`topic`](Self::topic) when only the partition count matters (the repartition topic):
+    /// `retention_ms` may be left `None`, saving a `DescribeConfigs` request.
+    async fn topic_partitions(&self, conn: &KafkaConnection, topic: &str) -> TopicObservation {
+        self.topic(conn, topic).await
+    }
+
     /// The high watermark (next offset to be written) of partitions `0..partitions`.
     async fn high_watermarks(
         &self,
@@ -208,39 +214,11 @@ impl RdKafkaObserver {
         Ok(clients)
     }
 
-    async fn retention_ms(
-        &self,
-        conn: &KafkaConnection,
-        topic: &str,
-    ) -> Result<Option<i64>, String> {
-        use rdkafka::admin::{AdminOptions, ResourceSpecifier};
-        let clients = self.clients(conn)?;
-        let opts = AdminOptions::new().request_timeout(Some(self.timeout));
-        let results = clients
-            .admin
-            .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
-            .await
-            .map_err(|e| e.to_string())?;
-        for r in results {
-            let resource = r.map_err(|e| e.to_string())?;
-            if let Some(entry) = resource.get("retention.ms") {
-                let ms = entry.value.as_deref().and_then(|v| v.parse::<i64>().ok());
-                return Ok(ms.filter(|ms| *ms > 0));
-            }
-        }
-        Ok(None)
-    }
-}
-
-#[async_trait]
-impl KafkaObserver for RdKafkaObserver {
-    async fn topic(&self, conn: &KafkaConnection, topic: &str) -> TopicObservation {
+    /// The topic's partition count from metadata (`retention_ms` left `None`).
+    async fn partitions(&self, clients: &Arc<Clients>, topic: &str) -> TopicObservation {
         use rdkafka::consumer::Consumer;
         use rdkafka::error::RDKafkaErrorCode;
-        let clients = match self.clients(conn) {
-            Ok(c) => c,
-            Err(message) => return TopicObservation::BrokerUnreachable { message },
-        };
+        let clients = clients.clone();
         let name = topic.to_string();
         let timeout = self.timeout;
         let partitions = tokio::task::spawn_blocking(move || -> Result<Option<i32>, String> {
@@ -263,10 +241,48 @@ impl KafkaObserver for RdKafkaObserver {
         match partitions {
             Err(message) => TopicObservation::BrokerUnreachable { message },
             Ok(None) => TopicObservation::NotFound,
-            Ok(Some(partitions)) => {
+            Ok(Some(partitions)) => TopicObservation::Found {
+                partitions,
+                retention_ms: None,
+            },
+        }
+    }
+
+    async fn retention_ms(
+        &self,
+        clients: &Arc<Clients>,
+        topic: &str,
+    ) -> Result<Option<i64>, String> {
+        use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+        let opts = AdminOptions::new().request_timeout(Some(self.timeout));
+        let results = clients
+            .admin
+            .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        for r in results {
+            let resource = r.map_err(|e| e.to_string())?;
+            if let Some(entry) = resource.get("retention.ms") {
+                let ms = entry.value.as_deref().and_then(|v| v.parse::<i64>().ok());
+                return Ok(ms.filter(|ms| *ms > 0));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl KafkaObserver for RdKafkaObserver {
+    async fn topic(&self, conn: &KafkaConnection, topic: &str) -> TopicObservation {
+        let clients = match self.clients(conn) {
+            Ok(c) => c,
+            Err(message) => return TopicObservation::BrokerUnreachable { message },
+        };
+        match self.partitions(&clients, topic).await {
+            TopicObservation::Found { partitions, .. } => {
                 // Retention only feeds a warning: when it cannot be read (no DescribeConfigs
                 // ACL, say) the job still runs.
-                let retention_ms = match self.retention_ms(conn, topic).await {
+                let retention_ms = match self.retention_ms(&clients, topic).await {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::warn!(topic, error = %e, "cannot read retention.ms");
@@ -278,6 +294,14 @@ impl KafkaObserver for RdKafkaObserver {
                     retention_ms,
                 }
             }
+            other => other,
+        }
+    }
+
+    async fn topic_partitions(&self, conn: &KafkaConnection, topic: &str) -> TopicObservation {
+        match self.clients(conn) {
+            Ok(clients) => self.partitions(&clients, topic).await,
+            Err(message) => TopicObservation::BrokerUnreachable { message },
         }
     }
 
@@ -617,7 +641,9 @@ pub async fn observe(
     // Two-stage jobs: whether the repartition topic exists, and its partitions (only asked when
     // the source could be read: a broker that is down already blocks the job).
     let repartition_topic = match (&conn, &repartition, &topic) {
-        (Some(conn), Some(r), TopicObservation::Found { .. }) => Some(kafka.topic(conn, r).await),
+        (Some(conn), Some(r), TopicObservation::Found { .. }) => {
+            Some(kafka.topic_partitions(conn, r).await)
+        }
         _ => None,
     };
 

@@ -145,6 +145,18 @@ async fn creates_and_deletes_a_repartition_topic() {
             retention_ms: Some(86_400_000)
         }
     );
+    // The repartition topic's read asks for partitions only (no DescribeConfigs).
+    assert_eq!(
+        observer.topic_partitions(&conn, &topic.name).await,
+        TopicObservation::Found {
+            partitions: 6,
+            retention_ms: None
+        }
+    );
+    assert_eq!(
+        observer.topic_partitions(&conn, "missing").await,
+        TopicObservation::NotFound
+    );
     observer
         .create_topic(&conn, &topic)
         .await
