@@ -38,8 +38,9 @@ struct Read {
 }
 
 /// Follow the partition from offset 0 until `done` and the high watermark is reached.
-/// `guard`: `None` believes every hole (a plain reader).
-fn follow(bootstrap: &str, done: Arc<AtomicBool>, mut guard: Option<Contiguous>) -> Read {
+/// `guard`: [`Contiguous::trusting`] believes every hole (a plain reader, as stage 1 reads a
+/// source topic).
+fn follow(bootstrap: &str, done: Arc<AtomicBool>, mut guard: Contiguous) -> Read {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "holes")
@@ -59,25 +60,17 @@ fn follow(bootstrap: &str, done: Arc<AtomicBool>, mut guard: Option<Contiguous>)
         assert!(Instant::now() < deadline, "still reading at {next}");
         match c.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                let use_it = match guard.as_mut() {
-                    None => {
-                        if m.offset() > next {
-                            read.holes.push((next, m.offset()));
-                        }
+                let use_it = match step(&c, &mut guard, TOPIC, 0, next, m.offset()).expect("seek") {
+                    Step::Take => true,
+                    Step::Duplicate => false,
+                    Step::Reread { .. } => {
+                        read.rereads += 1;
+                        false
+                    }
+                    Step::Skip { from, to } => {
+                        read.holes.push((from, to));
                         true
                     }
-                    Some(g) => match step(&c, g, TOPIC, 0, next, m.offset()).expect("seek") {
-                        Step::Take => true,
-                        Step::Duplicate => false,
-                        Step::Reread { .. } => {
-                            read.rereads += 1;
-                            false
-                        }
-                        Step::Skip { from, to } => {
-                            read.holes.push((from, to));
-                            true
-                        }
-                    },
                 };
                 if use_it {
                     next = m.offset() + 1;
@@ -141,9 +134,10 @@ fn a_reader_that_rereads_holes_reads_every_record_while_producers_race() {
     weir_worker::tools::create_topic(&broker.bootstrap, TOPIC, 1).expect("topic");
     let done = Arc::new(AtomicBool::new(false));
     // Three of each: more readers, more chances to meet the race.
-    let readers: Vec<_> = [None, None, None]
+    let readers: Vec<_> = [0; 3]
+        .map(|_| Contiguous::trusting())
         .into_iter()
-        .chain([0; 3].map(|_| Some(Contiguous::rereading())))
+        .chain([0; 3].map(|_| Contiguous::rereading()))
         .map(|guard| {
             let (bootstrap, done) = (broker.bootstrap.clone(), done.clone());
             std::thread::spawn(move || follow(&bootstrap, done, guard))

@@ -347,7 +347,7 @@ fn collect_at(
             }
             if let Ok(mut at) = at.lock() {
                 at.resize(next.len(), 0);
-                at[m.partition() as usize] = m.offset() + 1;
+                at[p] = m.offset() + 1;
             }
             let headers = m
                 .headers()
@@ -357,7 +357,7 @@ fn collect_at(
                         .collect()
                 })
                 .unwrap_or_default();
-            next[m.partition() as usize] = m.offset() + 1;
+            next[p] = m.offset() + 1;
             out.lock()
                 .unwrap()
                 .push((text(m.key()), text(m.payload()), headers));
