@@ -20,8 +20,9 @@
    is exposed by the worker's or the operator's registry.
 6. Values the schema must refuse, each refused with a message naming the key.
 7. The StreamJob in NOTES.txt is valid against the CRD's schema.
-8. docs/install.md: every YAML example parses, and its Argo CD health check (Lua) gives the
-   expected health for sample StreamJob statuses, run in Lua 5.1 as Argo CD's gopher-lua.
+8. docs/install.md: every YAML example parses, every values example renders, and its Argo CD
+   health check (Lua) gives the expected health for sample StreamJob statuses, run in Lua 5.1
+   as Argo CD's gopher-lua.
 
 The RBAC rules themselves are checked against operator/src/rbac.rs by operator/tests/chart.rs.
 """
@@ -554,7 +555,7 @@ def check_install_docs() -> None:
     docs = (ROOT / "docs" / "install.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", docs, re.S)
     docs_objs = [d for b in blocks for d in yaml.safe_load_all(b) if d]
-    cm = next(d for d in docs_objs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "argocd-cm")
+    cm = next(d for d in docs_objs if d.get("kind") == "ConfigMap" and d["metadata"]["name"] == "argocd-cm")
     script = cm["data"]["resource.customizations.health.weir.dev_StreamJob"]
     lua = lua51.LuaRuntime()
     health = lua.execute("return function(obj)\n" + script + "\nend")
@@ -564,8 +565,14 @@ def check_install_docs() -> None:
         assert got["status"] == want and text in got["message"], (
             f"Argo CD health of {json.dumps(obj.get('status'))}: {got}, want {want} with {text!r}"
         )
-    print(f"ok   docs/install.md: {len(docs_objs)} YAML examples parse; the Argo CD health check "
-          f"gives the expected health for {len(HEALTH_CASES)} StreamJob statuses")
+    # Values files (no `kind`): accepted by the schema, and they render.
+    values_examples = [d for d in docs_objs if "kind" not in d]
+    assert values_examples, "docs/install.md has a values example"
+    for values in values_examples:
+        r.render(values, namespace=NS)
+    print(f"ok   docs/install.md: {len(docs_objs)} YAML examples parse ({len(values_examples)} values "
+          f"files render); the Argo CD health check gives the expected health for "
+          f"{len(HEALTH_CASES)} StreamJob statuses")
 
 
 def main() -> int:
