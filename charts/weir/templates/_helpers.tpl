@@ -86,3 +86,9 @@ rules are exactly that list, so keep them in step with rbac.rs.
   resources: [leases]
   verbs: [get, create, update]
 {{- end -}}
+
+{{/* The label naming a worker series' StreamJob: set by the worker PodMonitor, grouped by in
+the PrometheusRule and the dashboard. */}}
+{{- define "weir.jobLabel" -}}
+streamjob
+{{- end -}}
