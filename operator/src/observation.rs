@@ -145,4 +145,26 @@ mod tests {
         assert!(shown.contains("sasl.password"));
         assert!(!shown.contains("s3cret"));
     }
+
+    #[test]
+    fn the_merge_stage_keeps_the_partitions_it_has() {
+        let found = |partitions| TopicObservation::Found {
+            partitions,
+            retention_ms: None,
+        };
+        let topic = "weir-shop-payments-repartition";
+        let previous = Assignment::round_robin(3, 2, 1).with_merge(topic, 5, 3);
+        let unreachable = TopicObservation::BrokerUnreachable {
+            message: "timeout".to_string(),
+        };
+        let existing = |r: Option<&TopicObservation>, t: &str| {
+            existing_merge_partitions(r, Some(&previous), t)
+        };
+        assert_eq!(existing(Some(&found(4)), topic), Some(4));
+        assert_eq!(existing(Some(&found(0)), topic), None);
+        assert_eq!(existing(Some(&unreachable), topic), Some(5));
+        assert_eq!(existing(Some(&unreachable), "another-topic"), None);
+        assert_eq!(existing(Some(&TopicObservation::NotFound), topic), None);
+        assert_eq!(existing(None, topic), None);
+    }
 }
