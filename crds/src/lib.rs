@@ -7,11 +7,19 @@
 //! Every rule the API server enforces through the schema or a CEL rule is also checked by
 //! [`StreamJobSpec::validate`], so a cluster without CEL, the operator and `weir run` on a laptop
 //! all report a bad job the same way: a list of problems, each naming its field.
+//!
+//! It is also the contract between the operator and the workers, in one home: [`names`] (object
+//! names and labels), [`pod`] (environment variables, mount paths, ports), [`assignment`] and
+//! [`checkpoint`] (what the job ConfigMap and the checkpoints hold), and [`plan`] (how a job is
+//! split into an assignment and stages, and the repartition topic it needs).
 #![deny(missing_docs)]
 
 pub mod assignment;
 pub mod checkpoint;
 mod duration;
+pub mod names;
+pub mod plan;
+pub mod pod;
 mod validate;
 
 use std::collections::BTreeMap;

@@ -38,12 +38,14 @@ use futures::StreamExt;
 use kube::core::DeserializeGuard;
 use kube::{CustomResourceExt, Resource};
 use serde_json::{json, Value};
+use weir_crds::plan::NewTopic;
 use weir_crds::StreamJob;
 use weir_operator::controller::{self, error_policy, reconcile, Context};
 use weir_operator::desired::OperatorConfig;
+use weir_operator::kafka::KafkaClient;
 use weir_operator::metrics::Metrics;
-use weir_operator::observe::{KafkaConnection, KafkaObserver, NewTopic};
-use weir_operator::observed::TopicObservation;
+use weir_operator::observation::KafkaConnection;
+use weir_operator::observation::TopicObservation;
 
 use api::Call;
 use apiserver::FakeApiServer;
@@ -79,7 +81,7 @@ fn partitions_of(topic: &str) -> i32 {
 }
 
 #[async_trait]
-impl KafkaObserver for FakeKafka {
+impl KafkaClient for FakeKafka {
     async fn topic(&self, _conn: &KafkaConnection, topic: &str) -> TopicObservation {
         TopicObservation::Found {
             partitions: partitions_of(topic),

@@ -1,7 +1,8 @@
-//! The controller: one reconcile = [`observe`] (reads only) → [`desired`] (pure) → server-side
-//! apply of the children, in [`Desired::apply_order`] → [`status::compute`] (pure), patched only
-//! when [`status::needs_update`]. A bad spec is a status (`Ready=False, reason InvalidSpec`)
-//! and no child write; every other failure is an [`Error`] retried with per-object
+//! The controller: one reconcile = [`observe`] (reads only) → validate and build
+//! ([`desired`], pure) → [`apply`] (every desired resource, in order) → [`status::compute`]
+//! (pure, once, from the observation and the [`Outcome`]), patched only when
+//! [`status::needs_update`]. A bad spec is a status (`Ready=False, reason InvalidSpec`) and no
+//! write but the status; every other failure is an [`Error`] retried with per-object
 //! exponential backoff and jitter ([`error_policy`]).
 
 use std::collections::HashMap;
@@ -15,24 +16,25 @@ use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service, ServiceAcc
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tracing::{info, instrument, warn, Span};
+use weir_crds::names::{self, FIELD_MANAGER, FINALIZER};
 use weir_crds::{StreamJob, StreamJobStatus};
 
-use crate::desired::{desired, Child, Desired, OperatorConfig};
+use crate::apply::{apply, Target};
+use crate::desired::{desired, OperatorConfig};
 use crate::error::Error;
+use crate::kafka::KafkaClient;
 use crate::metrics::{CategoryLabel, Metrics};
-use crate::names::{self, FIELD_MANAGER, FINALIZER};
-use crate::observe::{observe, KafkaObserver};
-use crate::observed::TopicObservation;
+use crate::observe::{children, observe};
+use crate::outcome::Outcome;
+use crate::secrets::Resolved;
 use crate::status::{self, reason};
 
 /// Requeue after a successful reconcile: a safety net, since watches already trigger on every
@@ -103,8 +105,8 @@ impl Backoff {
 pub struct Context {
     /// The API client.
     pub client: Client,
-    /// Reads the source topics.
-    pub kafka: Arc<dyn KafkaObserver>,
+    /// Reads topics, creates and deletes repartition topics.
+    pub kafka: Arc<dyn KafkaClient>,
     /// Operator settings that shape the workers.
     pub config: OperatorConfig,
     /// Publishes Events.
@@ -120,7 +122,7 @@ impl Context {
     /// name in `instance`, when given).
     pub fn new(
         client: Client,
-        kafka: Arc<dyn KafkaObserver>,
+        kafka: Arc<dyn KafkaClient>,
         config: OperatorConfig,
         metrics: Metrics,
         instance: Option<String>,
@@ -297,7 +299,7 @@ async fn reconcile_job(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Err
     if job.spec.checkpoint.delete_on_job_deletion || (deleting && finalizer_index.is_some()) {
         return finalizer(&jobs, FINALIZER, job, |event| async move {
             match event {
-                Finalizer::Apply(job) => apply(&job, ctx).await,
+                Finalizer::Apply(job) => reconcile_children(&job, ctx).await,
                 Finalizer::Cleanup(job) => cleanup(&job, ctx).await,
             }
         })
@@ -322,203 +324,61 @@ async fn reconcile_job(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Err
             .map_err(|source| Error::RemoveFinalizer { name, source })?;
         return Ok(Action::await_change());
     }
-    apply(&job, ctx).await
+    reconcile_children(&job, ctx).await
 }
 
-/// Server-side apply of one child with the operator's field manager. `force`: the operator is
-/// the only writer of these fields; a `kubectl edit` of them is reverted, not a conflict.
-async fn apply_one<K>(client: &Client, ns: &str, obj: &K) -> Result<K, kube::Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
-    <K as Resource>::DynamicType: Default,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let name = obj.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-}
-
-/// Checkpoint ConfigMaps created at once by one reconcile. A new job has one per partition (and
-/// one per repartition partition): created one after the other, a 64-partition job's first
-/// reconcile made 64 round trips, and was the slowest reconcile by far whenever the API server
-/// was busy (docs/benchmarks.md).
-pub const CREATE_CONCURRENCY: usize = 8;
-
-/// Creates the checkpoint ConfigMaps that do not exist yet, [`CREATE_CONCURRENCY`] at a time.
-/// Never applied (see [`crate::desired::Workers::checkpoint_config_maps`]); an AlreadyExists
-/// means a worker (or another reconcile) was first, which is fine.
-async fn create_checkpoints(
-    client: &Client,
-    ns: &str,
-    desired: &Desired,
-    existing: &std::collections::BTreeSet<String>,
-) -> Result<(), Error> {
-    let Some(w) = &desired.workers else {
-        return Ok(());
-    };
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let pp = PostParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..PostParams::default()
-    };
-    let mut creates = Vec::new();
-    for cm in &w.checkpoint_config_maps {
-        let name = cm.metadata.name.clone().unwrap_or_default();
-        if !existing.contains(&name) {
-            creates.push(create_checkpoint(&api, &pp, cm, name));
-        }
-    }
-    let mut creates = futures::stream::iter(creates).buffer_unordered(CREATE_CONCURRENCY);
-    while let Some(created) = creates.next().await {
-        created?;
-    }
-    Ok(())
-}
-
-async fn create_checkpoint(
-    api: &Api<ConfigMap>,
-    pp: &PostParams,
-    cm: &ConfigMap,
-    name: String,
-) -> Result<(), Error> {
-    match api.create(pp, cm).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(source) => Err(Error::CreateCheckpoint { name, source }),
-    }
-}
-
-/// observe → desired → apply → status.
-async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
+/// observe → validate and build → apply → status, once.
+async fn reconcile_children(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     let ns = job.namespace().unwrap_or_default();
-    let name = job.name_any();
-    let observation = observe(&ctx.client, ctx.kafka.as_ref(), job).await?;
-    let mut obs = observation.observed;
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let desired = match desired(job, &obs, &ctx.config) {
-        Ok(d) => d,
+    let obs = observe(&ctx.client, ctx.kafka.as_ref(), job).await?;
+    let built = desired(job, &obs, &ctx.config);
+    let outcome = match &built {
         Err(invalid) => {
-            // Permanent until the spec changes: no child is touched (so nothing churns), the
-            // status says why, and only an edit of the job triggers the next reconcile.
             info!(%invalid, "invalid spec");
-            let status = status::compute(job, Err(&invalid), &obs, job.status.as_ref(), &now);
-            patch_status(job, &status, ctx).await?;
-            return Ok(Action::await_change());
+            Outcome::InvalidSpec(invalid)
+        }
+        Ok(desired) => {
+            let target = Target {
+                client: &ctx.client,
+                kafka: ctx.kafka.as_ref(),
+                namespace: &ns,
+            };
+            let applied = apply(&target, desired, &obs).await?;
+            Outcome::Built { desired, applied }
         }
     };
-
-    let client = &ctx.client;
-    for child in desired.apply_order() {
-        // The order is Desired::apply_order's: identity and permissions before the pods that
-        // use them, and the job ConfigMap before the StatefulSet, because pods created from a
-        // new template (new config hash) must mount the new assignment, never the previous
-        // one. Checkpoint ConfigMaps are created right before the StatefulSet so that workers
-        // find their (fenced) checkpoint objects and the Role naming them already in place.
-        let n = |m: &kube::api::ObjectMeta| m.name.clone().unwrap_or_default();
-        match child {
-            Child::ServiceAccount(o) => {
-                apply_one(client, &ns, o)
-                    .await
-                    .map_err(|source| Error::ApplyServiceAccount {
-                        name: n(&o.metadata),
-                        source,
-                    })?;
-            }
-            Child::Role(o) => {
-                apply_one(client, &ns, o)
-                    .await
-                    .map_err(|source| Error::ApplyRole {
-                        name: n(&o.metadata),
-                        source,
-                    })?;
-            }
-            Child::RoleBinding(o) => {
-                apply_one(client, &ns, o)
-                    .await
-                    .map_err(|source| Error::ApplyRoleBinding {
-                        name: n(&o.metadata),
-                        source,
-                    })?;
-            }
-            Child::ConfigMap(o) => {
-                apply_one(client, &ns, o)
-                    .await
-                    .map_err(|source| Error::ApplyConfigMap {
-                        name: n(&o.metadata),
-                        source,
-                    })?;
-            }
-            Child::Service(o) => {
-                apply_one(client, &ns, o)
-                    .await
-                    .map_err(|source| Error::ApplyService {
-                        name: n(&o.metadata),
-                        source,
-                    })?;
-            }
-            Child::StatefulSet(o) => {
-                create_checkpoints(client, &ns, &desired, &observation.checkpoint_names).await?;
-                // The workers of a two-stage job produce into and read the repartition topic:
-                // it must exist before they start. Without it, they would not start either, so
-                // the StatefulSet is not applied and the status says why.
-                let topic = desired
-                    .workers
-                    .as_ref()
-                    .and_then(|w| w.repartition_topic.as_ref());
-                if let Some(topic) = topic {
-                    let created = match &observation.connection {
-                        Some(conn) => ctx.kafka.create_topic(conn, topic).await,
-                        None => Err("the source's connection is unknown".to_string()),
-                    };
-                    if let Err(message) = created {
-                        obs.repartition = Some(TopicObservation::BrokerUnreachable {
-                            message: message.clone(),
-                        });
-                        let status =
-                            status::compute(job, Ok(&desired), &obs, job.status.as_ref(), &now);
-                        patch_status(job, &status, ctx).await?;
-                        return Err(Error::CreateRepartitionTopic {
-                            topic: topic.name.clone(),
-                            message,
-                        });
-                    }
-                    info!(topic = %topic.name, partitions = topic.partitions, "created the repartition topic");
-                }
-                let applied =
-                    apply_one(client, &ns, o)
-                        .await
-                        .map_err(|source| Error::ApplyStatefulSet {
-                            name: n(&o.metadata),
-                            source,
-                        })?;
-                obs.stateful_set = Some(applied);
-            }
-            Child::PodDisruptionBudget(o) => {
-                apply_one(client, &ns, o).await.map_err(|source| {
-                    Error::ApplyPodDisruptionBudget {
-                        name: n(&o.metadata),
-                        source,
-                    }
-                })?;
-            }
-        }
-    }
-
-    let status = status::compute(job, Ok(&desired), &obs, job.status.as_ref(), &now);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let status = status::compute(job, &outcome, &obs, job.status.as_ref(), &now);
     patch_status(job, &status, ctx).await?;
+    next_action(&outcome, &status)
+}
+
+/// What comes after a reconcile whose status is `status`:
+/// - an invalid spec is permanent until the spec changes: nothing was touched (so nothing
+///   churns), the status says why, and only an edit of the job triggers the next reconcile;
+/// - a repartition topic Kafka refused is retried with backoff (the status says why);
+/// - otherwise, soon while the job is not Ready or lags, else [`REQUEUE_HEALTHY`].
+fn next_action(outcome: &Outcome<'_>, status: &StreamJobStatus) -> Result<Action, Error> {
+    let Outcome::Built { desired, applied } = outcome else {
+        return Ok(Action::await_change());
+    };
+    if let Some(message) = &applied.repartition_topic_refused {
+        let topic = desired
+            .workers
+            .as_ref()
+            .and_then(|w| w.repartition_topic.as_ref())
+            .map(|t| t.name.clone())
+            .unwrap_or_default();
+        return Err(Error::CreateRepartitionTopic {
+            topic,
+            message: message.clone(),
+        });
+    }
     let ready = status
         .conditions
         .iter()
         .any(|c| c.type_ == status::READY && c.status == "True");
-    tracing::debug!(job = %name, ready, "applied");
+    tracing::debug!(ready, "applied");
     Ok(if ready && status.lag.unwrap_or(0) == 0 {
         Action::requeue(REQUEUE_HEALTHY)
     } else {
@@ -617,9 +477,9 @@ async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     cleanup_checkpoints(job, ctx, &ns, &name).await?;
     if !job.spec.co_partitioned() {
         let topic = weir_crds::repartition_topic(Some(&ns), &name);
-        let deleted = match crate::observe::connection(&ctx.client, job).await? {
-            Ok(conn) => ctx.kafka.delete_topic(&conn, &topic).await,
-            Err(message) => Err(message),
+        let deleted = match children::connection(&ctx.client, job).await? {
+            Resolved::Ready(conn) => ctx.kafka.delete_topic(&conn, &topic).await,
+            Resolved::MissingSecret { message } => Err(message),
         };
         if let Err(message) = deleted {
             let note = format!(
@@ -642,7 +502,7 @@ async fn cleanup_checkpoints(
 ) -> Result<(), Error> {
     if job.spec.checkpoint.store.config_map.is_some() {
         let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-        let selector = crate::observe::checkpoint_selector(name);
+        let selector = names::checkpoint_selector(name);
         api.delete_collection(
             &DeleteParams::default(),
             &ListParams::default().labels(&selector),

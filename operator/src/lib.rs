@@ -1,18 +1,35 @@
 //! The weir operator: a kube-runtime controller for StreamJobs.
 //!
-//! One reconcile is [`observe`] (reads only) → [`desired::desired`] (pure) → server-side apply
-//! ([`controller`]) → [`status::compute`] (pure). [`observed`], [`desired`] and [`status`] are
-//! pure (no client, no clock, no I/O); [`observe`], [`object_checkpoints`], [`controller`] and [`leader`]
-//! talk to the API server, Kafka and object storage. [`rbac::API_CALLS`] lists every API call the operator makes.
+//! One reconcile ([`controller`]) is a straight line of steps, each with one job:
+//! 1. [`observe`] — reads only: the job's children and Secrets ([`observe::children`]), Kafka
+//!    ([`observe::topics`]), the checkpoints ([`observe::checkpoints`]); gives an
+//!    [`observation::Observation`];
+//! 2. [`validate`] — pure: may the operator act on this job at all ([`validate::InvalidSpec`]);
+//! 3. [`desired`] — pure: build every resource that should exist, the repartition topic and the
+//!    checkpoint ConfigMaps included, in apply order ([`desired::Desired::resources`]);
+//! 4. [`apply`] — makes them exist, external resources first; says what it did
+//!    ([`outcome::Applied`]);
+//! 5. [`status`] — pure, once: the status from the observation and the [`outcome::Outcome`].
+//!
+//! [`observation`], [`validate`], [`desired`], [`outcome`] and [`status`] are pure (no client,
+//! no clock, no I/O); [`observe`], [`apply`], [`controller`], [`kafka`], [`secrets`],
+//! [`object_checkpoints`] and [`leader`] talk to the API server, Kafka and object storage. The
+//! names, labels, environment and planning shared with the workers are in [`weir_crds`]
+//! ([`weir_crds::names`], [`weir_crds::pod`], [`weir_crds::plan`]). [`rbac::API_CALLS`] lists
+//! every API call the operator makes.
 
+pub mod apply;
 pub mod controller;
 pub mod desired;
 pub mod error;
+pub mod kafka;
 pub mod leader;
 pub mod metrics;
-pub mod names;
 pub mod object_checkpoints;
+pub mod observation;
 pub mod observe;
-pub mod observed;
+pub mod outcome;
 pub mod rbac;
+pub mod secrets;
 pub mod status;
+pub mod validate;

@@ -19,9 +19,9 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use weir_operator::controller::{self, Context};
 use weir_operator::desired::OperatorConfig;
+use weir_operator::kafka::RdKafkaClient;
 use weir_operator::leader::{LeaderElector, LeaseConfig};
 use weir_operator::metrics::Metrics;
-use weir_operator::observe::RdKafkaObserver;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
@@ -133,6 +133,85 @@ async fn shutdown_signal() {
     }
 }
 
+/// Serves `/metrics` (from `registry`) and `/healthz` on `listen`, in the background.
+async fn serve_http(listen: SocketAddr, registry: Registry) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(Arc::new(registry));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(%listen, "serving /metrics and /healthz");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    Ok(())
+}
+
+/// Waits for the Lease; `None` when stopped first.
+async fn lead(
+    args: &Args,
+    client: &Client,
+    mut stop: watch::Receiver<bool>,
+) -> Option<LeaderElector> {
+    let identity = args
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| format!("weir-operator-{:016x}", fastrand::u64(..)));
+    let cfg = LeaseConfig {
+        name: args.lease_name.clone(),
+        identity: identity.clone(),
+        lease_duration: Duration::from_secs(15),
+        renew_every: Duration::from_secs(5),
+    };
+    let mut e = LeaderElector::new(
+        Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+        cfg,
+    );
+    tracing::info!(lease = %args.lease_name, %identity, "waiting for leadership");
+    tokio::select! {
+        _ = e.acquire() => {}
+        _ = stop.wait_for(|s| *s) => return None,
+    }
+    tracing::info!(%identity, "leading");
+    Some(e)
+}
+
+/// Starts one controller per watched namespace (a kube watch is over one namespace or all);
+/// they share the context, whose backoff and metrics are keyed by (namespace, name), and stop
+/// when `stop` turns true.
+fn start_controllers(
+    args: &Args,
+    ctx: &Arc<Context>,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let namespaces = args.watch_namespaces();
+    tracing::info!(namespaces = ?namespaces, "watching StreamJobs (empty: every namespace)");
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    // The concurrency bound is per controller, so per watched namespace.
+    let concurrency = args.max_concurrent_reconciles;
+    scopes
+        .into_iter()
+        .map(|ns| {
+            let ctx = ctx.clone();
+            let mut rx = stop.clone();
+            let stopped = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            tokio::spawn(async move {
+                controller::run(ctx, ns.as_deref(), concurrency, stopped).await;
+            })
+        })
+        .collect()
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -143,20 +222,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let registry = Arc::new(registry);
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(registry);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, "serving /metrics and /healthz");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    serve_http(args.listen, registry).await?;
 
     let config = OperatorConfig {
         worker_image: args.worker_image.clone(),
@@ -164,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let ctx = Arc::new(Context::new(
         client.clone(),
-        Arc::new(RdKafkaObserver::default()),
+        Arc::new(RdKafkaClient::default()),
         config,
         metrics,
         args.pod_name.clone(),
@@ -173,12 +239,6 @@ async fn main() -> anyhow::Result<()> {
     // `stop_tx` turns true on SIGTERM/SIGINT or when the Lease is lost; the controllers drain
     // in-flight reconciles and return.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
     let signal_tx = stop_tx.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -187,51 +247,13 @@ async fn main() -> anyhow::Result<()> {
 
     let mut elector = None;
     if args.leader_election {
-        let identity = args
-            .pod_name
-            .clone()
-            .unwrap_or_else(|| format!("weir-operator-{:016x}", fastrand::u64(..)));
-        let cfg = LeaseConfig {
-            name: args.lease_name.clone(),
-            identity: identity.clone(),
-            lease_duration: Duration::from_secs(15),
-            renew_every: Duration::from_secs(5),
-        };
-        let mut e = LeaderElector::new(
-            Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
-            cfg,
-        );
-        tracing::info!(lease = %args.lease_name, %identity, "waiting for leadership");
-        let mut rx = stop_rx.clone();
-        tokio::select! {
-            _ = e.acquire() => {}
-            _ = rx.wait_for(|s| *s) => return Ok(()),
+        match lead(&args, &client, stop_rx.clone()).await {
+            Some(e) => elector = Some(e),
+            None => return Ok(()),
         }
-        tracing::info!(%identity, "leading");
-        elector = Some(e);
     }
 
-    // One controller per watched namespace (a kube watch is over one namespace or all); they
-    // share the context, whose backoff and metrics are keyed by (namespace, name).
-    let namespaces = args.watch_namespaces();
-    tracing::info!(namespaces = ?namespaces, "watching StreamJobs (empty: every namespace)");
-    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
-        vec![None]
-    } else {
-        namespaces.into_iter().map(Some).collect()
-    };
-    // The concurrency bound is per controller, so per watched namespace.
-    let concurrency = args.max_concurrent_reconciles;
-    let controllers: Vec<_> = scopes
-        .into_iter()
-        .map(|ns| {
-            let ctx = ctx.clone();
-            let stop = stopped();
-            tokio::spawn(async move {
-                controller::run(ctx, ns.as_deref(), concurrency, stop).await;
-            })
-        })
-        .collect();
+    let controllers = start_controllers(&args, &ctx, &stop_rx);
     let lost = match elector.as_mut() {
         Some(e) => {
             let mut rx = stop_rx.clone();

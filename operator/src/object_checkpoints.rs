@@ -1,6 +1,7 @@
 //! Checkpoints in object storage (`spec.checkpoint.store.objectStore`), as the operator sees
-//! them: it reads the records of the topic's partitions (the largest epoch, next offsets, write
-//! times) and, when a job with `deleteOnJobDeletion` is deleted, deletes them. Where they are and
+//! them: the observe step reads the records of the topic's partitions (the largest epoch, next
+//! offsets, write times) through [`read`], and when a job with `deleteOnJobDeletion` is deleted
+//! the finalizer's cleanup deletes them ([`cleanup`]). Where they are and
 //! what a record is are the workers' ([`weir_objstore::ObjectStoreConfig::for_job`],
 //! [`weir_crds::checkpoint`]). The credentials are the keys of the Secret the spec names: the
 //! workers get them as environment variables, the operator reads the Secret through the API
@@ -17,38 +18,43 @@ use weir_objstore::object_store::{self, ObjectStoreExt};
 use weir_objstore::{Location, ObjectStoreConfig};
 
 use crate::error::Error;
-use crate::observe::CheckpointSummary;
+use crate::secrets::{secret_values, Resolved};
 
 /// Requests to the store in flight at once, per job.
 const PARALLEL_REQUESTS: usize = 8;
 
 /// How to reach `job`'s checkpoints: the workers' location, with the credentials Secret's keys
-/// as settings. `Ok(Err(message))` when the Secret does not exist (the user must create it).
+/// as settings; [`Resolved::MissingSecret`] when the Secret does not exist (the user must create
+/// it).
 pub async fn config(
     client: &Client,
     job: &StreamJob,
     store: &ObjectStore,
-) -> Result<Result<ObjectStoreConfig, String>, Error> {
+) -> Result<Resolved<ObjectStoreConfig>, Error> {
     let name = job.metadata.name.clone().unwrap_or_default();
     let ns = job.metadata.namespace.clone().unwrap_or_default();
     let mut config = ObjectStoreConfig::for_job(store, &name);
     let Some(creds) = &store.credentials else {
         config.from_env = true;
-        return Ok(Ok(config));
+        return Ok(Resolved::Ready(config));
     };
-    let options = match crate::observe::secret_values(
+    let values = secret_values(
         client,
         &ns,
         &creds.secret_name,
         "spec.checkpoint.store.objectStore.credentials",
     )
-    .await?
-    {
-        Ok(values) => values,
-        Err(missing) => return Ok(Err(missing)),
-    };
-    config.options = options;
-    Ok(Ok(config))
+    .await?;
+    Ok(values.map(|options| ObjectStoreConfig { options, ..config }))
+}
+
+/// Where the merge stage of the job at `config` keeps its records: under
+/// [`weir_crds::checkpoint::MERGE_LOCATION`].
+pub fn merge_config(config: &ObjectStoreConfig) -> ObjectStoreConfig {
+    ObjectStoreConfig {
+        url: format!("{}/{}", config.url, weir_crds::checkpoint::MERGE_LOCATION),
+        ..config.clone()
+    }
 }
 
 fn open(config: &ObjectStoreConfig) -> Result<Location, String> {
@@ -89,74 +95,6 @@ pub async fn read(
         .try_filter_map(|cp| async move { Ok(cp) })
         .try_collect()
         .await
-}
-
-/// The observe step's view of the job's object-store checkpoints: the summary of stage 1's
-/// records for `topic`, and — for a two-stage job, whose stage 2 reads the `repartition` topic
-/// and keeps its records under [`weir_crds::checkpoint::MERGE_LOCATION`] — of stage 2's. The
-/// largest epoch of either counts in the first (as for ConfigMaps, where both stages' records
-/// are listed together).
-///
-/// Reading them may fail (the Secret missing, the store unreachable, credentials refused). If
-/// the job ConfigMap holds a previous assignment, its epoch is at least every checkpoint's
-/// (workers write only epochs the operator assigned), so the reconcile goes on without lag or
-/// checkpoint time. Without one (a new job, or one recreated under the same name) the epoch of
-/// a new assignment could fall below the checkpoints' and every worker would be fenced out: the
-/// reconcile fails and is retried.
-pub async fn observe(
-    client: &Client,
-    job: &StreamJob,
-    store: &ObjectStore,
-    partitions: Option<i32>,
-    repartition: Option<&str>,
-    has_previous_assignment: bool,
-) -> Result<(CheckpointSummary, CheckpointSummary), Error> {
-    // Without a partition count there is no new assignment to compute, nor lag.
-    let Some(partitions) = partitions else {
-        return Ok(Default::default());
-    };
-    let name = job.metadata.name.clone().unwrap_or_default();
-    let topic = &job.spec.source.kafka.topic.0;
-    let records = async {
-        let config = config(client, job, store).await?;
-        let mut records = match &config {
-            Ok(config) => read(config, partitions).await,
-            Err(message) => Err(message.clone()),
-        };
-        if let (Some(_), Ok(config), Ok(stage_one)) = (repartition, &config, &mut records) {
-            // Stage 2 has as many partitions as the repartition topic (desired.rs).
-            let merge_partitions = job.spec.repartition.partitions.unwrap_or(partitions);
-            let merge = ObjectStoreConfig {
-                url: format!("{}/{}", config.url, weir_crds::checkpoint::MERGE_LOCATION),
-                ..config.clone()
-            };
-            match read(&merge, merge_partitions).await {
-                Ok(more) => stage_one.extend(more),
-                Err(e) => records = Err(e),
-            }
-        }
-        Ok::<_, Error>(records)
-    }
-    .await?;
-    match records {
-        Ok(records) => {
-            let mut summary = CheckpointSummary::default();
-            let mut merge = CheckpointSummary::default();
-            for cp in &records {
-                summary.add(cp, topic);
-                if let Some(r) = repartition {
-                    merge.add(cp, r);
-                }
-            }
-            Ok((summary, merge))
-        }
-        Err(message) if has_previous_assignment => {
-            warn!(job = %name, %message,
-                "cannot read the object-store checkpoints; lag and last checkpoint time unknown");
-            Ok(Default::default())
-        }
-        Err(message) => Err(Error::ReadObjectStoreCheckpoints { job: name, message }),
-    }
 }
 
 /// What a cleanup did.
@@ -236,11 +174,8 @@ pub async fn cleanup(client: &Client, job: &StreamJob, store: &ObjectStore) -> R
         job: name.clone(),
         message,
     };
-    let config = config(client, job, store).await?.map_err(&failed)?;
-    let merge = ObjectStoreConfig {
-        url: format!("{}/{}", config.url, weir_crds::checkpoint::MERGE_LOCATION),
-        ..config.clone()
-    };
+    let config = config(client, job, store).await?.ready().map_err(&failed)?;
+    let merge = merge_config(&config);
     delete(&config).await.map_err(&failed)?;
     delete(&merge).await.map_err(failed)?;
     Ok(())

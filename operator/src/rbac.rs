@@ -1,8 +1,8 @@
 //! The Kubernetes API calls the operator makes, for its own ClusterRole (the Helm chart derives
 //! it from [`API_CALLS`] and [`GRANTED_TO_WORKERS`]).
 //!
-//! KEEP IN STEP WITH THE CODE: every `Api` call in `controller.rs`, `observe.rs`, `leader.rs`
-//! and kube-runtime's helpers used there (watchers, finalizer, event recorder) must be listed,
+//! KEEP IN STEP WITH THE CODE: every `Api` call in `controller.rs`, `observe/`, `apply.rs`,
+//! `secrets.rs`, `leader.rs` and kube-runtime's helpers used there (watchers, finalizer, event recorder) must be listed,
 //! and nothing else. A server-side apply that creates an object is authorised as both `patch`
 //! and `create`.
 

@@ -1,6 +1,7 @@
-//! The `status` step: a pure computation of a StreamJob's status from the job, the outcome of
-//! `desired` and what observe read; and [`needs_update`], which says whether it is worth a
-//! patch (not when only timestamps moved).
+//! The `status` step: a pure computation of a StreamJob's status, once per reconcile, from the
+//! job, what observe read and the [`Outcome`] of validate → build → apply; and
+//! [`needs_update`], which says whether it is worth a patch (not when only timestamps moved).
+//! One small function per condition.
 //!
 //! Conditions, each with a reason a person can act on:
 //! - `Ready`: results are flowing. False with `InvalidSpec`, `TopicNotFound`,
@@ -14,11 +15,11 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use weir_crds::{StreamJob, StreamJobStatus, Window, WindowType};
+use weir_crds::{names, StreamJob, StreamJobStatus, Window, WindowType};
 
-use crate::desired::{Desired, InvalidSpec};
-use crate::names;
-use crate::observed::{Observed, TopicObservation};
+use crate::desired::Workers;
+use crate::observation::{Observation, TopicObservation};
+use crate::outcome::Outcome;
 
 /// Condition types.
 pub const READY: &str = "Ready";
@@ -185,145 +186,187 @@ fn condition(
     }
 }
 
-/// The status `job` should have. `desired` is the outcome of [`crate::desired::desired`] for
-/// this reconcile; `previous` the status the job has now (its conditions' transition times are
-/// kept while their status does not change); `now` the time of a transition.
-pub fn compute(
-    job: &StreamJob,
-    desired: Result<&Desired, &InvalidSpec>,
-    obs: &Observed,
-    previous: Option<&StreamJobStatus>,
-    now: &Time,
-) -> StreamJobStatus {
-    let generation = job.metadata.generation;
-    let name = job.metadata.name.clone().unwrap_or_default();
-    let topic = &job.spec.source.kafka.topic;
-    let brokers = &job.spec.source.kafka.bootstrap_servers;
-    let workers = desired.ok().and_then(|d| d.workers.as_ref());
-    let wanted = workers.map(|w| w.assignment.workers.len() as i32);
-    let r = rollout(obs.stateful_set.as_ref(), wanted);
-    let cond =
-        |t: &str, ok: bool, reason: &str, msg: String| condition(t, ok, reason, msg, generation);
+/// A condition before its generation and transition time are set: (ok, reason, message).
+type Cond = (bool, &'static str, String);
 
-    // A reason that stops the job from being (re)configured at all.
-    let blocked: Option<(&str, String)> = match (desired, &obs.topic) {
-        (Err(invalid), _) => Some((
+/// What the status is computed from, resolved once: the observation, with what apply changed.
+struct Facts<'a> {
+    job: &'a StreamJob,
+    obs: &'a Observation,
+    /// The partition-dependent objects built, if any.
+    workers: Option<&'a Workers>,
+    /// The StatefulSet as applied this reconcile, else as observed.
+    stateful_set: Option<&'a StatefulSet>,
+    /// The repartition topic as observed, or unreachable when apply could not create it.
+    repartition: Option<TopicObservation>,
+    rollout: Rollout,
+}
+
+impl<'a> Facts<'a> {
+    fn new(job: &'a StreamJob, outcome: &'a Outcome<'a>, obs: &'a Observation) -> Self {
+        let workers = outcome.desired().and_then(|d| d.workers.as_ref());
+        let applied = outcome.applied();
+        let stateful_set = applied
+            .and_then(|a| a.stateful_set.as_deref())
+            .or(obs.stateful_set.as_ref());
+        let repartition = match applied.and_then(|a| a.repartition_topic_refused.clone()) {
+            Some(message) => Some(TopicObservation::BrokerUnreachable { message }),
+            None => obs.repartition.clone(),
+        };
+        let wanted = workers.map(|w| w.assignment.workers.len() as i32);
+        Facts {
+            job,
+            obs,
+            workers,
+            stateful_set,
+            repartition,
+            rollout: rollout(stateful_set, wanted),
+        }
+    }
+
+    fn epoch(&self) -> i64 {
+        self.workers.map_or(0, |w| w.assignment.epoch)
+    }
+
+    fn workers_msg(&self) -> String {
+        format!(
+            "{} of {} workers ready",
+            self.rollout.ready, self.rollout.wanted
+        )
+    }
+}
+
+/// The reason that stops the job from being (re)configured at all, if any: an invalid spec,
+/// the source topic missing or unreadable, or the repartition topic unavailable.
+fn blocked(f: &Facts<'_>, outcome: &Outcome<'_>) -> Option<(&'static str, String)> {
+    let spec = &f.job.spec;
+    let topic = &spec.source.kafka.topic;
+    let brokers = &spec.source.kafka.bootstrap_servers;
+    if let Outcome::InvalidSpec(invalid) = outcome {
+        return Some((
             reason::INVALID_SPEC,
             format!("{invalid}. Fix the spec; nothing is changed until then"),
-        )),
-        (Ok(_), TopicObservation::NotFound) => Some((
+        ));
+    }
+    match (&f.obs.topic, &f.repartition) {
+        (TopicObservation::NotFound, _) => Some((
             reason::TOPIC_NOT_FOUND,
             format!(
                 "topic {topic} does not exist on {brokers}: create it, or correct \
                  spec.source.kafka.topic or bootstrapServers"
             ),
         )),
-        (Ok(_), TopicObservation::BrokerUnreachable { message }) => Some((
+        (TopicObservation::BrokerUnreachable { message }, _) => Some((
             reason::BROKER_UNREACHABLE,
             format!(
                 "cannot read the metadata of topic {topic} from {brokers}: {message}. Check \
                  spec.source.kafka.bootstrapServers, the network and the credentials"
             ),
         )),
-        (Ok(_), TopicObservation::Found { .. }) if workers.is_none() => Some((
+        (TopicObservation::Found { .. }, _) if f.workers.is_none() => Some((
             reason::TOPIC_NOT_FOUND,
             format!("topic {topic} on {brokers} reports no partitions"),
         )),
-        (Ok(_), TopicObservation::Found { .. }) => match &obs.repartition {
-            Some(TopicObservation::BrokerUnreachable { message }) => Some((
+        (TopicObservation::Found { .. }, Some(TopicObservation::BrokerUnreachable { message })) => {
+            Some((
                 reason::REPARTITION_TOPIC_UNAVAILABLE,
                 format!(
                     "the repartition topic {} (groups span source partitions, so results are \
                      merged in a second stage through it) can be neither read nor created on \
                      {brokers}: {message}. Allow the job's Kafka identity to describe and create \
                      it, or create it yourself",
-                    weir_crds::repartition_topic(job.metadata.namespace.as_deref(), &name)
+                    repartition_topic_name(f.job)
                 ),
-            )),
-            _ => None,
-        },
-    };
-    let retention = match &obs.topic {
-        TopicObservation::Found { retention_ms, .. } => retention_warning(job, *retention_ms),
+            ))
+        }
+        (TopicObservation::Found { .. }, _) => None,
+    }
+}
+
+/// `Ready`: every worker runs the current spec and assignment and is ready.
+fn ready(f: &Facts<'_>) -> Cond {
+    let r = &f.rollout;
+    if r.done && r.ready >= r.wanted {
+        let partitions: usize = f
+            .workers
+            .map_or(0, |w| w.assignment.workers.iter().map(Vec::len).sum());
+        let msg = format!(
+            "{} workers running {partitions} partitions (assignment epoch {})",
+            r.wanted,
+            f.epoch()
+        );
+        (true, reason::RUNNING, msg)
+    } else {
+        (false, reason::WORKERS_NOT_READY, f.workers_msg())
+    }
+}
+
+/// `Progressing`: a change is rolling out.
+fn progressing(f: &Facts<'_>) -> Cond {
+    let r = &f.rollout;
+    if r.done {
+        let msg = "every worker runs the current spec and assignment".to_string();
+        (false, reason::UP_TO_DATE, msg)
+    } else {
+        let msg = format!(
+            "rolling out to {} workers (assignment epoch {}): {}",
+            r.wanted,
+            f.epoch(),
+            f.workers_msg()
+        );
+        (true, reason::ROLLING_OUT, msg)
+    }
+}
+
+/// `Degraded`: the first of retention shorter than the window, a repartition topic that keeps
+/// another partition count than asked, workers not ready once the rollout is done.
+fn degraded(f: &Facts<'_>) -> Cond {
+    let retention = match &f.obs.topic {
+        TopicObservation::Found { retention_ms, .. } => retention_warning(f.job, *retention_ms),
         _ => None,
     };
-    let fixed = repartition_warning(job, obs);
-    let workers_msg = format!("{} of {} workers ready", r.ready, r.wanted);
+    if let Some(msg) = retention {
+        return (true, reason::RETENTION_SHORTER_THAN_WINDOW, msg);
+    }
+    if let Some(msg) = repartition_warning(f.job, f.repartition.as_ref()) {
+        return (true, reason::REPARTITION_PARTITIONS_FIXED, msg);
+    }
+    let r = &f.rollout;
+    if r.done && r.ready < r.wanted {
+        let msg = format!("{}; see the worker pods' events and logs", f.workers_msg());
+        return (true, reason::WORKERS_NOT_READY, msg);
+    }
+    (
+        false,
+        reason::HEALTHY,
+        "nothing needs attention".to_string(),
+    )
+}
 
-    let (ready, progressing, degraded) = match &blocked {
-        Some((why, msg)) => (
-            cond(READY, false, why, msg.clone()),
-            cond(PROGRESSING, false, why, msg.clone()),
-            cond(DEGRADED, true, why, msg.clone()),
-        ),
-        None => {
-            let epoch = workers.map_or(0, |w| w.assignment.epoch);
-            let partitions: usize =
-                workers.map_or(0, |w| w.assignment.workers.iter().map(Vec::len).sum());
-            let ready = if r.done && r.ready >= r.wanted {
-                cond(
-                    READY,
-                    true,
-                    reason::RUNNING,
-                    format!(
-                        "{} workers running {partitions} partitions (assignment epoch {epoch})",
-                        r.wanted
-                    ),
-                )
-            } else {
-                cond(READY, false, reason::WORKERS_NOT_READY, workers_msg.clone())
-            };
-            let progressing = if r.done {
-                cond(
-                    PROGRESSING,
-                    false,
-                    reason::UP_TO_DATE,
-                    "every worker runs the current spec and assignment".to_string(),
-                )
-            } else {
-                cond(
-                    PROGRESSING,
-                    true,
-                    reason::ROLLING_OUT,
-                    format!(
-                        "rolling out to {} workers (assignment epoch {epoch}): {workers_msg}",
-                        r.wanted
-                    ),
-                )
-            };
-            let degraded = match (&retention, &fixed) {
-                (Some(msg), _) => cond(
-                    DEGRADED,
-                    true,
-                    reason::RETENTION_SHORTER_THAN_WINDOW,
-                    msg.clone(),
-                ),
-                (None, Some(msg)) => cond(
-                    DEGRADED,
-                    true,
-                    reason::REPARTITION_PARTITIONS_FIXED,
-                    msg.clone(),
-                ),
-                (None, None) if r.done && r.ready < r.wanted => cond(
-                    DEGRADED,
-                    true,
-                    reason::WORKERS_NOT_READY,
-                    format!("{workers_msg}; see the worker pods' events and logs"),
-                ),
-                (None, None) => cond(
-                    DEGRADED,
-                    false,
-                    reason::HEALTHY,
-                    "nothing needs attention".to_string(),
-                ),
-            };
-            (ready, progressing, degraded)
-        }
+/// The conditions, with `observedGeneration`, and transition times kept from `previous` while
+/// a condition's status does not change (`now` otherwise).
+fn conditions(
+    f: &Facts<'_>,
+    outcome: &Outcome<'_>,
+    previous: Option<&StreamJobStatus>,
+    now: &Time,
+) -> Vec<Condition> {
+    let all: [(&str, Cond); 3] = match blocked(f, outcome) {
+        Some((why, msg)) => [
+            (READY, (false, why, msg.clone())),
+            (PROGRESSING, (false, why, msg.clone())),
+            (DEGRADED, (true, why, msg)),
+        ],
+        None => [
+            (READY, ready(f)),
+            (PROGRESSING, progressing(f)),
+            (DEGRADED, degraded(f)),
+        ],
     };
-
-    let conditions = [ready, progressing, degraded]
-        .into_iter()
-        .map(|mut c| {
+    let generation = f.job.metadata.generation;
+    all.into_iter()
+        .map(|(type_, (ok, reason, msg))| {
+            let mut c = condition(type_, ok, reason, msg, generation);
             let old = previous
                 .and_then(|p| p.conditions.iter().find(|o| o.type_ == c.type_))
                 .filter(|o| o.status == c.status);
@@ -331,22 +374,36 @@ pub fn compute(
                 old.map_or_else(|| now.clone(), |o| o.last_transition_time.clone());
             c
         })
-        .collect();
+        .collect()
+}
 
+/// The status `job` should have, from what observe read (`obs`) and what this reconcile did
+/// (`outcome`); `previous` is the status the job has now (its conditions' transition times are
+/// kept while their status does not change); `now` the time of a transition.
+pub fn compute(
+    job: &StreamJob,
+    outcome: &Outcome<'_>,
+    obs: &Observation,
+    previous: Option<&StreamJobStatus>,
+    now: &Time,
+) -> StreamJobStatus {
+    let f = Facts::new(job, outcome, obs);
+    let name = job.metadata.name.clone().unwrap_or_default();
     let previous_assignment = obs.previous_assignment.as_ref();
     let partitions = obs.topic.partitions().or_else(|| {
         previous_assignment.map(|a| a.workers.iter().map(Vec::len).sum::<usize>() as i32)
     });
-    let sts_status = obs.stateful_set.as_ref().and_then(|s| s.status.as_ref());
+    let sts_status = f.stateful_set.and_then(|s| s.status.as_ref());
     StreamJobStatus {
-        observed_generation: generation,
-        conditions,
+        observed_generation: job.metadata.generation,
+        conditions: conditions(&f, outcome, previous, now),
         replicas: sts_status.map_or(0, |s| s.replicas),
         ready_replicas: sts_status.and_then(|s| s.ready_replicas).unwrap_or(0),
         selector: Some(names::selector_string(&name)),
         window: Some(window_summary(&job.spec.window)),
         partitions,
-        assignment_epoch: workers
+        assignment_epoch: f
+            .workers
             .map(|w| w.assignment.epoch)
             .or_else(|| previous_assignment.map(|a| a.epoch)),
         lag: obs.lag,
@@ -355,20 +412,24 @@ pub fn compute(
     }
 }
 
+fn repartition_topic_name(job: &StreamJob) -> String {
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    weir_crds::repartition_topic(job.metadata.namespace.as_deref(), name)
+}
+
 /// The warning when `spec.repartition.partitions` asks for another count than the existing
 /// repartition topic has: the topic keeps its count (see `desired`).
-fn repartition_warning(job: &StreamJob, obs: &Observed) -> Option<String> {
+fn repartition_warning(job: &StreamJob, repartition: Option<&TopicObservation>) -> Option<String> {
     let wanted = job.spec.repartition.partitions?;
-    let has = obs.repartition.as_ref()?.partitions()?;
+    let has = repartition?.partitions()?;
     (wanted != has).then(|| {
-        let name = job.metadata.name.as_deref().unwrap_or_default();
         format!(
             "the repartition topic {} has {has} partitions and keeps them, though \
              spec.repartition.partitions asks for {wanted}: each group's partials must keep \
              going to one merge. To change it, delete the job with \
              spec.checkpoint.deleteOnJobDeletion: true (its checkpoints and repartition topic go \
              with it) and create it again, or set spec.repartition.partitions back to {has}",
-            weir_crds::repartition_topic(job.metadata.namespace.as_deref(), name)
+            repartition_topic_name(job)
         )
     })
 }

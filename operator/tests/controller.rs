@@ -17,11 +17,13 @@ use http::StatusCode;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use serde_json::{json, Value};
+use weir_crds::plan::NewTopic;
 use weir_crds::{StreamJob, StreamJobStatus};
 use weir_operator::controller::{error_policy, reconcile, Context};
+use weir_operator::kafka::KafkaClient;
 use weir_operator::metrics::Metrics;
-use weir_operator::observe::{KafkaConnection, KafkaObserver, NewTopic};
-use weir_operator::observed::TopicObservation;
+use weir_operator::observation::KafkaConnection;
+use weir_operator::observation::TopicObservation;
 
 use api::{assert_allowed, mock_client, serve, status_body, Call, Handle};
 use support::{cfg, job, job_with};
@@ -41,7 +43,7 @@ struct FakeKafka {
 }
 
 #[async_trait]
-impl KafkaObserver for FakeKafka {
+impl KafkaClient for FakeKafka {
     async fn topic(&self, conn: &KafkaConnection, topic: &str) -> TopicObservation {
         // The credentials Secret's keys arrive as librdkafka properties.
         assert_eq!(

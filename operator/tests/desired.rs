@@ -10,9 +10,9 @@ use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use support::{found, job, job_with, ok, run};
 use weir_crds::assignment::Assignment;
+use weir_crds::names;
 use weir_operator::desired::{Child, Desired};
-use weir_operator::names;
-use weir_operator::observed::{Observed, TopicObservation};
+use weir_operator::observation::{Observation, TopicObservation};
 
 fn assignment_in_config_map(d: &Desired) -> Assignment {
     let w = d.workers.as_ref().expect("workers");
@@ -30,7 +30,7 @@ fn replicas(d: &Desired) -> i32 {
 }
 
 /// The observation after `d` was applied: its assignment is now the previous one.
-fn after(d: &Desired, partitions: i32) -> Observed {
+fn after(d: &Desired, partitions: i32) -> Observation {
     let mut obs = found(partitions);
     obs.previous_assignment = Some(assignment_in_config_map(d));
     obs
@@ -561,7 +561,7 @@ fn an_unknown_partition_count_leaves_the_workers_alone() {
             retention_ms: None,
         },
     ] {
-        let d = ok(&job(), &Observed::new(topic.clone()));
+        let d = ok(&job(), &Observation::new(topic.clone()));
         assert!(d.workers.is_none(), "{topic:?}");
         let kinds: BTreeSet<_> = d
             .apply_order()

@@ -1,4 +1,4 @@
-//! [`RdKafkaObserver`] against a real Kafka-protocol broker (nisshi, as in the worker's tests;
+//! [`RdKafkaClient`] against a real Kafka-protocol broker (nisshi, as in the worker's tests;
 //! `scripts/deps` installs it): partition count, retention, a missing topic, an unreachable
 //! broker, high watermarks.
 
@@ -9,8 +9,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use weir_operator::observe::{KafkaConnection, KafkaObserver, NewTopic, RdKafkaObserver};
-use weir_operator::observed::TopicObservation;
+use weir_crds::plan::NewTopic;
+use weir_operator::kafka::{KafkaClient, RdKafkaClient};
+use weir_operator::observation::KafkaConnection;
+use weir_operator::observation::TopicObservation;
 
 // The worker's broker harness: one way to find, start and stop nisshi.
 #[path = "../../worker/tests/support/broker.rs"]
@@ -58,7 +60,7 @@ async fn observes_partitions_retention_missing_topic_and_watermarks() {
         }
     }
 
-    let observer = RdKafkaObserver::new(Duration::from_secs(5));
+    let observer = RdKafkaClient::new(Duration::from_secs(5));
     let conn = conn(&broker);
     assert_eq!(
         observer.topic(&conn, "payments").await,
@@ -89,7 +91,7 @@ async fn observes_partitions_retention_missing_topic_and_watermarks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_are_shared_per_connection_and_closed_when_idle() {
     let broker = Broker::start();
-    let mut observer = RdKafkaObserver::new(Duration::from_secs(5));
+    let mut observer = RdKafkaClient::new(Duration::from_secs(5));
     observer.idle = Duration::from_millis(500);
     let a = conn(&broker);
     let mut b = conn(&broker);
@@ -122,7 +124,7 @@ async fn clients_are_shared_per_connection_and_closed_when_idle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_and_deletes_a_repartition_topic() {
     let broker = Broker::start();
-    let observer = RdKafkaObserver::new(Duration::from_secs(5));
+    let observer = RdKafkaClient::new(Duration::from_secs(5));
     let conn = conn(&broker);
     let topic = NewTopic {
         name: "weir-shop-payments-repartition".to_string(),
@@ -182,7 +184,7 @@ async fn creates_and_deletes_a_repartition_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_is_reported_not_waited_on_forever() {
-    let observer = RdKafkaObserver::new(Duration::from_secs(2));
+    let observer = RdKafkaClient::new(Duration::from_secs(2));
     let conn = KafkaConnection {
         bootstrap_servers: format!("127.0.0.1:{}", broker::free_port()),
         properties: BTreeMap::new(),
@@ -239,7 +241,7 @@ async fn memory_of_concurrent_topic_reads() {
     {
         r.expect("topic created");
     }
-    let shared = std::sync::Arc::new(RdKafkaObserver::default());
+    let shared = std::sync::Arc::new(RdKafkaClient::default());
     let conn = conn(&broker);
     let before = memory_kb();
     for round in 0..10 {
@@ -247,7 +249,7 @@ async fn memory_of_concurrent_topic_reads() {
         let started = Instant::now();
         let reads = (0..16).map(|i| {
             let observer = if per_read {
-                std::sync::Arc::new(RdKafkaObserver::default())
+                std::sync::Arc::new(RdKafkaClient::default())
             } else {
                 shared.clone()
             };

@@ -383,3 +383,42 @@ async fn deleting_the_job_deletes_its_records_and_nothing_else() {
     assert_eq!(again.kept, vec![untouched[0].to_string()]);
     assert_eq!(keys(&b).await, left);
 }
+
+/// A two-stage job whose spec asks for fewer repartition partitions (2) than its existing
+/// repartition topic has (4, as every topic of this Kafka): the topic keeps its 4 and the merge
+/// stage runs over them, so `repartitionLag` counts the merge-stage records of all 4 — read
+/// after the repartition topic, with its count, not the spec's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repartition_lag_counts_every_partition_of_an_existing_repartition_topic() {
+    let weed = start_seaweedfs().await;
+    let b = bucket(&weed);
+    let repartition = "weir-shop-payments-repartition";
+    for p in 0..PARTITIONS {
+        let cp = PartitionCheckpoint {
+            topic: repartition.to_string(),
+            ..serde_json::from_slice(&record(p, 1, 1_000, Some(10 * i64::from(p + 1))))
+                .expect("record")
+        };
+        let bytes = serde_json::to_vec(&cp).expect("record JSON");
+        put(
+            &b,
+            &format!("jobs/payments/merge/partition-{p}.json"),
+            bytes,
+        )
+        .await;
+    }
+    let j = job(&weed, "repartition: {coPartitioned: false, partitions: 2}");
+    let w = World::new(
+        &serde_json::to_value(j).expect("job JSON"),
+        Some(secret(ACCESS_KEY, SECRET_KEY)),
+    );
+    let (result, calls) = w.reconcile().await;
+    result.expect("reconcile");
+    let merge = w.assignment().merge.expect("a merge stage");
+    assert_eq!(merge.workers.iter().map(Vec::len).sum::<usize>(), 4);
+    // Σ (100 − 10·(p+1)) over the topic's 4 partitions.
+    assert_eq!(
+        status_of(&calls)["repartitionLag"],
+        json!(4 * HIGH_WATERMARK - (10 + 20 + 30 + 40))
+    );
+}

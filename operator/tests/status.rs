@@ -7,7 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use support::{found, job, job_with, ok, run, sts};
 use weir_crds::{StreamJob, StreamJobStatus};
-use weir_operator::observed::{Observed, TopicObservation};
+use weir_operator::observation::{Observation, TopicObservation};
+use weir_operator::outcome::Outcome;
 use weir_operator::status::{self, compute, needs_update, reason};
 
 fn at(secs: i64) -> Time {
@@ -17,12 +18,12 @@ fn at(secs: i64) -> Time {
 /// Status for `job` and `obs`, after `previous`, at time `now`.
 fn status_of(
     j: &StreamJob,
-    obs: &Observed,
+    obs: &Observation,
     previous: Option<&StreamJobStatus>,
     now: i64,
 ) -> StreamJobStatus {
     let d = run(j, obs);
-    compute(j, d.as_ref(), obs, previous, &at(now))
+    compute(j, &Outcome::from(d.as_ref()), obs, previous, &at(now))
 }
 
 fn cond<'a>(s: &'a StreamJobStatus, t: &str) -> &'a Condition {
@@ -33,7 +34,7 @@ fn cond<'a>(s: &'a StreamJobStatus, t: &str) -> &'a Condition {
 }
 
 /// 12 partitions, 3 workers, StatefulSet at generation 2 with `ready` ready pods.
-fn running(ready: i32) -> Observed {
+fn running(ready: i32) -> Observation {
     let mut obs = found(12);
     obs.stateful_set = Some(sts(2, 2, 3, 3, ready, 3));
     obs.lag = Some(42);
@@ -146,7 +147,7 @@ fn an_invalid_spec_names_the_field() {
     let obs = running(3);
     let d = run(&j, &obs);
     assert!(d.is_err());
-    let s = compute(&j, d.as_ref(), &obs, None, &at(1));
+    let s = compute(&j, &Outcome::from(d.as_ref()), &obs, None, &at(1));
     let ready = cond(&s, status::READY);
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
@@ -166,7 +167,7 @@ fn an_invalid_spec_names_the_field() {
 #[test]
 fn topic_and_broker_problems_have_their_reasons() {
     let j = job();
-    let mut obs = Observed::new(TopicObservation::NotFound);
+    let mut obs = Observation::new(TopicObservation::NotFound);
     let s = status_of(&j, &obs, None, 1);
     let ready = cond(&s, status::READY);
     assert_eq!(ready.reason, reason::TOPIC_NOT_FOUND);

@@ -5,7 +5,7 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetStatus
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use weir_crds::StreamJob;
 use weir_operator::desired::{desired, Desired, InvalidSpec, OperatorConfig};
-use weir_operator::observed::{Observed, TopicObservation};
+use weir_operator::observation::{Observation, TopicObservation};
 
 /// A valid job (`payments` in namespace `shop`, 3 workers, source credentials) with `extra`
 /// YAML lines appended to its spec (later keys replace earlier ones).
@@ -48,8 +48,8 @@ pub fn job() -> StreamJob {
     job_with("")
 }
 
-pub fn found(partitions: i32) -> Observed {
-    Observed::new(TopicObservation::Found {
+pub fn found(partitions: i32) -> Observation {
+    Observation::new(TopicObservation::Found {
         partitions,
         retention_ms: None,
     })
@@ -62,11 +62,11 @@ pub fn cfg() -> OperatorConfig {
     }
 }
 
-pub fn run(job: &StreamJob, obs: &Observed) -> Result<Desired, InvalidSpec> {
+pub fn run(job: &StreamJob, obs: &Observation) -> Result<Desired, InvalidSpec> {
     desired(job, obs, &cfg())
 }
 
-pub fn ok(job: &StreamJob, obs: &Observed) -> Desired {
+pub fn ok(job: &StreamJob, obs: &Observation) -> Desired {
     match run(job, obs) {
         Ok(d) => d,
         Err(e) => panic!("unexpected InvalidSpec: {e}"),
@@ -111,10 +111,10 @@ pub struct FixedKafka {
 }
 
 #[async_trait::async_trait]
-impl weir_operator::observe::KafkaObserver for FixedKafka {
+impl weir_operator::kafka::KafkaClient for FixedKafka {
     async fn topic(
         &self,
-        _conn: &weir_operator::observe::KafkaConnection,
+        _conn: &weir_operator::observation::KafkaConnection,
         _topic: &str,
     ) -> TopicObservation {
         TopicObservation::Found {
@@ -125,7 +125,7 @@ impl weir_operator::observe::KafkaObserver for FixedKafka {
 
     async fn high_watermarks(
         &self,
-        _conn: &weir_operator::observe::KafkaConnection,
+        _conn: &weir_operator::observation::KafkaConnection,
         _topic: &str,
         partitions: i32,
     ) -> Result<Vec<i64>, String> {
@@ -135,8 +135,8 @@ impl weir_operator::observe::KafkaObserver for FixedKafka {
     /// Never called: every topic exists.
     async fn create_topic(
         &self,
-        _conn: &weir_operator::observe::KafkaConnection,
-        topic: &weir_operator::observe::NewTopic,
+        _conn: &weir_operator::observation::KafkaConnection,
+        topic: &weir_crds::plan::NewTopic,
     ) -> Result<(), String> {
         Err(format!(
             "FixedKafka has every topic; asked to create {}",
@@ -146,7 +146,7 @@ impl weir_operator::observe::KafkaObserver for FixedKafka {
 
     async fn delete_topic(
         &self,
-        _conn: &weir_operator::observe::KafkaConnection,
+        _conn: &weir_operator::observation::KafkaConnection,
         _topic: &str,
     ) -> Result<(), String> {
         Ok(())

@@ -1,5 +1,5 @@
-//! Names, labels and constants the operator uses, derived from the StreamJob's name. Defined once
-//! here so the controller, `desired` and `status` cannot disagree.
+//! The names and labels the operator gives a job's objects and the workers look up: one
+//! definition for both binaries, derived from the StreamJob's name.
 //!
 //! A StreamJob name is a DNS subdomain (up to 253 characters, may contain dots and start with a
 //! digit), but several children need stricter names:
@@ -12,10 +12,10 @@
 //! otherwise truncate it and append 8 hex digits of its SHA-256: the result is deterministic,
 //! within bounds, and two jobs whose names share a long prefix still get different children.
 //!
-//! The checkpoint ConfigMaps are the exception: their names (`<job>-checkpoint-<partition>`) are
-//! computed by the workers too (`worker/src/job.rs`), so they are never shortened; a job whose
-//! name makes them longer than 253 characters is refused as an invalid spec (see
-//! [`checkpoint_config_map_name`] and `desired`).
+//! The checkpoint ConfigMaps are the exception: their names (`<job>-checkpoint-<partition>`,
+//! [`checkpoint_prefix`]) are computed by the workers too, so they are never shortened; a job
+//! whose name makes them longer than 253 characters is refused as an invalid spec (see
+//! [`checkpoint_config_map_name`]).
 
 use std::collections::BTreeMap;
 
@@ -38,9 +38,8 @@ pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Its value on the objects the operator applies.
 pub const MANAGED_BY_OPERATOR: &str = "weir-operator";
-/// Its value on checkpoint ConfigMaps: the workers write it on every checkpoint
-/// (`worker/src/checkpoint/configmap.rs`), so the operator uses the same value rather than
-/// fight over it.
+/// Its value on checkpoint ConfigMaps: the workers write it on every checkpoint, and the
+/// operator uses the same value rather than fight over it.
 pub const MANAGED_BY_CHECKPOINT: &str = "weir";
 /// `app.kubernetes.io/component`.
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
@@ -51,8 +50,8 @@ pub const COMPONENT_CHECKPOINT: &str = "checkpoint";
 /// `weir.dev/job`: the job (see [`job_label_value`]); selects everything of one job, including
 /// the checkpoint ConfigMaps, for cleanup.
 pub const LABEL_JOB: &str = "weir.dev/job";
-/// Pod-template annotation holding [`crate::desired::config_hash`]: pods roll when the spec or
-/// the assignment changes.
+/// Pod-template annotation holding the hash of the job ConfigMap's content (the operator's
+/// `desired::config_hash`): pods roll when the spec or the assignment changes.
 pub const ANNOTATION_CONFIG_HASH: &str = "weir.dev/config-hash";
 
 /// Key of the job ConfigMap holding the StreamJob, read by `weir worker --job`.
@@ -122,19 +121,36 @@ pub fn config_map_name(job: &str) -> String {
     bounded(job, "-config", MAX_SUBDOMAIN, false)
 }
 
-/// Name of the checkpoint ConfigMap of `partition`, exactly as the workers compute it
-/// (`<job>-checkpoint-<partition>`, `worker/src/job.rs` and `checkpoint/configmap.rs`).
-/// Never shortened: `None` when it would exceed 253 characters.
-pub fn checkpoint_config_map_name(job: &str, partition: i32) -> Option<String> {
-    let name = format!("{job}-checkpoint-{partition}");
+/// Prefix of the stage-1 checkpoint ConfigMaps of `job`: partition `p` is `<prefix>-<p>`
+/// (the ConfigMap checkpoint store's prefix, `weir worker`'s `ConfigMapStore::new`).
+pub fn checkpoint_prefix(job: &str) -> String {
+    format!("{job}-checkpoint")
+}
+
+/// Prefix of the merge stage's checkpoint ConfigMaps of `job` (one per partition of the
+/// repartition topic).
+pub fn merge_checkpoint_prefix(job: &str) -> String {
+    format!("{job}-merge-checkpoint")
+}
+
+/// `<prefix>-<partition>`, or `None` when over 253 characters (never shortened: the workers
+/// compute the same name).
+fn checkpoint_name(prefix: String, partition: i32) -> Option<String> {
+    let name = format!("{prefix}-{partition}");
     (name.len() <= MAX_SUBDOMAIN).then_some(name)
 }
 
-/// The checkpoint ConfigMap of a two-stage job's repartition partition `partition` (the
-/// worker's stage-2 store prefix is `<job>-merge-checkpoint`).
+/// Name of the checkpoint ConfigMap of `partition`, exactly as the workers compute it
+/// (`<job>-checkpoint-<partition>`). Never shortened: `None` when it would exceed 253
+/// characters.
+pub fn checkpoint_config_map_name(job: &str, partition: i32) -> Option<String> {
+    checkpoint_name(checkpoint_prefix(job), partition)
+}
+
+/// The checkpoint ConfigMap of a two-stage job's repartition partition `partition`
+/// (`<job>-merge-checkpoint-<partition>`).
 pub fn merge_checkpoint_config_map_name(job: &str, partition: i32) -> Option<String> {
-    let name = format!("{job}-merge-checkpoint-{partition}");
-    (name.len() <= MAX_SUBDOMAIN).then_some(name)
+    checkpoint_name(merge_checkpoint_prefix(job), partition)
 }
 
 /// The job name as a label value: itself when it fits in 63 characters, else truncated with a
@@ -177,6 +193,15 @@ pub fn checkpoint_labels(job: &str) -> BTreeMap<String, String> {
         ),
         (LABEL_JOB.to_string(), job_label_value(job)),
     ])
+}
+
+/// Label selector of a job's checkpoint ConfigMaps (the job ConfigMap carries the job label
+/// too, hence the component): what the operator lists and, on cleanup, deletes.
+pub fn checkpoint_selector(job: &str) -> String {
+    format!(
+        "{LABEL_JOB}={},{LABEL_COMPONENT}={COMPONENT_CHECKPOINT}",
+        job_label_value(job)
+    )
 }
 
 /// The worker pods' label selector as a string, for `status.selector` (the `/scale`

@@ -1,0 +1,178 @@
+//! The apply step: makes every resource of a [`Desired`] exist, in the order of
+//! [`Desired::resources`] (which says why that order): creates the repartition topic, applies
+//! each Kubernetes child with server-side apply ([`FIELD_MANAGER`], forced), creates the
+//! checkpoint ConfigMaps that are missing. Returns what it did as an [`Applied`]; a Kubernetes
+//! write that fails is an [`Error`], retried with backoff.
+
+use std::collections::BTreeSet;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::info;
+use weir_crds::names::FIELD_MANAGER;
+use weir_crds::plan::NewTopic;
+
+use crate::desired::{Child, Desired, DesiredResource};
+use crate::error::Error;
+use crate::kafka::KafkaClient;
+use crate::observation::Observation;
+use crate::outcome::Applied;
+
+/// Checkpoint ConfigMaps created at once by one reconcile. A new job has one per partition (and
+/// one per repartition partition): created one after the other, a 64-partition job's first
+/// reconcile made 64 round trips, and was the slowest reconcile by far whenever the API server
+/// was busy (docs/benchmarks.md).
+pub const CREATE_CONCURRENCY: usize = 8;
+
+/// Where apply writes: the API server, Kafka, and the job's namespace.
+pub struct Target<'a> {
+    /// The API client.
+    pub client: &'a Client,
+    /// The Kafka client (the repartition topic).
+    pub kafka: &'a dyn KafkaClient,
+    /// The job's namespace.
+    pub namespace: &'a str,
+}
+
+/// Makes `desired` exist. `obs` gives the connection to the source's brokers and the checkpoint
+/// ConfigMaps that exist already.
+pub async fn apply(t: &Target<'_>, desired: &Desired, obs: &Observation) -> Result<Applied, Error> {
+    let mut applied = Applied::default();
+    for resource in desired.resources() {
+        match resource {
+            DesiredResource::Topic(topic) => {
+                if let Err(message) = create_topic(t, obs, topic).await {
+                    // The workers could not run without it: nothing more is applied, and the
+                    // status says why.
+                    applied.repartition_topic_refused = Some(message);
+                    return Ok(applied);
+                }
+            }
+            DesiredResource::Apply(child) => {
+                if let Some(sts) = apply_child(t, child).await? {
+                    applied.stateful_set = Some(Box::new(sts));
+                }
+            }
+            DesiredResource::CreateIfAbsent(cms) => {
+                create_missing(t, cms, &obs.existing_checkpoints).await?;
+            }
+        }
+    }
+    Ok(applied)
+}
+
+async fn create_topic(t: &Target<'_>, obs: &Observation, topic: &NewTopic) -> Result<(), String> {
+    let conn = obs
+        .connection
+        .as_ref()
+        .ok_or_else(|| "the source's connection is unknown".to_string())?;
+    t.kafka.create_topic(conn, topic).await?;
+    info!(topic = %topic.name, partitions = topic.partitions, "created the repartition topic");
+    Ok(())
+}
+
+/// Server-side apply of one child; the StatefulSet as applied, when it is one (the status
+/// reads its generation).
+async fn apply_child(
+    t: &Target<'_>,
+    child: Child<'_>,
+) -> Result<Option<k8s_openapi::api::apps::v1::StatefulSet>, Error> {
+    use Error as E;
+    match child {
+        Child::ServiceAccount(o) => {
+            drop(ssa(t, o, |name, source| E::ApplyServiceAccount { name, source }).await?)
+        }
+        Child::Role(o) => drop(ssa(t, o, |name, source| E::ApplyRole { name, source }).await?),
+        Child::RoleBinding(o) => {
+            drop(ssa(t, o, |name, source| E::ApplyRoleBinding { name, source }).await?)
+        }
+        Child::ConfigMap(o) => {
+            drop(ssa(t, o, |name, source| E::ApplyConfigMap { name, source }).await?)
+        }
+        Child::Service(o) => {
+            drop(ssa(t, o, |name, source| E::ApplyService { name, source }).await?)
+        }
+        Child::StatefulSet(o) => {
+            let sts = ssa(t, o, |name, source| E::ApplyStatefulSet { name, source }).await?;
+            return Ok(Some(sts));
+        }
+        Child::PodDisruptionBudget(o) => drop(
+            ssa(t, o, |name, source| E::ApplyPodDisruptionBudget {
+                name,
+                source,
+            })
+            .await?,
+        ),
+    }
+    Ok(None)
+}
+
+/// Server-side apply of one object with the operator's field manager. `force`: the operator is
+/// the only writer of these fields; a `kubectl edit` of them is reverted, not a conflict.
+/// `failed` names the action in the error.
+async fn ssa<K>(
+    t: &Target<'_>,
+    obj: &K,
+    failed: fn(String, kube::Error) -> Error,
+) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+    <K as Resource>::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(t.client.clone(), t.namespace);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|source| failed(name, source))
+}
+
+/// Creates the ConfigMaps of `cms` that are not in `existing`, [`CREATE_CONCURRENCY`] at a
+/// time. An AlreadyExists means a worker (or another reconcile) was first, which is fine.
+async fn create_missing(
+    t: &Target<'_>,
+    cms: &[ConfigMap],
+    existing: &BTreeSet<String>,
+) -> Result<(), Error> {
+    let api: Api<ConfigMap> = Api::namespaced(t.client.clone(), t.namespace);
+    let pp = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PostParams::default()
+    };
+    let mut creates = Vec::new();
+    for cm in cms {
+        let name = cm.metadata.name.clone().unwrap_or_default();
+        if !existing.contains(&name) {
+            creates.push(create_one(&api, &pp, cm, name));
+        }
+    }
+    let mut creates = futures::stream::iter(creates).buffer_unordered(CREATE_CONCURRENCY);
+    while let Some(created) = creates.next().await {
+        created?;
+    }
+    Ok(())
+}
+
+async fn create_one(
+    api: &Api<ConfigMap>,
+    pp: &PostParams,
+    cm: &ConfigMap,
+    name: String,
+) -> Result<(), Error> {
+    match api.create(pp, cm).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(source) => Err(Error::CreateCheckpoint { name, source }),
+    }
+}

@@ -1,0 +1,280 @@
+//! The build step (`desired`): a pure function from a validated StreamJob and what observe read
+//! to every resource that should exist: the Kubernetes children, the checkpoint ConfigMaps and,
+//! for a two-stage job, the repartition topic. No I/O, no clock, no randomness: the same inputs
+//! give the same objects, so a reconcile that changes nothing applies byte-identical objects.
+//!
+//! The apply step goes through [`Desired::resources`] in order; [`Desired::apply_order`] is the
+//! server-side-applied part of it.
+//!
+//! When the partition count is unknown (topic missing, brokers unreachable) there is no
+//! [`Workers`]: the Role, the job ConfigMap and the StatefulSet are left exactly as they are,
+//! since server-side apply never deletes what it is not sent. Running workers keep their
+//! assignment instead of being scaled to zero by an operator that merely lost sight of Kafka.
+
+mod objects;
+mod pod;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use sha2::{Digest, Sha256};
+use weir_crds::assignment::Assignment;
+use weir_crds::plan::NewTopic;
+use weir_crds::{names, StreamJob, WorkerTemplate};
+
+use crate::observation::Observation;
+pub use crate::validate::InvalidSpec;
+use crate::validate::{validate, Valid};
+
+pub use weir_crds::plan::worker_count;
+pub use weir_crds::pod::{CONFIG_DIR, CREDENTIALS_DIR, METRICS_PORT};
+
+/// The operator's own settings that shape the workers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OperatorConfig {
+    /// Worker image when the spec names none (`spec.worker.image`).
+    pub worker_image: String,
+    /// Pull policy when the spec names none; `None` leaves Kubernetes' default.
+    pub image_pull_policy: Option<String>,
+    /// Grace period of a worker pod. The worker flushes for at most 60 s on SIGTERM, then
+    /// writes its checkpoints; this must leave room for both.
+    pub termination_grace_period_seconds: i64,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        OperatorConfig {
+            worker_image: format!("ghcr.io/weir-dev/weir:{}", env!("CARGO_PKG_VERSION")),
+            image_pull_policy: None,
+            termination_grace_period_seconds: DEFAULT_TERMINATION_GRACE_SECONDS,
+        }
+    }
+}
+
+/// 60 s of flush (the worker's bound) + 30 s for the final checkpoint writes.
+pub const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 90;
+/// Name of the metrics port on the container and the Service.
+pub const METRICS_PORT_NAME: &str = "metrics";
+/// UID and GID the workers run as (the distroless `nonroot` user).
+pub const WORKER_UID: i64 = 65532;
+/// Name of the worker container.
+pub const CONTAINER_NAME: &str = "worker";
+
+/// The objects that should exist for one job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    /// The workers' identity.
+    pub service_account: ServiceAccount,
+    /// Binds [`Workers::role`] to the ServiceAccount.
+    pub role_binding: RoleBinding,
+    /// Headless Service over the workers' metrics port.
+    pub service: Service,
+    /// At most one worker down at a time for voluntary disruptions.
+    pub pod_disruption_budget: PodDisruptionBudget,
+    /// Everything that depends on the partition count; `None` when it is unknown.
+    pub workers: Option<Workers>,
+    /// Whether the job needs [`names::FINALIZER`]: only when its checkpoints must be deleted
+    /// with it (`spec.checkpoint.deleteOnJobDeletion`).
+    pub finalizer: bool,
+}
+
+/// The partition-dependent part of [`Desired`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workers {
+    /// The assignment written to the job ConfigMap.
+    pub assignment: Assignment,
+    /// [`config_hash`] of the job ConfigMap, also the pod-template annotation.
+    pub config_hash: String,
+    /// What the workers may do: get/update their checkpoint ConfigMaps, get the job ConfigMap,
+    /// get the Secrets the spec references; nothing else.
+    pub role: Role,
+    /// `job.yaml` and `assignment.json`.
+    pub config_map: ConfigMap,
+    /// The workers.
+    pub stateful_set: StatefulSet,
+    /// Checkpoint ConfigMaps (`configMap` store only), empty, to create when absent and never
+    /// to apply: the workers replace them (PUT) with their own data, and an update by PUT makes
+    /// the writer's manager (`Update` operation) own every field it sent, so an apply of this
+    /// empty object could not remove `data` (our manager would own no data field) but would
+    /// contend with the workers' labels and add a useless write per reconcile. Creating only
+    /// when missing is simplest and touches the data never.
+    ///
+    /// They carry no owner reference on purpose: checkpoints outlive their job by default, so a
+    /// job recreated under the same name resumes. With `deleteOnJobDeletion` the finalizer's
+    /// cleanup deletes them by label ([`names::LABEL_JOB`]).
+    pub checkpoint_config_maps: Vec<ConfigMap>,
+    /// Two-stage jobs whose repartition topic does not exist yet: the topic to create (the
+    /// workers produce into it and read it).
+    pub repartition_topic: Option<NewTopic>,
+}
+
+/// One Kubernetes object to server-side apply, borrowed from a [`Desired`].
+#[derive(Clone, Copy, Debug)]
+pub enum Child<'a> {
+    /// A ServiceAccount.
+    ServiceAccount(&'a ServiceAccount),
+    /// A Role.
+    Role(&'a Role),
+    /// A RoleBinding.
+    RoleBinding(&'a RoleBinding),
+    /// A ConfigMap.
+    ConfigMap(&'a ConfigMap),
+    /// A Service.
+    Service(&'a Service),
+    /// A StatefulSet.
+    StatefulSet(&'a StatefulSet),
+    /// A PodDisruptionBudget.
+    PodDisruptionBudget(&'a PodDisruptionBudget),
+}
+
+/// One resource that should exist, borrowed from a [`Desired`], with how it is made to exist.
+#[derive(Clone, Copy, Debug)]
+pub enum DesiredResource<'a> {
+    /// A Kafka topic to create (it does not exist yet).
+    Topic(&'a NewTopic),
+    /// A Kubernetes object to server-side apply.
+    Apply(Child<'a>),
+    /// ConfigMaps to create when absent, never to apply ([`Workers::checkpoint_config_maps`]).
+    CreateIfAbsent(&'a [ConfigMap]),
+}
+
+impl Desired {
+    /// The objects to server-side apply, in order: identity and permissions first, then the job
+    /// ConfigMap, then the StatefulSet. The ConfigMap goes before the StatefulSet because a pod
+    /// created from the new template (new config hash) must mount the new assignment, not the
+    /// previous one.
+    pub fn apply_order(&self) -> Vec<Child<'_>> {
+        self.resources()
+            .into_iter()
+            .filter_map(|r| match r {
+                DesiredResource::Apply(child) => Some(child),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every resource, in the order apply makes them exist:
+    /// 1. the repartition topic, the one external resource. It goes first: the operator cannot
+    ///    own it by reference nor roll it back, and the workers cannot run without it, so when
+    ///    Kafka refuses it (ACLs, say) nothing in the cluster has changed yet, and no object
+    ///    applied afterwards ever names a topic that does not exist;
+    /// 2. identity and permissions, the job ConfigMap and the Service ([`Self::apply_order`]);
+    /// 3. the checkpoint ConfigMaps, after the Role naming them and right before the
+    ///    StatefulSet, so that workers find their (fenced) checkpoint objects in place;
+    /// 4. the StatefulSet, then the PodDisruptionBudget.
+    pub fn resources(&self) -> Vec<DesiredResource<'_>> {
+        let w = self.workers.as_ref();
+        let mut out = Vec::new();
+        if let Some(t) = w.and_then(|w| w.repartition_topic.as_ref()) {
+            out.push(DesiredResource::Topic(t));
+        }
+        let apply = DesiredResource::Apply;
+        out.push(apply(Child::ServiceAccount(&self.service_account)));
+        if let Some(w) = w {
+            out.push(apply(Child::Role(&w.role)));
+        }
+        out.push(apply(Child::RoleBinding(&self.role_binding)));
+        if let Some(w) = w {
+            out.push(apply(Child::ConfigMap(&w.config_map)));
+        }
+        out.push(apply(Child::Service(&self.service)));
+        if let Some(w) = w {
+            out.push(DesiredResource::CreateIfAbsent(&w.checkpoint_config_maps));
+            out.push(apply(Child::StatefulSet(&w.stateful_set)));
+        }
+        out.push(apply(Child::PodDisruptionBudget(
+            &self.pod_disruption_budget,
+        )));
+        out
+    }
+}
+
+/// The epoch of assignment `a`: the previous one when nothing changed (the partition-to-worker
+/// mapping and, for a two-stage job, the merge stage), else one more than any epoch seen
+/// (previous assignment or checkpoints), 1 for a new job.
+pub fn next_epoch(
+    a: &Assignment,
+    previous: Option<&Assignment>,
+    max_checkpoint_epoch: Option<i64>,
+) -> i64 {
+    let seen = max_checkpoint_epoch.unwrap_or(0);
+    // A job that has no merge stage now keeps its epoch over a previous one that had (the pods
+    // roll through the config hash anyway), as it always has.
+    let same_merge = |p: &Assignment| a.merge.is_none() || p.merge == a.merge;
+    match previous {
+        Some(p) if p.workers == a.workers && same_merge(p) && p.epoch >= seen => p.epoch,
+        Some(p) => p.epoch.max(seen) + 1,
+        None => seen + 1,
+    }
+}
+
+/// Hash of the job ConfigMap's content: the pod-template annotation that rolls the workers
+/// when the spec they run or the assignment changes. 32 hex digits of SHA-256.
+pub fn config_hash(job_yaml: &str, assignment_json: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(job_yaml.as_bytes());
+    h.update([0u8]);
+    h.update(assignment_json.as_bytes());
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The StreamJob as the workers read it (`job.yaml`): apiVersion, kind, metadata name and
+/// namespace, and the spec resolved for the workers: `parallelism` is the number of workers
+/// actually run, `autoscaling` and `worker` (pod settings, which the worker binary never reads)
+/// are dropped. So scaling 5 → 6 workers over 3 partitions, or changing a pod's resources,
+/// does not change `job.yaml` nor roll the pods through the config hash.
+pub fn job_yaml(job: &StreamJob, workers: i32) -> Result<String, InvalidSpec> {
+    let mut spec = job.spec.clone();
+    spec.parallelism = workers;
+    spec.autoscaling = None;
+    spec.worker = WorkerTemplate::default();
+    let mut resolved = StreamJob::new(&job.metadata.name.clone().unwrap_or_default(), spec);
+    resolved.metadata.namespace = job.metadata.namespace.clone();
+    serde_norway::to_string(&resolved)
+        .map_err(|e| InvalidSpec::one("spec", format!("cannot be written as YAML: {e}")))
+}
+
+/// validate, then build: the objects that should exist for `job`, or why it must not run. Pure.
+pub fn desired(
+    job: &StreamJob,
+    obs: &Observation,
+    cfg: &OperatorConfig,
+) -> Result<Desired, InvalidSpec> {
+    let valid = validate(job, obs)?;
+    build(job, &valid, obs, cfg)
+}
+
+/// The build step proper, for a job [`validate`] accepted. Fails only when the job cannot be
+/// written as the workers' YAML.
+pub fn build(
+    job: &StreamJob,
+    valid: &Valid,
+    obs: &Observation,
+    cfg: &OperatorConfig,
+) -> Result<Desired, InvalidSpec> {
+    let b = objects::Builder {
+        job,
+        cfg,
+        name: &valid.name,
+        namespace: &valid.namespace,
+        owner: valid.owner.clone(),
+        worker: names::worker_name(&valid.name),
+    };
+    let workers = match obs.topic.partitions() {
+        Some(p) => Some(b.workers(obs, p)?),
+        None => None,
+    };
+    Ok(Desired {
+        service_account: b.service_account(),
+        role_binding: b.role_binding(),
+        service: b.service(),
+        pod_disruption_budget: b.pdb(),
+        workers,
+        finalizer: job.spec.checkpoint.delete_on_job_deletion,
+    })
+}

@@ -1,0 +1,170 @@
+//! What the observe step read for one StreamJob, as plain data: the input of the pure steps
+//! (`validate`, `desired`, `status`) and of `apply`. No client, no I/O: the observe step
+//! ([`crate::observe`]) fills it, and tests build it by hand.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use weir_crds::assignment::Assignment;
+
+/// A topic, as Kafka metadata showed it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TopicObservation {
+    /// The topic exists.
+    Found {
+        /// Its partition count (at least 1; a count below 1 is treated as unknown).
+        partitions: i32,
+        /// Its `retention.ms`; `None` when unknown or infinite (`-1`).
+        retention_ms: Option<i64>,
+    },
+    /// The brokers answered, and have no such topic.
+    NotFound,
+    /// The brokers could not be asked (connection, authentication, timeout).
+    BrokerUnreachable {
+        /// What failed, for a person (never contains credentials).
+        message: String,
+    },
+}
+
+impl TopicObservation {
+    /// The partition count, when known.
+    pub fn partitions(&self) -> Option<i32> {
+        match self {
+            TopicObservation::Found { partitions, .. } if *partitions >= 1 => Some(*partitions),
+            _ => None,
+        }
+    }
+}
+
+/// How to reach the source brokers: bootstrap servers and librdkafka properties (the spec's
+/// `properties` overlaid with the credentials Secret's keys). Its `Debug` never shows values.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct KafkaConnection {
+    /// `bootstrap.servers`.
+    pub bootstrap_servers: String,
+    /// Further librdkafka properties, some of them secret.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for KafkaConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConnection")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Everything observe read for one job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    /// The source topic.
+    pub topic: TopicObservation,
+    /// The assignment in the existing job ConfigMap (`assignment.json`), if it exists and
+    /// parses. Its epoch is the base of the next one.
+    pub previous_assignment: Option<Assignment>,
+    /// The largest epoch found in the job's checkpoints, if read. A job deleted and recreated
+    /// under the same name loses its job ConfigMap (owned, so garbage-collected) but keeps its
+    /// checkpoints (retained by default); without this, its new epoch 1 would be fenced out by
+    /// the checkpoints' older-but-larger epoch forever.
+    pub max_checkpoint_epoch: Option<i64>,
+    /// The job's StatefulSet as it was read (before this reconcile applied anything).
+    pub stateful_set: Option<StatefulSet>,
+    /// Records not yet checkpointed, summed over partitions, if computed.
+    pub lag: Option<i64>,
+    /// Two-stage jobs: partials in the repartition topic not yet checkpointed by the merge
+    /// stage.
+    pub repartition_lag: Option<i64>,
+    /// Two-stage jobs: the repartition topic, as Kafka metadata showed it (`None` for a
+    /// one-stage job, or when the brokers could not be asked about the source either). Apply
+    /// creates it when `NotFound`; once it exists, its partition count is the one the
+    /// assignment uses, whatever the spec says now ([`existing_merge_partitions`]).
+    pub repartition: Option<TopicObservation>,
+    /// Time of the oldest of the partitions' latest checkpoints, if read.
+    pub last_checkpoint_time: Option<Time>,
+    /// Names of the checkpoint ConfigMaps that exist (`configMap` store), so that apply creates
+    /// only the missing ones.
+    pub existing_checkpoints: BTreeSet<String>,
+    /// How to reach the source brokers, when the credentials could be read (the repartition
+    /// topic is created on the source's cluster).
+    pub connection: Option<KafkaConnection>,
+}
+
+impl Observation {
+    /// An observation that knows only the topic: no children, no checkpoints yet.
+    pub fn new(topic: TopicObservation) -> Self {
+        Observation {
+            topic,
+            previous_assignment: None,
+            max_checkpoint_epoch: None,
+            stateful_set: None,
+            lag: None,
+            repartition_lag: None,
+            repartition: None,
+            last_checkpoint_time: None,
+            existing_checkpoints: BTreeSet::new(),
+            connection: None,
+        }
+    }
+}
+
+/// The partition count the merge stage of a job already has, if any: the repartition topic's
+/// when Kafka showed it; when the brokers could not be asked, the previous assignment's for the
+/// same `topic` (the running workers' view); `None` when the topic is missing or unknown (it is
+/// to be created with [`weir_crds::plan::merge_partitions`]'s count). One rule for both steps
+/// that need it: observe, to read the merge stage's checkpoints, and desired, to assign them.
+pub fn existing_merge_partitions(
+    repartition: Option<&TopicObservation>,
+    previous: Option<&Assignment>,
+    topic: &str,
+) -> Option<i32> {
+    match repartition {
+        Some(found @ TopicObservation::Found { .. }) => found.partitions(),
+        Some(TopicObservation::BrokerUnreachable { .. }) => previous
+            .and_then(|a| a.merge.as_ref())
+            .filter(|m| m.topic == topic)
+            .map(|m| m.workers.iter().map(Vec::len).sum::<usize>() as i32)
+            .filter(|p| *p > 0),
+        Some(TopicObservation::NotFound) | None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_debug_hides_secret_values() {
+        let c = KafkaConnection {
+            bootstrap_servers: "kafka:9092".to_string(),
+            properties: BTreeMap::from([("sasl.password".to_string(), "s3cret".to_string())]),
+        };
+        let shown = format!("{c:?}");
+        assert!(shown.contains("sasl.password"));
+        assert!(!shown.contains("s3cret"));
+    }
+
+    #[test]
+    fn the_merge_stage_keeps_the_partitions_it_has() {
+        let found = |partitions| TopicObservation::Found {
+            partitions,
+            retention_ms: None,
+        };
+        let topic = "weir-shop-payments-repartition";
+        let previous = Assignment::round_robin(3, 2, 1).with_merge(topic, 5, 3);
+        let unreachable = TopicObservation::BrokerUnreachable {
+            message: "timeout".to_string(),
+        };
+        let existing = |r: Option<&TopicObservation>, t: &str| {
+            existing_merge_partitions(r, Some(&previous), t)
+        };
+        assert_eq!(existing(Some(&found(4)), topic), Some(4));
+        assert_eq!(existing(Some(&found(0)), topic), None);
+        assert_eq!(existing(Some(&unreachable), topic), Some(5));
+        assert_eq!(existing(Some(&unreachable), "another-topic"), None);
+        assert_eq!(existing(Some(&TopicObservation::NotFound), topic), None);
+        assert_eq!(existing(None, topic), None);
+    }
+}

@@ -1,0 +1,85 @@
+//! The observe step's reads of the API server, apart from the checkpoints: the source's
+//! credentials Secret, the job ConfigMap (the previous assignment) and the StatefulSet. Reads
+//! only.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{Api, Client};
+use weir_crds::assignment::Assignment;
+use weir_crds::{names, StreamJob};
+
+use crate::error::Error;
+use crate::observation::KafkaConnection;
+use crate::secrets::{secret_values, Resolved};
+
+fn namespace(job: &StreamJob) -> String {
+    job.metadata.namespace.clone().unwrap_or_default()
+}
+
+fn name(job: &StreamJob) -> String {
+    job.metadata.name.clone().unwrap_or_default()
+}
+
+/// How to reach the source: the spec's `properties`, overlaid with the keys of the credentials
+/// Secret (read through the API; values never logged). [`Resolved::MissingSecret`] when the
+/// referenced Secret does not exist: the user must create it, so it is reported as a status
+/// (BrokerUnreachable), not retried as an error.
+pub async fn connection(
+    client: &Client,
+    job: &StreamJob,
+) -> Result<Resolved<KafkaConnection>, Error> {
+    let kafka = &job.spec.source.kafka;
+    let mut properties = kafka.properties.clone();
+    if let Some(creds) = &kafka.credentials {
+        let field = "spec.source.kafka.credentials";
+        match secret_values(client, &namespace(job), &creds.secret_name, field).await? {
+            Resolved::Ready(values) => properties.extend(values),
+            Resolved::MissingSecret { message } => return Ok(Resolved::MissingSecret { message }),
+        }
+    }
+    Ok(Resolved::Ready(KafkaConnection {
+        bootstrap_servers: kafka.bootstrap_servers.clone(),
+        properties,
+    }))
+}
+
+/// The assignment in the job ConfigMap, if it exists and parses (one that does not is logged
+/// and ignored: the next assignment then starts above the checkpoints' epochs).
+pub async fn previous_assignment(
+    client: &Client,
+    job: &StreamJob,
+) -> Result<Option<Assignment>, Error> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace(job));
+    let config_name = names::config_map_name(&name(job));
+    let text = config_maps
+        .get_opt(&config_name)
+        .await
+        .map_err(|source| Error::ReadJobConfigMap {
+            name: config_name.clone(),
+            source,
+        })?
+        .and_then(|cm| cm.data)
+        .and_then(|d| d.get(names::ASSIGNMENT_KEY).cloned());
+    Ok(
+        text.and_then(|text| match serde_json::from_str::<Assignment>(&text) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(configmap = %config_name, error = %e, "unreadable assignment");
+                None
+            }
+        }),
+    )
+}
+
+/// The job's StatefulSet, if it exists.
+pub async fn stateful_set(client: &Client, job: &StreamJob) -> Result<Option<StatefulSet>, Error> {
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace(job));
+    let sts_name = names::worker_name(&name(job));
+    statefulsets
+        .get_opt(&sts_name)
+        .await
+        .map_err(|source| Error::ReadStatefulSet {
+            name: sts_name,
+            source,
+        })
+}

@@ -1,0 +1,126 @@
+//! The observe step's reads of Kafka: the source topic (partitions, `retention.ms`), the
+//! repartition topic of a two-stage job, and the high watermarks that turn checkpointed offsets
+//! into lag. Reads only, through [`KafkaClient`].
+
+use std::collections::BTreeMap;
+
+use weir_crds::StreamJob;
+
+use crate::kafka::KafkaClient;
+use crate::observation::{KafkaConnection, TopicObservation};
+use crate::observe::checkpoints::CheckpointSummary;
+use crate::secrets::Resolved;
+
+/// The repartition topic's name for `job`.
+pub fn repartition_name(job: &StreamJob) -> String {
+    weir_crds::repartition_topic(
+        job.metadata.namespace.as_deref(),
+        job.metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// The source topic, and the connection when there is one (a missing credentials Secret is an
+/// unreachable broker, with the Secret named).
+pub async fn source(
+    kafka: &dyn KafkaClient,
+    connection: Resolved<KafkaConnection>,
+    job: &StreamJob,
+) -> (Option<KafkaConnection>, TopicObservation) {
+    match connection {
+        Resolved::Ready(conn) => {
+            let topic = kafka.topic(&conn, &job.spec.source.kafka.topic.0).await;
+            (Some(conn), topic)
+        }
+        Resolved::MissingSecret { message } => {
+            (None, TopicObservation::BrokerUnreachable { message })
+        }
+    }
+}
+
+/// Two-stage jobs: whether the repartition topic exists, and its partitions. Only asked when
+/// the source could be read: a broker that is down already blocks the job.
+pub async fn repartition(
+    kafka: &dyn KafkaClient,
+    conn: Option<&KafkaConnection>,
+    job: &StreamJob,
+    source: &TopicObservation,
+) -> Option<TopicObservation> {
+    match (conn, job.spec.co_partitioned(), source) {
+        (Some(conn), false, TopicObservation::Found { .. }) => {
+            Some(kafka.topic_partitions(conn, &repartition_name(job)).await)
+        }
+        _ => None,
+    }
+}
+
+/// Records of the source not yet checkpointed, when the partition count and some progress are
+/// known and the watermarks can be read.
+pub async fn source_lag(
+    kafka: &dyn KafkaClient,
+    conn: Option<&KafkaConnection>,
+    job: &StreamJob,
+    topic: &TopicObservation,
+    checkpoints: &CheckpointSummary,
+) -> Option<i64> {
+    let name = &job.spec.source.kafka.topic.0;
+    match (conn, topic.partitions()) {
+        (Some(conn), Some(p)) if !checkpoints.next_offsets.is_empty() => {
+            topic_lag(kafka, conn, name, p, &checkpoints.next_offsets).await
+        }
+        _ => None,
+    }
+}
+
+/// Partials in the repartition topic `name` not yet checkpointed by the merge stage, over the
+/// partitions that have a checkpoint.
+pub async fn merge_lag(
+    kafka: &dyn KafkaClient,
+    conn: Option<&KafkaConnection>,
+    name: &str,
+    checkpoints: &CheckpointSummary,
+) -> Option<i64> {
+    let conn = conn?;
+    let count = checkpoints.next_offsets.keys().max().map(|p| p + 1)?;
+    topic_lag(kafka, conn, name, count, &checkpoints.next_offsets).await
+}
+
+async fn topic_lag(
+    kafka: &dyn KafkaClient,
+    conn: &KafkaConnection,
+    topic: &str,
+    partitions: i32,
+    next_offsets: &BTreeMap<i32, i64>,
+) -> Option<i64> {
+    match kafka.high_watermarks(conn, topic, partitions).await {
+        Ok(high) => Some(lag(next_offsets, &high)),
+        Err(e) => {
+            tracing::warn!(%topic, error = %e, "cannot read high watermarks");
+            None
+        }
+    }
+}
+
+/// Records not yet checkpointed: Σ (high watermark − next offset) over the partitions that have
+/// progress, never negative per partition.
+pub fn lag(next_offsets: &BTreeMap<i32, i64>, high_watermarks: &[i64]) -> i64 {
+    next_offsets
+        .iter()
+        .filter_map(|(p, next)| {
+            let high = high_watermarks.get(usize::try_from(*p).ok()?)?;
+            Some((high - next).max(0))
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_sums_high_watermark_minus_next_offset_never_negative() {
+        let next = BTreeMap::from([(0, 40), (1, 100), (2, 7), (9, 1)]);
+        // Partition 1 is ahead of a stale watermark; partition 9 no longer exists.
+        assert_eq!(lag(&next, &[100, 90, 10]), 60 + 3);
+        assert_eq!(lag(&BTreeMap::new(), &[5]), 0);
+    }
+}

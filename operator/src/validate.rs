@@ -1,0 +1,152 @@
+//! The validate step: pure. Says whether the operator may act on a StreamJob at all, naming
+//! every problem: [`weir_crds::StreamJobSpec::validate`], and what only the operator checks
+//! (identity from the API server, reserved environment variables, names that must fit).
+//! A job that fails is a status (`Ready=False, reason InvalidSpec`), never an error to retry.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Resource;
+use weir_crds::pod::env;
+use weir_crds::{names, FieldError, StreamJob, WorkerTemplate};
+
+use crate::observation::Observation;
+
+/// Longest Kafka topic name.
+pub const MAX_TOPIC_NAME: usize = 249;
+
+/// A StreamJob the operator must not act on: every problem, each naming its field. The
+/// controller sets `Ready=False, reason InvalidSpec` and applies nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", weir_crds::ValidationErrors(.errors.clone()))]
+pub struct InvalidSpec {
+    /// The problems (never empty).
+    pub errors: Vec<FieldError>,
+}
+
+impl InvalidSpec {
+    /// One problem.
+    pub fn one(path: &str, message: impl Into<String>) -> Self {
+        InvalidSpec {
+            errors: vec![field_error(path, message)],
+        }
+    }
+}
+
+/// What validation established about a job the operator may act on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Valid {
+    /// `metadata.name`, not empty.
+    pub name: String,
+    /// `metadata.namespace`, not empty.
+    pub namespace: String,
+    /// The owner reference of every child (the job has a uid).
+    pub owner: OwnerReference,
+}
+
+/// Checks `job`, beyond [`weir_crds::StreamJobSpec::validate`]: it has a name, namespace and
+/// uid (as every object from the API server does); `spec.worker.env` neither repeats a name nor
+/// sets one of [`env::RESERVED`]; with the `configMap` store, the checkpoint ConfigMap names
+/// fit in 253 characters; a two-stage job's repartition topic name fits Kafka's limit.
+pub fn validate(job: &StreamJob, obs: &Observation) -> Result<Valid, InvalidSpec> {
+    let spec = &job.spec;
+    let mut errors = match spec.validate() {
+        Ok(()) => Vec::new(),
+        Err(e) => e.0,
+    };
+    errors.extend(env_errors(&spec.worker));
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let namespace = job.metadata.namespace.clone().unwrap_or_default();
+    if name.is_empty() {
+        errors.push(field_error("metadata.name", "is required"));
+    }
+    if namespace.is_empty() {
+        errors.push(field_error("metadata.namespace", "is required"));
+    }
+    errors.extend(name_errors(job, &name, &namespace, obs.topic.partitions()));
+    let owner = owner_reference(job);
+    if owner.is_none() && !name.is_empty() {
+        errors.push(field_error(
+            "metadata.uid",
+            "is required (the job must come from the API server)",
+        ));
+    }
+    match (errors.is_empty(), owner) {
+        (true, Some(owner)) => Ok(Valid {
+            name,
+            namespace,
+            owner,
+        }),
+        _ => Err(InvalidSpec { errors }),
+    }
+}
+
+/// Names derived from the job's that would not fit: the checkpoint ConfigMaps (never
+/// shortened, see [`names`]) and the repartition topic.
+fn name_errors(
+    job: &StreamJob,
+    name: &str,
+    namespace: &str,
+    partitions: Option<i32>,
+) -> Vec<FieldError> {
+    let spec = &job.spec;
+    let mut errors = Vec::new();
+    let configmap_store = spec.checkpoint.store.config_map.is_some();
+    if let (true, Some(p)) = (configmap_store, partitions) {
+        if names::checkpoint_config_map_name(name, p - 1).is_none() {
+            errors.push(field_error(
+                "metadata.name",
+                format!(
+                    "is too long for the checkpoint ConfigMaps {name}-checkpoint-<partition> \
+                     (at most 253 characters with {p} partitions): shorten it or use \
+                     spec.checkpoint.store.objectStore"
+                ),
+            ));
+        }
+    }
+    if !spec.co_partitioned() {
+        let topic = weir_crds::repartition_topic(Some(namespace), name);
+        if topic.len() > MAX_TOPIC_NAME {
+            errors.push(field_error(
+                "metadata.name",
+                format!(
+                    "is too long for the repartition topic {topic} ({} characters; Kafka allows \
+                     {MAX_TOPIC_NAME}): shorten it, or declare co-partitioned groups \
+                     (spec.repartition.coPartitioned) if they are",
+                    topic.len()
+                ),
+            ));
+        }
+    }
+    errors
+}
+
+fn field_error(path: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        path: path.to_string(),
+        message: message.into(),
+    }
+}
+
+fn env_errors(w: &WorkerTemplate) -> Vec<FieldError> {
+    let mut seen = BTreeSet::new();
+    let mut errors = Vec::new();
+    for (i, e) in w.env.iter().enumerate() {
+        let path = format!("spec.worker.env[{i}].name");
+        if env::RESERVED.contains(&e.name.as_str()) {
+            errors.push(field_error(
+                &path,
+                format!("{} is set by the operator", e.name),
+            ));
+        } else if !seen.insert(e.name.as_str()) {
+            errors.push(field_error(&path, format!("duplicate name {}", e.name)));
+        }
+    }
+    errors
+}
+
+fn owner_reference(job: &StreamJob) -> Option<OwnerReference> {
+    let mut o = job.controller_owner_ref(&())?;
+    o.block_owner_deletion = Some(true);
+    Some(o)
+}
