@@ -8,7 +8,7 @@
 //! - (a) a bare rdkafka `BaseConsumer` assigned all 4 partitions from the beginning, reading
 //!   every record (and touching its payload);
 //! - (a4) the same with one bare consumer per partition, one thread each (the worker's layout);
-//! - (b) the worker: `spawn_partition` for each partition (consumer, engine, idempotent sink
+//! - (b) the worker: `partition::spawn_partition` for each partition (consumer, engine, idempotent sink
 //!   producer, checkpoints in a directory), tumbling 1m windows grouped by merchant with count,
 //!   sum and mean, timed until it has read every record; with checkpoints effectively off
 //!   (every hour), every 10 s and every 1 s;
@@ -38,8 +38,10 @@ use weir_crds::StreamJobSpec;
 use weir_engine::JobPlan;
 use weir_worker::checkpoint::{CheckpointStore, DirStore, PartitionLease, Progress};
 use weir_worker::kafka::{self, ClientSettings};
+use weir_worker::merge::MergeSettings;
 use weir_worker::metrics::Metrics;
-use weir_worker::runtime::{self, JobContext, PartitionEnd, Totals};
+use weir_worker::partition::{spawn_partition, Stage};
+use weir_worker::runtime::{JobContext, PartitionEnd, Totals};
 
 const TOPIC: &str = "payments";
 const SINK: &str = "results";
@@ -275,11 +277,12 @@ fn worker(
         let topic = format!("{name}-repartition");
         weir_worker::tools::create_topic(&setup.bootstrap, &topic, PARTITIONS)
             .expect("create the repartition topic");
-        runtime::MergeContext {
+        MergeSettings {
             producer: kafka::repartition_settings(spec, &name, &topic).expect("settings"),
             topic,
             partitions: PARTITIONS,
             sources: PARTITIONS,
+            mine: (0..PARTITIONS).collect(),
             store: Arc::new(DirStore::new(dir.path().join("merge"))),
         }
     });
@@ -302,15 +305,16 @@ fn worker(
         stop: stop.clone(),
         totals: totals.clone(),
         merge,
-        idle_timeout: JobContext::idle_timeout_of(spec),
     });
     let t0 = Instant::now();
     let mut threads: Vec<_> = (0..PARTITIONS)
-        .map(|p| runtime::spawn_partition(ctx.clone(), rt.handle().clone(), p).expect("thread"))
+        .map(|p| {
+            spawn_partition(ctx.clone(), rt.handle().clone(), Stage::Source, p).expect("thread")
+        })
         .collect();
     if two_stage {
         threads.extend((0..PARTITIONS).map(|p| {
-            runtime::spawn_merge_partition(ctx.clone(), rt.handle().clone(), p).expect("thread")
+            spawn_partition(ctx.clone(), rt.handle().clone(), Stage::Merge, p).expect("thread")
         }));
     }
     let wait = |done: &dyn Fn() -> bool| {
@@ -330,7 +334,7 @@ fn worker(
         // record's be, then wait for the second stage to have merged every message.
         std::thread::sleep(Duration::from_millis(1));
         wait(&|| {
-            let sent = totals.exchanged.load(Ordering::Relaxed);
+            let sent = totals.partials_sent.load(Ordering::Relaxed);
             sent > 0 && totals.merged.load(Ordering::Relaxed) >= sent
         });
     }
@@ -358,7 +362,7 @@ fn worker(
         seconds,
         first_stage_seconds,
         results: totals.results.load(Ordering::Relaxed),
-        exchanged: totals.exchanged.load(Ordering::Relaxed),
+        exchanged: totals.partials_sent.load(Ordering::Relaxed),
         checkpoints,
         checkpoint_seconds,
         stop_seconds: t1.elapsed().as_secs_f64(),

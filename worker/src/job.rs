@@ -1,30 +1,160 @@
 //! Running a job's partitions: in a pod (`weir worker`, partitions from the assignment the
 //! operator publishes) or all on this machine (`weir run JOB.yaml`, local mode).
 //!
-//! Both start the same partition threads ([`crate::runtime`]); they differ only in where the
-//! assignment, the epoch and the checkpoint store come from.
+//! Both start the same partition threads ([`crate::partition`]) and supervise them
+//! ([`supervise_partitions`]); they differ only in where the assignment, the epoch and the
+//! checkpoint store come from.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tracing::{error, info};
 pub use weir_crds::assignment::Assignment;
 use weir_crds::{StreamJob, StreamJobSpec};
 use weir_engine::JobPlan;
 
+use weir_objstore::OpenObjectStoreError;
+
 use crate::checkpoint::{
     CheckpointStore, ConfigMapStore, DirStore, ObjectStoreConfig, ObjectStoreStore,
 };
 use crate::http::{self, Health};
-use crate::kafka;
+use crate::kafka::{self, SettingsError};
+use crate::merge::MergeSettings;
 use crate::metrics::Metrics;
+use crate::partition::{self, Stage};
 use crate::runtime::{self, JobContext, PartitionEnd, RuntimeError, Totals};
+use crate::tools::ToolError;
+
+/// Why a job could not run, or stopped with an error. The message says what was being done;
+/// the cause follows as the error's source.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The async runtime could not start.
+    #[error("starting the async runtime")]
+    StartRuntime(#[source] std::io::Error),
+    /// `--checkpoint-dir` could not be created.
+    #[error("creating the checkpoint directory {}", path.display())]
+    CreateCheckpointDir {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The spec's object store could not be opened.
+    #[error(transparent)]
+    OpenObjectStore(#[from] OpenObjectStoreError),
+    /// ConfigMap checkpoints outside a cluster.
+    #[error(
+        "this job keeps checkpoints in ConfigMaps, which need a cluster; \
+         pass --checkpoint-dir DIR to keep them in a local directory"
+    )]
+    ConfigMapsNeedACluster,
+    /// No Kubernetes client for ConfigMap checkpoints.
+    #[error("connecting to the Kubernetes API for ConfigMap checkpoints")]
+    ConnectKubernetes(#[source] Box<kube::Error>),
+    /// A Kafka client's settings could not be put together.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// A Kafka client for metadata could not be created.
+    #[error("creating a Kafka client")]
+    CreateClient(#[source] Box<KafkaError>),
+    /// A topic's metadata could not be read.
+    #[error("reading metadata of topic {topic} from {bootstrap}")]
+    ReadMetadata {
+        /// The topic.
+        topic: String,
+        /// The brokers asked.
+        bootstrap: String,
+        /// Cause.
+        #[source]
+        source: Box<KafkaError>,
+    },
+    /// The topic is not in the metadata.
+    #[error("topic {0} not found")]
+    TopicNotFound(String),
+    /// The metadata has an error for the topic.
+    #[error("topic {topic}: {code:?} (does it exist on {bootstrap}?)")]
+    TopicError {
+        /// The topic.
+        topic: String,
+        /// The brokers asked.
+        bootstrap: String,
+        /// The broker's answer.
+        code: RDKafkaErrorCode,
+    },
+    /// The topic has no partitions.
+    #[error("topic {0} has no partitions")]
+    NoPartitions(String),
+    /// Local mode could not create the repartition topic.
+    #[error("creating the repartition topic {topic} on {bootstrap}")]
+    CreateRepartitionTopic {
+        /// The topic.
+        topic: String,
+        /// The brokers.
+        bootstrap: String,
+        /// Cause.
+        #[source]
+        source: Box<ToolError>,
+    },
+    /// The HTTP address could not be bound.
+    #[error("listening on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A partition thread could not be started.
+    #[error("starting a {what} thread")]
+    SpawnThread {
+        /// "partition", "repartition partition".
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A partition failed (the worker stopped every other one).
+    #[error(transparent)]
+    Partition(#[from] RuntimeError),
+    /// Partitions were taken over by a newer owner.
+    #[error(
+        "{count} partition(s) were taken over by a newer owner, so this worker's assignment is \
+         out of date: {details}"
+    )]
+    Fenced {
+        /// How many.
+        count: usize,
+        /// Each fencing error, joined by "; ".
+        details: String,
+    },
+    /// The assignment has no entry for this ordinal.
+    #[error(
+        "ordinal {ordinal} has no entry in the assignment ({workers} workers); \
+         the StatefulSet has more replicas than the assignment"
+    )]
+    NotInAssignment {
+        /// This worker's ordinal.
+        ordinal: usize,
+        /// Workers in the assignment.
+        workers: usize,
+    },
+    /// A two-stage job whose assignment has no merge stage.
+    #[error(
+        "this job's groups may span partitions, so it runs in two stages, but the \
+         assignment has no second stage (an operator older than this worker?)"
+    )]
+    NoMergeStage,
+}
 
 /// A StreamJob file, parsed and validated: every problem is one line for the user.
 pub fn load_job(path: &Path) -> Result<(StreamJob, JobPlan), Vec<String>> {
@@ -70,45 +200,47 @@ fn job_name(job: &StreamJob) -> String {
         .unwrap_or_else(|| "streamjob".to_string())
 }
 
-/// The second stage this process runs, for a two-stage job.
-#[derive(Clone, Debug)]
-pub struct MergePlan {
-    /// The repartition topic.
-    pub topic: String,
-    /// Its partition count.
-    pub partitions: i32,
-    /// Partitions of the source topic.
-    pub sources: i32,
-    /// The repartition partitions this process merges.
-    pub mine: Vec<i32>,
+/// How this process runs a job, whichever way it was started.
+struct Launch<'a> {
+    job: &'a StreamJob,
+    plan: JobPlan,
+    opts: &'a RunOptions,
+    /// Inside a cluster (ConfigMap checkpoints possible).
+    in_cluster: bool,
+    epoch: i64,
+    owner: String,
+    rt: tokio::runtime::Runtime,
 }
 
-/// Where a stage's checkpoints live under the job's: stage 1 at the top, stage 2 below.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stage {
-    One,
-    Two,
+fn async_runtime() -> Result<tokio::runtime::Runtime, JobError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(JobError::StartRuntime)
 }
 
-/// The checkpoint store: `--checkpoint-dir` if given, else the spec's (a ConfigMap store only
-/// inside a cluster). Stage 2 keeps its checkpoints apart: `merge/` under the job's directory
-/// or object-store prefix, ConfigMaps `<job>-merge-checkpoint-<partition>`.
+/// The checkpoint store of `stage`: `--checkpoint-dir` if given, else the spec's (a ConfigMap
+/// store only inside a cluster). The merge stage keeps its checkpoints apart: `merge/` under
+/// the job's directory or object-store prefix, ConfigMaps `<job>-merge-checkpoint-<partition>`.
 async fn open_store(
     job: &StreamJob,
     opts: &RunOptions,
     in_cluster: bool,
     stage: Stage,
-) -> anyhow::Result<Arc<dyn CheckpointStore>> {
+) -> Result<Arc<dyn CheckpointStore>, JobError> {
     let name = job_name(job);
     if let Some(dir) = &opts.checkpoint_dir {
         let dir = dir.join(&name);
-        let dir = if stage == Stage::Two {
+        let dir = if stage == Stage::Merge {
             dir.join(weir_crds::checkpoint::MERGE_LOCATION)
         } else {
             dir
         };
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("creating the checkpoint directory {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|source| JobError::CreateCheckpointDir {
+            path: dir.clone(),
+            source,
+        })?;
         return Ok(Arc::new(DirStore::new(dir)));
     }
     let store = &job.spec.checkpoint.store;
@@ -117,17 +249,14 @@ async fn open_store(
         let config = ObjectStoreConfig {
             from_env: true,
             ..match stage {
-                Stage::One => ObjectStoreConfig::for_job(o, &name),
-                Stage::Two => ObjectStoreConfig::for_merge(o, &name),
+                Stage::Source => ObjectStoreConfig::for_job(o, &name),
+                Stage::Merge => ObjectStoreConfig::for_merge(o, &name),
             }
         };
         return Ok(Arc::new(ObjectStoreStore::new(&config)?));
     }
     if !in_cluster {
-        bail!(
-            "this job keeps checkpoints in ConfigMaps, which need a cluster; \
-             pass --checkpoint-dir DIR to keep them in a local directory"
-        );
+        return Err(JobError::ConfigMapsNeedACluster);
     }
     let namespace = std::env::var("WEIR_NAMESPACE")
         .ok()
@@ -135,121 +264,174 @@ async fn open_store(
         .unwrap_or_else(|| "default".to_string());
     let client = kube::Client::try_default()
         .await
-        .context("connecting to the Kubernetes API for ConfigMap checkpoints")?;
+        .map_err(|e| JobError::ConnectKubernetes(Box::new(e)))?;
     let prefix = match stage {
-        Stage::One => format!("{name}-checkpoint"),
-        Stage::Two => format!("{name}-merge-checkpoint"),
+        Stage::Source => format!("{name}-checkpoint"),
+        Stage::Merge => format!("{name}-merge-checkpoint"),
     };
     Ok(Arc::new(ConfigMapStore::new(client, &namespace, &prefix)))
 }
 
 /// Partition count of the source topic (Kafka metadata), with an error a person can act on.
-pub fn partition_count(settings: &kafka::ClientSettings, topic: &str) -> anyhow::Result<i32> {
+pub fn partition_count(settings: &kafka::ClientSettings, topic: &str) -> Result<i32, JobError> {
+    let bootstrap = || settings.get("bootstrap.servers").unwrap_or("?").to_string();
     let consumer: BaseConsumer = settings
         .config()
         .create()
-        .context("creating a Kafka client")?;
+        .map_err(|e| JobError::CreateClient(Box::new(e)))?;
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(30))
-        .with_context(|| {
-            format!(
-                "reading metadata of topic {topic} from {}",
-                settings.get("bootstrap.servers").unwrap_or("?")
-            )
+        .map_err(|source| JobError::ReadMetadata {
+            topic: topic.to_string(),
+            bootstrap: bootstrap(),
+            source: Box::new(source),
         })?;
     let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
-        bail!("topic {topic} not found");
+        return Err(JobError::TopicNotFound(topic.to_string()));
     };
     if let Some(e) = t.error() {
-        bail!(
-            "topic {topic}: {:?} (does it exist on {}?)",
-            rdkafka::error::RDKafkaErrorCode::from(e),
-            settings.get("bootstrap.servers").unwrap_or("?")
-        );
+        return Err(JobError::TopicError {
+            topic: topic.to_string(),
+            bootstrap: bootstrap(),
+            code: RDKafkaErrorCode::from(e),
+        });
     }
     if t.partitions().is_empty() {
-        bail!("topic {topic} has no partitions");
+        return Err(JobError::NoPartitions(topic.to_string()));
     }
     Ok(t.partitions().len() as i32)
 }
 
-/// Run `partitions` of the job until stopped (SIGTERM/SIGINT) or until a partition fails.
-/// Fenced partitions stop alone; the others go on.
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    job: &StreamJob,
-    plan: JobPlan,
-    partitions: Vec<i32>,
-    merge: Option<MergePlan>,
-    epoch: i64,
-    owner: String,
-    opts: &RunOptions,
-    in_cluster: bool,
-) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+/// The merge stage's settings: the repartition topic's shape, the partitions this process
+/// merges, the producer the source partitions write it with, and the merge stage's store.
+fn merge_settings(
+    launch: &Launch<'_>,
+    topic: String,
+    partitions: i32,
+    sources: i32,
+    mine: Vec<i32>,
+) -> Result<MergeSettings, JobError> {
+    let (job, opts) = (launch.job, launch.opts);
+    let producer = kafka::repartition_settings(&job.spec, &job_name(job), &topic)?;
+    let store = launch
+        .rt
+        .block_on(open_store(job, opts, launch.in_cluster, Stage::Merge))?;
+    Ok(MergeSettings {
+        topic,
+        partitions,
+        sources,
+        mine,
+        producer,
+        store,
+    })
+}
+
+/// What every partition thread shares.
+fn job_context(
+    launch: &Launch<'_>,
+    merge: Option<MergeSettings>,
+    stop: Arc<AtomicBool>,
+) -> Result<JobContext, JobError> {
+    let (job, opts) = (launch.job, launch.opts);
     let name = job_name(job);
     let spec: &StreamJobSpec = &job.spec;
-    let store = rt.block_on(open_store(job, opts, in_cluster, Stage::One))?;
-    let merge_ctx = match &merge {
-        Some(m) => Some(runtime::MergeContext {
-            topic: m.topic.clone(),
-            partitions: m.partitions,
-            sources: m.sources,
-            producer: kafka::repartition_settings(spec, &name, &m.topic)?,
-            store: rt.block_on(open_store(job, opts, in_cluster, Stage::Two))?,
-        }),
-        None => None,
-    };
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::new(Duration::from_secs(30)));
-    let stop = Arc::new(AtomicBool::new(false));
-    let ctx = Arc::new(JobContext {
+    let store = launch
+        .rt
+        .block_on(open_store(job, opts, launch.in_cluster, Stage::Source))?;
+    Ok(JobContext {
         name: name.clone(),
         spec: spec.clone(),
-        plan,
+        plan: launch.plan.clone(),
         source: kafka::source_settings(spec, &name)?,
         sink: kafka::sink_settings(spec, &name)?,
         dead_letter: kafka::dead_letter_settings(spec, &name)?,
         store,
         checkpoint_interval: JobContext::interval_of(spec),
-        epoch,
-        owner: owner.clone(),
-        metrics: metrics.clone(),
+        epoch: launch.epoch,
+        owner: launch.owner.clone(),
+        metrics: Arc::new(Metrics::new()),
         echo: opts.echo,
-        stop: stop.clone(),
+        stop,
         totals: Arc::new(Totals::default()),
-        merge: merge_ctx,
-        idle_timeout: JobContext::idle_timeout_of(spec),
+        merge,
+    })
+}
+
+/// Serve /metrics, /healthz and /readyz on `addr` until `stopped` fires.
+fn serve_http(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), JobError> {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .map_err(|source| JobError::Listen { addr, source })?;
+    info!(addr = %listener.local_addr().unwrap_or(addr), "serving /metrics, /healthz, /readyz");
+    rt.spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = http::serve(listener, metrics, health, shutdown).await {
+            error!(error = %e, "HTTP server failed");
+        }
     });
+    Ok(())
+}
+
+type PartitionThreads = BTreeMap<(u8, i32), JoinHandle<Result<PartitionEnd, RuntimeError>>>;
+
+/// Start a thread for each source partition and each repartition partition this process owns.
+fn spawn_threads(
+    ctx: &Arc<JobContext>,
+    rt: &tokio::runtime::Runtime,
+    partitions: &[i32],
+) -> Result<PartitionThreads, JobError> {
+    let merge_mine = ctx.merge.as_ref().map(|m| m.mine.as_slice()).unwrap_or(&[]);
+    let mut threads = BTreeMap::new();
+    for (stage, what, key, mine) in [
+        (Stage::Source, "partition", 1u8, partitions),
+        (Stage::Merge, "repartition partition", 2u8, merge_mine),
+    ] {
+        for p in mine {
+            let handle = partition::spawn_partition(ctx.clone(), rt.handle().clone(), stage, *p)
+                .map_err(|source| JobError::SpawnThread { what, source })?;
+            threads.insert((key, *p), handle);
+        }
+    }
+    Ok(threads)
+}
+
+/// Run `partitions` of the job (and the merge stage's, if any) until stopped (SIGTERM/SIGINT)
+/// or until a partition fails. Fenced partitions stop alone; the others go on.
+fn supervise_partitions(
+    launch: Launch<'_>,
+    partitions: Vec<i32>,
+    merge: Option<MergeSettings>,
+) -> Result<(), JobError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ctx = Arc::new(job_context(&launch, merge, stop.clone())?);
+    let merge_mine = ctx
+        .merge
+        .as_ref()
+        .map(|m| m.mine.clone())
+        .unwrap_or_default();
     info!(
-        job = %name,
-        owner = %owner,
-        epoch,
+        job = %ctx.name,
+        owner = %ctx.owner,
+        epoch = ctx.epoch,
         partitions = ?partitions,
-        merge_partitions = ?merge.as_ref().map(|m| &m.mine),
+        merge_partitions = ?ctx.merge.as_ref().map(|m| &m.mine),
         store = %ctx.store.describe(),
         "starting"
     );
-
+    let rt = launch.rt;
+    let metrics = ctx.metrics.clone();
+    let health = Arc::new(Health::new(Duration::from_secs(30)));
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    if let Some(addr) = opts.listen {
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind(addr))
-            .with_context(|| format!("listening on {addr}"))?;
-        info!(addr = %listener.local_addr().unwrap_or(addr), "serving /metrics, /healthz, /readyz");
-        let (m, h) = (metrics.clone(), health.clone());
-        rt.spawn(async move {
-            let shutdown = async move {
-                let _ = http_stop_rx.await;
-            };
-            if let Err(e) = http::serve(listener, m, h, shutdown).await {
-                error!(error = %e, "HTTP server failed");
-            }
-        });
+    if let Some(addr) = launch.opts.listen {
+        serve_http(&rt, addr, metrics.clone(), health.clone(), http_stop_rx)?;
     }
     {
         let stop = stop.clone();
@@ -259,34 +441,31 @@ pub fn run(
             stop.store(true, Ordering::Relaxed);
         });
     }
+    let total = partitions.len() + merge_mine.len();
+    metrics.partitions_owned.set(total as i64);
+    let threads = spawn_threads(&ctx, &rt, &partitions)?;
+    let outcome = watch_threads(&ctx, &health, threads, total as u64, launch.opts);
+    let _ = http_stop_tx.send(());
+    rt.shutdown_timeout(Duration::from_secs(2));
+    outcome
+}
 
-    let merge_mine = merge.map(|m| m.mine).unwrap_or_default();
-    metrics
-        .partitions_owned
-        .set((partitions.len() + merge_mine.len()) as i64);
-    let mut threads = BTreeMap::new();
-    for p in &partitions {
-        let handle = runtime::spawn_partition(ctx.clone(), rt.handle().clone(), *p)
-            .context("starting a partition thread")?;
-        threads.insert((1, *p), handle);
-    }
-    for p in &merge_mine {
-        let handle = runtime::spawn_merge_partition(ctx.clone(), rt.handle().clone(), *p)
-            .context("starting a repartition partition thread")?;
-        threads.insert((2, *p), handle);
-    }
-
-    let started = Instant::now();
-    let mut last_progress = Instant::now();
-    let mut last_records = 0u64;
+/// Wait for every partition thread: mark the worker ready when all caught up, print progress
+/// lines, stop every partition when one fails.
+fn watch_threads(
+    ctx: &JobContext,
+    health: &Health,
+    mut threads: PartitionThreads,
+    total: u64,
+    opts: &RunOptions,
+) -> Result<(), JobError> {
+    let mut progress = ProgressLine::new();
     let mut failure: Option<RuntimeError> = None;
     let mut fenced = Vec::new();
-    let total = (partitions.len() + merge_mine.len()) as u64;
     while !threads.is_empty() {
         std::thread::sleep(Duration::from_millis(200));
         health.beat();
-        let totals = &ctx.totals;
-        if totals.caught_up.load(Ordering::Relaxed) >= total {
+        if ctx.totals.caught_up.load(Ordering::Relaxed) >= total {
             health.set_ready();
         }
         let done: Vec<(u8, i32)> = threads
@@ -298,66 +477,84 @@ pub fn run(
             let Some(h) = threads.remove(&key) else {
                 continue;
             };
-            let p = key.1;
             match h.join() {
                 Ok(Ok(PartitionEnd::Stopped)) => {}
                 Ok(Ok(PartitionEnd::Fenced(e))) => {
-                    metrics.partitions_owned.dec();
+                    ctx.metrics.partitions_owned.dec();
                     fenced.push(e.to_string());
                 }
                 Ok(Err(e)) => {
                     error!(error = %e, "partition failed; stopping the worker");
-                    stop.store(true, Ordering::Relaxed);
+                    ctx.stop.store(true, Ordering::Relaxed);
                     failure.get_or_insert(e);
                 }
                 Err(_) => {
-                    stop.store(true, Ordering::Relaxed);
-                    failure.get_or_insert(RuntimeError::Panicked { partition: p });
+                    ctx.stop.store(true, Ordering::Relaxed);
+                    failure.get_or_insert(RuntimeError::Panicked { partition: key.1 });
                 }
             }
         }
         if let Some(every) = opts.progress_every {
-            if last_progress.elapsed() >= every {
-                let records = totals.records.load(Ordering::Relaxed);
-                let rate = (records - last_records) as f64 / last_progress.elapsed().as_secs_f64();
-                // Two-stage jobs: how far the second stage is behind the first.
-                let exchanged = totals.exchanged.load(Ordering::Relaxed);
-                let stage2 = if exchanged > 0 {
-                    let merged = totals.merged.load(Ordering::Relaxed);
-                    format!("  stage 2: {merged} of {exchanged} partials and markers merged")
-                } else {
-                    String::new()
-                };
-                eprintln!(
-                    "weir: {:>6.0}s  {:>9.0} records/s  {} records  {} results  {} rejected  lag {}{stage2}",
-                    started.elapsed().as_secs_f64(),
-                    rate,
-                    records,
-                    totals.results.load(Ordering::Relaxed),
-                    totals.rejected.load(Ordering::Relaxed),
-                    totals.lag(),
-                );
-                last_records = records;
-                last_progress = Instant::now();
-            }
+            progress.maybe_print(ctx, every);
         }
     }
-    let _ = http_stop_tx.send(());
-    rt.shutdown_timeout(Duration::from_secs(2));
     if let Some(e) = failure {
         return Err(e.into());
     }
     if !fenced.is_empty() {
         // The assignment this worker started with is out of date; exiting lets the pod restart
         // and read the new one.
-        bail!(
-            "{} partition(s) were taken over by a newer owner, so this worker's assignment is \
-             out of date: {}",
-            fenced.len(),
-            fenced.join("; ")
-        );
+        return Err(JobError::Fenced {
+            count: fenced.len(),
+            details: fenced.join("; "),
+        });
     }
     Ok(())
+}
+
+/// Progress lines on stderr (local mode's `--progress`).
+struct ProgressLine {
+    started: Instant,
+    last: Instant,
+    last_records: u64,
+}
+
+impl ProgressLine {
+    fn new() -> ProgressLine {
+        ProgressLine {
+            started: Instant::now(),
+            last: Instant::now(),
+            last_records: 0,
+        }
+    }
+
+    fn maybe_print(&mut self, ctx: &JobContext, every: Duration) {
+        if self.last.elapsed() < every {
+            return;
+        }
+        let totals = &ctx.totals;
+        let records = totals.records.load(Ordering::Relaxed);
+        let rate = (records - self.last_records) as f64 / self.last.elapsed().as_secs_f64();
+        // Two-stage jobs: how far the merge stage is behind the source partitions.
+        let sent = totals.partials_sent.load(Ordering::Relaxed);
+        let stage2 = if sent > 0 {
+            let merged = totals.merged.load(Ordering::Relaxed);
+            format!("  stage 2: {merged} of {sent} partials and markers merged")
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "weir: {:>6.0}s  {:>9.0} records/s  {} records  {} results  {} rejected  lag {}{stage2}",
+            self.started.elapsed().as_secs_f64(),
+            rate,
+            records,
+            totals.results.load(Ordering::Relaxed),
+            totals.rejected.load(Ordering::Relaxed),
+            totals.lag(),
+        );
+        self.last_records = records;
+        self.last = Instant::now();
+    }
 }
 
 async fn wait_for_signal() {
@@ -391,36 +588,36 @@ pub fn worker(
     ordinal: usize,
     owner: String,
     opts: &RunOptions,
-) -> anyhow::Result<()> {
+) -> Result<(), JobError> {
     let Some(partitions) = assignment.workers.get(ordinal) else {
-        bail!(
-            "ordinal {ordinal} has no entry in the assignment ({} workers); \
-             the StatefulSet has more replicas than the assignment",
-            assignment.workers.len()
-        );
+        return Err(JobError::NotInAssignment {
+            ordinal,
+            workers: assignment.workers.len(),
+        });
     };
     if !job.spec.co_partitioned() && assignment.merge.is_none() {
-        bail!(
-            "this job's groups may span partitions, so it runs in two stages, but the \
-             assignment has no second stage (an operator older than this worker?)"
-        );
+        return Err(JobError::NoMergeStage);
     }
-    let merge = assignment.merge.as_ref().map(|m| MergePlan {
-        topic: m.topic.clone(),
-        partitions: m.workers.iter().map(Vec::len).sum::<usize>() as i32,
-        sources: m.sources,
-        mine: m.workers.get(ordinal).cloned().unwrap_or_default(),
-    });
-    run(
+    let launch = Launch {
         job,
         plan,
-        partitions.clone(),
-        merge,
-        assignment.epoch,
-        owner,
         opts,
-        true,
-    )
+        in_cluster: true,
+        epoch: assignment.epoch,
+        owner,
+        rt: async_runtime()?,
+    };
+    let merge = match &assignment.merge {
+        Some(m) => Some(merge_settings(
+            &launch,
+            m.topic.clone(),
+            m.workers.iter().map(Vec::len).sum::<usize>() as i32,
+            m.sources,
+            m.workers.get(ordinal).cloned().unwrap_or_default(),
+        )?),
+        None => None,
+    };
+    supervise_partitions(launch, partitions.clone(), merge)
 }
 
 /// The ordinal of a StatefulSet pod from its name (`name-3` → 3).
@@ -430,7 +627,7 @@ pub fn ordinal_from_hostname(host: &str) -> Option<usize> {
 
 /// Local mode: every partition of the topic in this process, split over `parallelism` tasks
 /// as the operator would split them over pods. Checkpoints default to `.weir/checkpoints`.
-pub fn local(job: &StreamJob, plan: JobPlan, opts: &RunOptions) -> anyhow::Result<()> {
+pub fn local(job: &StreamJob, plan: JobPlan, opts: &RunOptions) -> Result<(), JobError> {
     let mut job = job.clone();
     if let Some(b) = &opts.bootstrap {
         let spec = &mut job.spec;
@@ -458,46 +655,60 @@ pub fn local(job: &StreamJob, plan: JobPlan, opts: &RunOptions) -> anyhow::Resul
     }
     // One process, so one set of threads; the tasks are the assignment's grouping.
     let partitions: Vec<i32> = (0..count).collect();
-    let merge = if job.spec.co_partitioned() {
+    let repartition = if job.spec.co_partitioned() {
         None
     } else {
-        let topic = weir_crds::repartition_topic(job.metadata.namespace.as_deref(), &name);
-        let wanted = job.spec.repartition.partitions.unwrap_or(count);
-        let bootstrap = source
-            .get("bootstrap.servers")
-            .unwrap_or_default()
-            .to_string();
-        let replication = job.spec.repartition.replication_factor;
-        crate::tools::create_topic_with(&source, &topic, wanted, replication)
-            .with_context(|| format!("creating the repartition topic {topic} on {bootstrap}"))?;
-        let partitions = partition_count(&source, &topic)?;
-        if partitions != wanted {
-            eprintln!(
-                "weir: {name}: the repartition topic {topic} exists with {partitions} partitions \
-                 (not {wanted}); using it as it is"
-            );
-        }
-        eprintln!(
-            "weir: {name}: groups may span partitions: two stages, through {topic} \
-             ({partitions} partitions)"
-        );
-        Some(MergePlan {
-            topic,
-            partitions,
-            sources: count,
-            mine: (0..partitions).collect(),
-        })
+        Some(local_repartition_topic(job, &source, count)?)
     };
-    run(
+    let launch = Launch {
         job,
         plan,
-        partitions,
-        merge,
+        opts: &opts,
+        in_cluster: false,
         epoch,
-        "local".to_string(),
-        &opts,
-        false,
-    )
+        owner: "local".to_string(),
+        rt: async_runtime()?,
+    };
+    let merge = match repartition {
+        Some((topic, n)) => Some(merge_settings(&launch, topic, n, count, (0..n).collect())?),
+        None => None,
+    };
+    supervise_partitions(launch, partitions, merge)
+}
+
+/// Local mode, two-stage job: create the repartition topic (an existing one is used as it is);
+/// its name and partition count.
+fn local_repartition_topic(
+    job: &StreamJob,
+    source: &kafka::ClientSettings,
+    count: i32,
+) -> Result<(String, i32), JobError> {
+    let name = job_name(job);
+    let topic = weir_crds::repartition_topic(job.metadata.namespace.as_deref(), &name);
+    let wanted = job.spec.repartition.partitions.unwrap_or(count);
+    let replication = job.spec.repartition.replication_factor;
+    crate::tools::create_topic_with(source, &topic, wanted, replication).map_err(|source_err| {
+        JobError::CreateRepartitionTopic {
+            topic: topic.clone(),
+            bootstrap: source
+                .get("bootstrap.servers")
+                .unwrap_or_default()
+                .to_string(),
+            source: Box::new(source_err),
+        }
+    })?;
+    let partitions = partition_count(source, &topic)?;
+    if partitions != wanted {
+        eprintln!(
+            "weir: {name}: the repartition topic {topic} exists with {partitions} partitions \
+             (not {wanted}); using it as it is"
+        );
+    }
+    eprintln!(
+        "weir: {name}: groups may span partitions: two stages, through {topic} \
+         ({partitions} partitions)"
+    );
+    Ok((topic, partitions))
 }
 
 #[cfg(test)]

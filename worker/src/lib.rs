@@ -1,7 +1,8 @@
 //! The worker's library: what the `weir` binary and the integration tests share.
 //!
 //! The pure engine lives in `weir-engine`; around it: Kafka settings, checkpoint stores with
-//! fencing, the per-partition runtime, metrics, HTTP probes and log setup.
+//! fencing, the one I/O loop that drives the partition protocol (`weir_engine::protocol`) for
+//! both stages, metrics, HTTP probes and log setup.
 
 pub mod checkpoint;
 pub mod contiguous;
@@ -11,5 +12,7 @@ pub mod kafka;
 pub mod logging;
 pub mod merge;
 pub mod metrics;
+pub mod partition;
+pub mod producer;
 pub mod runtime;
 pub mod tools;

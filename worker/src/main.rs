@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use weir_worker::job::{self, Assignment, RunOptions};
 use weir_worker::logging::{self, LogFormat};
 
-mod run;
+mod file_input;
 
 #[derive(Parser)]
 #[command(
@@ -180,7 +180,8 @@ fn kafka_tool(cmd: KafkaCommand) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // anyhow's alternate form prints the cause chain: "what was done: why".
+            eprintln!("error: {:#}", anyhow::Error::from(e));
             ExitCode::FAILURE
         }
     }
@@ -195,7 +196,7 @@ fn main() -> ExitCode {
             input: Some(input),
             rejects,
             ..
-        } => run::main(&job, &input, rejects.as_deref()),
+        } => file_input::main(&job, &input, rejects.as_deref()),
         Command::Run {
             job,
             input: None,
@@ -234,7 +235,7 @@ fn main() -> ExitCode {
                 eprintln!(
                     "error: no --ordinal, and HOSTNAME {host:?} does not end in one (name-N)"
                 );
-                return ExitCode::from(run::EXIT_USAGE);
+                return ExitCode::from(file_input::EXIT_USAGE);
             };
             let assignment: Assignment = match std::fs::read_to_string(&assignment)
                 .map_err(|e| e.to_string())
@@ -243,7 +244,7 @@ fn main() -> ExitCode {
                 Ok(a) => a,
                 Err(e) => {
                     eprintln!("error: {}: {e}", assignment.display());
-                    return ExitCode::from(run::EXIT_USAGE);
+                    return ExitCode::from(file_input::EXIT_USAGE);
                 }
             };
             let owner = if host.is_empty() {
@@ -261,7 +262,7 @@ fn main() -> ExitCode {
 /// Load and validate the job, then run `f`; errors become messages and exit codes.
 fn with_job(
     path: &std::path::Path,
-    f: impl FnOnce(&weir_crds::StreamJob, weir_engine::JobPlan) -> anyhow::Result<()>,
+    f: impl FnOnce(&weir_crds::StreamJob, weir_engine::JobPlan) -> Result<(), job::JobError>,
 ) -> ExitCode {
     let (job, plan) = match job::load_job(path) {
         Ok(x) => x,
@@ -269,13 +270,13 @@ fn with_job(
             for p in problems {
                 eprintln!("error: {p}");
             }
-            return ExitCode::from(run::EXIT_USAGE);
+            return ExitCode::from(file_input::EXIT_USAGE);
         }
     };
     match f(&job, plan) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {:#}", anyhow::Error::from(e));
             ExitCode::FAILURE
         }
     }

@@ -118,16 +118,9 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
-    /// A fresh registry with every family registered, and `weir_build_info` for this build.
-    pub fn new() -> Metrics {
-        Metrics::with_version(env!("CARGO_PKG_VERSION"))
-    }
-
-    /// As [`Metrics::new`] with the given version in `weir_build_info`.
-    pub fn with_version(version: &str) -> Metrics {
-        let mut r = Registry::with_prefix(PREFIX);
-        let f = Families {
+impl Families {
+    fn new() -> Families {
+        Families {
             records_in: Family::default(),
             bytes_in: Family::default(),
             records_rejected: Family::default(),
@@ -146,111 +139,134 @@ impl Metrics {
             last_checkpoint: Family::default(),
             open_windows: Family::default(),
             open_groups: Family::default(),
-        };
+        }
+    }
+
+    /// The per-partition counters of the record path (read, rejected, sent).
+    fn register_record_path(&self, r: &mut Registry) {
         // Counter names get `_total` from the encoder, and unit names get `_<unit>`: the names
         // below are the exposed ones without those suffixes.
         r.register(
             "records_in",
             "Records read from Kafka, valid or not",
-            f.records_in.clone(),
+            self.records_in.clone(),
         );
         r.register(
             "bytes_in",
             "Bytes of record values read from Kafka",
-            f.bytes_in.clone(),
+            self.bytes_in.clone(),
         );
         r.register(
             "records_rejected",
             "Records the job could not use, by reason: invalid_json, missing_field, wrong_type, \
-             invalid_event_time, or late (every window it belongs to had already closed)",
-            f.records_rejected.clone(),
+                 invalid_event_time, or late (every window it belongs to had already closed)",
+            self.records_rejected.clone(),
         );
         r.register(
             "dead_letters",
             "Rejected records written to the dead-letter topic",
-            f.dead_letters.clone(),
+            self.dead_letters.clone(),
         );
         r.register(
             "dead_letter_errors",
             "Rejected records that could not be written to the dead-letter topic",
-            f.dead_letter_errors.clone(),
+            self.dead_letter_errors.clone(),
         );
         r.register(
             "partials_sent",
             "Partial aggregates and watermark markers a source partition of a two-stage job sent \
-             to the repartition topic (its results are written by stage 2)",
-            f.partials_sent.clone(),
+                 to the repartition topic (its results are written by stage 2)",
+            self.partials_sent.clone(),
         );
         r.register(
             "offsets_skipped",
             "Offsets the partition's reads jumped over and never delivered: on a source topic \
-             transaction markers and aborted, compacted or expired records; on the repartition \
-             topic records expired before stage 2 read them, or a broker fault",
-            f.offsets_skipped.clone(),
+                 transaction markers and aborted, compacted or expired records; on the repartition \
+                 topic records expired before stage 2 read them, or a broker fault",
+            self.offsets_skipped.clone(),
         );
         r.register(
             "offset_rereads",
             "Times a read of a repartition partition jumped past the next offset and was \
-             repeated from it (a broker answering before it had stored earlier records)",
-            f.offset_rereads.clone(),
+                 repeated from it (a broker answering before it had stored earlier records)",
+            self.offset_rereads.clone(),
         );
         r.register(
             "results_emitted",
             "Window results written to the output topic",
-            f.results_emitted.clone(),
+            self.results_emitted.clone(),
         );
         r.register(
             "result_bytes",
             "Bytes of window results written to the output topic",
-            f.result_bytes.clone(),
+            self.result_bytes.clone(),
         );
+    }
+
+    /// The per-partition gauges and checkpoint metrics (lag, watermark, checkpoints, open state).
+    fn register_partition_state(&self, r: &mut Registry) {
         r.register_with_unit(
             "consumer_lag",
             "Records in the partition not read yet: high watermark minus the next offset to read",
             Unit::Other("records".to_owned()),
-            f.consumer_lag.clone(),
+            self.consumer_lag.clone(),
         );
         r.register_with_unit(
             "watermark",
             "Event-time watermark of the partition, in seconds since the Unix epoch; absent until \
-             the partition's first record",
+                 the partition's first record",
             Unit::Seconds,
-            f.watermark.clone(),
+            self.watermark.clone(),
         );
         r.register_with_unit(
             "checkpoint_duration",
             "Time taken to write a partition checkpoint",
             Unit::Seconds,
-            f.checkpoint_duration.clone(),
+            self.checkpoint_duration.clone(),
         );
         r.register_with_unit(
             "checkpoint_size",
             "Size of the partition's last written checkpoint",
             Unit::Bytes,
-            f.checkpoint_size.clone(),
+            self.checkpoint_size.clone(),
         );
         r.register(
             "checkpoint_failures",
             "Checkpoint writes that failed (they are retried; a fenced write is counted in \
-             weir_partitions_fenced_total instead)",
-            f.checkpoint_failures.clone(),
+                 weir_partitions_fenced_total instead)",
+            self.checkpoint_failures.clone(),
         );
         r.register_with_unit(
             "last_checkpoint_timestamp",
             "When the partition's last checkpoint was written, in seconds since the Unix epoch",
             Unit::Seconds,
-            f.last_checkpoint.clone(),
+            self.last_checkpoint.clone(),
         );
         r.register(
             "open_windows",
             "Windows of the partition that are open: started, not yet closed by the watermark",
-            f.open_windows.clone(),
+            self.open_windows.clone(),
         );
         r.register(
             "open_groups",
             "Groups (distinct group-by keys) held in the partition's open windows",
-            f.open_groups.clone(),
+            self.open_groups.clone(),
         );
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered, and `weir_build_info` for this build.
+    pub fn new() -> Metrics {
+        Metrics::with_version(env!("CARGO_PKG_VERSION"))
+    }
+
+    /// As [`Metrics::new`] with the given version in `weir_build_info`.
+    pub fn with_version(version: &str) -> Metrics {
+        let mut r = Registry::with_prefix(PREFIX);
+        let f = Families::new();
+        f.register_record_path(&mut r);
+        f.register_partition_state(&mut r);
         let partitions_owned = Gauge::default();
         r.register(
             "partitions_owned",

@@ -4,16 +4,91 @@
 use std::io::{BufRead, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::contiguous::{step, Contiguous, Step};
+
+/// Why a Kafka tool failed. The message names what was being done; the cause follows as the
+/// error's source.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// The async runtime for the admin client could not start.
+    #[error("starting the async runtime")]
+    StartRuntime(#[source] std::io::Error),
+    /// A Kafka client could not be created.
+    #[error("creating {what}")]
+    CreateClient {
+        /// "an admin client", "a producer", "a consumer".
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: KafkaError,
+    },
+    /// The create-topics request failed.
+    #[error("creating topic {topic}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// Cause.
+        #[source]
+        source: KafkaError,
+    },
+    /// The broker refused to create a topic.
+    #[error("creating topic {topic}: {code}")]
+    TopicRefused {
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        code: RDKafkaErrorCode,
+    },
+    /// A message could not be queued.
+    #[error("producing to {topic}")]
+    Produce {
+        /// The topic.
+        topic: String,
+        /// Cause.
+        #[source]
+        source: KafkaError,
+    },
+    /// Queued messages were not all acknowledged.
+    #[error("flushing")]
+    Flush(#[source] KafkaError),
+    /// Topic metadata could not be read.
+    #[error("reading metadata")]
+    ReadMetadata(#[source] KafkaError),
+    /// The topic does not exist.
+    #[error("topic {0} not found")]
+    TopicNotFound(String),
+    /// A partition's offsets could not be read.
+    #[error("reading the offsets of partition {partition}")]
+    ReadOffsets {
+        /// The partition.
+        partition: i32,
+        /// Cause.
+        #[source]
+        source: KafkaError,
+    },
+    /// Reading the topic failed.
+    #[error("consuming {topic}: {error}")]
+    Consume {
+        /// The topic.
+        topic: String,
+        /// librdkafka's error.
+        error: KafkaError,
+    },
+    /// Another Kafka call failed (assigning partitions, seeking).
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// Reading the input or writing the output failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
 
 fn config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -22,7 +97,7 @@ fn config(bootstrap: &str) -> ClientConfig {
 }
 
 /// Create `topic` with `partitions` partitions; an existing topic is fine.
-pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), ToolError> {
     create_topic_on(config(bootstrap), topic, partitions, 1)
 }
 
@@ -34,7 +109,7 @@ pub fn create_topic_with(
     topic: &str,
     partitions: i32,
     replication_factor: Option<i32>,
-) -> anyhow::Result<()> {
+) -> Result<(), ToolError> {
     create_topic_on(
         settings.config(),
         topic,
@@ -48,12 +123,16 @@ fn create_topic_on(
     topic: &str,
     partitions: i32,
     replication_factor: i32,
-) -> anyhow::Result<()> {
+) -> Result<(), ToolError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(ToolError::StartRuntime)?;
     let admin: AdminClient<DefaultClientContext> =
-        config.create().context("creating an admin client")?;
+        config.create().map_err(|source| ToolError::CreateClient {
+            what: "an admin client",
+            source,
+        })?;
     // -1: the brokers' default.replication.factor (KIP-464, Kafka 2.4).
     let new = NewTopic::new(
         topic,
@@ -63,22 +142,28 @@ fn create_topic_on(
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = rt
         .block_on(admin.create_topics([&new], &opts))
-        .with_context(|| format!("creating topic {topic}"))?;
+        .map_err(|source| ToolError::CreateTopic {
+            topic: topic.to_string(),
+            source,
+        })?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, e)) => bail!("creating topic {t}: {e}"),
+            Err((topic, code)) => return Err(ToolError::TopicRefused { topic, code }),
         }
     }
     Ok(())
 }
 
-fn producer(bootstrap: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+fn producer(bootstrap: &str) -> Result<ThreadedProducer<DefaultProducerContext>, ToolError> {
     config(bootstrap)
         .set("linger.ms", "20")
         .set("enable.idempotence", "true")
         .create()
-        .context("creating a producer")
+        .map_err(|source| ToolError::CreateClient {
+            what: "a producer",
+            source,
+        })
 }
 
 fn send(
@@ -87,7 +172,7 @@ fn send(
     key: Option<&[u8]>,
     partition: Option<i32>,
     value: &[u8],
-) -> anyhow::Result<()> {
+) -> Result<(), ToolError> {
     let mut rec = BaseRecord::<[u8], [u8]>::to(topic).payload(value);
     if let Some(k) = key {
         rec = rec.key(k);
@@ -95,7 +180,10 @@ fn send(
     if let Some(p) = partition {
         rec = rec.partition(p);
     }
-    crate::kafka::send_when_room(p, rec).with_context(|| format!("producing to {topic}"))
+    crate::kafka::send_when_room(p, rec).map_err(|source| ToolError::Produce {
+        topic: topic.to_string(),
+        source,
+    })
 }
 
 /// Produce JSON lines from a reader; the key is the string value of `key_field` if given.
@@ -104,7 +192,7 @@ pub fn produce_lines(
     topic: &str,
     key_field: Option<&str>,
     input: impl BufRead,
-) -> anyhow::Result<u64> {
+) -> Result<u64, ToolError> {
     let p = producer(bootstrap)?;
     let mut n = 0;
     for line in input.lines() {
@@ -129,7 +217,7 @@ pub fn produce_lines(
         )?;
         n += 1;
     }
-    p.flush(Duration::from_secs(60)).context("flushing")?;
+    p.flush(Duration::from_secs(60)).map_err(ToolError::Flush)?;
     Ok(n)
 }
 
@@ -141,7 +229,7 @@ pub fn produce_payments(
     rate: u64,
     count: u64,
     merchants: u32,
-) -> anyhow::Result<u64> {
+) -> Result<u64, ToolError> {
     let p = producer(bootstrap)?;
     let started = Instant::now();
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
@@ -177,7 +265,7 @@ pub fn produce_payments(
             }
         }
     }
-    p.flush(Duration::from_secs(60)).context("flushing")?;
+    p.flush(Duration::from_secs(60)).map_err(ToolError::Flush)?;
     Ok(n)
 }
 
@@ -188,15 +276,18 @@ pub fn consume(
     topic: &str,
     idle: Duration,
     out: &mut impl Write,
-) -> anyhow::Result<u64> {
+) -> Result<u64, ToolError> {
     let c: BaseConsumer = config(bootstrap)
         .set("group.id", "weir-tools")
         .set("enable.auto.commit", "false")
         .create()
-        .context("creating a consumer")?;
+        .map_err(|source| ToolError::CreateClient {
+            what: "a consumer",
+            source,
+        })?;
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(30))
-        .context("reading metadata")?;
+        .map_err(ToolError::ReadMetadata)?;
     let partitions = md
         .topics()
         .iter()
@@ -204,7 +295,7 @@ pub fn consume(
         .map(|t| t.partitions().len())
         .unwrap_or(0);
     if partitions == 0 {
-        bail!("topic {topic} not found");
+        return Err(ToolError::TopicNotFound(topic.to_string()));
     }
     let mut tpl = TopicPartitionList::new();
     // Next offset per partition, and re-reads of holes: a broker may answer past a batch other
@@ -213,7 +304,10 @@ pub fn consume(
     for p in 0..partitions as i32 {
         let (low, _) = c
             .fetch_watermarks(topic, p, Duration::from_secs(30))
-            .with_context(|| format!("reading the offsets of partition {p}"))?;
+            .map_err(|source| ToolError::ReadOffsets {
+                partition: p,
+                source,
+            })?;
         tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
         next.push(low);
     }
@@ -224,7 +318,12 @@ pub fn consume(
     while last.elapsed() < idle {
         match c.poll(Duration::from_millis(100)) {
             None => {}
-            Some(Err(e)) => bail!("consuming {topic}: {e}"),
+            Some(Err(error)) => {
+                return Err(ToolError::Consume {
+                    topic: topic.to_string(),
+                    error,
+                })
+            }
             Some(Ok(m)) => {
                 let p = m.partition() as usize;
                 let (expected, got) = (next[p], m.offset());

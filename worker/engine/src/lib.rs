@@ -9,6 +9,7 @@ pub mod agg;
 pub mod decode;
 pub mod engine;
 pub mod plan;
+pub mod protocol;
 pub mod time;
 
 pub use engine::{Engine, Record, RejectReason, Rejection, Stats, WindowResult};

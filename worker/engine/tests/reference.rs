@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use weir_engine::engine::{Exchange, Partial};
+use weir_engine::protocol::{Action, PartitionProtocol, Role, StartPoint, Timing};
 use weir_engine::{Engine, JobPlan, Record, RejectReason, WindowResult};
 
 #[derive(Debug, Clone)]
@@ -587,9 +588,9 @@ proptest! {
 }
 
 /// A crash after a checkpoint, and a replay from the engine's replay point, give the same
-/// results and rejections as a run without the crash: the recovery protocol of the runtime
-/// (DESIGN.md invariant 3), checked on the engine alone. One partition, as the runtime runs
-/// one engine per partition.
+/// results and rejections as a run without the crash: the recovery protocol the worker runs
+/// (`weir_engine::protocol`, DESIGN.md invariant 3), driven without I/O. One partition, as the
+/// worker runs one engine per partition.
 fn replay_equals_clean_run(job: &Job, events: &[Event], crashes: &[usize]) -> Result<(), String> {
     let values: Vec<String> = events
         .iter()
@@ -626,32 +627,22 @@ fn replay_equals_clean_run(job: &Job, events: &[Event], crashes: &[usize]) -> Re
         want.insert(key(&r), r.values);
     }
 
-    // The run with crashes: at each crash point a checkpoint is taken, the engine is dropped,
-    // and a new one resumes from the checkpoint.
+    // The run with crashes, through the production protocol: at each crash point a checkpoint
+    // falls due, the partition is dropped, and a new one resumes from the checkpoint.
     let mut points: Vec<usize> = crashes.iter().map(|c| c % (values.len() + 1)).collect();
     points.sort_unstable();
     let mut got: BTreeMap<Key, Vec<Value>> = BTreeMap::new();
-    let mut engine = Engine::new(job.plan(), [0]);
-    let mut next = 0usize;
-    let mut emitted_through = i64::MIN;
-    let mut seen_before = 0usize; // records processed before the last checkpoint
-    for point in points.into_iter().chain([values.len()]) {
-        while next < point {
-            let outcome = engine.process(&record(next));
-            match (outcome, want_rejects.get(&next)) {
-                (Ok(()), None) => {}
-                (Err(r), Some(w)) if r.reason == *w => {}
-                (o, w) => {
-                    return Err(format!(
-                        "offset {next}: after recovery {o:?}, clean run {w:?} (checkpoint at {seen_before})"
-                    ))
-                }
-            }
-            next += 1;
-            for r in engine.take_results() {
-                if r.end <= emitted_through {
-                    continue; // emitted before the crash; the replay only rebuilt part of it
-                }
+    let plan = job.plan();
+    let timing = Timing::new(&plan, 1_000);
+    let start =
+        |at: StartPoint| PartitionProtocol::new(plan.clone(), Role::Results, 0, timing, at, 0);
+    let mut partition = start(StartPoint::Fresh { offset: 0 });
+    let mut out = Vec::new();
+    let keep = |out: &mut Vec<Action>, got: &mut BTreeMap<Key, Vec<Value>>| {
+        for a in out.drain(..) {
+            // Results emitted before the crash are not in `out`: the protocol suppressed them
+            // (the replay only rebuilt part of them).
+            if let Action::Result(r) = a {
                 if let Some(old) = got.insert(key(&r), r.values.clone()) {
                     if old != r.values {
                         return Err(format!("{:?} emitted twice with different values", key(&r)));
@@ -659,27 +650,47 @@ fn replay_equals_clean_run(job: &Job, events: &[Event], crashes: &[usize]) -> Re
                 }
             }
         }
+        Ok(())
+    };
+    let mut next = 0usize;
+    let mut seen_before = 0usize; // records processed before the last checkpoint
+    for point in points.into_iter().chain([values.len()]) {
+        while next < point {
+            let outcome = partition.record(&record(next), 0, &mut out);
+            match (outcome, want_rejects.get(&next)) {
+                (Ok(()), None) => {}
+                (Err(r), Some(w)) if r == *w => {}
+                (o, w) => {
+                    return Err(format!(
+                        "offset {next}: after recovery {o:?}, clean run {w:?} (checkpoint at {seen_before})"
+                    ))
+                }
+            }
+            next += 1;
+            keep(&mut out, &mut got)?;
+        }
         if point == values.len() {
             break;
         }
         // Checkpoint, crash, resume.
-        let (replay_from, max_before) = engine
-            .replay_point(0)
-            .unwrap_or((point as i64, engine.partitions()[&0].max_time));
+        partition.tick(timing.checkpoint_interval_ms, &mut out);
+        let Some(Action::Checkpoint(progress)) = out.pop() else {
+            return Err(format!("no checkpoint due at offset {point}"));
+        };
+        keep(&mut out, &mut got)?;
+        let replay_from = progress.replay_from;
         if replay_from as usize > point {
             return Err(format!(
                 "replay point {replay_from} is after the next offset {point}"
             ));
         }
-        emitted_through = engine.watermark();
-        engine = Engine::new(job.plan(), [0]);
-        engine.resume(0, max_before);
+        partition = start(StartPoint::Checkpoint(progress));
         next = replay_from as usize;
         seen_before = point;
     }
-    engine.finish();
-    for r in engine.take_results() {
-        if r.end > emitted_through {
+    partition.end_of_input(&mut out);
+    for a in out {
+        if let Action::Result(r) = a {
             got.insert(key(&r), r.values);
         }
     }

@@ -1,14 +1,26 @@
 //! `weir run JOB --input FILE`: a StreamJob over a file of JSON lines, as one partition (offsets
-//! are line numbers, starting at 0). Without `--input` the job reads Kafka (local mode, in
-//! `weir_worker::job`).
+//! are line numbers, starting at 0), with no checkpoint and no Kafka. Without `--input` the job
+//! reads Kafka (local mode, in `weir_worker::job`).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use weir_engine::{Engine, JobPlan, Record, RejectReason};
+
+/// Why reading the input or writing the output failed (the message includes the cause).
+#[derive(Debug, thiserror::Error)]
+enum FileInputError {
+    #[error("cannot open {}: {error}", path.display())]
+    Open { path: PathBuf, error: io::Error },
+    #[error("cannot create {}: {error}", path.display())]
+    Create { path: PathBuf, error: io::Error },
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: PathBuf, error: io::Error },
+    #[error(transparent)]
+    Write(#[from] io::Error),
+}
 
 /// Exit code for a job or an invocation that cannot run (bad spec, unreadable file).
 pub const EXIT_USAGE: u8 = 2;
@@ -36,26 +48,36 @@ pub fn main(job: &Path, input: &Path, rejects: Option<&Path>) -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE);
     }
-    match run_file(plan, input, rejects) {
+    match aggregate_file(plan, input, rejects) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run_file(plan: JobPlan, input: &Path, rejects: Option<&Path>) -> anyhow::Result<()> {
+fn aggregate_file(
+    plan: JobPlan,
+    input: &Path,
+    rejects: Option<&Path>,
+) -> Result<(), FileInputError> {
     let reader: Box<dyn BufRead> = if input == Path::new("-") {
         Box::new(BufReader::new(io::stdin().lock()))
     } else {
-        let f = File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
+        let f = File::open(input).map_err(|error| FileInputError::Open {
+            path: input.to_path_buf(),
+            error,
+        })?;
         Box::new(BufReader::with_capacity(1 << 16, f))
     };
     let mut rejects_out: Box<dyn Write> = match rejects {
-        Some(p) => Box::new(BufWriter::new(
-            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        )),
+        Some(p) => Box::new(BufWriter::new(File::create(p).map_err(|error| {
+            FileInputError::Create {
+                path: p.to_path_buf(),
+                error,
+            }
+        })?)),
         None => Box::new(io::stderr().lock()),
     };
     let stdout = io::stdout().lock();
@@ -65,7 +87,10 @@ fn run_file(plan: JobPlan, input: &Path, rejects: Option<&Path>) -> anyhow::Resu
     let mut lines_in = 0u64;
     let mut results_out = 0u64;
     for (n, line) in reader.split(b'\n').enumerate() {
-        let mut line = line.with_context(|| format!("cannot read {}", input.display()))?;
+        let mut line = line.map_err(|error| FileInputError::Read {
+            path: input.to_path_buf(),
+            error,
+        })?;
         if line.last() == Some(&b'\r') {
             line.pop();
         }

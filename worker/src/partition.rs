@@ -1,0 +1,756 @@
+//! The one I/O loop that drives the partition protocol (`weir_engine::protocol`) for a
+//! partition of either stage: a source partition (stage 1) or a partition of the repartition
+//! topic (the merge stage). One thread per owned partition, each with its own consumer,
+//! protocol (engine), producers and checkpoint lease.
+//!
+//! This loop only does I/O: take the lease (fencing out older owners), resolve the start
+//! offset, read with `assign()` through the hole check ([`crate::contiguous`]), hand each
+//! message and the time to the protocol, and carry out the [`Action`]s it returns in order
+//! (send results, dead letters, partials and markers; flush every producer before writing a
+//! checkpoint; stop when a checkpoint write is fenced). Every decision — what to suppress
+//! after a restart, when to go idle, when a marker or a checkpoint is due and what it records —
+//! is the protocol's, where it is tested with injected time.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tracing::{debug, info, warn};
+use weir_crds::StartFrom;
+use weir_engine::engine::Exchange;
+use weir_engine::protocol::{Action, PartitionProtocol, Role, StartPoint, Timing};
+use weir_engine::{Record, Rejection, WindowResult};
+
+use crate::checkpoint::{CheckpointStore, PartitionLease, Progress};
+use crate::contiguous::{Contiguous, Step};
+use crate::metrics::PartitionMetrics;
+use crate::producer::DeliveryCountingProducer;
+use crate::runtime::{JobContext, PartitionEnd, RuntimeError};
+
+/// How often watermark, open-state gauges and lag are refreshed.
+const GAUGE_EVERY: Duration = Duration::from_secs(2);
+/// Reading the clock per record cost a sixth of the record path (perf, docs/benchmarks.md):
+/// timers are looked at every this many messages, and whenever the partition is quiet.
+const TIMER_EVERY: u32 = 256;
+
+/// Which topic a partition thread reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// A partition of the source topic (stage 1).
+    Source,
+    /// A partition of the repartition topic (the merge stage of a two-stage job).
+    Merge,
+}
+
+/// Start a thread for `partition` of `stage`'s topic. Its result says how it ended.
+pub fn spawn_partition(
+    ctx: Arc<JobContext>,
+    rt: Handle,
+    stage: Stage,
+    partition: i32,
+) -> std::io::Result<JoinHandle<Result<PartitionEnd, RuntimeError>>> {
+    let name = match stage {
+        Stage::Source => format!("partition-{partition}"),
+        Stage::Merge => format!("merge-{partition}"),
+    };
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || drive_partition(&ctx, &rt, stage, partition))
+}
+
+/// Own `partition` of `stage`'s topic until stopped or fenced.
+fn drive_partition(
+    ctx: &JobContext,
+    rt: &Handle,
+    stage: Stage,
+    partition: i32,
+) -> Result<PartitionEnd, RuntimeError> {
+    let (consumer, mut part) = match open_partition(ctx, rt, stage, partition)? {
+        Opened::Ready(consumer, part) => (consumer, *part),
+        Opened::Ended(end) => return Ok(end),
+    };
+    let end = part.read(&consumer)?;
+    part.close(end)
+}
+
+/// What taking a partition's lease gave.
+pub(crate) enum LeaseTaken {
+    /// The lease, and the progress to resume from (none: the partition was never started).
+    Taken(PartitionLease, Option<Progress>),
+    /// A newer owner holds the partition (counted and logged).
+    Fenced(PartitionEnd),
+}
+
+/// Take the lease of `partition` of `topic` in `store`.
+pub(crate) fn take_lease(
+    ctx: &JobContext,
+    rt: &Handle,
+    store: &Arc<dyn CheckpointStore>,
+    topic: &str,
+    partition: i32,
+) -> Result<LeaseTaken, RuntimeError> {
+    match rt.block_on(PartitionLease::acquire(
+        store.clone(),
+        topic,
+        partition,
+        ctx.epoch,
+        &ctx.owner,
+    )) {
+        Ok((lease, progress)) => Ok(LeaseTaken::Taken(lease, progress)),
+        Err(e) if e.is_fenced() => {
+            ctx.metrics.partitions_fenced.inc();
+            warn!(topic, partition, error = %e, "not taking the partition: a newer owner holds it");
+            Ok(LeaseTaken::Fenced(PartitionEnd::Fenced(e)))
+        }
+        Err(source) => Err(RuntimeError::Checkpoint { partition, source }),
+    }
+}
+
+/// What opening a partition gave.
+enum Opened<'a> {
+    /// Reading can begin.
+    Ready(BaseConsumer, Box<PartitionIo<'a>>),
+    /// Ended before reading: a newer owner holds it (or there is no merge stage to run).
+    Ended(PartitionEnd),
+}
+
+/// Take the lease, resolve where to start, create the clients, and record a fresh start.
+fn open_partition<'a>(
+    ctx: &'a JobContext,
+    rt: &'a Handle,
+    stage: Stage,
+    partition: i32,
+) -> Result<Opened<'a>, RuntimeError> {
+    let (topic, store, role) = match (stage, &ctx.merge) {
+        (Stage::Merge, Some(m)) => (
+            m.topic.as_str(),
+            &m.store,
+            Role::Merge { sources: m.sources },
+        ),
+        (Stage::Merge, None) => return Ok(Opened::Ended(PartitionEnd::Stopped)),
+        (Stage::Source, Some(m)) => (
+            ctx.spec.source.kafka.topic.0.as_str(),
+            &ctx.store,
+            Role::Partials {
+                partitions: m.partitions,
+            },
+        ),
+        (Stage::Source, None) => (
+            ctx.spec.source.kafka.topic.0.as_str(),
+            &ctx.store,
+            Role::Results,
+        ),
+    };
+    let (mut lease, resume) = match take_lease(ctx, rt, store, topic, partition)? {
+        LeaseTaken::Taken(lease, resume) => (lease, resume),
+        LeaseTaken::Fenced(end) => return Ok(Opened::Ended(end)),
+    };
+    let role_name = match stage {
+        Stage::Source => "consumer",
+        Stage::Merge => "repartition consumer",
+    };
+    let consumer = new_consumer(ctx, partition, role_name)?;
+    let start = match resume {
+        Some(p) => StartPoint::Checkpoint(p),
+        None => StartPoint::Fresh {
+            offset: fresh_offset(ctx, &consumer, stage, topic, partition)?,
+        },
+    };
+    let interval = i64::try_from(ctx.checkpoint_interval.as_millis()).unwrap_or(i64::MAX);
+    let timing = Timing::new(&ctx.plan, interval);
+    let protocol = PartitionProtocol::new(ctx.plan.clone(), role, partition, timing, start, 0);
+    if let Some(first) = protocol.first_checkpoint() {
+        // Record the resolved start before reading, so a crash before the first checkpoint
+        // restarts from the same place (not from a newer "latest").
+        match rt.block_on(lease.commit(first.clone())) {
+            Ok(_) => {}
+            Err(e) if e.is_fenced() => {
+                ctx.metrics.partitions_fenced.inc();
+                return Ok(Opened::Ended(PartitionEnd::Fenced(e)));
+            }
+            Err(source) => return Err(RuntimeError::Checkpoint { partition, source }),
+        }
+    }
+    assign_at(&consumer, topic, partition, protocol.start_offset())?;
+    let producers = Producers::new(ctx, stage, partition)?;
+    log_start(ctx, stage, partition, &protocol, &producers);
+    let part = PartitionIo {
+        ctx,
+        rt,
+        stage,
+        partition,
+        topic,
+        pm: ctx.metrics.partition(topic, partition),
+        lease,
+        protocol,
+        producers,
+        actions: Vec::new(),
+        clock: Instant::now(),
+        timing,
+    };
+    Ok(Opened::Ready(consumer, Box::new(part)))
+}
+
+/// Where a partition with no checkpoint starts: the source topic's `startFrom`, or the
+/// beginning of the repartition partition (everything in it is for this job).
+fn fresh_offset(
+    ctx: &JobContext,
+    consumer: &BaseConsumer,
+    stage: Stage,
+    topic: &str,
+    partition: i32,
+) -> Result<i64, RuntimeError> {
+    let action = match stage {
+        Stage::Source => "reading the partition's offsets",
+        Stage::Merge => "reading the repartition partition's offsets",
+    };
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(30))
+        .map_err(|source| RuntimeError::Kafka {
+            partition,
+            action,
+            source,
+        })?;
+    Ok(match (stage, &ctx.spec.source.kafka.start_from) {
+        (Stage::Merge, _) | (Stage::Source, StartFrom::Earliest) => low,
+        (Stage::Source, StartFrom::Latest) => high,
+    })
+}
+
+fn log_start(
+    ctx: &JobContext,
+    stage: Stage,
+    partition: i32,
+    protocol: &PartitionProtocol,
+    producers: &Producers,
+) {
+    let (from, replay_until) = (protocol.start_offset(), protocol.replay_until());
+    match stage {
+        Stage::Source => info!(
+            partition,
+            epoch = ctx.epoch,
+            from,
+            replay_until,
+            two_stage = producers.repartition.is_some(),
+            "partition started"
+        ),
+        Stage::Merge => info!(
+            stage = 2,
+            partition,
+            epoch = ctx.epoch,
+            from,
+            replay_until,
+            "repartition partition started"
+        ),
+    }
+}
+
+/// A consumer of the source cluster, for `role` ("consumer", "repartition consumer").
+fn new_consumer(
+    ctx: &JobContext,
+    partition: i32,
+    role: &'static str,
+) -> Result<BaseConsumer, RuntimeError> {
+    ctx.source
+        .config()
+        .create()
+        .map_err(|source| RuntimeError::CreateClient {
+            partition,
+            role,
+            source,
+        })
+}
+
+/// Read `partition` of `topic` from `offset` on (`assign()`, never a group).
+fn assign_at(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<(), RuntimeError> {
+    let kafka_err = |action| {
+        move |source| RuntimeError::Kafka {
+            partition,
+            action,
+            source,
+        }
+    };
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .map_err(kafka_err("choosing the start offset"))?;
+    consumer
+        .assign(&tpl)
+        .map_err(kafka_err("assigning the partition"))
+}
+
+/// Whether a message of `topic`/`partition` at `got` is to be used, `expected` being the next
+/// offset (see [`crate::contiguous`]): on a hole the policy re-reads, the consumer is sent back
+/// to `expected` and the message dropped; a hole believed is counted in
+/// `weir_offsets_skipped_total` and the message used.
+fn continues(
+    consumer: &BaseConsumer,
+    guard: &mut Contiguous,
+    pm: &PartitionMetrics,
+    expected: i64,
+    got: i64,
+) -> Result<bool, RuntimeError> {
+    let labels = pm.labels();
+    let (topic, partition) = (labels.topic.as_str(), labels.partition);
+    let step = crate::contiguous::step(consumer, guard, topic, partition, expected, got).map_err(
+        |source| RuntimeError::Kafka {
+            partition,
+            action: "seeking back to re-read a hole",
+            source,
+        },
+    )?;
+    match step {
+        Step::Take => Ok(true),
+        Step::Duplicate => {
+            debug!(
+                topic,
+                partition, expected, got, "dropping a message read before"
+            );
+            Ok(false)
+        }
+        Step::Reread { .. } => {
+            pm.offset_rereads.inc();
+            debug!(
+                topic,
+                partition, expected, got, "the broker's answer jumped ahead; read again"
+            );
+            Ok(false)
+        }
+        Step::Skip { from, to } => {
+            pm.offsets_skipped
+                .inc_by(u64::try_from(to - from).unwrap_or(0));
+            if guard.rereads() > 0 {
+                // A topic weir wrote without transactions: records were lost to retention, or
+                // to a broker that does not hold what it acknowledged.
+                warn!(
+                    topic,
+                    partition,
+                    from,
+                    to,
+                    rereads = guard.rereads(),
+                    "offsets missing from the partition after re-reading; skipped"
+                );
+            } else {
+                // Transaction markers, aborted or compacted records, retention: usually fine.
+                debug!(
+                    topic,
+                    partition, from, to, "offsets skipped by the broker's answer"
+                );
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// A partition's producers: the sink, and for a source partition the dead-letter topic and
+/// (two-stage jobs) the repartition topic.
+struct Producers {
+    sink: DeliveryCountingProducer,
+    dead_letter: Option<DeliveryCountingProducer>,
+    repartition: Option<DeliveryCountingProducer>,
+}
+
+impl Producers {
+    fn new(ctx: &JobContext, stage: Stage, partition: i32) -> Result<Producers, RuntimeError> {
+        let sink = DeliveryCountingProducer::new(
+            &ctx.sink,
+            &ctx.spec.sink.kafka.topic.0,
+            partition,
+            "sink producer",
+        )?;
+        if stage == Stage::Merge {
+            return Ok(Producers {
+                sink,
+                dead_letter: None,
+                repartition: None,
+            });
+        }
+        let dead_letter = match (&ctx.dead_letter, &ctx.spec.dead_letter) {
+            (Some(s), Some(d)) => Some(DeliveryCountingProducer::new(
+                s,
+                &d.kafka.topic.0,
+                partition,
+                "dead-letter producer",
+            )?),
+            _ => None,
+        };
+        let repartition = match &ctx.merge {
+            Some(m) => Some(DeliveryCountingProducer::new(
+                &m.producer,
+                &m.topic,
+                partition,
+                "repartition producer",
+            )?),
+            None => None,
+        };
+        Ok(Producers {
+            sink,
+            dead_letter,
+            repartition,
+        })
+    }
+
+    /// Wait for every queued message (before a checkpoint claims them).
+    fn flush(&self, partition: i32) -> Result<(), RuntimeError> {
+        self.sink.flush(partition)?;
+        if let Some(d) = &self.dead_letter {
+            d.flush(partition)?;
+        }
+        if let Some(r) = &self.repartition {
+            r.flush(partition)?;
+        }
+        Ok(())
+    }
+}
+
+/// One partition's moving parts around its protocol.
+struct PartitionIo<'a> {
+    ctx: &'a JobContext,
+    rt: &'a Handle,
+    stage: Stage,
+    partition: i32,
+    topic: &'a str,
+    pm: PartitionMetrics,
+    lease: PartitionLease,
+    protocol: PartitionProtocol,
+    producers: Producers,
+    /// The protocol's outbox, reused (its capacity stays).
+    actions: Vec<Action>,
+    /// The protocol's time origin (monotonic).
+    clock: Instant,
+    timing: Timing,
+}
+
+impl PartitionIo<'_> {
+    fn now_ms(&self) -> i64 {
+        i64::try_from(self.clock.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Read until stopped or fenced.
+    fn read(&mut self, consumer: &BaseConsumer) -> Result<PartitionEnd, RuntimeError> {
+        self.protocol.begin(&mut self.actions);
+        if let Some(end) = self.act(None)? {
+            return Ok(end);
+        }
+        let mut holes = match self.stage {
+            // A source topic's holes are believed (transaction markers, compaction, retention).
+            Stage::Source => Contiguous::trusting(),
+            // weir writes the repartition topic without transactions or compaction: a hole is
+            // a broker's answer that jumped ahead, read again before it is believed.
+            Stage::Merge => Contiguous::rereading(),
+        };
+        let mut last_gauges: Option<Instant> = None;
+        let mut since_timers = 0u32;
+        loop {
+            if self.ctx.stop.load(Ordering::Relaxed) {
+                return Ok(PartitionEnd::Stopped);
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                None => since_timers = TIMER_EVERY,
+                Some(Err(e)) => match self.stage {
+                    Stage::Source => {
+                        warn!(partition = self.partition, error = %e, "consumer error")
+                    }
+                    Stage::Merge => {
+                        warn!(stage = 2, partition = self.partition, error = %e, "consumer error")
+                    }
+                },
+                Some(Ok(m)) => {
+                    if let Some(end) = self.message(consumer, &mut holes, &m)? {
+                        return Ok(end);
+                    }
+                }
+            }
+            since_timers += 1;
+            if since_timers < TIMER_EVERY {
+                continue;
+            }
+            since_timers = 0;
+            if last_gauges.is_none_or(|t| t.elapsed() >= GAUGE_EVERY) {
+                last_gauges = Some(Instant::now());
+                self.gauges(consumer);
+            }
+            let now = self.now_ms();
+            self.protocol.tick(now, &mut self.actions);
+            if let Some(end) = self.act(None)? {
+                return Ok(end);
+            }
+        }
+    }
+
+    /// One message read: through the hole check, to the protocol, and its actions carried out.
+    fn message(
+        &mut self,
+        consumer: &BaseConsumer,
+        holes: &mut Contiguous,
+        m: &BorrowedMessage<'_>,
+    ) -> Result<Option<PartitionEnd>, RuntimeError> {
+        let next = self.protocol.next_offset();
+        if self.stage == Stage::Source && next == self.protocol.start_offset() && m.offset() > next
+        {
+            // The first record is past the start or replay point.
+            warn!(
+                partition = self.partition,
+                from = next,
+                to = m.offset(),
+                "the first offsets to read are not in the partition (records deleted \
+                 by retention before this job read them, or transaction markers); going \
+                 on from the first record there"
+            );
+        }
+        if !continues(consumer, holes, &self.pm, next, m.offset())? {
+            return Ok(None);
+        }
+        match self.stage {
+            Stage::Source => {
+                let rec = Record {
+                    partition: self.partition,
+                    offset: m.offset(),
+                    key: m.key(),
+                    timestamp: m.timestamp().to_millis(),
+                    value: m.payload().unwrap_or(&[]),
+                };
+                self.pm.record_in(rec.value.len());
+                self.ctx.totals.records.fetch_add(1, Ordering::Relaxed);
+                let now = self.now_ms();
+                // The verdict is in the actions too (a dead letter unless replayed).
+                let _ = self.protocol.record(&rec, now, &mut self.actions);
+                self.act(Some(&rec))
+            }
+            Stage::Merge => {
+                let payload = m.payload().unwrap_or_default();
+                self.protocol
+                    .partial(m.offset(), payload, &mut self.actions);
+                self.ctx.totals.merged.fetch_add(1, Ordering::Relaxed);
+                self.act(None)
+            }
+        }
+    }
+
+    /// Carry out the protocol's actions in order; `Some` when a checkpoint write was fenced
+    /// (the actions after it are dropped). `rec`: the record just given to the protocol.
+    fn act(&mut self, rec: Option<&Record<'_>>) -> Result<Option<PartitionEnd>, RuntimeError> {
+        if self.actions.is_empty() {
+            return Ok(None);
+        }
+        let mut actions = std::mem::take(&mut self.actions);
+        let mut fenced = None;
+        for action in actions.drain(..) {
+            if let Some(end) = self.act_on(action, rec)? {
+                fenced = Some(end);
+                break;
+            }
+        }
+        // Dropped actions go with `drain`; the buffer keeps its capacity.
+        self.actions = actions;
+        self.actions.clear();
+        Ok(fenced)
+    }
+
+    fn act_on(
+        &mut self,
+        action: Action,
+        rec: Option<&Record<'_>>,
+    ) -> Result<Option<PartitionEnd>, RuntimeError> {
+        let partition = self.partition;
+        match action {
+            Action::Result(r) => self.send_result(&r)?,
+            Action::DeadLetter(rejection) => {
+                if let Some(rec) = rec {
+                    self.dead_letter(rec, &rejection)?;
+                }
+            }
+            Action::Partial { to, partial } => {
+                let key = partial.group.clone();
+                let value = Exchange::Partial(partial).to_bytes();
+                self.send_partial(to, key.as_bytes(), &value)?;
+            }
+            Action::Marker(marker) => {
+                let value = marker.to_bytes();
+                let partitions = self.ctx.merge.as_ref().map_or(0, |m| m.partitions);
+                for to in 0..partitions {
+                    self.send_partial(to, b"", &value)?;
+                }
+            }
+            Action::Checkpoint(progress) => return self.checkpoint(progress),
+            Action::CaughtUp => {
+                self.ctx.totals.caught_up.fetch_add(1, Ordering::Relaxed);
+            }
+            Action::Idle { offset } => {
+                let idle_timeout =
+                    Duration::from_millis(u64::try_from(self.timing.idle_timeout_ms).unwrap_or(0));
+                info!(partition, offset, idle_timeout = ?idle_timeout,
+                    "idle: no record for the idle timeout; sent the open windows' partials and \
+                     told stage 2 not to wait for this partition");
+            }
+            Action::Active { offset } => info!(partition, offset, "active again after being idle"),
+            Action::LatePartial {
+                offset,
+                source,
+                window_start,
+                watermark,
+                late,
+            } => {
+                // Lost for the windows it was for: say so (the first few, then sparsely).
+                if late <= 10 || late.is_multiple_of(1000) {
+                    warn!(stage = 2, partition, offset, source,
+                        window_start = %weir_engine::time::format(window_start),
+                        watermark = %weir_engine::time::format(watermark),
+                        late_partials = late,
+                        "a partial arrived after every window it counts toward had closed (its \
+                         source partition was idle, or behind the others by more than the \
+                         allowed lateness); dropped");
+                }
+            }
+            Action::Unreadable { offset, error } => {
+                // Not written by weir (someone else produced to the topic).
+                warn!(stage = 2, partition, offset, error = %error,
+                    "skipping a message that is not a partial aggregate");
+            }
+        }
+        Ok(None)
+    }
+
+    fn send_result(&self, r: &WindowResult) -> Result<(), RuntimeError> {
+        let plan = &self.ctx.plan;
+        let value = r.to_json(plan);
+        let key = r.key_json(plan);
+        self.producers
+            .sink
+            .send(self.partition, key.as_bytes(), value.as_bytes(), None)?;
+        self.pm.result_emitted(value.len());
+        self.ctx.totals.results.fetch_add(1, Ordering::Relaxed);
+        if self.ctx.echo {
+            println!("{value}");
+        }
+        Ok(())
+    }
+
+    /// A partial or marker to partition `to` of the repartition topic.
+    fn send_partial(&self, to: i32, key: &[u8], value: &[u8]) -> Result<(), RuntimeError> {
+        let Some(out) = &self.producers.repartition else {
+            return Ok(());
+        };
+        out.send_to(self.partition, Some(to), key, value, None)?;
+        // A partial, not a result: counted as sent to the merge stage.
+        self.pm.partials_sent.inc();
+        self.ctx
+            .totals
+            .partials_sent
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn dead_letter(&self, rec: &Record<'_>, rejection: &Rejection) -> Result<(), RuntimeError> {
+        self.pm.rejected(rejection.reason);
+        self.ctx.totals.rejected.fetch_add(1, Ordering::Relaxed);
+        let Some(dlq) = &self.producers.dead_letter else {
+            return Ok(());
+        };
+        let partition = self.partition.to_string();
+        let offset = rec.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "weir.reason",
+                value: Some(rejection.reason.as_str()),
+            })
+            .insert(Header {
+                key: "weir.error",
+                value: Some(rejection.detail.as_str()),
+            })
+            .insert(Header {
+                key: "weir.source.topic",
+                value: Some(self.topic),
+            })
+            .insert(Header {
+                key: "weir.source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "weir.source.offset",
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: "weir.job",
+                value: Some(self.ctx.name.as_str()),
+            });
+        dlq.send(
+            self.partition,
+            rec.key.unwrap_or_default(),
+            rec.value,
+            Some(headers),
+        )?;
+        self.pm.dead_letters.inc();
+        Ok(())
+    }
+
+    fn gauges(&self, consumer: &BaseConsumer) {
+        if let Some(wm) = self.protocol.watermark() {
+            self.pm.set_watermark_ms(wm);
+        }
+        let engine = self.protocol.engine();
+        self.pm.set_open(engine.open_rows(), engine.open_groups());
+        let next = self.protocol.next_offset();
+        if let Ok((_, high)) =
+            consumer.fetch_watermarks(self.topic, self.partition, Duration::from_secs(2))
+        {
+            self.pm.set_lag(high, next);
+            if self.stage == Stage::Source {
+                if let Ok(mut lag) = self.ctx.totals.lag.lock() {
+                    lag.insert(self.partition, (high - next).max(0));
+                }
+            }
+        }
+    }
+
+    /// Flush the producers, then write `progress`. `Some` when a newer owner fenced us out; any
+    /// other failure of the write is transient: keep going, the next interval tries again, and
+    /// a crash meanwhile only means a longer replay.
+    fn checkpoint(&mut self, progress: Progress) -> Result<Option<PartitionEnd>, RuntimeError> {
+        let t0 = Instant::now();
+        self.producers.flush(self.partition)?;
+        match self.rt.block_on(self.lease.commit(progress)) {
+            Ok(bytes) => {
+                self.pm.checkpoint_written(t0.elapsed(), bytes);
+                Ok(None)
+            }
+            Err(e) if e.is_fenced() => Ok(Some(PartitionEnd::Fenced(e))),
+            Err(e) => {
+                self.pm.checkpoint_failed(t0.elapsed());
+                warn!(partition = self.lease.partition(), error = %e, "checkpoint failed; will retry");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The end of a partition: the last marker and (when stopped) the final checkpoint; either
+    /// way the outcome is counted, logged and the partition's gauges released.
+    fn close(mut self, end: PartitionEnd) -> Result<PartitionEnd, RuntimeError> {
+        let stopped = matches!(end, PartitionEnd::Stopped);
+        let now = self.now_ms();
+        self.protocol.finish(stopped, now, &mut self.actions);
+        let end = match self.act(None)? {
+            Some(fenced) => fenced,
+            None => end,
+        };
+        let (ctx, topic, partition) = (self.ctx, self.topic, self.partition);
+        if let PartitionEnd::Fenced(e) = &end {
+            ctx.metrics.partitions_fenced.inc();
+            warn!(topic, partition, error = %e, "partition stopped: a newer owner took it");
+        } else {
+            let next_offset = self.protocol.next_offset();
+            info!(topic, partition, next_offset, "partition stopped");
+        }
+        ctx.metrics.release_partition(topic, partition);
+        Ok(end)
+    }
+}
