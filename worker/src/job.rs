@@ -17,6 +17,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tracing::{error, info};
 pub use weir_crds::assignment::Assignment;
+use weir_crds::plan;
 use weir_crds::{StreamJob, StreamJobSpec};
 use weir_engine::JobPlan;
 
@@ -258,7 +259,7 @@ async fn open_store(
     if !in_cluster {
         return Err(JobError::ConfigMapsNeedACluster);
     }
-    let namespace = std::env::var("WEIR_NAMESPACE")
+    let namespace = std::env::var(weir_crds::pod::env::NAMESPACE)
         .ok()
         .or_else(|| job.metadata.namespace.clone())
         .unwrap_or_else(|| "default".to_string());
@@ -266,8 +267,8 @@ async fn open_store(
         .await
         .map_err(|e| JobError::ConnectKubernetes(Box::new(e)))?;
     let prefix = match stage {
-        Stage::Source => format!("{name}-checkpoint"),
-        Stage::Merge => format!("{name}-merge-checkpoint"),
+        Stage::Source => weir_crds::names::checkpoint_prefix(&name),
+        Stage::Merge => weir_crds::names::merge_checkpoint_prefix(&name),
     };
     Ok(Arc::new(ConfigMapStore::new(client, &namespace, &prefix)))
 }
@@ -642,9 +643,26 @@ pub fn local(job: &StreamJob, plan: JobPlan, opts: &RunOptions) -> Result<(), Jo
     let source = kafka::source_settings(&job.spec, &name)?;
     let topic = &job.spec.source.kafka.topic.0;
     let count = partition_count(&source, topic)?;
-    let tasks = (job.spec.parallelism.max(1) as usize).min(count as usize);
+    // Planned as the operator plans it (weir_crds::plan): the same tasks, the same repartition
+    // topic with the same partition count and configs.
+    let repartition = if job.spec.co_partitioned() {
+        None
+    } else {
+        Some(local_repartition_topic(job, &source, count)?)
+    };
+    let tasks = plan::worker_count(&job.spec, count);
     let epoch = runtime::local_epoch();
-    let assignment = Assignment::round_robin(count, tasks, epoch);
+    let merge_partitions = repartition.as_ref().map_or(0, |(_, n)| *n);
+    let namespace = job.metadata.namespace.as_deref();
+    let assignment = plan::assignment(
+        &job.spec,
+        namespace,
+        &name,
+        count,
+        tasks,
+        merge_partitions,
+        epoch,
+    );
     eprintln!(
         "weir: {name}: topic {topic} has {count} partitions, {tasks} task(s): {:?}",
         assignment.workers
@@ -655,11 +673,6 @@ pub fn local(job: &StreamJob, plan: JobPlan, opts: &RunOptions) -> Result<(), Jo
     }
     // One process, so one set of threads; the tasks are the assignment's grouping.
     let partitions: Vec<i32> = (0..count).collect();
-    let repartition = if job.spec.co_partitioned() {
-        None
-    } else {
-        Some(local_repartition_topic(job, &source, count)?)
-    };
     let launch = Launch {
         job,
         plan,
@@ -676,18 +689,26 @@ pub fn local(job: &StreamJob, plan: JobPlan, opts: &RunOptions) -> Result<(), Jo
     supervise_partitions(launch, partitions, merge)
 }
 
-/// Local mode, two-stage job: create the repartition topic (an existing one is used as it is);
-/// its name and partition count.
+/// Local mode, two-stage job: create the repartition topic as the operator does (its partition
+/// count, replication factor and configs from [`plan::new_repartition_topic`], the retention of
+/// the source topic); an existing one is used as it is. Its name and partition count.
 fn local_repartition_topic(
     job: &StreamJob,
     source: &kafka::ClientSettings,
     count: i32,
 ) -> Result<(String, i32), JobError> {
     let name = job_name(job);
-    let topic = weir_crds::repartition_topic(job.metadata.namespace.as_deref(), &name);
-    let wanted = job.spec.repartition.partitions.unwrap_or(count);
-    let replication = job.spec.repartition.replication_factor;
-    crate::tools::create_topic_with(source, &topic, wanted, replication).map_err(|source_err| {
+    let namespace = job.metadata.namespace.as_deref();
+    let source_topic = &job.spec.source.kafka.topic.0;
+    let retention = crate::tools::topic_retention_ms(source, source_topic).unwrap_or_else(|e| {
+        // As the operator: without the source's retention the brokers' default applies.
+        eprintln!("weir: {name}: cannot read retention.ms of {source_topic} ({e}); the repartition topic gets the brokers' default");
+        None
+    });
+    let wanted = plan::merge_partitions(&job.spec, None, count);
+    let new = plan::new_repartition_topic(&job.spec, namespace, &name, wanted, retention);
+    let topic = new.name.clone();
+    crate::tools::create_topic_with(source, &new).map_err(|source_err| {
         JobError::CreateRepartitionTopic {
             topic: topic.clone(),
             bootstrap: source

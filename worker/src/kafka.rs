@@ -15,12 +15,13 @@ use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
 use weir_crds::{KafkaSink, StreamJobSpec};
 
-/// Environment variables naming the credential directories the operator mounts.
-pub const SOURCE_CREDENTIALS_ENV: &str = "WEIR_SOURCE_CREDENTIALS_DIR";
+/// Environment variables naming the credential directories the operator mounts (defined with
+/// the rest of the pod contract in `weir_crds::pod`).
+pub const SOURCE_CREDENTIALS_ENV: &str = weir_crds::pod::env::SOURCE_CREDENTIALS_DIR;
 /// See [`SOURCE_CREDENTIALS_ENV`].
-pub const SINK_CREDENTIALS_ENV: &str = "WEIR_SINK_CREDENTIALS_DIR";
+pub const SINK_CREDENTIALS_ENV: &str = weir_crds::pod::env::SINK_CREDENTIALS_DIR;
 /// See [`SOURCE_CREDENTIALS_ENV`].
-pub const DEAD_LETTER_CREDENTIALS_ENV: &str = "WEIR_DEAD_LETTER_CREDENTIALS_DIR";
+pub const DEAD_LETTER_CREDENTIALS_ENV: &str = weir_crds::pod::env::DEAD_LETTER_CREDENTIALS_DIR;
 
 /// Properties weir sets itself; a spec may not override them (the guarantees depend on them).
 const RESERVED_CONSUMER: &[&str] = &[

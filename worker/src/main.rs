@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use weir_crds::pod;
 use weir_worker::job::{self, Assignment, RunOptions};
 use weir_worker::logging::{self, LogFormat};
 
@@ -71,23 +72,19 @@ enum Command {
     /// comes from its StatefulSet name (HOSTNAME) unless --ordinal is given.
     Worker {
         /// The StreamJob (the job ConfigMap's job.yaml).
-        #[arg(long, env = "WEIR_JOB", default_value = "/etc/weir/job.yaml")]
+        #[arg(long, env = pod::env::JOB, default_value = pod::JOB_FILE)]
         job: PathBuf,
         /// The partition assignment (the job ConfigMap's assignment.json).
-        #[arg(
-            long,
-            env = "WEIR_ASSIGNMENT",
-            default_value = "/etc/weir/assignment.json"
-        )]
+        #[arg(long, env = pod::env::ASSIGNMENT, default_value = pod::ASSIGNMENT_FILE)]
         assignment: PathBuf,
         /// This worker's ordinal in the assignment; default: the number at the end of HOSTNAME.
-        #[arg(long, env = "WEIR_ORDINAL")]
+        #[arg(long, env = pod::env::ORDINAL)]
         ordinal: Option<usize>,
         /// Keep checkpoints in this directory instead of the spec's store (tests, single hosts).
-        #[arg(long, env = "WEIR_CHECKPOINT_DIR")]
+        #[arg(long, env = pod::env::CHECKPOINT_DIR)]
         checkpoint_dir: Option<PathBuf>,
         /// Serve /metrics, /healthz and /readyz here.
-        #[arg(long, env = "WEIR_LISTEN", default_value = "0.0.0.0:8080")]
+        #[arg(long, env = pod::env::LISTEN, default_value = pod::LISTEN)]
         listen: SocketAddr,
     },
 }

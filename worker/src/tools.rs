@@ -4,7 +4,7 @@
 use std::io::{BufRead, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -46,6 +46,15 @@ pub enum ToolError {
         topic: String,
         /// The broker's answer.
         code: RDKafkaErrorCode,
+    },
+    /// The topic's configs could not be read.
+    #[error("reading the configs of topic {topic}")]
+    DescribeConfigs {
+        /// The topic.
+        topic: String,
+        /// Cause.
+        #[source]
+        source: KafkaError,
     },
     /// A message could not be queued.
     #[error("producing to {topic}")]
@@ -98,7 +107,7 @@ fn config(bootstrap: &str) -> ClientConfig {
 
 /// Create `topic` with `partitions` partitions; an existing topic is fine.
 pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), ToolError> {
-    create_topic_on(config(bootstrap), topic, partitions, 1)
+    create_topic_on(config(bootstrap), topic, partitions, 1, &[])
 }
 
 /// [`create_topic`] with a job's client settings (brokers, TLS, SASL) and replication factor
@@ -106,16 +115,57 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(),
 /// job in local mode.
 pub fn create_topic_with(
     settings: &crate::kafka::ClientSettings,
-    topic: &str,
-    partitions: i32,
-    replication_factor: Option<i32>,
+    topic: &weir_crds::plan::NewTopic,
 ) -> Result<(), ToolError> {
+    let configs: Vec<(&str, &str)> = topic
+        .configs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     create_topic_on(
         settings.config(),
-        topic,
-        partitions,
-        replication_factor.unwrap_or(-1),
+        &topic.name,
+        topic.partitions,
+        topic.replication_factor.unwrap_or(-1),
+        &configs,
     )
+}
+
+/// The admin client of `config` and a runtime to drive it.
+fn admin(
+    config: ClientConfig,
+) -> Result<(tokio::runtime::Runtime, AdminClient<DefaultClientContext>), ToolError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ToolError::StartRuntime)?;
+    let admin = config.create().map_err(|source| ToolError::CreateClient {
+        what: "an admin client",
+        source,
+    })?;
+    Ok((rt, admin))
+}
+
+/// The `retention.ms` of `topic` (`None`: infinite, or not reported).
+pub fn topic_retention_ms(
+    settings: &crate::kafka::ClientSettings,
+    topic: &str,
+) -> Result<Option<i64>, ToolError> {
+    let (rt, admin) = admin(settings.config())?;
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let results = rt
+        .block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &opts))
+        .map_err(|source| ToolError::DescribeConfigs {
+            topic: topic.to_string(),
+            source,
+        })?;
+    for resource in results.into_iter().flatten() {
+        if let Some(entry) = resource.get("retention.ms") {
+            let ms = entry.value.as_deref().and_then(|v| v.parse::<i64>().ok());
+            return Ok(ms.filter(|ms| *ms > 0));
+        }
+    }
+    Ok(None)
 }
 
 fn create_topic_on(
@@ -123,22 +173,18 @@ fn create_topic_on(
     topic: &str,
     partitions: i32,
     replication_factor: i32,
+    configs: &[(&str, &str)],
 ) -> Result<(), ToolError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ToolError::StartRuntime)?;
-    let admin: AdminClient<DefaultClientContext> =
-        config.create().map_err(|source| ToolError::CreateClient {
-            what: "an admin client",
-            source,
-        })?;
+    let (rt, admin) = admin(config)?;
     // -1: the brokers' default.replication.factor (KIP-464, Kafka 2.4).
-    let new = NewTopic::new(
+    let mut new = NewTopic::new(
         topic,
         partitions,
         TopicReplication::Fixed(replication_factor),
     );
+    for (k, v) in configs {
+        new = new.set(k, v);
+    }
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = rt
         .block_on(admin.create_topics([&new], &opts))

@@ -17,10 +17,10 @@ use super::{decode, encode, CheckpointStore, PartitionCheckpoint, StoreError, Ve
 
 /// The data key holding the record (shared with the operator, which reads it).
 pub const CHECKPOINT_KEY: &str = weir_crds::checkpoint::CONFIG_MAP_KEY;
-/// The label every checkpoint ConfigMap carries.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The label every checkpoint ConfigMap carries (the operator uses the same value).
+pub const MANAGED_BY_LABEL: &str = weir_crds::names::LABEL_MANAGED_BY;
 /// Its value.
-pub const MANAGED_BY_VALUE: &str = "weir";
+pub const MANAGED_BY_VALUE: &str = weir_crds::names::MANAGED_BY_CHECKPOINT;
 
 /// Checkpoints as ConfigMaps in one namespace; see the module doc.
 pub struct ConfigMapStore {
