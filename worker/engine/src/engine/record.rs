@@ -1,0 +1,209 @@
+//! What goes into the engine and what comes out: a [`Record`], the [`Rejection`] of a record
+//! not counted (with a stable [`RejectReason`]), a [`WindowResult`] and its JSON forms, and the
+//! progress and counters the runtime reads ([`PartitionState`], [`Stats`]).
+
+use std::fmt;
+
+use crate::plan::JobPlan;
+use crate::time;
+
+/// One input record.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// Source partition.
+    pub partition: i32,
+    /// Offset in the partition (line number for a file).
+    pub offset: i64,
+    /// Message key.
+    pub key: Option<&'a [u8]>,
+    /// Kafka timestamp in ms.
+    pub timestamp: Option<i64>,
+    /// Message value.
+    pub value: &'a [u8],
+}
+
+/// Why a record was not counted. The names are stable: they label metrics and dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    /// Not a JSON object.
+    InvalidJson,
+    /// A field the job reads is absent or null.
+    MissingField,
+    /// A field has a type the job cannot use (text where a number is needed, an object as a group).
+    WrongType,
+    /// The event time is absent in the wrong format, or out of range.
+    InvalidEventTime,
+    /// Every window the record belongs to has already closed.
+    Late,
+}
+
+impl RejectReason {
+    /// All reasons, in a stable order.
+    pub const ALL: [RejectReason; 5] = [
+        RejectReason::InvalidJson,
+        RejectReason::MissingField,
+        RejectReason::WrongType,
+        RejectReason::InvalidEventTime,
+        RejectReason::Late,
+    ];
+
+    /// Stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::InvalidJson => "invalid_json",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::WrongType => "wrong_type",
+            RejectReason::InvalidEventTime => "invalid_event_time",
+            RejectReason::Late => "late",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rejected record: the reason, and details for a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Machine-readable reason.
+    pub reason: RejectReason,
+    /// What exactly was wrong.
+    pub detail: String,
+}
+
+impl Rejection {
+    pub(super) fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+/// The result of one (group, window).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowResult {
+    /// Window start (inclusive), ms.
+    pub start: i64,
+    /// Window end (exclusive), ms.
+    pub end: i64,
+    /// The group's values as canonical JSON texts joined by NUL bytes (which JSON text never
+    /// contains); empty for the global group.
+    pub group: Box<[u8]>,
+    /// One value per aggregation, in the job's order.
+    pub values: Vec<serde_json::Value>,
+}
+
+impl WindowResult {
+    /// The group values' JSON texts, one per group-by component.
+    pub fn group_texts(&self) -> impl Iterator<Item = &str> {
+        let parts = if self.group.is_empty() {
+            None
+        } else {
+            Some(self.group.split(|b| *b == 0))
+        };
+        parts
+            .into_iter()
+            .flatten()
+            .map(|p| std::str::from_utf8(p).unwrap_or("null"))
+    }
+
+    /// The result record, one line of JSON:
+    /// `{"window":{"start":..,"end":..},"group":{..},"values":{..}}`.
+    pub fn to_json(&self, plan: &JobPlan) -> String {
+        let mut out = String::with_capacity(128);
+        out.push_str("{\"window\":{\"start\":\"");
+        out.push_str(&time::format(self.start));
+        out.push_str("\",\"end\":\"");
+        out.push_str(&time::format(self.end));
+        out.push_str("\"},\"group\":");
+        self.push_group(plan, &mut out);
+        out.push_str(",\"values\":{");
+        for (i, (agg, v)) in plan.aggs.iter().zip(&self.values).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(&mut out, &agg.name);
+            out.push(':');
+            out.push_str(&v.to_string());
+        }
+        out.push_str("}}");
+        out
+    }
+}
+
+impl WindowResult {
+    /// The sink message key: `{"group":{..},"start":".."}`. Unique per (group, window), since
+    /// windows of one group that share a start are the same window (sessions never overlap).
+    pub fn key_json(&self, plan: &JobPlan) -> String {
+        let mut out = String::with_capacity(64);
+        out.push_str("{\"group\":");
+        self.push_group(plan, &mut out);
+        out.push_str(",\"start\":\"");
+        out.push_str(&time::format(self.start));
+        out.push_str("\"}");
+        out
+    }
+
+    fn push_group(&self, plan: &JobPlan, out: &mut String) {
+        out.push('{');
+        for (i, ((name, _), text)) in plan.group.iter().zip(self.group_texts()).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(out, name);
+            out.push(':');
+            out.push_str(text);
+        }
+        out.push('}');
+    }
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    out.push_str(&serde_json::Value::from(s).to_string());
+}
+
+/// Per-partition progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    /// Largest event time accepted.
+    pub max_time: i64,
+    /// `max_time - allowedLateness`.
+    pub watermark: i64,
+    /// Reported idle by the runtime, and no record since.
+    pub idle: bool,
+}
+
+/// Counters the runtime exports as metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Records accepted.
+    pub accepted: u64,
+    /// Records rejected, by reason (indexed like [`RejectReason::ALL`]).
+    pub rejected: [u64; 5],
+    /// Results emitted (partials, in stage 1 of a two-stage job).
+    pub results: u64,
+    /// Stage 2: partials skipped because they were merged before (a replay of stage 1).
+    pub duplicate_partials: u64,
+    /// Stage 2: partials dropped because their windows had closed (their source was idle).
+    pub late_partials: u64,
+}
+
+impl PartitionState {
+    pub(super) fn new() -> Self {
+        PartitionState {
+            max_time: i64::MIN,
+            watermark: i64::MIN,
+            idle: false,
+        }
+    }
+}
