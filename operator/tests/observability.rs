@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use serde_json::Value;
+use weir_crds::names;
 use weir_operator::desired::METRICS_PORT_NAME;
 use weir_operator::metrics::{CategoryLabel, Metrics as OperatorMetrics};
-use weir_crds::names;
 use weir_worker::metrics::Metrics as WorkerMetrics;
 
 /// Series Prometheus adds to every scrape target itself: not in any `/metrics`, and the only
