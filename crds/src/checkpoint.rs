@@ -50,15 +50,15 @@ pub struct Progress {
     pub emitted_through: Option<i64>,
     /// Stage 1 of a two-stage job: offsets (at or after `replay_from`) at which the partition
     /// went idle and flushed its open pane rows; a replay flushes at the same offsets, so that it
-    /// sends the same partials again (which stage 2 then recognises).
+    /// sends the same partials again (which the merge stage then recognises).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flushes: Vec<i64>,
-    /// Stage 2 of a two-stage job: each source partition's progress as last reported.
+    /// The merge stage of a two-stage job: each source partition's progress as last reported.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub sources: std::collections::BTreeMap<i32, SourceProgress>,
 }
 
-/// A source partition's progress, as stage 2 last heard it.
+/// A source partition's progress, as the merge stage last heard it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceProgress {
@@ -68,7 +68,7 @@ pub struct SourceProgress {
     pub idle: bool,
 }
 
-/// Where stage 2 of a two-stage job (the merge, reading the repartition topic) keeps its
+/// Where the merge stage of a two-stage job (reading the repartition topic) keeps its
 /// records, under the job's location: `<job location>/merge/partition-<p>.json` in object
 /// storage (ConfigMaps `<job>-merge-checkpoint-<p>`).
 pub const MERGE_LOCATION: &str = "merge";

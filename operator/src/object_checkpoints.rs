@@ -167,7 +167,7 @@ pub async fn delete(config: &ObjectStoreConfig) -> Result<Deleted, String> {
 }
 
 /// Cleanup of a deleted job with `deleteOnJobDeletion` and an object store: deletes its records,
-/// and those of its stage 2 (under [`weir_crds::checkpoint::MERGE_LOCATION`]) if any.
+/// and those of its merge stage (under [`weir_crds::checkpoint::MERGE_LOCATION`]) if any.
 pub async fn cleanup(client: &Client, job: &StreamJob, store: &ObjectStore) -> Result<(), Error> {
     let name = job.metadata.name.clone().unwrap_or_default();
     let failed = |message: String| Error::DeleteObjectStoreCheckpoints {

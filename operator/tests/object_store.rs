@@ -311,7 +311,7 @@ async fn deleting_the_job_deletes_its_records_and_nothing_else() {
     put(&b, untouched[1], b"notes".to_vec()).await;
     put(&b, untouched[2], record(0, 1, 1, None)).await;
     put(&b, untouched[3], record(0, 1, 1, None)).await;
-    // Stage 2 of a two-stage job keeps its records under merge/: they go too.
+    // The merge stage of a two-stage job keeps its records under merge/: they go too.
     put(
         &b,
         "jobs/payments/merge/partition-0.json",

@@ -335,7 +335,7 @@ fn worker(
         std::thread::sleep(Duration::from_millis(1));
         wait(&|| {
             let sent = totals.partials_sent.load(Ordering::Relaxed);
-            sent > 0 && totals.merged.load(Ordering::Relaxed) >= sent
+            sent > 0 && totals.partials_merged.load(Ordering::Relaxed) >= sent
         });
     }
     let seconds = t0.elapsed().as_secs_f64();

@@ -18,7 +18,7 @@
 //! never delivered. So how a hole is handled depends on the topic:
 //! - weir's own repartition topic is written without transactions or compaction, so a hole
 //!   there is re-read a few times (seek back to the next offset, after a short pause) before
-//!   it is believed (it then means retention deleted records stage 2 had not read);
+//!   it is believed (it then means retention deleted records the merge stage had not read);
 //! - a source topic is whatever its producers made it; re-reading would throw away the
 //!   consumer's prefetched records at every transaction marker, so its holes are believed at
 //!   once (counted in `weir_offsets_skipped_total` and logged at debug level).

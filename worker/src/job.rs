@@ -539,8 +539,8 @@ impl ProgressLine {
         // Two-stage jobs: how far the merge stage is behind the source partitions.
         let sent = totals.partials_sent.load(Ordering::Relaxed);
         let stage2 = if sent > 0 {
-            let merged = totals.merged.load(Ordering::Relaxed);
-            format!("  stage 2: {merged} of {sent} partials and markers merged")
+            let merged = totals.partials_merged.load(Ordering::Relaxed);
+            format!("  merge stage: {merged} of {sent} partials and markers merged")
         } else {
             String::new()
         };

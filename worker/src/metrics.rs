@@ -175,14 +175,14 @@ impl Families {
         r.register(
             "partials_sent",
             "Partial aggregates and watermark markers a source partition of a two-stage job sent \
-                 to the repartition topic (its results are written by stage 2)",
+                 to the repartition topic (its results are written by the merge stage)",
             self.partials_sent.clone(),
         );
         r.register(
             "offsets_skipped",
             "Offsets the partition's reads jumped over and never delivered: on a source topic \
                  transaction markers and aborted, compacted or expired records; on the repartition \
-                 topic records expired before stage 2 read them, or a broker fault",
+                 topic records expired before the merge stage read them, or a broker fault",
             self.offsets_skipped.clone(),
         );
         r.register(
@@ -434,7 +434,7 @@ pub struct PartitionMetrics {
     pub offsets_skipped: Counter,
     /// Reads repeated because the broker's answer jumped ahead.
     pub offset_rereads: Counter,
-    /// Partials and watermark markers sent to stage 2.
+    /// Partials and watermark markers sent to the merge stage.
     pub partials_sent: Counter,
     /// Bytes of window results written.
     pub result_bytes: Counter,

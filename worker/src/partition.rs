@@ -22,7 +22,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 use weir_crds::StartFrom;
-use weir_engine::engine::Exchange;
+use weir_engine::engine::Partial;
 use weir_engine::protocol::{Action, PartitionProtocol, Role, StartPoint, Timing};
 use weir_engine::{Record, Rejection, WindowResult};
 
@@ -530,7 +530,7 @@ impl PartitionIo<'_> {
                 let payload = m.payload().unwrap_or_default();
                 self.protocol
                     .partial(m.offset(), payload, &mut self.actions);
-                self.ctx.totals.merged.fetch_add(1, Ordering::Relaxed);
+                self.ctx.totals.partials_merged.fetch_add(1, Ordering::Relaxed);
                 self.act(None)
             }
         }
@@ -571,7 +571,7 @@ impl PartitionIo<'_> {
             }
             Action::Partial { to, partial } => {
                 let key = partial.group.clone();
-                let value = Exchange::Partial(partial).to_bytes();
+                let value = Partial::Aggregate(partial).to_bytes();
                 self.send_partial(to, key.as_bytes(), &value)?;
             }
             Action::Marker(marker) => {
@@ -590,7 +590,7 @@ impl PartitionIo<'_> {
                     Duration::from_millis(u64::try_from(self.timing.idle_timeout_ms).unwrap_or(0));
                 info!(partition, offset, idle_timeout = ?idle_timeout,
                     "idle: no record for the idle timeout; sent the open windows' partials and \
-                     told stage 2 not to wait for this partition");
+                     told the merge stage not to wait for this partition");
             }
             Action::Active { offset } => info!(partition, offset, "active again after being idle"),
             Action::LatePartial {

@@ -131,7 +131,7 @@ pub struct Totals {
     pub partials_sent: AtomicU64,
     /// Two-stage jobs: partials the merge stage read from the repartition topic (including
     /// replays).
-    pub merged: AtomicU64,
+    pub partials_merged: AtomicU64,
 }
 
 impl Totals {

@@ -4,7 +4,7 @@
 //! because the batch in between has its offsets but is not stored yet
 //! (`worker/src/contiguous.rs`). A plain reader then skips those records for good. This test
 //! runs three plain readers and three that re-read holes (`weir_worker::contiguous::step`, as
-//! stage 2 reads the repartition topic) side by side. Each re-reading reader must read every
+//! the merge stage reads the repartition topic) side by side. Each re-reading reader must read every
 //! record once, in offset order. What the plain readers skipped, and how often the others
 //! re-read, is printed (`--nocapture`). It shows the broker's race when it happens (in about
 //! one run in three here). It is not asserted, because it is a race.

@@ -41,7 +41,7 @@
 
 use weir_crds::checkpoint::{Progress, SourceProgress};
 
-use crate::engine::{Exchange, MergeOutcome, Partial};
+use crate::engine::{MergeOutcome, Partial, PartialAggregate};
 use crate::{Engine, JobPlan, Record, RejectReason, Rejection, WindowResult};
 
 /// How often a source partition of a two-stage job tells the merge stage its watermark, when
@@ -114,10 +114,10 @@ pub enum Action {
         /// Its repartition partition ([`route`]).
         to: i32,
         /// The partial.
-        partial: Partial,
+        partial: PartialAggregate,
     },
-    /// Send a watermark marker ([`Exchange::Watermark`]) to every repartition partition.
-    Marker(Exchange),
+    /// Send a watermark marker ([`Partial::Watermark`]) to every repartition partition.
+    Marker(Partial),
     /// Flush every producer, then write this progress (fenced: stop the partition).
     Checkpoint(Progress),
     /// The partition has read everything it had seen before its restart (once).
@@ -362,8 +362,8 @@ impl PartitionProtocol {
 
     /// The merge stage: the message of the repartition partition at `offset`.
     pub fn partial(&mut self, offset: i64, payload: &[u8], out: &mut Vec<Action>) {
-        match Exchange::from_bytes(payload) {
-            Ok(Exchange::Partial(p)) => {
+        match Partial::from_bytes(payload) {
+            Ok(Partial::Aggregate(p)) => {
                 let outcome = self.engine.merge_partial(self.partition, offset, &p);
                 if outcome == MergeOutcome::Late {
                     self.late += 1;
@@ -376,7 +376,7 @@ impl PartitionProtocol {
                     });
                 }
             }
-            Ok(Exchange::Watermark {
+            Ok(Partial::Watermark {
                 source,
                 watermark,
                 idle,
@@ -488,7 +488,7 @@ impl PartitionProtocol {
             // Unchanged, or replaying (what the replay reaches was reported before).
             return;
         }
-        out.push(Action::Marker(Exchange::Watermark {
+        out.push(Action::Marker(Partial::Watermark {
             source: self.partition,
             watermark: known(wm),
             idle: self.idle,
@@ -646,7 +646,7 @@ spec:
     fn markers(out: &[Action]) -> Vec<(Option<i64>, bool)> {
         out.iter()
             .filter_map(|a| match a {
-                Action::Marker(Exchange::Watermark {
+                Action::Marker(Partial::Watermark {
                     watermark, idle, ..
                 }) => Some((*watermark, *idle)),
                 _ => None,
@@ -654,7 +654,7 @@ spec:
             .collect()
     }
 
-    fn partials(out: &[Action]) -> Vec<Partial> {
+    fn partials(out: &[Action]) -> Vec<PartialAggregate> {
         out.iter()
             .filter_map(|a| match a {
                 Action::Partial { partial, .. } => Some(partial.clone()),
@@ -943,7 +943,7 @@ spec:
         let mut p = protocol(Role::Merge { sources: 2 }, StartPoint::Checkpoint(progress));
         assert_eq!(p.watermark(), Some(20_000));
         let partial = |source| {
-            Exchange::Partial(Partial {
+            Partial::Aggregate(PartialAggregate {
                 source,
                 pane: 0,
                 first: 0,
@@ -987,7 +987,7 @@ spec:
         p.partial(0, b"not json", &mut out);
         assert!(matches!(out[..], [Action::Unreadable { offset: 0, .. }]));
         out.clear();
-        let marker = Exchange::Watermark {
+        let marker = Partial::Watermark {
             source: 0,
             watermark: Some(5_000),
             idle: false,

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use weir_engine::engine::{Exchange, Partial};
+use weir_engine::engine::{Partial, PartialAggregate};
 use weir_engine::protocol::{Action, PartitionProtocol, Role, StartPoint, Timing};
 use weir_engine::{Engine, JobPlan, Record, RejectReason, WindowResult};
 
@@ -120,7 +120,7 @@ type Key = (String, i64, i64); // group JSON, start, end
 /// accepted record kept with the windows it was counted in.
 /// The expected windows and rejects. `two_stage`: as computed in two stages, where stage 1 judges
 /// a record by its own partition's watermark only (and counts it in that partition's progress),
-/// and stage 2 counts it toward the windows still open by every partition's progress.
+/// and the merge stage counts it toward the windows still open by every partition's progress.
 fn reference(
     job: &Job,
     events: &[Event],
@@ -736,7 +736,7 @@ proptest! {
 }
 
 /// Two stages (DESIGN.md invariant 5): one stage-1 engine per partition emitting partials, routed
-/// by group to `merges` stage-2 engines, with each partition's watermark sent to every stage-2
+/// by group to `merges` merge-stage engines, with each partition's watermark sent to every merge-stage
 /// engine after its partials. Every partial travels as the repartition topic's bytes, and
 /// `resend` re-sends earlier partials (as a restarted stage 1 does) at random points.
 fn run_two_stages(
@@ -760,21 +760,21 @@ fn run_two_stages(
     let mut idle = vec![false; partitions as usize];
     let mut offsets = vec![0i64; partitions as usize];
     let mut log_offsets = vec![0i64; merges];
-    let mut sent: Vec<Partial> = Vec::new();
+    let mut sent: Vec<PartialAggregate> = Vec::new();
     let mut results = Vec::new();
     let mut rejects = Vec::new();
-    let route = |p: &Partial| p.group.bytes().map(usize::from).sum::<usize>() % merges;
+    let route = |p: &PartialAggregate| p.group.bytes().map(usize::from).sum::<usize>() % merges;
     let deliver =
-        |stage2: &mut Vec<Engine>, log_offsets: &mut Vec<i64>, msg: &Exchange, to: usize| {
+        |stage2: &mut Vec<Engine>, log_offsets: &mut Vec<i64>, msg: &Partial, to: usize| {
             let bytes = msg.to_bytes();
-            let msg = Exchange::from_bytes(&bytes).map_err(|e| format!("exchange bytes: {e}"))?;
+            let msg = Partial::from_bytes(&bytes).map_err(|e| format!("partial bytes: {e}"))?;
             let offset = log_offsets[to];
             log_offsets[to] += 1;
             match msg {
-                Exchange::Partial(p) => {
+                Partial::Aggregate(p) => {
                     stage2[to].merge_partial(to as i32, offset, &p);
                 }
-                Exchange::Watermark {
+                Partial::Watermark {
                     source,
                     watermark,
                     idle,
@@ -825,7 +825,7 @@ fn run_two_stages(
             deliver(
                 &mut stage2,
                 &mut log_offsets,
-                &Exchange::Partial(partial),
+                &Partial::Aggregate(partial),
                 to,
             )?;
         }
@@ -835,11 +835,16 @@ fn run_two_stages(
             }
             let again = sent[which % sent.len()].clone();
             let to = route(&again);
-            deliver(&mut stage2, &mut log_offsets, &Exchange::Partial(again), to)?;
+            deliver(
+                &mut stage2,
+                &mut log_offsets,
+                &Partial::Aggregate(again),
+                to,
+            )?;
             resend.next();
         }
         let wm = stage1[p as usize].watermark();
-        let marker = Exchange::Watermark {
+        let marker = Partial::Watermark {
             source: p,
             watermark: (wm != i64::MIN).then_some(wm),
             idle: idle[p as usize],
@@ -860,7 +865,7 @@ fn run_two_stages(
             deliver(
                 &mut stage2,
                 &mut log_offsets,
-                &Exchange::Partial(partial),
+                &Partial::Aggregate(partial),
                 to,
             )?;
         }
@@ -876,7 +881,7 @@ fn run_two_stages(
         results.extend(s.take_results());
         if s.open_rows() != 0 || s.open_groups() != 0 {
             return Err(format!(
-                "stage 2 kept {} rows, {} groups",
+                "the merge stage kept {} rows, {} groups",
                 s.open_rows(),
                 s.open_groups()
             ));
@@ -893,7 +898,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     /// Two stages give the results of one engine reading every partition, for every aggregation,
-    /// with partials re-sent at random, however many stage-2 engines share the groups.
+    /// with partials re-sent at random, however many merge-stage engines share the groups.
     #[test]
     fn two_stages_equal_the_naive_reference(
         job in aligned_job_strategy(),

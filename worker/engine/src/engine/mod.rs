@@ -44,7 +44,7 @@ use marks::Mark;
 use pane::Pane;
 pub use record::{PartitionState, Record, RejectReason, Rejection, Stats, WindowResult};
 use sessions::Sessions;
-pub use stages::{Exchange, MergeOutcome, Partial};
+pub use stages::{MergeOutcome, Partial, PartialAggregate};
 
 /// A watermark larger than any event time plus any window, used to close everything at the end.
 const END_OF_TIME: i64 = i64::MAX / 4;
@@ -74,8 +74,8 @@ pub struct Engine {
     contributions: Vec<Contribution>,
     /// Stage 1 of a two-stage job: emit partials, not results (see [`stages`]).
     partial_mode: bool,
-    partials: Vec<Partial>,
-    /// Stage 2: per pane row (pane, first window) still open, the (group, source partition,
+    partials: Vec<PartialAggregate>,
+    /// The merge stage: per pane row (pane, first window) still open, the (group, source partition,
     /// segment) of each partial merged into it.
     merged: BTreeMap<(i64, i64), std::collections::HashSet<PartialId>>,
 }

@@ -192,9 +192,9 @@ pub struct Stats {
     pub rejected: [u64; 5],
     /// Results emitted (partials, in stage 1 of a two-stage job).
     pub results: u64,
-    /// Stage 2: partials skipped because they were merged before (a replay of stage 1).
+    /// The merge stage: partials skipped because they were merged before (a replay of stage 1).
     pub duplicate_partials: u64,
-    /// Stage 2: partials dropped because their windows had closed (their source was idle).
+    /// The merge stage: partials dropped because their windows had closed (their source was idle).
     pub late_partials: u64,
 }
 

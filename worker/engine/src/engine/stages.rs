@@ -5,10 +5,10 @@
 //! of each pane (a slice of `gcd(size, slide)` of event time) as soon as its partition's
 //! watermark shows that no record can reach that pane row any more. A pane row is identified
 //! by its pane start and the first window its records count toward (records late for some of
-//! their windows form rows of their own, see the `Aligned` state), so a stage-1 [`Partial`] is
+//! their windows form rows of their own, see the `Aligned` state), so a stage-1 [`PartialAggregate`] is
 //! `(group, pane, first window, source partition)` plus accumulators.
 //!
-//! **Stage 2** is an engine fed with partials instead of records
+//! **The merge stage** (stage 2) is an engine fed with partials instead of records
 //! ([`Engine::merge_partial`]) and with each source partition's watermark
 //! ([`Engine::source_watermark`]); its partitions are the source partitions. It merges a
 //! partial into the pane row it names and closes a window, with the same code as a one-stage
@@ -18,10 +18,10 @@
 //! watermark in stage 1, as a single engine does (see the module documentation of `engine`).
 //!
 //! Duplicates: after a crash, stage 1 replays and sends some partials again, with the same
-//! identity and the same accumulators. Stage 2 remembers, per pane row still open, which
+//! identity and the same accumulators. The merge stage remembers, per pane row still open, which
 //! source partitions it merged, and skips a partial it has merged already. A partial whose
 //! windows have all closed is dropped: it is a duplicate of one merged before (when its
-//! source's watermark shows it was sent before), or late because the stage-2 watermark moved
+//! source's watermark shows it was sent before), or late because the merge stage's watermark moved
 //! on while its source was idle.
 
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,7 @@ use crate::agg::{Acc, Column};
 /// One stage-1 partial aggregate: a group's accumulators in one pane row.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Partial {
+pub struct PartialAggregate {
     /// The source partition it comes from.
     pub source: i32,
     /// Pane start, ms.
@@ -50,13 +50,17 @@ pub struct Partial {
     pub segment: Option<i64>,
 }
 
-/// A message of the repartition topic: a partial, or a source partition's progress.
+/// A partial: a message of the repartition topic, which the merge stage reads. Either a
+/// partial aggregate, or a source partition's watermark marker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub enum Exchange {
+pub enum Partial {
     /// A stage-1 partial aggregate.
-    Partial(Partial),
-    /// Source partition `source` has emitted every partial its watermark closed: stage 2 may
+    // Its wire name from before this variant was renamed (`rename_all` made it "partial"),
+    // kept so that partials already in a repartition topic are read after an upgrade.
+    #[serde(rename = "partial")]
+    Aggregate(PartialAggregate),
+    /// Source partition `source` has emitted every partial its watermark closed: the merge stage may
     /// count it at `watermark` (`None`: no record yet). `idle`: it has had no record for the
     /// idle timeout and stops holding the others back.
     Watermark {
@@ -69,7 +73,7 @@ pub enum Exchange {
     },
 }
 
-impl Exchange {
+impl Partial {
     /// The message's JSON bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         // Serialising these types cannot fail (no maps with non-string keys, no foreign types).
@@ -77,7 +81,7 @@ impl Exchange {
     }
 
     /// Read a message.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Exchange, serde_json::Error> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Partial, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
 }
@@ -93,7 +97,7 @@ pub enum MergeOutcome {
     Late,
 }
 
-impl Partial {
+impl PartialAggregate {
     /// End of the first window it counts toward: stage 1 emits it once its partition's
     /// watermark reaches this, and a restarted stage 1 does not emit it again when its
     /// checkpoint's `emittedThrough` is at or after it.
@@ -103,7 +107,7 @@ impl Partial {
 }
 
 impl Engine {
-    /// Stage 1: emit [`Partial`]s (taken with [`Engine::take_partials`]) instead of window
+    /// Stage 1: emit [`PartialAggregate`]s (taken with [`Engine::take_partials`]) instead of window
     /// results. Aligned windows only; session windows keep emitting results (the job must then
     /// be co-partitioned, which the StreamJob validation requires).
     pub fn emit_partials(&mut self) {
@@ -111,7 +115,7 @@ impl Engine {
     }
 
     /// Partials emitted since the last call, in order of first window end, pane, then group.
-    pub fn take_partials(&mut self) -> Vec<Partial> {
+    pub fn take_partials(&mut self) -> Vec<PartialAggregate> {
         std::mem::take(&mut self.partials)
     }
 
@@ -130,7 +134,7 @@ impl Engine {
     }
 
     /// Stage 1, when the partition goes idle: emit every open pane row now, as partials of
-    /// segment `at` (the partition's next offset), so that stage 2, which stops waiting for an
+    /// segment `at` (the partition's next offset), so that the merge stage, which stops waiting for an
     /// idle partition, has its records. Records arriving later start new pane rows.
     ///
     /// A replay must flush at the same offsets to send the same partials again: the runtime
@@ -162,7 +166,7 @@ impl Engine {
             for (row, gid) in pane.gids.iter().enumerate() {
                 let accs: Vec<Acc> = pane.cols.iter().filter_map(|c| c.acc(row)).collect();
                 let group = String::from_utf8_lossy(self.groups.key(*gid)).into_owned();
-                self.partials.push(Partial {
+                self.partials.push(PartialAggregate {
                     source,
                     pane: key.0,
                     first: key.1,
@@ -186,16 +190,21 @@ impl Engine {
         self.stats.results += (self.partials.len() - from) as u64;
     }
 
-    /// Stage 2: merge a partial read at `offset` of input log `log` (a repartition partition;
+    /// The merge stage: merge a partial read at `offset` of input log `log` (a repartition partition;
     /// [`Engine::replay_point`]`(log)` then says where a replay must start). May not close
     /// windows: only watermarks do.
-    pub fn merge_partial(&mut self, log: i32, offset: i64, partial: &Partial) -> MergeOutcome {
+    pub fn merge_partial(
+        &mut self,
+        log: i32,
+        offset: i64,
+        partial: &PartialAggregate,
+    ) -> MergeOutcome {
         let (size, slide) = match &self.state {
             State::Aligned(a) => (a.size, a.slide),
             State::Sessions(_) => return MergeOutcome::Late,
         };
         let (p, first) = (partial.pane, partial.first);
-        // Windows ending at or before the stage-2 watermark are closed: the partial counts
+        // Windows ending at or before the merge stage's watermark are closed: the partial counts
         // toward the later ones only, in a pane row of its own (as a partly late record does).
         let open_from = if self.watermark == i64::MIN {
             i64::MIN
@@ -247,7 +256,7 @@ impl Engine {
         MergeOutcome::Merged
     }
 
-    /// Stage 2: source partition `source` reached `watermark` (`None`: no record yet), or is
+    /// The merge stage: source partition `source` reached `watermark` (`None`: no record yet), or is
     /// idle. Closes the windows the minimum over the partitions that are not idle has passed.
     pub fn source_watermark(&mut self, source: i32, watermark: Option<i64>, idle: bool) {
         let part = self
@@ -274,6 +283,34 @@ impl Engine {
             MergeOutcome::Merged => {}
             MergeOutcome::Duplicate => self.stats.duplicate_partials += 1,
             MergeOutcome::Late => self.stats.late_partials += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The repartition topic's bytes are a format between versions: a partial written before
+    /// the types were renamed is read after, and one written now reads the same.
+    #[test]
+    fn partials_keep_their_wire_format() {
+        let aggregate =
+            br#"{"partial":{"source":2,"pane":60000,"first":0,"group":"\"m1\"","accs":[]}}"#;
+        match Partial::from_bytes(aggregate) {
+            Ok(Partial::Aggregate(p)) => {
+                assert_eq!(
+                    (p.source, p.pane, p.first, p.group.as_str()),
+                    (2, 60_000, 0, "\"m1\"")
+                );
+                assert_eq!(Partial::Aggregate(p).to_bytes(), aggregate.to_vec());
+            }
+            other => panic!("not read as a partial aggregate: {other:?}"),
+        }
+        let marker = br#"{"watermark":{"source":1,"watermark":5,"idle":false}}"#;
+        match Partial::from_bytes(marker) {
+            Ok(m @ Partial::Watermark { .. }) => assert_eq!(m.to_bytes(), marker.to_vec()),
+            other => panic!("not read as a watermark marker: {other:?}"),
         }
     }
 }
