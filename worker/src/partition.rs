@@ -530,7 +530,10 @@ impl PartitionIo<'_> {
                 let payload = m.payload().unwrap_or_default();
                 self.protocol
                     .partial(m.offset(), payload, &mut self.actions);
-                self.ctx.totals.partials_merged.fetch_add(1, Ordering::Relaxed);
+                self.ctx
+                    .totals
+                    .partials_merged
+                    .fetch_add(1, Ordering::Relaxed);
                 self.act(None)
             }
         }
