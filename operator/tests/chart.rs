@@ -6,43 +6,23 @@
 //! `operator/src/rbac.rs` without the chart following fails here, and so does a chart rule the
 //! operator does not need.
 
+#[path = "support/render.rs"]
+mod render;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use render::{render, root};
 use serde_json::Value;
 use weir_operator::desired::WORKER_UID;
 use weir_operator::rbac::{API_CALLS, GRANTED_TO_WORKERS};
 
-const RELEASE_NS: &str = "weir-system";
+use render::RELEASE_NS;
 /// Leader election is the one call the operator makes in its own namespace only (the Lease in
 /// `POD_NAMESPACE`); every other call is in the namespaces it watches.
 const LEASES: (&str, &str) = ("coordination.k8s.io", "leases");
 
 type Grant = (String, String, String);
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The objects the chart renders with these `--set` expressions.
-fn render(sets: &[&str]) -> Vec<Value> {
-    let mut cmd = Command::new("python3");
-    cmd.arg(root().join("charts/render.py"))
-        .args(["--json", "--namespace", RELEASE_NS]);
-    for s in sets {
-        cmd.args(["--set", s]);
-    }
-    let out = cmd
-        .output()
-        .expect("python3 runs (install it, then scripts/deps for helm-python-sdk)");
-    assert!(
-        out.status.success(),
-        "charts/render.py {sets:?} failed (scripts/deps installs helm-python-sdk): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("render.py --json prints a JSON list")
-}
 
 fn kind<'a>(objs: &'a [Value], kind: &str) -> Vec<&'a Value> {
     objs.iter().filter(|o| o["kind"] == kind).collect()

@@ -5,12 +5,14 @@
 //! operator creates for workers. The alerts' behaviour is `promtool test rules` in
 //! `charts/check.py`.
 
+#[path = "support/render.rs"]
+mod render;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
+use render::render;
 use serde_json::Value;
 use weir_crds::names;
 use weir_operator::desired::METRICS_PORT_NAME;
@@ -27,29 +29,6 @@ const OBSERVABILITY_ON: &[&str] = &[
     "metrics.grafanaDashboard.enabled=true",
     "metrics.serviceMonitor.enabled=true",
 ];
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The objects the chart renders with these `--set` expressions (as `tests/chart.rs` does).
-fn render(sets: &[&str]) -> Vec<Value> {
-    let mut cmd = Command::new("python3");
-    cmd.arg(root().join("charts/render.py"))
-        .args(["--json", "--namespace", "weir-system"]);
-    for s in sets {
-        cmd.args(["--set", s]);
-    }
-    let out = cmd
-        .output()
-        .expect("python3 runs (install it, then scripts/deps for helm-python-sdk)");
-    assert!(
-        out.status.success(),
-        "charts/render.py {sets:?} failed (scripts/deps installs helm-python-sdk): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("render.py --json prints a JSON list")
-}
 
 fn one<'a>(objs: &'a [Value], kind: &str) -> &'a Value {
     let found: Vec<&Value> = objs.iter().filter(|o| o["kind"] == kind).collect();
