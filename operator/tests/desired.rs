@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -118,7 +117,7 @@ fn a_window_or_aggregation_change_rolls_pods_with_the_same_epoch() {
                 .and_then(|m| m.annotations.clone());
         }
         assert_eq!(sts1, w0.stateful_set, "{change}");
-        assert_eq!(w1.role, w0.role, "{change}");
+        assert_eq!(d.role, before.role, "{change}");
         assert_eq!(d.service, before.service);
         assert_eq!(d.pod_disruption_budget, before.pod_disruption_budget);
     }
@@ -232,7 +231,7 @@ fn rbac_is_exactly_the_jobs_configmaps_and_secrets() {
         "deadLetter: {kafka: {topic: payments-dlq, credentials: {secretName: dlq-creds}}}",
     );
     let d = ok(&j, &found(3));
-    let role = &d.workers.as_ref().expect("workers").role;
+    let role = &d.role;
     assert_eq!(
         role.rules.as_deref(),
         Some(
@@ -271,7 +270,7 @@ checkpoint: {store: {objectStore: {url: 's3://bucket/weir', credentials: {secret
     let d = ok(&j, &found(3));
     let w = d.workers.as_ref().expect("workers");
     assert_eq!(
-        w.role.rules.as_deref(),
+        d.role.rules.as_deref(),
         Some(
             &[
                 rule("configmaps", &["payments-config"], &["get"]),
@@ -283,7 +282,7 @@ checkpoint: {store: {objectStore: {url: 's3://bucket/weir', credentials: {secret
 
     let j = job_with("source: {kafka: {bootstrapServers: 'kafka:9092', topic: payments}}");
     let d = ok(&j, &found(2));
-    let rules = d.workers.as_ref().and_then(|w| w.role.rules.clone());
+    let rules = d.role.rules.clone();
     // No rule without resourceNames: that would grant every Secret of the namespace.
     for r in rules.iter().flatten() {
         assert!(
@@ -563,19 +562,53 @@ fn an_unknown_partition_count_leaves_the_workers_alone() {
     ] {
         let d = ok(&job(), &Observation::new(topic.clone()));
         assert!(d.workers.is_none(), "{topic:?}");
-        let kinds: BTreeSet<_> = d
+        let kinds: Vec<_> = d
             .apply_order()
             .iter()
             .map(|c| match c {
                 Child::ServiceAccount(_) => "ServiceAccount",
+                Child::Role(_) => "Role",
                 Child::RoleBinding(_) => "RoleBinding",
                 Child::Service(_) => "Service",
                 Child::PodDisruptionBudget(_) => "PodDisruptionBudget",
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
-        assert_eq!(kinds.len(), 4);
+        // The Role before its binding: the API server refuses a binding to a missing Role.
+        assert_eq!(
+            kinds,
+            [
+                "ServiceAccount",
+                "Role",
+                "RoleBinding",
+                "Service",
+                "PodDisruptionBudget"
+            ]
+        );
+        // A new job: the rules known so far (its job ConfigMap and Secret), no checkpoint.
+        let names: Vec<String> = d
+            .role
+            .rules
+            .iter()
+            .flatten()
+            .flat_map(|r| r.resource_names.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(names, ["payments-config", "kafka-creds"], "{topic:?}");
     }
+}
+
+/// While Kafka cannot be seen, running workers keep the permissions of the assignment they run:
+/// the Role keeps their checkpoint rules.
+#[test]
+fn an_unknown_partition_count_keeps_the_running_workers_role() {
+    let running = ok(&job(), &found(3));
+    let mut obs = after(&running, 3);
+    obs.topic = TopicObservation::BrokerUnreachable {
+        message: "timeout".to_string(),
+    };
+    let d = ok(&job(), &obs);
+    assert!(d.workers.is_none());
+    assert_eq!(d.role, running.role);
 }
 
 #[test]
@@ -637,7 +670,7 @@ fn a_two_stage_job_assigns_the_repartition_topic_and_its_checkpoints() {
         "payments-merge-checkpoint-2",
     ] {
         assert!(created.contains(&name), "{name} not created: {created:?}");
-        let rules = w.role.rules.as_deref().unwrap_or_default();
+        let rules = d.role.rules.as_deref().unwrap_or_default();
         assert!(
             rules.iter().any(|r| r
                 .resource_names

@@ -7,9 +7,11 @@
 //! server-side-applied part of it.
 //!
 //! When the partition count is unknown (topic missing, brokers unreachable) there is no
-//! [`Workers`]: the Role, the job ConfigMap and the StatefulSet are left exactly as they are,
-//! since server-side apply never deletes what it is not sent. Running workers keep their
-//! assignment instead of being scaled to zero by an operator that merely lost sight of Kafka.
+//! [`Workers`]: the job ConfigMap and the StatefulSet are left exactly as they are, since
+//! server-side apply never deletes what it is not sent. Running workers keep their assignment
+//! instead of being scaled to zero by an operator that merely lost sight of Kafka. The Role is
+//! always built, with the rules known so far (the previous assignment's checkpoints, if any):
+//! a RoleBinding is never applied without its Role.
 
 mod objects;
 mod pod;
@@ -66,7 +68,11 @@ pub const CONTAINER_NAME: &str = "worker";
 pub struct Desired {
     /// The workers' identity.
     pub service_account: ServiceAccount,
-    /// Binds [`Workers::role`] to the ServiceAccount.
+    /// What the workers may do: get/update their checkpoint ConfigMaps, get the job ConfigMap,
+    /// get the Secrets the spec references; nothing else. Without [`Workers`], the checkpoints
+    /// of the previous assignment (those the running workers hold), if any.
+    pub role: Role,
+    /// Binds [`Desired::role`] to the ServiceAccount.
     pub role_binding: RoleBinding,
     /// Headless Service over the workers' metrics port.
     pub service: Service,
@@ -86,9 +92,6 @@ pub struct Workers {
     pub assignment: Assignment,
     /// [`config_hash`] of the job ConfigMap, also the pod-template annotation.
     pub config_hash: String,
-    /// What the workers may do: get/update their checkpoint ConfigMaps, get the job ConfigMap,
-    /// get the Secrets the spec references; nothing else.
-    pub role: Role,
     /// `job.yaml` and `assignment.json`.
     pub config_map: ConfigMap,
     /// The workers.
@@ -171,9 +174,7 @@ impl Desired {
         }
         let apply = DesiredResource::Apply;
         out.push(apply(Child::ServiceAccount(&self.service_account)));
-        if let Some(w) = w {
-            out.push(apply(Child::Role(&w.role)));
-        }
+        out.push(apply(Child::Role(&self.role)));
         out.push(apply(Child::RoleBinding(&self.role_binding)));
         if let Some(w) = w {
             out.push(apply(Child::ConfigMap(&w.config_map)));
@@ -269,7 +270,9 @@ pub fn build(
         Some(p) => Some(b.workers(obs, p)?),
         None => None,
     };
+    let assignment = workers.as_ref().map(|w| &w.assignment);
     Ok(Desired {
+        role: b.worker_role(assignment.or(obs.previous_assignment.as_ref())),
         service_account: b.service_account(),
         role_binding: b.role_binding(),
         service: b.service(),

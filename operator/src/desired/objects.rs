@@ -210,17 +210,7 @@ impl Builder<'_> {
             .map_err(|e| InvalidSpec::one("spec", format!("assignment cannot be written: {e}")))?;
         let hash = config_hash(&job_yaml, &assignment_json);
         let config_name = names::config_map_name(self.name);
-        let checkpoints: Vec<String> = if spec.checkpoint.store.config_map.is_some() {
-            (0..partitions)
-                .filter_map(|p| names::checkpoint_config_map_name(self.name, p))
-                .chain(
-                    (0..merge_partitions)
-                        .filter_map(|p| names::merge_checkpoint_config_map_name(self.name, p)),
-                )
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let checkpoints = self.checkpoint_names(partitions, merge_partitions);
         let credentials = Credentials::of(spec);
         let config_map = ConfigMap {
             metadata: self.meta(&config_name),
@@ -231,7 +221,6 @@ impl Builder<'_> {
             ..ConfigMap::default()
         };
         Ok(Workers {
-            role: self.role(&checkpoints, &config_name, &credentials),
             stateful_set: self.stateful_set(count, &config_name, &hash, &credentials),
             checkpoint_config_maps: self.checkpoint_config_maps(&checkpoints),
             assignment,
@@ -256,6 +245,38 @@ impl Builder<'_> {
                 ..ConfigMap::default()
             })
             .collect()
+    }
+
+    /// The names of the checkpoint ConfigMaps of `partitions` source and `merge_partitions`
+    /// merge-stage partitions (none with an object store).
+    fn checkpoint_names(&self, partitions: i32, merge_partitions: i32) -> Vec<String> {
+        if self.job.spec.checkpoint.store.config_map.is_none() {
+            return Vec::new();
+        }
+        (0..partitions)
+            .filter_map(|p| names::checkpoint_config_map_name(self.name, p))
+            .chain(
+                (0..merge_partitions)
+                    .filter_map(|p| names::merge_checkpoint_config_map_name(self.name, p)),
+            )
+            .collect()
+    }
+
+    /// The workers' Role with the rules known so far: their checkpoint ConfigMaps for the
+    /// assignment `assignment` (the one being built, else the previous one, else none), the job
+    /// ConfigMap, the Secrets the spec references. It exists even when the partition count is
+    /// unknown: the RoleBinding needs it (the API server's escalation check reads the Role's
+    /// rules, and answers 404 for a binding to a missing Role), and running workers keep the
+    /// checkpoints of the assignment they run.
+    pub(super) fn worker_role(&self, assignment: Option<&Assignment>) -> Role {
+        let count = |workers: &[Vec<i32>]| workers.iter().map(Vec::len).sum::<usize>() as i32;
+        let (partitions, merge) = assignment.map_or((0, 0), |a| {
+            let merge = a.merge.as_ref().map_or(0, |m| count(&m.workers));
+            (count(&a.workers), merge)
+        });
+        let checkpoints = self.checkpoint_names(partitions, merge);
+        let config = names::config_map_name(self.name);
+        self.role(&checkpoints, &config, &Credentials::of(&self.job.spec))
     }
 
     fn role(&self, checkpoints: &[String], config: &str, creds: &Credentials) -> Role {
