@@ -1,10 +1,13 @@
 //! The apply step: makes every resource of a [`Desired`] exist, in the order of
 //! [`Desired::resources`] (which says why that order): creates the repartition topic, applies
 //! each Kubernetes child with server-side apply ([`FIELD_MANAGER`], forced), creates the
-//! checkpoint ConfigMaps that are missing. Returns what it did as an [`Applied`]; a Kubernetes
-//! write that fails is an [`Error`], retried with backoff.
+//! checkpoint ConfigMaps that are missing. A child whose desired form has not changed since its
+//! last successful apply (and that no one changed since, see [`Memory`]) is not applied again.
+//! Returns what it did as an [`Applied`]; a Kubernetes write that fails is an [`Error`], retried
+//! with backoff.
 
 use std::collections::BTreeSet;
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -19,6 +22,7 @@ use weir_crds::plan::NewTopic;
 use crate::desired::{Child, Desired, DesiredResource};
 use crate::error::Error;
 use crate::kafka::KafkaClient;
+use crate::memory::{fingerprint, ChildKey, Memory};
 use crate::observation::Observation;
 use crate::outcome::Applied;
 
@@ -36,6 +40,8 @@ pub struct Target<'a> {
     pub kafka: &'a dyn KafkaClient,
     /// The job's namespace.
     pub namespace: &'a str,
+    /// The children applied before, to skip those that have not changed.
+    pub memory: &'a Memory,
 }
 
 /// Makes `desired` exist. `obs` gives the connection to the source's brokers and the checkpoint
@@ -97,8 +103,7 @@ async fn apply_child(
             drop(ssa(t, o, |name, source| E::ApplyService { name, source }).await?)
         }
         Child::StatefulSet(o) => {
-            let sts = ssa(t, o, |name, source| E::ApplyStatefulSet { name, source }).await?;
-            return Ok(Some(sts));
+            return ssa(t, o, |name, source| E::ApplyStatefulSet { name, source }).await;
         }
         Child::PodDisruptionBudget(o) => drop(
             ssa(t, o, |name, source| E::ApplyPodDisruptionBudget {
@@ -111,16 +116,17 @@ async fn apply_child(
     Ok(None)
 }
 
-/// Server-side apply of one object with the operator's field manager. `force`: the operator is
-/// the only writer of these fields; a `kubectl edit` of them is reverted, not a conflict.
-/// `failed` names the action in the error.
+/// Server-side apply of one object with the operator's field manager, unless [`Memory`] says it
+/// would change nothing (then `None`). `force`: the operator is the only writer of these fields;
+/// a `kubectl edit` of them is reverted, not a conflict. `failed` names the action in the error.
 async fn ssa<K>(
     t: &Target<'_>,
     obj: &K,
     failed: fn(String, kube::Error) -> Error,
-) -> Result<K, Error>
+) -> Result<Option<K>, Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + k8s_openapi::Resource
         + Clone
         + DeserializeOwned
         + Serialize
@@ -129,13 +135,21 @@ where
 {
     let api: Api<K> = Api::namespaced(t.client.clone(), t.namespace);
     let name = obj.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .map_err(|source| failed(name, source))
+    let key = ChildKey::of(<K as k8s_openapi::Resource>::KIND, obj.meta());
+    let print = fingerprint(obj);
+    if t.memory.unchanged(&key, print, Instant::now()) {
+        return Ok(None);
+    }
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await
+        .map_err(|source| failed(name, source))?;
+    t.memory.applied(key, print, applied.meta(), Instant::now());
+    Ok(Some(applied))
 }
 
 /// Creates the ConfigMaps of `cms` that are not in `existing`, [`CREATE_CONCURRENCY`] at a

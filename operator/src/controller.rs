@@ -3,14 +3,22 @@
 //! (pure, once, from the observation and the [`Outcome`]), patched only when
 //! [`status::needs_update`]. A bad spec is a status (`Ready=False, reason InvalidSpec`) and no
 //! write but the status; every other failure is an [`Error`] retried with per-object
-//! exponential backoff and jitter ([`error_policy`]).
+//! exponential backoff and jitter ([`error_policy`]), and written to the status too
+//! ([`status::failed`]: a condition naming the step) with a Warning Event.
+//!
+//! No reconcile storm: the StreamJob watch starts a reconcile only when what the operator acts
+//! on changed ([`reconcile_worthy`]: generation, deletion, finalizers, annotations), never for
+//! the operator's own status writes; children unchanged since their last apply are not applied
+//! again ([`Memory`]); lag alone is written at most every [`LAG_REFRESH`](crate::memory::LAG_REFRESH).
 
 use std::collections::HashMap;
+use std::fmt::Debug;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -18,11 +26,13 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::core::DeserializeGuard;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
-use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
+use kube::runtime::{reflector, watcher, Controller, PredicateConfig, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn, Span};
 use weir_crds::names::{self, FIELD_MANAGER, FINALIZER};
 use weir_crds::{StreamJob, StreamJobStatus};
@@ -31,17 +41,20 @@ use crate::apply::{apply, Target};
 use crate::desired::{desired, OperatorConfig};
 use crate::error::Error;
 use crate::kafka::KafkaClient;
+use crate::memory::Memory;
 use crate::metrics::{CategoryLabel, Metrics};
+use crate::observation::Observation;
 use crate::observe::{children, observe};
 use crate::outcome::Outcome;
 use crate::secrets::Resolved;
 use crate::status::{self, reason};
 
-/// Requeue after a successful reconcile: a safety net, since watches already trigger on every
-/// change of the job and its children.
+/// Requeue after a successful reconcile of a Ready job without lag: a safety net, since watches
+/// already trigger on every change of the job's spec and of its children.
 pub const REQUEUE_HEALTHY: Duration = Duration::from_secs(300);
 /// Requeue while the job is not Ready (workers starting, topic missing, brokers unreachable)
-/// or reports lag: the Kafka side changes without any Kubernetes event.
+/// or reports lag: the Kafka side changes without any Kubernetes event. Lag is refreshed at
+/// this cadence (and written at most this often, [`LAG_REFRESH`](crate::memory::LAG_REFRESH)).
 pub const REQUEUE_WAITING: Duration = Duration::from_secs(30);
 /// First retry delay after an error; doubles per consecutive failure of the same object.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -52,6 +65,11 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// API server and Kafka requests, 217 MB of RSS and a p99 of 8 s per reconcile in the benchmark
 /// against 33 MB and 68 ms with 16 (docs/benchmarks.md), for no gain in throughput.
 pub const DEFAULT_CONCURRENCY: u16 = 16;
+
+/// Normal Event reason: the number of workers changed (`from → to`).
+pub const SCALED: &str = "Scaled";
+/// Normal Event reason: a new worker template (spec or assignment) is fully rolled out.
+pub const ROLLED_OUT: &str = "RolledOut";
 
 /// Reasons of the conditions a user must act on: each new one is also a Warning Event.
 const ACTIONABLE: &[&str] = &[
@@ -115,6 +133,9 @@ pub struct Context {
     pub metrics: Metrics,
     /// Per-object failure counts.
     pub backoff: Backoff,
+    /// The children applied, and when each job's lag was written (shared with the owned-object
+    /// watches, which forget an apply on drift).
+    pub memory: Arc<Memory>,
 }
 
 impl Context {
@@ -138,6 +159,7 @@ impl Context {
             config,
             metrics,
             backoff: Backoff::default(),
+            memory: Arc::default(),
         }
     }
 }
@@ -168,16 +190,57 @@ pub fn trim_for_cache(meta: &mut ObjectMeta) {
     }
 }
 
+/// What starts a reconcile of a StreamJob: a change of its generation (the spec, `/scale`),
+/// deletion, finalizers or annotations. Not its status: the operator's own status writes would
+/// each start the next reconcile, which writes a new lag, and so on (a reconcile storm).
+pub fn reconcile_worthy(job: &DeserializeGuard<StreamJob>) -> Option<u64> {
+    let m = job.meta();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    m.generation.hash(&mut h);
+    m.deletion_timestamp.as_ref().map(|t| t.0).hash(&mut h);
+    m.finalizers.hash(&mut h);
+    m.annotations.hash(&mut h);
+    Some(h.finish())
+}
+
+/// The trigger of an owned kind: its metadata watch (only the operator's children, by the
+/// `managed-by` label), telling `memory` what it sees so that a child changed by someone else
+/// is applied again ([`Memory::seen`]).
+fn owned<K>(
+    api: Api<PartialObjectMeta<K>>,
+    config: watcher::Config,
+    memory: Arc<Memory>,
+) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + k8s_openapi::Resource + Clone + DeserializeOwned + Debug,
+    K: Send + Sync + 'static,
+{
+    watcher(api, config)
+        .map_ok(move |event| {
+            match &event {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                    memory.seen(<K as k8s_openapi::Resource>::KIND, o.meta(), false);
+                }
+                watcher::Event::Delete(o) => {
+                    memory.seen(<K as k8s_openapi::Resource>::KIND, o.meta(), true);
+                }
+                watcher::Event::Init | watcher::Event::InitDone => {}
+            }
+            event
+        })
+        .touched_objects()
+}
+
 /// The controller the operator runs, before [`Controller::run`]: StreamJobs (through
 /// [`DeserializeGuard`], so one malformed object cannot break the watch), cached without what
-/// [`trim_for_cache`] drops, and the children it `.owns(...)`. The owned kinds are watched
-/// (metadata only; kube-runtime keeps no cache of them) only with the operator's `managed-by`
-/// label, so the operator sees its own children, not every ConfigMap of the cluster (and not
-/// the checkpoint ConfigMaps, which workers rewrite every few seconds and which need no
-/// reconcile). At most `concurrency` reconciles run at once (0: unbounded). [`run`] runs it;
-/// the reconcile benchmark runs the same one.
+/// [`trim_for_cache`] drops, reconciled when [`reconcile_worthy`] changes; and the children it
+/// owns. The owned kinds are watched (metadata only; kube-runtime keeps no cache of them) only
+/// with the operator's `managed-by` label, so the operator sees its own children, not every
+/// ConfigMap of the cluster (and not the checkpoint ConfigMaps, which workers rewrite every few
+/// seconds and which need no reconcile). At most `concurrency` reconciles run at once (0:
+/// unbounded). [`run`] runs it; the reconcile benchmark runs the same one.
 pub fn controller(
-    client: &Client,
+    ctx: &Context,
     namespace: Option<&str>,
     concurrency: u16,
 ) -> Controller<DeserializeGuard<StreamJob>> {
@@ -191,12 +254,14 @@ pub fn controller(
             None => Api::all(client.clone()),
         }
     }
-    let owned = watcher::Config::default().labels(&format!(
+    let client = &ctx.client;
+    let config = watcher::Config::default().labels(&format!(
         "{}={}",
         names::LABEL_MANAGED_BY,
         names::MANAGED_BY_OPERATOR
     ));
-    // What Controller::new builds, with the trim between the watch and the cache.
+    // What Controller::new builds, with the trim between the watch and the cache, and the
+    // predicate after the cache (which must still see every status write).
     let (cache, writer) = reflector::store();
     let jobs = watcher(
         api::<DeserializeGuard<StreamJob>>(client, namespace),
@@ -204,15 +269,45 @@ pub fn controller(
     )
     .modify(|job| trim_for_cache(job.meta_mut()))
     .reflect(writer)
-    .applied_objects();
+    .applied_objects()
+    .predicate_filter(reconcile_worthy, PredicateConfig::default());
+    let m = &ctx.memory;
     Controller::for_stream(jobs, cache)
-        .owns(api::<ConfigMap>(client, namespace), owned.clone())
-        .owns(api::<StatefulSet>(client, namespace), owned.clone())
-        .owns(api::<Service>(client, namespace), owned.clone())
-        .owns(api::<ServiceAccount>(client, namespace), owned.clone())
-        .owns(api::<Role>(client, namespace), owned.clone())
-        .owns(api::<RoleBinding>(client, namespace), owned.clone())
-        .owns(api::<PodDisruptionBudget>(client, namespace), owned)
+        .owns_stream(owned(
+            api::<PartialObjectMeta<ConfigMap>>(client, namespace),
+            config.clone(),
+            m.clone(),
+        ))
+        .owns_stream(owned(
+            api::<PartialObjectMeta<StatefulSet>>(client, namespace),
+            config.clone(),
+            m.clone(),
+        ))
+        .owns_stream(owned(
+            api::<PartialObjectMeta<Service>>(client, namespace),
+            config.clone(),
+            m.clone(),
+        ))
+        .owns_stream(owned(
+            api::<PartialObjectMeta<ServiceAccount>>(client, namespace),
+            config.clone(),
+            m.clone(),
+        ))
+        .owns_stream(owned(
+            api::<PartialObjectMeta<Role>>(client, namespace),
+            config.clone(),
+            m.clone(),
+        ))
+        .owns_stream(owned(
+            api::<PartialObjectMeta<RoleBinding>>(client, namespace),
+            config.clone(),
+            m.clone(),
+        ))
+        .owns_stream(owned(
+            api::<PartialObjectMeta<PodDisruptionBudget>>(client, namespace),
+            config,
+            m.clone(),
+        ))
         .with_config(ControllerConfig::default().concurrency(concurrency))
 }
 
@@ -223,7 +318,7 @@ pub async fn run(
     concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    controller(&ctx.client, namespace, concurrency)
+    controller(&ctx, namespace, concurrency)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -327,10 +422,14 @@ async fn reconcile_job(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Err
     reconcile_children(&job, ctx).await
 }
 
-/// observe → validate and build → apply → status, once.
+/// observe → validate and build → apply → status, once. A failure after observe started is
+/// written to the status too ([`report_failure`]) before it is retried with backoff.
 async fn reconcile_children(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     let ns = job.namespace().unwrap_or_default();
-    let obs = observe(&ctx.client, ctx.kafka.as_ref(), job).await?;
+    let obs = match observe(&ctx.client, ctx.kafka.as_ref(), job).await {
+        Ok(obs) => obs,
+        Err(e) => return Err(report_failure(job, ctx, e).await),
+    };
     let built = desired(job, &obs, &ctx.config);
     let outcome = match &built {
         Err(invalid) => {
@@ -342,15 +441,65 @@ async fn reconcile_children(job: &StreamJob, ctx: &Context) -> Result<Action, Er
                 client: &ctx.client,
                 kafka: ctx.kafka.as_ref(),
                 namespace: &ns,
+                memory: &ctx.memory,
             };
-            let applied = apply(&target, desired, &obs).await?;
-            Outcome::Built { desired, applied }
+            match apply(&target, desired, &obs).await {
+                Ok(applied) => Outcome::Built { desired, applied },
+                Err(e) => return Err(report_failure(job, ctx, e).await),
+            }
         }
     };
+    announce_scaling(job, ctx, &obs, &outcome).await;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let status = status::compute(job, &outcome, &obs, job.status.as_ref(), &now);
     patch_status(job, &status, ctx).await?;
     next_action(&outcome, &status)
+}
+
+/// Writes a failed reconcile to the status ([`status::failed`]: `Degraded` and `Progressing`
+/// name the step and say what to check) and, when the step is a new one, publishes a Warning
+/// Event with the step as reason. Returns `error`, which the controller retries with backoff;
+/// a status that cannot be written is only logged (the error is the better news).
+async fn report_failure(job: &StreamJob, ctx: &Context, error: Error) -> Error {
+    let step = error.category();
+    let message = error.describe();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let old = job.status.as_ref();
+    let new = status::failed(job, old, step, &message, &now);
+    if let Err(e) = patch_status(job, &new, ctx).await {
+        warn!(error = %e, "cannot write the failure to the status");
+    }
+    let known = old
+        .into_iter()
+        .flat_map(|o| &o.conditions)
+        .any(|c| c.type_ == status::DEGRADED && c.reason == step);
+    if !known {
+        publish(ctx, &job.metadata, step, &message).await;
+    }
+    error
+}
+
+/// Publishes a Normal Event when apply changed the number of workers (`kubectl scale`, an
+/// autoscaler, a new partition count): "scaled from 2 to 3 workers".
+async fn announce_scaling(
+    job: &StreamJob,
+    ctx: &Context,
+    obs: &Observation,
+    outcome: &Outcome<'_>,
+) {
+    let replicas = |s: &StatefulSet| s.spec.as_ref().and_then(|s| s.replicas);
+    let from = obs.stateful_set.as_ref().and_then(replicas);
+    let to = outcome
+        .applied()
+        .and_then(|a| a.stateful_set.as_deref())
+        .and_then(replicas);
+    if let (Some(from), Some(to)) = (from, to) {
+        if from != to {
+            let note = format!("scaled from {from} to {to} workers");
+            info!(from, to, "scaled");
+            event(ctx, &job.metadata, EventType::Normal, SCALED, &note).await;
+        }
+    }
 }
 
 /// What comes after a reconcile whose status is `status`:
@@ -386,12 +535,18 @@ fn next_action(outcome: &Outcome<'_>, status: &StreamJobStatus) -> Result<Action
     })
 }
 
-/// Patches the status subresource when something other than a timestamp changed, and
-/// publishes a Warning Event for each newly present condition a user must act on.
+/// Patches the status subresource when something other than a timestamp changed (lag alone at
+/// most every [`LAG_REFRESH`](crate::memory::LAG_REFRESH) per job), and publishes a Warning Event for each newly present
+/// condition a user must act on, and a Normal Event when a rollout is done.
 async fn patch_status(job: &StreamJob, new: &StreamJobStatus, ctx: &Context) -> Result<(), Error> {
     let old = job.status.as_ref();
-    if old.is_some_and(|old| !status::needs_update(old, new)) {
-        return Ok(());
+    let key = key_of(&job.metadata);
+    let now = Instant::now();
+    if let Some(old) = old {
+        let lag_not_due = status::only_lag_changed(old, new) && !ctx.memory.lag_due(&key, now);
+        if !status::needs_update(old, new) || lag_not_due {
+            return Ok(());
+        }
     }
     let name = job.name_any();
     let api: Api<StreamJob> =
@@ -411,6 +566,7 @@ async fn patch_status(job: &StreamJob, new: &StreamJobStatus, ctx: &Context) -> 
         name: name.clone(),
         source,
     })?;
+    ctx.memory.lag_written(key, now);
     for c in &new.conditions {
         let is_new = !old.is_some_and(|o| {
             o.conditions
@@ -426,12 +582,31 @@ async fn patch_status(job: &StreamJob, new: &StreamJobStatus, ctx: &Context) -> 
             publish(ctx, &job.metadata, &c.reason, &c.message).await;
         }
     }
+    if status::rolled_out(old, new) {
+        let ready = new.conditions.iter().find(|c| c.type_ == status::READY);
+        let note = match ready {
+            Some(c) if c.status == "True" => format!("rolled out: {}", c.message),
+            _ => "rolled out: every worker runs the current spec and assignment".to_string(),
+        };
+        event(ctx, &job.metadata, EventType::Normal, ROLLED_OUT, &note).await;
+    }
     Ok(())
 }
 
 /// Publishes a Warning Event about the job. An Event that cannot be written is logged, not an
 /// error: the status already says the same.
 async fn publish(ctx: &Context, meta: &kube::api::ObjectMeta, reason: &str, note: &str) {
+    event(ctx, meta, EventType::Warning, reason, note).await;
+}
+
+/// Publishes an Event of `type_` about the job; one that cannot be written is logged.
+async fn event(
+    ctx: &Context,
+    meta: &kube::api::ObjectMeta,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     let reference = ObjectReference {
         api_version: Some(StreamJob::api_version(&()).into_owned()),
         kind: Some(StreamJob::kind(&()).into_owned()),
@@ -452,7 +627,7 @@ async fn publish(ctx: &Context, meta: &kube::api::ObjectMeta, reason: &str, note
         note.push_str("...");
     }
     let event = Event {
-        type_: EventType::Warning,
+        type_,
         reason: reason.to_string(),
         note: Some(note),
         action: "Reconcile".to_string(),

@@ -212,6 +212,49 @@ impl Error {
         }
     }
 
+    /// The error for a person: what failed and why, without the debug form of an API error
+    /// (`applying RoleBinding payments-worker: rolebindings.rbac.authorization.k8s.io
+    /// "payments-worker" not found (NotFound, HTTP 404)`), then what to check.
+    pub fn describe(&self) -> String {
+        let full = self.to_string();
+        let what = match self.kube_error() {
+            Some(e @ kube::Error::Api(s)) => {
+                let action = full.strip_suffix(&format!(": {e}")).unwrap_or(&full);
+                format!("{action}: {} ({}, HTTP {})", s.message, s.reason, s.code)
+            }
+            _ => full,
+        };
+        format!("{what}. {}", self.hint())
+    }
+
+    /// What a person can check, by the kind of failure.
+    fn hint(&self) -> &'static str {
+        const RETRY: &str = "The operator retries with growing delays";
+        match (self, self.kube_error()) {
+            (Error::ReadObjectStoreCheckpoints { .. }, _) => {
+                "Check spec.checkpoint.store.objectStore (URL, endpoint), that the store is \
+                 reachable from the operator, and its credentials Secret; the operator retries \
+                 with growing delays"
+            }
+            (Error::ReadSecret { .. }, _) => {
+                "Check that the Secret exists in the job's namespace; the operator retries with \
+                 growing delays"
+            }
+            (_, Some(kube::Error::Api(s))) if s.code == 401 || s.code == 403 => {
+                "The operator's ServiceAccount may not do this: check its ClusterRole (the \
+                 chart's rbac); the operator retries with growing delays"
+            }
+            (_, Some(kube::Error::Api(s))) if s.code == 409 => {
+                "Another writer changed the object at the same time; the operator retries"
+            }
+            (_, Some(kube::Error::Api(s))) if s.code == 422 || s.code == 400 => {
+                "The API server refused the object: check admission webhooks and policies in \
+                 the namespace; the operator retries with growing delays"
+            }
+            _ => RETRY,
+        }
+    }
+
     /// The Kubernetes API error underneath, if any.
     pub fn kube_error(&self) -> Option<&kube::Error> {
         use kube::runtime::finalizer::Error as F;

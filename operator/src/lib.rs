@@ -24,6 +24,7 @@ pub mod desired;
 pub mod error;
 pub mod kafka;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod object_checkpoints;
 pub mod observation;

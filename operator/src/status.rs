@@ -366,15 +366,24 @@ fn conditions(
     let generation = f.job.metadata.generation;
     all.into_iter()
         .map(|(type_, (ok, reason, msg))| {
-            let mut c = condition(type_, ok, reason, msg, generation);
-            let old = previous
-                .and_then(|p| p.conditions.iter().find(|o| o.type_ == c.type_))
-                .filter(|o| o.status == c.status);
-            c.last_transition_time =
-                old.map_or_else(|| now.clone(), |o| o.last_transition_time.clone());
-            c
+            let c = condition(type_, ok, reason, msg, generation);
+            with_transition_time(c, previous, now)
         })
         .collect()
+}
+
+/// `c` with the transition time of `previous`'s condition of its type while its status is the
+/// same, else `now`.
+fn with_transition_time(
+    mut c: Condition,
+    previous: Option<&StreamJobStatus>,
+    now: &Time,
+) -> Condition {
+    let old = previous
+        .and_then(|p| p.conditions.iter().find(|o| o.type_ == c.type_))
+        .filter(|o| o.status == c.status);
+    c.last_transition_time = old.map_or_else(|| now.clone(), |o| o.last_transition_time.clone());
+    c
 }
 
 /// The status `job` should have, from what observe read (`obs`) and what this reconcile did
@@ -447,4 +456,71 @@ pub fn needs_update(old: &StreamJobStatus, new: &StreamJobStatus) -> bool {
         s
     };
     strip(old) != strip(new)
+}
+
+/// Whether `new` differs from `old` only in the value of a known lag (and timestamps): then it
+/// is written at most at the requeue cadence (see `memory::LAG_REFRESH`), not on every
+/// reconcile. A lag that becomes known or unknown is a change that matters.
+pub fn only_lag_changed(old: &StreamJobStatus, new: &StreamJobStatus) -> bool {
+    let known = |a: Option<i64>, b: Option<i64>| a.is_some() == b.is_some();
+    if !known(old.lag, new.lag) || !known(old.repartition_lag, new.repartition_lag) {
+        return false;
+    }
+    let mut same_lag = new.clone();
+    same_lag.lag = old.lag;
+    same_lag.repartition_lag = old.repartition_lag;
+    needs_update(old, new) && !needs_update(old, &same_lag)
+}
+
+/// Whether `new` ends a rollout that `old` showed in progress: `Progressing` went from `True` to
+/// `False` with reason `UpToDate` (every worker runs the current spec and assignment).
+pub fn rolled_out(old: Option<&StreamJobStatus>, new: &StreamJobStatus) -> bool {
+    let progressing = |s: &StreamJobStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == PROGRESSING)
+            .map(|c| (c.status == "True", c.reason.clone()))
+    };
+    let was = old.and_then(progressing);
+    let now = progressing(new);
+    matches!(was, Some((true, _))) && now == Some((false, reason::UP_TO_DATE.to_string()))
+}
+
+/// The status of a job whose reconcile failed at `step` (an `Error::category`, such as
+/// `ApplyRoleBinding` or `ReadObjectStoreCheckpoints`) with `message`: `previous` with
+/// `Degraded=True` and `Progressing=False` naming the step and the message; `Ready` keeps a
+/// previous `True` (running workers are not stopped by a failed reconcile), else is `False` with
+/// the same reason. Lag and the other fields are kept from `previous`: nothing new was read.
+pub fn failed(
+    job: &StreamJob,
+    previous: Option<&StreamJobStatus>,
+    step: &str,
+    message: &str,
+    now: &Time,
+) -> StreamJobStatus {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let mut s = previous.cloned().unwrap_or_else(|| StreamJobStatus {
+        selector: Some(names::selector_string(&name)),
+        window: Some(window_summary(&job.spec.window)),
+        ..StreamJobStatus::default()
+    });
+    let generation = job.metadata.generation;
+    s.observed_generation = generation;
+    let was_ready = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == READY))
+        .filter(|c| c.status == "True");
+    let ready = match was_ready {
+        Some(c) => c.clone(),
+        None => condition(READY, false, step, message.to_string(), generation),
+    };
+    let all = [
+        ready,
+        condition(PROGRESSING, false, step, message.to_string(), generation),
+        condition(DEGRADED, true, step, message.to_string(), generation),
+    ];
+    s.conditions = all
+        .into_iter()
+        .map(|c| with_transition_time(c, previous, now))
+        .collect();
+    s
 }

@@ -377,14 +377,33 @@ async fn conflict_on_an_apply_fails_the_reconcile_then_the_retry_succeeds() {
     );
     let calls = h.calls().await;
 
-    // First attempt: stops at the refused StatefulSet (no PDB, no status). Second: everything.
+    // First attempt: stops at the refused StatefulSet (no PDB), and says so in the status and a
+    // Warning Event. Second: only what was not applied yet (the children applied by the first
+    // attempt are unchanged), then the status.
+    let status = format!("PATCH {JOBS}/payments/status");
+    let event = "POST /apis/events.k8s.io/v1/namespaces/shop/events".to_string();
     let mut want = reads();
     want.extend(child_writes().into_iter().take(9));
+    want.extend([status.clone(), event]);
     want.extend(reads());
-    want.extend(child_writes());
-    want.push(format!("PATCH {JOBS}/payments/status"));
+    want.extend(child_writes().into_iter().skip(5));
+    want.push(status);
     assert_eq!(lines(&calls), want);
     assert_ssa(&calls);
+    let failed = patched_status(&calls);
+    assert_eq!(condition(&failed, "Ready"), ("False", "ApplyStatefulSet"));
+    assert_eq!(condition(&failed, "Degraded"), ("True", "ApplyStatefulSet"));
+    let event = calls
+        .iter()
+        .find(|c| c.path.ends_with("/events"))
+        .expect("event");
+    assert_eq!(event.body["type"], json!("Warning"));
+    assert_eq!(event.body["reason"], json!("ApplyStatefulSet"));
+    let note = event.body["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("applying StatefulSet payments-worker: Conflict (Conflict, HTTP 409)"),
+        "{note}"
+    );
 }
 
 #[tokio::test]
@@ -501,10 +520,11 @@ async fn missing_topic_keeps_partition_dependent_children_and_warns() {
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
     let calls = h.calls().await;
     let mut want = reads();
-    // No Role, job ConfigMap, checkpoints or StatefulSet: running workers keep their
-    // assignment while the topic cannot be seen.
+    // No job ConfigMap, checkpoints or StatefulSet: running workers keep their assignment
+    // while the topic cannot be seen. The Role (with the rules known so far) before its binding.
     want.extend([
         format!("PATCH {NS}/serviceaccounts/payments-worker"),
+        format!("PATCH {RBAC}/roles/payments-worker"),
         format!("PATCH {RBAC}/rolebindings/payments-worker"),
         format!("PATCH {NS}/services/payments-worker"),
         format!("PATCH {POLICY}/poddisruptionbudgets/payments-worker"),

@@ -4,7 +4,6 @@
 
 mod support;
 
-
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use support::{found, job, job_with, ok, run};

@@ -185,6 +185,51 @@ impl World {
     }
 }
 
+/// The only writes of `calls` are the status, `Ready=False` and `Degraded=True` with reason
+/// `step`, and a Warning Event with that reason; neither shows `secret`. Returns the message.
+fn assert_failure_reported(calls: &[Call], step: &str, secret: &str) -> String {
+    let writes: Vec<String> = calls
+        .iter()
+        .filter(|c| c.method != "GET")
+        .map(Call::line)
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            format!("PATCH {JOB}/status"),
+            "POST /apis/events.k8s.io/v1/namespaces/shop/events".to_string()
+        ]
+    );
+    let status = status_of(calls);
+    let condition = |t: &str| {
+        status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == t)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {t} in {status}"))
+    };
+    assert_eq!(condition("Ready")["status"], "False");
+    assert_eq!(condition("Ready")["reason"], step);
+    assert_eq!(condition("Degraded")["reason"], step);
+    let message = condition("Ready")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("Check spec.checkpoint.store.objectStore"),
+        "{message}"
+    );
+    let event = &calls.last().expect("event").body;
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], step);
+    for text in [&message, &event.to_string()] {
+        assert!(!text.contains(secret), "{text}");
+    }
+    message
+}
+
 fn status_of(calls: &[Call]) -> &Value {
     &calls
         .iter()
@@ -229,21 +274,21 @@ async fn reconcile_reads_epoch_lag_and_last_write_from_object_store_checkpoints(
     let j = serde_json::to_value(job(&weed, "")).expect("job JSON");
 
     // Without a previous assignment, checkpoints that cannot be read stop the reconcile
-    // before anything is written: the epoch to start above is unknown.
+    // before any child is written (the epoch to start above is unknown); the status and a
+    // Warning Event say which step failed and why.
     let w = World::new(&j, Some(secret(ACCESS_KEY, "not-the-secret-key")));
     let (result, calls) = w.reconcile().await;
     let err = result.expect_err("refused credentials without a previous assignment");
     assert_eq!(err.category(), "ReadObjectStoreCheckpoints", "{err}");
     assert!(!err.to_string().contains("not-the-secret-key"), "{err}");
-    assert!(
-        calls.iter().all(|c| c.method == "GET"),
-        "nothing may be written: {:?}",
-        calls.iter().map(Call::line).collect::<Vec<_>>()
-    );
+    assert_failure_reported(&calls, "ReadObjectStoreCheckpoints", "not-the-secret-key");
     let w = World::new(&j, None);
-    let err = w.reconcile().await.0.expect_err("no Secret");
+    let (result, calls) = w.reconcile().await;
+    let err = result.expect_err("no Secret");
     assert!(err.to_string().contains("s3-creds"), "{err}");
     assert!(err.to_string().contains("does not exist"), "{err}");
+    let message = assert_failure_reported(&calls, "ReadObjectStoreCheckpoints", SECRET_KEY);
+    assert!(message.contains("s3-creds"), "{message}");
 
     // With the credentials: epoch 8, above the records' 7.
     let w = World::new(&j, Some(secret(ACCESS_KEY, SECRET_KEY)));

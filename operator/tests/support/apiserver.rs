@@ -8,7 +8,10 @@
 //! with `limit`/`continue` (unless `resourceVersion=0`, which the API server serves whole from
 //! its cache), full or metadata-only (`PartialObjectMetadataList`); merge patches with a
 //! `resourceVersion` precondition; delete-collection; and a log of watch events with their
-//! resource versions. A no-op apply changes nothing and makes no event, as on a real server.
+//! resource versions: every write that changes an object is one, status writes included (so a
+//! reconcile storm shows up). A no-op apply changes nothing and makes no event, as on a real
+//! server. A RoleBinding to a missing Role is refused with 404, as the API server's RBAC
+//! escalation check refuses it to a writer without the `bind` verb.
 //! An instant StatefulSet controller reports every applied StatefulSet as rolled out and ready.
 //!
 //! It answers [`Call`]s; transport is the caller's: in-process through `api::serve` (the
@@ -685,7 +688,39 @@ impl FakeApiServer {
         }))
     }
 
+    /// The RBAC escalation check of a RoleBinding write, as the API server makes it for a
+    /// writer without the `bind` verb (the operator): it needs the rules of the Role the binding
+    /// names, and answers 404 — naming the binding — when that Role does not exist.
+    fn escalation_check(&self, t: &Target, body: &Value) -> Option<(StatusCode, Value)> {
+        if t.resource() != "rolebindings" || body["roleRef"]["kind"] != json!("Role") {
+            return None;
+        }
+        let role = Target {
+            collection: t.collection.replace("/rolebindings", "/roles"),
+            name: body["roleRef"]["name"].as_str().map(str::to_string),
+            sub: None,
+            ..t.clone()
+        };
+        if self.objects.contains_key(&key(&role)) {
+            return None;
+        }
+        let name = t.name.clone().unwrap_or_default();
+        let mut refused = status_body(404, "NotFound");
+        refused["message"] = json!(format!(
+            "rolebindings.rbac.authorization.k8s.io \"{name}\" not found"
+        ));
+        refused["details"] = json!({"name": name, "group": "rbac.authorization.k8s.io",
+                                    "kind": "rolebindings"});
+        Some((StatusCode::NOT_FOUND, refused))
+    }
+
     fn apply(&mut self, t: &Target, sub: Option<&str>, call: &Call) -> (StatusCode, Value) {
+        if let Some(refused) = self
+            .escalation_check(t, &call.body)
+            .filter(|_| sub.is_none())
+        {
+            return refused;
+        }
         let manager = query(call, "fieldManager").unwrap_or_else(|| "unknown".to_string());
         let old = self.objects.get(&key(t)).cloned();
         let mut new = match sub {
@@ -789,6 +824,9 @@ impl FakeApiServer {
         };
         if self.objects.contains_key(&key(&t)) {
             return (StatusCode::CONFLICT, status_body(409, "AlreadyExists"));
+        }
+        if let Some(refused) = self.escalation_check(&t, &call.body) {
+            return refused;
         }
         let manager = query(call, "fieldManager").unwrap_or_else(|| "unknown".to_string());
         let mut new = call.body.clone();

@@ -1,0 +1,225 @@
+//! What the operator remembers between reconciles, in memory only: the last successful apply of
+//! each child, so that a child whose desired form has not changed is not applied again, and when
+//! each job's lag was last written to its status, so that lag alone is written at most once per
+//! [`LAG_REFRESH`]. A restart forgets everything: the first reconciles then apply every child
+//! again, which changes nothing on the API server (server-side apply of the same object).
+//!
+//! A remembered apply is forgotten, so that the next reconcile applies the child again:
+//! - on drift, seen by the owned-object watches ([`Memory::seen`]): the child was deleted, its
+//!   `generation` moved past the one the apply returned (kinds with a spec: StatefulSet,
+//!   PodDisruptionBudget; their status updates do not count), or, for kinds without
+//!   `generation`, its `resourceVersion` moved past the one the apply returned (someone else
+//!   wrote it);
+//! - after [`CHILD_RESYNC`], the long resync that repairs what no watch event showed.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+
+/// How long a remembered apply is trusted: after this, the child is applied again even if its
+/// desired form has not changed and no watch showed a change.
+pub const CHILD_RESYNC: Duration = Duration::from_secs(3600);
+
+/// Lag alone (no other change of the status) is written at most this often per job: the
+/// requeue cadence of a job that lags ([`crate::controller::REQUEUE_WAITING`]).
+pub const LAG_REFRESH: Duration = crate::controller::REQUEUE_WAITING;
+
+/// A child of a job: its kind, namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ChildKey {
+    /// `StatefulSet`, `Role`, ...
+    pub kind: &'static str,
+    /// The namespace.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl ChildKey {
+    /// The key of `meta`, an object of `kind`.
+    pub fn of(kind: &'static str, meta: &ObjectMeta) -> Self {
+        ChildKey {
+            kind,
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// One successful apply.
+#[derive(Clone, Debug)]
+struct Applied {
+    /// [`fingerprint`] of the object sent.
+    fingerprint: u64,
+    /// `resourceVersion` and `generation` the API server answered.
+    resource_version: Option<String>,
+    generation: Option<i64>,
+    at: Instant,
+}
+
+/// A fingerprint of an object as it would be sent: equal objects, equal fingerprints (within one
+/// process; it is never stored).
+pub fn fingerprint<T: Serialize>(obj: &T) -> u64 {
+    let mut h = DefaultHasher::new();
+    serde_json::to_vec(obj).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+/// Whether `now` is past `before`: resource versions compare as numbers when both are (etcd's
+/// are), else any difference counts.
+fn newer(now: Option<&str>, before: Option<&str>) -> bool {
+    match (
+        now.and_then(|v| v.parse::<u64>().ok()),
+        before.and_then(|v| v.parse::<u64>().ok()),
+    ) {
+        (Some(n), Some(b)) => n > b,
+        _ => now != before,
+    }
+}
+
+/// See the module doc.
+#[derive(Debug, Default)]
+pub struct Memory {
+    children: Mutex<HashMap<ChildKey, Applied>>,
+    lag_written: Mutex<HashMap<(String, String), Instant>>,
+}
+
+impl Memory {
+    /// Whether `key` was applied as `fingerprint`, less than [`CHILD_RESYNC`] before `now`, and
+    /// not changed by anyone since: then applying it again would change nothing.
+    pub fn unchanged(&self, key: &ChildKey, fingerprint: u64, now: Instant) -> bool {
+        let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        children.get(key).is_some_and(|a| {
+            a.fingerprint == fingerprint && now.saturating_duration_since(a.at) < CHILD_RESYNC
+        })
+    }
+
+    /// Remembers that `key` was applied as `fingerprint` at `now`, and what the API server
+    /// answered (`meta`).
+    pub fn applied(&self, key: ChildKey, fingerprint: u64, meta: &ObjectMeta, now: Instant) {
+        let applied = Applied {
+            fingerprint,
+            resource_version: meta.resource_version.clone(),
+            generation: meta.generation,
+            at: now,
+        };
+        self.children
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, applied);
+    }
+
+    /// An owned-object watch saw `meta` (an object of `kind`; `deleted` when it is gone):
+    /// forgets the apply of that child when this is a change the operator did not make.
+    pub fn seen(&self, kind: &'static str, meta: &ObjectMeta, deleted: bool) {
+        let key = ChildKey::of(kind, meta);
+        let mut children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(a) = children.get(&key) else {
+            return;
+        };
+        let drift = deleted
+            || match (meta.generation, a.generation) {
+                (Some(now), Some(before)) => now > before,
+                _ => newer(
+                    meta.resource_version.as_deref(),
+                    a.resource_version.as_deref(),
+                ),
+            };
+        if drift {
+            children.remove(&key);
+        }
+    }
+
+    /// Whether the lag of job (namespace, name) may be written at `now`: it never was, or
+    /// [`LAG_REFRESH`] has passed since.
+    pub fn lag_due(&self, job: &(String, String), now: Instant) -> bool {
+        self.lag_written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(job)
+            .is_none_or(|t| now.saturating_duration_since(*t) >= LAG_REFRESH)
+    }
+
+    /// Remembers that the status of job (namespace, name), lag included, was written at `now`.
+    /// Entries older than [`LAG_REFRESH`] say nothing any more; they are dropped now and then,
+    /// so that deleted jobs are not remembered for ever.
+    pub fn lag_written(&self, job: (String, String), now: Instant) {
+        let mut written = self
+            .lag_written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if written.insert(job, now).is_none() && written.len().is_power_of_two() {
+            written.retain(|_, t| now.saturating_duration_since(*t) < LAG_REFRESH);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(rv: &str, generation: Option<i64>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some("payments-worker".to_string()),
+            namespace: Some("shop".to_string()),
+            resource_version: Some(rv.to_string()),
+            generation,
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn an_applied_child_is_unchanged_until_its_form_changes_or_the_resync() {
+        let m = Memory::default();
+        let t0 = Instant::now();
+        let key = ChildKey::of("Role", &meta("5", None));
+        assert!(!m.unchanged(&key, 1, t0), "never applied");
+        m.applied(key.clone(), 1, &meta("5", None), t0);
+        assert!(m.unchanged(&key, 1, t0 + Duration::from_secs(60)));
+        assert!(!m.unchanged(&key, 2, t0), "another desired form");
+        assert!(!m.unchanged(&key, 1, t0 + CHILD_RESYNC), "the long resync");
+    }
+
+    #[test]
+    fn drift_seen_by_a_watch_forgets_the_apply_and_its_own_echo_does_not() {
+        let m = Memory::default();
+        let t0 = Instant::now();
+        let role = ChildKey::of("Role", &meta("5", None));
+        m.applied(role.clone(), 1, &meta("5", None), t0);
+        m.seen("Role", &meta("5", None), false);
+        m.seen("Role", &meta("4", None), false);
+        assert!(
+            m.unchanged(&role, 1, t0),
+            "its own apply, or an older event"
+        );
+        m.seen("Role", &meta("6", None), false);
+        assert!(!m.unchanged(&role, 1, t0), "someone else wrote it");
+
+        let sts = ChildKey::of("StatefulSet", &meta("5", Some(2)));
+        m.applied(sts.clone(), 1, &meta("5", Some(2)), t0);
+        m.seen("StatefulSet", &meta("9", Some(2)), false);
+        assert!(m.unchanged(&sts, 1, t0), "a status update is no drift");
+        m.seen("StatefulSet", &meta("10", Some(3)), false);
+        assert!(!m.unchanged(&sts, 1, t0), "its spec was edited");
+
+        m.applied(role.clone(), 1, &meta("7", None), t0);
+        m.seen("Role", &meta("7", None), true);
+        assert!(!m.unchanged(&role, 1, t0), "deleted");
+    }
+
+    #[test]
+    fn lag_is_due_once_per_refresh() {
+        let m = Memory::default();
+        let job = ("shop".to_string(), "payments".to_string());
+        let t0 = Instant::now();
+        assert!(m.lag_due(&job, t0));
+        m.lag_written(job.clone(), t0);
+        assert!(!m.lag_due(&job, t0 + LAG_REFRESH - Duration::from_millis(1)));
+        assert!(m.lag_due(&job, t0 + LAG_REFRESH));
+    }
+}
