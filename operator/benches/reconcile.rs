@@ -12,19 +12,25 @@
 //! with the operator's `reconcile` and `error_policy`, against a fake Kafka. Each reconcile is
 //! timed. Phases:
 //! 1. startup: from an empty cache until every job has been reconciled and nothing has run for
-//!    a second (the first reconciles create every child; the watch events of those children and
-//!    of the status patches trigger the reconciles that follow, as in a cluster);
-//! 2. two steady rounds: every job reconciled again (`reconcile_all_on`), everything exists.
+//!    a second (the first reconciles create every child; the watch events of those children
+//!    trigger the reconciles that follow, as in a cluster; the status patches do not);
+//! 2. two steady rounds: every job reconciled again (`reconcile_all_on`), everything exists;
+//! 3. quiet, 60 s: nothing changes (requeues only); API writes counted, per job per minute;
+//! 4. lag changing, 60 s: the fake Kafka's high watermarks grow every millisecond, so every
+//!    reconcile sees another lag; API writes counted, per job per minute (target ≤ 2).
 //!
 //! Memory is this process's VmRSS/VmHWM from `/proc/self/status`: before the controller
 //! starts, after startup, at the end, and the peak. Without `--bench` (as `cargo test
-//! --all-targets` runs it) it does the same with 20 jobs and checks that every job became
-//! Ready and that no reconcile failed.
+//! --all-targets` runs it) it does the same with 20 jobs and 3-second timed phases, and checks
+//! that every job became Ready, that no reconcile failed, and that the timed phases wrote
+//! nothing while nothing changed and at most once per job while lag changed.
 
 #[path = "../tests/support/api.rs"]
 mod api;
 #[path = "../tests/support/apiserver.rs"]
 mod apiserver;
+#[path = "../tests/support/http.rs"]
+mod http_server;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -47,7 +53,6 @@ use weir_operator::metrics::Metrics;
 use weir_operator::observation::KafkaConnection;
 use weir_operator::observation::TopicObservation;
 
-use api::Call;
 use apiserver::FakeApiServer;
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 
@@ -69,8 +74,24 @@ const QUIET: Duration = Duration::from_secs(1);
 /// A phase that has not ended after this long fails the benchmark.
 const PHASE_LIMIT: Duration = Duration::from_secs(300);
 
-/// A Kafka where topic `t-<i>` has `PARTITIONS[i % 7]` partitions.
-struct FakeKafka;
+/// A Kafka where topic `t-<i>` has `PARTITIONS[i % 7]` partitions, whose high watermarks are
+/// 1,000 until it is told that input flows ([`FakeKafka::flow`]): then they grow by one every
+/// millisecond, so that every reconcile sees another lag.
+#[derive(Default)]
+struct FakeKafka {
+    flowing_since: Mutex<Option<Instant>>,
+}
+
+impl FakeKafka {
+    fn flow(&self) {
+        *self.flowing_since.lock().expect("kafka") = Some(Instant::now());
+    }
+
+    fn high_watermark(&self) -> i64 {
+        let since = *self.flowing_since.lock().expect("kafka");
+        1_000 + since.map_or(0, |t| t.elapsed().as_millis() as i64)
+    }
+}
 
 fn partitions_of(topic: &str) -> i32 {
     let i: usize = topic
@@ -95,7 +116,7 @@ impl KafkaClient for FakeKafka {
         _topic: &str,
         partitions: i32,
     ) -> Result<Vec<i64>, String> {
-        Ok(vec![1_000; partitions as usize])
+        Ok(vec![self.high_watermark(); partitions as usize])
     }
 
     async fn create_topic(&self, _conn: &KafkaConnection, _topic: &NewTopic) -> Result<(), String> {
@@ -152,99 +173,6 @@ spec:
 // ---------------------------------------------------------------------------------------
 // The API server process.
 
-/// The fake API server and the resource version its watches have been told about.
-struct Shared {
-    server: Mutex<FakeApiServer>,
-    events: tokio::sync::watch::Sender<u64>,
-}
-
-const STATS_PATH: &str = "/bench/stats";
-
-/// Requests by kind since the last stats call, and whether every job is Ready.
-fn stats(server: &mut FakeApiServer) -> Value {
-    let jobs = server.all("/apis/weir.dev/v1alpha1/streamjobs");
-    let ready = jobs
-        .iter()
-        .filter(|j| {
-            j["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-        .count();
-    json!({
-        "jobs": jobs.len(),
-        "ready": ready,
-        "statefulsets": server.all("/apis/apps/v1/statefulsets").len(),
-        "objects": server.len(),
-        "requests": server.take_counts(),
-    })
-}
-
-async fn http_answer(
-    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
-    req: axum::extract::Request,
-) -> axum::response::Response {
-    let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .unwrap_or_default();
-    let call = Call::new(&parts, &bytes);
-    let respond = |code: http::StatusCode, body: axum::body::Body| {
-        axum::response::Response::builder()
-            .status(code)
-            .header("content-type", "application/json")
-            .body(body)
-            .expect("response")
-    };
-    if call.path == STATS_PATH {
-        let v = stats(&mut shared.server.lock().expect("server"));
-        return respond(http::StatusCode::OK, axum::body::Body::from(v.to_string()));
-    }
-    let watch = call.method == "GET" && apiserver::query(&call, "watch").as_deref() == Some("true");
-    if watch {
-        let start = shared.server.lock().expect("server").watch_start(&call);
-        let Some((filter, from)) = start else {
-            return respond(http::StatusCode::NOT_FOUND, axum::body::Body::empty());
-        };
-        // Events as they are logged, until the client goes away (or the process ends).
-        let rx = shared.events.subscribe();
-        let stream = futures::stream::unfold(
-            (shared.clone(), filter, from, rx),
-            |(shared, filter, mut from, mut rx)| async move {
-                loop {
-                    rx.borrow_and_update();
-                    let (bytes, next) = shared
-                        .server
-                        .lock()
-                        .expect("server")
-                        .watch_events(&filter, from);
-                    from = next;
-                    if !bytes.is_empty() {
-                        let chunk: Result<axum::body::Bytes, std::convert::Infallible> =
-                            Ok(bytes.into());
-                        return Some((chunk, (shared, filter, from, rx)));
-                    }
-                    rx.changed().await.ok()?;
-                }
-            },
-        );
-        return respond(http::StatusCode::OK, axum::body::Body::from_stream(stream));
-    }
-    let (code, reply) = {
-        let mut server = shared.server.lock().expect("server");
-        let answer = server.handle(&call);
-        let rv = server.resource_version();
-        // Wake the watches only when something was written.
-        shared
-            .events
-            .send_if_modified(|seen| std::mem::replace(seen, rv) != rv);
-        answer
-    };
-    respond(code, axum::body::Body::from(reply.to_string()))
-}
-
 /// `--api-server N`: serves the fake API server with N jobs on a free port, prints
 /// `listening ADDR`, and exits when its stdin closes (the benchmark ended or died).
 fn api_server_process(n: usize) {
@@ -270,16 +198,9 @@ fn api_server_process(n: usize) {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        println!("listening {}", listener.local_addr().expect("address"));
-        let shared = Arc::new(Shared {
-            events: tokio::sync::watch::channel(server.resource_version()).0,
-            server: Mutex::new(server),
-        });
-        let app = axum::Router::new().fallback(http_answer).with_state(shared);
-        axum::serve(listener, app).await.expect("serve");
+        let addr = http_server::listen(http_server::Shared::new(server)).await;
+        println!("listening {addr}");
+        std::future::pending::<()>().await;
     });
 }
 
@@ -320,6 +241,11 @@ impl Probe {
 
     /// Waits until every one of `n` jobs was reconciled in this phase and nothing ran for
     /// [`QUIET`]; returns the phase and starts the next.
+    /// The reconciles so far, as a phase; starts the next.
+    fn take(&self) -> Phase {
+        std::mem::take(&mut *self.0.lock().expect("probe"))
+    }
+
     async fn phase_done(&self, n: usize) -> Phase {
         let deadline = Instant::now() + PHASE_LIMIT;
         loop {
@@ -399,6 +325,9 @@ fn memory_kb() -> Memory {
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
     let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
 }
@@ -413,7 +342,7 @@ fn mb(kb: u64) -> String {
 
 /// The fake server's counters (and a reset of its request counts).
 async fn server_stats(client: &kube::Client) -> Value {
-    let req = http::Request::get(STATS_PATH)
+    let req = http::Request::get(http_server::STATS_PATH)
         .body(Vec::new())
         .expect("request");
     let text = client.request_text(req).await.expect("stats");
@@ -485,7 +414,9 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let report = rt.block_on(operator(&addr, n, &server.id().to_string()));
+    // Long enough for every job's requeue (30 s) to come round twice.
+    let timed_phase = Duration::from_secs(if full { 60 } else { 3 });
+    let report = rt.block_on(operator(&addr, n, &server.id().to_string(), timed_phase));
     drop(rt);
     // Our own child: closing its stdin ends it; kill in case it is stuck.
     drop(server.stdin.take());
@@ -494,16 +425,16 @@ fn main() {
     print!("{report}");
 }
 
-async fn operator(addr: &str, n: usize, server_pid: &str) -> String {
-    let url: http::Uri = format!("http://{addr}").parse().expect("URL");
-    let client = kube::Client::try_from(kube::Config::new(url)).expect("client");
+async fn operator(addr: &str, n: usize, server_pid: &str, timed_phase: Duration) -> String {
+    let client = http_server::client(addr);
     let config = OperatorConfig {
         worker_image: "ghcr.io/weir/weir:bench".to_string(),
         ..OperatorConfig::default()
     };
+    let kafka = Arc::new(FakeKafka::default());
     let ctx = Arc::new(Context::new(
         client.clone(),
-        Arc::new(FakeKafka),
+        kafka.clone(),
         config,
         Metrics::default(),
         None,
@@ -527,7 +458,7 @@ async fn operator(addr: &str, n: usize, server_pid: &str) -> String {
     };
     let (trigger, rounds) = futures::channel::mpsc::unbounded::<()>();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = controller::controller(&client, None, concurrency());
+    let controller = controller::controller(&ctx, None, concurrency());
     let cache = controller.store();
     let running = tokio::spawn(
         controller
@@ -551,6 +482,22 @@ async fn operator(addr: &str, n: usize, server_pid: &str) -> String {
         phases.push((name, probe.phase_done(n).await));
         cpu_marks.push((cpu("self"), cpu(server_pid)));
         requests.push(server_stats(&client).await);
+    }
+    // Timed phases: nothing changes, then input flows (lag changes on every look).
+    let mut writes = Vec::new();
+    for (name, flowing) in [("quiet", false), ("lag changing", true)] {
+        if flowing {
+            kafka.flow();
+        }
+        cpu_marks.push((cpu("self"), cpu(server_pid)));
+        tokio::time::sleep(timed_phase).await;
+        phases.push((name, probe.take()));
+        cpu_marks.push((cpu("self"), cpu(server_pid)));
+        let stats = server_stats(&client).await;
+        let per_job_minute =
+            http_server::writes(&stats) as f64 / n as f64 / timed_phase.as_secs_f64() * 60.0;
+        writes.push((name, http_server::writes(&stats), per_job_minute));
+        requests.push(stats);
     }
     let end = memory_kb();
     let heap_end = live_heap();
@@ -603,7 +550,7 @@ async fn operator(addr: &str, n: usize, server_pid: &str) -> String {
             t.len(),
             ms(percentile(&t, 0.50)),
             ms(percentile(&t, 0.99)),
-            ms(*t.last().expect("times")),
+            ms(t.last().copied().unwrap_or_default()),
             ours.as_secs_f64(),
             ours.as_secs_f64() * 1e3 / t.len().max(1) as f64,
             server_cpu.as_secs_f64(),
@@ -658,6 +605,30 @@ async fn operator(addr: &str, n: usize, server_pid: &str) -> String {
         mib(cache_json),
         mib(cache_managed),
         mib(cache_last_applied),
+    );
+    let _ = writeln!(
+        out,
+        "\n| phase ({} s) | API writes | writes per job per minute |\n|---|---|---|",
+        timed_phase.as_secs()
+    );
+    for (name, total, per) in &writes {
+        let _ = writeln!(out, "| {name} | {total} | {per:.2} |");
+    }
+    let quiet = writes[0].1;
+    let lagging = writes[1].2;
+    // Nothing changes: nothing is written. Lag changing: no chain of reconciles (a storm
+    // writes on every reconcile, hundreds of times per job and minute).
+    assert_eq!(quiet, 0, "writes while nothing changes");
+    assert!(
+        writes[1].1 <= n as u64 * timed_phase.as_secs().div_ceil(30),
+        "writes while lag changes: {writes:?}"
+    );
+    let _ = writeln!(
+        out,
+        "target: <= 2 API writes per job per minute with lag changing: {} ({lagging:.2}); 0 when \
+         nothing changes: {} ({quiet})",
+        if lagging <= 2.0 { "met" } else { "NOT met" },
+        if quiet == 0 { "met" } else { "NOT met" },
     );
     let p99 = percentile(&all, 0.99);
     let peak_mb = end.hwm as f64 / 1024.0;
