@@ -122,6 +122,80 @@ fn a_lag_change_needs_an_update() {
     ));
 }
 
+/// A change of a known lag alone is written at the requeue cadence, not on every reconcile; a
+/// lag that becomes unknown, or any other change with it, is a change that matters.
+#[test]
+fn a_lag_change_alone_is_only_a_lag_change() {
+    let j = job();
+    let first = status_of(&j, &running(3), None, 100);
+    let mut obs = running(3);
+    obs.lag = Some(7);
+    let lag_moved = status_of(&j, &obs, Some(&first), 200);
+    assert!(status::only_lag_changed(&first, &lag_moved));
+    obs.lag = None;
+    let lag_unknown = status_of(&j, &obs, Some(&first), 200);
+    assert!(!status::only_lag_changed(&first, &lag_unknown));
+    let mut obs = running(2);
+    obs.lag = Some(7);
+    let worker_lost = status_of(&j, &obs, Some(&first), 200);
+    assert!(!status::only_lag_changed(&first, &worker_lost));
+    assert!(!status::only_lag_changed(&first, &first), "nothing changed");
+}
+
+#[test]
+fn a_rollout_is_done_when_progressing_turns_false_up_to_date() {
+    let j = job();
+    let mut obs = found(12);
+    obs.stateful_set = Some(sts(3, 2, 3, 3, 3, 3));
+    let rolling = status_of(&j, &obs, None, 100);
+    let done = status_of(&j, &running(3), Some(&rolling), 200);
+    assert!(status::rolled_out(Some(&rolling), &done));
+    assert!(!status::rolled_out(Some(&done), &done), "already done");
+    assert!(
+        !status::rolled_out(None, &done),
+        "a first status announces nothing"
+    );
+    let blocked = status_of(
+        &j,
+        &Observation::new(TopicObservation::NotFound),
+        Some(&rolling),
+        200,
+    );
+    assert!(!status::rolled_out(Some(&rolling), &blocked));
+}
+
+/// A failed reconcile names its step in `Degraded` and `Progressing`; `Ready` stays True for a
+/// running job and is False with the step for one that never ran; the rest is kept.
+#[test]
+fn a_failed_reconcile_names_its_step() {
+    let j = job();
+    let message = "applying Role payments-worker: forbidden (Forbidden, HTTP 403). Check";
+    let new = status::failed(&j, None, "ApplyRole", message, &at(100));
+    assert_eq!(cond(&new, status::READY).status, "False");
+    assert_eq!(cond(&new, status::READY).reason, "ApplyRole");
+    assert_eq!(cond(&new, status::READY).message, message);
+    assert_eq!(cond(&new, status::DEGRADED).status, "True");
+    assert_eq!(cond(&new, status::PROGRESSING).reason, "ApplyRole");
+    assert_eq!(new.observed_generation, Some(1));
+    assert_eq!(new.window.as_deref(), Some("tumbling 1m +10s late"));
+
+    let ready = status_of(&j, &running(3), None, 100);
+    let failed = status::failed(&j, Some(&ready), "ApplyStatefulSet", message, &at(200));
+    assert_eq!(cond(&failed, status::READY), cond(&ready, status::READY));
+    assert_eq!(cond(&failed, status::DEGRADED).reason, "ApplyStatefulSet");
+    assert_eq!(
+        cond(&failed, status::DEGRADED).last_transition_time,
+        at(200)
+    );
+    assert_eq!(
+        (failed.lag, failed.partitions),
+        (ready.lag, ready.partitions)
+    );
+    // The same failure again changes nothing worth a write.
+    let again = status::failed(&j, Some(&failed), "ApplyStatefulSet", message, &at(300));
+    assert!(!needs_update(&failed, &again));
+}
+
 #[test]
 fn a_rollout_in_progress_is_progressing() {
     let j = job();
