@@ -13,7 +13,9 @@
 //!
 //! [`observation`], [`validate`], [`desired`], [`outcome`] and [`status`] are pure (no client,
 //! no clock, no I/O); [`observe`], [`apply`], [`controller`], [`kafka`], [`secrets`],
-//! [`object_checkpoints`] and [`leader`] talk to the API server, Kafka and object storage. The
+//! [`object_checkpoints`] and [`leader`] talk to the API server, Kafka and object storage;
+//! [`memory`] is what the controller remembers between reconciles (children applied, lag
+//! written), so that it writes only what changed. The
 //! names, labels, environment and planning shared with the workers are in [`weir_crds`]
 //! ([`weir_crds::names`], [`weir_crds::pod`], [`weir_crds::plan`]). [`rbac::API_CALLS`] lists
 //! every API call the operator makes.
