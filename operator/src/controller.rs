@@ -55,7 +55,7 @@ pub const REQUEUE_HEALTHY: Duration = Duration::from_secs(300);
 /// Requeue while the job is not Ready (workers starting, topic missing, brokers unreachable)
 /// or reports lag: the Kafka side changes without any Kubernetes event. Lag is refreshed at
 /// this cadence (and written at most this often, [`LAG_REFRESH`](crate::memory::LAG_REFRESH)).
-pub const REQUEUE_WAITING: Duration = Duration::from_secs(30);
+pub const REQUEUE_WAITING: Duration = crate::memory::LAG_REFRESH;
 /// First retry delay after an error; doubles per consecutive failure of the same object.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Longest retry delay.
@@ -203,32 +203,48 @@ pub fn reconcile_worthy(job: &DeserializeGuard<StreamJob>) -> Option<u64> {
     Some(h.finish())
 }
 
-/// The trigger of an owned kind: its metadata watch (only the operator's children, by the
-/// `managed-by` label), telling `memory` what it sees so that a child changed by someone else
-/// is applied again ([`Memory::seen`]).
+/// The API of `K` in `namespace`, or in every namespace.
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The trigger of an owned kind: its metadata watch (`config`: only the operator's children, by
+/// the `managed-by` label), telling `memory` what it sees so that a child changed by someone
+/// else is applied again ([`Memory::seen`]).
 fn owned<K>(
-    api: Api<PartialObjectMeta<K>>,
-    config: watcher::Config,
-    memory: Arc<Memory>,
+    ctx: &Context,
+    namespace: Option<&str>,
+    config: &watcher::Config,
 ) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
 where
-    K: Resource<DynamicType = ()> + k8s_openapi::Resource + Clone + DeserializeOwned + Debug,
-    K: Send + Sync + 'static,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    K: k8s_openapi::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    watcher(api, config)
-        .map_ok(move |event| {
-            match &event {
-                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
-                    memory.seen(<K as k8s_openapi::Resource>::KIND, o.meta(), false);
-                }
-                watcher::Event::Delete(o) => {
-                    memory.seen(<K as k8s_openapi::Resource>::KIND, o.meta(), true);
-                }
-                watcher::Event::Init | watcher::Event::InitDone => {}
+    let memory = ctx.memory.clone();
+    watcher(
+        api::<PartialObjectMeta<K>>(&ctx.client, namespace),
+        config.clone(),
+    )
+    .map_ok(move |event| {
+        match &event {
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                memory.seen(<K as k8s_openapi::Resource>::KIND, o.meta(), false);
             }
-            event
-        })
-        .touched_objects()
+            watcher::Event::Delete(o) => {
+                memory.seen(<K as k8s_openapi::Resource>::KIND, o.meta(), true);
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+        event
+    })
+    .touched_objects()
 }
 
 /// The controller the operator runs, before [`Controller::run`]: StreamJobs (through
@@ -244,16 +260,6 @@ pub fn controller(
     namespace: Option<&str>,
     concurrency: u16,
 ) -> Controller<DeserializeGuard<StreamJob>> {
-    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        <K as Resource>::DynamicType: Default,
-    {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
     let client = &ctx.client;
     let config = watcher::Config::default().labels(&format!(
         "{}={}",
@@ -271,43 +277,14 @@ pub fn controller(
     .reflect(writer)
     .applied_objects()
     .predicate_filter(reconcile_worthy, PredicateConfig::default());
-    let m = &ctx.memory;
     Controller::for_stream(jobs, cache)
-        .owns_stream(owned(
-            api::<PartialObjectMeta<ConfigMap>>(client, namespace),
-            config.clone(),
-            m.clone(),
-        ))
-        .owns_stream(owned(
-            api::<PartialObjectMeta<StatefulSet>>(client, namespace),
-            config.clone(),
-            m.clone(),
-        ))
-        .owns_stream(owned(
-            api::<PartialObjectMeta<Service>>(client, namespace),
-            config.clone(),
-            m.clone(),
-        ))
-        .owns_stream(owned(
-            api::<PartialObjectMeta<ServiceAccount>>(client, namespace),
-            config.clone(),
-            m.clone(),
-        ))
-        .owns_stream(owned(
-            api::<PartialObjectMeta<Role>>(client, namespace),
-            config.clone(),
-            m.clone(),
-        ))
-        .owns_stream(owned(
-            api::<PartialObjectMeta<RoleBinding>>(client, namespace),
-            config.clone(),
-            m.clone(),
-        ))
-        .owns_stream(owned(
-            api::<PartialObjectMeta<PodDisruptionBudget>>(client, namespace),
-            config,
-            m.clone(),
-        ))
+        .owns_stream(owned::<ConfigMap>(ctx, namespace, &config))
+        .owns_stream(owned::<StatefulSet>(ctx, namespace, &config))
+        .owns_stream(owned::<Service>(ctx, namespace, &config))
+        .owns_stream(owned::<ServiceAccount>(ctx, namespace, &config))
+        .owns_stream(owned::<Role>(ctx, namespace, &config))
+        .owns_stream(owned::<RoleBinding>(ctx, namespace, &config))
+        .owns_stream(owned::<PodDisruptionBudget>(ctx, namespace, &config))
         .with_config(ControllerConfig::default().concurrency(concurrency))
 }
 

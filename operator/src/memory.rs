@@ -25,9 +25,9 @@ use serde::Serialize;
 /// desired form has not changed and no watch showed a change.
 pub const CHILD_RESYNC: Duration = Duration::from_secs(3600);
 
-/// Lag alone (no other change of the status) is written at most this often per job: the
-/// requeue cadence of a job that lags ([`crate::controller::REQUEUE_WAITING`]).
-pub const LAG_REFRESH: Duration = crate::controller::REQUEUE_WAITING;
+/// Lag alone (no other change of the status) is written at most this often per job. It is also
+/// the requeue cadence of a job that lags (`controller::REQUEUE_WAITING`), which refreshes it.
+pub const LAG_REFRESH: Duration = Duration::from_secs(30);
 
 /// A child of a job: its kind, namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -416,14 +416,9 @@ async fn invalid_spec_patches_only_the_status_and_waits_for_a_change() {
     assert_eq!(action, Action::await_change());
     let calls = h.calls().await;
 
-    let writes: Vec<String> = calls
-        .iter()
-        .filter(|c| c.method != "GET")
-        .map(Call::line)
-        .collect();
     // One status patch, and the Warning Event a user must act on; no child write.
     assert_eq!(
-        writes,
+        api::writes(&calls),
         [
             format!("PATCH {JOBS}/payments/status"),
             "POST /apis/events.k8s.io/v1/namespaces/shop/events".to_string(),

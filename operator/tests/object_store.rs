@@ -188,13 +188,8 @@ impl World {
 /// The only writes of `calls` are the status, `Ready=False` and `Degraded=True` with reason
 /// `step`, and a Warning Event with that reason; neither shows `secret`. Returns the message.
 fn assert_failure_reported(calls: &[Call], step: &str, secret: &str) -> String {
-    let writes: Vec<String> = calls
-        .iter()
-        .filter(|c| c.method != "GET")
-        .map(Call::line)
-        .collect();
     assert_eq!(
-        writes,
+        api::writes(calls),
         [
             format!("PATCH {JOB}/status"),
             "POST /apis/events.k8s.io/v1/namespaces/shop/events".to_string()

@@ -49,6 +49,15 @@ impl Call {
     }
 }
 
+/// The `METHOD path` of every call that is not a read, in order.
+pub fn writes(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.method != "GET")
+        .map(Call::line)
+        .collect()
+}
+
 /// A `Status` failure body, as the API server sends with an error code.
 pub fn status_body(code: u16, reason: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
