@@ -15,8 +15,11 @@
 //!    a second (the first reconciles create every child; the watch events of those children
 //!    trigger the reconciles that follow, as in a cluster; the status patches do not);
 //! 2. two steady rounds: every job reconciled again (`reconcile_all_on`), everything exists;
-//! 3. quiet, 60 s: nothing changes (requeues only); API writes counted, per job per minute;
-//! 4. lag changing, 60 s: the fake Kafka's high watermarks grow every millisecond, so every
+//! 3. checkpoints written: every checkpoint ConfigMap gets a worker's record (offset 500 of
+//!    1,000), then every job is reconciled once more: each now reports lag, so it is requeued
+//!    every 30 s;
+//! 4. quiet, 60 s: nothing changes (requeues only); API writes counted, per job per minute;
+//! 5. lag changing, 60 s: the fake Kafka's high watermarks grow every millisecond, so every
 //!    reconcile sees another lag; API writes counted, per job per minute (target ≤ 2).
 //!
 //! Memory is this process's VmRSS/VmHWM from `/proc/self/status`: before the controller
@@ -340,6 +343,52 @@ fn mb(kb: u64) -> String {
     format!("{:.1}", kb as f64 / 1024.0)
 }
 
+/// Writes into every checkpoint ConfigMap what a worker writes there: its partition read up
+/// to offset 500, under epoch 1 (the first assignment's, so that no new epoch follows).
+async fn write_checkpoints(client: &kube::Client) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use weir_crds::checkpoint::{PartitionCheckpoint, Progress, CONFIG_MAP_KEY, FORMAT};
+    let all: kube::Api<ConfigMap> = kube::Api::all(client.clone());
+    let selector = "app.kubernetes.io/component=checkpoint";
+    let list = all
+        .list_metadata(&kube::api::ListParams::default().labels(selector))
+        .await
+        .expect("checkpoint ConfigMaps");
+    let writes = list.items.into_iter().map(|cm| async move {
+        let name = cm.metadata.name.clone().unwrap_or_default();
+        let ns = cm.metadata.namespace.clone().unwrap_or_default();
+        // job-<i>-checkpoint-<p> holds partition p of topic t-<i>.
+        let (job, partition) = name.rsplit_once("-checkpoint-").expect("checkpoint name");
+        let record = PartitionCheckpoint {
+            format: FORMAT,
+            topic: format!("t-{}", job.trim_start_matches("job-")),
+            partition: partition.parse().expect("partition"),
+            epoch: 1,
+            owner: "bench".to_string(),
+            written_at_ms: 1_700_000_000_000,
+            progress: Some(Progress {
+                next_offset: 500,
+                replay_from: 500,
+                ..Progress::default()
+            }),
+        };
+        let text = serde_json::to_string(&record).expect("record");
+        let patch = json!({"data": {CONFIG_MAP_KEY: text}});
+        let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), &ns);
+        api.patch(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("write a checkpoint");
+    });
+    futures::stream::iter(writes)
+        .buffer_unordered(16)
+        .for_each(|_| async {})
+        .await;
+}
+
 /// The fake server's counters (and a reset of its request counts).
 async fn server_stats(client: &kube::Client) -> Value {
     let req = http::Request::get(http_server::STATS_PATH)
@@ -483,6 +532,15 @@ async fn operator(addr: &str, n: usize, server_pid: &str, timed_phase: Duration)
         cpu_marks.push((cpu("self"), cpu(server_pid)));
         requests.push(server_stats(&client).await);
     }
+    // The workers' first checkpoints (offset 500 of 1,000 everywhere), then a round that reads
+    // them: every job now reports lag, so it is requeued every 30 s.
+    write_checkpoints(&client).await;
+    let _ = server_stats(&client).await;
+    cpu_marks.push((cpu("self"), cpu(server_pid)));
+    trigger.unbounded_send(()).expect("trigger a round");
+    phases.push(("checkpoints written", probe.phase_done(n).await));
+    cpu_marks.push((cpu("self"), cpu(server_pid)));
+    requests.push(server_stats(&client).await);
     // Timed phases: nothing changes, then input flows (lag changes on every look).
     let mut writes = Vec::new();
     for (name, flowing) in [("quiet", false), ("lag changing", true)] {
