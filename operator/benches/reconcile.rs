@@ -37,7 +37,7 @@ mod http_server;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -192,19 +192,68 @@ fn api_server_process(n: usize) {
             json!({"data": {"sasl.password": "czNjcmV0"}}),
         );
     }
-    std::thread::spawn(|| {
-        let _ = std::io::stdin().read_to_end(&mut Vec::new());
-        std::process::exit(0);
-    });
+    let shared = http_server::Shared::new(server);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(async move {
-        let addr = http_server::listen(http_server::Shared::new(server)).await;
-        println!("listening {addr}");
-        std::future::pending::<()>().await;
-    });
+    let addr = rt.block_on(http_server::listen(shared.clone()));
+    println!("listening {addr}");
+    // Commands on stdin, one per line, each acknowledged on stdout; its end ends the process.
+    for line in std::io::stdin().lines() {
+        match line.as_deref() {
+            Ok(CHECKPOINTS) => {
+                shared.with(write_checkpoints);
+                println!("{CHECKPOINTS}");
+            }
+            _ => break,
+        }
+    }
+    std::process::exit(0);
+}
+
+/// The command that makes the API server process [`write_checkpoints`].
+const CHECKPOINTS: &str = "checkpoints";
+
+/// Writes into every checkpoint ConfigMap what a worker writes there: its partition read up
+/// to offset 500, under epoch 1 (the first assignment's, so that no new epoch follows). Done in
+/// the API server's process: the workers write them, not the operator.
+fn write_checkpoints(server: &mut FakeApiServer) {
+    use weir_crds::checkpoint::{PartitionCheckpoint, Progress, CONFIG_MAP_KEY, FORMAT};
+    let selector = "app.kubernetes.io/component=checkpoint";
+    let config_maps: Vec<Value> = server
+        .all("/api/v1/configmaps")
+        .into_iter()
+        .filter(|cm| apiserver::selects(selector, &cm["metadata"]["labels"]))
+        .cloned()
+        .collect();
+    for mut cm in config_maps {
+        let name = cm["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let ns = cm["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        // job-<i>-checkpoint-<p> holds partition p of topic t-<i>.
+        let (job, partition) = name.rsplit_once("-checkpoint-").expect("checkpoint name");
+        let record = PartitionCheckpoint {
+            format: FORMAT,
+            topic: format!("t-{}", job.trim_start_matches("job-")),
+            partition: partition.parse().expect("partition"),
+            epoch: 1,
+            owner: "bench".to_string(),
+            written_at_ms: 1_700_000_000_000,
+            progress: Some(Progress {
+                next_offset: 500,
+                replay_from: 500,
+                ..Progress::default()
+            }),
+        };
+        cm["data"] = json!({CONFIG_MAP_KEY: serde_json::to_string(&record).expect("record")});
+        server.insert(&format!("/api/v1/namespaces/{ns}/configmaps/{name}"), cm);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -247,6 +296,20 @@ impl Probe {
     /// The reconciles so far, as a phase; starts the next.
     fn take(&self) -> Phase {
         std::mem::take(&mut *self.0.lock().expect("probe"))
+    }
+
+    /// Waits `span`, sampling the live heap every 50 ms; returns the phase and starts the next.
+    async fn phase_after(&self, span: Duration) -> Phase {
+        let end = Instant::now() + span;
+        while Instant::now() < end {
+            let heap = live_heap();
+            {
+                let mut p = self.0.lock().expect("probe");
+                p.peak_heap = p.peak_heap.max(heap);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.take()
     }
 
     async fn phase_done(&self, n: usize) -> Phase {
@@ -343,52 +406,6 @@ fn mb(kb: u64) -> String {
     format!("{:.1}", kb as f64 / 1024.0)
 }
 
-/// Writes into every checkpoint ConfigMap what a worker writes there: its partition read up
-/// to offset 500, under epoch 1 (the first assignment's, so that no new epoch follows).
-async fn write_checkpoints(client: &kube::Client) {
-    use k8s_openapi::api::core::v1::ConfigMap;
-    use weir_crds::checkpoint::{PartitionCheckpoint, Progress, CONFIG_MAP_KEY, FORMAT};
-    let all: kube::Api<ConfigMap> = kube::Api::all(client.clone());
-    let selector = "app.kubernetes.io/component=checkpoint";
-    let list = all
-        .list_metadata(&kube::api::ListParams::default().labels(selector))
-        .await
-        .expect("checkpoint ConfigMaps");
-    let writes = list.items.into_iter().map(|cm| async move {
-        let name = cm.metadata.name.clone().unwrap_or_default();
-        let ns = cm.metadata.namespace.clone().unwrap_or_default();
-        // job-<i>-checkpoint-<p> holds partition p of topic t-<i>.
-        let (job, partition) = name.rsplit_once("-checkpoint-").expect("checkpoint name");
-        let record = PartitionCheckpoint {
-            format: FORMAT,
-            topic: format!("t-{}", job.trim_start_matches("job-")),
-            partition: partition.parse().expect("partition"),
-            epoch: 1,
-            owner: "bench".to_string(),
-            written_at_ms: 1_700_000_000_000,
-            progress: Some(Progress {
-                next_offset: 500,
-                replay_from: 500,
-                ..Progress::default()
-            }),
-        };
-        let text = serde_json::to_string(&record).expect("record");
-        let patch = json!({"data": {CONFIG_MAP_KEY: text}});
-        let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), &ns);
-        api.patch(
-            &name,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await
-        .expect("write a checkpoint");
-    });
-    futures::stream::iter(writes)
-        .buffer_unordered(16)
-        .for_each(|_| async {})
-        .await;
-}
-
 /// The fake server's counters (and a reset of its request counts).
 async fn server_stats(client: &kube::Client) -> Value {
     let req = http::Request::get(http_server::STATS_PATH)
@@ -442,18 +459,19 @@ fn main() {
     let full = args.iter().any(|a| a == "--bench");
     let n = if full { 1_000 } else { 20 };
 
-    let mut server = Command::new(std::env::current_exe().expect("this binary"))
+    let mut child = Command::new(std::env::current_exe().expect("this binary"))
         .args(["--api-server", &n.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the fake API server process");
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the API server's address");
+    let mut server = ApiServerProcess {
+        pid: child.id().to_string(),
+        stdin: child.stdin.take().expect("stdin"),
+        stdout: BufReader::new(child.stdout.take().expect("stdout")),
+    };
+    let line = server.line();
     let addr = line
-        .trim()
         .strip_prefix("listening ")
         .unwrap_or_else(|| panic!("unexpected first line from the API server: {line:?}"))
         .to_string();
@@ -465,16 +483,47 @@ fn main() {
         .expect("runtime");
     // Long enough for every job's requeue (30 s) to come round twice.
     let timed_phase = Duration::from_secs(if full { 60 } else { 3 });
-    let report = rt.block_on(operator(&addr, n, &server.id().to_string(), timed_phase));
+    let report = rt.block_on(operator(&addr, n, &mut server, timed_phase));
     drop(rt);
     // Our own child: closing its stdin ends it; kill in case it is stuck.
-    drop(server.stdin.take());
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
+    let _ = child.kill();
+    let _ = child.wait();
     print!("{report}");
 }
 
-async fn operator(addr: &str, n: usize, server_pid: &str, timed_phase: Duration) -> String {
+/// The API server process: its pid, and the lines of its commands and answers.
+struct ApiServerProcess {
+    pid: String,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl ApiServerProcess {
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("a line from the API server");
+        line.trim().to_string()
+    }
+
+    /// Runs `command` in the API server process and waits for its answer.
+    fn command(&mut self, command: &str) {
+        use std::io::Write as _;
+        writeln!(self.stdin, "{command}").expect("a command to the API server");
+        assert_eq!(self.line(), command);
+    }
+}
+
+async fn operator(
+    addr: &str,
+    n: usize,
+    server: &mut ApiServerProcess,
+    timed_phase: Duration,
+) -> String {
+    let server_pid = server.pid.clone();
+    let server_pid = server_pid.as_str();
     let client = http_server::client(addr);
     let config = OperatorConfig {
         worker_image: "ghcr.io/weir/weir:bench".to_string(),
@@ -534,7 +583,7 @@ async fn operator(addr: &str, n: usize, server_pid: &str, timed_phase: Duration)
     }
     // The workers' first checkpoints (offset 500 of 1,000 everywhere), then a round that reads
     // them: every job now reports lag, so it is requeued every 30 s.
-    write_checkpoints(&client).await;
+    tokio::task::block_in_place(|| server.command(CHECKPOINTS));
     let _ = server_stats(&client).await;
     cpu_marks.push((cpu("self"), cpu(server_pid)));
     trigger.unbounded_send(()).expect("trigger a round");
@@ -548,8 +597,7 @@ async fn operator(addr: &str, n: usize, server_pid: &str, timed_phase: Duration)
             kafka.flow();
         }
         cpu_marks.push((cpu("self"), cpu(server_pid)));
-        tokio::time::sleep(timed_phase).await;
-        phases.push((name, probe.take()));
+        phases.push((name, probe.phase_after(timed_phase).await));
         cpu_marks.push((cpu("self"), cpu(server_pid)));
         let stats = server_stats(&client).await;
         let per_job_minute =
