@@ -16,8 +16,9 @@
 //!    trigger the reconciles that follow, as in a cluster; the status patches do not);
 //! 2. two steady rounds: every job reconciled again (`reconcile_all_on`), everything exists;
 //! 3. checkpoints written: every checkpoint ConfigMap gets a worker's record (offset 500 of
-//!    1,000), then every job is reconciled once more: each now reports lag, so it is requeued
-//!    every 30 s;
+//!    1,000; written in the API server's process, as workers would write them, so that they
+//!    cost the operator's process nothing), then every job is reconciled once more: each now
+//!    reports lag, so it is requeued every 30 s;
 //! 4. quiet, 60 s: nothing changes (requeues only); API writes counted, per job per minute;
 //! 5. lag changing, 60 s: the fake Kafka's high watermarks grow every millisecond, so every
 //!    reconcile sees another lag; API writes counted, per job per minute (target ≤ 2).
