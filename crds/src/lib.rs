@@ -11,12 +11,14 @@
 //! It is also the contract between the operator and the workers, in one home: [`names`] (object
 //! names and labels), [`pod`] (environment variables, mount paths, ports), [`assignment`] and
 //! [`checkpoint`] (what the job ConfigMap and the checkpoints hold), and [`plan`] (how a job is
-//! split into an assignment and stages, and the repartition topic it needs).
+//! split into an assignment and stages, and the repartition topic it needs); [`exposition`] is
+//! the text format of both binaries' `/metrics`.
 #![deny(missing_docs)]
 
 pub mod assignment;
 pub mod checkpoint;
 mod duration;
+pub mod exposition;
 pub mod names;
 pub mod plan;
 pub mod pod;

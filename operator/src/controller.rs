@@ -18,7 +18,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::core::DeserializeGuard;
-use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Error as ControllerError};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
@@ -229,10 +229,22 @@ pub async fn run(
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(job = %obj, "reconciled"),
-                Err(e) => warn!(error = %e, "reconcile failed"),
+                Err(e) if is_expected(&e) => tracing::debug!(error = %e, "reconcile skipped"),
+                Err(e) => warn!(error = %e, "controller"),
             }
         })
         .await;
+}
+
+/// Whether a controller error needs no one's attention, so is logged at debug:
+/// - a reconcile queued for a job deleted meanwhile (the deletions of its children queue
+///   several): on every delete, and nothing to act on;
+/// - a failed reconcile: [`error_policy`] has already logged it, with the retry delay.
+pub fn is_expected(e: &ControllerError<Error, watcher::Error>) -> bool {
+    matches!(
+        e,
+        ControllerError::ObjectNotFound(_) | ControllerError::ReconcilerFailed(..)
+    )
 }
 
 /// One reconcile of one StreamJob, with metrics and backoff bookkeeping around
@@ -559,6 +571,27 @@ mod tests {
         };
         trim_for_cache(&mut only_last_applied);
         assert_eq!(only_last_applied.annotations, None);
+    }
+
+    #[test]
+    fn a_job_deleted_before_its_queued_reconcile_is_not_a_warning() {
+        use kube::runtime::reflector::ObjectRef;
+        let gone = ObjectRef::<StreamJob>::new("payments")
+            .within("shop")
+            .erase();
+        assert!(is_expected(&ControllerError::ObjectNotFound(Box::new(
+            gone.clone()
+        ))));
+        let failed = Error::DeleteRepartitionTopic {
+            topic: "t".to_string(),
+            message: "m".to_string(),
+        };
+        assert!(is_expected(&ControllerError::ReconcilerFailed(
+            failed,
+            Box::new(gone)
+        )));
+        let queue = watcher::Error::NoResourceVersion;
+        assert!(!is_expected(&ControllerError::QueueError(queue)));
     }
 
     #[test]

@@ -23,12 +23,9 @@ use weir_engine::RejectReason;
 /// Prefix of every metric name.
 pub const PREFIX: &str = "weir";
 
-/// Content type of [`Metrics::encode`]'s output.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Content type of [`Metrics::encode_prometheus_text`]'s output.
-pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Content type of [`Metrics::encode`]'s output, and of [`Metrics::encode_prometheus_text`]'s
+/// (one definition for the operator's `/metrics` and the workers').
+pub use weir_crds::exposition::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
 
 /// Upper bounds (seconds) of the checkpoint duration buckets: 1 ms to 30 s, about 2.5x apart,
 /// so both a local file write and a slow object-store PUT land in a bucket that tells them apart.
@@ -378,40 +375,8 @@ impl Metrics {
     /// [`PROMETHEUS_TEXT_CONTENT_TYPE`]), for clients that do not ask for OpenMetrics, such as
     /// `curl` and `promtool check metrics`.
     pub fn encode_prometheus_text(&self) -> String {
-        openmetrics_to_prometheus_text(&self.encode())
+        weir_crds::exposition::openmetrics_to_prometheus_text(&self.encode())
     }
-}
-
-/// Rewrite OpenMetrics text (as this crate's encoder writes it: no exemplars, no `_created`) as
-/// Prometheus text 0.0.4. The two differ, for what we expose, in three ways: a counter's `HELP`
-/// and `TYPE` name the family without `_total` in OpenMetrics but the sample name with it in
-/// 0.0.4; `# UNIT` lines and `# EOF` exist only in OpenMetrics.
-fn openmetrics_to_prometheus_text(om: &str) -> String {
-    let counters: Vec<&str> = om
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(om.len() + 8 * counters.len());
-    for line in om.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let descriptor = line
-            .strip_prefix("# HELP ")
-            .map(|rest| ("# HELP ", rest))
-            .or_else(|| line.strip_prefix("# TYPE ").map(|rest| ("# TYPE ", rest)));
-        if let Some((kind, rest)) = descriptor {
-            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-            if counters.contains(&name) {
-                let _ = writeln!(out, "{kind}{name}_total {tail}");
-                continue;
-            }
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
 }
 
 /// One partition's series, resolved once: every update is an atomic operation on a shared
