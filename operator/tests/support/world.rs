@@ -1,12 +1,14 @@
 //! The stateful fake API server (`apiserver.rs`) behind a real `kube::Client`, with the
 //! operator's `Context` over it: what the tests that reconcile against stored objects share.
 //! A test file that includes it also declares the modules `api`, `apiserver` and `support`.
+#![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
 
 use kube::Api;
 use weir_crds::StreamJob;
 use weir_operator::controller::Context;
+use weir_operator::kafka::KafkaClient;
 use weir_operator::metrics::Metrics;
 
 use crate::api::{mock_client, serve, Call};
@@ -26,7 +28,15 @@ impl World {
     /// Serves `server` to a new client; Kafka has every topic with `partitions` partitions
     /// whose high watermarks are `high_watermark`.
     pub fn serving(server: FakeApiServer, partitions: i32, high_watermark: i64) -> World {
-        let server = Arc::new(Mutex::new(server));
+        let kafka = Arc::new(FixedKafka {
+            partitions,
+            high_watermark,
+        });
+        World::over(Arc::new(Mutex::new(server)), kafka)
+    }
+
+    /// Serves `server` to a new client, with `kafka` as the operator's Kafka.
+    pub fn over(server: Arc<Mutex<FakeApiServer>>, kafka: Arc<dyn KafkaClient>) -> World {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let (client, handle) = mock_client();
         let (s, c) = (server.clone(), calls.clone());
@@ -36,10 +46,7 @@ impl World {
         }));
         let ctx = Arc::new(Context::new(
             client.clone(),
-            Arc::new(FixedKafka {
-                partitions,
-                high_watermark,
-            }),
+            kafka,
             cfg(),
             Metrics::default(),
             None,
