@@ -63,6 +63,15 @@ pub struct RejectLabels {
     pub reason: Reason,
 }
 
+/// Labels of `weir_output_topic_missing`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutputTopicLabels {
+    /// The topic.
+    pub topic: String,
+    /// What the worker writes there: `sink`, `dead_letter` or `repartition`.
+    pub role: String,
+}
+
 /// Labels of `weir_build_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
@@ -107,6 +116,9 @@ pub struct Metrics {
     pub partitions_owned: Gauge,
     /// Times this worker found a partition fenced by a newer owner and stopped it.
     pub partitions_fenced: Counter,
+    /// 1 while an output topic does not exist and the worker waits for it (it never creates
+    /// one), else 0.
+    pub output_topic_missing: Family<OutputTopicLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -277,6 +289,13 @@ impl Metrics {
              stopped it",
             partitions_fenced.clone(),
         );
+        let output_topic_missing = Family::<OutputTopicLabels, Gauge>::default();
+        r.register(
+            "output_topic_missing",
+            "1 while a topic the worker writes (role: sink, dead_letter, repartition) does not \
+             exist; the worker waits for it and never creates it",
+            output_topic_missing.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -293,6 +312,7 @@ impl Metrics {
             families: f,
             partitions_owned,
             partitions_fenced,
+            output_topic_missing,
         }
     }
 
