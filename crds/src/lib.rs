@@ -518,8 +518,9 @@ pub struct Checkpoint {
     #[serde(default)]
     pub store: CheckpointStore,
 
-    /// Delete the checkpoints when the StreamJob is deleted. Default false: recreating a job of
-    /// the same name resumes where it stopped.
+    /// Delete the checkpoints (and a two-stage job's repartition topic) when the StreamJob is
+    /// deleted, once its workers have stopped. Default false: recreating a job of the same name
+    /// resumes where it stopped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delete_on_job_deletion: bool,
 }
