@@ -23,6 +23,9 @@ use sha2::{Digest, Sha256};
 
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "weir-operator";
+/// The field manager of the workers' writes (their checkpoint ConfigMaps): without one, the
+/// API server records them as `unknown`.
+pub const WORKER_FIELD_MANAGER: &str = "weir-worker";
 /// Finalizer added only when `spec.checkpoint.deleteOnJobDeletion` is true: the checkpoints live
 /// outside the job's owner-reference tree (they are retained by default), so deleting them
 /// needs explicit cleanup.

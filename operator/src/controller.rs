@@ -20,14 +20,16 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{
+    DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, Preconditions, PropagationPolicy,
+};
 use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Error as ControllerError};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::{reflector, watcher, Controller, PredicateConfig, WatchStreamExt};
@@ -301,10 +303,22 @@ pub async fn run(
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(job = %obj, "reconciled"),
-                Err(e) => warn!(error = %e, "reconcile failed"),
+                Err(e) if is_expected(&e) => tracing::debug!(error = %e, "reconcile skipped"),
+                Err(e) => warn!(error = %e, "controller"),
             }
         })
         .await;
+}
+
+/// Whether a controller error needs no one's attention, so is logged at debug:
+/// - a reconcile queued for a job deleted meanwhile (the deletions of its children queue
+///   several): on every delete, and nothing to act on;
+/// - a failed reconcile: [`error_policy`] has already logged it, with the retry delay.
+pub fn is_expected(e: &ControllerError<Error, watcher::Error>) -> bool {
+    matches!(
+        e,
+        ControllerError::ObjectNotFound(_) | ControllerError::ReconcilerFailed(..)
+    )
 }
 
 /// One reconcile of one StreamJob, with metrics and backoff bookkeeping around
@@ -368,6 +382,12 @@ async fn reconcile_job(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Err
     let jobs: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &ns);
     let deleting = job.metadata.deletion_timestamp.is_some();
     let finalizer_index = job.finalizers().iter().position(|f| f == FINALIZER);
+    if deleting && finalizer_index.is_some() && !stop_workers(&job, ctx).await? {
+        // Checkpoints and the repartition topic go only once no worker can write them: a
+        // terminating worker still checkpoints and sends partials (and a broker that creates
+        // topics on use would bring the deleted topic back).
+        return Ok(Action::requeue(REQUEUE_STOPPING));
+    }
     if job.spec.checkpoint.delete_on_job_deletion || (deleting && finalizer_index.is_some()) {
         return finalizer(&jobs, FINALIZER, job, |event| async move {
             match event {
@@ -474,7 +494,7 @@ async fn announce_scaling(
         if from != to {
             let note = format!("scaled from {from} to {to} workers");
             info!(from, to, "scaled");
-            event(ctx, &job.metadata, EventType::Normal, SCALED, &note).await;
+            publish_as(ctx, &job.metadata, EventType::Normal, SCALED, &note).await;
         }
     }
 }
@@ -565,19 +585,19 @@ async fn patch_status(job: &StreamJob, new: &StreamJobStatus, ctx: &Context) -> 
             Some(c) if c.status == "True" => format!("rolled out: {}", c.message),
             _ => "rolled out: every worker runs the current spec and assignment".to_string(),
         };
-        event(ctx, &job.metadata, EventType::Normal, ROLLED_OUT, &note).await;
+        publish_as(ctx, &job.metadata, EventType::Normal, ROLLED_OUT, &note).await;
     }
     Ok(())
 }
 
-/// Publishes a Warning Event about the job. An Event that cannot be written is logged, not an
-/// error: the status already says the same.
+/// Publishes a Warning Event about the job (see [`publish_as`]).
 async fn publish(ctx: &Context, meta: &kube::api::ObjectMeta, reason: &str, note: &str) {
-    event(ctx, meta, EventType::Warning, reason, note).await;
+    publish_as(ctx, meta, EventType::Warning, reason, note).await;
 }
 
-/// Publishes an Event of `type_` about the job; one that cannot be written is logged.
-async fn event(
+/// Publishes an Event about the job. An Event that cannot be written is logged, not an error:
+/// the status already says the same.
+async fn publish_as(
     ctx: &Context,
     meta: &kube::api::ObjectMeta,
     type_: EventType,
@@ -618,9 +638,131 @@ async fn event(
 /// Event reason when the checkpoints of a deleted job cannot be deleted (the deletion waits).
 pub const CHECKPOINT_CLEANUP_FAILED: &str = "CheckpointCleanupFailed";
 
-/// Cleanup of a deleted job with `deleteOnJobDeletion`: deletes its checkpoints — the
-/// ConfigMaps (by the job label), or the records in object storage — and, for a two-stage
-/// job, then its repartition topic. Idempotent: deleting nothing succeeds.
+/// Reason of `Ready=False`, and of a Normal Event, while a deleted job waits for its worker
+/// pods to stop before its checkpoints and repartition topic are deleted.
+pub const STOPPING_WORKERS: &str = "StoppingWorkers";
+
+/// How soon a deleted job looks again while its worker pods terminate (no watch tells the
+/// operator when a pod is gone; a pod has 30 s by default to write its last checkpoint).
+pub const REQUEUE_STOPPING: Duration = Duration::from_secs(5);
+
+/// First step of the cleanup of a deleted job with `deleteOnJobDeletion`: stops its workers.
+/// Deletes the job's StatefulSet (only the one it owns, by uid precondition; background
+/// propagation, so the garbage collector then deletes its pods, each with its grace period) and
+/// returns whether no worker pod is left. While some are, the status (`Ready=False`,
+/// [`STOPPING_WORKERS`]) names them, and a Normal Event says so once.
+async fn stop_workers(job: &StreamJob, ctx: &Context) -> Result<bool, Error> {
+    let ns = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    let set_name = names::worker_name(&name);
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let set = sets
+        .get_opt(&set_name)
+        .await
+        .map_err(|source| Error::ReadStatefulSet {
+            name: set_name.clone(),
+            source,
+        })?;
+    let owned = |s: &StatefulSet| {
+        s.owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == job.metadata.uid.as_ref())
+    };
+    if let Some(set) = set.filter(|s| s.metadata.deletion_timestamp.is_none() && owned(s)) {
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            preconditions: Some(Preconditions {
+                uid: set.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match sets.delete(&set_name, &params).await {
+            Ok(_) => info!(statefulset = %set_name, "deleted the workers"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => {
+                return Err(Error::DeleteStatefulSet {
+                    name: set_name,
+                    source,
+                })
+            }
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = names::selector_string(&name);
+    let left = pods
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::ListWorkerPods {
+            job: name.clone(),
+            source,
+        })?;
+    if left.items.is_empty() {
+        return Ok(true);
+    }
+    let mut pod_names: Vec<String> = left.items.iter().map(|p| p.name_any()).collect();
+    pod_names.sort_unstable();
+    let topic = if job.spec.co_partitioned() {
+        String::new()
+    } else {
+        let topic = weir_crds::repartition_topic(Some(&ns), &name);
+        format!(" and the repartition topic {topic}")
+    };
+    let message = format!(
+        "deleting: waiting for {} worker pod(s) to stop ({}) before deleting the checkpoints{topic}",
+        pod_names.len(),
+        pod_names.join(", "),
+    );
+    info!(pods = pod_names.len(), "waiting for the workers to stop");
+    let was_waiting = job.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == status::READY && c.reason == STOPPING_WORKERS)
+    });
+    patch_status(job, &stopping_status(job, &message), ctx).await?;
+    if !was_waiting {
+        publish_as(
+            ctx,
+            &job.metadata,
+            EventType::Normal,
+            STOPPING_WORKERS,
+            &message,
+        )
+        .await;
+    }
+    Ok(false)
+}
+
+/// The job's status with `Ready=False` [`STOPPING_WORKERS`] and `message`; the rest as it was.
+fn stopping_status(job: &StreamJob, message: &str) -> StreamJobStatus {
+    let mut s = job.status.clone().unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let ready = Condition {
+        type_: status::READY.to_string(),
+        status: "False".to_string(),
+        reason: STOPPING_WORKERS.to_string(),
+        message: message.to_string(),
+        observed_generation: job.metadata.generation,
+        last_transition_time: now,
+    };
+    match s.conditions.iter_mut().find(|c| c.type_ == status::READY) {
+        Some(c) if c.status == "False" => {
+            let since = c.last_transition_time.clone();
+            *c = Condition {
+                last_transition_time: since,
+                ..ready
+            };
+        }
+        Some(c) => *c = ready,
+        None => s.conditions.push(ready),
+    }
+    s
+}
+
+/// Cleanup of a deleted job with `deleteOnJobDeletion`, once [`stop_workers`] found no worker
+/// left: deletes its checkpoints — the ConfigMaps (by the job label), or the records in object
+/// storage — and, for a two-stage job, then its repartition topic. Idempotent: deleting
+/// nothing succeeds.
 /// A failure is retried with backoff and the job's deletion waits for it; for the object store
 /// and the topic, a Warning Event says why (a missing Secret, refused credentials or ACLs).
 async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
@@ -711,6 +853,27 @@ mod tests {
         };
         trim_for_cache(&mut only_last_applied);
         assert_eq!(only_last_applied.annotations, None);
+    }
+
+    #[test]
+    fn a_job_deleted_before_its_queued_reconcile_is_not_a_warning() {
+        use kube::runtime::reflector::ObjectRef;
+        let gone = ObjectRef::<StreamJob>::new("payments")
+            .within("shop")
+            .erase();
+        assert!(is_expected(&ControllerError::ObjectNotFound(Box::new(
+            gone.clone()
+        ))));
+        let failed = Error::DeleteRepartitionTopic {
+            topic: "t".to_string(),
+            message: "m".to_string(),
+        };
+        assert!(is_expected(&ControllerError::ReconcilerFailed(
+            failed,
+            Box::new(gone)
+        )));
+        let queue = watcher::Error::NoResourceVersion;
+        assert!(!is_expected(&ControllerError::QueueError(queue)));
     }
 
     #[test]

@@ -140,6 +140,24 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Deleting the workers' StatefulSet of a deleted job, before its checkpoints.
+    #[error("deleting StatefulSet {name}: {source}")]
+    DeleteStatefulSet {
+        /// The StatefulSet.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Listing the worker pods of a deleted job, to wait until they are gone.
+    #[error("listing the worker pods of {job}: {source}")]
+    ListWorkerPods {
+        /// The job.
+        job: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
     /// Reading the object-store checkpoints of a job that has no previous assignment (so the
     /// epoch to start above is unknown): the Secret missing, the store unreachable, refused.
     #[error("reading the object-store checkpoints of {job}: {message}")]
@@ -199,6 +217,8 @@ impl Error {
             Error::PatchStatus { .. } => "PatchStatus",
             Error::RemoveFinalizer { .. } => "RemoveFinalizer",
             Error::DeleteCheckpoints { .. } => "DeleteCheckpoints",
+            Error::DeleteStatefulSet { .. } => "DeleteStatefulSet",
+            Error::ListWorkerPods { .. } => "ListWorkerPods",
             Error::ReadObjectStoreCheckpoints { .. } => "ReadObjectStoreCheckpoints",
             Error::DeleteObjectStoreCheckpoints { .. } => "DeleteObjectStoreCheckpoints",
             Error::CreateRepartitionTopic { .. } => "CreateRepartitionTopic",
@@ -273,7 +293,9 @@ impl Error {
             | Error::ApplyPodDisruptionBudget { source, .. }
             | Error::PatchStatus { source, .. }
             | Error::RemoveFinalizer { source, .. }
-            | Error::DeleteCheckpoints { source, .. } => Some(source),
+            | Error::DeleteCheckpoints { source, .. }
+            | Error::DeleteStatefulSet { source, .. }
+            | Error::ListWorkerPods { source, .. } => Some(source),
             Error::ReadObjectStoreCheckpoints { .. }
             | Error::DeleteObjectStoreCheckpoints { .. }
             | Error::CreateRepartitionTopic { .. }

@@ -159,24 +159,42 @@ impl LeaderElector {
         }
     }
 
-    /// Gives the Lease up (on shutdown) so that another replica takes over at once.
-    pub async fn release(&mut self) {
-        let Ok(Some(mut lease)) = self.api.get_opt(&self.cfg.name).await else {
-            return;
+    /// Gives the Lease up (on shutdown) so that another replica takes over at once; logs the
+    /// outcome. `true` when this replica held the Lease and released it.
+    pub async fn release(&mut self) -> bool {
+        let name = &self.cfg.name;
+        let mut lease = match self.api.get_opt(name).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                tracing::info!(lease = %name, "the lease is gone: nothing to release");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, lease = %name, "cannot read the lease to release it; \
+                    another replica takes over when it expires");
+                return false;
+            }
         };
         let Some(spec) = lease.spec.as_mut() else {
-            return;
+            return false;
         };
         if spec.holder_identity.as_deref() != Some(self.cfg.identity.as_str()) {
-            return;
+            tracing::info!(lease = %name, holder = ?spec.holder_identity,
+                "the lease is held by another replica: nothing to release");
+            return false;
         }
         spec.holder_identity = None;
-        if let Err(e) = self
-            .api
-            .replace(&self.cfg.name, &PostParams::default(), &lease)
-            .await
-        {
-            tracing::warn!(error = %e, "cannot release the lease");
+        match self.api.replace(name, &PostParams::default(), &lease).await {
+            Ok(_) => {
+                tracing::info!(lease = %name, identity = %self.cfg.identity,
+                    "released the lease: another replica can lead at once");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, lease = %name, "cannot release the lease; \
+                    another replica takes over when it expires");
+                false
+            }
         }
     }
 }

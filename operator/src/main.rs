@@ -21,7 +21,7 @@ use weir_operator::controller::{self, Context};
 use weir_operator::desired::OperatorConfig;
 use weir_operator::kafka::RdKafkaClient;
 use weir_operator::leader::{LeaderElector, LeaseConfig};
-use weir_operator::metrics::Metrics;
+use weir_operator::metrics::{self, Metrics};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
@@ -81,27 +81,31 @@ impl Args {
     }
 }
 
+/// Logs to stderr, as text or JSON; text is coloured only when stderr is a terminal and
+/// `NO_COLOR` is unset, so that log files and collectors get no ANSI escape codes.
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
 }
 
-async fn metrics_handler(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        ),
+async fn metrics_handler(
+    State(registry): State<Arc<Registry>>,
+    headers: header::HeaderMap,
+) -> impl IntoResponse {
+    let accept = headers.get_all(header::ACCEPT);
+    match metrics::exposition(&registry, accept.iter().filter_map(|v| v.to_str().ok())) {
+        Ok((content_type, body)) => (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -110,6 +114,7 @@ async fn metrics_handler(State(registry): State<Arc<Registry>>) -> impl IntoResp
     }
 }
 
+/// Waits for SIGTERM (what the kubelet sends) or SIGINT, and logs which one came.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -119,17 +124,19 @@ async fn shutdown_signal() {
                 Ok(s) => s,
                 Err(_) => {
                     let _ = ctrl_c.await;
+                    tracing::info!("SIGINT: stopping");
                     return;
                 }
             };
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = ctrl_c => tracing::info!("SIGINT: stopping"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         }
     }
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+        tracing::info!("interrupted: stopping");
     }
 }
 
@@ -265,6 +272,7 @@ async fn main() -> anyhow::Result<()> {
         None => false,
     };
     let _ = stop_tx.send(true);
+    tracing::info!("finishing the reconciles in flight");
     for controller in futures::future::join_all(controllers).await {
         controller.context("controller task")?;
     }
@@ -276,6 +284,7 @@ async fn main() -> anyhow::Result<()> {
         }
         e.release().await;
     }
+    tracing::info!("stopped");
     Ok(())
 }
 

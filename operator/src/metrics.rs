@@ -1,11 +1,16 @@
 //! The operator's Prometheus metrics, registered in a [`Registry`] passed in by the caller (no
-//! global statics): reconciles, failures by [`crate::error::Error::category`], and duration.
+//! global statics): reconciles, failures by [`crate::error::Error::category`], and duration;
+//! and their text for `/metrics` ([`exposition`]).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use weir_crds::exposition::{
+    openmetrics_to_prometheus_text, wants_openmetrics, OPENMETRICS_CONTENT_TYPE,
+    PROMETHEUS_TEXT_CONTENT_TYPE,
+};
 
 /// Label of [`Metrics::failures`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,4 +58,23 @@ impl Metrics {
         );
         m
     }
+}
+
+/// `/metrics` for a request with these `Accept` values: OpenMetrics for a client that asks for
+/// it (Prometheus), else the Prometheus text format 0.0.4 (`curl`, `promtool check metrics`).
+/// Returns the content type and the body, or why the registry could not be encoded.
+pub fn exposition<'a>(
+    registry: &Registry,
+    accept: impl IntoIterator<Item = &'a str>,
+) -> Result<(&'static str, String), std::fmt::Error> {
+    let mut om = String::new();
+    prometheus_client::encoding::text::encode(&mut om, registry)?;
+    Ok(if wants_openmetrics(accept) {
+        (OPENMETRICS_CONTENT_TYPE, om)
+    } else {
+        (
+            PROMETHEUS_TEXT_CONTENT_TYPE,
+            openmetrics_to_prometheus_text(&om),
+        )
+    })
 }

@@ -30,11 +30,14 @@ pub const API_CALLS: &[(&str, &str, &[&str])] = &[
     ("", "secrets", &["get"]),
     ("", "serviceaccounts", &["list", "watch", "create", "patch"]),
     ("", "services", &["list", "watch", "create", "patch"]),
+    // Deleted first when a job with deleteOnJobDeletion goes (controller.rs, stop_workers).
     (
         "apps",
         "statefulsets",
-        &["get", "list", "watch", "create", "patch"],
+        &["get", "list", "watch", "create", "patch", "delete"],
     ),
+    // Listed (metadata) until a deleted job's workers are gone, before its checkpoints go.
+    ("", "pods", &["list"]),
     (
         "policy",
         "poddisruptionbudgets",
@@ -82,6 +85,7 @@ mod tests {
             "create",
             "update",
             "patch",
+            "delete",
             "deletecollection",
         ];
         for (_, resource, verbs) in API_CALLS.iter().chain(GRANTED_TO_WORKERS) {

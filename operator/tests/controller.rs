@@ -103,6 +103,10 @@ fn answer(call: &Call, script: &mut Script) -> (StatusCode, Value) {
                    "metadata": {"name": "kafka-creds", "namespace": "shop"},
                    "data": {"sasl.password": "czNjcmV0"}}),
         ),
+        "GET" if p.ends_with("/pods") => (
+            StatusCode::OK,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+        ),
         "GET" if p.ends_with("/configmaps") => (
             StatusCode::OK,
             json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {}, "items": []}),
@@ -495,16 +499,19 @@ async fn deleted_job_with_finalizer_deletes_its_checkpoints() {
     assert_eq!(
         lines(&calls),
         [
+            // No StatefulSet and no worker pod left (tests/cleanup.rs has the waiting).
+            format!("GET {APPS}/statefulsets/payments-worker"),
+            format!("GET {NS}/pods"),
             format!("DELETE {NS}/configmaps"),
             format!("PATCH {JOBS}/payments"),
         ]
     );
     assert!(
-        calls[0].query.contains(
+        calls[2].query.contains(
             "labelSelector=weir.dev%2Fjob%3Dpayments%2Capp.kubernetes.io%2Fcomponent%3Dcheckpoint"
         ),
         "{}",
-        calls[0].query
+        calls[2].query
     );
 }
 
@@ -731,6 +738,8 @@ async fn deleted_two_stage_job_with_finalizer_deletes_its_repartition_topic() {
     assert_eq!(
         lines(&calls),
         [
+            format!("GET {APPS}/statefulsets/payments-worker"),
+            format!("GET {NS}/pods"),
             format!("DELETE {NS}/configmaps"),
             format!("GET {NS}/secrets/kafka-creds"),
             format!("PATCH {JOBS}/payments"),

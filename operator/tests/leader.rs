@@ -131,3 +131,61 @@ async fn a_conflicting_write_loses_the_race() {
     assert_eq!(method, "PUT");
     assert_eq!(body["spec"]["leaseTransitions"], json!(3));
 }
+
+/// Log lines written while `f` runs on this thread.
+async fn logged<T>(f: impl std::future::Future<Output = T>) -> (T, String) {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let out = f.await;
+    let text = String::from_utf8_lossy(&buf.0.lock().expect("log buffer")).into_owned();
+    (out, text)
+}
+
+#[tokio::test]
+async fn release_clears_the_holder_and_says_so_in_the_log() {
+    let (mut e, mut h) = elector();
+    let server = tokio::spawn(async move {
+        expect(&mut h, 200, lease("op-a", "2026-01-01T00:00:00.000000Z")).await;
+        expect(&mut h, 200, lease("", "2026-01-01T00:00:00.000000Z")).await
+    });
+    let (released, log) = logged(e.release()).await;
+    assert!(released);
+    let (method, path, body) = server.await.expect("server");
+    assert_eq!((method.as_str(), path.as_str()), ("PUT", PATH));
+    assert_eq!(body["metadata"]["resourceVersion"], json!("7"));
+    assert!(body["spec"].get("holderIdentity").is_none(), "{body}");
+    assert!(log.contains("released the lease"), "{log}");
+    assert!(log.contains("weir-operator"), "{log}");
+}
+
+#[tokio::test]
+async fn a_lease_held_by_another_replica_is_not_released() {
+    let (mut e, mut h) = elector();
+    let server = tokio::spawn(async move {
+        expect(&mut h, 200, lease("op-b", "2026-01-01T00:00:00.000000Z")).await;
+        h
+    });
+    let (released, log) = logged(e.release()).await;
+    assert!(!released);
+    let mut h = server.await.expect("server");
+    drop(e);
+    assert!(h.next_request().await.is_none(), "no write");
+    assert!(log.contains("held by another replica"), "{log}");
+}

@@ -3,8 +3,12 @@
 //! uses is one the worker's or the operator's registry really exposes (both are built and
 //! encoded here, never listed by hand), and the PodMonitor selects the pods and port the
 //! operator creates for workers. The alerts' behaviour is `promtool test rules` in
-//! `charts/check.py`.
+//! `charts/check.py`; both `/metrics` pass `promtool check metrics` here (a missing promtool
+//! fails the test with the command that installs it).
 
+// The workers' promtool helper: one way to find and run promtool for both crates' tests.
+#[path = "../../worker/tests/support/promtool.rs"]
+mod promtool;
 #[path = "support/render.rs"]
 mod render;
 
@@ -16,7 +20,7 @@ use render::render;
 use serde_json::Value;
 use weir_crds::names;
 use weir_operator::desired::METRICS_PORT_NAME;
-use weir_operator::metrics::{CategoryLabel, Metrics as OperatorMetrics};
+use weir_operator::metrics::{exposition, CategoryLabel, Metrics as OperatorMetrics};
 use weir_worker::metrics::Metrics as WorkerMetrics;
 
 /// Series Prometheus adds to every scrape target itself: not in any `/metrics`, and the only
@@ -46,14 +50,19 @@ fn sample_names(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Every series name the worker and the operator expose. A family shows in the exposition only
-/// once it has a series, so each is given one, as a running worker and operator would.
-fn exposed() -> BTreeSet<String> {
+/// The `/metrics` text of a worker and of the operator as a client sending `accept` gets it.
+/// A family shows in the exposition only once it has a series, so each is given one, as a
+/// running worker and operator would.
+fn expositions(accept: &str) -> [(&'static str, String); 2] {
     let worker = WorkerMetrics::new();
     let p = worker.partition("payments", 0);
     p.set_watermark_ms(1_700_000_000_000);
     p.checkpoint_written(Duration::from_millis(3), 100);
-    let mut names = sample_names(&worker.encode_prometheus_text());
+    let worker_text = if weir_crds::exposition::wants_openmetrics([accept]) {
+        worker.encode()
+    } else {
+        worker.encode_prometheus_text()
+    };
 
     let mut registry = Registry::default();
     let operator = OperatorMetrics::register(&mut registry);
@@ -63,10 +72,43 @@ fn exposed() -> BTreeSet<String> {
             category: "kube".to_string(),
         })
         .inc();
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
-    names.extend(sample_names(&text));
-    names
+    operator.reconciles.inc();
+    operator.duration.observe(0.02);
+    let (_, operator_text) = exposition(&registry, [accept]).expect("encodes");
+    [("worker", worker_text), ("operator", operator_text)]
+}
+
+/// Every series name the worker and the operator expose.
+fn exposed() -> BTreeSet<String> {
+    expositions("text/plain")
+        .iter()
+        .flat_map(|(_, text)| sample_names(text))
+        .collect()
+}
+
+/// What `curl`, `promtool` and every scraper but Prometheus get: the text format 0.0.4, which
+/// `promtool check metrics` accepts (it exits 3 on OpenMetrics' counter naming).
+#[test]
+fn plain_text_metrics_of_the_operator_and_the_workers_pass_promtool() {
+    for (who, text) in expositions("text/plain") {
+        assert!(!text.contains("# EOF"), "{who}: OpenMetrics for text/plain");
+        assert!(text.contains("_total counter\n"), "{who}: {text}");
+        let said = promtool::check(&text);
+        assert!(
+            said.trim().is_empty(),
+            "{who}: promtool said:\n{said}\non:\n{text}"
+        );
+    }
+    let prometheus = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+    for (who, text) in expositions(prometheus) {
+        assert!(
+            text.ends_with("# EOF\n"),
+            "{who}: Prometheus asked for OpenMetrics"
+        );
+    }
+    let registry = Registry::default();
+    let (plain, _) = exposition(&registry, ["text/plain"]).expect("encodes");
+    assert_eq!(plain, "text/plain; version=0.0.4; charset=utf-8");
 }
 
 /// Words PromQL reserves: aggregations, binary and modifier keywords. An identifier that is none

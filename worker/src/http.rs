@@ -123,12 +123,8 @@ pub async fn serve(
 /// the Prometheus text format 0.0.4, which every other client and `promtool check metrics`
 /// read (they do not know OpenMetrics' counter naming).
 async fn get_metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let wants_openmetrics = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
-    if wants_openmetrics {
+    let accept = headers.get_all(header::ACCEPT);
+    if weir_crds::exposition::wants_openmetrics(accept.iter().filter_map(|v| v.to_str().ok())) {
         (
             [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
             s.metrics.encode(),

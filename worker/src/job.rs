@@ -442,6 +442,10 @@ fn supervise_partitions(
             stop.store(true, Ordering::Relaxed);
         });
     }
+    if !crate::topics::wait_for_outputs(&ctx, &health) {
+        let _ = http_stop_tx.send(());
+        return Ok(());
+    }
     let total = partitions.len() + merge_mine.len();
     metrics.partitions_owned.set(total as i64);
     let threads = spawn_threads(&ctx, &rt, &partitions)?;

@@ -23,13 +23,20 @@ pub const SINK_CREDENTIALS_ENV: &str = weir_crds::pod::env::SINK_CREDENTIALS_DIR
 /// See [`SOURCE_CREDENTIALS_ENV`].
 pub const DEAD_LETTER_CREDENTIALS_ENV: &str = weir_crds::pod::env::DEAD_LETTER_CREDENTIALS_DIR;
 
+/// librdkafka's switch for creating a topic on first use (metadata request, produce). weir
+/// sets it to `false` on every client: a topic that does not exist is an error a person fixes,
+/// never a topic made with the broker's defaults (or made again after the operator deleted
+/// it). The producer's default is `true`.
+pub const AUTO_CREATE_TOPICS: &str = "allow.auto.create.topics";
+
 /// Properties weir sets itself; a spec may not override them (the guarantees depend on them).
 const RESERVED_CONSUMER: &[&str] = &[
     "enable.auto.commit",
     "enable.auto.offset.store",
     "enable.partition.eof",
+    AUTO_CREATE_TOPICS,
 ];
-const RESERVED_PRODUCER: &[&str] = &["enable.idempotence"];
+const RESERVED_PRODUCER: &[&str] = &["enable.idempotence", AUTO_CREATE_TOPICS];
 
 /// Failure to put a client configuration together.
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +171,8 @@ pub fn source_settings(spec: &StreamJobSpec, job: &str) -> Result<ClientSettings
     }
     s.set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        .set(AUTO_CREATE_TOPICS, "false");
     s.with_secrets_from(env_dir(SOURCE_CREDENTIALS_ENV).as_deref())
 }
 
@@ -198,7 +206,8 @@ fn producer_settings(
         s.set(k, v);
     }
     // Idempotence: retries never duplicate or reorder a partition's results.
-    s.set("enable.idempotence", "true");
+    s.set("enable.idempotence", "true")
+        .set(AUTO_CREATE_TOPICS, "false");
     let dir = if own_cluster || target.credentials.is_some() {
         env_dir(credentials_env)
     } else {
@@ -326,6 +335,25 @@ spec:
             .expect("configured");
         assert_eq!(d.get("bootstrap.servers"), Some("b:9092"));
         assert_eq!(d.get("security.protocol"), None);
+    }
+
+    #[test]
+    fn no_client_creates_a_topic_and_no_spec_can_make_it() {
+        let job = spec("");
+        let clients = [
+            source_settings(&job, "j").expect("consumer"),
+            sink_settings(&job, "j").expect("sink"),
+            dead_letter_settings(&job, "j")
+                .expect("dead letters")
+                .expect("configured"),
+            repartition_settings(&job, "j", "weir-j-repartition").expect("repartition"),
+        ];
+        for s in &clients {
+            assert_eq!(s.get(AUTO_CREATE_TOPICS), Some("false"), "{s:?}");
+        }
+        let err = source_settings(&spec(", allow.auto.create.topics: \"true\""), "j")
+            .expect_err("reserved");
+        assert!(err.to_string().contains(AUTO_CREATE_TOPICS), "{err}");
     }
 
     #[test]

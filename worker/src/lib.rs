@@ -16,3 +16,4 @@ pub mod partition;
 pub mod producer;
 pub mod runtime;
 pub mod tools;
+pub mod topics;

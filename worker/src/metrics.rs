@@ -23,12 +23,9 @@ use weir_engine::RejectReason;
 /// Prefix of every metric name.
 pub const PREFIX: &str = "weir";
 
-/// Content type of [`Metrics::encode`]'s output.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Content type of [`Metrics::encode_prometheus_text`]'s output.
-pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Content type of [`Metrics::encode`]'s output, and of [`Metrics::encode_prometheus_text`]'s
+/// (one definition for the operator's `/metrics` and the workers').
+pub use weir_crds::exposition::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
 
 /// Upper bounds (seconds) of the checkpoint duration buckets: 1 ms to 30 s, about 2.5x apart,
 /// so both a local file write and a slow object-store PUT land in a bucket that tells them apart.
@@ -64,6 +61,15 @@ pub struct RejectLabels {
     pub partition: i32,
     /// Why the record was rejected.
     pub reason: Reason,
+}
+
+/// Labels of `weir_output_topic_missing`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutputTopicLabels {
+    /// The topic.
+    pub topic: String,
+    /// What the worker writes there: `sink`, `dead_letter` or `repartition`.
+    pub role: String,
 }
 
 /// Labels of `weir_build_info`.
@@ -110,6 +116,9 @@ pub struct Metrics {
     pub partitions_owned: Gauge,
     /// Times this worker found a partition fenced by a newer owner and stopped it.
     pub partitions_fenced: Counter,
+    /// 1 while an output topic does not exist and the worker waits for it (it never creates
+    /// one), else 0.
+    pub output_topic_missing: Family<OutputTopicLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -280,6 +289,13 @@ impl Metrics {
              stopped it",
             partitions_fenced.clone(),
         );
+        let output_topic_missing = Family::<OutputTopicLabels, Gauge>::default();
+        r.register(
+            "output_topic_missing",
+            "1 while a topic the worker writes (role: sink, dead_letter, repartition) does not \
+             exist; the worker waits for it and never creates it",
+            output_topic_missing.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -296,6 +312,7 @@ impl Metrics {
             families: f,
             partitions_owned,
             partitions_fenced,
+            output_topic_missing,
         }
     }
 
@@ -378,40 +395,8 @@ impl Metrics {
     /// [`PROMETHEUS_TEXT_CONTENT_TYPE`]), for clients that do not ask for OpenMetrics, such as
     /// `curl` and `promtool check metrics`.
     pub fn encode_prometheus_text(&self) -> String {
-        openmetrics_to_prometheus_text(&self.encode())
+        weir_crds::exposition::openmetrics_to_prometheus_text(&self.encode())
     }
-}
-
-/// Rewrite OpenMetrics text (as this crate's encoder writes it: no exemplars, no `_created`) as
-/// Prometheus text 0.0.4. The two differ, for what we expose, in three ways: a counter's `HELP`
-/// and `TYPE` name the family without `_total` in OpenMetrics but the sample name with it in
-/// 0.0.4; `# UNIT` lines and `# EOF` exist only in OpenMetrics.
-fn openmetrics_to_prometheus_text(om: &str) -> String {
-    let counters: Vec<&str> = om
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(om.len() + 8 * counters.len());
-    for line in om.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let descriptor = line
-            .strip_prefix("# HELP ")
-            .map(|rest| ("# HELP ", rest))
-            .or_else(|| line.strip_prefix("# TYPE ").map(|rest| ("# TYPE ", rest)));
-        if let Some((kind, rest)) = descriptor {
-            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-            if counters.contains(&name) {
-                let _ = writeln!(out, "{kind}{name}_total {tail}");
-                continue;
-            }
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
 }
 
 /// One partition's series, resolved once: every update is an atomic operation on a shared

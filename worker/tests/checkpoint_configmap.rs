@@ -57,6 +57,14 @@ async fn expect(
         .expect("the client hung up");
     assert_eq!(request.method(), method);
     assert_eq!(request.uri().path(), path);
+    if method == Method::PUT || method == Method::POST {
+        // Every write names the workers' field manager (else managedFields says `unknown`).
+        let query = request.uri().query().unwrap_or_default();
+        assert!(
+            query.contains("fieldManager=weir-worker"),
+            "{method} {path}?{query}"
+        );
+    }
     let bytes = request
         .into_body()
         .collect_bytes()

@@ -122,8 +122,15 @@ async fn endpoints_answer_over_http_and_metrics_pass_promtool() {
         .body
         .contains(r#"weir_records_in_total{topic="orders",partition="0"} 1"#));
 
-    // What curl, and so a person piping to promtool, gets.
+    // What a client asking for plain text gets, and curl (no Accept), and so a person piping
+    // to promtool.
+    let asked = get(addr, "/metrics", Some("text/plain")).await;
+    assert_eq!(
+        asked.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
     let plain = get(addr, "/metrics", None).await;
+    assert_eq!(asked.body, plain.body);
     assert_eq!(plain.status, 200);
     assert_eq!(
         plain.header("content-type"),

@@ -12,7 +12,15 @@
 //! reconcile storm shows up). A no-op apply changes nothing and makes no event, as on a real
 //! server. A RoleBinding to a missing Role is refused with 404, as the API server's RBAC
 //! escalation check refuses it to a writer without the `bind` verb.
-//! An instant StatefulSet controller reports every applied StatefulSet as rolled out and ready.
+//! An instant StatefulSet controller reports every applied StatefulSet as rolled out and ready;
+//! its pods exist only after [`FakeApiServer::run_statefulset_controller`].
+//!
+//! Deletion as the real server does it: a DELETE of one object (background propagation, uid
+//! precondition) removes it, or only marks it (`deletionTimestamp`) while finalizers hold it; a
+//! pod is never removed at once but terminates for its grace period, until
+//! [`FakeApiServer::end_grace_periods`]. The garbage collector then deletes (or, for pods,
+//! terminates) every object none of whose owners exists any more — only once the owner is gone,
+//! never while it is merely being deleted.
 //!
 //! It answers [`Call`]s; transport is the caller's: in-process through `api::serve` (the
 //! `/scale` wiring test, `tests/scale.rs`) or over HTTP in a separate process (the reconcile
@@ -27,6 +35,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use serde_json::{json, Map, Value};
 
 use crate::api::{status_body, Call};
+
+// Deletion, the garbage collector and the pods of StatefulSets.
+#[path = "apiserver_deletion.rs"]
+mod deletion;
 
 /// Time of every write: the fake has no clock, so that repeating a write changes nothing.
 pub const TIME: &str = "2026-01-01T00:00:00Z";
@@ -288,7 +300,9 @@ fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
                     Value::Array(a) => last.parse::<usize>().ok().and_then(|i| a.get(i).cloned()),
                     _ => None,
                 };
-                if here.as_ref() != Some(&op["value"]) {
+                // A missing member tests equal to null, as on the API server (kube's finalizer
+                // helper tests `/metadata/finalizers` against null before adding the first).
+                if here.as_ref().unwrap_or(&Value::Null) != &op["value"] {
                     return Err(format!("test of {path} failed"));
                 }
             }
@@ -338,6 +352,7 @@ fn kind_of(collection: &str) -> &'static str {
         "roles" => "Role",
         "rolebindings" => "RoleBinding",
         "streamjobs" => "StreamJob",
+        "pods" => "Pod",
         "leases" => "Lease",
         "events" => "Event",
         other => panic!("the fake API server does not know the resource {other:?}"),
@@ -565,6 +580,7 @@ impl FakeApiServer {
                 type_: "DELETED",
                 object: new.clone(),
             }));
+            self.collect_garbage();
             return new;
         }
         self.events.push(Arc::new(Event {
@@ -656,6 +672,7 @@ impl FakeApiServer {
             ("POST", None, _) if resource == "events" => (StatusCode::CREATED, call.body.clone()),
             ("POST", None, _) => self.create(&t, call),
             ("DELETE", None, _) => self.delete_collection(&t, call),
+            ("DELETE", Some(_), None) => self.delete_one(&t, call),
             _ => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 status_body(405, "MethodNotAllowed"),
@@ -912,18 +929,9 @@ impl FakeApiServer {
             .collect();
         let mut items = Vec::new();
         for k in doomed {
-            if let Some(o) = self.objects.remove(&k) {
-                self.rv += 1;
-                self.events.push(Arc::new(Event {
-                    rv: self.rv,
-                    collection: k.0.clone(),
-                    namespace: k.1.clone(),
-                    type_: "DELETED",
-                    object: o.clone(),
-                }));
-                items.push(o);
-            }
+            items.extend(self.remove_key(&k));
         }
+        self.collect_garbage();
         (
             StatusCode::OK,
             json!({"apiVersion": t.api_version, "kind": format!("{}List", kind_of(&t.collection)),

@@ -28,16 +28,21 @@ impl World {
     /// Serves `server` to a new client; Kafka has every topic with `partitions` partitions
     /// whose high watermarks are `high_watermark`.
     pub fn serving(server: FakeApiServer, partitions: i32, high_watermark: i64) -> World {
-        let kafka = FixedKafka {
+        let kafka = Arc::new(FixedKafka {
             partitions,
             high_watermark,
-        };
-        World::with_kafka(server, Arc::new(kafka))
+        });
+        World::with_kafka(server, kafka)
     }
 
     /// Serves `server` to a new client; the operator asks `kafka`.
     pub fn with_kafka(server: FakeApiServer, kafka: Arc<dyn KafkaClient>) -> World {
-        let server = Arc::new(Mutex::new(server));
+        World::over(Arc::new(Mutex::new(server)), kafka)
+    }
+
+    /// Serves `server` (shared with the test) to a new client, with `kafka` as the operator's
+    /// Kafka.
+    pub fn over(server: Arc<Mutex<FakeApiServer>>, kafka: Arc<dyn KafkaClient>) -> World {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let (client, handle) = mock_client();
         let (s, c) = (server.clone(), calls.clone());

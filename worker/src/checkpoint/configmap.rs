@@ -22,6 +22,15 @@ pub const MANAGED_BY_LABEL: &str = weir_crds::names::LABEL_MANAGED_BY;
 /// Its value.
 pub const MANAGED_BY_VALUE: &str = weir_crds::names::MANAGED_BY_CHECKPOINT;
 
+/// The field manager of every write, so that `managedFields` (and `kubectl get -o yaml
+/// --show-managed-fields`) says who wrote the checkpoint.
+fn write_params() -> PostParams {
+    PostParams {
+        field_manager: Some(weir_crds::names::WORKER_FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    }
+}
+
 /// Checkpoints as ConfigMaps in one namespace; see the module doc.
 pub struct ConfigMapStore {
     api: Api<ConfigMap>,
@@ -110,7 +119,7 @@ impl ConfigMapStore {
         let cm = self.object(partition, meta, json);
         let written = self
             .api
-            .replace(&self.name(partition), &PostParams::default(), &cm)
+            .replace(&self.name(partition), &write_params(), &cm)
             .await
             .map_err(|e| api_error("write", partition, e))?;
         self.written(partition, written)
@@ -192,7 +201,7 @@ impl CheckpointStore for ConfigMapStore {
                         let cm = self.object(partition, ObjectMeta::default(), json);
                         let created = self
                             .api
-                            .create(&PostParams::default(), &cm)
+                            .create(&write_params(), &cm)
                             .await
                             .map_err(|e| api_error("create", partition, e))?;
                         self.written(partition, created)
