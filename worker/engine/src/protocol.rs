@@ -323,6 +323,12 @@ impl PartitionProtocol {
         }
     }
 
+    /// The wall clock (ms since the Unix epoch) for the engine's future-skew guard
+    /// ([`Engine::set_wall_clock`]); the protocol's own `now_ms` is monotonic and unrelated.
+    pub fn set_wall_clock(&mut self, wall_ms: i64) {
+        self.engine.set_wall_clock(wall_ms);
+    }
+
     /// A source record at time `now_ms`: the engine's verdict (also for a replayed record,
     /// whose rejection is not dead-lettered again).
     pub fn record(
