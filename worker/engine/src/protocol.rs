@@ -735,6 +735,23 @@ spec:
     }
 
     #[test]
+    fn the_wall_clock_given_refuses_a_far_future_record_without_moving_the_watermark() {
+        let mut p = protocol(Role::Results, StartPoint::Fresh { offset: 0 });
+        let day = 86_400_000;
+        p.set_wall_clock(1_000);
+        let _ = feed(&mut p, 0, Some(500), 0);
+        let before = p.watermark();
+        let (verdict, out) = feed(&mut p, 1, Some(1_000 + day + 1), 0);
+        assert_eq!(verdict, Err(RejectReason::Future));
+        assert!(matches!(&out[..], [Action::DeadLetter(r)] if r.reason == RejectReason::Future));
+        assert_eq!(p.watermark(), before);
+        // A day later by the clock, the same time is within the bound.
+        p.set_wall_clock(1_001 + day);
+        let (verdict, _) = feed(&mut p, 2, Some(1_000 + day + 1), 0);
+        assert_eq!(verdict, Ok(()));
+    }
+
+    #[test]
     fn results_emitted_before_the_restart_are_not_sent_again() {
         let progress = Progress {
             next_offset: 3,
