@@ -84,8 +84,17 @@ impl FieldTree {
             out: &mut *out,
         }
         .deserialize(&mut de)
-        .map_err(|e| DecodeError(e.to_string()))?;
-        de.end().map_err(|e| DecodeError(e.to_string()))
+        .and_then(|()| de.end())
+        .map_err(|e| {
+            if bytes.starts_with(b"\xEF\xBB\xBF") {
+                DecodeError(format!(
+                    "the record starts with a UTF-8 byte-order mark (EF BB BF), which JSON \
+                     does not allow: {e}"
+                ))
+            } else {
+                DecodeError(e.to_string())
+            }
+        })
     }
 }
 
@@ -471,6 +480,13 @@ mod tests {
         ] {
             assert!(decode(&t, bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_named() {
+        let t = tree(&["a"]);
+        let err = decode(&t, "\u{feff}{\"a\":1}").expect_err("not JSON");
+        assert!(err.0.contains("byte-order mark"), "{err}");
     }
 
     #[test]
