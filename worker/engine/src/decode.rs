@@ -109,9 +109,9 @@ pub enum Scalar<'de> {
     Int(i64),
     /// A larger unsigned integer.
     UInt(u64),
-    /// Any other number (a fraction, an exponent, or an integer beyond u64), as written: its
-    /// value is exact, and finite as an f64.
-    Number(&'de str),
+    /// Any other number (a fraction, an exponent, or an integer beyond u64): the nearest f64
+    /// (finite), and the text as written, whose value is exact.
+    Number(f64, &'de str),
     /// A string (borrowed from the input when it has no escapes).
     Str(Cow<'de, str>),
     /// An object or an array: not a scalar.
@@ -124,7 +124,7 @@ impl Scalar<'_> {
         match self {
             Scalar::Int(i) => Some(*i as f64),
             Scalar::UInt(u) => Some(*u as f64),
-            Scalar::Number(t) => t.parse::<f64>().ok().filter(|f| f.is_finite()),
+            Scalar::Number(f, _) => Some(*f),
             Scalar::Str(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
             _ => None,
         }
@@ -139,7 +139,7 @@ impl Scalar<'_> {
             Scalar::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
             Scalar::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
             Scalar::UInt(u) => out.extend_from_slice(itoa::Buffer::new().format(*u).as_bytes()),
-            Scalar::Number(t) => write_number(t, out),
+            Scalar::Number(_, t) => write_number(t, out),
             Scalar::Str(s) => {
                 // Writing a str into a Vec cannot fail.
                 let _ = serde_json::to_writer(&mut *out, s.as_ref());
@@ -154,7 +154,7 @@ impl Scalar<'_> {
         match self {
             Scalar::Null => "null",
             Scalar::Bool(_) => "a boolean",
-            Scalar::Int(_) | Scalar::UInt(_) | Scalar::Number(_) => "a number",
+            Scalar::Int(_) | Scalar::UInt(_) | Scalar::Number(..) => "a number",
             Scalar::Str(_) => "a string",
             Scalar::Composite => "an object or array",
         }
@@ -272,11 +272,10 @@ fn number(text: &str) -> Result<Scalar<'_>, String> {
     let exponent_digits = text
         .find(['e', 'E'])
         .map_or(0, |i| text[i + 1..].trim_start_matches(['+', '-']).len());
-    let finite = text.parse::<f64>().is_ok_and(f64::is_finite);
-    if !finite || exponent_digits > 15 {
-        return Err(format!("number {text} out of range"));
+    match text.parse::<f64>() {
+        Ok(f) if f.is_finite() && exponent_digits <= 15 => Ok(Scalar::Number(f, text)),
+        _ => Err(format!("number {text} out of range")),
     }
-    Ok(Scalar::Number(text))
 }
 
 struct ObjectSeed<'a, 'o, 'de> {
@@ -431,7 +430,7 @@ mod tests {
             v,
             vec![
                 Some(Scalar::Str("m1".into())),
-                Some(Scalar::Number("12.5")),
+                Some(Scalar::Number(12.5, "12.5")),
                 Some(Scalar::Int(7)),
                 Some(Scalar::Str("x".into())),
             ]
@@ -497,7 +496,7 @@ mod tests {
         assert_eq!(Scalar::Str("abc".into()).as_number(), None);
         assert_eq!(Scalar::Bool(true).as_number(), None);
         assert_eq!(Scalar::UInt(u64::MAX).as_number(), Some(u64::MAX as f64));
-        assert_eq!(Scalar::Number("-1.5e3").as_number(), Some(-1500.0));
+        assert_eq!(Scalar::Number(-1500.0, "-1.5e3").as_number(), Some(-1500.0));
     }
 
     fn canonical(t: &FieldTree, record: &str) -> Vec<String> {
