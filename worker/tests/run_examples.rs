@@ -28,31 +28,20 @@ fn every_example_runs_on_its_sample_and_gives_the_expected_results() {
     assert!(jobs.len() >= 3);
     for job in jobs {
         let stem = job.file_stem().and_then(|s| s.to_str()).expect("name");
-        let input = dir.join(format!("{stem}.jsonl"));
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let rejects = tmp.path().join("rejects.jsonl");
-        let out = weir()
-            .args(["run".as_ref(), job.as_os_str(), "--input".as_ref()])
-            .arg(&input)
-            .arg("--rejects")
-            .arg(&rejects)
-            .output()
-            .expect("weir runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stem}: {stderr}");
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let input = read(&dir.join(format!("{stem}.jsonl")));
+        let (stdout, rejects, stderr) = run_on(&job, input.as_bytes());
         assert_eq!(
             stdout,
             read(&dir.join(format!("{stem}.expected.jsonl"))),
             "{stem}: results differ"
         );
         assert_eq!(
-            read(&rejects),
+            rejects,
             read(&dir.join(format!("{stem}.rejects.jsonl"))),
             "{stem}: rejects differ"
         );
         let results = stdout.lines().count();
-        let rejected = read(&rejects).lines().count();
+        let rejected = rejects.lines().count();
         assert!(
             stderr.contains(&format!("{results} results out, {rejected} rejected")),
             "{stem}: summary: {stderr}"

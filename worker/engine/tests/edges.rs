@@ -4,29 +4,9 @@
 use serde_json::{json, Value};
 use weir_engine::{Engine, JobPlan, Record, RejectReason};
 
-/// A job from the parts that vary; the rest is fixed.
-fn plan(window: &str, group_by: &str, aggregations: &str, time: &str) -> JobPlan {
-    let yaml = format!(
-        r#"apiVersion: weir.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: t}}
-spec:
-  source:
-    kafka: {{bootstrapServers: "k:9092", topic: in}}
-    eventTime: {time}
-  groupBy: {group_by}
-  repartition: {{coPartitioned: true}}
-  window: {window}
-  aggregations: {aggregations}
-  sink:
-    kafka: {{topic: out}}
-"#
-    );
-    let job = weir_crds::parse_stream_job(&yaml)
-        .unwrap_or_else(|e| panic!("{e}\n{yaml}"))
-        .job;
-    JobPlan::new(&job.spec).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
-}
+#[path = "support/plan.rs"]
+mod support;
+use support::plan;
 
 const MILLIS: &str = "{field: t, format: epochMillis}";
 const COUNT: &str = "[{name: n, fn: count}]";
@@ -40,10 +20,28 @@ fn run(plan: JobPlan, lines: &[Value]) -> (Vec<Value>, Vec<(usize, RejectReason)
 }
 
 fn run_text(plan: JobPlan, lines: &[String]) -> (Vec<Value>, Vec<(usize, RejectReason)>) {
+    let run = feed(plan, None, lines);
+    (run.results, run.rejected)
+}
+
+/// What an engine gave for some lines, up to the end of its input.
+struct Run {
+    /// Result records, parsed.
+    results: Vec<Value>,
+    /// Their sink keys, as written.
+    keys: Vec<String>,
+    /// (line, reason) of each refused line.
+    rejected: Vec<(usize, RejectReason)>,
+}
+
+/// Lines as partition 0 of an engine whose wall clock reads `clock` (if given).
+fn feed(plan: JobPlan, clock: Option<i64>, lines: &[String]) -> Run {
     let mut engine = Engine::new(plan, [0]);
-    let mut out = Vec::new();
     let mut rejected = Vec::new();
     for (i, line) in lines.iter().enumerate() {
+        if let Some(now) = clock {
+            engine.set_wall_clock(now);
+        }
         let rec = Record {
             partition: 0,
             offset: i as i64,
@@ -56,10 +54,15 @@ fn run_text(plan: JobPlan, lines: &[String]) -> (Vec<Value>, Vec<(usize, RejectR
         }
     }
     engine.finish();
-    for r in engine.take_results() {
-        out.push(serde_json::from_str(&r.to_json(engine.plan())).unwrap());
+    let results = engine.take_results();
+    Run {
+        results: results
+            .iter()
+            .map(|r| serde_json::from_str(&r.to_json(engine.plan())).unwrap())
+            .collect(),
+        keys: results.iter().map(|r| r.key_json(engine.plan())).collect(),
+        rejected,
     }
-    (out, rejected)
 }
 
 fn windows(results: &[Value]) -> Vec<(String, String, Value)> {
@@ -293,29 +296,11 @@ fn groups_keep_their_json_type_and_numbers_compare_by_exact_value() {
 #[test]
 fn big_integer_groups_are_written_exactly() {
     let p = plan("{type: tumbling, size: 1m}", "[g]", COUNT, MILLIS);
-    let mut engine = Engine::new(p, [0]);
-    for (i, line) in [
-        r#"{"t":1,"g":12345678901234567890123}"#,
-        r#"{"t":2,"g":12345678901234567890124}"#,
-    ]
-    .iter()
-    .enumerate()
-    {
-        let rec = Record {
-            partition: 0,
-            offset: i as i64,
-            key: None,
-            timestamp: None,
-            value: line.as_bytes(),
-        };
-        engine.process(&rec).unwrap();
-    }
-    engine.finish();
-    let keys: Vec<String> = engine
-        .take_results()
-        .iter()
-        .map(|r| r.key_json(engine.plan()))
-        .collect();
+    let lines = [
+        r#"{"t":1,"g":12345678901234567890123}"#.to_string(),
+        r#"{"t":2,"g":12345678901234567890124}"#.to_string(),
+    ];
+    let keys = feed(p, None, &lines).keys;
     assert_eq!(
         keys,
         [
@@ -526,30 +511,10 @@ spec:
     );
 }
 
-/// Lines through an engine whose wall clock reads `now`; results and rejections (with detail).
+/// Lines through an engine whose wall clock reads `now`: results and rejections.
 fn run_at(plan: JobPlan, now: i64, lines: &[String]) -> (Vec<Value>, Vec<(usize, RejectReason)>) {
-    let mut engine = Engine::new(plan, [0]);
-    engine.set_wall_clock(now);
-    let mut rejected = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        let rec = Record {
-            partition: 0,
-            offset: i as i64,
-            key: None,
-            timestamp: None,
-            value: line.as_bytes(),
-        };
-        if let Err(r) = engine.process(&rec) {
-            rejected.push((i, r.reason));
-        }
-    }
-    engine.finish();
-    let out = engine
-        .take_results()
-        .iter()
-        .map(|r| serde_json::from_str(&r.to_json(engine.plan())).unwrap())
-        .collect();
-    (out, rejected)
+    let run = feed(plan, Some(now), lines);
+    (run.results, run.rejected)
 }
 
 const DAY: i64 = 86_400_000;

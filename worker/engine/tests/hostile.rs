@@ -9,6 +9,9 @@
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
+
+#[path = "support/plan.rs"]
+mod support;
 use weir_engine::protocol::{Action, PartitionProtocol, Role, StartPoint, Timing};
 use weir_engine::{JobPlan, Record, RejectReason, WindowResult};
 
@@ -41,33 +44,14 @@ const JOBS: [(&str, &str, &str); 5] = [
     ),
 ];
 
+const AGGREGATIONS: &str = "[{name: n, fn: count}, {name: s, fn: sum, field: x}, \
+    {name: sd, fn: stddev, field: x}, {name: p, fn: percentile, field: x, quantile: 0.5}, \
+    {name: d, fn: countDistinct, field: g}, {name: f, fn: first, field: x}, \
+    {name: l, fn: last, field: g}]";
+
 fn plan(job: usize) -> JobPlan {
     let (window, group_by, time) = JOBS[job % JOBS.len()];
-    let yaml = format!(
-        r#"apiVersion: weir.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: t}}
-spec:
-  source:
-    kafka: {{bootstrapServers: "k:9092", topic: in}}
-    eventTime: {time}
-  groupBy: {group_by}
-  repartition: {{coPartitioned: true}}
-  window: {window}
-  aggregations:
-    - {{name: n, fn: count}}
-    - {{name: s, fn: sum, field: x}}
-    - {{name: sd, fn: stddev, field: x}}
-    - {{name: p, fn: percentile, field: x, quantile: 0.5}}
-    - {{name: d, fn: countDistinct, field: g}}
-    - {{name: f, fn: first, field: x}}
-    - {{name: l, fn: last, field: g}}
-  sink:
-    kafka: {{topic: out}}
-"#
-    );
-    let job = weir_crds::parse_stream_job(&yaml).unwrap().job;
-    JobPlan::new(&job.spec).unwrap()
+    support::plan(window, group_by, AGGREGATIONS, time)
 }
 
 /// Numbers as written, at and beyond every boundary.
