@@ -3,9 +3,14 @@
 //! escapes are borrowed from the input.
 //!
 //! A record that is not a JSON object, or is not valid JSON, is an error; a missing field is
-//! `None` in its slot, for the caller to judge. Numbers keep their exact value ([`Scalar`]), and
-//! a key on the path to a field the job reads that appears twice in one object is reported in
-//! [`Fields::duplicate`] (which of the two a reader means is ambiguous: JSON parsers disagree).
+//! `None` in its slot, for the caller to judge. A key on the path to a field the job reads that
+//! appears twice in one object is reported in [`Fields::duplicate`] (which of the two a reader
+//! means is ambiguous: JSON parsers disagree).
+//!
+//! Numbers in *exact* slots (group values, values compared as JSON) keep their exact value: the
+//! first pass reads every value as serde_json gives it, and only a record in which an exact slot
+//! got a non-integer number (or one beyond u64) is read again, taking each value's text as
+//! written. Other slots (event time, numeric aggregations) only need the number as f64.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -24,13 +29,27 @@ pub struct FieldTree {
 struct Node {
     children: Vec<(String, Node)>,
     slot: Option<usize>,
+    /// The slot needs the exact value of a number, not only its f64.
+    exact: bool,
     /// The dotted path to this node, for messages.
     path: String,
 }
 
 impl FieldTree {
-    /// Add a path (or find it) and return its slot.
+    /// Add a path (or find it) whose numbers are read as f64, and return its slot.
     pub fn insert<'a>(&mut self, segments: impl Iterator<Item = &'a str>) -> usize {
+        self.insert_node(segments).0
+    }
+
+    /// Add a path (or find it) whose numbers keep their exact value ([`Scalar::Number`]), and
+    /// return its slot.
+    pub fn insert_exact<'a>(&mut self, segments: impl Iterator<Item = &'a str>) -> usize {
+        let (slot, exact) = self.insert_node(segments);
+        *exact = true;
+        slot
+    }
+
+    fn insert_node<'a>(&mut self, segments: impl Iterator<Item = &'a str>) -> (usize, &mut bool) {
         let mut node = &mut self.root;
         for seg in segments {
             let i = match node.children.iter().position(|(n, _)| n == seg) {
@@ -53,14 +72,15 @@ impl FieldTree {
             };
             node = &mut node.children[i].1;
         }
-        match node.slot {
+        let slot = match node.slot {
             Some(s) => s,
             None => {
                 node.slot = Some(self.slots);
                 self.slots += 1;
                 self.slots - 1
             }
-        }
+        };
+        (slot, &mut node.exact)
     }
 
     /// Number of slots.
@@ -75,13 +95,30 @@ impl FieldTree {
 
     /// Decode one JSON record into `out` (resized to the number of slots).
     pub fn decode<'de>(&self, bytes: &'de [u8], out: &mut Fields<'de>) -> Result<(), DecodeError> {
+        self.pass(bytes, out, false)?;
+        if out.reread {
+            // An exact slot holds a number serde_json could only give as f64.
+            self.pass(bytes, out, true)?;
+        }
+        Ok(())
+    }
+
+    /// One pass over the record; `raw`: every value read takes its text as written.
+    fn pass<'de>(
+        &self,
+        bytes: &'de [u8],
+        out: &mut Fields<'de>,
+        raw: bool,
+    ) -> Result<(), DecodeError> {
         out.values.clear();
         out.values.resize(self.slots, None);
         out.duplicate = None;
+        out.reread = false;
         let mut de = serde_json::Deserializer::from_slice(bytes);
         ObjectSeed {
             node: &self.root,
             out: &mut *out,
+            raw,
         }
         .deserialize(&mut de)
         .and_then(|()| de.end())
@@ -105,10 +142,12 @@ pub enum Scalar<'de> {
     Null,
     /// `true` / `false`.
     Bool(bool),
-    /// An integer that fits i64 (`-0` is 0).
+    /// An integer that fits i64.
     Int(i64),
     /// A larger unsigned integer.
     UInt(u64),
+    /// Any other number in a slot that is not exact: only its f64.
+    Float(f64),
     /// Any other number (a fraction, an exponent, or an integer beyond u64): the nearest f64
     /// (finite), and the text as written, whose value is exact.
     Number(f64, &'de str),
@@ -124,7 +163,7 @@ impl Scalar<'_> {
         match self {
             Scalar::Int(i) => Some(*i as f64),
             Scalar::UInt(u) => Some(*u as f64),
-            Scalar::Number(f, _) => Some(*f),
+            Scalar::Float(f) | Scalar::Number(f, _) => Some(*f),
             Scalar::Str(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
             _ => None,
         }
@@ -140,6 +179,8 @@ impl Scalar<'_> {
             Scalar::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
             Scalar::UInt(u) => out.extend_from_slice(itoa::Buffer::new().format(*u).as_bytes()),
             Scalar::Number(_, t) => write_number(t, out),
+            // Not an exact slot: the f64's shortest form, canonical like any other number.
+            Scalar::Float(f) => write_number(ryu::Buffer::new().format_finite(*f), out),
             Scalar::Str(s) => {
                 // Writing a str into a Vec cannot fail.
                 let _ = serde_json::to_writer(&mut *out, s.as_ref());
@@ -154,7 +195,7 @@ impl Scalar<'_> {
         match self {
             Scalar::Null => "null",
             Scalar::Bool(_) => "a boolean",
-            Scalar::Int(_) | Scalar::UInt(_) | Scalar::Number(..) => "a number",
+            Scalar::Int(_) | Scalar::UInt(_) | Scalar::Float(_) | Scalar::Number(..) => "a number",
             Scalar::Str(_) => "a string",
             Scalar::Composite => "an object or array",
         }
@@ -227,6 +268,8 @@ pub struct Fields<'de> {
     pub values: Vec<Option<Scalar<'de>>>,
     /// The first key on the path to a field the job reads that appears twice in one object.
     pub duplicate: Option<String>,
+    /// An exact slot got a number as f64 only: the record must be read again, raw.
+    pub(crate) reread: bool,
 }
 
 /// Why a record is not a JSON object.
@@ -281,6 +324,8 @@ fn number(text: &str) -> Result<Scalar<'_>, String> {
 struct ObjectSeed<'a, 'o, 'de> {
     node: &'a Node,
     out: &'o mut Fields<'de>,
+    /// Read each value of a slot as its text (the exact pass).
+    raw: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for ObjectSeed<'_, '_, 'de> {
@@ -316,14 +361,15 @@ impl<'de> Visitor<'de> for ObjectSeed<'_, '_, 'de> {
                 self.out.duplicate = Some(node.path.clone());
             }
             seen |= bit;
-            if node.slot.is_none() {
-                map.next_value_seed(Descend {
+            if node.slot.is_none() || !self.raw || !node.exact {
+                map.next_value_seed(ValueSeed {
                     node,
                     out: &mut *self.out,
+                    raw: self.raw,
                 })?;
                 continue;
             }
-            // A field the job reads: its exact text, then its value.
+            // An exact slot in the exact pass: its text, then its value.
             let raw: &'de RawValue = map.next_value()?;
             let raw = raw.get();
             let value = scalar(raw).map_err(de::Error::custom)?;
@@ -336,6 +382,7 @@ impl<'de> Visitor<'de> for ObjectSeed<'_, '_, 'de> {
                 ObjectSeed {
                     node,
                     out: &mut *self.out,
+                    raw: true,
                 }
                 .deserialize(&mut nested)
                 .map_err(de::Error::custom)?;
@@ -345,56 +392,93 @@ impl<'de> Visitor<'de> for ObjectSeed<'_, '_, 'de> {
     }
 }
 
-/// A value at an inner node of the tree (a prefix of the paths the job reads, not itself
-/// read): an object is descended into, anything else skipped.
-struct Descend<'a, 'o, 'de> {
+/// A value at a node of the tree, in the first pass: captured if the node is a leaf, descended
+/// into if it has children (a path may be both a leaf and a prefix of another path).
+struct ValueSeed<'a, 'o, 'de> {
     node: &'a Node,
     out: &'o mut Fields<'de>,
+    /// The exact pass (only nodes that are not exact slots get here then): passed on to the
+    /// children.
+    raw: bool,
 }
 
-impl<'de> DeserializeSeed<'de> for Descend<'_, '_, 'de> {
+impl<'de> ValueSeed<'_, '_, 'de> {
+    fn set(self, v: Scalar<'de>) {
+        if let Some(s) = self.node.slot.and_then(|s| self.out.values.get_mut(s)) {
+            *s = Some(v);
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_, '_, 'de> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Descend<'_, '_, 'de> {
+impl<'de> Visitor<'de> for ValueSeed<'_, '_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.set(Scalar::Bool(v));
         Ok(())
     }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.set(Scalar::Int(v));
         Ok(())
     }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.set(match i64::try_from(v) {
+            Ok(i) => Scalar::Int(i),
+            Err(_) => Scalar::UInt(v),
+        });
         Ok(())
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        if self.node.exact && self.node.slot.is_some() {
+            // A fraction, an exponent, -0 or an integer beyond u64: its text is needed.
+            self.out.reread = true;
+        }
+        self.set(Scalar::Float(v));
         Ok(())
     }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
+        self.set(Scalar::Str(Cow::Borrowed(v)));
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.set(Scalar::Str(Cow::Owned(v.to_string())));
+        Ok(())
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
+        self.set(Scalar::Str(Cow::Owned(v)));
         Ok(())
     }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.set(Scalar::Null);
         Ok(())
     }
     fn visit_none<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
+        self.visit_unit()
     }
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
+        self.set(Scalar::Composite);
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        if let Some(s) = self.node.slot.and_then(|s| self.out.values.get_mut(s)) {
+            *s = Some(Scalar::Composite);
+        }
         ObjectSeed {
             node: self.node,
             out: self.out,
+            raw: self.raw,
         }
         .visit_map(map)
     }
@@ -408,6 +492,14 @@ mod tests {
         let mut t = FieldTree::default();
         for p in paths {
             t.insert(p.split('.'));
+        }
+        t
+    }
+
+    fn exact_tree(paths: &[&str]) -> FieldTree {
+        let mut t = FieldTree::default();
+        for p in paths {
+            t.insert_exact(p.split('.'));
         }
         t
     }
@@ -430,7 +522,7 @@ mod tests {
             v,
             vec![
                 Some(Scalar::Str("m1".into())),
-                Some(Scalar::Number(12.5, "12.5")),
+                Some(Scalar::Float(12.5)),
                 Some(Scalar::Int(7)),
                 Some(Scalar::Str("x".into())),
             ]
@@ -514,7 +606,7 @@ mod tests {
 
     #[test]
     fn numbers_are_written_by_their_exact_value() {
-        let t = tree(&["a"]);
+        let t = exact_tree(&["a"]);
         let one = |n: &str| canonical(&t, &format!(r#"{{"a":{n}}}"#)).remove(0);
         for (written, canon) in [
             ("0", "0"),
@@ -555,17 +647,47 @@ mod tests {
 
     #[test]
     fn numbers_beyond_f64_are_refused_as_before() {
-        let t = tree(&["a"]);
-        assert!(decode(&t, r#"{"a":1e400}"#).is_err());
-        assert!(decode(&t, r#"{"a":-1e400}"#).is_err());
+        for t in [tree(&["a"]), exact_tree(&["a"])] {
+            assert!(decode(&t, r#"{"a":1e400}"#).is_err());
+            assert!(decode(&t, r#"{"a":-1e400}"#).is_err());
+            // A field the job does not read is not looked at.
+            assert!(decode(&t, r#"{"b":1e400,"a":1}"#).is_ok());
+        }
+        let t = exact_tree(&["a"]);
         assert!(decode(&t, r#"{"a":1e-9999999999999999999}"#).is_err());
-        // A field the job does not read is not looked at.
-        assert!(decode(&t, r#"{"b":1e400,"a":1}"#).is_ok());
+    }
+
+    #[test]
+    fn only_exact_slots_keep_the_text_of_a_number() {
+        let mut t = FieldTree::default();
+        let fast = t.insert(["f"].into_iter());
+        let exact = t.insert_exact(["x", "id"].into_iter());
+        let record = r#"{"f":1.5,"x":{"id":12345678901234567890123,"id2":1}}"#;
+        let v = decode(&t, record).expect("decodes");
+        assert_eq!(v[fast], Some(Scalar::Float(1.5)));
+        assert_eq!(
+            v[exact],
+            Some(Scalar::Number(
+                1.2345678901234568e22,
+                "12345678901234567890123"
+            ))
+        );
+        // Integers and strings need no second pass; the values are the same either way.
+        let v = decode(&t, r#"{"f":2,"x":{"id":"a"}}"#).expect("decodes");
+        assert_eq!(v, vec![Some(Scalar::Int(2)), Some(Scalar::Str("a".into()))]);
     }
 
     #[test]
     fn a_key_the_job_reads_twice_is_reported_the_rest_is_not() {
-        let t = tree(&["ts", "p.amount", "a", "a.b"]);
+        for t in [
+            tree(&["ts", "p.amount", "a", "a.b"]),
+            exact_tree(&["ts", "p.amount", "a", "a.b"]),
+        ] {
+            duplicates(&t);
+        }
+    }
+
+    fn duplicates(t: &FieldTree) {
         let dup = |s: &str| {
             let mut f = Fields::default();
             t.decode(s.as_bytes(), &mut f).expect("decodes");

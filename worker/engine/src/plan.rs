@@ -117,8 +117,14 @@ impl JobPlan {
         spec.validate()?;
         let mut fields = FieldTree::default();
         let mut slot_names = Vec::new();
-        let mut slot_of = |path: &weir_crds::FieldPath| {
-            let slot = fields.insert(path.segments());
+        // Exact slots keep a number's exact value: group values and values compared as JSON
+        // (countDistinct, first, last); the event time and numeric aggregations need an f64.
+        let mut slot_of = |path: &weir_crds::FieldPath, exact: bool| {
+            let slot = if exact {
+                fields.insert_exact(path.segments())
+            } else {
+                fields.insert(path.segments())
+            };
             if slot == slot_names.len() {
                 slot_names.push(path.as_str().to_string());
             }
@@ -130,14 +136,14 @@ impl JobPlan {
             group.push(("key".to_string(), GroupPart::Key));
         }
         for path in &spec.group_by {
-            let slot = slot_of(path);
+            let slot = slot_of(path, true);
             group.push((path.as_str().to_string(), GroupPart::Field { slot }));
         }
 
         let time = match &spec.source.event_time {
             None => TimeSource::Kafka,
             Some(et) => TimeSource::Field {
-                slot: slot_of(&et.field),
+                slot: slot_of(&et.field, false),
                 format: et.format,
             },
         };
@@ -149,7 +155,10 @@ impl JobPlan {
                 name: a.name.clone(),
                 function: a.function,
                 quantile: a.quantile,
-                slot: a.field.as_ref().map(&mut slot_of),
+                slot: a
+                    .field
+                    .as_ref()
+                    .map(|f| slot_of(f, !a.function.is_numeric())),
             })
             .collect();
 

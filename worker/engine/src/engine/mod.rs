@@ -195,6 +195,7 @@ impl Engine {
         let mut fields = Fields {
             values: recycle(std::mem::take(&mut self.slot_buf)),
             duplicate: None,
+            reread: false,
         };
         let outcome = self.process_decoded(rec, &mut fields);
         self.slot_buf = recycle(fields.values);
