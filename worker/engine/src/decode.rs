@@ -707,7 +707,7 @@ mod tests {
         // Separate objects may use the same key.
         assert_eq!(dup(r#"{"p":{"amount":1},"ts":{"amount":2}}"#), None);
         // A path that is also a prefix: both read from one pass.
-        let v = decode(&t, r#"{"a":{"b":7}}"#).expect("decodes");
+        let v = decode(t, r#"{"a":{"b":7}}"#).expect("decodes");
         assert_eq!(v[2], Some(Scalar::Composite));
         assert_eq!(v[3], Some(Scalar::Int(7)));
     }
