@@ -23,6 +23,7 @@ pub mod exposition;
 pub mod names;
 pub mod plan;
 pub mod pod;
+mod suggest;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -34,7 +35,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use duration::{Duration, DurationError};
-pub use validate::{FieldError, ValidationErrors, MAX_DURATION_MS};
+pub use suggest::unknown_field_message;
+pub use validate::{FieldError, ValidationErrors, MAX_DURATION_MS, MAX_WINDOWS_PER_RECORD};
 
 /// API group of every weir resource.
 pub const GROUP: &str = "weir.dev";
@@ -97,8 +99,10 @@ pub struct StreamJobSpec {
     /// Field paths whose values form the group of a record (for example `merchant` or
     /// `payment.merchant.id`; segments are separated by dots). Each result carries the group
     /// values under the same names. Empty, and `groupByKey` false, means one global group.
+    /// Each path at most once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub group_by: Vec<FieldPath>,
 
     /// Also group by the Kafka message key (as a UTF-8 string, in the output group field
@@ -318,6 +322,11 @@ pub enum TimeFormat {
     validation = Rule::new("!has(self.gap) || duration(self.gap) <= duration('8760h')").message("gap must be at most 8760h (a year)").field_path(".gap"),
     validation = Rule::new("!has(self.allowedLateness) || duration(self.allowedLateness) <= duration('8760h')").message("allowedLateness must be at most 8760h (a year)").field_path(".allowedLateness"),
     validation = Rule::new("!has(self.idleTimeout) || duration(self.idleTimeout) <= duration('8760h')").message("idleTimeout must be at most 8760h (a year)").field_path(".idleTimeout"),
+    validation = Rule::new("!has(self.slide) || !has(self.size) || duration(self.slide) >= duration('24h') || duration(self.size) <= duration(string(duration(self.slide).getMilliseconds() * 10000) + 'ms')").message("size / slide must be at most 10000: a record is in that many hopping windows").field_path(".slide"),
+    validation = Rule::new("!has(self.maxAheadOfClock) || duration(self.maxAheadOfClock) > duration('0s')").message("maxAheadOfClock must be greater than 0").field_path(".maxAheadOfClock"),
+    validation = Rule::new("!has(self.maxAheadOfClock) || duration(self.maxAheadOfClock) <= duration('8760h')").message("maxAheadOfClock must be at most 8760h (a year)").field_path(".maxAheadOfClock"),
+    validation = Rule::new("!has(self.maxAheadOfPartition) || duration(self.maxAheadOfPartition) > duration('0s')").message("maxAheadOfPartition must be greater than 0").field_path(".maxAheadOfPartition"),
+    validation = Rule::new("!has(self.maxAheadOfPartition) || duration(self.maxAheadOfPartition) <= duration('8760h')").message("maxAheadOfPartition must be at most 8760h (a year)").field_path(".maxAheadOfPartition"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Window {
@@ -332,8 +341,8 @@ pub struct Window {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<Duration>,
 
-    /// Hopping windows only: how far apart consecutive windows start. At most `size`; it need
-    /// not divide it.
+    /// Hopping windows only: how far apart consecutive windows start. At most `size`, and at
+    /// least `size / 10000` (a record is in `size / slide` windows); it need not divide `size`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slide: Option<Duration>,
 
@@ -352,6 +361,22 @@ pub struct Window {
     /// windows of the others. Default `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
+
+    /// A record whose event time is further ahead of the worker's wall clock than this is
+    /// refused (dead letter `future`) and does not move the watermark: one record with a typo in
+    /// its year would otherwise close every open window early and make the records after it
+    /// late. Default `24h`, more than any time-zone mistake (at most 14h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ahead_of_clock: Option<Duration>,
+
+    /// Also refuse (dead letter `future`) a record further ahead of its partition's largest
+    /// event time so far than this: catches an outlier while replaying history, when every
+    /// record is far behind the wall clock. Absent: off. When a partition's records really jump
+    /// ahead by more than this (a gap in the data), the first 99 after the jump are refused and
+    /// the 100th in a row is taken as the partition's new time: choose it larger than the gaps
+    /// in your data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ahead_of_partition: Option<Duration>,
 }
 
 /// The kind of window.
@@ -535,8 +560,8 @@ pub struct CheckpointStore {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<ConfigMapStore>,
 
-    /// Store checkpoints in object storage (S3, GCS, Azure Blob or a local path), written with
-    /// conditional puts.
+    /// Store checkpoints in object storage (S3, GCS or Azure Blob), written with conditional
+    /// puts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_store: Option<ObjectStore>,
 }
@@ -558,12 +583,10 @@ pub struct ConfigMapStore {}
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectStore {
-    /// Location, such as `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`
-    /// or `file:///var/lib/weir`.
-    #[schemars(
-        length(min = 1, max = 1024),
-        regex(pattern = r"^(s3|gs|az|file)://.+$")
-    )]
+    /// Location: `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`. A
+    /// local directory (`file://`) is not an object store weir can fence writes in; `weir run`
+    /// keeps checkpoints in a directory with `--checkpoint-dir`.
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^(s3|gs|az)://.+$"))]
     pub url: String,
 
     /// Endpoint of an S3-compatible service (MinIO, SeaweedFS, ...). Absent: the provider's.
@@ -736,6 +759,9 @@ pub struct ParseError {
     pub path: String,
     /// What is wrong.
     pub message: String,
+    /// Fields the API does not know, met before parsing stopped (a typo such as `windw` is
+    /// often why a required field is missing).
+    pub unknown_fields: Vec<String>,
 }
 
 impl std::fmt::Display for ParseError {
@@ -766,6 +792,7 @@ pub fn parse_stream_job(text: &str) -> Result<ParsedJob, ParseError> {
     let value: serde_norway::Value = serde_norway::from_str(text).map_err(|e| ParseError {
         path: String::new(),
         message: format!("not valid YAML: {e}"),
+        unknown_fields: Vec::new(),
     })?;
     let field = |k: &str| {
         value
@@ -781,25 +808,60 @@ pub fn parse_stream_job(text: &str) -> Result<ParsedJob, ParseError> {
             message: format!(
                 "expected apiVersion: {GROUP}/{VERSION} and kind: StreamJob, found {api_version:?} and {kind:?}"
             ),
+            unknown_fields: Vec::new(),
         });
     }
     let mut unknown_fields = Vec::new();
     let mut on_unknown = |path: serde_ignored::Path<'_>| {
-        let path = path.to_string();
+        let path = suggest::field_path(&path);
         // The typed object keeps neither; both were checked above.
         if path != "apiVersion" && path != "kind" {
             unknown_fields.push(path)
         }
     };
     let de = serde_ignored::Deserializer::new(value, &mut on_unknown);
-    let job: StreamJob = serde_path_to_error::deserialize(de).map_err(|e| ParseError {
-        path: e.path().to_string(),
-        message: e.inner().to_string(),
-    })?;
-    Ok(ParsedJob {
-        job,
-        unknown_fields,
-    })
+    let parsed: Result<StreamJob, _> = serde_path_to_error::deserialize(de);
+    match parsed {
+        Ok(job) => Ok(ParsedJob {
+            job,
+            unknown_fields,
+        }),
+        Err(e) => Err(ParseError {
+            path: e.path().to_string(),
+            message: e.inner().to_string(),
+            unknown_fields,
+        }),
+    }
+}
+
+/// Every problem of a StreamJob file in one list, as `weir run` reports them: its unknown
+/// fields, each with the field it probably meant; then the error that stopped parsing, or else
+/// every problem [`StreamJobSpec::validate`] finds. Each entry starts with the field's path.
+pub fn check_stream_job(text: &str) -> Result<StreamJob, Vec<String>> {
+    let unknown = |fields: &[String]| -> Vec<String> {
+        fields
+            .iter()
+            .map(|f| format!("{f}: {}", unknown_field_message(f)))
+            .collect()
+    };
+    match parse_stream_job(text) {
+        Err(e) => {
+            let mut problems = unknown(&e.unknown_fields);
+            problems.push(e.to_string());
+            Err(problems)
+        }
+        Ok(parsed) => {
+            let mut problems = unknown(&parsed.unknown_fields);
+            if let Err(errors) = parsed.job.spec.validate() {
+                problems.extend(errors.0.iter().map(ToString::to_string));
+            }
+            if problems.is_empty() {
+                Ok(parsed.job)
+            } else {
+                Err(problems)
+            }
+        }
+    }
 }
 
 /// The CRD YAML exactly as committed in `crds/streamjob.yaml`.

@@ -50,6 +50,13 @@ impl std::error::Error for ValidationErrors {}
 /// from i64 overflow.
 pub const MAX_DURATION_MS: i64 = 8760 * 3600 * 1000;
 
+/// The most hopping windows one record may belong to (`size / slide`, rounded up). Each record
+/// updates one pane row whatever this number, but every window is closed and written
+/// separately, so the work per record grows with it: `size: 1h, slide: 1ms` (3.6 million
+/// windows per record) does not finish three records in minutes. 10000 leaves room for any
+/// sensible sliding window: a day every 10 s is 8640, an hour every second 3600.
+pub const MAX_WINDOWS_PER_RECORD: i64 = 10_000;
+
 struct Checker {
     errors: Vec<FieldError>,
 }
@@ -174,6 +181,23 @@ impl Checker {
         self.positive_duration(&format!("{p}.gap"), &w.gap);
         self.duration(&format!("{p}.allowedLateness"), &w.allowed_lateness);
         self.positive_duration(&format!("{p}.idleTimeout"), &w.idle_timeout);
+        self.positive_duration(&format!("{p}.maxAheadOfClock"), &w.max_ahead_of_clock);
+        self.positive_duration(
+            &format!("{p}.maxAheadOfPartition"),
+            &w.max_ahead_of_partition,
+        );
+        if let (Some(size), Some(slide)) = (size, slide.filter(|s| *s > 0)) {
+            let windows = (size + slide - 1) / slide;
+            self.check(
+                windows <= MAX_WINDOWS_PER_RECORD,
+                format!("{p}.slide"),
+                format!(
+                    "is too short for size {}: each record would be in {windows} windows, at most \
+                     {MAX_WINDOWS_PER_RECORD} are allowed (a slide of at least size / {MAX_WINDOWS_PER_RECORD})",
+                    w.size.as_ref().map_or("", |d| d.0.as_str()),
+                ),
+            );
+        }
         if let (Some(size), Some(slide)) = (size, slide) {
             self.check(
                 slide <= size,
@@ -259,8 +283,14 @@ impl StreamJobSpec {
             "spec.groupBy",
             "at most 16 group fields",
         );
+        let mut seen = BTreeSet::new();
         for (i, f) in self.group_by.iter().enumerate() {
             c.field_path(&format!("spec.groupBy[{i}]"), f);
+            c.check(
+                seen.insert(f.as_str()),
+                format!("spec.groupBy[{i}]"),
+                format!("{:?} is listed twice: each group field at most once", f.0),
+            );
         }
         c.check(
             !(self.group_by_key && self.group_by.iter().any(|f| f.0 == "key")),
@@ -348,14 +378,21 @@ impl StreamJobSpec {
             "set exactly one of configMap or objectStore",
         );
         if let Some(os) = &cp.store.object_store {
-            let scheme_ok = ["s3://", "gs://", "az://", "file://"]
+            let scheme_ok = ["s3://", "gs://", "az://"]
                 .iter()
                 .any(|s| os.url.starts_with(s) && os.url.len() > s.len());
+            let hint = if os.url.starts_with("file:") {
+                ": a local directory cannot fence a stale worker's writes (no conditional \
+                 updates); weir run keeps checkpoints in a directory with --checkpoint-dir DIR"
+            } else {
+                ""
+            };
             c.check(
                 scheme_ok && os.url.len() <= 1024,
                 "spec.checkpoint.store.objectStore.url",
                 format!(
-                    "{:?} is not a store URL: use s3://bucket/prefix, gs://..., az://... or file:///path",
+                    "{:?} is not an object-store URL: use s3://bucket/prefix, gs://bucket/prefix \
+                     or az://container/prefix{hint}",
                     os.url
                 ),
             );

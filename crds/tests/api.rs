@@ -34,7 +34,7 @@ fn crd_schema() -> Value {
 }
 
 /// What the API server would say about an object: schema violations, duplicate keys in
-/// `x-kubernetes-list-type: map` lists, and failed CEL rules.
+/// `x-kubernetes-list-type: map` lists, duplicate items in `set` lists, and failed CEL rules.
 fn api_server_errors(object: &Value) -> Vec<String> {
     let schema = crd_schema();
     let mut errors = Vec::new();
@@ -61,6 +61,13 @@ fn list_map_duplicates(schema: &Value, object: &Value, path: &str, errors: &mut 
             }
         }
         Value::Array(items) => {
+            if schema["x-kubernetes-list-type"] == "set" {
+                for (i, item) in items.iter().enumerate() {
+                    if items[..i].contains(item) {
+                        errors.push(format!("list-set {path}: duplicate {item}"));
+                    }
+                }
+            }
             if schema["x-kubernetes-list-type"] == "map" {
                 let keys = schema["x-kubernetes-list-map-keys"].as_array().cloned();
                 let mut seen = Vec::new();
@@ -306,6 +313,49 @@ fn bad_specs() -> Vec<(&'static str, Mutation, &'static str)> {
             "spec.checkpoint.store.objectStore.url",
         ),
         (
+            "a group field listed twice",
+            Box::new(|v: &mut Value| v["spec"]["groupBy"] = json!(["merchant", "merchant"])),
+            "spec.groupBy[1]",
+        ),
+        (
+            "hopping windows with more than 10000 windows per record",
+            Box::new(|v: &mut Value| {
+                v["spec"]["window"]["type"] = json!("hopping");
+                v["spec"]["window"]["size"] = json!("1h");
+                v["spec"]["window"]["slide"] = json!("1ms");
+            }),
+            "spec.window.slide",
+        ),
+        (
+            "hopping windows one window over the cap",
+            Box::new(|v: &mut Value| {
+                v["spec"]["window"]["type"] = json!("hopping");
+                v["spec"]["window"]["size"] = json!("10001s");
+                v["spec"]["window"]["slide"] = json!("1s");
+            }),
+            "spec.window.slide",
+        ),
+        (
+            "zero maxAheadOfClock",
+            Box::new(|v: &mut Value| v["spec"]["window"]["maxAheadOfClock"] = json!("0s")),
+            "spec.window.maxAheadOfClock",
+        ),
+        (
+            "maxAheadOfPartition over a year",
+            Box::new(|v: &mut Value| {
+                v["spec"]["window"]["maxAheadOfPartition"] = json!("8761h");
+            }),
+            "spec.window.maxAheadOfPartition",
+        ),
+        (
+            "a file:// object store",
+            Box::new(|v: &mut Value| {
+                v["spec"]["checkpoint"]["store"] =
+                    json!({"objectStore": {"url": "file:///var/lib/weir"}});
+            }),
+            "spec.checkpoint.store.objectStore.url",
+        ),
+        (
             "zero checkpoint interval",
             Box::new(|v: &mut Value| v["spec"]["checkpoint"]["interval"] = json!("0s")),
             "spec.checkpoint.interval",
@@ -391,6 +441,61 @@ fn unknown_fields_are_reported_not_silently_dropped() {
     object["spec"]["window"]["allowedLatness"] = json!("10s");
     let parsed = parse_stream_job(&object.to_string()).expect("parses");
     assert_eq!(parsed.unknown_fields, ["spec.window.allowedLatness"]);
+}
+
+#[test]
+fn the_largest_hopping_ratio_and_new_fields_are_accepted_by_both() {
+    let mut object = base();
+    object["spec"]["window"] = json!({
+        "type": "hopping", "size": "10000s", "slide": "1s",
+        "maxAheadOfClock": "1h", "maxAheadOfPartition": "8760h",
+    });
+    let job = parse_stream_job(&object.to_string()).expect("parses");
+    job.job.spec.validate().expect("valid");
+    assert_eq!(api_server_errors(&object), Vec::<String>::new());
+    // Sub-second slides are compared exactly too.
+    object["spec"]["window"] = json!({"type": "hopping", "size": "10s", "slide": "1ms"});
+    let job = parse_stream_job(&object.to_string()).expect("parses");
+    job.job.spec.validate().expect("valid");
+    assert_eq!(api_server_errors(&object), Vec::<String>::new());
+}
+
+#[test]
+fn unknown_fields_come_with_a_suggestion_and_with_the_other_problems() {
+    let mut object = base();
+    object["spec"]["window"]["allowedLatness"] = json!("10s");
+    object["spec"]["aggregations"][1]["feild"] = json!("amount");
+    object["spec"]["deadLetter"]["kafka"]["topik"] = json!("x");
+    object["spec"]["parallelism"] = json!(0);
+    let problems = weir_crds::check_stream_job(&object.to_string()).expect_err("bad");
+    assert_eq!(
+        problems,
+        [
+            "spec.aggregations[1].feild: unknown field; did you mean field?",
+            "spec.deadLetter.kafka.topik: unknown field; did you mean topic?",
+            "spec.window.allowedLatness: unknown field; did you mean allowedLateness?",
+            "spec.parallelism: must be between 1 and 1024, not 0",
+        ]
+    );
+
+    // A typo in a required field: the typo is named, then what is missing.
+    let mut object = base();
+    let window = object["spec"]["window"].take();
+    object["spec"]
+        .as_object_mut()
+        .expect("object")
+        .remove("window");
+    object["spec"]["windw"] = window;
+    let problems = weir_crds::check_stream_job(&object.to_string()).expect_err("bad");
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(
+        problems[0],
+        "spec.windw: unknown field; did you mean window?"
+    );
+    assert!(
+        problems[1].contains("missing field `window`"),
+        "{problems:?}"
+    );
 }
 
 #[test]

@@ -22,6 +22,9 @@ enum FileInputError {
     Write(#[from] io::Error),
 }
 
+/// The UTF-8 byte-order mark, skipped at the start of an input file.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// Exit code for a job or an invocation that cannot run (bad spec, unreadable file).
 pub const EXIT_USAGE: u8 = 2;
 
@@ -94,6 +97,10 @@ fn aggregate_file(
         if line.last() == Some(&b'\r') {
             line.pop();
         }
+        if n == 0 && line.starts_with(UTF8_BOM) {
+            // Editors on Windows start UTF-8 files with a byte-order mark; it is not JSON.
+            line.drain(..UTF8_BOM.len());
+        }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -105,6 +112,7 @@ fn aggregate_file(
             timestamp: None,
             value: &line,
         };
+        engine.set_wall_clock(weir_worker::runtime::now_ms());
         if let Err(r) = engine.process(&record) {
             let rejected = serde_json::json!({
                 "line": n + 1,

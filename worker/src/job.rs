@@ -161,22 +161,17 @@ pub enum JobError {
 pub fn load_job(path: &Path) -> Result<(StreamJob, JobPlan), Vec<String>> {
     let shown = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{shown}: {e}")])?;
-    let parsed = weir_crds::parse_stream_job(&text).map_err(|e| vec![format!("{shown}: {e}")])?;
-    if !parsed.unknown_fields.is_empty() {
-        return Err(parsed
-            .unknown_fields
+    let in_file = |problems: Vec<String>| {
+        problems
             .iter()
-            .map(|f| format!("{shown}: {f}: unknown field (check its spelling)"))
-            .collect());
-    }
-    let plan = JobPlan::new(&parsed.job.spec).map_err(|errors| {
-        errors
-            .0
-            .iter()
-            .map(|e| format!("{shown}: {e}"))
+            .map(|p| format!("{shown}: {p}"))
             .collect::<Vec<_>>()
-    })?;
-    Ok((parsed.job, plan))
+    };
+    // Unknown fields and validation problems together, so one run shows every fix to make.
+    let job = weir_crds::check_stream_job(&text).map_err(in_file)?;
+    let plan = JobPlan::new(&job.spec)
+        .map_err(|errors| in_file(errors.0.iter().map(ToString::to_string).collect()))?;
+    Ok((job, plan))
 }
 
 /// Options shared by both ways of running.

@@ -517,6 +517,8 @@ fn reject_index(reason: RejectReason) -> usize {
         RejectReason::WrongType => 2,
         RejectReason::InvalidEventTime => 3,
         RejectReason::Late => 4,
+        RejectReason::Future => 5,
+        RejectReason::DuplicateField => 6,
     }
 }
 

@@ -522,6 +522,7 @@ impl PartitionIo<'_> {
                 self.pm.record_in(rec.value.len());
                 self.ctx.totals.records.fetch_add(1, Ordering::Relaxed);
                 let now = self.now_ms();
+                self.protocol.set_wall_clock(crate::runtime::now_ms());
                 // The verdict is in the actions too (a dead letter unless replayed).
                 let _ = self.protocol.record(&rec, now, &mut self.actions);
                 self.act(Some(&rec))

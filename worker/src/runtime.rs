@@ -153,7 +153,8 @@ impl JobContext {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
+/// The wall clock: milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

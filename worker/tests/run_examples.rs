@@ -28,31 +28,20 @@ fn every_example_runs_on_its_sample_and_gives_the_expected_results() {
     assert!(jobs.len() >= 3);
     for job in jobs {
         let stem = job.file_stem().and_then(|s| s.to_str()).expect("name");
-        let input = dir.join(format!("{stem}.jsonl"));
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let rejects = tmp.path().join("rejects.jsonl");
-        let out = weir()
-            .args(["run".as_ref(), job.as_os_str(), "--input".as_ref()])
-            .arg(&input)
-            .arg("--rejects")
-            .arg(&rejects)
-            .output()
-            .expect("weir runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stem}: {stderr}");
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let input = read(&dir.join(format!("{stem}.jsonl")));
+        let (stdout, rejects, stderr) = run_on(&job, input.as_bytes());
         assert_eq!(
             stdout,
             read(&dir.join(format!("{stem}.expected.jsonl"))),
             "{stem}: results differ"
         );
         assert_eq!(
-            read(&rejects),
+            rejects,
             read(&dir.join(format!("{stem}.rejects.jsonl"))),
             "{stem}: rejects differ"
         );
         let results = stdout.lines().count();
-        let rejected = read(&rejects).lines().count();
+        let rejected = rejects.lines().count();
         assert!(
             stderr.contains(&format!("{results} results out, {rejected} rejected")),
             "{stem}: summary: {stderr}"
@@ -117,11 +106,24 @@ fn a_bad_job_is_refused_with_every_problem_named() {
         .replace("size: 1m", "size: 1m\n    slide: 10s")
         .replace("quantile: 0.99", "quantile: 1.5");
 
+    // Unknown fields come with a suggestion, in the same run as the validation errors.
     let stderr = refused(&bad.replace("allowedLateness", "allowedLatness"));
     assert!(
-        stderr.contains("spec.window.allowedLatness: unknown field"),
+        stderr.contains("spec.window.allowedLatness: unknown field; did you mean allowedLateness?"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("spec.window.slide: is only used by hopping windows"),
+        "{stderr}"
+    );
+
+    // A typo in a required field's name is named, not only the missing field.
+    let stderr = refused(&good.replace("  window:", "  windw:"));
+    assert!(
+        stderr.contains("spec.windw: unknown field; did you mean window?"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("missing field `window`"), "{stderr}");
 
     let stderr = refused(&bad);
     assert!(
@@ -140,4 +142,101 @@ fn a_bad_job_is_refused_with_every_problem_named() {
     assert_ne!(no_event_time, good);
     let stderr = refused(&no_event_time);
     assert!(stderr.contains("Kafka record timestamp"), "{stderr}");
+}
+
+/// `weir run JOB --input FILE` on `input`: (stdout, the rejects file, stderr).
+fn run_on(job: &Path, input: &[u8]) -> (String, String, String) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("input.jsonl");
+    let rejects = tmp.path().join("rejects.jsonl");
+    std::fs::write(&file, input).expect("write");
+    let out = weir()
+        .args(["run".as_ref(), job.as_os_str(), "--input".as_ref()])
+        .arg(&file)
+        .arg("--rejects")
+        .arg(&rejects)
+        .output()
+        .expect("weir runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (stdout, read(&rejects), stderr)
+}
+
+#[test]
+fn a_byte_order_mark_at_the_start_of_the_input_is_skipped() {
+    let dir = examples_dir();
+    let job = dir.join("payments-per-merchant.yaml");
+    let mut input = b"\xEF\xBB\xBF".to_vec();
+    input.extend_from_slice(read(&dir.join("payments-per-merchant.jsonl")).as_bytes());
+    let (stdout, rejects, _) = run_on(&job, &input);
+    assert_eq!(
+        stdout,
+        read(&dir.join("payments-per-merchant.expected.jsonl"))
+    );
+    assert_eq!(
+        rejects,
+        read(&dir.join("payments-per-merchant.rejects.jsonl"))
+    );
+}
+
+/// Hostile event times among the example's records: each is refused with its reason, and the
+/// good records' results are exactly the example's.
+#[test]
+fn far_future_and_unwritable_event_times_are_refused_and_change_no_result() {
+    let dir = examples_dir();
+    let job = dir.join("payments-per-merchant.yaml");
+    let good = read(&dir.join("payments-per-merchant.jsonl"));
+    let lines: Vec<&str> = good.lines().collect();
+    let hostile = [
+        (
+            r#"{"ts":"2030-01-01T00:00:00.000Z","merchant":"m1","customer":"c1","amount":1}"#,
+            "future",
+        ),
+        (
+            r#"{"ts":"9999-12-31T23:59:59.000Z","merchant":"m1","customer":"c1","amount":1}"#,
+            "invalid_event_time",
+        ),
+        (
+            r#"{"ts":"0001-01-01T00:00:00.000Z","merchant":"m1","customer":"c1","amount":1}"#,
+            "invalid_event_time",
+        ),
+        (
+            r#"{"ts":"2026-01-01T00:00:06.000Z","merchant":"m1","ts":"2030-01-01T00:00:00Z","customer":"c1","amount":1}"#,
+            "duplicate_field",
+        ),
+    ];
+    // The hostile records go after the second good one, before any window closes.
+    let mut input = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        input.push_str(line);
+        input.push('\n');
+        if i == 1 {
+            for (h, _) in &hostile {
+                input.push_str(h);
+                input.push('\n');
+            }
+        }
+    }
+    let (stdout, rejects, stderr) = run_on(&job, input.as_bytes());
+    assert_eq!(
+        stdout,
+        read(&dir.join("payments-per-merchant.expected.jsonl")),
+        "{stderr}"
+    );
+    let reasons: Vec<String> = rejects
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            v["reason"].as_str().expect("reason").to_string()
+        })
+        .collect();
+    for (_, reason) in &hostile {
+        assert!(reasons.iter().any(|r| r == reason), "{reason}: {rejects}");
+    }
+    let expected_rejects = read(&dir.join("payments-per-merchant.rejects.jsonl"))
+        .lines()
+        .count();
+    assert_eq!(reasons.len(), expected_rejects + hostile.len(), "{rejects}");
+    assert!(rejects.contains("maxAheadOfClock"), "{rejects}");
 }

@@ -4,6 +4,7 @@
 use weir_crds::{AggregationFn, StreamJobSpec, TimeFormat, ValidationErrors, WindowType};
 
 use crate::decode::FieldTree;
+use crate::time;
 
 /// How windows are laid out, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,10 +85,23 @@ pub struct JobPlan {
     pub idle_timeout: i64,
     /// Aggregations in output order.
     pub aggs: Vec<AggPlan>,
+    /// The event times accepted, inclusive: every window of a record in this range starts and
+    /// ends within years 1 to 9999, so results can be written as RFC 3339.
+    pub time_range: (i64, i64),
+    /// A record further ahead of the wall clock than this (ms) is refused as `future`.
+    pub max_ahead_of_clock: i64,
+    /// A record further ahead of its partition's largest event time than this (ms) is refused
+    /// as `future`; `None`: no such check.
+    pub max_ahead_of_partition: Option<i64>,
 }
 
 /// Idle timeout when the spec sets none.
 pub const DEFAULT_IDLE_TIMEOUT_MS: i64 = 30_000;
+
+/// `maxAheadOfClock` when the spec sets none: a day. More than any time-zone mistake (offsets
+/// reach 14h) or a producer's clock that is off by hours, so live data is never refused; far
+/// less than a typo in the year or the month.
+pub const DEFAULT_MAX_AHEAD_OF_CLOCK_MS: i64 = 24 * 3600 * 1000;
 
 fn gcd(a: i64, b: i64) -> i64 {
     if b == 0 {
@@ -103,8 +117,14 @@ impl JobPlan {
         spec.validate()?;
         let mut fields = FieldTree::default();
         let mut slot_names = Vec::new();
-        let mut slot_of = |path: &weir_crds::FieldPath| {
-            let slot = fields.insert(path.segments());
+        // Exact slots keep a number's exact value: group values and values compared as JSON
+        // (countDistinct, first, last); the event time and numeric aggregations need an f64.
+        let mut slot_of = |path: &weir_crds::FieldPath, exact: bool| {
+            let slot = if exact {
+                fields.insert_exact(path.segments())
+            } else {
+                fields.insert(path.segments())
+            };
             if slot == slot_names.len() {
                 slot_names.push(path.as_str().to_string());
             }
@@ -116,14 +136,14 @@ impl JobPlan {
             group.push(("key".to_string(), GroupPart::Key));
         }
         for path in &spec.group_by {
-            let slot = slot_of(path);
+            let slot = slot_of(path, true);
             group.push((path.as_str().to_string(), GroupPart::Field { slot }));
         }
 
         let time = match &spec.source.event_time {
             None => TimeSource::Kafka,
             Some(et) => TimeSource::Field {
-                slot: slot_of(&et.field),
+                slot: slot_of(&et.field, false),
                 format: et.format,
             },
         };
@@ -135,7 +155,10 @@ impl JobPlan {
                 name: a.name.clone(),
                 function: a.function,
                 quantile: a.quantile,
-                slot: a.field.as_ref().map(&mut slot_of),
+                slot: a
+                    .field
+                    .as_ref()
+                    .map(|f| slot_of(f, !a.function.is_numeric())),
             })
             .collect();
 
@@ -168,6 +191,11 @@ impl JobPlan {
                 gap: ms(&w.gap, 1).max(1),
             },
         };
+        // The longest a window reaches from one of its records, either way.
+        let reach = match window {
+            WindowKind::Aligned { size, .. } => size,
+            WindowKind::Session { gap } => gap,
+        };
         Ok(JobPlan {
             fields,
             slot_names,
@@ -177,6 +205,12 @@ impl JobPlan {
             lateness: ms(&w.allowed_lateness, 0).max(0),
             idle_timeout: ms(&w.idle_timeout, DEFAULT_IDLE_TIMEOUT_MS),
             aggs,
+            time_range: (time::MIN_TIME + reach, time::MAX_TIME - reach),
+            max_ahead_of_clock: ms(&w.max_ahead_of_clock, DEFAULT_MAX_AHEAD_OF_CLOCK_MS),
+            max_ahead_of_partition: w
+                .max_ahead_of_partition
+                .as_ref()
+                .and_then(|d| d.as_millis().ok()),
         })
     }
 

@@ -323,6 +323,12 @@ impl PartitionProtocol {
         }
     }
 
+    /// The wall clock (ms since the Unix epoch) for the engine's future-skew guard
+    /// ([`Engine::set_wall_clock`]); the protocol's own `now_ms` is monotonic and unrelated.
+    pub fn set_wall_clock(&mut self, wall_ms: i64) {
+        self.engine.set_wall_clock(wall_ms);
+    }
+
     /// A source record at time `now_ms`: the engine's verdict (also for a replayed record,
     /// whose rejection is not dead-lettered again).
     pub fn record(
@@ -726,6 +732,23 @@ spec:
         assert!(
             matches!(&out[..], [Action::DeadLetter(r)] if r.reason == RejectReason::MissingField)
         );
+    }
+
+    #[test]
+    fn the_wall_clock_given_refuses_a_far_future_record_without_moving_the_watermark() {
+        let mut p = protocol(Role::Results, StartPoint::Fresh { offset: 0 });
+        let day = 86_400_000;
+        p.set_wall_clock(1_000);
+        let _ = feed(&mut p, 0, Some(500), 0);
+        let before = p.watermark();
+        let (verdict, out) = feed(&mut p, 1, Some(1_000 + day + 1), 0);
+        assert_eq!(verdict, Err(RejectReason::Future));
+        assert!(matches!(&out[..], [Action::DeadLetter(r)] if r.reason == RejectReason::Future));
+        assert_eq!(p.watermark(), before);
+        // A day later by the clock, the same time is within the bound.
+        p.set_wall_clock(1_001 + day);
+        let (verdict, _) = feed(&mut p, 2, Some(1_000 + day + 1), 0);
+        assert_eq!(verdict, Ok(()));
     }
 
     #[test]

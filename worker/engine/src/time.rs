@@ -104,23 +104,29 @@ mod tests {
         assert_eq!(parse(&Scalar::Int(1500), TimeFormat::EpochMillis), Ok(1500));
         assert_eq!(parse(&s("1500"), TimeFormat::EpochMillis), Ok(1500));
         assert_eq!(
-            parse(&Scalar::Float(1500.7), TimeFormat::EpochMillis),
+            parse(&Scalar::Number(1500.7, "1500.7"), TimeFormat::EpochMillis),
             Ok(1500)
         );
         assert_eq!(parse(&Scalar::Int(2), TimeFormat::EpochSeconds), Ok(2000));
         assert_eq!(
-            parse(&Scalar::Float(0.3), TimeFormat::EpochSeconds),
+            parse(&Scalar::Number(0.3, "0.3"), TimeFormat::EpochSeconds),
             Ok(300)
         );
         assert_eq!(
-            parse(&Scalar::Float(1_767_225_600.25), TimeFormat::EpochSeconds),
+            parse(
+                &Scalar::Number(1767225600.25, "1767225600.25"),
+                TimeFormat::EpochSeconds
+            ),
             Ok(1_767_225_600_250)
         );
         assert_eq!(
-            parse(&Scalar::Float(-0.0005), TimeFormat::EpochSeconds),
+            parse(
+                &Scalar::Number(-0.0005, "-0.0005"),
+                TimeFormat::EpochSeconds
+            ),
             Ok(-1)
         );
-        assert!(parse(&Scalar::Float(1e300), TimeFormat::EpochSeconds).is_err());
+        assert!(parse(&Scalar::Number(1e300, "1e300"), TimeFormat::EpochSeconds).is_err());
         assert!(parse(&Scalar::Int(i64::MAX), TimeFormat::EpochSeconds).is_err());
         assert!(parse(&Scalar::Int(i64::MAX), TimeFormat::EpochMillis).is_err());
         assert!(parse(&Scalar::Bool(true), TimeFormat::EpochMillis).is_err());

@@ -4,29 +4,9 @@
 use serde_json::{json, Value};
 use weir_engine::{Engine, JobPlan, Record, RejectReason};
 
-/// A job from the parts that vary; the rest is fixed.
-fn plan(window: &str, group_by: &str, aggregations: &str, time: &str) -> JobPlan {
-    let yaml = format!(
-        r#"apiVersion: weir.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: t}}
-spec:
-  source:
-    kafka: {{bootstrapServers: "k:9092", topic: in}}
-    eventTime: {time}
-  groupBy: {group_by}
-  repartition: {{coPartitioned: true}}
-  window: {window}
-  aggregations: {aggregations}
-  sink:
-    kafka: {{topic: out}}
-"#
-    );
-    let job = weir_crds::parse_stream_job(&yaml)
-        .unwrap_or_else(|e| panic!("{e}\n{yaml}"))
-        .job;
-    JobPlan::new(&job.spec).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
-}
+#[path = "support/plan.rs"]
+mod support;
+use support::plan;
 
 const MILLIS: &str = "{field: t, format: epochMillis}";
 const COUNT: &str = "[{name: n, fn: count}]";
@@ -40,10 +20,28 @@ fn run(plan: JobPlan, lines: &[Value]) -> (Vec<Value>, Vec<(usize, RejectReason)
 }
 
 fn run_text(plan: JobPlan, lines: &[String]) -> (Vec<Value>, Vec<(usize, RejectReason)>) {
+    let run = feed(plan, None, lines);
+    (run.results, run.rejected)
+}
+
+/// What an engine gave for some lines, up to the end of its input.
+struct Run {
+    /// Result records, parsed.
+    results: Vec<Value>,
+    /// Their sink keys, as written.
+    keys: Vec<String>,
+    /// (line, reason) of each refused line.
+    rejected: Vec<(usize, RejectReason)>,
+}
+
+/// Lines as partition 0 of an engine whose wall clock reads `clock` (if given).
+fn feed(plan: JobPlan, clock: Option<i64>, lines: &[String]) -> Run {
     let mut engine = Engine::new(plan, [0]);
-    let mut out = Vec::new();
     let mut rejected = Vec::new();
     for (i, line) in lines.iter().enumerate() {
+        if let Some(now) = clock {
+            engine.set_wall_clock(now);
+        }
         let rec = Record {
             partition: 0,
             offset: i as i64,
@@ -56,10 +54,15 @@ fn run_text(plan: JobPlan, lines: &[String]) -> (Vec<Value>, Vec<(usize, RejectR
         }
     }
     engine.finish();
-    for r in engine.take_results() {
-        out.push(serde_json::from_str(&r.to_json(engine.plan())).unwrap());
+    let results = engine.take_results();
+    Run {
+        results: results
+            .iter()
+            .map(|r| serde_json::from_str(&r.to_json(engine.plan())).unwrap())
+            .collect(),
+        keys: results.iter().map(|r| r.key_json(engine.plan())).collect(),
+        rejected,
     }
-    (out, rejected)
 }
 
 fn windows(results: &[Value]) -> Vec<(String, String, Value)> {
@@ -251,19 +254,60 @@ fn the_global_group_and_an_empty_string_group() {
 }
 
 #[test]
-fn groups_keep_their_json_type() {
+fn groups_keep_their_json_type_and_numbers_compare_by_exact_value() {
     let p = plan("{type: tumbling, size: 1m}", "[g]", COUNT, MILLIS);
-    let (out, _) = run(
-        p,
-        &[
-            json!({"t": 1, "g": "1"}),
-            json!({"t": 2, "g": 1}),
-            json!({"t": 3, "g": 1.0}),
-        ],
+    let lines: Vec<String> = [
+        r#"{"t":1,"g":"1"}"#,
+        r#"{"t":2,"g":1}"#,
+        r#"{"t":3,"g":1.0}"#,
+        r#"{"t":4,"g":10e-1}"#,
+        r#"{"t":5,"g":12345678901234567890123}"#,
+        r#"{"t":6,"g":12345678901234567890124}"#,
+        r#"{"t":7,"g":12345678901234567890124}"#,
+        r#"{"t":8,"g":-0}"#,
+        r#"{"t":9,"g":0}"#,
+        r#"{"t":10,"g":-0.0}"#,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (out, rejected) = run_text(p, &lines);
+    assert!(rejected.is_empty(), "{rejected:?}");
+    // As written in the result (the JSON text, before any f64 parse).
+    let text: Vec<String> = out
+        .iter()
+        .map(|r| format!("{}={}", r["group"]["g"], r["values"]["n"]))
+        .collect();
+    // "1" is text, not the number 1; 1, 1.0 and 10e-1 are one number; the two big integers stay
+    // apart (as f64 they would be one); -0 is 0.
+    assert_eq!(
+        text,
+        [
+            r#""1"=1"#,
+            "0=3",
+            "1=3",
+            // Parsed back as f64 here; the written bytes are exact (next test).
+            "1.2345678901234568e+22=1",
+            "1.2345678901234568e+22=2",
+        ]
     );
-    // "1" and 1 are different groups; 1 and 1.0 are JSON numbers of different forms (integer
-    // and float) and stay apart, as in Kafka Streams' JSON serdes.
-    assert_eq!(out.len(), 3, "{out:?}");
+}
+
+#[test]
+fn big_integer_groups_are_written_exactly() {
+    let p = plan("{type: tumbling, size: 1m}", "[g]", COUNT, MILLIS);
+    let lines = [
+        r#"{"t":1,"g":12345678901234567890123}"#.to_string(),
+        r#"{"t":2,"g":12345678901234567890124}"#.to_string(),
+    ];
+    let keys = feed(p, None, &lines).keys;
+    assert_eq!(
+        keys,
+        [
+            r#"{"group":{"g":12345678901234567890123},"start":"1970-01-01T00:00:00.000Z"}"#,
+            r#"{"group":{"g":12345678901234567890124},"start":"1970-01-01T00:00:00.000Z"}"#,
+        ]
+    );
 }
 
 #[test]
@@ -465,4 +509,138 @@ spec:
         r[0].to_json(e.plan()),
         r#"{"window":{"start":"1970-01-01T00:00:01.000Z","end":"1970-01-01T00:00:02.000Z"},"group":{"key":"k1"},"values":{"n":1}}"#
     );
+}
+
+/// Lines through an engine whose wall clock reads `now`: results and rejections.
+fn run_at(plan: JobPlan, now: i64, lines: &[String]) -> (Vec<Value>, Vec<(usize, RejectReason)>) {
+    let run = feed(plan, Some(now), lines);
+    (run.results, run.rejected)
+}
+
+const DAY: i64 = 86_400_000;
+/// 2026-01-01T00:00:00Z.
+const NOW: i64 = 1_767_225_600_000;
+
+fn at(t: i64) -> String {
+    json!({ "t": t }).to_string()
+}
+
+#[test]
+fn a_record_far_ahead_of_the_wall_clock_is_refused_and_moves_nothing() {
+    let p = || plan("{type: tumbling, size: 1m}", "[]", COUNT, MILLIS);
+    let good: Vec<String> = (0..5).map(|i| at(NOW - 60_000 + i * 1000)).collect();
+    let (expected, none) = run_at(p(), NOW, &good);
+    assert!(none.is_empty());
+    let mut lines = good.clone();
+    // A typo in the year, then the rest of the good records: none of them becomes late.
+    lines.insert(2, at(NOW + 365 * DAY));
+    lines.insert(3, at(NOW + DAY + 1));
+    // Exactly at the bound: taken (and, like any record that far ahead, it closes the rest).
+    lines.push(at(NOW + DAY));
+    let (out, rejected) = run_at(p(), NOW, &lines);
+    assert_eq!(
+        rejected,
+        [(2, RejectReason::Future), (3, RejectReason::Future)]
+    );
+    // The record exactly a day ahead is taken (its own window), the others' results unchanged.
+    assert_eq!(out.len(), expected.len() + 1);
+    assert_eq!(out[..expected.len()], expected[..]);
+}
+
+#[test]
+fn max_ahead_of_clock_is_configurable() {
+    let p = plan(
+        "{type: tumbling, size: 1m, maxAheadOfClock: 1h}",
+        "[]",
+        COUNT,
+        MILLIS,
+    );
+    let (_, rejected) = run_at(p, NOW, &[at(NOW + 3_600_000), at(NOW + 3_600_001)]);
+    assert_eq!(rejected, [(1, RejectReason::Future)]);
+}
+
+#[test]
+fn an_outlier_ahead_of_its_partition_is_refused_when_asked_and_a_real_jump_is_taken() {
+    let window = "{type: tumbling, size: 1m, maxAheadOfPartition: 1h}";
+    let p = || plan(window, "[]", COUNT, MILLIS);
+    // Replaying history a year old: the wall clock cannot tell an outlier.
+    let old = NOW - 365 * DAY;
+    let mut lines: Vec<String> = (0..10).map(|i| at(old + i * 1000)).collect();
+    lines.insert(5, at(old + 30 * DAY));
+    let (_, rejected) = run_at(p(), NOW, &lines);
+    assert_eq!(rejected, [(5, RejectReason::Future)]);
+    // Without the option the outlier is taken and the records after it are late.
+    let (_, rejected) = run_at(
+        plan("{type: tumbling, size: 1m}", "[]", COUNT, MILLIS),
+        NOW,
+        &lines,
+    );
+    assert_eq!(rejected.len(), 5, "{rejected:?}");
+    assert!(rejected.iter().all(|(_, r)| *r == RejectReason::Late));
+
+    // A real jump (a gap in the data): the first AHEAD_IN_A_ROW - 1 records after it are
+    // refused, then the partition moves on.
+    let n = weir_engine::engine::AHEAD_IN_A_ROW as i64;
+    let mut lines: Vec<String> = vec![at(old)];
+    lines.extend((0..n + 5).map(|i| at(old + 2 * DAY + i)));
+    let (out, rejected) = run_at(p(), NOW, &lines);
+    assert_eq!(rejected.len() as i64, n - 1, "{rejected:?}");
+    assert!(rejected.iter().all(|(_, r)| *r == RejectReason::Future));
+    let counted: i64 = out.iter().map(|r| r["values"]["n"].as_i64().unwrap()).sum();
+    assert_eq!(counted, 1 + 6);
+}
+
+#[test]
+fn event_times_whose_windows_cannot_be_written_are_refused() {
+    let p = || plan("{type: tumbling, size: 1h}", "[]", COUNT, MILLIS);
+    let max = weir_engine::time::MAX_TIME;
+    let min = weir_engine::time::MIN_TIME;
+    let lines = [
+        at(min),
+        at(min + 3_600_000),
+        at(max),
+        at(max - 3_600_000 + 1),
+        at(max - 3_600_000),
+    ];
+    let (out, rejected) = run_at(p(), max, &lines);
+    assert_eq!(
+        rejected,
+        [
+            (0, RejectReason::InvalidEventTime),
+            (2, RejectReason::InvalidEventTime),
+            (3, RejectReason::InvalidEventTime),
+        ]
+    );
+    for r in &out {
+        for edge in ["start", "end"] {
+            let text = r["window"][edge].as_str().unwrap();
+            assert!(
+                chrono::DateTime::parse_from_rfc3339(text).is_ok(),
+                "{edge} {text} is not RFC 3339"
+            );
+        }
+    }
+    assert_eq!(out.len(), 2);
+}
+
+#[test]
+fn a_duplicated_key_the_job_reads_refuses_the_record() {
+    let p = plan("{type: tumbling, size: 1m}", "[g]", COUNT, MILLIS);
+    let lines: Vec<String> = [
+        r#"{"t":1,"g":"a","t":999999}"#,
+        r#"{"t":2,"g":"a","g":"b"}"#,
+        r#"{"t":3,"g":"a","other":1,"other":2}"#,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (out, rejected) = run_text(p, &lines);
+    assert_eq!(
+        rejected,
+        [
+            (0, RejectReason::DuplicateField),
+            (1, RejectReason::DuplicateField)
+        ]
+    );
+    assert_eq!(out.len(), 1);
 }

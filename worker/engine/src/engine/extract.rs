@@ -39,20 +39,33 @@ impl Engine {
         fields: &Fields<'_>,
     ) -> Result<i64, Rejection> {
         let bad = |d: String| Rejection::new(RejectReason::InvalidEventTime, d);
-        match self.plan.time {
+        let t = match self.plan.time {
             TimeSource::Kafka => match rec.timestamp {
-                Some(ms) => time::check_range(ms).map_err(bad),
-                None => Err(bad("the record has no Kafka timestamp".into())),
+                Some(ms) => time::check_range(ms).map_err(bad)?,
+                None => return Err(bad("the record has no Kafka timestamp".into())),
             },
             TimeSource::Field { slot, format } => match fields.values.get(slot) {
                 Some(Some(v)) if *v != Scalar::Null => time::parse(v, format)
-                    .map_err(|e| bad(format!("field {}: {e}", self.plan.slot_names[slot]))),
-                _ => Err(Rejection::new(
-                    RejectReason::MissingField,
-                    format!("missing event time field {}", self.plan.slot_names[slot]),
-                )),
+                    .map_err(|e| bad(format!("field {}: {e}", self.plan.slot_names[slot])))?,
+                _ => {
+                    return Err(Rejection::new(
+                        RejectReason::MissingField,
+                        format!("missing event time field {}", self.plan.slot_names[slot]),
+                    ))
+                }
             },
+        };
+        let (min, max) = self.plan.time_range;
+        if t < min || t > max {
+            return Err(bad(format!(
+                "event time {} is outside {} to {}: its windows would start or end outside \
+                 years 1 to 9999, which results cannot be written in",
+                time::format(t),
+                time::format(min),
+                time::format(max)
+            )));
         }
+        Ok(t)
     }
 
     /// Build the group key into `key_buf`.

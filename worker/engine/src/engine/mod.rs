@@ -18,7 +18,8 @@
 //!   notion the runtime reports with [`Engine::set_idle`], can make a record late that would not
 //!   otherwise be.
 //! - Rejected records change nothing: a record is fully decoded and checked before any state is
-//!   touched.
+//!   touched. (The one exception: the future-skew guard counts a partition's records in a row
+//!   that were far ahead of it, see [`guard`].)
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,6 +31,7 @@ use crate::time;
 mod aligned;
 mod extract;
 mod groups;
+mod guard;
 mod marks;
 mod merge;
 mod pane;
@@ -40,6 +42,7 @@ mod stages;
 use aligned::{align_down, align_up, Aligned};
 use extract::Contribution;
 use groups::Groups;
+pub use guard::AHEAD_IN_A_ROW;
 use marks::Mark;
 use pane::Pane;
 pub use record::{PartitionState, Record, RejectReason, Rejection, Stats, WindowResult};
@@ -78,6 +81,8 @@ pub struct Engine {
     /// The merge stage: per pane row (pane, first window) still open, the (group, source partition,
     /// segment) of each partial merged into it.
     merged: BTreeMap<(i64, i64), std::collections::HashSet<PartialId>>,
+    /// The wall clock (ms since the Unix epoch) for the future-skew guard; `None`: not given.
+    wall_clock: Option<i64>,
 }
 
 /// Reuse a vector's allocation for another lifetime (the standard library collects in place).
@@ -114,7 +119,15 @@ impl Engine {
             partial_mode: false,
             partials: Vec::new(),
             merged: BTreeMap::new(),
+            wall_clock: None,
         }
+    }
+
+    /// The wall clock now, in ms since the Unix epoch: records further ahead of it than the
+    /// plan's `max_ahead_of_clock` are refused as `future` (see [`guard`]). The runtime sets it
+    /// before each record; the engine never reads a clock itself.
+    pub fn set_wall_clock(&mut self, now_ms: i64) {
+        self.wall_clock = Some(now_ms);
     }
 
     /// The job's plan.
@@ -181,6 +194,8 @@ impl Engine {
     pub fn process(&mut self, rec: &Record<'_>) -> Result<(), Rejection> {
         let mut fields = Fields {
             values: recycle(std::mem::take(&mut self.slot_buf)),
+            duplicate: None,
+            reread: false,
         };
         let outcome = self.process_decoded(rec, &mut fields);
         self.slot_buf = recycle(fields.values);
@@ -207,9 +222,19 @@ impl Engine {
             .fields
             .decode(rec.value, fields)
             .map_err(|e| Rejection::new(RejectReason::InvalidJson, e.0))?;
+        if let Some(key) = &fields.duplicate {
+            return Err(Rejection::new(
+                RejectReason::DuplicateField,
+                format!(
+                    "the key {key} appears more than once: which value counts is ambiguous, \
+                     so the record is not counted"
+                ),
+            ));
+        }
         let t = self.event_time(rec, fields)?;
         self.group_key(rec, fields)?;
         self.contributions(fields)?;
+        self.guard_future(rec, t)?;
         let (first, mark) = self.admit(rec, t)?;
 
         let order = Order {

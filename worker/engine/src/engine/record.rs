@@ -31,20 +31,27 @@ pub enum RejectReason {
     MissingField,
     /// A field has a type the job cannot use (text where a number is needed, an object as a group).
     WrongType,
-    /// The event time is absent in the wrong format, or out of range.
+    /// The event time is in the wrong format, or outside the range results can be written in.
     InvalidEventTime,
     /// Every window the record belongs to has already closed.
     Late,
+    /// The event time is further ahead of the wall clock (or of its partition's other records)
+    /// than the job allows.
+    Future,
+    /// A key on the path to a field the job reads appears twice in one object.
+    DuplicateField,
 }
 
 impl RejectReason {
     /// All reasons, in a stable order.
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 7] = [
         RejectReason::InvalidJson,
         RejectReason::MissingField,
         RejectReason::WrongType,
         RejectReason::InvalidEventTime,
         RejectReason::Late,
+        RejectReason::Future,
+        RejectReason::DuplicateField,
     ];
 
     /// Stable snake_case name.
@@ -55,6 +62,8 @@ impl RejectReason {
             RejectReason::WrongType => "wrong_type",
             RejectReason::InvalidEventTime => "invalid_event_time",
             RejectReason::Late => "late",
+            RejectReason::Future => "future",
+            RejectReason::DuplicateField => "duplicate_field",
         }
     }
 }
@@ -181,6 +190,8 @@ pub struct PartitionState {
     pub watermark: i64,
     /// Reported idle by the runtime, and no record since.
     pub idle: bool,
+    /// Records in a row refused for being too far ahead of `max_time` (`maxAheadOfPartition`).
+    pub ahead_in_a_row: u32,
 }
 
 /// Counters the runtime exports as metrics.
@@ -189,7 +200,7 @@ pub struct Stats {
     /// Records accepted.
     pub accepted: u64,
     /// Records rejected, by reason (indexed like [`RejectReason::ALL`]).
-    pub rejected: [u64; 5],
+    pub rejected: [u64; RejectReason::ALL.len()],
     /// Results emitted (partials, in stage 1 of a two-stage job).
     pub results: u64,
     /// The merge stage: partials skipped because they were merged before (a replay of stage 1).
@@ -204,6 +215,7 @@ impl PartitionState {
             max_time: i64::MIN,
             watermark: i64::MIN,
             idle: false,
+            ahead_in_a_row: 0,
         }
     }
 }
