@@ -159,7 +159,9 @@ impl Families {
         r.register(
             "records_rejected",
             "Records the job could not use, by reason: invalid_json, missing_field, wrong_type, \
-                 invalid_event_time, or late (every window it belongs to had already closed)",
+                 invalid_event_time, late (every window it belongs to had already closed), \
+                 too_large (more than a result can hold) or state_full (the worker's bound on \
+                 open windows was reached)",
             self.records_rejected.clone(),
         );
         r.register(
@@ -532,6 +534,8 @@ fn reject_index(reason: RejectReason) -> usize {
         RejectReason::WrongType => 2,
         RejectReason::InvalidEventTime => 3,
         RejectReason::Late => 4,
+        RejectReason::TooLarge => 5,
+        RejectReason::StateFull => 6,
     }
 }
 
