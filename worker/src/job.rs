@@ -124,9 +124,6 @@ pub enum JobError {
         #[source]
         source: std::io::Error,
     },
-    /// A partition failed (the worker stopped every other one).
-    #[error(transparent)]
-    Partition(#[from] RuntimeError),
     /// Partitions were taken over by a newer owner.
     #[error(
         "{count} partition(s) were taken over by a newer owner, so this worker's assignment is \

@@ -17,7 +17,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use support::broker::Broker;
+use support::broker::{create_topic, Broker};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 const PARTITIONS: i32 = 4;
@@ -279,9 +279,15 @@ fn hostile_rows() -> Vec<Row> {
     ]
 }
 
+/// The merchant of good record `i`: its records are all in partition `merchant % 4`
+/// (co-partitioned, as the job declares).
+fn merchant_of(i: usize) -> usize {
+    i * 7 % 50
+}
+
 /// A good record: merchant, amount and customer from `i`, event time `t`.
 fn good(i: usize, t: i64) -> (Vec<u8>, Vec<u8>) {
-    let merchant = format!("m{}", i * 7 % 50);
+    let merchant = format!("m{}", merchant_of(i));
     let value = serde_json::json!({
         "ts": weir_engine::time::format(t),
         "merchant": merchant,
@@ -311,7 +317,7 @@ fn topics() -> (Recs, Recs, BTreeMap<&'static str, usize>) {
     let mut last_ts = vec![T0; PARTITIONS as usize];
     let mut next_hostile = schedule.iter();
     for i in 0..goods {
-        let p = (i % PARTITIONS as usize) as i32;
+        let p = (merchant_of(i) % PARTITIONS as usize) as i32;
         let t = T0 + i as i64 * 5;
         let (k, v) = good(i, t);
         clean.push((p, k.clone(), v.clone()));
@@ -369,26 +375,6 @@ spec:
   checkpoint: {{interval: 1s, store: {{configMap: {{}}}}}}
 "#
     )
-}
-
-fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let out = Command::new(WEIR)
-        .args([
-            "kafka",
-            "create-topic",
-            "--bootstrap",
-            bootstrap,
-            topic,
-            "--partitions",
-        ])
-        .arg(partitions.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "create {topic}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn produce(bootstrap: &str, topic: &str, recs: &Recs) {
@@ -597,6 +583,12 @@ fn hostile_records_are_dead_lettered_and_leave_the_good_results_unchanged() {
             && want.keys().all(|k| got.contains_key(k))
             && dead.len() >= hostile_total;
         if done || Instant::now() > deadline {
+            eprintln!(
+                "{} clean results, {} hostile results, {} of {hostile_total} dead letters",
+                want.len(),
+                got.len(),
+                dead.len()
+            );
             break (want, got, dead);
         }
     };
@@ -607,6 +599,12 @@ fn hostile_records_are_dead_lettered_and_leave_the_good_results_unchanged() {
         "the clean run dead-lettered"
     );
 
+    let seen: BTreeMap<&str, usize> = dead.iter().fold(BTreeMap::new(), |mut m, (_, _, h)| {
+        *m.entry(h.get("weir.reason").map_or("", String::as_str))
+            .or_insert(0) += 1;
+        m
+    });
+    eprintln!("dead letters by reason: {seen:?}; written: {expected:?}");
     // The good records' results, byte for byte.
     assert!(want.len() > 100, "only {} clean results", want.len());
     assert_eq!(
