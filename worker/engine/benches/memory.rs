@@ -29,7 +29,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|");
     for (aggs_name, aggs) in [
         ("count+sum+mean", data::COUNT_SUM_MEAN),
-        ("all nine", data::ALL),
+        ("all 11 aggregations", data::ALL),
     ] {
         for (name, window) in [
             (
