@@ -546,9 +546,9 @@ fn hostile_records_are_dead_lettered_and_leave_the_good_results_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let (clean, hostile, expected) = topics();
     for topic in ["clean", "hostile"] {
-        create_topic(&broker.bootstrap, topic, PARTITIONS);
-        create_topic(&broker.bootstrap, &format!("{topic}-out"), 2);
-        create_topic(&broker.bootstrap, &format!("{topic}-dlq"), 1);
+        create_topic(WEIR, &broker.bootstrap, topic, PARTITIONS);
+        create_topic(WEIR, &broker.bootstrap, &format!("{topic}-out"), 2);
+        create_topic(WEIR, &broker.bootstrap, &format!("{topic}-dlq"), 1);
     }
     let mut clean_workers = Workers::start(
         dir.path(),
@@ -719,7 +719,7 @@ fn a_failing_partition_stops_alone_and_is_retried_from_its_checkpoint() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     for (topic, n) in [("solo", PARTITIONS), ("solo-out", 1), ("solo-dlq", 1)] {
-        create_topic(&broker.bootstrap, topic, n);
+        create_topic(WEIR, &broker.bootstrap, topic, n);
     }
     // Partition 1's checkpoint cannot be read: a directory where its file belongs.
     let blocker = dir.path().join("checkpoints/solo/partition-1.json");

@@ -220,7 +220,7 @@ fn create_topics_with(bootstrap: &str, partitions: i32) {
         ("dlq", 1),
         (REPARTITION, partitions),
     ] {
-        support::broker::create_topic(bootstrap, topic, n);
+        support::broker::create_topic(WEIR, bootstrap, topic, n);
     }
 }
 

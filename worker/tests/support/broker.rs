@@ -147,9 +147,10 @@ pub fn kill_group(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Create `topic` with `partitions` partitions on `bootstrap` (`weir kafka create-topic`).
-pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+/// Create `topic` with `partitions` partitions on `bootstrap` with `weir kafka create-topic`
+/// (`weir`: the binary's path).
+pub fn create_topic(weir: &str, bootstrap: &str, topic: &str, partitions: i32) {
+    let out = std::process::Command::new(weir)
         .args(["kafka", "create-topic", "--bootstrap", bootstrap, topic])
         .arg("--partitions")
         .arg(partitions.to_string())
