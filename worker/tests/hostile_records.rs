@@ -546,7 +546,16 @@ fn hostile_records_are_dead_lettered_and_leave_the_good_results_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let (clean, hostile, expected) = topics();
     for topic in ["clean", "hostile"] {
-        create_topic(WEIR, &broker.bootstrap, topic, PARTITIONS);
+        // Room for the records over 2 MB (Kafka's default max.message.bytes is ~1 MB).
+        let mut settings = weir_worker::kafka::ClientSettings::default();
+        settings.set("bootstrap.servers", broker.bootstrap.as_str());
+        let source = weir_crds::plan::NewTopic {
+            name: topic.to_string(),
+            partitions: PARTITIONS,
+            replication_factor: None,
+            configs: [("max.message.bytes".to_string(), "10000000".to_string())].into(),
+        };
+        weir_worker::tools::create_topic_with(&settings, &source).unwrap();
         create_topic(WEIR, &broker.bootstrap, &format!("{topic}-out"), 2);
         create_topic(WEIR, &broker.bootstrap, &format!("{topic}-dlq"), 1);
     }
@@ -562,6 +571,22 @@ fn hostile_records_are_dead_lettered_and_leave_the_good_results_unchanged() {
     );
     produce(&broker.bootstrap, "clean", &clean);
     produce(&broker.bootstrap, "hostile", &hostile);
+    // Every record is in its topic (the broker took the large ones too).
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .unwrap();
+    for (topic, n) in [("clean", clean.len()), ("hostile", hostile.len())] {
+        let stored: i64 = (0..PARTITIONS)
+            .map(|p| {
+                let (low, high) = c
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .unwrap();
+                high - low
+            })
+            .sum();
+        assert_eq!(stored, n as i64, "records in {topic}");
+    }
 
     // Until both have written every window of the clean run (and as many dead letters as
     // written), or a deadline.
