@@ -305,6 +305,7 @@ fn worker(
         stop: stop.clone(),
         totals: totals.clone(),
         merge,
+        row_limit: None,
     });
     let t0 = Instant::now();
     let mut threads: Vec<_> = (0..PARTITIONS)

@@ -124,9 +124,6 @@ pub enum JobError {
         #[source]
         source: std::io::Error,
     },
-    /// A partition failed (the worker stopped every other one).
-    #[error(transparent)]
-    Partition(#[from] RuntimeError),
     /// Partitions were taken over by a newer owner.
     #[error(
         "{count} partition(s) were taken over by a newer owner, so this worker's assignment is \
@@ -187,6 +184,29 @@ pub struct RunOptions {
     pub echo: bool,
     /// Print a progress line to stderr every this often.
     pub progress_every: Option<Duration>,
+    /// The worker's bound on open (group, window) rows, shared evenly by its source
+    /// partitions (`None`: no bound). See docs/running.md.
+    pub max_open_rows: Option<usize>,
+}
+
+/// Bytes a worker budgets per open (group, window) row when it derives its bound from its
+/// memory limit: above the largest measured (1,155 bytes, sessions with every aggregation;
+/// docs/running.md).
+pub const ROW_BYTES: u64 = 1_200;
+
+/// The default bound on open rows: half the container's memory limit (cgroup v2
+/// `memory.max`, or v1 `memory.limit_in_bytes`) at [`ROW_BYTES`] a row; `None` without a limit.
+pub fn default_max_open_rows() -> Option<usize> {
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .and_then(|t| t.trim().parse::<u64>().ok())
+    // cgroup v1 writes a huge number for "no limit".
+    .filter(|bytes| *bytes < 1 << 50)
+    .map(|bytes| usize::try_from(bytes / 2 / ROW_BYTES).unwrap_or(usize::MAX))
 }
 
 fn job_name(job: &StreamJob) -> String {
@@ -327,6 +347,7 @@ fn job_context(
     launch: &Launch<'_>,
     merge: Option<MergeSettings>,
     stop: Arc<AtomicBool>,
+    source_partitions: usize,
 ) -> Result<JobContext, JobError> {
     let (job, opts) = (launch.job, launch.opts);
     let name = job_name(job);
@@ -350,6 +371,10 @@ fn job_context(
         stop,
         totals: Arc::new(Totals::default()),
         merge,
+        row_limit: launch
+            .opts
+            .max_open_rows
+            .map(|rows| rows / source_partitions.max(1)),
     })
 }
 
@@ -376,7 +401,7 @@ fn serve_http(
     Ok(())
 }
 
-type PartitionThreads = BTreeMap<(u8, i32), JoinHandle<Result<PartitionEnd, RuntimeError>>>;
+type PartitionThreads = BTreeMap<(Stage, i32), JoinHandle<Result<PartitionEnd, RuntimeError>>>;
 
 /// Start a thread for each source partition and each repartition partition this process owns.
 fn spawn_threads(
@@ -386,14 +411,14 @@ fn spawn_threads(
 ) -> Result<PartitionThreads, JobError> {
     let merge_mine = ctx.merge.as_ref().map(|m| m.mine.as_slice()).unwrap_or(&[]);
     let mut threads = BTreeMap::new();
-    for (stage, what, key, mine) in [
-        (Stage::Source, "partition", 1u8, partitions),
-        (Stage::Merge, "repartition partition", 2u8, merge_mine),
+    for (stage, what, mine) in [
+        (Stage::Source, "partition", partitions),
+        (Stage::Merge, "repartition partition", merge_mine),
     ] {
         for p in mine {
             let handle = partition::spawn_partition(ctx.clone(), rt.handle().clone(), stage, *p)
                 .map_err(|source| JobError::SpawnThread { what, source })?;
-            threads.insert((key, *p), handle);
+            threads.insert((stage, *p), handle);
         }
     }
     Ok(threads)
@@ -407,7 +432,9 @@ fn supervise_partitions(
     merge: Option<MergeSettings>,
 ) -> Result<(), JobError> {
     let stop = Arc::new(AtomicBool::new(false));
-    let ctx = Arc::new(job_context(&launch, merge, stop.clone())?);
+    let ctx = Arc::new(job_context(&launch, merge, stop.clone(), partitions.len())?);
+    let bound = ctx.row_limit.map_or(0, |r| r * partitions.len());
+    ctx.metrics.open_rows_limit.set(bound as i64);
     let merge_mine = ctx
         .merge
         .as_ref()
@@ -444,31 +471,53 @@ fn supervise_partitions(
     let total = partitions.len() + merge_mine.len();
     metrics.partitions_owned.set(total as i64);
     let threads = spawn_threads(&ctx, &rt, &partitions)?;
-    let outcome = watch_threads(&ctx, &health, threads, total as u64, launch.opts);
+    let outcome = watch_threads(&ctx, &rt, &health, threads, total, launch.opts);
     let _ = http_stop_tx.send(());
     rt.shutdown_timeout(Duration::from_secs(2));
     outcome
 }
 
-/// Wait for every partition thread: mark the worker ready when all caught up, print progress
-/// lines, stop every partition when one fails.
+/// The first wait before a failed partition is started again; it doubles with each failure
+/// in a row, up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait before a failed partition is started again.
+const RETRY_MAX: Duration = Duration::from_secs(300);
+/// A partition that ran this long before failing starts its backoff over.
+const RETRY_RESET: Duration = Duration::from_secs(600);
+
+/// How long to wait before the `failures`-th failure in a row is retried.
+fn retry_delay(failures: u32) -> Duration {
+    let doubled = RETRY_FIRST.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    doubled.min(RETRY_MAX)
+}
+
+/// A failed partition waiting to be started again.
+struct Retry {
+    at: Instant,
+    failures: u32,
+}
+
+/// Wait for every partition thread: print progress lines, keep readiness (every partition
+/// caught up, none failing), and restart a failed partition alone, from its last checkpoint,
+/// after a backoff; the others go on.
 fn watch_threads(
-    ctx: &JobContext,
+    ctx: &Arc<JobContext>,
+    rt: &tokio::runtime::Runtime,
     health: &Health,
     mut threads: PartitionThreads,
-    total: u64,
+    total: usize,
     opts: &RunOptions,
 ) -> Result<(), JobError> {
     let mut progress = ProgressLine::new();
-    let mut failure: Option<RuntimeError> = None;
     let mut fenced = Vec::new();
-    while !threads.is_empty() {
+    let mut retries: BTreeMap<(Stage, i32), Retry> = BTreeMap::new();
+    let mut failed = std::collections::BTreeSet::new();
+    let mut started: BTreeMap<(Stage, i32), (Instant, u32)> =
+        threads.keys().map(|k| (*k, (Instant::now(), 0))).collect();
+    while !threads.is_empty() || !(retries.is_empty() || ctx.stop.load(Ordering::Relaxed)) {
         std::thread::sleep(Duration::from_millis(200));
         health.beat();
-        if ctx.totals.caught_up.load(Ordering::Relaxed) >= total {
-            health.set_ready();
-        }
-        let done: Vec<(u8, i32)> = threads
+        let done: Vec<(Stage, i32)> = threads
             .iter()
             .filter(|(_, h)| h.is_finished())
             .map(|(p, _)| *p)
@@ -477,29 +526,64 @@ fn watch_threads(
             let Some(h) = threads.remove(&key) else {
                 continue;
             };
-            match h.join() {
-                Ok(Ok(PartitionEnd::Stopped)) => {}
+            let error = match h.join() {
+                Ok(Ok(PartitionEnd::Stopped)) => continue,
                 Ok(Ok(PartitionEnd::Fenced(e))) => {
                     ctx.metrics.partitions_owned.dec();
                     fenced.push(e.to_string());
+                    continue;
                 }
-                Ok(Err(e)) => {
-                    error!(error = %e, "partition failed; stopping the worker");
-                    ctx.stop.store(true, Ordering::Relaxed);
-                    failure.get_or_insert(e);
-                }
-                Err(_) => {
-                    ctx.stop.store(true, Ordering::Relaxed);
-                    failure.get_or_insert(RuntimeError::Panicked { partition: key.1 });
-                }
+                Ok(Err(e)) => e,
+                Err(_) => RuntimeError::Panicked { partition: key.1 },
+            };
+            let (ran, before) = started.get(&key).copied().unwrap_or((Instant::now(), 0));
+            let failures = if ran.elapsed() >= RETRY_RESET {
+                1
+            } else {
+                before + 1
+            };
+            let delay = retry_delay(failures);
+            ctx.metrics.partition_failures.inc();
+            if let Ok(mut done) = ctx.totals.caught_up.lock() {
+                done.remove(&key);
             }
+            error!(stage = ?key.0, partition = key.1, error = %error, failures, retry_in = ?delay,
+                "partition failed; it alone stops, and starts again from its last checkpoint \
+                 (the worker's other partitions go on)");
+            failed.insert(key);
+            retries.insert(
+                key,
+                Retry {
+                    at: Instant::now() + delay,
+                    failures,
+                },
+            );
         }
+        let due: Vec<(Stage, i32)> = retries
+            .iter()
+            .filter(|(_, r)| r.at <= Instant::now())
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            if ctx.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let Some(retry) = retries.remove(&key) else {
+                continue;
+            };
+            info!(stage = ?key.0, partition = key.1, "starting the failed partition again");
+            let handle = partition::spawn_partition(ctx.clone(), rt.handle().clone(), key.0, key.1)
+                .map_err(|source| JobError::SpawnThread {
+                    what: "partition",
+                    source,
+                })?;
+            threads.insert(key, handle);
+            started.insert(key, (Instant::now(), retry.failures));
+        }
+        keep_readiness(ctx, health, total, &mut failed);
         if let Some(every) = opts.progress_every {
             progress.maybe_print(ctx, every);
         }
-    }
-    if let Some(e) = failure {
-        return Err(e.into());
     }
     if !fenced.is_empty() {
         // The assignment this worker started with is out of date; exiting lets the pod restart
@@ -510,6 +594,29 @@ fn watch_threads(
         });
     }
     Ok(())
+}
+
+/// Ready when every owned partition has caught up since it last started and none is failing:
+/// a failed partition (in `failed` until its retry catches up) makes the worker not ready.
+fn keep_readiness(
+    ctx: &JobContext,
+    health: &Health,
+    total: usize,
+    failed: &mut std::collections::BTreeSet<(Stage, i32)>,
+) {
+    let caught_up = match ctx.totals.caught_up.lock() {
+        Ok(done) => {
+            failed.retain(|k| !done.contains(k));
+            done.len()
+        }
+        Err(_) => 0,
+    };
+    ctx.metrics.partitions_failing.set(failed.len() as i64);
+    if !failed.is_empty() {
+        health.set_not_ready("a partition failed and is being retried; see the worker's log");
+    } else if caught_up >= total {
+        health.set_ready();
+    }
 }
 
 /// Progress lines on stderr (local mode's `--progress`).
@@ -734,6 +841,13 @@ fn local_repartition_topic(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_partition_waits_longer_each_time_up_to_five_minutes() {
+        let waits: Vec<u64> = (1..=12).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
+    }
 
     #[test]
     fn ordinals_come_from_statefulset_pod_names() {

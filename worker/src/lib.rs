@@ -12,6 +12,7 @@ pub mod kafka;
 pub mod logging;
 pub mod merge;
 pub mod metrics;
+pub mod outbox;
 pub mod partition;
 pub mod producer;
 pub mod runtime;

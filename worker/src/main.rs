@@ -62,6 +62,11 @@ enum Command {
         /// Local mode: seconds between progress lines on stderr (0: none).
         #[arg(long, default_value_t = 5, conflicts_with = "input")]
         progress: u64,
+        /// Bound on open (group, window) rows for this process, shared evenly by its source
+        /// partitions; records that would open more are dead-lettered as state_full. Default:
+        /// half the container's memory limit (cgroup) at 1,200 bytes a row; none without a limit.
+        #[arg(long, conflicts_with = "input")]
+        max_open_rows: Option<usize>,
     },
     /// Small Kafka tools: create a topic, produce records, print a topic.
     #[command(subcommand)]
@@ -86,6 +91,11 @@ enum Command {
         /// Serve /metrics, /healthz and /readyz here.
         #[arg(long, env = pod::env::LISTEN, default_value = pod::LISTEN)]
         listen: SocketAddr,
+        /// Bound on open (group, window) rows for this process, shared evenly by its source
+        /// partitions; records that would open more are dead-lettered as state_full. Default:
+        /// half the container's memory limit (cgroup) at 1,200 bytes a row; none without a limit.
+        #[arg(long)]
+        max_open_rows: Option<usize>,
     },
 }
 
@@ -201,6 +211,7 @@ fn main() -> ExitCode {
             listen,
             progress,
             bootstrap,
+            max_open_rows,
             ..
         } => {
             let opts = RunOptions {
@@ -209,6 +220,7 @@ fn main() -> ExitCode {
                 listen,
                 echo: true,
                 progress_every: (progress > 0).then(|| Duration::from_secs(progress)),
+                max_open_rows: max_open_rows.or_else(job::default_max_open_rows),
             };
             with_job(&job, |job, plan| job::local(job, plan, &opts))
         }
@@ -219,6 +231,7 @@ fn main() -> ExitCode {
             ordinal,
             checkpoint_dir,
             listen,
+            max_open_rows,
         } => {
             let opts = RunOptions {
                 bootstrap: None,
@@ -226,6 +239,7 @@ fn main() -> ExitCode {
                 listen: Some(listen),
                 echo: false,
                 progress_every: None,
+                max_open_rows: max_open_rows.or_else(job::default_max_open_rows),
             };
             let host = std::env::var("HOSTNAME").unwrap_or_default();
             let Some(ordinal) = ordinal.or_else(|| job::ordinal_from_hostname(&host)) else {

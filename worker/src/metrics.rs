@@ -93,6 +93,8 @@ struct Families {
     records_rejected: Family<RejectLabels, Counter>,
     dead_letters: Family<PartitionLabels, Counter>,
     dead_letter_errors: Family<PartitionLabels, Counter>,
+    messages_truncated: Family<PartitionLabels, Counter>,
+    results_too_large: Family<PartitionLabels, Counter>,
     results_emitted: Family<PartitionLabels, Counter>,
     offsets_skipped: Family<PartitionLabels, Counter>,
     offset_rereads: Family<PartitionLabels, Counter>,
@@ -119,6 +121,12 @@ pub struct Metrics {
     /// 1 while an output topic does not exist and the worker waits for it (it never creates
     /// one), else 0.
     pub output_topic_missing: Family<OutputTopicLabels, Gauge>,
+    /// Times a partition of this worker failed (it is retried from its last checkpoint).
+    pub partition_failures: Counter,
+    /// Partitions failed and not yet caught up again since.
+    pub partitions_failing: Gauge,
+    /// The worker's bound on open (group, window) rows (0: none).
+    pub open_rows_limit: Gauge,
 }
 
 impl Default for Metrics {
@@ -135,6 +143,8 @@ impl Families {
             records_rejected: Family::default(),
             dead_letters: Family::default(),
             dead_letter_errors: Family::default(),
+            messages_truncated: Family::default(),
+            results_too_large: Family::default(),
             results_emitted: Family::default(),
             offsets_skipped: Family::default(),
             offset_rereads: Family::default(),
@@ -168,7 +178,9 @@ impl Families {
         r.register(
             "records_rejected",
             "Records the job could not use, by reason: invalid_json, missing_field, wrong_type, \
-                 invalid_event_time, or late (every window it belongs to had already closed)",
+                 invalid_event_time, late (every window it belongs to had already closed), \
+                 too_large (more than a result can hold) or state_full (the worker's bound on \
+                 open windows was reached)",
             self.records_rejected.clone(),
         );
         r.register(
@@ -180,6 +192,18 @@ impl Families {
             "dead_letter_errors",
             "Rejected records that could not be written to the dead-letter topic",
             self.dead_letter_errors.clone(),
+        );
+        r.register(
+            "messages_truncated",
+            "Dead letters written with their key or value cut to fit the producer's \
+                 message.max.bytes (header weir.truncated)",
+            self.messages_truncated.clone(),
+        );
+        r.register(
+            "results_too_large",
+            "Results over the sink producer's message.max.bytes, written to the dead-letter \
+                 topic with reason too_large instead of the sink",
+            self.results_too_large.clone(),
         );
         r.register(
             "partials_sent",
@@ -296,6 +320,28 @@ impl Metrics {
              exist; the worker waits for it and never creates it",
             output_topic_missing.clone(),
         );
+        let partition_failures = Counter::default();
+        r.register(
+            "partition_failures",
+            "Times a partition of this worker failed (a write that would lose data, a checkpoint \
+             store error); it stops alone and is retried from its last checkpoint with backoff",
+            partition_failures.clone(),
+        );
+        let partitions_failing = Gauge::default();
+        r.register(
+            "partitions_failing",
+            "Partitions of this worker that failed and have not caught up again since; the \
+             worker is not ready while this is above 0",
+            partitions_failing.clone(),
+        );
+        let open_rows_limit = Gauge::default();
+        r.register(
+            "open_rows_limit",
+            "The worker's bound on open (group, window) rows, shared evenly by its source \
+             partitions (0: no bound); records that would open more are dead-lettered as \
+             state_full",
+            open_rows_limit.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -313,6 +359,9 @@ impl Metrics {
             partitions_owned,
             partitions_fenced,
             output_topic_missing,
+            partition_failures,
+            partitions_failing,
+            open_rows_limit,
         }
     }
 
@@ -342,6 +391,8 @@ impl Metrics {
             rejected,
             dead_letters: f.dead_letters.get_or_create_owned(&labels),
             dead_letter_errors: f.dead_letter_errors.get_or_create_owned(&labels),
+            messages_truncated: f.messages_truncated.get_or_create_owned(&labels),
+            results_too_large: f.results_too_large.get_or_create_owned(&labels),
             results_emitted: f.results_emitted.get_or_create_owned(&labels),
             offsets_skipped: f.offsets_skipped.get_or_create_owned(&labels),
             offset_rereads: f.offset_rereads.get_or_create_owned(&labels),
@@ -413,6 +464,10 @@ pub struct PartitionMetrics {
     pub dead_letters: Counter,
     /// Rejected records the dead-letter write failed for.
     pub dead_letter_errors: Counter,
+    /// Dead letters written with their key or value cut to fit `message.max.bytes`.
+    pub messages_truncated: Counter,
+    /// Results over the sink's `message.max.bytes`, dead-lettered as `too_large` instead.
+    pub results_too_large: Counter,
     /// Window results written.
     pub results_emitted: Counter,
     /// Offsets skipped by reads (holes believed).
@@ -519,6 +574,8 @@ fn reject_index(reason: RejectReason) -> usize {
         RejectReason::Late => 4,
         RejectReason::Future => 5,
         RejectReason::DuplicateField => 6,
+        RejectReason::TooLarge => 7,
+        RejectReason::StateFull => 8,
     }
 }
 
@@ -718,7 +775,7 @@ mod tests {
         let helps = lines_with(&text, "# HELP ").len();
         let types = lines_with(&text, "# TYPE ").len();
         assert_eq!(helps, types);
-        assert_eq!(helps, 21, "{text}");
+        assert_eq!(helps, 26, "{text}");
         for help in lines_with(&text, "# HELP ") {
             // The encoder writes help verbatim; these would need escaping.
             assert!(!help.contains('\\') && !help.contains('"'), "{help}");

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
@@ -29,7 +29,9 @@ use weir_engine::{Record, Rejection, WindowResult};
 use crate::checkpoint::{CheckpointStore, PartitionLease, Progress};
 use crate::contiguous::{Contiguous, Step};
 use crate::metrics::PartitionMetrics;
-use crate::producer::DeliveryCountingProducer;
+use crate::outbox::{Origin, Outbox};
+use crate::producer::{DeliveryCountingProducer, Sent};
+pub use crate::runtime::Stage;
 use crate::runtime::{JobContext, PartitionEnd, RuntimeError};
 
 /// How often watermark, open-state gauges and lag are refreshed.
@@ -37,15 +39,6 @@ const GAUGE_EVERY: Duration = Duration::from_secs(2);
 /// Reading the clock per record cost a sixth of the record path (perf, docs/benchmarks.md):
 /// timers are looked at every this many messages, and whenever the partition is quiet.
 const TIMER_EVERY: u32 = 256;
-
-/// Which topic a partition thread reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    /// A partition of the source topic (stage 1).
-    Source,
-    /// A partition of the repartition topic (the merge stage of a two-stage job).
-    Merge,
-}
 
 /// Start a thread for `partition` of `stage`'s topic. Its result says how it ended.
 pub fn spawn_partition(
@@ -163,7 +156,10 @@ fn open_partition<'a>(
     };
     let interval = i64::try_from(ctx.checkpoint_interval.as_millis()).unwrap_or(i64::MAX);
     let timing = Timing::new(&ctx.plan, interval);
-    let protocol = PartitionProtocol::new(ctx.plan.clone(), role, partition, timing, start, 0);
+    let mut protocol = PartitionProtocol::new(ctx.plan.clone(), role, partition, timing, start, 0);
+    if stage == Stage::Source {
+        protocol.set_row_limit(ctx.row_limit);
+    }
     if let Some(first) = protocol.first_checkpoint() {
         // Record the resolved start before reading, so a crash before the first checkpoint
         // restarts from the same place (not from a newer "latest").
@@ -177,7 +173,7 @@ fn open_partition<'a>(
         }
     }
     assign_at(&consumer, topic, partition, protocol.start_offset())?;
-    let producers = Producers::new(ctx, stage, partition)?;
+    let producers = outbox(ctx, stage, partition)?;
     log_start(ctx, stage, partition, &protocol, &producers);
     let part = PartitionIo {
         ctx,
@@ -227,7 +223,7 @@ fn log_start(
     stage: Stage,
     partition: i32,
     protocol: &PartitionProtocol,
-    producers: &Producers,
+    producers: &Outbox,
 ) {
     let (from, replay_until) = (protocol.start_offset(), protocol.replay_until());
     match stage {
@@ -352,64 +348,38 @@ fn continues(
 }
 
 /// A partition's producers: the sink, and for a source partition the dead-letter topic and
-/// (two-stage jobs) the repartition topic.
-struct Producers {
-    sink: DeliveryCountingProducer,
-    dead_letter: Option<DeliveryCountingProducer>,
-    repartition: Option<DeliveryCountingProducer>,
-}
-
-impl Producers {
-    fn new(ctx: &JobContext, stage: Stage, partition: i32) -> Result<Producers, RuntimeError> {
-        let sink = DeliveryCountingProducer::new(
-            &ctx.sink,
-            &ctx.spec.sink.kafka.topic.0,
+/// (two-stage jobs) the repartition topic. The merge stage has a dead-letter producer too, for
+/// results too large for the sink.
+fn outbox(ctx: &JobContext, stage: Stage, partition: i32) -> Result<Outbox, RuntimeError> {
+    let sink = DeliveryCountingProducer::new(
+        &ctx.sink,
+        &ctx.spec.sink.kafka.topic.0,
+        partition,
+        "sink producer",
+    )?;
+    let dead_letter = match (&ctx.dead_letter, &ctx.spec.dead_letter) {
+        (Some(s), Some(d)) => Some(DeliveryCountingProducer::new(
+            s,
+            &d.kafka.topic.0,
             partition,
-            "sink producer",
-        )?;
-        if stage == Stage::Merge {
-            return Ok(Producers {
-                sink,
-                dead_letter: None,
-                repartition: None,
-            });
-        }
-        let dead_letter = match (&ctx.dead_letter, &ctx.spec.dead_letter) {
-            (Some(s), Some(d)) => Some(DeliveryCountingProducer::new(
-                s,
-                &d.kafka.topic.0,
-                partition,
-                "dead-letter producer",
-            )?),
-            _ => None,
-        };
-        let repartition = match &ctx.merge {
-            Some(m) => Some(DeliveryCountingProducer::new(
-                &m.producer,
-                &m.topic,
-                partition,
-                "repartition producer",
-            )?),
-            None => None,
-        };
-        Ok(Producers {
-            sink,
-            dead_letter,
-            repartition,
-        })
-    }
-
-    /// Wait for every queued message (before a checkpoint claims them).
-    fn flush(&self, partition: i32) -> Result<(), RuntimeError> {
-        self.sink.flush(partition)?;
-        if let Some(d) = &self.dead_letter {
-            d.flush(partition)?;
-        }
-        if let Some(r) = &self.repartition {
-            r.flush(partition)?;
-        }
-        Ok(())
-    }
+            "dead-letter producer",
+        )?),
+        _ => None,
+    };
+    let repartition = match (stage, &ctx.merge) {
+        (Stage::Source, Some(m)) => Some(DeliveryCountingProducer::new(
+            &m.producer,
+            &m.topic,
+            partition,
+            "repartition producer",
+        )?),
+        _ => None,
+    };
+    Ok(Outbox {
+        sink,
+        dead_letter,
+        repartition,
+    })
 }
 
 /// One partition's moving parts around its protocol.
@@ -422,7 +392,7 @@ struct PartitionIo<'a> {
     pm: PartitionMetrics,
     lease: PartitionLease,
     protocol: PartitionProtocol,
-    producers: Producers,
+    producers: Outbox,
     /// The protocol's outbox, reused (its capacity stays).
     actions: Vec<Action>,
     /// The protocol's time origin (monotonic).
@@ -587,7 +557,9 @@ impl PartitionIo<'_> {
             }
             Action::Checkpoint(progress) => return self.checkpoint(progress),
             Action::CaughtUp => {
-                self.ctx.totals.caught_up.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut done) = self.ctx.totals.caught_up.lock() {
+                    done.insert((self.stage, partition));
+                }
             }
             Action::Idle { offset } => {
                 let idle_timeout =
@@ -624,13 +596,21 @@ impl PartitionIo<'_> {
         Ok(None)
     }
 
+    fn origin(&self) -> Origin<'_> {
+        Origin {
+            job: &self.ctx.name,
+            topic: self.topic,
+            partition: self.partition,
+        }
+    }
+
     fn send_result(&self, r: &WindowResult) -> Result<(), RuntimeError> {
-        let plan = &self.ctx.plan;
-        let value = r.to_json(plan);
-        let key = r.key_json(plan);
-        self.producers
-            .sink
-            .send(self.partition, key.as_bytes(), value.as_bytes(), None)?;
+        let Some(value) = self
+            .producers
+            .result(&self.origin(), &self.ctx.plan, r, &self.pm)?
+        else {
+            return Ok(());
+        };
         self.pm.result_emitted(value.len());
         self.ctx.totals.results.fetch_add(1, Ordering::Relaxed);
         if self.ctx.echo {
@@ -639,12 +619,24 @@ impl PartitionIo<'_> {
         Ok(())
     }
 
-    /// A partial or marker to partition `to` of the repartition topic.
+    /// A partial or marker to partition `to` of the repartition topic. One too large for the
+    /// producer cannot be dropped without changing results: the partition stops.
     fn send_partial(&self, to: i32, key: &[u8], value: &[u8]) -> Result<(), RuntimeError> {
         let Some(out) = &self.producers.repartition else {
             return Ok(());
         };
-        out.send_to(self.partition, Some(to), key, value, None)?;
+        if out.send_to(self.partition, Some(to), key, value, None)? == Sent::TooLarge {
+            return Err(RuntimeError::Delivery {
+                partition: self.partition,
+                topic: out.topic().to_string(),
+                message: format!(
+                    "a partial aggregate of {} bytes is over the repartition producer's \
+                     message.max.bytes ({})",
+                    key.len() + value.len(),
+                    out.max_message_bytes()
+                ),
+            });
+        }
         // A partial, not a result: counted as sent to the merge stage.
         self.pm.partials_sent.inc();
         self.ctx
@@ -655,46 +647,9 @@ impl PartitionIo<'_> {
     }
 
     fn dead_letter(&self, rec: &Record<'_>, rejection: &Rejection) -> Result<(), RuntimeError> {
-        self.pm.rejected(rejection.reason);
         self.ctx.totals.rejected.fetch_add(1, Ordering::Relaxed);
-        let Some(dlq) = &self.producers.dead_letter else {
-            return Ok(());
-        };
-        let partition = self.partition.to_string();
-        let offset = rec.offset.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "weir.reason",
-                value: Some(rejection.reason.as_str()),
-            })
-            .insert(Header {
-                key: "weir.error",
-                value: Some(rejection.detail.as_str()),
-            })
-            .insert(Header {
-                key: "weir.source.topic",
-                value: Some(self.topic),
-            })
-            .insert(Header {
-                key: "weir.source.partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "weir.source.offset",
-                value: Some(offset.as_str()),
-            })
-            .insert(Header {
-                key: "weir.job",
-                value: Some(self.ctx.name.as_str()),
-            });
-        dlq.send(
-            self.partition,
-            rec.key.unwrap_or_default(),
-            rec.value,
-            Some(headers),
-        )?;
-        self.pm.dead_letters.inc();
-        Ok(())
+        self.producers
+            .dead_letter(&self.origin(), rec, rejection, &self.pm)
     }
 
     fn gauges(&self, consumer: &BaseConsumer) {

@@ -44,9 +44,23 @@ impl ProducerContext for DeliveryCounter {
     }
 }
 
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
+
+/// What became of a message handed to [`DeliveryCountingProducer::send`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// Queued for delivery.
+    Queued,
+    /// Refused by the producer as larger than its `message.max.bytes`; nothing was queued.
+    TooLarge,
+}
+
 /// A producer to one topic, with its delivery counter.
 pub(crate) struct DeliveryCountingProducer {
     topic: String,
+    /// The producer's `message.max.bytes`: no message it is given may be larger.
+    max_message_bytes: usize,
     producer: ThreadedProducer<DeliveryCounter>,
     deliveries: Arc<Deliveries>,
 }
@@ -68,22 +82,39 @@ impl DeliveryCountingProducer {
                 role,
                 source,
             })?;
+        let max_message_bytes = settings
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
         Ok(DeliveryCountingProducer {
             topic: topic.to_string(),
+            max_message_bytes,
             producer,
             deliveries,
         })
     }
 
+    /// The topic written to.
+    pub(crate) fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The producer's `message.max.bytes` (librdkafka refuses a larger message).
+    pub(crate) fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
     /// Queue a message, waiting while librdkafka's queue is full (backpressure: the partition
-    /// stops reading until the sink keeps up).
+    /// stops reading until the sink keeps up). A message over `message.max.bytes` is not
+    /// queued ([`Sent::TooLarge`]): the caller cuts it or dead-letters it. Any other refusal
+    /// is an error (the message would be lost).
     pub(crate) fn send(
         &self,
         partition: i32,
         key: &[u8],
         value: &[u8],
         headers: Option<OwnedHeaders>,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<Sent, RuntimeError> {
         self.send_to(partition, None, key, value, headers)
     }
 
@@ -96,7 +127,7 @@ impl DeliveryCountingProducer {
         key: &[u8],
         value: &[u8],
         headers: Option<OwnedHeaders>,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<Sent, RuntimeError> {
         let mut rec = BaseRecord::to(&self.topic).key(key).payload(value);
         if let Some(to) = to {
             rec = rec.partition(to);
@@ -104,11 +135,17 @@ impl DeliveryCountingProducer {
         if let Some(h) = headers {
             rec = rec.headers(h);
         }
-        crate::kafka::send_when_room(&self.producer, rec).map_err(|e| RuntimeError::Delivery {
-            partition,
-            topic: self.topic.clone(),
-            message: e.to_string(),
-        })
+        match crate::kafka::send_when_room(&self.producer, rec) {
+            Ok(()) => Ok(Sent::Queued),
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+                Ok(Sent::TooLarge)
+            }
+            Err(e) => Err(RuntimeError::Delivery {
+                partition,
+                topic: self.topic.clone(),
+                message: e.to_string(),
+            }),
+        }
     }
 
     /// Wait until every queued message is acknowledged; fail if any delivery failed.

@@ -20,6 +20,15 @@ use crate::kafka::ClientSettings;
 use crate::merge::MergeSettings;
 use crate::metrics::Metrics;
 
+/// Which topic a partition thread reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// A partition of the source topic (stage 1).
+    Source,
+    /// A partition of the repartition topic (the merge stage of a two-stage job).
+    Merge,
+}
+
 /// Failures that stop a partition.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -110,6 +119,9 @@ pub struct JobContext {
     pub totals: Arc<Totals>,
     /// Two-stage jobs: the merge stage (the repartition topic and its checkpoints).
     pub merge: Option<MergeSettings>,
+    /// Each source partition's share of the worker's bound on open (group, window) rows
+    /// (`None`: no bound).
+    pub row_limit: Option<usize>,
 }
 
 /// Counters summed over partitions, for progress lines and readiness.
@@ -122,8 +134,9 @@ pub struct Totals {
     pub results: AtomicU64,
     /// Records rejected (not counting replays).
     pub rejected: AtomicU64,
-    /// Partitions that have caught up with their checkpoint (replay done).
-    pub caught_up: AtomicU64,
+    /// Partitions that have caught up with their checkpoint (replay done) since they last
+    /// started.
+    pub caught_up: Mutex<std::collections::BTreeSet<(Stage, i32)>>,
     /// Sum of the partitions' last known lag.
     pub lag: Mutex<std::collections::BTreeMap<i32, i64>>,
     /// Two-stage jobs: partials (partial aggregates and watermark markers) the source

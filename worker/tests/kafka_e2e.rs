@@ -220,23 +220,7 @@ fn create_topics_with(bootstrap: &str, partitions: i32) {
         ("dlq", 1),
         (REPARTITION, partitions),
     ] {
-        let out = Command::new(WEIR)
-            .args([
-                "kafka",
-                "create-topic",
-                "--bootstrap",
-                bootstrap,
-                topic,
-                "--partitions",
-            ])
-            .arg(n.to_string())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "create {topic}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::broker::create_topic(WEIR, bootstrap, topic, n);
     }
 }
 

@@ -12,5 +12,7 @@ pub mod plan;
 pub mod protocol;
 pub mod time;
 
-pub use engine::{Engine, Record, RejectReason, Rejection, Stats, WindowResult};
+pub use engine::{
+    Engine, Record, RejectReason, Rejection, Stats, WindowResult, MAX_DETAIL_BYTES, MAX_KEPT_BYTES,
+};
 pub use plan::JobPlan;

@@ -198,6 +198,9 @@ pub struct PartitionProtocol {
     last_checkpoint_ms: i64,
     /// Merge stage: partials dropped as late so far.
     late: u64,
+    /// The bound on open rows for records read for the first time (see
+    /// [`PartitionProtocol::set_row_limit`]).
+    row_limit: Option<usize>,
 }
 
 fn known(t: i64) -> Option<i64> {
@@ -271,6 +274,7 @@ impl PartitionProtocol {
             marker_at_ms: now_ms,
             last_checkpoint_ms: now_ms,
             late: 0,
+            row_limit: None,
         }
     }
 
@@ -306,6 +310,12 @@ impl PartitionProtocol {
         self.role
     }
 
+    /// Bound the open rows new records may open (the partition's share of the worker's
+    /// bound; see `Engine::set_row_limit`). Replayed records are never refused by it.
+    pub fn set_row_limit(&mut self, limit: Option<usize>) {
+        self.row_limit = limit;
+    }
+
     /// The engine (for gauges).
     pub fn engine(&self) -> &Engine {
         &self.engine
@@ -338,6 +348,10 @@ impl PartitionProtocol {
         out: &mut Vec<Action>,
     ) -> Result<(), RejectReason> {
         let replayed = rec.offset < self.seen_through;
+        // A replayed record was admitted before the restart: the bound on open state must not
+        // refuse it now (its first verdict stands, and it is not dead-lettered again).
+        self.engine
+            .set_row_limit(if replayed { None } else { self.row_limit });
         let verdict = match self.engine.process(rec) {
             Ok(()) => Ok(()),
             Err(rejection) => {

@@ -146,3 +146,19 @@ pub fn kill_group(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Create `topic` with `partitions` partitions on `bootstrap` with `weir kafka create-topic`
+/// (`weir`: the binary's path).
+pub fn create_topic(weir: &str, bootstrap: &str, topic: &str, partitions: i32) {
+    let out = std::process::Command::new(weir)
+        .args(["kafka", "create-topic", "--bootstrap", bootstrap, topic])
+        .arg("--partitions")
+        .arg(partitions.to_string())
+        .output()
+        .expect("running weir kafka create-topic");
+    assert!(
+        out.status.success(),
+        "create {topic}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -2,7 +2,7 @@
 //! [`Rejection`] saying why it cannot be counted. Reads only: the engine's state is untouched
 //! until all three have succeeded.
 
-use super::record::{Record, RejectReason, Rejection};
+use super::record::{quoted, Record, RejectReason, Rejection};
 use super::Engine;
 use crate::agg::Input;
 use crate::decode::{Fields, Scalar};
@@ -137,7 +137,7 @@ impl Engine {
             if agg.function.is_numeric() {
                 let n = value.as_number().ok_or_else(|| {
                     let shown = match value {
-                        Scalar::Str(s) => format!("the string {s:?}"),
+                        Scalar::Str(s) => quoted(s),
                         other => other.type_name().to_string(),
                     };
                     Rejection::new(

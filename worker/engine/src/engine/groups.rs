@@ -42,6 +42,16 @@ impl Groups {
         Self::span_of(&self.spans, &self.arena, id)
     }
 
+    /// The id of `key` if it is interned.
+    pub(super) fn find(&self, key: &[u8]) -> Option<u32> {
+        let hash = self.hasher.hash_one(key);
+        self.table
+            .find(hash, |id| {
+                Self::span_of(&self.spans, &self.arena, *id) == key
+            })
+            .copied()
+    }
+
     #[inline]
     pub(super) fn intern(&mut self, key: &[u8]) -> u32 {
         let hash = self.hasher.hash_one(key);

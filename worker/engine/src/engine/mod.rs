@@ -29,6 +29,7 @@ use crate::plan::{JobPlan, WindowKind};
 use crate::time;
 
 mod aligned;
+mod bounds;
 mod extract;
 mod groups;
 mod guard;
@@ -45,7 +46,10 @@ use groups::Groups;
 pub use guard::AHEAD_IN_A_ROW;
 use marks::Mark;
 use pane::Pane;
-pub use record::{PartitionState, Record, RejectReason, Rejection, Stats, WindowResult};
+pub use record::{
+    PartitionState, Record, RejectReason, Rejection, Stats, WindowResult, MAX_DETAIL_BYTES,
+    MAX_KEPT_BYTES,
+};
 use sessions::Sessions;
 pub use stages::{MergeOutcome, Partial, PartialAggregate};
 
@@ -83,6 +87,12 @@ pub struct Engine {
     merged: BTreeMap<(i64, i64), std::collections::HashSet<PartialId>>,
     /// The wall clock (ms since the Unix epoch) for the future-skew guard; `None`: not given.
     wall_clock: Option<i64>,
+    /// The most open rows (see [`Engine::open_rows`]) new records may fill (`None`: no bound;
+    /// see [`bounds`]).
+    row_limit: Option<usize>,
+    /// An upper bound on [`Engine::open_rows`]: its value when last counted plus the records
+    /// accepted since (each opens at most one row).
+    rows_bound: usize,
 }
 
 /// Reuse a vector's allocation for another lifetime (the standard library collects in place).
@@ -120,6 +130,8 @@ impl Engine {
             partials: Vec::new(),
             merged: BTreeMap::new(),
             wall_clock: None,
+            row_limit: None,
+            rows_bound: 0,
         }
     }
 
@@ -235,6 +247,7 @@ impl Engine {
         self.group_key(rec, fields)?;
         self.contributions(fields)?;
         self.guard_future(rec, t)?;
+        self.check_kept_size()?;
         let (first, mark) = self.admit(rec, t)?;
 
         let order = Order {
@@ -255,6 +268,7 @@ impl Engine {
         if newly_held {
             self.groups.retain(gid);
         }
+        self.rows_bound = self.rows_bound.saturating_add(1);
         self.advance();
         Ok(())
     }
@@ -265,11 +279,8 @@ impl Engine {
     /// sessions) and its replay mark.
     #[inline]
     fn admit(&mut self, rec: &Record<'_>, t: i64) -> Result<(i64, Mark), Rejection> {
-        let part = self
-            .partitions
-            .entry(rec.partition)
-            .or_insert_with(PartitionState::new);
-        let bar = part.watermark.max(self.watermark);
+        let own = self.partitions.get(&rec.partition).map(|p| p.watermark);
+        let bar = own.unwrap_or(i64::MIN).max(self.watermark);
         // Aligned windows: the record counts toward the windows containing it that end after
         // `bar`, which are those starting at `first` or later.
         let mut first = 0;
@@ -293,6 +304,11 @@ impl Engine {
                 ),
             ));
         }
+        self.check_room(t, first)?;
+        let part = self
+            .partitions
+            .entry(rec.partition)
+            .or_insert_with(PartitionState::new);
         let mark = Mark {
             partition: rec.partition,
             offset: rec.offset,

@@ -72,6 +72,14 @@ impl Pane {
         (r, true)
     }
 
+    /// Whether `gid` has a row here.
+    pub(super) fn has(&self, gid: u32) -> bool {
+        let gids = &self.gids;
+        self.index
+            .find(hash_gid(gid), |r| gids[*r as usize] == gid)
+            .is_some()
+    }
+
     pub(super) fn len(&self) -> usize {
         self.gids.len()
     }

@@ -40,11 +40,17 @@ pub enum RejectReason {
     Future,
     /// A key on the path to a field the job reads appears twice in one object.
     DuplicateField,
+    /// Too large to write out: the record's group values and the values `first`/`last` keep of
+    /// it take more than [`MAX_KEPT_BYTES`], or a result is over the sink's `message.max.bytes`.
+    TooLarge,
+    /// The worker holds as many open (group, window) rows as its bound allows, and the record
+    /// would open another.
+    StateFull,
 }
 
 impl RejectReason {
     /// All reasons, in a stable order.
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::InvalidJson,
         RejectReason::MissingField,
         RejectReason::WrongType,
@@ -52,6 +58,8 @@ impl RejectReason {
         RejectReason::Late,
         RejectReason::Future,
         RejectReason::DuplicateField,
+        RejectReason::TooLarge,
+        RejectReason::StateFull,
     ];
 
     /// Stable snake_case name.
@@ -64,6 +72,8 @@ impl RejectReason {
             RejectReason::Late => "late",
             RejectReason::Future => "future",
             RejectReason::DuplicateField => "duplicate_field",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::StateFull => "state_full",
         }
     }
 }
@@ -83,12 +93,49 @@ pub struct Rejection {
     pub detail: String,
 }
 
+/// The most bytes a [`Rejection`]'s detail takes (it becomes the dead letter's `weir.error`
+/// header): a longer one is cut at a character boundary and ends with how long it was.
+pub const MAX_DETAIL_BYTES: usize = 1024;
+
+/// The most bytes one record may put into a result: its group values' JSON plus the JSON of the
+/// values `first` and `last` keep of it. A record over it is rejected as `too_large`, so that a
+/// result (group values in its key and value, kept values in its value) stays far below
+/// Kafka's default `message.max.bytes` of 1,000,000.
+pub const MAX_KEPT_BYTES: usize = 64 * 1024;
+
+/// The most characters of an offending text a detail quotes.
+const QUOTED_CHARS: usize = 64;
+
 impl Rejection {
     pub(super) fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
         Rejection {
             reason,
-            detail: detail.into(),
+            detail: bounded_detail(detail.into()),
         }
+    }
+}
+
+/// `detail`, cut to at most [`MAX_DETAIL_BYTES`] with its full length said at the end.
+fn bounded_detail(mut detail: String) -> String {
+    if detail.len() <= MAX_DETAIL_BYTES {
+        return detail;
+    }
+    let tail = format!("… (detail cut: {} bytes in all)", detail.len());
+    let mut cut = MAX_DETAIL_BYTES - tail.len();
+    while !detail.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    detail.truncate(cut);
+    detail.push_str(&tail);
+    detail
+}
+
+/// An offending text as a detail shows it: quoted whole when short, else its first
+/// characters and its length (`the string "abc…" (900000 bytes)`), never the whole value.
+pub(super) fn quoted(s: &str) -> String {
+    match s.char_indices().nth(QUOTED_CHARS) {
+        None => format!("the string {s:?}"),
+        Some((cut, _)) => format!("the string {:?}… ({} bytes)", &s[..cut], s.len()),
     }
 }
 
@@ -217,5 +264,31 @@ impl PartitionState {
             idle: false,
             ahead_in_a_row: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_are_bounded_and_say_how_long_they_were() {
+        let long = format!("field amount must be a number, found {}", "é".repeat(5000));
+        let r = Rejection::new(RejectReason::WrongType, long.clone());
+        assert!(r.detail.len() <= MAX_DETAIL_BYTES, "{}", r.detail.len());
+        assert!(r.detail.starts_with("field amount must be a number"));
+        assert!(r
+            .detail
+            .ends_with(&format!("cut: {} bytes in all)", long.len())));
+        let short = Rejection::new(RejectReason::WrongType, "short");
+        assert_eq!(short.detail, "short");
+    }
+
+    #[test]
+    fn a_long_text_is_quoted_by_its_start_and_length() {
+        assert_eq!(quoted("abc"), "the string \"abc\"");
+        let shown = quoted(&"x".repeat(900_000));
+        assert!(shown.len() < 100, "{shown}");
+        assert!(shown.ends_with("… (900000 bytes)"), "{shown}");
     }
 }

@@ -40,6 +40,15 @@ impl Sessions {
         }
     }
 
+    /// Whether a record of group `gid` at event time `t` would merge into an open session
+    /// (rather than open one).
+    pub(super) fn overlaps(&self, gid: u32, t: i64) -> bool {
+        let end = t.saturating_add(self.gap);
+        self.by_group
+            .get(&gid)
+            .is_some_and(|list| list.iter().any(|s| s.start < end && s.end > t))
+    }
+
     /// Counts a record of group `gid` at event time `t` (not late): a new session `[t, t + gap)`
     /// merged with every session of the group it overlaps. `true` when the group had no session
     /// open before (the caller then retains its key).
