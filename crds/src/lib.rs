@@ -666,10 +666,13 @@ pub struct WorkerTemplate {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
 
-    /// Extra environment variables of the worker container (at most 256). Names starting with
-    /// `WEIR_` are reserved: the operator sets them.
+    /// Extra environment variables of the worker container (at most 256, each name once). Names
+    /// starting with `WEIR_` are reserved: the operator sets them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(
+        length(max = 256),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])
+    )]
     pub env: Vec<EnvVar>,
 }
 

@@ -385,6 +385,7 @@ impl StreamJobSpec {
             "spec.worker.env",
             "at most 256 variables",
         );
+        let mut env_names = BTreeSet::new();
         for (i, e) in self.worker.env.iter().enumerate() {
             c.check(
                 !e.name.starts_with("WEIR_"),
@@ -393,6 +394,11 @@ impl StreamJobSpec {
                     "env[{i}] {} is reserved: the operator sets WEIR_* variables for the worker",
                     e.name
                 ),
+            );
+            c.check(
+                env_names.insert(e.name.as_str()),
+                "spec.worker.env",
+                format!("env[{i}]: duplicate name {}", e.name),
             );
         }
         if let Some(p) = &self.worker.image_pull_policy {

@@ -161,6 +161,14 @@ fn bad_specs() -> Vec<(&'static str, Mutation, &'static str)> {
             "spec.worker.env",
         ),
         (
+            "a worker variable set twice",
+            Box::new(|v: &mut Value| {
+                v["spec"]["worker"] =
+                    json!({"env": [{"name": "TZ", "value": "UTC"}, {"name": "TZ", "value": "CET"}]})
+            }),
+            "spec.worker.env",
+        ),
+        (
             "hopping window without slide",
             Box::new(|v: &mut Value| v["spec"]["window"]["type"] = json!("hopping")),
             "spec.window.slide",
