@@ -24,9 +24,9 @@ fn name(job: &StreamJob) -> String {
 /// Secret (read through the API; values never logged), keeping only the connection and
 /// authentication properties the operator's own clients may use
 /// (`weir_crds::properties::OPERATOR_ALLOWED`: a job's `debug`, `*.location` or plugin settings
-/// never act inside the operator, and jobs that differ only in worker settings share clients). [`Resolved::MissingSecret`] when the
-/// referenced Secret does not exist: the user must create it, so it is reported as a status
-/// (BrokerUnreachable), not retried as an error.
+/// never act inside the operator, and jobs that differ only in worker settings share clients).
+/// [`Resolved::MissingSecret`] when the referenced Secret does not exist: the user must create
+/// it, so it is reported as a status (BrokerUnreachable), not retried as an error.
 pub async fn connection(
     client: &Client,
     job: &StreamJob,
