@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use weir_crds::{names, FieldError, StreamJob};
 
+use crate::desired::OperatorConfig;
 use crate::observation::Observation;
 
 /// Longest Kafka topic name.
@@ -43,14 +44,28 @@ pub struct Valid {
 
 /// Checks `job`, beyond [`weir_crds::StreamJobSpec::validate`] (which also refuses `WEIR_*` and
 /// repeated names in `spec.worker.env`): it has a name, namespace and uid (as every object from
-/// the API server does); with the `configMap` store, the checkpoint ConfigMap names
+/// the API server does); an object store has a credentials Secret unless `config` lets the
+/// operator use its own identity; with the `configMap` store, the checkpoint ConfigMap names
 /// fit in 253 characters; a two-stage job's repartition topic name fits Kafka's limit.
-pub fn validate(job: &StreamJob, obs: &Observation) -> Result<Valid, InvalidSpec> {
+pub fn validate(
+    job: &StreamJob,
+    obs: &Observation,
+    config: &OperatorConfig,
+) -> Result<Valid, InvalidSpec> {
     let spec = &job.spec;
     let mut errors = match spec.validate() {
         Ok(()) => Vec::new(),
         Err(e) => e.0,
     };
+    let store = spec.checkpoint.store.object_store.as_ref();
+    if store.is_some_and(|s| s.credentials.is_none()) && !config.object_store_operator_identity {
+        errors.push(field_error(
+            "spec.checkpoint.store.objectStore.credentials",
+            "is required: name a Secret with the store's credentials (this operator does not \
+             reach object stores with its own identity; its administrator can allow that with \
+             --object-store-operator-identity, chart value objectStore.operatorIdentity)",
+        ));
+    }
     let name = job.metadata.name.clone().unwrap_or_default();
     let namespace = job.metadata.namespace.clone().unwrap_or_default();
     if name.is_empty() {
