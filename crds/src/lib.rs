@@ -23,6 +23,7 @@ pub mod exposition;
 pub mod names;
 pub mod plan;
 pub mod pod;
+pub mod properties;
 mod suggest;
 mod validate;
 
@@ -208,6 +209,7 @@ pub struct Source {
 
 /// A Kafka topic to read, and how to connect.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.properties) || !['plugin.library.paths', 'sasl.kerberos.kinit.cmd', 'ssl.engine.location', 'enable.auto.commit', 'enable.auto.offset.store', 'enable.partition.eof', 'allow.auto.create.topics'].exists(k, k in self.properties)").message("properties must not set plugin.library.paths, sasl.kerberos.kinit.cmd or ssl.engine.location (they load code or run a command), nor enable.auto.commit, enable.auto.offset.store, enable.partition.eof or allow.auto.create.topics (set by weir)").field_path(".properties"))]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSource {
     /// Comma-separated `host:port` list of brokers to bootstrap from.
@@ -477,6 +479,7 @@ pub struct Sink {
 
 /// A Kafka topic to write to.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.properties) || !['plugin.library.paths', 'sasl.kerberos.kinit.cmd', 'ssl.engine.location', 'enable.idempotence', 'allow.auto.create.topics'].exists(k, k in self.properties)").message("properties must not set plugin.library.paths, sasl.kerberos.kinit.cmd or ssl.engine.location (they load code or run a command), nor enable.idempotence or allow.auto.create.topics (set by weir)").field_path(".properties"))]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSink {
     /// Topic to write to. A compacted topic keeps exactly one result per (group, window).
@@ -661,6 +664,7 @@ pub fn repartition_topic(namespace: Option<&str>, job: &str) -> String {
 
 /// Settings of the worker pods.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("!has(self.env) || self.env.all(e, !e.name.startsWith('WEIR_'))").message("env must not set WEIR_* variables: the operator sets them for the worker").field_path(".env"))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerTemplate {
     /// Worker container image. Absent: the operator's default, the same version as the operator.
@@ -689,8 +693,13 @@ pub struct WorkerTemplate {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
 
-    /// Extra environment variables of the worker container.
+    /// Extra environment variables of the worker container (at most 256, each name once). Names
+    /// starting with `WEIR_` are reserved: the operator sets them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 256),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])
+    )]
     pub env: Vec<EnvVar>,
 }
 

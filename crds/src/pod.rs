@@ -24,20 +24,6 @@ pub mod env {
     pub const SINK_CREDENTIALS_DIR: &str = "WEIR_SINK_CREDENTIALS_DIR";
     /// Directory of the dead-letter topic's credentials Secret.
     pub const DEAD_LETTER_CREDENTIALS_DIR: &str = "WEIR_DEAD_LETTER_CREDENTIALS_DIR";
-
-    /// Variables `spec.worker.env` may not set: the ones above (the operator's, or the ones that
-    /// would break ordinals or fencing).
-    pub const RESERVED: &[&str] = &[
-        NAMESPACE,
-        JOB,
-        ASSIGNMENT,
-        LISTEN,
-        ORDINAL,
-        CHECKPOINT_DIR,
-        SOURCE_CREDENTIALS_DIR,
-        SINK_CREDENTIALS_DIR,
-        DEAD_LETTER_CREDENTIALS_DIR,
-    ];
 }
 
 /// Where the job ConfigMap is mounted.

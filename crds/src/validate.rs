@@ -5,9 +5,10 @@
 //! must never act on a bad spec) and for `weir run` on a laptop. A test feeds the same bad specs to
 //! both and checks that each rule is enforced by both. When you add a rule, add it in both places.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::properties::{self, Role};
 use crate::{
     Aggregation, AggregationFn, Duration, FieldPath, KafkaSink, StreamJobSpec, TopicName, Window,
     WindowType,
@@ -135,8 +136,22 @@ impl Checker {
         }
     }
 
+    /// Every property a job may not set on a client of `role` (see [`properties`]).
+    fn properties(&mut self, path: &str, props: &BTreeMap<String, String>, role: Role) {
+        for name in props.keys() {
+            if let Some(why) = properties::refusal(name, role) {
+                self.fail(path, why);
+            }
+        }
+    }
+
     fn sink(&mut self, path: &str, sink: &KafkaSink, spec: &StreamJobSpec) {
         self.topic(&format!("{path}.topic"), &sink.topic);
+        self.properties(
+            &format!("{path}.properties"),
+            &sink.properties,
+            Role::Producer,
+        );
         if let Some(b) = &sink.bootstrap_servers {
             self.text(&format!("{path}.bootstrapServers"), b, 1024);
         }
@@ -274,6 +289,11 @@ impl StreamJobSpec {
             1024,
         );
         c.topic("spec.source.kafka.topic", &k.topic);
+        c.properties(
+            "spec.source.kafka.properties",
+            &k.properties,
+            Role::Consumer,
+        );
         if let Some(et) = &self.source.event_time {
             c.field_path("spec.source.eventTime.field", &et.field);
         }
@@ -395,6 +415,27 @@ impl StreamJobSpec {
                      or az://container/prefix{hint}",
                     os.url
                 ),
+            );
+        }
+        c.check(
+            self.worker.env.len() <= 256,
+            "spec.worker.env",
+            "at most 256 variables",
+        );
+        let mut env_names = BTreeSet::new();
+        for (i, e) in self.worker.env.iter().enumerate() {
+            c.check(
+                !e.name.starts_with("WEIR_"),
+                "spec.worker.env",
+                format!(
+                    "env[{i}] {} is reserved: the operator sets WEIR_* variables for the worker",
+                    e.name
+                ),
+            );
+            c.check(
+                env_names.insert(e.name.as_str()),
+                "spec.worker.env",
+                format!("env[{i}]: duplicate name {}", e.name),
             );
         }
         if let Some(p) = &self.worker.image_pull_policy {

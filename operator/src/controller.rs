@@ -423,7 +423,7 @@ async fn reconcile_job(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Err
 /// written to the status too ([`report_failure`]) before it is retried with backoff.
 async fn reconcile_children(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     let ns = job.namespace().unwrap_or_default();
-    let obs = match observe(&ctx.client, ctx.kafka.as_ref(), job).await {
+    let obs = match observe(&ctx.client, ctx.kafka.as_ref(), job, &ctx.config).await {
         Ok(obs) => obs,
         Err(e) => return Err(report_failure(job, ctx, e).await),
     };
@@ -807,6 +807,15 @@ async fn cleanup_checkpoints(
             source,
         })?;
     } else if let Some(store) = &job.spec.checkpoint.store.object_store {
+        if store.credentials.is_none() && !ctx.config.object_store_operator_identity {
+            // The job was refused (InvalidSpec): no worker ran, and the operator must not delete
+            // with its own identity what the URL names. Say so; do not hold the deletion.
+            let note = "object-store checkpoints not deleted: the job names no credentials \
+                        Secret and this operator does not use its own identity \
+                        (--object-store-operator-identity)";
+            publish(ctx, &job.metadata, CHECKPOINT_CLEANUP_FAILED, note).await;
+            return Ok(());
+        }
         if let Err(e) = crate::object_checkpoints::cleanup(&ctx.client, job, store).await {
             let note = format!(
                 "{e}; the StreamJob is deleted once they are (or remove its finalizer {FINALIZER})"

@@ -63,6 +63,11 @@ struct Args {
     /// connection and, while it reads the topic, Kafka requests.
     #[arg(long, env = "WEIR_MAX_CONCURRENT_RECONCILES", default_value_t = controller::DEFAULT_CONCURRENCY)]
     max_concurrent_reconciles: u16,
+    /// Let the operator reach an object store with its own identity (environment, IRSA,
+    /// workload identity) for jobs that name no credentials Secret. Off: such a job is
+    /// `InvalidSpec`, so no tenant can make the operator read or delete under its identity.
+    #[arg(long, env = "WEIR_OBJECT_STORE_OPERATOR_IDENTITY", default_value_t = false, action = clap::ArgAction::Set)]
+    object_store_operator_identity: bool,
     /// This replica's identity in the Lease and in Events (the pod name).
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
@@ -233,6 +238,7 @@ async fn main() -> anyhow::Result<()> {
 
     let config = OperatorConfig {
         worker_image: args.worker_image.clone(),
+        object_store_operator_identity: args.object_store_operator_identity,
         ..OperatorConfig::default()
     };
     let ctx = Arc::new(Context::new(

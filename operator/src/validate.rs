@@ -1,15 +1,13 @@
 //! The validate step: pure. Says whether the operator may act on a StreamJob at all, naming
 //! every problem: [`weir_crds::StreamJobSpec::validate`], and what only the operator checks
-//! (identity from the API server, reserved environment variables, names that must fit).
+//! (identity from the API server, names that must fit).
 //! A job that fails is a status (`Ready=False, reason InvalidSpec`), never an error to retry.
-
-use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
-use weir_crds::pod::env;
-use weir_crds::{names, FieldError, StreamJob, WorkerTemplate};
+use weir_crds::{names, FieldError, StreamJob};
 
+use crate::desired::OperatorConfig;
 use crate::observation::Observation;
 
 /// Longest Kafka topic name.
@@ -44,17 +42,30 @@ pub struct Valid {
     pub owner: OwnerReference,
 }
 
-/// Checks `job`, beyond [`weir_crds::StreamJobSpec::validate`]: it has a name, namespace and
-/// uid (as every object from the API server does); `spec.worker.env` neither repeats a name nor
-/// sets one of [`env::RESERVED`]; with the `configMap` store, the checkpoint ConfigMap names
+/// Checks `job`, beyond [`weir_crds::StreamJobSpec::validate`] (which also refuses `WEIR_*` and
+/// repeated names in `spec.worker.env`): it has a name, namespace and uid (as every object from
+/// the API server does); an object store has a credentials Secret unless `config` lets the
+/// operator use its own identity; with the `configMap` store, the checkpoint ConfigMap names
 /// fit in 253 characters; a two-stage job's repartition topic name fits Kafka's limit.
-pub fn validate(job: &StreamJob, obs: &Observation) -> Result<Valid, InvalidSpec> {
+pub fn validate(
+    job: &StreamJob,
+    obs: &Observation,
+    config: &OperatorConfig,
+) -> Result<Valid, InvalidSpec> {
     let spec = &job.spec;
     let mut errors = match spec.validate() {
         Ok(()) => Vec::new(),
         Err(e) => e.0,
     };
-    errors.extend(env_errors(&spec.worker));
+    let store = spec.checkpoint.store.object_store.as_ref();
+    if store.is_some_and(|s| s.credentials.is_none()) && !config.object_store_operator_identity {
+        errors.push(field_error(
+            "spec.checkpoint.store.objectStore.credentials",
+            "is required: name a Secret with the store's credentials (this operator does not \
+             reach object stores with its own identity; its administrator can allow that with \
+             --object-store-operator-identity, chart value objectStore.operatorIdentity)",
+        ));
+    }
     let name = job.metadata.name.clone().unwrap_or_default();
     let namespace = job.metadata.namespace.clone().unwrap_or_default();
     if name.is_empty() {
@@ -126,23 +137,6 @@ fn field_error(path: &str, message: impl Into<String>) -> FieldError {
         path: path.to_string(),
         message: message.into(),
     }
-}
-
-fn env_errors(w: &WorkerTemplate) -> Vec<FieldError> {
-    let mut seen = BTreeSet::new();
-    let mut errors = Vec::new();
-    for (i, e) in w.env.iter().enumerate() {
-        let path = format!("spec.worker.env[{i}].name");
-        if env::RESERVED.contains(&e.name.as_str()) {
-            errors.push(field_error(
-                &path,
-                format!("{} is set by the operator", e.name),
-            ));
-        } else if !seen.insert(e.name.as_str()) {
-            errors.push(field_error(&path, format!("duplicate name {}", e.name)));
-        }
-    }
-    errors
 }
 
 fn owner_reference(job: &StreamJob) -> Option<OwnerReference> {

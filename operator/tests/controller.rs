@@ -45,11 +45,13 @@ struct FakeKafka {
 #[async_trait]
 impl KafkaClient for FakeKafka {
     async fn topic(&self, conn: &KafkaConnection, topic: &str) -> TopicObservation {
-        // The credentials Secret's keys arrive as librdkafka properties.
+        // The credentials Secret's keys arrive as librdkafka properties, only those the operator's
+        // own clients may use: a path would read the operator's files.
         assert_eq!(
             conn.properties.get("sasl.password").map(String::as_str),
             Some("s3cret")
         );
+        assert_eq!(conn.properties.get("ssl.key.location"), None);
         let answer = if topic.ends_with("-repartition") {
             &self.repartition
         } else {
@@ -101,7 +103,8 @@ fn answer(call: &Call, script: &mut Script) -> (StatusCode, Value) {
             StatusCode::OK,
             json!({"apiVersion": "v1", "kind": "Secret",
                    "metadata": {"name": "kafka-creds", "namespace": "shop"},
-                   "data": {"sasl.password": "czNjcmV0"}}),
+                   "data": {"sasl.password": "czNjcmV0",
+                            "ssl.key.location": "L3Zhci9ydW4vc2VjcmV0cy9rdWJlcm5ldGVzLmlvL3NlcnZpY2VhY2NvdW50L3Rva2Vu"}}),
         ),
         "GET" if p.ends_with("/pods") => (
             StatusCode::OK,

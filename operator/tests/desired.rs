@@ -6,10 +6,10 @@ mod support;
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use support::{found, job, job_with, ok, run};
+use support::{cfg, found, job, job_with, ok, run};
 use weir_crds::assignment::Assignment;
 use weir_crds::names;
-use weir_operator::desired::{Child, Desired};
+use weir_operator::desired::{desired, Child, Desired, OperatorConfig};
 use weir_operator::observation::{Observation, TopicObservation};
 
 fn assignment_in_config_map(d: &Desired) -> Assignment {
@@ -620,11 +620,15 @@ fn a_bad_spec_is_refused_naming_the_field() {
         ),
         (
             "worker: {env: [{name: WEIR_NAMESPACE, value: x}]}",
-            "spec.worker.env[0].name",
+            "spec.worker.env",
         ),
         (
             "worker: {env: [{name: A, value: x}, {name: A, value: y}]}",
-            "spec.worker.env[1].name",
+            "spec.worker.env",
+        ),
+        (
+            "checkpoint: {store: {objectStore: {url: 's3://bucket/weir'}}}",
+            "spec.checkpoint.store.objectStore.credentials",
         ),
     ];
     for (extra, path) in cases {
@@ -632,6 +636,13 @@ fn a_bad_spec_is_refused_naming_the_field() {
         assert!(err.errors.iter().any(|e| e.path == path), "{extra}: {err}");
         assert!(err.to_string().contains(path), "{err}");
     }
+    // An object store without credentials only when the operator may use its own identity.
+    let own = OperatorConfig {
+        object_store_operator_identity: true,
+        ..cfg()
+    };
+    let no_creds = job_with("checkpoint: {store: {objectStore: {url: 's3://bucket/weir'}}}");
+    assert!(desired(&no_creds, &found(3), &own).is_ok());
     let mut j = job();
     j.metadata.uid = None;
     let err = run(&j, &found(3)).expect_err("no uid");

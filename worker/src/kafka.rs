@@ -13,6 +13,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::ToBytes;
 use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
+use weir_crds::properties::{self, Role};
 use weir_crds::{KafkaSink, StreamJobSpec};
 
 /// Environment variables naming the credential directories the operator mounts (defined with
@@ -29,15 +30,6 @@ pub const DEAD_LETTER_CREDENTIALS_ENV: &str = weir_crds::pod::env::DEAD_LETTER_C
 /// it). The producer's default is `true`.
 pub const AUTO_CREATE_TOPICS: &str = "allow.auto.create.topics";
 
-/// Properties weir sets itself; a spec may not override them (the guarantees depend on them).
-const RESERVED_CONSUMER: &[&str] = &[
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "enable.partition.eof",
-    AUTO_CREATE_TOPICS,
-];
-const RESERVED_PRODUCER: &[&str] = &["enable.idempotence", AUTO_CREATE_TOPICS];
-
 /// Failure to put a client configuration together.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -49,13 +41,14 @@ pub enum SettingsError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The spec sets a property weir must control.
-    #[error("property {name} is set by weir and cannot be overridden ({role})")]
-    Reserved {
-        /// Property name.
-        name: String,
-        /// consumer or producer.
-        role: &'static str,
+    /// The spec or a credentials Secret sets a property a job may not set
+    /// (`weir_crds::properties`: it loads code, runs a command, or weir sets it itself).
+    #[error("{why}{}", from_secret.as_ref().map(|d| format!(" (a key of the credentials mounted at {})", d.display())).unwrap_or_default())]
+    Refused {
+        /// Why, naming the property.
+        why: String,
+        /// The credentials directory it came from, when not from the spec.
+        from_secret: Option<PathBuf>,
     },
 }
 
@@ -96,9 +89,15 @@ impl ClientSettings {
         c
     }
 
-    fn with_secrets_from(mut self, dir: Option<&Path>) -> Result<Self, SettingsError> {
+    fn with_secrets_from(mut self, dir: Option<&Path>, role: Role) -> Result<Self, SettingsError> {
         if let Some(dir) = dir {
             self.secrets = read_credentials(dir)?;
+            if let Some((_, why)) = properties::first_refused(self.secrets.keys(), role) {
+                return Err(SettingsError::Refused {
+                    why,
+                    from_secret: Some(dir.to_path_buf()),
+                });
+            }
         }
         Ok(self)
     }
@@ -136,15 +135,13 @@ fn env_dir(var: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-fn check_reserved(
-    props: &BTreeMap<String, String>,
-    reserved: &[&str],
-    role: &'static str,
-) -> Result<(), SettingsError> {
-    match props.keys().find(|k| reserved.contains(&k.as_str())) {
-        Some(k) => Err(SettingsError::Reserved {
-            name: k.clone(),
-            role,
+/// A spec's properties refused for a client of `role` (the API server and `validate()` refuse
+/// them too; this guards a job that reached the worker some other way).
+fn check_properties(props: &BTreeMap<String, String>, role: Role) -> Result<(), SettingsError> {
+    match properties::first_refused(props.keys(), role) {
+        Some((_, why)) => Err(SettingsError::Refused {
+            why,
+            from_secret: None,
         }),
         None => Ok(()),
     }
@@ -154,7 +151,7 @@ fn check_reserved(
 /// (the checkpoint store holds the offsets).
 pub fn source_settings(spec: &StreamJobSpec, job: &str) -> Result<ClientSettings, SettingsError> {
     let src = &spec.source.kafka;
-    check_reserved(&src.properties, RESERVED_CONSUMER, "consumer")?;
+    check_properties(&src.properties, Role::Consumer)?;
     let mut s = ClientSettings::default();
     s.set("bootstrap.servers", &src.bootstrap_servers)
         // A group id is required by librdkafka even for assign(); it is never joined.
@@ -173,7 +170,7 @@ pub fn source_settings(spec: &StreamJobSpec, job: &str) -> Result<ClientSettings
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set(AUTO_CREATE_TOPICS, "false");
-    s.with_secrets_from(env_dir(SOURCE_CREDENTIALS_ENV).as_deref())
+    s.with_secrets_from(env_dir(SOURCE_CREDENTIALS_ENV).as_deref(), Role::Consumer)
 }
 
 fn producer_settings(
@@ -182,7 +179,7 @@ fn producer_settings(
     target: &KafkaSink,
     credentials_env: &str,
 ) -> Result<ClientSettings, SettingsError> {
-    check_reserved(&target.properties, RESERVED_PRODUCER, "producer")?;
+    check_properties(&target.properties, Role::Producer)?;
     let own_cluster = target.bootstrap_servers.is_some();
     let mut s = ClientSettings::default();
     match &target.bootstrap_servers {
@@ -213,7 +210,7 @@ fn producer_settings(
     } else {
         env_dir(SOURCE_CREDENTIALS_ENV)
     };
-    s.with_secrets_from(dir.as_deref())
+    s.with_secrets_from(dir.as_deref(), Role::Producer)
 }
 
 /// Properties about reaching and authenticating to a cluster (shared by every client of it).
@@ -375,5 +372,19 @@ spec:
             shown.contains("sasl.password") && !shown.contains("hunter2"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn a_credentials_key_that_loads_code_is_refused_naming_it_and_the_secret() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("sasl.password"), "hunter2").expect("write");
+        std::fs::write(dir.path().join("plugin.library.paths"), "/tmp/x.so").expect("write");
+        let err = ClientSettings::default()
+            .with_secrets_from(Some(dir.path()), Role::Consumer)
+            .expect_err("refused");
+        let text = err.to_string();
+        assert!(text.contains("plugin.library.paths"), "{text}");
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
     }
 }

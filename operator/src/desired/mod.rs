@@ -42,6 +42,12 @@ pub struct OperatorConfig {
     /// Grace period of a worker pod. The worker flushes for at most 60 s on SIGTERM, then
     /// writes its checkpoints; this must leave room for both.
     pub termination_grace_period_seconds: i64,
+    /// Whether the operator may reach an object store with its own identity (its environment,
+    /// IRSA, workload identity) for a job that names no credentials Secret
+    /// (`--object-store-operator-identity`). Off by default: on a cluster shared by teams, a
+    /// job could otherwise make the operator read — and with `deleteOnJobDeletion` delete —
+    /// whatever its identity reaches under any URL; such a job is `InvalidSpec`.
+    pub object_store_operator_identity: bool,
 }
 
 impl Default for OperatorConfig {
@@ -50,6 +56,7 @@ impl Default for OperatorConfig {
             worker_image: format!("ghcr.io/weir-dev/weir:{}", env!("CARGO_PKG_VERSION")),
             image_pull_policy: None,
             termination_grace_period_seconds: DEFAULT_TERMINATION_GRACE_SECONDS,
+            object_store_operator_identity: false,
         }
     }
 }
@@ -246,7 +253,7 @@ pub fn desired(
     obs: &Observation,
     cfg: &OperatorConfig,
 ) -> Result<Desired, InvalidSpec> {
-    let valid = validate(job, obs)?;
+    let valid = validate(job, obs, cfg)?;
     build(job, &valid, obs, cfg)
 }
 

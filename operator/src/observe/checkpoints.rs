@@ -97,20 +97,27 @@ pub fn summarize_checkpoints(config_maps: &[ConfigMap], topic: &str) -> Checkpoi
 
 /// The checkpoints of `job`. `partitions`: the source's partition count, when known;
 /// `merge`: a two-stage job's repartition topic and its partition count (the one the
-/// assignment uses, so that every merge-stage record is read).
+/// assignment uses, so that every merge-stage record is read). An object store the job names
+/// no credentials for is read only with `operator_identity` (the operator's flag); otherwise
+/// nothing is read and validation refuses the job.
 pub async fn read(
     client: &Client,
     job: &StreamJob,
     partitions: Option<i32>,
     merge: Option<(&str, i32)>,
     has_previous_assignment: bool,
+    operator_identity: bool,
 ) -> Result<Checkpoints, Error> {
     let topic = &job.spec.source.kafka.topic.0;
     let store = &job.spec.checkpoint.store;
     let (records, existing) = if store.config_map.is_some() {
         let (records, existing) = from_config_maps(client, job).await?;
         (records, existing)
-    } else if let Some(store) = &store.object_store {
+    } else if let Some(store) = store
+        .object_store
+        .as_ref()
+        .filter(|s| s.credentials.is_some() || operator_identity)
+    {
         let records = from_object_store(
             client,
             job,

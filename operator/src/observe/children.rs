@@ -21,9 +21,12 @@ fn name(job: &StreamJob) -> String {
 }
 
 /// How to reach the source: the spec's `properties`, overlaid with the keys of the credentials
-/// Secret (read through the API; values never logged). [`Resolved::MissingSecret`] when the
-/// referenced Secret does not exist: the user must create it, so it is reported as a status
-/// (BrokerUnreachable), not retried as an error.
+/// Secret (read through the API; values never logged), keeping only the connection and
+/// authentication properties the operator's own clients may use
+/// (`weir_crds::properties::OPERATOR_ALLOWED`: a job's `debug`, `*.location` or plugin settings
+/// never act inside the operator, and jobs that differ only in worker settings share clients).
+/// [`Resolved::MissingSecret`] when the referenced Secret does not exist: the user must create
+/// it, so it is reported as a status (BrokerUnreachable), not retried as an error.
 pub async fn connection(
     client: &Client,
     job: &StreamJob,
@@ -39,7 +42,7 @@ pub async fn connection(
     }
     Ok(Resolved::Ready(KafkaConnection {
         bootstrap_servers: kafka.bootstrap_servers.clone(),
-        properties,
+        properties: weir_crds::properties::for_operator(&properties),
     }))
 }
 

@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use weir_crds::plan::merge_partitions;
 use weir_crds::StreamJob;
 
+use crate::desired::OperatorConfig;
 use crate::error::Error;
 use crate::kafka::KafkaClient;
 use crate::observation::{existing_merge_partitions, Observation};
@@ -24,6 +25,7 @@ pub async fn observe(
     client: &kube::Client,
     kafka: &dyn KafkaClient,
     job: &StreamJob,
+    config: &OperatorConfig,
 ) -> Result<Observation, Error> {
     let connection = children::connection(client, job).await?;
     let (connection, topic) = topics::source(kafka, connection, job).await;
@@ -45,6 +47,7 @@ pub async fn observe(
         topic.partitions(),
         merge.as_ref().map(|(name, count)| (name.as_str(), *count)),
         previous_assignment.is_some(),
+        config.object_store_operator_identity,
     )
     .await?;
 
