@@ -21,6 +21,7 @@
 //! every API call the operator makes.
 
 pub mod apply;
+pub mod config;
 pub mod controller;
 pub mod desired;
 pub mod error;

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use weir_crds::{names, FieldError, StreamJob};
 
-use crate::desired::OperatorConfig;
+use crate::config::OperatorConfig;
 use crate::observation::Observation;
 
 /// Longest Kafka topic name.

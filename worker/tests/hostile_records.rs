@@ -58,6 +58,45 @@ fn good_key(_: &At) -> Vec<u8> {
 fn hostile_rows() -> Vec<Row> {
     vec![
         Row {
+            // A year typo: more than window.maxAheadOfClock (24 h) ahead of the worker's clock.
+            reason: "future",
+            count: 20,
+            result: false,
+            make: |a| {
+                let ts = weir_engine::time::format(1_906_761_600_000 + a.n as i64); // 2030-06-04
+                (
+                    good_key(a),
+                    json(
+                        serde_json::json!({"ts": ts, "merchant": "m1", "amount": 1, "customer": "c"}),
+                    ),
+                )
+            },
+        },
+        Row {
+            // Beyond what weir can write back as RFC 3339 (its window would end in year 10000).
+            reason: "invalid_event_time",
+            count: 10,
+            result: false,
+            make: |a| {
+                let v =
+                    r#"{"ts":"9999-12-31T23:59:59Z","merchant":"m1","amount":1,"customer":"c"}"#;
+                (good_key(a), v.as_bytes().to_vec())
+            },
+        },
+        Row {
+            // The event-time field twice: parsers disagree on which one counts.
+            reason: "duplicate_field",
+            count: 20,
+            result: false,
+            make: |a| {
+                let v = format!(
+                    "{{\"ts\":\"{}\",\"merchant\":\"m1\",\"amount\":1,\"customer\":\"c\",\"ts\":\"{}\"}}",
+                    a.ts, a.ts
+                );
+                (good_key(a), v.into_bytes())
+            },
+        },
+        Row {
             reason: "invalid_json",
             count: 60,
             result: false,

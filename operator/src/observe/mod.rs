@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use weir_crds::plan::merge_partitions;
 use weir_crds::StreamJob;
 
-use crate::desired::OperatorConfig;
+use crate::config::OperatorConfig;
 use crate::error::Error;
 use crate::kafka::KafkaClient;
 use crate::observation::{existing_merge_partitions, Observation};
