@@ -32,3 +32,12 @@ impl Default for OperatorConfig {
 
 /// 60 s of flush (the worker's bound) + 30 s for the final checkpoint writes.
 pub const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 90;
+
+impl OperatorConfig {
+    /// Whether the operator may reach `store`: with the credentials Secret the job names, or
+    /// with its own identity when [`OperatorConfig::object_store_operator_identity`] allows it.
+    /// Validation, the observe step and cleanup all ask this.
+    pub fn may_reach(&self, store: &weir_crds::ObjectStore) -> bool {
+        store.credentials.is_some() || self.object_store_operator_identity
+    }
+}

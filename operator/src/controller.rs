@@ -807,7 +807,7 @@ async fn cleanup_checkpoints(
             source,
         })?;
     } else if let Some(store) = &job.spec.checkpoint.store.object_store {
-        if store.credentials.is_none() && !ctx.config.object_store_operator_identity {
+        if !ctx.config.may_reach(store) {
             // The job was refused (InvalidSpec): no worker ran, and the operator must not delete
             // with its own identity what the URL names. Say so; do not hold the deletion.
             let note = "object-store checkpoints not deleted: the job names no credentials \

@@ -58,7 +58,7 @@ pub fn validate(
         Err(e) => e.0,
     };
     let store = spec.checkpoint.store.object_store.as_ref();
-    if store.is_some_and(|s| s.credentials.is_none()) && !config.object_store_operator_identity {
+    if store.is_some_and(|s| !config.may_reach(s)) {
         errors.push(field_error(
             "spec.checkpoint.store.objectStore.credentials",
             "is required: name a Secret with the store's credentials (this operator does not \

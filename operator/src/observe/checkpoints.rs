@@ -11,6 +11,7 @@ use tracing::warn;
 use weir_crds::checkpoint::{self, PartitionCheckpoint};
 use weir_crds::{names, ObjectStore, StreamJob};
 
+use crate::config::OperatorConfig;
 use crate::error::Error;
 use crate::object_checkpoints;
 use crate::secrets::Resolved;
@@ -98,7 +99,7 @@ pub fn summarize_checkpoints(config_maps: &[ConfigMap], topic: &str) -> Checkpoi
 /// The checkpoints of `job`. `partitions`: the source's partition count, when known;
 /// `merge`: a two-stage job's repartition topic and its partition count (the one the
 /// assignment uses, so that every merge-stage record is read). An object store the job names
-/// no credentials for is read only with `operator_identity` (the operator's flag); otherwise
+/// no credentials for is read only when `config` allows ([`OperatorConfig::may_reach`]); otherwise
 /// nothing is read and validation refuses the job.
 pub async fn read(
     client: &Client,
@@ -106,18 +107,14 @@ pub async fn read(
     partitions: Option<i32>,
     merge: Option<(&str, i32)>,
     has_previous_assignment: bool,
-    operator_identity: bool,
+    config: &OperatorConfig,
 ) -> Result<Checkpoints, Error> {
     let topic = &job.spec.source.kafka.topic.0;
     let store = &job.spec.checkpoint.store;
     let (records, existing) = if store.config_map.is_some() {
         let (records, existing) = from_config_maps(client, job).await?;
         (records, existing)
-    } else if let Some(store) = store
-        .object_store
-        .as_ref()
-        .filter(|s| s.credentials.is_some() || operator_identity)
-    {
+    } else if let Some(store) = store.object_store.as_ref().filter(|s| config.may_reach(s)) {
         let records = from_object_store(
             client,
             job,

@@ -47,7 +47,7 @@ pub async fn observe(
         topic.partitions(),
         merge.as_ref().map(|(name, count)| (name.as_str(), *count)),
         previous_assignment.is_some(),
-        config.object_store_operator_identity,
+        config,
     )
     .await?;
 
