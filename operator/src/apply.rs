@@ -16,7 +16,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::info;
-use weir_crds::names::FIELD_MANAGER;
+use weir_crds::names::{ASSIGNMENT_KEY, FIELD_MANAGER};
 use weir_crds::plan::NewTopic;
 
 use crate::desired::{Child, Desired, DesiredResource};
@@ -97,7 +97,15 @@ async fn apply_child(
             drop(ssa(t, o, |name, source| E::ApplyRoleBinding { name, source }).await?)
         }
         Child::ConfigMap(o) => {
-            drop(ssa(t, o, |name, source| E::ApplyConfigMap { name, source }).await?)
+            if ssa(t, o, |name, source| E::ApplyConfigMap { name, source })
+                .await?
+                .is_some()
+            {
+                // What the next reconcile's observe reads back (the previous assignment).
+                let key = ChildKey::of(<ConfigMap as k8s_openapi::Resource>::KIND, o.meta());
+                let assignment = o.data.as_ref().and_then(|d| d.get(ASSIGNMENT_KEY)).cloned();
+                t.memory.attach(&key, assignment);
+            }
         }
         Child::Service(o) => {
             drop(ssa(t, o, |name, source| E::ApplyService { name, source }).await?)

@@ -11,6 +11,11 @@
 //!   `generation`, its `resourceVersion` moved past the one the apply returned (someone else
 //!   wrote it);
 //! - after [`CHILD_RESYNC`], the long resync that repairs what no watch event showed.
+//!
+//! While an apply is remembered, what the operator wrote into that child can be read back from
+//! memory instead of the API server ([`Memory::attach`], [`Memory::remembered`]): the job
+//! ConfigMap's assignment, which every reconcile reads (one GET fewer per reconcile of a job
+//! whose children did not change).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -60,6 +65,9 @@ struct Applied {
     resource_version: Option<String>,
     generation: Option<i64>,
     at: Instant,
+    /// What the operator reads back from this child, when it would otherwise have to GET it
+    /// ([`Memory::remembered`]): the job ConfigMap's assignment.
+    data: Option<String>,
 }
 
 /// A fingerprint of an object as it would be sent: equal objects, equal fingerprints (within one
@@ -107,11 +115,43 @@ impl Memory {
             resource_version: meta.resource_version.clone(),
             generation: meta.generation,
             at: now,
+            data: None,
         };
         self.children
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, applied);
+    }
+
+    /// Attaches `data` to the remembered apply of `key` (nothing when there is none): what the
+    /// child holds as applied, to be read back with [`Memory::remembered`].
+    pub fn attach(&self, key: &ChildKey, data: Option<String>) {
+        let mut children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(a) = children.get_mut(key) {
+            a.data = data;
+        }
+    }
+
+    /// The data attached to the apply of `key`, while that apply is remembered (no drift seen,
+    /// less than [`CHILD_RESYNC`] before `now`): then the child still holds it, and reading it
+    /// back from the API server would return the same. `None`: read it.
+    pub fn remembered(&self, key: &ChildKey, now: Instant) -> Option<String> {
+        let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        children
+            .get(key)
+            .filter(|a| now.saturating_duration_since(a.at) < CHILD_RESYNC)
+            .and_then(|a| a.data.clone())
+    }
+
+    /// Whether `meta` (an object of `kind` seen by a watch) is the operator's own last apply of
+    /// that child, at exactly the `resourceVersion` the apply returned: its echo, which tells
+    /// nothing new.
+    pub fn is_echo(&self, kind: &'static str, meta: &ObjectMeta) -> bool {
+        let key = ChildKey::of(kind, meta);
+        let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        children.get(&key).is_some_and(|a| {
+            a.resource_version.is_some() && a.resource_version == meta.resource_version
+        })
     }
 
     /// An owned-object watch saw `meta` (an object of `kind`; `deleted` when it is gone):
@@ -210,6 +250,58 @@ mod tests {
         m.applied(role.clone(), 1, &meta("7", None), t0);
         m.seen("Role", &meta("7", None), true);
         assert!(!m.unchanged(&role, 1, t0), "deleted");
+    }
+
+    #[test]
+    fn data_attached_to_an_apply_is_remembered_until_drift_or_the_resync() {
+        let m = Memory::default();
+        let t0 = Instant::now();
+        let cm = ChildKey::of("ConfigMap", &meta("5", None));
+        m.attach(&cm, Some("a".to_string()));
+        assert_eq!(
+            m.remembered(&cm, t0),
+            None,
+            "never applied: nothing to attach to"
+        );
+        m.applied(cm.clone(), 1, &meta("5", None), t0);
+        assert_eq!(m.remembered(&cm, t0), None, "applied, nothing attached");
+        m.attach(&cm, Some("a".to_string()));
+        assert_eq!(m.remembered(&cm, t0).as_deref(), Some("a"));
+        m.applied(cm.clone(), 2, &meta("6", None), t0);
+        assert_eq!(
+            m.remembered(&cm, t0),
+            None,
+            "a new apply forgets the old data"
+        );
+        m.attach(&cm, Some("b".to_string()));
+        assert_eq!(
+            m.remembered(&cm, t0 + CHILD_RESYNC),
+            None,
+            "the long resync"
+        );
+        m.seen("ConfigMap", &meta("7", None), false);
+        assert_eq!(m.remembered(&cm, t0), None, "someone else wrote it");
+    }
+
+    #[test]
+    fn only_the_exact_version_an_apply_returned_is_its_echo() {
+        let m = Memory::default();
+        let t0 = Instant::now();
+        let sts = ChildKey::of("StatefulSet", &meta("5", Some(2)));
+        assert!(
+            !m.is_echo("StatefulSet", &meta("5", Some(2))),
+            "never applied"
+        );
+        m.applied(sts, 1, &meta("5", Some(2)), t0);
+        assert!(m.is_echo("StatefulSet", &meta("5", Some(2))));
+        assert!(
+            !m.is_echo("StatefulSet", &meta("6", Some(2))),
+            "a status update (ready replicas) after it"
+        );
+        assert!(!m.is_echo("Role", &meta("5", None)), "another kind");
+        let mut unnamed = meta("5", Some(2));
+        unnamed.resource_version = None;
+        assert!(!m.is_echo("StatefulSet", &unnamed), "no version: not known");
     }
 
     #[test]

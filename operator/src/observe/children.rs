@@ -2,6 +2,8 @@
 //! credentials Secret, the job ConfigMap (the previous assignment) and the StatefulSet. Reads
 //! only.
 
+use std::time::Instant;
+
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
@@ -9,6 +11,7 @@ use weir_crds::assignment::Assignment;
 use weir_crds::{names, StreamJob};
 
 use crate::error::Error;
+use crate::memory::{ChildKey, Memory};
 use crate::observation::KafkaConnection;
 use crate::secrets::{secret_values, Resolved};
 
@@ -47,22 +50,36 @@ pub async fn connection(
 }
 
 /// The assignment in the job ConfigMap, if it exists and parses (one that does not is logged
-/// and ignored: the next assignment then starts above the checkpoints' epochs).
+/// and ignored: the next assignment then starts above the checkpoints' epochs). Read back from
+/// `memory` while the operator's last apply of the ConfigMap is remembered (nobody changed it
+/// since: [`Memory::remembered`]), else from the API server.
 pub async fn previous_assignment(
     client: &Client,
+    memory: &Memory,
     job: &StreamJob,
 ) -> Result<Option<Assignment>, Error> {
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace(job));
+    let ns = namespace(job);
     let config_name = names::config_map_name(&name(job));
-    let text = config_maps
-        .get_opt(&config_name)
-        .await
-        .map_err(|source| Error::ReadJobConfigMap {
-            name: config_name.clone(),
-            source,
-        })?
-        .and_then(|cm| cm.data)
-        .and_then(|d| d.get(names::ASSIGNMENT_KEY).cloned());
+    let key = ChildKey {
+        kind: <ConfigMap as k8s_openapi::Resource>::KIND,
+        namespace: ns.clone(),
+        name: config_name.clone(),
+    };
+    let text = match memory.remembered(&key, Instant::now()) {
+        Some(text) => Some(text),
+        None => {
+            let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+            config_maps
+                .get_opt(&config_name)
+                .await
+                .map_err(|source| Error::ReadJobConfigMap {
+                    name: config_name.clone(),
+                    source,
+                })?
+                .and_then(|cm| cm.data)
+                .and_then(|d| d.get(names::ASSIGNMENT_KEY).cloned())
+        }
+    };
     Ok(
         text.and_then(|text| match serde_json::from_str::<Assignment>(&text) {
             Ok(a) => Some(a),

@@ -18,18 +18,21 @@ use weir_crds::StreamJob;
 use crate::config::OperatorConfig;
 use crate::error::Error;
 use crate::kafka::KafkaClient;
+use crate::memory::Memory;
 use crate::observation::{existing_merge_partitions, Observation};
 
-/// Reads everything the later steps need for `job`. Only reads.
+/// Reads everything the later steps need for `job`. Only reads (`memory`: what the operator
+/// applied and nobody changed since, read back instead of asking the API server again).
 pub async fn observe(
     client: &kube::Client,
     kafka: &dyn KafkaClient,
+    memory: &Memory,
     job: &StreamJob,
     config: &OperatorConfig,
 ) -> Result<Observation, Error> {
     let connection = children::connection(client, job).await?;
     let (connection, topic) = topics::source(kafka, connection, job).await;
-    let previous_assignment = children::previous_assignment(client, job).await?;
+    let previous_assignment = children::previous_assignment(client, memory, job).await?;
     let repartition = topics::repartition(kafka, connection.as_ref(), job, &topic).await;
 
     // Two-stage jobs: the merge stage's topic, and how many partitions it has (or will have).
