@@ -9,7 +9,7 @@
 //! all report a bad job the same way: a list of problems, each naming its field.
 //!
 //! It is also the contract between the operator and the workers, in one home: [`names`] (object
-//! names and labels), [`pod`] (environment variables, mount paths, ports), [`assignment`] and
+//! names and labels), [`topics`] (the repartition topic's name and ownership), [`pod`] (environment variables, mount paths, ports), [`assignment`] and
 //! [`checkpoint`] (what the job ConfigMap and the checkpoints hold), and [`plan`] (how a job is
 //! split into an assignment and stages, and the repartition topic it needs); [`exposition`] is
 //! the text format of both binaries' `/metrics`.
@@ -25,6 +25,7 @@ pub mod plan;
 pub mod pod;
 pub mod properties;
 mod suggest;
+pub mod topics;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::{Duration, DurationError};
 pub use suggest::unknown_field_message;
+pub use topics::repartition_topic;
 pub use validate::{FieldError, ValidationErrors, MAX_DURATION_MS, MAX_WINDOWS_PER_RECORD};
 
 /// API group of every weir resource.
@@ -654,12 +656,6 @@ impl StreamJobSpec {
             .co_partitioned
             .unwrap_or(self.group_by_key && self.group_by.is_empty())
     }
-}
-
-/// Name of a job's repartition topic (two-stage jobs): `weir-<namespace>-<job>-repartition`,
-/// the same in a cluster and in local mode (namespace `default` when the job names none).
-pub fn repartition_topic(namespace: Option<&str>, job: &str) -> String {
-    format!("weir-{}-{job}-repartition", namespace.unwrap_or("default"))
 }
 
 /// Settings of the worker pods.

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::assignment::Assignment;
-use crate::{repartition_topic, StreamJobSpec};
+use crate::StreamJobSpec;
 
 /// A topic to create: the repartition topic of a two-stage job.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,12 +45,11 @@ pub fn merge_partitions(spec: &StreamJobSpec, existing: Option<i32>, sources: i3
 /// The assignment of a job whose source has `sources` partitions, over `workers` ordinals,
 /// under `epoch`: the source partitions round-robin (balanced, deterministic), and for a job
 /// whose groups span partitions ([`StreamJobSpec::co_partitioned`] false) the merge stage's
-/// `merge_partitions` partitions of the repartition topic of `job` in `namespace`, spread over
-/// the same workers.
+/// `merge_partitions` partitions of `repartition_topic` (the job's, see
+/// [`crate::topics::repartition_topic_in_use`]), spread over the same workers.
 pub fn assignment(
     spec: &StreamJobSpec,
-    namespace: Option<&str>,
-    job: &str,
+    repartition_topic: &str,
     sources: i32,
     workers: i32,
     merge_partitions: i32,
@@ -60,11 +59,7 @@ pub fn assignment(
     if spec.co_partitioned() {
         return a;
     }
-    a.with_merge(
-        &repartition_topic(namespace, job),
-        merge_partitions,
-        sources,
-    )
+    a.with_merge(repartition_topic, merge_partitions, sources)
 }
 
 /// Configs of a new repartition topic. Partials are needed until the merge stage has
@@ -79,17 +74,16 @@ pub fn repartition_topic_configs(source_retention_ms: Option<i64>) -> BTreeMap<S
     c
 }
 
-/// The repartition topic of `job` in `namespace` as it is created: `partitions` partitions,
-/// the spec's replication factor, [`repartition_topic_configs`].
+/// The repartition topic `name` as it is created: `partitions` partitions, the spec's
+/// replication factor, [`repartition_topic_configs`].
 pub fn new_repartition_topic(
     spec: &StreamJobSpec,
-    namespace: Option<&str>,
-    job: &str,
+    name: &str,
     partitions: i32,
     source_retention_ms: Option<i64>,
 ) -> NewTopic {
     NewTopic {
-        name: repartition_topic(namespace, job),
+        name: name.to_string(),
         partitions,
         replication_factor: spec.repartition.replication_factor,
         configs: repartition_topic_configs(source_retention_ms),
@@ -122,11 +116,11 @@ spec:
     #[test]
     fn a_two_stage_job_spreads_the_merge_stage_over_the_same_workers() {
         let s = spec("  groupBy: [merchant]\n  repartition: {partitions: 4}");
-        let a = assignment(&s, Some("shop"), "payments", 3, 2, 4, 7);
+        let a = assignment(&s, "weir.shop.payments.repartition", 3, 2, 4, 7);
         assert_eq!(a.workers, [vec![0, 2], vec![1]]);
         assert_eq!(a.epoch, 7);
         let m = a.merge.expect("merge stage");
-        assert_eq!(m.topic, "weir-shop-payments-repartition");
+        assert_eq!(m.topic, "weir.shop.payments.repartition");
         assert_eq!(m.sources, 3);
         assert_eq!(m.workers, [vec![0, 2], vec![1, 3]]);
         // The existing topic's count wins over the spec's.
@@ -138,7 +132,7 @@ spec:
     #[test]
     fn a_co_partitioned_job_has_one_stage() {
         let s = spec("  groupByKey: true");
-        assert_eq!(assignment(&s, None, "payments", 3, 5, 3, 1).merge, None);
+        assert_eq!(assignment(&s, "t", 3, 5, 3, 1).merge, None);
         assert_eq!(worker_count(&s, 1), 1);
         assert_eq!(worker_count(&s, 3), 2);
     }
@@ -146,8 +140,8 @@ spec:
     #[test]
     fn the_repartition_topic_keeps_partials_as_long_as_the_source_keeps_records() {
         let s = spec("  groupBy: [merchant]\n  repartition: {replicationFactor: 3}");
-        let t = new_repartition_topic(&s, None, "payments", 5, Some(86_400_000));
-        assert_eq!(t.name, "weir-default-payments-repartition");
+        let t = new_repartition_topic(&s, "weir.default.payments.repartition", 5, Some(86_400_000));
+        assert_eq!(t.name, "weir.default.payments.repartition");
         assert_eq!((t.partitions, t.replication_factor), (5, Some(3)));
         assert_eq!(t.configs["cleanup.policy"], "delete");
         assert_eq!(t.configs["retention.ms"], "86400000");

@@ -45,8 +45,8 @@ use crate::error::Error;
 use crate::kafka::KafkaClient;
 use crate::memory::Memory;
 use crate::metrics::{CategoryLabel, Metrics};
-use crate::observation::Observation;
-use crate::observe::{children, observe};
+use crate::observation::{Observation, TopicObservation};
+use crate::observe::{children, observe, repartition_of_deleted};
 use crate::outcome::Outcome;
 use crate::secrets::Resolved;
 use crate::status::{self, reason};
@@ -104,6 +104,7 @@ const ACTIONABLE: &[&str] = &[
     reason::RETENTION_SHORTER_THAN_WINDOW,
     reason::REPARTITION_TOPIC_UNAVAILABLE,
     reason::REPARTITION_PARTITIONS_FIXED,
+    reason::NAME_CONFLICT,
 ];
 
 /// Consecutive failures per object, for [`error_policy`]; reset by a successful reconcile.
@@ -753,10 +754,9 @@ async fn stop_workers(job: &StreamJob, ctx: &Context) -> Result<bool, Error> {
     let mut pod_names: Vec<String> = left.items.iter().map(|p| p.name_any()).collect();
     pod_names.sort_unstable();
     let topic = if job.spec.co_partitioned() {
-        String::new()
+        ""
     } else {
-        let topic = weir_crds::repartition_topic(Some(&ns), &name);
-        format!(" and the repartition topic {topic}")
+        " and the repartition topic"
     };
     let message = format!(
         "deleting: waiting for {} worker pod(s) to stop ({}) before deleting the checkpoints{topic}",
@@ -811,30 +811,60 @@ fn stopping_status(job: &StreamJob, message: &str) -> StreamJobStatus {
 
 /// Cleanup of a deleted job with `deleteOnJobDeletion`, once [`stop_workers`] found no worker
 /// left: deletes its checkpoints — the ConfigMaps (by the job label), or the records in object
-/// storage — and, for a two-stage job, then its repartition topic. Idempotent: deleting
-/// nothing succeeds.
+/// storage — and, for a two-stage job, then its repartition topic, but only when something of
+/// the job's claims it (its job ConfigMap's assignment or its merge-stage checkpoints, read
+/// before the checkpoints go; see `weir_crds::topics`). A topic of that name that nothing
+/// claims is another's: it stays, and a Warning Event ([`reason::NAME_CONFLICT`]) says so.
+/// Idempotent: deleting nothing succeeds.
 /// A failure is retried with backoff and the job's deletion waits for it; for the object store
 /// and the topic, a Warning Event says why (a missing Secret, refused credentials or ACLs).
 async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     let ns = job.namespace().unwrap_or_default();
     let name = job.name_any();
-    cleanup_checkpoints(job, ctx, &ns, &name).await?;
-    if !job.spec.co_partitioned() {
-        let topic = weir_crds::repartition_topic(Some(&ns), &name);
-        let deleted = match children::connection(&ctx.client, job).await? {
-            Resolved::Ready(conn) => ctx.kafka.delete_topic(&conn, &topic).await,
-            Resolved::MissingSecret { message } => Err(message),
-        };
-        if let Err(message) = deleted {
-            let note = format!(
-                "cannot delete the repartition topic {topic}: {message}; the StreamJob is \
-                 deleted once it is (or remove its finalizer {FINALIZER})"
-            );
-            publish(ctx, &job.metadata, CHECKPOINT_CLEANUP_FAILED, &note).await;
-            return Err(Error::DeleteRepartitionTopic { topic, message });
-        }
-        info!(%topic, "deleted the repartition topic");
+    if job.spec.co_partitioned() {
+        cleanup_checkpoints(job, ctx, &ns, &name).await?;
+        return Ok(Action::await_change());
     }
+    let connection = match children::connection(&ctx.client, job).await? {
+        Resolved::Ready(conn) => Ok(conn),
+        Resolved::MissingSecret { message } => Err(message),
+    };
+    let (topic, state) = repartition_of_deleted(
+        &ctx.client,
+        ctx.kafka.as_ref(),
+        connection.as_ref().ok(),
+        job,
+        &ctx.config,
+    )
+    .await?;
+    cleanup_checkpoints(job, ctx, &ns, &name).await?;
+    if !topic.is_claimed() {
+        if matches!(state, Some(TopicObservation::Found { .. })) {
+            let note = format!(
+                "the repartition topic {} was not deleted: nothing of this job's (its ConfigMap, \
+                 its merge-stage checkpoints) names it, so it is not known to be this job's. \
+                 Delete it yourself if it is unused",
+                topic.name
+            );
+            warn!(topic = %topic.name, "repartition topic not claimed by the job: left in place");
+            publish(ctx, &job.metadata, reason::NAME_CONFLICT, &note).await;
+        }
+        return Ok(Action::await_change());
+    }
+    let topic = topic.name;
+    let deleted = match &connection {
+        Ok(conn) => ctx.kafka.delete_topic(conn, &topic).await,
+        Err(message) => Err(message.clone()),
+    };
+    if let Err(message) = deleted {
+        let note = format!(
+            "cannot delete the repartition topic {topic}: {message}; the StreamJob is \
+             deleted once it is (or remove its finalizer {FINALIZER})"
+        );
+        publish(ctx, &job.metadata, CHECKPOINT_CLEANUP_FAILED, &note).await;
+        return Err(Error::DeleteRepartitionTopic { topic, message });
+    }
+    info!(%topic, "deleted the repartition topic");
     Ok(Action::await_change())
 }
 

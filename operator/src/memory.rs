@@ -65,9 +65,21 @@ struct Applied {
     resource_version: Option<String>,
     generation: Option<i64>,
     at: Instant,
+    /// UIDs of the owners the API server answered (the job's, for a child the operator applied).
+    owners: Vec<String>,
     /// What the operator reads back from this child, when it would otherwise have to GET it
     /// ([`Memory::remembered`]): the job ConfigMap's assignment.
     data: Option<String>,
+}
+
+/// What [`Memory::remembered`] reads back: the data attached to a remembered apply, and the
+/// owners the child had then.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Remembered {
+    /// The data attached ([`Memory::attach`]).
+    pub data: String,
+    /// UIDs of the child's owners as the apply returned them.
+    pub owners: Vec<String>,
 }
 
 /// A fingerprint of an object as it would be sent: equal objects, equal fingerprints (within one
@@ -115,6 +127,12 @@ impl Memory {
             resource_version: meta.resource_version.clone(),
             generation: meta.generation,
             at: now,
+            owners: meta
+                .owner_references
+                .iter()
+                .flatten()
+                .map(|o| o.uid.clone())
+                .collect(),
             data: None,
         };
         self.children
@@ -135,12 +153,15 @@ impl Memory {
     /// The data attached to the apply of `key`, while that apply is remembered (no drift seen,
     /// less than [`CHILD_RESYNC`] before `now`): then the child still holds it, and reading it
     /// back from the API server would return the same. `None`: read it.
-    pub fn remembered(&self, key: &ChildKey, now: Instant) -> Option<String> {
+    pub fn remembered(&self, key: &ChildKey, now: Instant) -> Option<Remembered> {
         let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
-        children
+        let a = children
             .get(key)
-            .filter(|a| now.saturating_duration_since(a.at) < CHILD_RESYNC)
-            .and_then(|a| a.data.clone())
+            .filter(|a| now.saturating_duration_since(a.at) < CHILD_RESYNC)?;
+        Some(Remembered {
+            data: a.data.clone()?,
+            owners: a.owners.clone(),
+        })
     }
 
     /// Whether `meta` (an object of `kind` seen by a watch) is the operator's own last apply of
@@ -266,7 +287,24 @@ mod tests {
         m.applied(cm.clone(), 1, &meta("5", None), t0);
         assert_eq!(m.remembered(&cm, t0), None, "applied, nothing attached");
         m.attach(&cm, Some("a".to_string()));
-        assert_eq!(m.remembered(&cm, t0).as_deref(), Some("a"));
+        let owned = ObjectMeta {
+            owner_references: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    uid: "job-uid".to_string(),
+                    ..Default::default()
+                },
+            ]),
+            ..meta("5", None)
+        };
+        m.applied(cm.clone(), 1, &owned, t0);
+        m.attach(&cm, Some("a".to_string()));
+        assert_eq!(
+            m.remembered(&cm, t0),
+            Some(Remembered {
+                data: "a".to_string(),
+                owners: vec!["job-uid".to_string()]
+            })
+        );
         m.applied(cm.clone(), 2, &meta("6", None), t0);
         assert_eq!(
             m.remembered(&cm, t0),

@@ -8,6 +8,7 @@ use std::fmt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use weir_crds::assignment::Assignment;
+use weir_crds::topics::RepartitionTopic;
 
 /// A topic, as Kafka metadata showed it.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,10 +78,15 @@ pub struct Observation {
     /// Two-stage jobs: partials in the repartition topic not yet checkpointed by the merge
     /// stage.
     pub repartition_lag: Option<i64>,
-    /// Two-stage jobs: the repartition topic, as Kafka metadata showed it (`None` for a
-    /// one-stage job, or when the brokers could not be asked about the source either). Apply
-    /// creates it when `NotFound`; once it exists, its partition count is the one the
-    /// assignment uses, whatever the spec says now ([`existing_merge_partitions`]).
+    /// Two-stage jobs: the repartition topic the job uses and what shows it is the job's
+    /// ([`weir_crds::topics::repartition_topic_in_use`]); `None` for a one-stage job. Read
+    /// from the job ConfigMap (when the job owns it) and the checkpoints.
+    pub repartition_topic: Option<RepartitionTopic>,
+    /// Two-stage jobs: that topic, as Kafka metadata showed it (`None` for a one-stage job, or
+    /// when the brokers could not be asked about the source either). Apply creates it when
+    /// `NotFound`; once it exists, its partition count is the one the assignment uses, whatever
+    /// the spec says now ([`existing_merge_partitions`]); if nothing claims it, it is another's
+    /// ([`Observation::repartition_conflict`]).
     pub repartition: Option<TopicObservation>,
     /// Time of the oldest of the partitions' latest checkpoints, if read.
     pub last_checkpoint_time: Option<Time>,
@@ -102,10 +108,23 @@ impl Observation {
             stateful_set: None,
             lag: None,
             repartition_lag: None,
+            repartition_topic: None,
             repartition: None,
             last_checkpoint_time: None,
             existing_checkpoints: BTreeSet::new(),
             connection: None,
+        }
+    }
+}
+
+impl Observation {
+    /// The repartition topic, when it exists and nothing of the job's names it (neither its
+    /// assignment nor its checkpoints): a topic of this name that the job did not create. The
+    /// job must not write into it, read it nor delete it; its status says `NameConflict`.
+    pub fn repartition_conflict(&self) -> Option<&str> {
+        match (&self.repartition_topic, &self.repartition) {
+            (Some(t), Some(TopicObservation::Found { .. })) if !t.is_claimed() => Some(&t.name),
+            _ => None,
         }
     }
 }

@@ -5,8 +5,8 @@
 //!
 //! Conditions, each with a reason a person can act on:
 //! - `Ready`: results are flowing. False with `InvalidSpec`, `TopicNotFound`,
-//!   `BrokerUnreachable`, `RepartitionTopicUnavailable` or `WorkersNotReady`; true with
-//!   `Running`.
+//!   `BrokerUnreachable`, `RepartitionTopicUnavailable`, `NameConflict` or `WorkersNotReady`;
+//!   true with `Running`.
 //! - `Progressing`: a change is rolling out (`RollingOut`); false with `UpToDate`, or with the
 //!   blocking reason when nothing can roll out.
 //! - `Degraded`: something needs attention even if results flow: the blocking reason,
@@ -53,6 +53,9 @@ pub mod reason {
     /// `spec.repartition.partitions` differs from the existing repartition topic, which keeps
     /// its partitions.
     pub const REPARTITION_PARTITIONS_FIXED: &str = "RepartitionPartitionsFixed";
+    /// An object the job needs exists under its name and is not the job's; the message names
+    /// it and says how to resolve it.
+    pub const NAME_CONFLICT: &str = "NameConflict";
 }
 
 /// Where the StatefulSet stands against what was asked.
@@ -237,7 +240,7 @@ impl<'a> Facts<'a> {
 }
 
 /// The reason that stops the job from being (re)configured at all, if any: an invalid spec,
-/// the source topic missing or unreadable, or the repartition topic unavailable.
+/// the source topic missing or unreadable, or the repartition topic another's or unavailable.
 fn blocked(f: &Facts<'_>, outcome: &Outcome<'_>) -> Option<(&'static str, String)> {
     let spec = &f.job.spec;
     let topic = &spec.source.kafka.topic;
@@ -247,6 +250,10 @@ fn blocked(f: &Facts<'_>, outcome: &Outcome<'_>) -> Option<(&'static str, String
             reason::INVALID_SPEC,
             format!("{invalid}. Fix the spec; nothing is changed until then"),
         ));
+    }
+    if let Some(conflict) = f.obs.repartition_conflict() {
+        let message = name_conflict_message(conflict, brokers);
+        return Some((reason::NAME_CONFLICT, message));
     }
     match (&f.obs.topic, &f.repartition) {
         (TopicObservation::NotFound, _) => Some((
@@ -275,7 +282,7 @@ fn blocked(f: &Facts<'_>, outcome: &Outcome<'_>) -> Option<(&'static str, String
                      merged in a second stage through it) can be neither read nor created on \
                      {brokers}: {message}. Allow the job's Kafka identity to describe and create \
                      it, or create it yourself",
-                    repartition_topic_name(f.job)
+                    repartition_topic_name(f.job, f.obs)
                 ),
             ))
         }
@@ -328,7 +335,7 @@ fn degraded(f: &Facts<'_>) -> Cond {
     if let Some(msg) = retention {
         return (true, reason::RETENTION_SHORTER_THAN_WINDOW, msg);
     }
-    if let Some(msg) = repartition_warning(f.job, f.repartition.as_ref()) {
+    if let Some(msg) = repartition_warning(f.job, f.obs, f.repartition.as_ref()) {
         return (true, reason::REPARTITION_PARTITIONS_FIXED, msg);
     }
     let r = &f.rollout;
@@ -421,14 +428,34 @@ pub fn compute(
     }
 }
 
-fn repartition_topic_name(job: &StreamJob) -> String {
+/// The repartition topic the job uses (as observed), else the name it would create.
+fn repartition_topic_name(job: &StreamJob, obs: &Observation) -> String {
+    if let Some(t) = &obs.repartition_topic {
+        return t.name.clone();
+    }
     let name = job.metadata.name.as_deref().unwrap_or_default();
     weir_crds::repartition_topic(job.metadata.namespace.as_deref(), name)
 }
 
+/// Why a repartition topic that exists and that nothing of the job's claims is left alone, and
+/// what a person can do.
+fn name_conflict_message(topic: &str, brokers: &str) -> String {
+    format!(
+        "the repartition topic {topic} already exists on {brokers}, and nothing shows it is this \
+         job's (neither the job's ConfigMap nor its merge-stage checkpoints name it): the job \
+         neither writes into it nor reads nor deletes it, and no worker is started. If it is left \
+         from an earlier job of this name, or otherwise unused, delete it and the operator \
+         creates it for this job; if it is in use by something else, give this job another name"
+    )
+}
+
 /// The warning when `spec.repartition.partitions` asks for another count than the existing
 /// repartition topic has: the topic keeps its count (see `desired`).
-fn repartition_warning(job: &StreamJob, repartition: Option<&TopicObservation>) -> Option<String> {
+fn repartition_warning(
+    job: &StreamJob,
+    obs: &Observation,
+    repartition: Option<&TopicObservation>,
+) -> Option<String> {
     let wanted = job.spec.repartition.partitions?;
     let has = repartition?.partitions()?;
     (wanted != has).then(|| {
@@ -438,7 +465,7 @@ fn repartition_warning(job: &StreamJob, repartition: Option<&TopicObservation>) 
              going to one merge. To change it, delete the job with \
              spec.checkpoint.deleteOnJobDeletion: true (its checkpoints and repartition topic go \
              with it) and create it again, or set spec.repartition.partitions back to {has}",
-            repartition_topic_name(job)
+            repartition_topic_name(job, obs)
         )
     })
 }

@@ -10,9 +10,6 @@ use weir_crds::{names, FieldError, StreamJob};
 use crate::config::OperatorConfig;
 use crate::observation::Observation;
 
-/// Longest Kafka topic name.
-pub const MAX_TOPIC_NAME: usize = 249;
-
 /// A StreamJob the operator must not act on: every problem, each naming its field. The
 /// controller sets `Ready=False, reason InvalidSpec` and applies nothing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -46,7 +43,8 @@ pub struct Valid {
 /// repeated names in `spec.worker.env`): it has a name, namespace and uid (as every object from
 /// the API server does); an object store has a credentials Secret unless `config` lets the
 /// operator use its own identity; with the `configMap` store, the checkpoint ConfigMap names
-/// fit in 253 characters; a two-stage job's repartition topic name fits Kafka's limit.
+/// fit in 253 characters (a repartition topic's name always fits Kafka's limit: it is
+/// shortened with a hash, see `weir_crds::topics`).
 pub fn validate(
     job: &StreamJob,
     obs: &Observation,
@@ -74,7 +72,7 @@ pub fn validate(
     if namespace.is_empty() {
         errors.push(field_error("metadata.namespace", "is required"));
     }
-    errors.extend(name_errors(job, &name, &namespace, obs.topic.partitions()));
+    errors.extend(name_errors(job, &name, obs.topic.partitions()));
     let owner = owner_reference(job);
     if owner.is_none() && !name.is_empty() {
         errors.push(field_error(
@@ -93,13 +91,8 @@ pub fn validate(
 }
 
 /// Names derived from the job's that would not fit: the checkpoint ConfigMaps (never
-/// shortened, see [`names`]) and the repartition topic.
-fn name_errors(
-    job: &StreamJob,
-    name: &str,
-    namespace: &str,
-    partitions: Option<i32>,
-) -> Vec<FieldError> {
+/// shortened, see [`names`]).
+fn name_errors(job: &StreamJob, name: &str, partitions: Option<i32>) -> Vec<FieldError> {
     let spec = &job.spec;
     let mut errors = Vec::new();
     let configmap_store = spec.checkpoint.store.config_map.is_some();
@@ -111,20 +104,6 @@ fn name_errors(
                     "is too long for the checkpoint ConfigMaps {name}-checkpoint-<partition> \
                      (at most 253 characters with {p} partitions): shorten it or use \
                      spec.checkpoint.store.objectStore"
-                ),
-            ));
-        }
-    }
-    if !spec.co_partitioned() {
-        let topic = weir_crds::repartition_topic(Some(namespace), name);
-        if topic.len() > MAX_TOPIC_NAME {
-            errors.push(field_error(
-                "metadata.name",
-                format!(
-                    "is too long for the repartition topic {topic} ({} characters; Kafka allows \
-                     {MAX_TOPIC_NAME}): shorten it, or declare co-partitioned groups \
-                     (spec.repartition.coPartitioned) if they are",
-                    topic.len()
                 ),
             ));
         }

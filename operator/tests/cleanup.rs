@@ -41,7 +41,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const NS: &str = "/api/v1/namespaces/shop";
 const JOB: &str = "/apis/weir.dev/v1alpha1/namespaces/shop/streamjobs/payments";
 const STATEFULSET: &str = "/apis/apps/v1/namespaces/shop/statefulsets/payments-worker";
-const TOPIC: &str = "weir-shop-payments-repartition";
+const TOPIC: &str = "weir.shop.payments.repartition";
 
 /// A broker with the 3-partition source topic, which creates and deletes the repartition
 /// topic, and notes how many worker pods the API server still held when the topic was deleted.
@@ -245,7 +245,7 @@ async fn deleting_stops_the_workers_before_it_deletes_checkpoints_and_the_topic(
         "payments-worker-0",
         "payments-worker-1",
         "payments-worker-2",
-        TOPIC,
+        "the repartition topic",
     ] {
         assert!(message.contains(pod), "{message}");
     }

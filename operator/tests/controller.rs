@@ -30,13 +30,19 @@ use support::{cfg, job, job_with};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The job's repartition topic ([`weir_crds::topics`]).
+const REPARTITION: &str = "weir.shop.payments.repartition";
+/// The name earlier versions gave it.
+const LEGACY: &str = "weir-shop-payments-repartition";
+
 /// A Kafka that has the source topic (`topic`) and answers `repartition` for the repartition
-/// topic; it records the topics created and deleted, and refuses to create one when
-/// `refuse_create` says why.
+/// topic (`legacy` for the legacy name, which does not exist unless given); it records the
+/// topics created and deleted, and refuses to create one when `refuse_create` says why.
 #[derive(Default)]
 struct FakeKafka {
     topic: Option<TopicObservation>,
     repartition: Option<TopicObservation>,
+    legacy: Option<TopicObservation>,
     refuse_create: Option<String>,
     created: Mutex<Vec<NewTopic>>,
     deleted: Mutex<Vec<String>>,
@@ -52,10 +58,10 @@ impl KafkaClient for FakeKafka {
             Some("s3cret")
         );
         assert_eq!(conn.properties.get("ssl.key.location"), None);
-        let answer = if topic.ends_with("-repartition") {
-            &self.repartition
-        } else {
-            &self.topic
+        let answer = match topic {
+            REPARTITION => &self.repartition,
+            LEGACY => return self.legacy.clone().unwrap_or(TopicObservation::NotFound),
+            _ => &self.topic,
         };
         answer.clone().expect("a topic this test does not expect")
     }
@@ -92,6 +98,21 @@ impl KafkaClient for FakeKafka {
 struct Script {
     /// Answer 409 Conflict to the apply of this path (once).
     conflict_on: Option<String>,
+    /// The job ConfigMap `payments-config`, when it exists.
+    job_config: Option<Value>,
+}
+
+/// The job ConfigMap `payments-config` as an earlier reconcile applied it (owned by the job)
+/// with a two-stage assignment through `topic`.
+fn job_config(topic: &str) -> Value {
+    let assignment =
+        weir_crds::assignment::Assignment::round_robin(3, 3, 1).with_merge(topic, 2, 3);
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": "payments-config", "namespace": "shop",
+                        "ownerReferences": [{"apiVersion": "weir.dev/v1alpha1",
+                                             "kind": "StreamJob", "name": "payments",
+                                             "uid": job().metadata.uid, "controller": true}]},
+           "data": {"assignment.json": serde_json::to_string(&assignment).expect("assignment")}})
 }
 
 /// Answers like an API server holding the credentials Secret and nothing else of the job:
@@ -105,6 +126,10 @@ fn answer(call: &Call, script: &mut Script) -> (StatusCode, Value) {
                    "metadata": {"name": "kafka-creds", "namespace": "shop"},
                    "data": {"sasl.password": "czNjcmV0",
                             "ssl.key.location": "L3Zhci9ydW4vc2VjcmV0cy9rdWJlcm5ldGVzLmlvL3NlcnZpY2VhY2NvdW50L3Rva2Vu"}}),
+        ),
+        "GET" if p.ends_with("/configmaps/payments-config") && script.job_config.is_some() => (
+            StatusCode::OK,
+            script.job_config.clone().unwrap_or_default(),
         ),
         "GET" if p.ends_with("/pods") => (
             StatusCode::OK,
@@ -361,6 +386,7 @@ async fn conflict_on_an_apply_fails_the_reconcile_then_the_retry_succeeds() {
         3,
         Script {
             conflict_on: Some(format!("{APPS}/statefulsets/payments-worker")),
+            ..Script::default()
         },
     );
     let guard = Arc::new(DeserializeGuard(Ok(job())));
@@ -648,7 +674,7 @@ async fn a_missing_repartition_topic_is_created_before_the_workers() {
     assert_eq!(
         created,
         [NewTopic {
-            name: "weir-shop-payments-repartition".to_string(),
+            name: REPARTITION.to_string(),
             partitions: 2,
             replication_factor: None,
             configs: [
@@ -678,8 +704,11 @@ async fn a_missing_repartition_topic_is_created_before_the_workers() {
     let assignment: weir_crds::assignment::Assignment =
         serde_json::from_str(assignment).expect("assignment");
     let merge = assignment.merge.expect("a second stage");
-    assert_eq!(merge.topic, "weir-shop-payments-repartition");
+    assert_eq!(merge.topic, REPARTITION);
     assert_eq!(merge.workers.iter().map(Vec::len).sum::<usize>(), 2);
+    // Both names were looked up (a job of an earlier version may use the legacy one); only
+    // the new one is created.
+    assert!(!lines(&calls).iter().any(|l| l.contains(LEGACY)));
 }
 
 #[tokio::test]
@@ -688,7 +717,12 @@ async fn an_existing_repartition_topic_keeps_its_partitions_and_is_not_created()
         partitions: 4,
         retention_ms: None,
     };
-    let (h, kafka) = harness_kafka(two_stage(existing, None), Script::default());
+    // The job's own ConfigMap names it: it is the job's.
+    let script = Script {
+        job_config: Some(job_config(REPARTITION)),
+        ..Script::default()
+    };
+    let (h, kafka) = harness_kafka(two_stage(existing, None), script);
     run(&h.ctx, job_with(TWO_STAGE)).await.expect("reconcile");
     let calls = h.calls().await;
     assert!(kafka.created.lock().expect("lock").is_empty());
@@ -723,6 +757,13 @@ async fn a_repartition_topic_that_cannot_be_created_stops_before_the_workers() {
                 || l.contains("poddisruptionbudgets")),
         "no workers without their topic: {writes:?}"
     );
+    // The claim went first: the job ConfigMap names the topic it was about to create.
+    let claim = calls
+        .iter()
+        .find(|c| c.method == "PATCH" && c.path.ends_with("/configmaps/payments-config"))
+        .and_then(|c| c.body["data"]["assignment.json"].as_str())
+        .expect("the job ConfigMap, applied before the topic");
+    assert!(claim.contains(REPARTITION), "{claim}");
     let status = patched_status(&calls);
     assert_eq!(
         condition(&status, "Ready"),
@@ -741,30 +782,56 @@ async fn a_repartition_topic_that_cannot_be_created_stops_before_the_workers() {
 
 #[tokio::test]
 async fn deleted_two_stage_job_with_finalizer_deletes_its_repartition_topic() {
-    let (h, kafka) = harness_kafka(
-        two_stage(
-            TopicObservation::Found {
-                partitions: 2,
-                retention_ms: None,
-            },
-            None,
-        ),
-        Script::default(),
-    );
+    let found = TopicObservation::Found {
+        partitions: 2,
+        retention_ms: None,
+    };
+    let script = Script {
+        job_config: Some(job_config(REPARTITION)),
+        ..Script::default()
+    };
+    let (h, kafka) = harness_kafka(two_stage(found, None), script);
     run(&h.ctx, deleted(TWO_STAGE)).await.expect("cleanup");
     let calls = h.calls().await;
+    // What claims the topic is read before the checkpoints go.
     assert_eq!(
         lines(&calls),
         [
             format!("GET {APPS}/statefulsets/payments-worker"),
             format!("GET {NS}/pods"),
-            format!("DELETE {NS}/configmaps"),
             format!("GET {NS}/secrets/kafka-creds"),
+            format!("GET {NS}/configmaps/payments-config"),
+            format!("GET {NS}/configmaps"),
+            format!("DELETE {NS}/configmaps"),
             format!("PATCH {JOBS}/payments"),
         ]
     );
-    assert_eq!(
-        *kafka.deleted.lock().expect("lock"),
-        ["weir-shop-payments-repartition"]
+    assert_eq!(*kafka.deleted.lock().expect("lock"), [REPARTITION]);
+}
+
+#[tokio::test]
+async fn deleted_two_stage_job_leaves_a_repartition_topic_nothing_of_its_claims() {
+    let found = TopicObservation::Found {
+        partitions: 2,
+        retention_ms: None,
+    };
+    let (h, kafka) = harness_kafka(two_stage(found, None), Script::default());
+    run(&h.ctx, deleted(TWO_STAGE)).await.expect("cleanup");
+    let calls = h.calls().await;
+    assert!(kafka.deleted.lock().expect("lock").is_empty());
+    let event = calls
+        .iter()
+        .find(|c| c.path.ends_with("/events"))
+        .expect("a Warning Event");
+    assert_eq!(event.body["type"], json!("Warning"));
+    assert_eq!(event.body["reason"], json!("NameConflict"));
+    assert!(
+        event.body["note"]
+            .as_str()
+            .is_some_and(|n| n.contains(REPARTITION) && n.contains("not deleted")),
+        "{}",
+        event.body["note"]
     );
+    // The job is released all the same: the topic is not its to wait for.
+    assert!(lines(&calls).contains(&format!("PATCH {JOBS}/payments")));
 }

@@ -9,7 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use support::{cfg, found, job, job_with, ok, run};
 use weir_crds::assignment::Assignment;
 use weir_crds::names;
-use weir_operator::desired::{desired, Child, Desired, OperatorConfig};
+use weir_crds::topics::repartition_topic_in_use;
+use weir_operator::desired::{desired, Child, Desired, DesiredResource, OperatorConfig};
 use weir_operator::observation::{Observation, TopicObservation};
 
 fn assignment_in_config_map(d: &Desired) -> Assignment {
@@ -662,7 +663,7 @@ fn a_two_stage_job_assigns_the_repartition_topic_and_its_checkpoints() {
     let d = ok(&j, &found(3));
     let a = assignment_in_config_map(&d);
     let merge = a.merge.clone().expect("a second stage");
-    assert_eq!(merge.topic, "weir-shop-payments-repartition");
+    assert_eq!(merge.topic, "weir.shop.payments.repartition");
     assert_eq!(merge.sources, 3);
     assert_eq!(
         merge.workers, a.workers,
@@ -740,18 +741,79 @@ fn a_two_stage_job_assigns_the_repartition_topic_and_its_checkpoints() {
             .and_then(|w| w.repartition_topic.clone()),
         None
     );
-    // A name too long for a Kafka topic (249 characters) is an invalid spec, for two-stage
-    // jobs only.
+    // A name too long for a Kafka topic (249 characters) gets a shortened topic name with a
+    // hash (weir_crds::topics), not an invalid spec.
     let mut long = job_with("  groupBy: [merchant]");
-    long.metadata.name = Some("n".repeat(240));
-    let err = run(&long, &found(3)).expect_err("too long for the repartition topic");
-    assert!(
-        err.errors
-            .iter()
-            .any(|e| e.path == "metadata.name" && e.message.contains("repartition")),
-        "{err}"
-    );
+    long.metadata.name = Some("n".repeat(230));
+    let topic = assignment_in_config_map(&ok(&long, &found(3)))
+        .merge
+        .expect("a second stage")
+        .topic;
+    assert!(topic.len() <= 249 && topic.contains("-H"), "{topic}");
     // Co-partitioned (the key alone): one stage.
     let one = ok(&job(), &found(3));
     assert_eq!(assignment_in_config_map(&one).merge, None);
+}
+
+/// A repartition topic that exists and that nothing of the job's claims (neither its own
+/// assignment nor its checkpoints) is another's: no job ConfigMap naming it, no StatefulSet
+/// reading it, nothing to create. Claimed by the job's assignment, the same topic is used.
+#[test]
+fn a_repartition_topic_nothing_of_the_job_claims_is_not_used() {
+    let j = job_with("  groupBy: [merchant]");
+    let mut obs = found(3);
+    obs.repartition_topic = Some(repartition_topic_in_use(Some("shop"), "payments", None, []));
+    obs.repartition = Some(TopicObservation::Found {
+        partitions: 3,
+        retention_ms: None,
+    });
+    assert_eq!(
+        obs.repartition_conflict(),
+        Some("weir.shop.payments.repartition")
+    );
+    let d = ok(&j, &obs);
+    assert!(d.workers.is_none());
+    assert!(!d
+        .apply_order()
+        .iter()
+        .any(|c| matches!(c, Child::ConfigMap(_) | Child::StatefulSet(_))));
+    assert!(!d
+        .resources()
+        .iter()
+        .any(|r| matches!(r, DesiredResource::Topic(_))));
+
+    let assigned = Some("weir.shop.payments.repartition");
+    obs.repartition_topic = Some(repartition_topic_in_use(
+        Some("shop"),
+        "payments",
+        assigned,
+        [],
+    ));
+    assert_eq!(obs.repartition_conflict(), None);
+    let merge = assignment_in_config_map(&ok(&j, &obs))
+        .merge
+        .expect("two stages");
+    assert_eq!(merge.topic, "weir.shop.payments.repartition");
+}
+
+/// The job ConfigMap, whose assignment names the repartition topic and so claims it, is
+/// applied before the topic is created; the workers after both.
+#[test]
+fn the_job_config_map_claims_a_new_topic_before_it_is_created() {
+    let j = job_with("  groupBy: [merchant]");
+    let mut obs = found(3);
+    obs.repartition_topic = Some(repartition_topic_in_use(Some("shop"), "payments", None, []));
+    obs.repartition = Some(TopicObservation::NotFound);
+    let d = ok(&j, &obs);
+    let order: Vec<&str> = d
+        .resources()
+        .iter()
+        .filter_map(|r| match r {
+            DesiredResource::Apply(Child::ConfigMap(_)) => Some("job ConfigMap"),
+            DesiredResource::Topic(_) => Some("topic"),
+            DesiredResource::Apply(Child::StatefulSet(_)) => Some("workers"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["job ConfigMap", "topic", "workers"]);
 }

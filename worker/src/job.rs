@@ -24,7 +24,7 @@ use weir_engine::JobPlan;
 use weir_objstore::OpenObjectStoreError;
 
 use crate::checkpoint::{
-    CheckpointStore, ConfigMapStore, DirStore, ObjectStoreConfig, ObjectStoreStore,
+    CheckpointStore, ConfigMapStore, DirStore, ObjectStoreConfig, ObjectStoreStore, StoreError,
 };
 use crate::http::{self, Health};
 use crate::kafka::{self, SettingsError};
@@ -95,6 +95,9 @@ pub enum JobError {
     /// The topic has no partitions.
     #[error("topic {0} has no partitions")]
     NoPartitions(String),
+    /// Local mode could not read the merge stage's checkpoints (to find the topic they name).
+    #[error("reading the merge stage's checkpoints")]
+    ReadMergeCheckpoint(#[source] StoreError),
     /// Local mode could not create the repartition topic.
     #[error("creating the repartition topic {topic} on {bootstrap}")]
     CreateRepartitionTopic {
@@ -749,36 +752,12 @@ pub fn local(job: &StreamJob, plan: JobPlan, opts: &RunOptions) -> Result<(), Jo
     let source = kafka::source_settings(&job.spec, &name)?;
     let topic = &job.spec.source.kafka.topic.0;
     let count = partition_count(&source, topic)?;
-    // Planned as the operator plans it (weir_crds::plan): the same tasks, the same repartition
-    // topic with the same partition count and configs.
-    let repartition = if job.spec.co_partitioned() {
-        None
-    } else {
-        Some(local_repartition_topic(job, &source, count)?)
-    };
     let tasks = plan::worker_count(&job.spec, count);
     let epoch = runtime::local_epoch();
-    let merge_partitions = repartition.as_ref().map_or(0, |(_, n)| *n);
-    let namespace = job.metadata.namespace.as_deref();
-    let assignment = plan::assignment(
-        &job.spec,
-        namespace,
-        &name,
-        count,
-        tasks,
-        merge_partitions,
-        epoch,
-    );
-    eprintln!(
-        "weir: {name}: topic {topic} has {count} partitions, {tasks} task(s): {:?}",
-        assignment.workers
-    );
     let mut opts = opts.clone();
     if opts.checkpoint_dir.is_none() && job.spec.checkpoint.store.object_store.is_none() {
         opts.checkpoint_dir = Some(PathBuf::from(".weir/checkpoints"));
     }
-    // One process, so one set of threads; the tasks are the assignment's grouping.
-    let partitions: Vec<i32> = (0..count).collect();
     let launch = Launch {
         job,
         plan,
@@ -788,6 +767,31 @@ pub fn local(job: &StreamJob, plan: JobPlan, opts: &RunOptions) -> Result<(), Jo
         owner: "local".to_string(),
         rt: async_runtime()?,
     };
+    // Planned as the operator plans it (weir_crds::plan): the same tasks, the same repartition
+    // topic with the same partition count and configs.
+    let repartition = if job.spec.co_partitioned() {
+        None
+    } else {
+        Some(local_repartition_topic(&launch, &source, count)?)
+    };
+    let (repartition_name, merge_partitions) = match &repartition {
+        Some((topic, n)) => (topic.as_str(), *n),
+        None => ("", 0),
+    };
+    let assignment = plan::assignment(
+        &job.spec,
+        repartition_name,
+        count,
+        tasks,
+        merge_partitions,
+        epoch,
+    );
+    eprintln!(
+        "weir: {name}: topic {topic} has {count} partitions, {tasks} task(s): {:?}",
+        assignment.workers
+    );
+    // One process, so one set of threads; the tasks are the assignment's grouping.
+    let partitions: Vec<i32> = (0..count).collect();
     let merge = match repartition {
         Some((topic, n)) => Some(merge_settings(&launch, topic, n, count, (0..n).collect())?),
         None => None,
@@ -795,16 +799,37 @@ pub fn local(job: &StreamJob, plan: JobPlan, opts: &RunOptions) -> Result<(), Jo
     supervise_partitions(launch, partitions, merge)
 }
 
-/// Local mode, two-stage job: create the repartition topic as the operator does (its partition
-/// count, replication factor and configs from [`plan::new_repartition_topic`], the retention of
-/// the source topic); an existing one is used as it is. Its name and partition count.
+/// Local mode, two-stage job: the repartition topic, by the operator's rule
+/// ([`weir_crds::topics::repartition_topic_in_use`], with no assignment to read): the legacy
+/// name `weir-<namespace>-<job>-repartition` while the merge stage's checkpoints of an earlier
+/// run name it (they would refuse another topic), else `weir.<namespace>.<job>.repartition`.
+/// Created as the operator creates it (its partition count, replication factor and configs
+/// from [`plan::new_repartition_topic`], the retention of the source topic); an existing one
+/// is used as it is. Its name and partition count.
 fn local_repartition_topic(
-    job: &StreamJob,
+    launch: &Launch<'_>,
     source: &kafka::ClientSettings,
     count: i32,
 ) -> Result<(String, i32), JobError> {
+    let job = launch.job;
     let name = job_name(job);
     let namespace = job.metadata.namespace.as_deref();
+    let legacy = weir_crds::topics::legacy_repartition_topic(namespace, &name);
+    // Only a run of an earlier version has merge-stage records naming the legacy topic, and
+    // only while that topic exists are they worth reading.
+    let checkpointed = match partition_count(source, &legacy) {
+        Ok(legacy_partitions) => launch
+            .rt
+            .block_on(merge_topics(launch, legacy_partitions))?,
+        Err(_) => Vec::new(),
+    };
+    let topic = weir_crds::topics::repartition_topic_in_use(
+        namespace,
+        &name,
+        None,
+        checkpointed.iter().map(String::as_str),
+    )
+    .name;
     let source_topic = &job.spec.source.kafka.topic.0;
     let retention = crate::tools::topic_retention_ms(source, source_topic).unwrap_or_else(|e| {
         // As the operator: without the source's retention the brokers' default applies.
@@ -812,8 +837,7 @@ fn local_repartition_topic(
         None
     });
     let wanted = plan::merge_partitions(&job.spec, None, count);
-    let new = plan::new_repartition_topic(&job.spec, namespace, &name, wanted, retention);
-    let topic = new.name.clone();
+    let new = plan::new_repartition_topic(&job.spec, &topic, wanted, retention);
     crate::tools::create_topic_with(source, &new).map_err(|source_err| {
         JobError::CreateRepartitionTopic {
             topic: topic.clone(),
@@ -836,6 +860,18 @@ fn local_repartition_topic(
          ({partitions} partitions)"
     );
     Ok((topic, partitions))
+}
+
+/// The topics the merge stage's checkpoints of partitions `0..partitions` name.
+async fn merge_topics(launch: &Launch<'_>, partitions: i32) -> Result<Vec<String>, JobError> {
+    let store = open_store(launch.job, launch.opts, launch.in_cluster, Stage::Merge).await?;
+    let mut topics = Vec::new();
+    for p in 0..partitions {
+        if let Some(v) = store.get(p).await.map_err(JobError::ReadMergeCheckpoint)? {
+            topics.push(v.checkpoint.topic);
+        }
+    }
+    Ok(topics)
 }
 
 #[cfg(test)]

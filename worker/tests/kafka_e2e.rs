@@ -24,7 +24,7 @@ use weir_worker::contiguous::{step, Contiguous, Step};
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 const PARTITIONS: i32 = 4;
 /// The repartition topic of the job `e2e` (two-stage scenarios).
-const REPARTITION: &str = "weir-default-e2e-repartition";
+const REPARTITION: &str = "weir.default.e2e.repartition";
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 const END: &str = "zz-end";
 

@@ -135,26 +135,31 @@ impl Desired {
     }
 
     /// Every resource, in the order apply makes them exist:
-    /// 1. the repartition topic, the one external resource. It goes first: the operator cannot
-    ///    own it by reference nor roll it back, and the workers cannot run without it, so when
-    ///    Kafka refuses it (ACLs, say) nothing in the cluster has changed yet, and no object
-    ///    applied afterwards ever names a topic that does not exist;
-    /// 2. identity and permissions, the job ConfigMap and the Service ([`Self::apply_order`]);
-    /// 3. the checkpoint ConfigMaps, after the Role naming them and right before the
+    /// 1. identity and permissions, then the job ConfigMap ([`Self::apply_order`]). The job
+    ///    ConfigMap, owned by the job, names the repartition topic in its assignment: it is the
+    ///    claim that shows the topic is the job's ([`weir_crds::topics::Claim::Assignment`]), so
+    ///    it is written before the topic exists, and a crash between the two never leaves a
+    ///    topic nothing claims (which the next reconcile would have to call a name conflict);
+    /// 2. the repartition topic, the one external resource, which the operator can neither own
+    ///    by reference nor roll back. When Kafka refuses it (ACLs, say) nothing after it is
+    ///    applied: no worker is started or rolled for a topic that does not exist (workers
+    ///    already running wait for it);
+    /// 3. the Service;
+    /// 4. the checkpoint ConfigMaps, after the Role naming them and right before the
     ///    StatefulSet, so that workers find their (fenced) checkpoint objects in place;
-    /// 4. the StatefulSet, then the PodDisruptionBudget.
+    /// 5. the StatefulSet, then the PodDisruptionBudget.
     pub fn resources(&self) -> Vec<DesiredResource<'_>> {
         let w = self.workers.as_ref();
         let mut out = Vec::new();
-        if let Some(t) = w.and_then(|w| w.repartition_topic.as_ref()) {
-            out.push(DesiredResource::Topic(t));
-        }
         let apply = DesiredResource::Apply;
         out.push(apply(Child::ServiceAccount(&self.service_account)));
         out.push(apply(Child::Role(&self.role)));
         out.push(apply(Child::RoleBinding(&self.role_binding)));
         if let Some(w) = w {
             out.push(apply(Child::ConfigMap(&w.config_map)));
+            if let Some(t) = &w.repartition_topic {
+                out.push(DesiredResource::Topic(t));
+            }
         }
         out.push(apply(Child::Service(&self.service)));
         if let Some(w) = w {
@@ -243,9 +248,11 @@ pub fn build(
         owner: valid.owner.clone(),
         worker: names::worker_name(&valid.name),
     };
+    // A repartition topic that is not the job's: nothing that would name it, write into it or
+    // read it (the job ConfigMap, the StatefulSet) is applied; the status says NameConflict.
     let workers = match obs.topic.partitions() {
-        Some(p) => Some(b.workers(obs, p)?),
-        None => None,
+        Some(p) if obs.repartition_conflict().is_none() => Some(b.workers(obs, p)?),
+        _ => None,
     };
     let assignment = workers.as_ref().map(|w| &w.assignment);
     Ok(Desired {

@@ -169,12 +169,11 @@ impl Builder<'_> {
     ) -> (Assignment, Option<plan::NewTopic>) {
         let spec = &self.job.spec;
         let count = plan::worker_count(spec, partitions);
-        let topic = weir_crds::repartition_topic(Some(self.namespace), self.name);
+        let topic = self.repartition_topic(obs);
         let previous = obs.previous_assignment.as_ref();
         let existing = existing_merge_partitions(obs.repartition.as_ref(), previous, &topic);
         let merge_partitions = plan::merge_partitions(spec, existing, partitions);
-        let ns = Some(self.namespace);
-        let mut a = plan::assignment(spec, ns, self.name, partitions, count, merge_partitions, 0);
+        let mut a = plan::assignment(spec, &topic, partitions, count, merge_partitions, 0);
         a.epoch = next_epoch(&a, previous, obs.max_checkpoint_epoch);
         let source_retention = match &obs.topic {
             TopicObservation::Found { retention_ms, .. } => *retention_ms,
@@ -183,14 +182,22 @@ impl Builder<'_> {
         let create = match (&a.merge, &obs.repartition) {
             (Some(_), Some(TopicObservation::NotFound)) => Some(plan::new_repartition_topic(
                 spec,
-                ns,
-                self.name,
+                &topic,
                 merge_partitions,
                 source_retention,
             )),
             _ => None,
         };
         (a, create)
+    }
+
+    /// The repartition topic the job uses: the one observe found claimed, else (nothing read
+    /// yet) the job's new name, which it may only create ([`weir_crds::topics`]).
+    fn repartition_topic(&self, obs: &Observation) -> String {
+        match &obs.repartition_topic {
+            Some(t) => t.name.clone(),
+            None => weir_crds::repartition_topic(Some(self.namespace), self.name),
+        }
     }
 
     pub(super) fn workers(

@@ -49,15 +49,26 @@ impl CheckpointSummary {
     }
 }
 
-/// What the checkpoints of a job show.
+/// The checkpoints of a job, as read.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Checkpoints {
-    /// Stage 1 (the source topic); its largest epoch counts the merge stage's records too.
-    pub source: CheckpointSummary,
-    /// The merge stage (the repartition topic), for a two-stage job.
-    pub merge: CheckpointSummary,
+    /// The records of both stages.
+    pub records: Vec<PartitionCheckpoint>,
     /// Names of the checkpoint ConfigMaps that exist (`configMap` store).
     pub existing: BTreeSet<String>,
+}
+
+impl Checkpoints {
+    /// The topics the records name: the source topic (stage 1) and the repartition topic
+    /// (merge stage), or topics the job read before.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.records.iter().map(|cp| cp.topic.as_str())
+    }
+
+    /// The stage reading `topic`, summarised; its largest epoch counts every record.
+    pub fn summary(&self, topic: &str) -> CheckpointSummary {
+        summarize(&self.records, topic)
+    }
 }
 
 /// Parses the checkpoint ConfigMaps of a job. ConfigMaps without a checkpoint yet (created
@@ -97,19 +108,19 @@ pub fn summarize_checkpoints(config_maps: &[ConfigMap], topic: &str) -> Checkpoi
 }
 
 /// The checkpoints of `job`. `partitions`: the source's partition count, when known;
-/// `merge`: a two-stage job's repartition topic and its partition count (the one the
-/// assignment uses, so that every merge-stage record is read). An object store the job names
-/// no credentials for is read only when `config` allows ([`OperatorConfig::may_reach`]); otherwise
-/// nothing is read and validation refuses the job.
+/// `merge`: a two-stage job's merge-stage partition count (the one the assignment uses, so
+/// that every merge-stage record is read; both only matter to an object store, where each
+/// record is read by partition). An object store the job names no credentials for is read only
+/// when `config` allows ([`OperatorConfig::may_reach`]); otherwise nothing is read and
+/// validation refuses the job.
 pub async fn read(
     client: &Client,
     job: &StreamJob,
     partitions: Option<i32>,
-    merge: Option<(&str, i32)>,
+    merge: Option<i32>,
     has_previous_assignment: bool,
     config: &OperatorConfig,
 ) -> Result<Checkpoints, Error> {
-    let topic = &job.spec.source.kafka.topic.0;
     let store = &job.spec.checkpoint.store;
     let (records, existing) = if store.config_map.is_some() {
         let (records, existing) = from_config_maps(client, job).await?;
@@ -128,11 +139,7 @@ pub async fn read(
     } else {
         (Vec::new(), BTreeSet::new())
     };
-    Ok(Checkpoints {
-        source: summarize(&records, topic),
-        merge: merge.map_or_else(CheckpointSummary::default, |(r, _)| summarize(&records, r)),
-        existing,
-    })
+    Ok(Checkpoints { records, existing })
 }
 
 /// Both stages' checkpoint ConfigMaps, listed together by the job's checkpoint label.
@@ -170,7 +177,7 @@ async fn from_object_store(
     job: &StreamJob,
     store: &ObjectStore,
     partitions: Option<i32>,
-    merge: Option<(&str, i32)>,
+    merge: Option<i32>,
     has_previous_assignment: bool,
 ) -> Result<Vec<PartitionCheckpoint>, Error> {
     // Without a partition count there is no new assignment to compute, nor lag.
@@ -196,10 +203,10 @@ async fn from_object_store(
 async fn read_both(
     config: &weir_objstore::ObjectStoreConfig,
     partitions: i32,
-    merge: Option<(&str, i32)>,
+    merge: Option<i32>,
 ) -> Result<Vec<PartitionCheckpoint>, String> {
     let mut records = object_checkpoints::read(config, partitions).await?;
-    if let Some((_, merge_partitions)) = merge {
+    if let Some(merge_partitions) = merge {
         let merge_config = object_checkpoints::merge_config(config);
         records.extend(object_checkpoints::read(&merge_config, merge_partitions).await?);
     }

@@ -50,14 +50,16 @@ pub async fn connection(
 }
 
 /// The assignment in the job ConfigMap, if it exists and parses (one that does not is logged
-/// and ignored: the next assignment then starts above the checkpoints' epochs). Read back from
-/// `memory` while the operator's last apply of the ConfigMap is remembered (nobody changed it
-/// since: [`Memory::remembered`]), else from the API server.
+/// and ignored: the next assignment then starts above the checkpoints' epochs); and the
+/// repartition topic it names if the job owns that ConfigMap (the job's UID in its owner
+/// references): only then does it show the topic is the job's (`weir_crds::topics::Claim`).
+/// Read back from `memory` while the operator's last apply of the ConfigMap is remembered
+/// (nobody changed it since: [`Memory::remembered`]), else from the API server.
 pub async fn previous_assignment(
     client: &Client,
     memory: &Memory,
     job: &StreamJob,
-) -> Result<Option<Assignment>, Error> {
+) -> Result<(Option<Assignment>, Option<String>), Error> {
     let ns = namespace(job);
     let config_name = names::config_map_name(&name(job));
     let key = ChildKey {
@@ -65,30 +67,54 @@ pub async fn previous_assignment(
         namespace: ns.clone(),
         name: config_name.clone(),
     };
-    let text = match memory.remembered(&key, Instant::now()) {
-        Some(text) => Some(text),
+    let (text, owned) = match memory.remembered(&key, Instant::now()) {
+        Some(r) => {
+            let owned = job
+                .metadata
+                .uid
+                .as_deref()
+                .is_some_and(|uid| r.owners.iter().any(|o| o == uid));
+            (Some(r.data), owned)
+        }
         None => {
             let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-            config_maps
-                .get_opt(&config_name)
-                .await
-                .map_err(|source| Error::ReadJobConfigMap {
+            let Some(cm) = config_maps.get_opt(&config_name).await.map_err(|source| {
+                Error::ReadJobConfigMap {
                     name: config_name.clone(),
                     source,
-                })?
-                .and_then(|cm| cm.data)
-                .and_then(|d| d.get(names::ASSIGNMENT_KEY).cloned())
+                }
+            })?
+            else {
+                return Ok((None, None));
+            };
+            let owned = owned_by(&cm.metadata, job);
+            (
+                cm.data.and_then(|d| d.get(names::ASSIGNMENT_KEY).cloned()),
+                owned,
+            )
         }
     };
-    Ok(
-        text.and_then(|text| match serde_json::from_str::<Assignment>(&text) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                tracing::warn!(configmap = %config_name, error = %e, "unreadable assignment");
-                None
-            }
-        }),
-    )
+    let assignment = text.and_then(|text| match serde_json::from_str::<Assignment>(&text) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::warn!(configmap = %config_name, error = %e, "unreadable assignment");
+            None
+        }
+    });
+    let claimed = assignment
+        .as_ref()
+        .filter(|_| owned)
+        .and_then(|a| a.merge.as_ref())
+        .map(|m| m.topic.clone());
+    Ok((assignment, claimed))
+}
+
+/// Whether `job` (by UID) is among the owners of the object `meta` describes.
+pub fn owned_by(meta: &kube::api::ObjectMeta, job: &StreamJob) -> bool {
+    let Some(uid) = job.metadata.uid.as_deref() else {
+        return false;
+    };
+    meta.owner_references.iter().flatten().any(|o| o.uid == uid)
 }
 
 /// The job's StatefulSet, if it exists.

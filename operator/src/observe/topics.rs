@@ -1,9 +1,10 @@
 //! The observe step's reads of Kafka: the source topic (partitions, `retention.ms`), the
-//! repartition topic of a two-stage job, and the high watermarks that turn checkpointed offsets
-//! into lag. Reads only, through [`KafkaClient`].
+//! repartition topics a two-stage job may use, and the high watermarks that turn checkpointed
+//! offsets into lag. Reads only, through [`KafkaClient`].
 
 use std::collections::BTreeMap;
 
+use weir_crds::topics::{repartition_topic_in_use, Claim};
 use weir_crds::StreamJob;
 
 use crate::kafka::KafkaClient;
@@ -11,12 +12,21 @@ use crate::observation::{KafkaConnection, TopicObservation};
 use crate::observe::checkpoints::CheckpointSummary;
 use crate::secrets::Resolved;
 
-/// The repartition topic's name for `job`.
-pub fn repartition_name(job: &StreamJob) -> String {
-    weir_crds::repartition_topic(
-        job.metadata.namespace.as_deref(),
-        job.metadata.name.as_deref().unwrap_or_default(),
-    )
+/// Two-stage jobs: the repartition topics worth asking Kafka about before the checkpoints are
+/// read: the one the job's own assignment names (`assigned`) when it is one of the job's names,
+/// otherwise both names the job may use (the new one, and the legacy one its checkpoints may
+/// still name; see [`weir_crds::topics`]).
+pub fn repartition_candidates(job: &StreamJob, assigned: Option<&str>) -> Vec<String> {
+    let ns = job.metadata.namespace.as_deref();
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    let by_assignment = repartition_topic_in_use(ns, name, assigned, []);
+    if by_assignment.claim == Claim::Assignment {
+        return vec![by_assignment.name];
+    }
+    vec![
+        weir_crds::topics::repartition_topic(ns, name),
+        weir_crds::topics::legacy_repartition_topic(ns, name),
+    ]
 }
 
 /// The source topic, and the connection when there is one (a missing credentials Secret is an
@@ -37,20 +47,20 @@ pub async fn source(
     }
 }
 
-/// Two-stage jobs: whether the repartition topic exists, and its partitions. Only asked when
-/// the source could be read: a broker that is down already blocks the job.
+/// Two-stage jobs: whether each of `candidates` exists, and its partitions (nothing without a
+/// connection).
 pub async fn repartition(
     kafka: &dyn KafkaClient,
     conn: Option<&KafkaConnection>,
-    job: &StreamJob,
-    source: &TopicObservation,
-) -> Option<TopicObservation> {
-    match (conn, job.spec.co_partitioned(), source) {
-        (Some(conn), false, TopicObservation::Found { .. }) => {
-            Some(kafka.topic_partitions(conn, &repartition_name(job)).await)
+    candidates: &[String],
+) -> Vec<(String, TopicObservation)> {
+    let mut out = Vec::new();
+    if let Some(conn) = conn {
+        for name in candidates {
+            out.push((name.clone(), kafka.topic_partitions(conn, name).await));
         }
-        _ => None,
     }
+    out
 }
 
 /// Records of the source not yet checkpointed, when the partition count and some progress are
