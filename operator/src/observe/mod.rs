@@ -123,8 +123,9 @@ pub async fn repartition_of_deleted(
     job: &StreamJob,
     config: &OperatorConfig,
 ) -> Result<(RepartitionTopic, Option<TopicObservation>), Error> {
+    // Read from the API server, never from memory: what is deleted next depends on it.
     let (previous_assignment, assigned) =
-        children::previous_assignment(client, memory, job).await?;
+        children::previous_assignment(client, &Memory::default(), job).await?;
     let candidates = topics::repartition_candidates(job, assigned.as_deref());
     let described = topics::repartition(kafka, conn, &candidates).await;
     let existing = described.iter().find_map(|(name, t)| {
