@@ -211,7 +211,7 @@ fn memory_kb() -> (u64, u64) {
 }
 
 /// A measurement, not a check (the reconcile benchmark fakes Kafka): how much RSS the real
-/// observer adds when `WEIR_MAX_CONCURRENT_RECONCILES` (16) reconciles read their topics at
+/// observer adds when 16 reconciles (`WEIR_MAX_CONCURRENT_RECONCILES=16`, twice the default) read their topics at
 /// once (metadata, DescribeConfigs, watermarks of 64 partitions). First with one observer, as
 /// the operator runs (its clients shared by every read), then with a new observer per read —
 /// new librdkafka clients for every read, what the operator did before it kept them. VmHWM only
