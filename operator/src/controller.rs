@@ -796,16 +796,41 @@ async fn cleanup_checkpoints(
 ) -> Result<(), Error> {
     if job.spec.checkpoint.store.config_map.is_some() {
         let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-        let selector = names::checkpoint_selector(name);
-        api.delete_collection(
-            &DeleteParams::default(),
-            &ListParams::default().labels(&selector),
-        )
-        .await
-        .map_err(|source| Error::DeleteCheckpoints {
+        let failed = |source| Error::DeleteCheckpoints {
             job: name.to_string(),
             source,
-        })?;
+        };
+        let selector = names::checkpoint_selector(name);
+        let listed = ListParams::default().labels(&selector);
+        let repartition = weir_crds::repartition_topic(Some(ns), name);
+        let config_maps = api.list(&listed).await.map_err(failed)?.items;
+        let (kept, gone): (Vec<_>, Vec<_>) = config_maps
+            .iter()
+            .partition(|cm| another_jobs_checkpoint(cm, name, &repartition));
+        if kept.is_empty() {
+            api.delete_collection(&DeleteParams::default(), &listed)
+                .await
+                .map_err(failed)?;
+        } else {
+            for cm in gone {
+                let Some(cm_name) = cm.metadata.name.as_deref() else {
+                    continue;
+                };
+                match api.delete(cm_name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(failed(e)),
+                }
+            }
+            let kept: Vec<_> = kept
+                .iter()
+                .filter_map(|cm| cm.metadata.name.clone())
+                .collect();
+            info!(
+                ?kept,
+                "left checkpoint ConfigMaps holding another job's record"
+            );
+        }
     } else if let Some(store) = &job.spec.checkpoint.store.object_store {
         if !ctx.config.may_reach(store) {
             // The job was refused (InvalidSpec): no worker ran, and the operator must not delete
@@ -827,9 +852,76 @@ async fn cleanup_checkpoints(
     Ok(())
 }
 
+/// Whether a ConfigMap the job's checkpoint label selects holds another job's record, which
+/// cleanup must leave: one of the merge stage's names before this version
+/// (`<job>-merge-checkpoint-<p>`, equal to the stage-1 names of the job `<job>-merge`) holding
+/// a record of a topic other than the job's repartition topic (docs/checkpoints.md,
+/// "Migration").
+fn another_jobs_checkpoint(cm: &ConfigMap, job: &str, repartition: &str) -> bool {
+    let prefix = format!("{}-", names::legacy_merge_checkpoint_prefix(job));
+    let legacy = cm
+        .metadata
+        .name
+        .as_deref()
+        .and_then(|n| n.strip_prefix(&prefix))
+        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    legacy
+        && crate::observe::checkpoints::parse_config_maps(std::slice::from_ref(cm))
+            .iter()
+            .any(|cp| cp.topic != repartition)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cleanup_leaves_a_legacy_merge_name_holding_another_topics_record() {
+        let cm = |name: &str, topic: Option<&str>| ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..ObjectMeta::default()
+            },
+            data: topic.map(|t| {
+                let record = serde_json::json!({"format": 1, "topic": t, "partition": 0,
+                    "epoch": 1, "owner": "x-worker-0", "writtenAtMs": 1, "progress": null});
+                [(
+                    weir_crds::checkpoint::CONFIG_MAP_KEY.to_string(),
+                    record.to_string(),
+                )]
+                .into()
+            }),
+            ..ConfigMap::default()
+        };
+        let rep = "weir-ns-x-repartition";
+        // The job `x-merge`'s stage 1 under x's legacy merge name: left.
+        assert!(another_jobs_checkpoint(
+            &cm("x-merge-checkpoint-0", Some("orders")),
+            "x",
+            rep
+        ));
+        // x's own merge record, an empty one, x's current names: deleted.
+        assert!(!another_jobs_checkpoint(
+            &cm("x-merge-checkpoint-0", Some(rep)),
+            "x",
+            rep
+        ));
+        assert!(!another_jobs_checkpoint(
+            &cm("x-merge-checkpoint-0", None),
+            "x",
+            rep
+        ));
+        assert!(!another_jobs_checkpoint(
+            &cm("x-checkpoint-0", Some("orders")),
+            "x",
+            rep
+        ));
+        assert!(!another_jobs_checkpoint(
+            &cm("x-checkpoint-merge-0", Some("o")),
+            "x",
+            rep
+        ));
+    }
 
     #[test]
     fn the_cache_keeps_neither_managed_fields_nor_the_last_applied_copy() {

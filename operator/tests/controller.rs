@@ -650,8 +650,8 @@ async fn a_missing_repartition_topic_is_created_before_the_workers() {
             "payments-checkpoint-0",
             "payments-checkpoint-1",
             "payments-checkpoint-2",
-            "payments-merge-checkpoint-0",
-            "payments-merge-checkpoint-1",
+            "payments-checkpoint-merge-0",
+            "payments-checkpoint-merge-1",
         ]
     );
     assert!(lines(&calls).contains(&format!("PATCH {APPS}/statefulsets/payments-worker")));
