@@ -804,33 +804,31 @@ async fn cleanup_checkpoints(
         let listed = ListParams::default().labels(&selector);
         let repartition = weir_crds::repartition_topic(Some(ns), name);
         let config_maps = api.list(&listed).await.map_err(failed)?.items;
-        let (kept, gone): (Vec<_>, Vec<_>) = config_maps
-            .iter()
-            .partition(|cm| another_jobs_checkpoint(cm, name, &repartition));
-        if kept.is_empty() {
-            api.delete_collection(&DeleteParams::default(), &listed)
-                .await
-                .map_err(failed)?;
-        } else {
-            for cm in gone {
-                let Some(cm_name) = cm.metadata.name.as_deref() else {
-                    continue;
-                };
-                match api.delete(cm_name, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(failed(e)),
-                }
+        // A legacy merge name holding another topic's record is the stage-1 checkpoint of the
+        // job `<job>-merge` (the names were equal): give it that job's label, so that the
+        // delete below, by this job's label, leaves it.
+        let owner = names::job_label_value(&format!("{name}-merge"));
+        let labels = std::collections::BTreeMap::from([(names::LABEL_JOB, owner.as_str())]);
+        let relabel = serde_json::json!({"metadata": {"labels": labels}});
+        let patch = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        for cm in &config_maps {
+            let Some(cm_name) = cm.metadata.name.as_deref() else {
+                continue;
+            };
+            if another_jobs_checkpoint(cm, name, &repartition) {
+                api.patch(cm_name, &patch, &Patch::Merge(&relabel))
+                    .await
+                    .map_err(failed)?;
+                info!(configmap = cm_name, job = %owner,
+                    "left a checkpoint ConfigMap holding another job's record");
             }
-            let kept: Vec<_> = kept
-                .iter()
-                .filter_map(|cm| cm.metadata.name.clone())
-                .collect();
-            info!(
-                ?kept,
-                "left checkpoint ConfigMaps holding another job's record"
-            );
         }
+        api.delete_collection(&DeleteParams::default(), &listed)
+            .await
+            .map_err(failed)?;
     } else if let Some(store) = &job.spec.checkpoint.store.object_store {
         if !ctx.config.may_reach(store) {
             // The job was refused (InvalidSpec): no worker ran, and the operator must not delete
@@ -853,7 +851,7 @@ async fn cleanup_checkpoints(
 }
 
 /// Whether a ConfigMap the job's checkpoint label selects holds another job's record, which
-/// cleanup must leave: one of the merge stage's names before this version
+/// cleanup must leave (relabelled for that job): one of the merge stage's names before this version
 /// (`<job>-merge-checkpoint-<p>`, equal to the stage-1 names of the job `<job>-merge`) holding
 /// a record of a topic other than the job's repartition topic (docs/checkpoints.md,
 /// "Migration").
