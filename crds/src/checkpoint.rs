@@ -4,7 +4,10 @@
 //! when asked (DESIGN.md invariants 2 and 3; docs/checkpoints.md).
 //!
 //! Where: a ConfigMap `<job>-checkpoint-<partition>` under [`CONFIG_MAP_KEY`], or an object
-//! [`object_name`] under the job's location [`object_store_url`] in object storage.
+//! [`object_name`] under the job's location [`object_store_url`] in object storage. Records
+//! written before this version may be at [`legacy_object_store_url`] or in the ConfigMaps of
+//! [`crate::names::legacy_merge_checkpoint_prefix`]; they are read to resume from
+//! (docs/checkpoints.md, "Migration").
 
 use serde::{Deserialize, Serialize};
 
@@ -70,16 +73,34 @@ pub struct SourceProgress {
 
 /// Where the merge stage of a two-stage job (reading the repartition topic) keeps its
 /// records, under the job's location: `<job location>/merge/partition-<p>.json` in object
-/// storage (ConfigMaps `<job>-merge-checkpoint-<p>`).
+/// storage (ConfigMaps `<job>-checkpoint-merge-<p>`).
 pub const MERGE_LOCATION: &str = "merge";
 
 /// Key of a checkpoint ConfigMap under which the record is stored (as JSON).
 pub const CONFIG_MAP_KEY: &str = "checkpoint.json";
 
+/// The namespace segment of the object-store location of a job run without one (`weir run`
+/// of a file without `metadata.namespace`). A Kubernetes namespace cannot contain `_`, so a
+/// local run never shares records with a job in a cluster unless its file names that job's
+/// namespace.
+pub const LOCAL_NAMESPACE: &str = "_local";
+
 /// Where a job's checkpoints live in object storage: the spec's
-/// `checkpoint.store.objectStore.url` followed by the job's name, so that jobs sharing a bucket
-/// and prefix do not share records.
-pub fn object_store_url(url: &str, job: &str) -> String {
+/// `checkpoint.store.objectStore.url`, the job's namespace ([`LOCAL_NAMESPACE`] when it has
+/// none), then the job's name. Neither a namespace nor a job name contains `/`, so the two
+/// segments give back (namespace, job): jobs sharing a bucket and prefix do not share records,
+/// in one namespace or in two (staging and prod deployed from one values file).
+pub fn object_store_url(url: &str, namespace: Option<&str>, job: &str) -> String {
+    let namespace = namespace
+        .filter(|n| !n.is_empty())
+        .unwrap_or(LOCAL_NAMESPACE);
+    format!("{}/{namespace}/{job}", url.trim_end_matches('/'))
+}
+
+/// Where a job's checkpoints lived in object storage before this version: `<url>/<job>`,
+/// without the namespace, so the jobs of one name in several namespaces shared it. Read only
+/// to resume from a record of the job's own topic (docs/checkpoints.md, "Migration").
+pub fn legacy_object_store_url(url: &str, job: &str) -> String {
     format!("{}/{job}", url.trim_end_matches('/'))
 }
 
@@ -176,10 +197,31 @@ mod tests {
     #[test]
     fn object_names_map_to_partitions_and_back() {
         assert_eq!(
-            object_store_url("s3://b/jobs/", "payments"),
-            "s3://b/jobs/payments"
+            object_store_url("s3://b/jobs/", Some("prod"), "payments"),
+            "s3://b/jobs/prod/payments"
         );
-        assert_eq!(object_store_url("s3://b", "payments"), "s3://b/payments");
+        assert_eq!(
+            object_store_url("s3://b", Some("staging"), "payments"),
+            "s3://b/staging/payments"
+        );
+        // Without a namespace (a local run): a segment no namespace can be.
+        assert_eq!(
+            object_store_url("s3://b", None, "payments"),
+            "s3://b/_local/payments"
+        );
+        assert_eq!(
+            object_store_url("s3://b", Some(""), "payments"),
+            "s3://b/_local/payments"
+        );
+        assert_eq!(
+            legacy_object_store_url("s3://b/", "payments"),
+            "s3://b/payments"
+        );
+        // The collision this removes: one job name in two namespaces.
+        assert_ne!(
+            object_store_url("s3://b", Some("staging"), "payments"),
+            object_store_url("s3://b", Some("prod"), "payments")
+        );
         assert_eq!(object_name(12), "partition-12.json");
         for p in [0, 1, 12, 4096] {
             assert_eq!(partition_of_object(&object_name(p)), Some(p));

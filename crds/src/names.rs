@@ -13,9 +13,20 @@
 //! within bounds, and two jobs whose names share a long prefix still get different children.
 //!
 //! The checkpoint ConfigMaps are the exception: their names (`<job>-checkpoint-<partition>`,
-//! [`checkpoint_prefix`]) are computed by the workers too, so they are never shortened; a job
-//! whose name makes them longer than 253 characters is refused as an invalid spec (see
+//! [`checkpoint_prefix`], and `<job>-checkpoint-merge-<partition>` for the merge stage,
+//! [`merge_checkpoint_prefix`]) are computed by the workers too, so they are never shortened; a
+//! job whose name makes them longer than 253 characters is refused as an invalid spec (see
 //! [`checkpoint_config_map_name`]).
+//!
+//! No two checkpoint names of jobs in one namespace are equal (DESIGN.md invariant 10). Every
+//! checkpoint name ends in `-checkpoint-<rest>`, and `<rest>` never contains `-checkpoint-`:
+//! it is `<p>` (stage 1) or `merge-<p>` (the merge stage), `<p>` the partition in decimal
+//! without sign or leading zero. So the part after the *last* `-checkpoint-` of a name is
+//! `<rest>`, and the part before it is the job: a name gives back its job, its stage (`<rest>`
+//! all digits or not) and its partition. Two equal names therefore have the same job, stage
+//! and partition. The merge stage's names before this version, `<job>-merge-checkpoint-<p>`
+//! ([`legacy_merge_checkpoint_prefix`]), broke this: they equal the stage-1 names of the job
+//! `<job>-merge`. They are only read now, to resume from them (docs/checkpoints.md, "Migration").
 
 use std::collections::BTreeMap;
 
@@ -131,8 +142,18 @@ pub fn checkpoint_prefix(job: &str) -> String {
 }
 
 /// Prefix of the merge stage's checkpoint ConfigMaps of `job` (one per partition of the
-/// repartition topic).
+/// repartition topic): `<job>-checkpoint-merge`, so that partition `p` is
+/// `<job>-checkpoint-merge-<p>`, which no other job's name can give (see the module doc).
 pub fn merge_checkpoint_prefix(job: &str) -> String {
+    format!("{job}-checkpoint-merge")
+}
+
+/// Prefix of the merge stage's checkpoint ConfigMaps before this version:
+/// `<job>-merge-checkpoint`. Equal to [`checkpoint_prefix`] of the job `<job>-merge`, so what a
+/// ConfigMap of this name holds may be that job's stage-1 record: the workers resume from it
+/// only when its topic is their repartition topic, never write it, and the operator no longer
+/// creates it (docs/checkpoints.md, "Migration").
+pub fn legacy_merge_checkpoint_prefix(job: &str) -> String {
     format!("{job}-merge-checkpoint")
 }
 
@@ -151,9 +172,15 @@ pub fn checkpoint_config_map_name(job: &str, partition: i32) -> Option<String> {
 }
 
 /// The checkpoint ConfigMap of a two-stage job's repartition partition `partition`
-/// (`<job>-merge-checkpoint-<partition>`).
+/// (`<job>-checkpoint-merge-<partition>`).
 pub fn merge_checkpoint_config_map_name(job: &str, partition: i32) -> Option<String> {
     checkpoint_name(merge_checkpoint_prefix(job), partition)
+}
+
+/// The name the checkpoint ConfigMap of repartition partition `partition` had before this
+/// version (`<job>-merge-checkpoint-<partition>`, [`legacy_merge_checkpoint_prefix`]).
+pub fn legacy_merge_checkpoint_config_map_name(job: &str, partition: i32) -> Option<String> {
+    checkpoint_name(legacy_merge_checkpoint_prefix(job), partition)
 }
 
 /// The job name as a label value: itself when it fits in 63 characters, else truncated with a
@@ -269,5 +296,88 @@ mod tests {
         assert_ne!(worker_name("a.b"), worker_name("a-b"));
         assert!(config_map_name(&"y".repeat(253)).len() <= 253);
         assert_eq!(checkpoint_config_map_name(&"y".repeat(241), 0), None);
+    }
+
+    /// Stage 1 or the merge stage, for the tables below.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Stage {
+        Source,
+        Merge,
+    }
+
+    fn name(stage: Stage, job: &str, p: i32) -> Option<String> {
+        match stage {
+            Stage::Source => checkpoint_config_map_name(job, p),
+            Stage::Merge => merge_checkpoint_config_map_name(job, p),
+        }
+    }
+
+    /// The module doc's argument, as code: a checkpoint name gives back (job, stage, partition).
+    fn parse(name: &str) -> Option<(String, Stage, i32)> {
+        let at = name.rfind("-checkpoint-")?;
+        let (job, rest) = (&name[..at], &name[at + "-checkpoint-".len()..]);
+        let (stage, digits) = match rest.strip_prefix("merge-") {
+            Some(d) => (Stage::Merge, d),
+            None => (Stage::Source, rest),
+        };
+        let p: i32 = digits.parse().ok()?;
+        (p.to_string() == digits).then(|| (job.to_string(), stage, p))
+    }
+
+    #[test]
+    fn checkpoint_names_of_the_merge_stage_are_apart_from_stage_1() {
+        assert_eq!(
+            merge_checkpoint_config_map_name("payments", 3).as_deref(),
+            Some("payments-checkpoint-merge-3")
+        );
+        assert_eq!(
+            legacy_merge_checkpoint_config_map_name("payments", 3).as_deref(),
+            Some("payments-merge-checkpoint-3")
+        );
+        // The same length as before: the 253-character rule refuses the same job names.
+        assert_eq!(
+            merge_checkpoint_prefix("j").len(),
+            legacy_merge_checkpoint_prefix("j").len()
+        );
+    }
+
+    /// Pairs whose names collided before this version, or look as if they might: (stage, job,
+    /// partition) twice. Every pair is now two distinct names, and each name parses back to
+    /// its own (job, stage, partition).
+    #[test]
+    fn no_two_checkpoint_names_are_equal() {
+        use Stage::{Merge, Source};
+        let pairs: &[((Stage, &str, i32), (Stage, &str, i32))] = &[
+            // The collision of the old names: x's merge stage = x-merge's stage 1.
+            ((Merge, "x", 0), (Source, "x-merge", 0)),
+            ((Merge, "x", 12), (Source, "x-merge", 12)),
+            // The new merge names against jobs whose names spell them.
+            ((Merge, "x", 0), (Source, "x-checkpoint-merge", 0)),
+            ((Merge, "x", 0), (Merge, "x-checkpoint-merge", 0)),
+            ((Source, "x", 0), (Source, "x-checkpoint", 0)),
+            ((Source, "x-checkpoint-1", 2), (Source, "x", 1)),
+            ((Merge, "x-checkpoint-1", 2), (Merge, "x", 1)),
+            ((Merge, "x-merge", 0), (Source, "x-merge-merge", 0)),
+            // Digits that move between the job and the partition.
+            ((Source, "x-1", 2), (Source, "x", 12)),
+            ((Merge, "x-1", 2), (Merge, "x", 12)),
+            ((Source, "x", 1), (Source, "x", 10)),
+            // A job named like a stage.
+            ((Merge, "a", 3), (Source, "merge", 3)),
+            ((Merge, "a.merge", 0), (Source, "a", 0)),
+        ];
+        for &(a, b) in pairs {
+            let na = name(a.0, a.1, a.2).expect("fits");
+            let nb = name(b.0, b.1, b.2).expect("fits");
+            assert_ne!(na, nb, "{a:?} and {b:?}");
+            for ((stage, job, p), n) in [(a, &na), (b, &nb)] {
+                assert_eq!(parse(n), Some((job.to_string(), stage, p)), "{n}");
+            }
+        }
+        // The old names did collide (this table is not vacuous).
+        assert_eq!(
+            legacy_merge_checkpoint_config_map_name("x", 0),
+            checkpoint_config_map_name("x-merge", 0)
+        );
     }
 }

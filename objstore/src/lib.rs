@@ -45,11 +45,30 @@ pub struct ObjectStoreConfig {
 }
 
 impl ObjectStoreConfig {
-    /// The location of `job`'s checkpoints as its spec gives it: `<url>/<job>`, the endpoint and
+    /// The location of the checkpoints of `job` in `namespace` as its spec gives it:
+    /// `<url>/<namespace>/<job>` ([`weir_crds::checkpoint::object_store_url`]; a local run
+    /// without a namespace uses [`weir_crds::checkpoint::LOCAL_NAMESPACE`]), the endpoint and
     /// region, plain http iff the endpoint is `http://`. Credentials are the caller's to add.
-    pub fn for_job(store: &weir_crds::ObjectStore, job: &str) -> Self {
+    pub fn for_job(store: &weir_crds::ObjectStore, namespace: Option<&str>, job: &str) -> Self {
         ObjectStoreConfig {
-            url: weir_crds::checkpoint::object_store_url(&store.url, job),
+            url: weir_crds::checkpoint::object_store_url(&store.url, namespace, job),
+            ..Self::for_store(store)
+        }
+    }
+
+    /// Where the checkpoints of `job` were before this version: `<url>/<job>`
+    /// ([`weir_crds::checkpoint::legacy_object_store_url`]), read to resume from and deleted
+    /// with the job (docs/checkpoints.md, "Migration").
+    pub fn legacy_for_job(store: &weir_crds::ObjectStore, job: &str) -> Self {
+        ObjectStoreConfig {
+            url: weir_crds::checkpoint::legacy_object_store_url(&store.url, job),
+            ..Self::for_store(store)
+        }
+    }
+
+    fn for_store(store: &weir_crds::ObjectStore) -> Self {
+        ObjectStoreConfig {
+            url: store.url.clone(),
             endpoint: store.endpoint.clone(),
             region: store.region.clone(),
             allow_http: store
@@ -59,15 +78,14 @@ impl ObjectStoreConfig {
             ..ObjectStoreConfig::default()
         }
     }
-}
 
-impl ObjectStoreConfig {
-    /// The location of the records of stage 2 (the merge) of a two-stage `job`:
-    /// [`weir_crds::checkpoint::MERGE_LOCATION`] under the job's.
-    pub fn for_merge(store: &weir_crds::ObjectStore, job: &str) -> Self {
-        let mut config = ObjectStoreConfig::for_job(store, job);
-        config.url = format!("{}/{}", config.url, weir_crds::checkpoint::MERGE_LOCATION);
-        config
+    /// The location of the records of stage 2 (the merge) of the job at `self`:
+    /// [`weir_crds::checkpoint::MERGE_LOCATION`] under it.
+    pub fn merge(&self) -> Self {
+        ObjectStoreConfig {
+            url: format!("{}/{}", self.url, weir_crds::checkpoint::MERGE_LOCATION),
+            ..self.clone()
+        }
     }
 }
 
@@ -292,22 +310,29 @@ mod tests {
 
     #[test]
     fn a_job_gets_its_own_location_under_the_spec_url() {
-        let c = ObjectStoreConfig::for_job(
-            &spec("s3://bucket/jobs/", Some("http://seaweed:8333")),
-            "payments",
-        );
-        assert_eq!(c.url, "s3://bucket/jobs/payments");
+        let store = spec("s3://bucket/jobs/", Some("http://seaweed:8333"));
+        let c = ObjectStoreConfig::for_job(&store, Some("prod"), "payments");
+        assert_eq!(c.url, "s3://bucket/jobs/prod/payments");
         assert!(c.allow_http);
         assert!(!c.from_env);
         let loc = open(&c).expect("opens");
-        assert_eq!(loc.prefix.as_ref(), "jobs/payments");
-        assert_eq!(loc.checkpoint(3).as_ref(), "jobs/payments/partition-3.json");
+        assert_eq!(loc.prefix.as_ref(), "jobs/prod/payments");
+        assert_eq!(
+            loc.checkpoint(3).as_ref(),
+            "jobs/prod/payments/partition-3.json"
+        );
         assert_eq!(
             loc.description,
-            "s3://bucket/jobs/payments at http://seaweed:8333"
+            "s3://bucket/jobs/prod/payments at http://seaweed:8333"
         );
-        let https = ObjectStoreConfig::for_job(&spec("gs://b/p", Some("https://x")), "j");
+        assert_eq!(c.merge().url, "s3://bucket/jobs/prod/payments/merge");
+        let legacy = ObjectStoreConfig::legacy_for_job(&store, "payments");
+        assert_eq!(legacy.url, "s3://bucket/jobs/payments");
+        assert_eq!(legacy.endpoint, c.endpoint);
+        assert_eq!(legacy.merge().url, "s3://bucket/jobs/payments/merge");
+        let https = ObjectStoreConfig::for_job(&spec("gs://b/p", Some("https://x")), None, "j");
         assert!(!https.allow_http);
+        assert_eq!(https.url, "gs://b/p/_local/j");
     }
 
     #[test]

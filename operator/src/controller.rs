@@ -876,16 +876,44 @@ async fn cleanup_checkpoints(
 ) -> Result<(), Error> {
     if job.spec.checkpoint.store.config_map.is_some() {
         let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-        let selector = names::checkpoint_selector(name);
-        api.delete_collection(
-            &DeleteParams::default(),
-            &ListParams::default().labels(&selector),
-        )
-        .await
-        .map_err(|source| Error::DeleteCheckpoints {
+        let failed = |source| Error::DeleteCheckpoints {
             job: name.to_string(),
             source,
-        })?;
+        };
+        let selector = names::checkpoint_selector(name);
+        let listed = ListParams::default().labels(&selector);
+        // The job's repartition topic by either name (before and since `weir_crds::topics`).
+        let repartition = [
+            weir_crds::topics::repartition_topic(Some(ns), name),
+            weir_crds::topics::legacy_repartition_topic(Some(ns), name),
+        ];
+        let repartition = [repartition[0].as_str(), repartition[1].as_str()];
+        let config_maps = api.list(&listed).await.map_err(failed)?.items;
+        // A legacy merge name holding another topic's record is the stage-1 checkpoint of the
+        // job `<job>-merge` (the names were equal): give it that job's label, so that the
+        // delete below, by this job's label, leaves it.
+        let owner = names::job_label_value(&format!("{name}-merge"));
+        let labels = std::collections::BTreeMap::from([(names::LABEL_JOB, owner.as_str())]);
+        let relabel = serde_json::json!({"metadata": {"labels": labels}});
+        let patch = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        for cm in &config_maps {
+            let Some(cm_name) = cm.metadata.name.as_deref() else {
+                continue;
+            };
+            if another_jobs_checkpoint(cm, name, &repartition) {
+                api.patch(cm_name, &patch, &Patch::Merge(&relabel))
+                    .await
+                    .map_err(failed)?;
+                info!(configmap = cm_name, job = %owner,
+                    "left a checkpoint ConfigMap holding another job's record");
+            }
+        }
+        api.delete_collection(&DeleteParams::default(), &listed)
+            .await
+            .map_err(failed)?;
     } else if let Some(store) = &job.spec.checkpoint.store.object_store {
         if !ctx.config.may_reach(store) {
             // The job was refused (InvalidSpec): no worker ran, and the operator must not delete
@@ -905,6 +933,25 @@ async fn cleanup_checkpoints(
         }
     }
     Ok(())
+}
+
+/// Whether a ConfigMap the job's checkpoint label selects holds another job's record, which
+/// cleanup must leave (relabelled for that job): one of the merge stage's names before this version
+/// (`<job>-merge-checkpoint-<p>`, equal to the stage-1 names of the job `<job>-merge`) holding
+/// a record of a topic other than the job's repartition topic, by either of its names
+/// (docs/checkpoints.md, "Migration").
+fn another_jobs_checkpoint(cm: &ConfigMap, job: &str, repartition: &[&str]) -> bool {
+    let prefix = format!("{}-", names::legacy_merge_checkpoint_prefix(job));
+    let legacy = cm
+        .metadata
+        .name
+        .as_deref()
+        .and_then(|n| n.strip_prefix(&prefix))
+        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    legacy
+        && crate::observe::checkpoints::parse_config_maps(std::slice::from_ref(cm))
+            .iter()
+            .any(|cp| !repartition.contains(&cp.topic.as_str()))
 }
 
 #[cfg(test)]
@@ -941,6 +988,56 @@ mod tests {
             spread(REQUEUE_HEALTHY, "shop", "payments"),
             spread(REQUEUE_HEALTHY, "shop", "payments")
         );
+    }
+
+    #[test]
+    fn cleanup_leaves_a_legacy_merge_name_holding_another_topics_record() {
+        let cm = |name: &str, topic: Option<&str>| ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..ObjectMeta::default()
+            },
+            data: topic.map(|t| {
+                let record = serde_json::json!({"format": 1, "topic": t, "partition": 0,
+                    "epoch": 1, "owner": "x-worker-0", "writtenAtMs": 1, "progress": null});
+                [(
+                    weir_crds::checkpoint::CONFIG_MAP_KEY.to_string(),
+                    record.to_string(),
+                )]
+                .into()
+            }),
+            ..ConfigMap::default()
+        };
+        let rep = &["weir.ns.x.repartition", "weir-ns-x-repartition"][..];
+        // The job `x-merge`'s stage 1 under x's legacy merge name: left.
+        assert!(another_jobs_checkpoint(
+            &cm("x-merge-checkpoint-0", Some("orders")),
+            "x",
+            rep
+        ));
+        // x's own merge record, an empty one, x's current names: deleted.
+        for own in rep {
+            assert!(!another_jobs_checkpoint(
+                &cm("x-merge-checkpoint-0", Some(own)),
+                "x",
+                rep
+            ));
+        }
+        assert!(!another_jobs_checkpoint(
+            &cm("x-merge-checkpoint-0", None),
+            "x",
+            rep
+        ));
+        assert!(!another_jobs_checkpoint(
+            &cm("x-checkpoint-0", Some("orders")),
+            "x",
+            rep
+        ));
+        assert!(!another_jobs_checkpoint(
+            &cm("x-checkpoint-merge-0", Some("o")),
+            "x",
+            rep
+        ));
     }
 
     #[test]

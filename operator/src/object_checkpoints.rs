@@ -3,7 +3,9 @@
 //! offsets, write times) through [`read`], and when a job with `deleteOnJobDeletion` is deleted
 //! the finalizer's cleanup deletes them ([`cleanup`]). Where they are and
 //! what a record is are the workers' ([`weir_objstore::ObjectStoreConfig::for_job`],
-//! [`weir_crds::checkpoint`]). The credentials are the keys of the Secret the spec names: the
+//! [`weir_crds::checkpoint`]). Records the previous version wrote at `<url>/<job>` are read
+//! where the current location has none and deleted with the job, both only when they are of the
+//! job's topic ([`Locations`], docs/checkpoints.md "Migration"). The credentials are the keys of the Secret the spec names: the
 //! workers get them as environment variables, the operator reads the Secret through the API
 //! (`get` on it, which it holds anyway) and never logs the values. Without a Secret, the
 //! operator's own identity (its environment, IRSA, workload identity) is used, as the workers
@@ -23,20 +25,48 @@ use crate::secrets::{secret_values, Resolved};
 /// Requests to the store in flight at once, per job.
 const PARALLEL_REQUESTS: usize = 8;
 
-/// How to reach `job`'s checkpoints: the workers' location, with the credentials Secret's keys
+/// Where one stage of a job keeps its records: the current location, and the previous
+/// version's (without the namespace), whose records count only when they are of the stage's
+/// topic.
+#[derive(Clone, Debug)]
+pub struct Locations {
+    /// `<url>/<namespace>/<job>` (or its `merge/`).
+    pub current: ObjectStoreConfig,
+    /// `<url>/<job>` (or its `merge/`).
+    pub legacy: ObjectStoreConfig,
+}
+
+impl Locations {
+    /// The merge stage's: [`weir_crds::checkpoint::MERGE_LOCATION`] under each.
+    pub fn merge(&self) -> Locations {
+        Locations {
+            current: self.current.merge(),
+            legacy: self.legacy.merge(),
+        }
+    }
+}
+
+/// How to reach `job`'s checkpoints: the workers' locations, with the credentials Secret's keys
 /// as settings; [`Resolved::MissingSecret`] when the Secret does not exist (the user must create
 /// it).
 pub async fn config(
     client: &Client,
     job: &StreamJob,
     store: &ObjectStore,
-) -> Result<Resolved<ObjectStoreConfig>, Error> {
+) -> Result<Resolved<Locations>, Error> {
     let name = job.metadata.name.clone().unwrap_or_default();
     let ns = job.metadata.namespace.clone().unwrap_or_default();
-    let mut config = ObjectStoreConfig::for_job(store, &name);
+    let with = |settings: &ObjectStoreConfig| Locations {
+        current: settings.clone(),
+        legacy: ObjectStoreConfig {
+            url: ObjectStoreConfig::legacy_for_job(store, &name).url,
+            ..settings.clone()
+        },
+    };
+    let mut settings = ObjectStoreConfig::for_job(store, Some(&ns), &name);
     let Some(creds) = &store.credentials else {
-        config.from_env = true;
-        return Ok(Resolved::Ready(config));
+        settings.from_env = true;
+        return Ok(Resolved::Ready(with(&settings)));
     };
     let values = secret_values(
         client,
@@ -45,16 +75,12 @@ pub async fn config(
         "spec.checkpoint.store.objectStore.credentials",
     )
     .await?;
-    Ok(values.map(|options| ObjectStoreConfig { options, ..config }))
-}
-
-/// Where the merge stage of the job at `config` keeps its records: under
-/// [`weir_crds::checkpoint::MERGE_LOCATION`].
-pub fn merge_config(config: &ObjectStoreConfig) -> ObjectStoreConfig {
-    ObjectStoreConfig {
-        url: format!("{}/{}", config.url, weir_crds::checkpoint::MERGE_LOCATION),
-        ..config.clone()
-    }
+    Ok(values.map(|options| {
+        with(&ObjectStoreConfig {
+            options,
+            ..settings
+        })
+    }))
 }
 
 fn open(config: &ObjectStoreConfig) -> Result<Location, String> {
@@ -80,17 +106,36 @@ async fn read_one(loc: &Location, partition: i32) -> Result<Option<PartitionChec
     }
 }
 
-/// The records of partitions `0..partitions` (those that exist). Exactly the partitions the
-/// workers of the next assignment will write, so the largest epoch among them is the one the
+/// The record of `partition` as the workers resume from it: the current location's, else the
+/// legacy one's if it is of `topic` (a worker takes no other).
+async fn read_either(
+    current: &Location,
+    legacy: &Location,
+    topics: &[&str],
+    partition: i32,
+) -> Result<Option<PartitionCheckpoint>, String> {
+    if let Some(cp) = read_one(current, partition).await? {
+        return Ok(Some(cp));
+    }
+    Ok(read_one(legacy, partition)
+        .await?
+        .filter(|cp| topics.contains(&cp.topic.as_str())))
+}
+
+/// The records of partitions `0..partitions` (those that exist) of a stage reading one of
+/// `topics` (a legacy record counts only if it is of one of them).
+/// Exactly the partitions the workers of the next assignment will write, and the records they
+/// will resume from (a legacy one included), so the largest epoch among them is the one the
 /// assignment must start above. A `String` error says what failed, for a person.
 pub async fn read(
-    config: &ObjectStoreConfig,
+    locations: &Locations,
+    topics: &[&str],
     partitions: i32,
 ) -> Result<Vec<PartitionCheckpoint>, String> {
-    let loc = open(config)?;
-    let loc = &loc;
+    let (current, legacy) = (open(&locations.current)?, open(&locations.legacy)?);
+    let (current, legacy) = (&current, &legacy);
     futures::stream::iter(0..partitions.max(0))
-        .map(|p| read_one(loc, p))
+        .map(|p| read_either(current, legacy, topics, p))
         .buffer_unordered(PARALLEL_REQUESTS)
         .try_filter_map(|cp| async move { Ok(cp) })
         .try_collect()
@@ -108,9 +153,13 @@ pub struct Deleted {
 }
 
 /// Deletes the job's records: every object directly under its location named like a record
-/// (`partition-<p>.json`) that is one. Listing rather than counting partitions: the topic may
-/// be gone, or have been another one. Idempotent: nothing to delete is a success.
-pub async fn delete(config: &ObjectStoreConfig) -> Result<Deleted, String> {
+/// (`partition-<p>.json`) that is one, and, when `only_topic` is given, of that topic (a
+/// legacy location may hold another job's records). Listing rather than counting partitions:
+/// the topic may be gone, or have been another one. Idempotent: nothing to delete is a success.
+pub async fn delete(
+    config: &ObjectStoreConfig,
+    only_topic: Option<&str>,
+) -> Result<Deleted, String> {
     let loc = open(config)?;
     let loc = &loc;
     let listed: Vec<object_store::ObjectMeta> = loc
@@ -140,10 +189,18 @@ pub async fn delete(config: &ObjectStoreConfig) -> Result<Deleted, String> {
                 Err(e) => Err(e),
             }
             .map_err(|e| format!("reading {shown} of {}: {e}", loc.description))?;
-            if let Err(e) = parse(p, &bytes) {
-                warn!(object = %shown, store = %loc.description, error = %e,
-                    "not a checkpoint record: left in place");
-                return Ok((false, shown));
+            match parse(p, &bytes) {
+                Err(e) => {
+                    warn!(object = %shown, store = %loc.description, error = %e,
+                        "not a checkpoint record: left in place");
+                    return Ok((false, shown));
+                }
+                Ok(cp) if only_topic.is_some_and(|t| t != cp.topic) => {
+                    info!(object = %shown, store = %loc.description, topic = %cp.topic,
+                        "a record of another topic at the legacy location: left in place");
+                    return Ok((false, shown));
+                }
+                Ok(_) => {}
             }
             match loc.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok((true, shown)),
@@ -167,16 +224,25 @@ pub async fn delete(config: &ObjectStoreConfig) -> Result<Deleted, String> {
 }
 
 /// Cleanup of a deleted job with `deleteOnJobDeletion` and an object store: deletes its records,
-/// and those of its merge stage (under [`weir_crds::checkpoint::MERGE_LOCATION`]) if any.
+/// and those of its merge stage (under [`weir_crds::checkpoint::MERGE_LOCATION`]) if any; at
+/// the previous version's location, only the records of the job's source topic (stage 1) and
+/// of its repartition topic (the merge stage), since a job of the same name in another
+/// namespace shared that location.
 pub async fn cleanup(client: &Client, job: &StreamJob, store: &ObjectStore) -> Result<(), Error> {
     let name = job.metadata.name.clone().unwrap_or_default();
     let failed = |message: String| Error::DeleteObjectStoreCheckpoints {
         job: name.clone(),
         message,
     };
-    let config = config(client, job, store).await?.ready().map_err(&failed)?;
-    let merge = merge_config(&config);
-    delete(&config).await.map_err(&failed)?;
-    delete(&merge).await.map_err(failed)?;
+    let source = config(client, job, store).await?.ready().map_err(&failed)?;
+    let merge = source.merge();
+    let topic = &job.spec.source.kafka.topic.0;
+    let repartition = weir_crds::repartition_topic(job.metadata.namespace.as_deref(), &name);
+    delete(&source.current, None).await.map_err(&failed)?;
+    delete(&merge.current, None).await.map_err(&failed)?;
+    delete(&source.legacy, Some(topic)).await.map_err(&failed)?;
+    delete(&merge.legacy, Some(&repartition))
+        .await
+        .map_err(failed)?;
     Ok(())
 }

@@ -13,7 +13,8 @@ pub const API_CALLS: &[(&str, &str, &[&str])] = &[
     // Status, by server-side apply.
     ("weir.dev", "streamjobs/status", &["patch"]),
     // Job ConfigMap: get (previous assignment), apply; checkpoint ConfigMaps: list by label,
-    // create if absent, deletecollection on cleanup; `.owns` watch.
+    // create if absent, deletecollection on cleanup (after a merge patch of the label of a
+    // legacy merge name holding another job's record); `.owns` watch.
     (
         "",
         "configmaps",

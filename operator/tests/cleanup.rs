@@ -334,3 +334,46 @@ async fn a_statefulset_the_job_does_not_own_is_not_deleted() {
         json!(["weir.dev/checkpoints"])
     );
 }
+
+/// The merge stage's ConfigMap names before this version (`payments-merge-checkpoint-<p>`) are
+/// deleted with the job — unless one holds a record of another topic than the job's
+/// repartition topic: that is the stage-1 checkpoint of the job `payments-merge` (the names
+/// were equal), which is left, labelled for that job (docs/checkpoints.md, "Migration").
+#[tokio::test]
+async fn cleanup_deletes_the_legacy_merge_names_but_not_another_jobs_record() {
+    let c = Cluster::running().await;
+    let legacy = |p: i32, topic: &str| {
+        let record = json!({"format": 1, "topic": topic, "partition": p, "epoch": 1,
+            "owner": "payments-worker-0", "writtenAtMs": 1, "progress": null});
+        json!({"metadata": {"labels": {"weir.dev/job": "payments",
+                "app.kubernetes.io/component": "checkpoint",
+                "app.kubernetes.io/managed-by": "weir"}},
+               "data": {"checkpoint.json": record.to_string()}})
+    };
+    {
+        let mut server = c.server();
+        server.insert(
+            &format!("{NS}/configmaps/payments-merge-checkpoint-0"),
+            legacy(0, TOPIC),
+        );
+        server.insert(
+            &format!("{NS}/configmaps/payments-merge-checkpoint-1"),
+            legacy(1, "orders"),
+        );
+    }
+    c.delete_job().await;
+    c.reconcile().await;
+    assert_eq!(c.server().end_grace_periods(), 3);
+    let (action, _) = c.reconcile().await;
+    assert_eq!(action, Action::await_change());
+    assert_eq!(checkpoints(&c.server()), ["payments-merge-checkpoint-1"]);
+    let kept = c
+        .server()
+        .get(&format!("{NS}/configmaps/payments-merge-checkpoint-1"))
+        .cloned()
+        .expect("kept");
+    assert_eq!(kept["metadata"]["labels"]["weir.dev/job"], "payments-merge");
+    assert!(kept["data"]["checkpoint.json"]
+        .as_str()
+        .is_some_and(|r| r.contains("orders")));
+}

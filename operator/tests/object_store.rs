@@ -3,7 +3,9 @@
 //! written where and as the workers write them (`weir_objstore`, `weir_crds::checkpoint`), with
 //! the credentials of the Secret the job names. A reconcile starts the new assignment's epoch
 //! above the records' largest and reports lag and the oldest write; a job deleted with
-//! `deleteOnJobDeletion` loses its records, and nothing else.
+//! `deleteOnJobDeletion` loses its records, and nothing else. Records where the previous
+//! version kept them (`<url>/<job>`, no namespace) count where the current location has none,
+//! and go with the job, only when they are of the job's topic (docs/checkpoints.md, "Migration").
 
 #[path = "support/api.rs"]
 mod api;
@@ -84,9 +86,20 @@ async fn start_seaweedfs() -> SeaweedFs {
 }
 
 fn record(partition: i32, epoch: i64, written_at_ms: i64, next: Option<i64>) -> Vec<u8> {
+    record_of("payments", partition, epoch, written_at_ms, next)
+}
+
+/// A record of `topic`.
+fn record_of(
+    topic: &str,
+    partition: i32,
+    epoch: i64,
+    written_at_ms: i64,
+    next: Option<i64>,
+) -> Vec<u8> {
     let cp = PartitionCheckpoint {
         format: FORMAT,
-        topic: "payments".to_string(),
+        topic: topic.to_string(),
         partition,
         epoch,
         owner: format!("payments-worker-{partition}"),
@@ -125,7 +138,8 @@ fn secret(access_key: &str, secret_key: &str) -> Value {
     json!({"data": {"AWS_ACCESS_KEY_ID": b64(access_key), "AWS_SECRET_ACCESS_KEY": b64(secret_key)}})
 }
 
-/// A job keeping its checkpoints under `s3://<bucket>/jobs/payments` on `weed`.
+/// A job (`shop/payments`) keeping its checkpoints under `s3://<bucket>/jobs/shop/payments` on
+/// `weed`.
 fn job(weed: &SeaweedFs, extra: &str) -> StreamJob {
     job_with(&format!(
         "checkpoint:\n  store: {{objectStore: {{url: 's3://{BUCKET}/jobs', endpoint: '{}', \
@@ -237,13 +251,22 @@ fn status_of(calls: &[Call]) -> &Value {
 async fn reconcile_reads_epoch_lag_and_last_write_from_object_store_checkpoints() {
     let weed = start_seaweedfs().await;
     let b = bucket(&weed);
-    // Partitions 0 and 1 have records (epochs 4 and 7); 2 holds garbage (skipped, as the
-    // workers would refuse it); 3 has none. Another job's record under a longer prefix and a
+    // Partitions 0 and 1 have records (epochs 4 and 7), 1 only where the previous version kept
+    // it (`jobs/payments`, no namespace: the workers resume from it); 2 holds garbage (skipped,
+    // as the workers would refuse it); 3 has none. An older legacy record of 0 (the current
+    // one wins), a legacy record of another topic (another namespace's job of this name), the
+    // same job name in another namespace, another job's record under a longer prefix and a
     // record beyond the partition count must not count.
     put(
         &b,
-        "jobs/payments/partition-0.json",
+        "jobs/shop/payments/partition-0.json",
         record(0, 4, 3_000, Some(40)),
+    )
+    .await;
+    put(
+        &b,
+        "jobs/payments/partition-0.json",
+        record(0, 2, 500, Some(5)),
     )
     .await;
     put(
@@ -252,16 +275,33 @@ async fn reconcile_reads_epoch_lag_and_last_write_from_object_store_checkpoints(
         record(1, 7, 1_000, Some(60)),
     )
     .await;
-    put(&b, "jobs/payments/partition-2.json", b"{not json".to_vec()).await;
     put(
         &b,
-        "jobs/payments-2/partition-0.json",
+        "jobs/shop/payments/partition-2.json",
+        b"{not json".to_vec(),
+    )
+    .await;
+    put(
+        &b,
+        "jobs/payments/partition-3.json",
+        record_of("refunds", 3, 98, 5, Some(1)),
+    )
+    .await;
+    put(
+        &b,
+        "jobs/staging/payments/partition-3.json",
+        record(3, 97, 5, Some(1)),
+    )
+    .await;
+    put(
+        &b,
+        "jobs/shop/payments-2/partition-0.json",
         record(0, 99, 5, Some(1)),
     )
     .await;
     put(
         &b,
-        "jobs/payments/partition-9.json",
+        "jobs/shop/payments/partition-9.json",
         record(9, 50, 5, Some(1)),
     )
     .await;
@@ -293,7 +333,7 @@ async fn reconcile_reads_epoch_lag_and_last_write_from_object_store_checkpoints(
     assert_eq!(a.epoch, 8);
     let status = status_of(&calls);
     assert_eq!(status["assignmentEpoch"], json!(8));
-    // (100 − 40) + (100 − 60); partition 2 unreadable, 3 without a record.
+    // (100 − 40) + (100 − 60); partition 2 unreadable, 3 without a record of the job's.
     assert_eq!(status["lag"], json!(2 * HIGH_WATERMARK - 40 - 60));
     // The oldest of the partitions' latest writes: 1 s after the Unix epoch.
     assert_eq!(status["lastCheckpointTime"], json!("1970-01-01T00:00:01Z"));
@@ -332,30 +372,44 @@ async fn deleting_the_job_deletes_its_records_and_nothing_else() {
     for p in 0..3 {
         put(
             &b,
-            &format!("jobs/payments/partition-{p}.json"),
+            &format!("jobs/shop/payments/partition-{p}.json"),
             record(p, 3, 1, Some(5)),
         )
         .await;
     }
     let untouched = [
         // Named like a record but not one: kept, with a warning.
-        "jobs/payments/partition-9.json",
+        "jobs/shop/payments/partition-9.json",
         // Not named like a record.
-        "jobs/payments/notes.txt",
+        "jobs/shop/payments/notes.txt",
         // Not directly under the job's location.
-        "jobs/payments/old/partition-0.json",
+        "jobs/shop/payments/old/partition-0.json",
         // Another job, whose name starts with this one's.
-        "jobs/payments-2/partition-0.json",
+        "jobs/shop/payments-2/partition-0.json",
+        // The same job name in another namespace.
+        "jobs/staging/payments/partition-0.json",
+        // At the legacy location, a record of another topic: another namespace's job.
+        "jobs/payments/partition-1.json",
     ];
     put(&b, untouched[0], b"my own data".to_vec()).await;
     put(&b, untouched[1], b"notes".to_vec()).await;
     put(&b, untouched[2], record(0, 1, 1, None)).await;
     put(&b, untouched[3], record(0, 1, 1, None)).await;
-    // The merge stage of a two-stage job keeps its records under merge/: they go too.
+    put(&b, untouched[4], record(0, 1, 1, None)).await;
+    put(&b, untouched[5], record_of("refunds", 1, 1, 1, None)).await;
+    // The merge stage of a two-stage job keeps its records under merge/: they go too, and so
+    // do the records of the job's topics at the legacy location.
+    put(
+        &b,
+        "jobs/shop/payments/merge/partition-0.json",
+        record(0, 3, 1, None),
+    )
+    .await;
+    put(&b, "jobs/payments/partition-0.json", record(0, 2, 1, None)).await;
     put(
         &b,
         "jobs/payments/merge/partition-0.json",
-        record(0, 3, 1, None),
+        record_of("weir-shop-payments-repartition", 0, 2, 1, None),
     )
     .await;
 
@@ -376,7 +430,7 @@ async fn deleting_the_job_deletes_its_records_and_nothing_else() {
     assert_eq!(event.body["reason"], json!(CHECKPOINT_CLEANUP_FAILED));
     assert_eq!(event.body["type"], json!("Warning"));
     assert!(w.object(JOB).is_some(), "the finalizer must hold the job");
-    assert_eq!(keys(&b).await.len(), 4 + untouched.len());
+    assert_eq!(keys(&b).await.len(), 6 + untouched.len());
 
     // With the credentials: the records go, then the finalizer, then the job.
     w.set_secret(secret(ACCESS_KEY, SECRET_KEY));
@@ -415,10 +469,13 @@ async fn deleting_the_job_deletes_its_records_and_nothing_else() {
                 .store
                 .object_store
                 .expect("object store"),
+            Some("shop"),
             "payments",
         )
     };
-    let again = object_checkpoints::delete(&config).await.expect("delete");
+    let again = object_checkpoints::delete(&config, None)
+        .await
+        .expect("delete");
     assert_eq!(again.deleted, 0);
     assert_eq!(again.kept, vec![untouched[0].to_string()]);
     assert_eq!(keys(&b).await, left);
@@ -442,7 +499,7 @@ async fn repartition_lag_counts_every_partition_of_an_existing_repartition_topic
         let bytes = serde_json::to_vec(&cp).expect("record JSON");
         put(
             &b,
-            &format!("jobs/payments/merge/partition-{p}.json"),
+            &format!("jobs/shop/payments/merge/partition-{p}.json"),
             bytes,
         )
         .await;

@@ -24,7 +24,8 @@ use weir_engine::JobPlan;
 use weir_objstore::OpenObjectStoreError;
 
 use crate::checkpoint::{
-    CheckpointStore, ConfigMapStore, DirStore, ObjectStoreConfig, ObjectStoreStore, StoreError,
+    CheckpointStore, ConfigMapStore, DirStore, LegacyAccess, MigratingStore, ObjectStoreConfig,
+    ObjectStoreStore, StoreError,
 };
 use crate::http::{self, Health};
 use crate::kafka::{self, SettingsError};
@@ -239,14 +240,18 @@ fn async_runtime() -> Result<tokio::runtime::Runtime, JobError> {
         .map_err(JobError::StartRuntime)
 }
 
-/// The checkpoint store of `stage`: `--checkpoint-dir` if given, else the spec's (a ConfigMap
-/// store only inside a cluster). The merge stage keeps its checkpoints apart: `merge/` under
-/// the job's directory or object-store prefix, ConfigMaps `<job>-merge-checkpoint-<partition>`.
+/// The checkpoint store of `stage`, whose records are of `topic`: `--checkpoint-dir` if given,
+/// else the spec's (a ConfigMap store only inside a cluster). The merge stage keeps its
+/// checkpoints apart: `merge/` under the job's directory or object-store prefix, ConfigMaps
+/// `<job>-checkpoint-merge-<partition>`. Where the previous version kept them elsewhere (object
+/// storage without the namespace, the merge stage's ConfigMaps `<job>-merge-checkpoint-<p>`),
+/// the store resumes from there ([`MigratingStore`], docs/checkpoints.md "Migration").
 async fn open_store(
     job: &StreamJob,
     opts: &RunOptions,
     in_cluster: bool,
     stage: Stage,
+    topic: &str,
 ) -> Result<Arc<dyn CheckpointStore>, JobError> {
     let name = job_name(job);
     if let Some(dir) = &opts.checkpoint_dir {
@@ -262,33 +267,61 @@ async fn open_store(
         })?;
         return Ok(Arc::new(DirStore::new(dir)));
     }
+    // In a cluster the operator sets the pod's namespace; a local run has the file's, if any.
+    let namespace = std::env::var(weir_crds::pod::env::NAMESPACE)
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| job.metadata.namespace.clone());
     let store = &job.spec.checkpoint.store;
     if let Some(o) = &store.object_store {
         // Credentials from the environment: the operator mounts the spec's Secret there.
-        let config = ObjectStoreConfig {
-            from_env: true,
-            ..match stage {
-                Stage::Source => ObjectStoreConfig::for_job(o, &name),
-                Stage::Merge => ObjectStoreConfig::for_merge(o, &name),
-            }
+        let open = |config: ObjectStoreConfig| {
+            let config = ObjectStoreConfig {
+                from_env: true,
+                ..match stage {
+                    Stage::Source => config,
+                    Stage::Merge => config.merge(),
+                }
+            };
+            ObjectStoreStore::new(&config)
         };
-        return Ok(Arc::new(ObjectStoreStore::new(&config)?));
+        let current = open(ObjectStoreConfig::for_job(o, namespace.as_deref(), &name))?;
+        let legacy = open(ObjectStoreConfig::legacy_for_job(o, &name))?;
+        // A local run without a namespace may find a cluster job's record at the legacy
+        // location (they shared it): it resumes from it but never claims it, which with its
+        // wall-clock epoch would fence that job out.
+        let access = if namespace.is_some() {
+            LegacyAccess::Claim
+        } else {
+            LegacyAccess::Read
+        };
+        return Ok(Arc::new(MigratingStore::new(
+            Arc::new(current),
+            Arc::new(legacy),
+            topic,
+            access,
+        )));
     }
     if !in_cluster {
         return Err(JobError::ConfigMapsNeedACluster);
     }
-    let namespace = std::env::var(weir_crds::pod::env::NAMESPACE)
-        .ok()
-        .or_else(|| job.metadata.namespace.clone())
-        .unwrap_or_else(|| "default".to_string());
+    let namespace = namespace.unwrap_or_else(|| "default".to_string());
     let client = kube::Client::try_default()
         .await
         .map_err(|e| JobError::ConnectKubernetes(Box::new(e)))?;
-    let prefix = match stage {
-        Stage::Source => weir_crds::names::checkpoint_prefix(&name),
-        Stage::Merge => weir_crds::names::merge_checkpoint_prefix(&name),
-    };
-    Ok(Arc::new(ConfigMapStore::new(client, &namespace, &prefix)))
+    let store = |prefix: String| ConfigMapStore::new(client.clone(), &namespace, &prefix);
+    Ok(match stage {
+        Stage::Source => Arc::new(store(weir_crds::names::checkpoint_prefix(&name))),
+        // The Role grants only `get` on the legacy names (docs/checkpoints.md "Migration").
+        Stage::Merge => Arc::new(MigratingStore::new(
+            Arc::new(store(weir_crds::names::merge_checkpoint_prefix(&name))),
+            Arc::new(store(weir_crds::names::legacy_merge_checkpoint_prefix(
+                &name,
+            ))),
+            topic,
+            LegacyAccess::Read,
+        )),
+    })
 }
 
 /// Partition count of the source topic (Kafka metadata), with an error a person can act on.
@@ -332,9 +365,13 @@ fn merge_settings(
 ) -> Result<MergeSettings, JobError> {
     let (job, opts) = (launch.job, launch.opts);
     let producer = kafka::repartition_settings(&job.spec, &job_name(job), &topic)?;
-    let store = launch
-        .rt
-        .block_on(open_store(job, opts, launch.in_cluster, Stage::Merge))?;
+    let store = launch.rt.block_on(open_store(
+        job,
+        opts,
+        launch.in_cluster,
+        Stage::Merge,
+        &topic,
+    ))?;
     Ok(MergeSettings {
         topic,
         partitions,
@@ -355,9 +392,13 @@ fn job_context(
     let (job, opts) = (launch.job, launch.opts);
     let name = job_name(job);
     let spec: &StreamJobSpec = &job.spec;
-    let store = launch
-        .rt
-        .block_on(open_store(job, opts, launch.in_cluster, Stage::Source))?;
+    let store = launch.rt.block_on(open_store(
+        job,
+        opts,
+        launch.in_cluster,
+        Stage::Source,
+        &spec.source.kafka.topic.0,
+    ))?;
     Ok(JobContext {
         name: name.clone(),
         spec: spec.clone(),

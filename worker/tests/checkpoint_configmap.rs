@@ -289,3 +289,96 @@ async fn a_409_on_replace_is_a_conflict() {
         "{written:?}"
     );
 }
+
+/// The merge stage's records where the previous version kept them (`<job>-merge-checkpoint-<p>`,
+/// read only) and where they are now (`<job>-checkpoint-merge-<p>`, pre-created empty by the
+/// operator): a lease resumes exactly from the legacy record, claims and commits at the new
+/// name only, and never writes the legacy name (docs/checkpoints.md, "Migration").
+#[tokio::test]
+async fn the_merge_stage_resumes_from_its_legacy_config_map_and_writes_only_the_new_one() {
+    use std::sync::Arc;
+    use weir_worker::checkpoint::{LegacyAccess, MigratingStore, PartitionLease};
+    const NEW: &str = "/api/v1/namespaces/default/configmaps/payments-checkpoint-merge-0";
+    const OLD: &str = "/api/v1/namespaces/default/configmaps/payments-merge-checkpoint-0";
+    let (service, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, NS);
+    let store = |prefix: &str| Arc::new(ConfigMapStore::new(client.clone(), NS, prefix));
+    let migrating: Arc<dyn CheckpointStore> = Arc::new(MigratingStore::new(
+        store("payments-checkpoint-merge"),
+        store("payments-merge-checkpoint"),
+        "payments",
+        LegacyAccess::Read,
+    ));
+    let legacy = checkpoint(3);
+    let (acquired, ()) = tokio::join!(
+        within(PartitionLease::acquire(
+            migrating.clone(),
+            "payments",
+            0,
+            4,
+            "weir-worker-1"
+        )),
+        async {
+            // The new name is empty (pre-created), the legacy one holds the record.
+            let (_, send) = expect(&mut api, Method::GET, NEW).await;
+            respond(send, 200, &config_map("7", None));
+            let (_, send) = expect(&mut api, Method::GET, OLD).await;
+            respond(send, 200, &config_map("30", Some(&legacy)));
+            // The claim fills the new one, conditional on its version.
+            let (_, send) = expect(&mut api, Method::GET, NEW).await;
+            respond(send, 200, &config_map("7", None));
+            let (body, send) = expect(&mut api, Method::PUT, NEW).await;
+            assert_eq!(body["metadata"]["resourceVersion"], "7");
+            let claim = stored(&body);
+            assert_eq!((claim.epoch, claim.owner.as_str()), (4, "weir-worker-1"));
+            assert_eq!(claim.progress, legacy.progress);
+            let mut answer = body.clone();
+            answer["metadata"]["resourceVersion"] = json!("8");
+            respond(send, 200, &answer);
+        }
+    );
+    let (mut lease, resume) = acquired.expect("acquire");
+    assert_eq!(
+        resume, legacy.progress,
+        "resumed exactly from the legacy record"
+    );
+
+    let next = Progress {
+        next_offset: 20,
+        ..legacy.progress.clone().expect("progress")
+    };
+    let (committed, ()) = tokio::join!(within(lease.commit(next.clone())), async {
+        let (body, send) = expect(&mut api, Method::PUT, NEW).await;
+        assert_eq!(body["metadata"]["resourceVersion"], "8");
+        assert_eq!(stored(&body).progress, Some(next.clone()));
+        let mut answer = body.clone();
+        answer["metadata"]["resourceVersion"] = json!("9");
+        respond(send, 200, &answer);
+    });
+    committed.expect("commit");
+    let extra = tokio::time::timeout(Duration::from_millis(200), api.next_request()).await;
+    assert!(
+        extra.is_err(),
+        "nothing more, and never a write of the legacy name"
+    );
+
+    // A record of another topic under the legacy name (the job `payments-merge`'s stage 1) is
+    // not taken: the lease starts afresh at the new name.
+    let other = PartitionCheckpoint {
+        topic: "orders".to_owned(),
+        ..checkpoint(9)
+    };
+    let fresh: Arc<dyn CheckpointStore> = Arc::new(MigratingStore::new(
+        store("payments-checkpoint-merge"),
+        store("payments-merge-checkpoint"),
+        "payments",
+        LegacyAccess::Read,
+    ));
+    let (got, ()) = tokio::join!(within(fresh.get(0)), async {
+        let (_, send) = expect(&mut api, Method::GET, NEW).await;
+        respond(send, 404, &status(404, "NotFound"));
+        let (_, send) = expect(&mut api, Method::GET, OLD).await;
+        respond(send, 200, &config_map("31", Some(&other)));
+    });
+    assert!(got.expect("get").is_none(), "another stream's record");
+}

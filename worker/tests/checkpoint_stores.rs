@@ -6,10 +6,10 @@ mod support;
 use std::sync::Arc;
 
 use support::seaweedfs::{SeaweedFs, ACCESS_KEY, BUCKET, SECRET_KEY};
-use support::suites::{conformance, fencing, record};
+use support::suites::{conformance, fencing, migration, record};
 use weir_worker::checkpoint::{
-    CheckpointError, CheckpointStore, DirStore, MemoryStore, ObjectStoreConfig, ObjectStoreStore,
-    PartitionLease, StoreError,
+    CheckpointError, CheckpointStore, DirStore, LegacyAccess, MemoryStore, MigratingStore,
+    ObjectStoreConfig, ObjectStoreStore, PartitionLease, StoreError,
 };
 
 #[tokio::test]
@@ -22,6 +22,35 @@ async fn memory_store_conforms() {
 async fn memory_store_fences() {
     let store = MemoryStore::new();
     fencing(Arc::new(store.clone()), Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn memory_stores_migrate() {
+    for access in [LegacyAccess::Claim, LegacyAccess::Read] {
+        migration(
+            Arc::new(MemoryStore::new()),
+            Arc::new(MemoryStore::new()),
+            access,
+        )
+        .await;
+    }
+}
+
+/// The migrating store keeps the two guarantees of the contract: the conformance suite on two
+/// handles over the same current and legacy storages.
+#[tokio::test]
+async fn a_migrating_store_conforms() {
+    let (current, legacy) = (MemoryStore::new(), MemoryStore::new());
+    let handle = || -> Arc<dyn CheckpointStore> {
+        Arc::new(MigratingStore::new(
+            Arc::new(current.clone()),
+            Arc::new(legacy.clone()),
+            support::suites::TOPIC,
+            LegacyAccess::Claim,
+        ))
+    };
+    conformance(handle(), handle()).await;
+    fencing(handle(), handle()).await;
 }
 
 #[tokio::test]
@@ -194,6 +223,17 @@ async fn object_store_on_seaweedfs() {
     fencing(
         Arc::new(seaweed_store(&weed.endpoint, "jobs/fencing")),
         Arc::new(seaweed_store(&weed.endpoint, "jobs/fencing")),
+    )
+    .await;
+    // Records at the previous version's location (`<url>/<job>`) move to the current one
+    // (`<url>/<namespace>/<job>`).
+    migration(
+        Arc::new(seaweed_store(
+            &weed.endpoint,
+            "jobs/migration/prod/payments",
+        )),
+        Arc::new(seaweed_store(&weed.endpoint, "jobs/migration/payments")),
+        LegacyAccess::Claim,
     )
     .await;
     // Another prefix is another stream.

@@ -282,11 +282,36 @@ impl Builder<'_> {
             (count(&a.workers), merge)
         });
         let checkpoints = self.checkpoint_names(partitions, merge);
+        let legacy = self.legacy_checkpoint_names(merge);
         let config = names::config_map_name(self.name);
-        self.role(&checkpoints, &config, &Credentials::of(&self.job.spec))
+        self.role(
+            &checkpoints,
+            &legacy,
+            &config,
+            &Credentials::of(&self.job.spec),
+        )
     }
 
-    fn role(&self, checkpoints: &[String], config: &str, creds: &Credentials) -> Role {
+    /// The names the merge stage's checkpoint ConfigMaps had before this version
+    /// ([`names::legacy_merge_checkpoint_config_map_name`]), which the workers read to resume
+    /// from (none with an object store). Never created, never writable: the same name may be
+    /// the stage-1 checkpoint of the job `<job>-merge` (docs/checkpoints.md, "Migration").
+    fn legacy_checkpoint_names(&self, merge_partitions: i32) -> Vec<String> {
+        if self.job.spec.checkpoint.store.config_map.is_none() {
+            return Vec::new();
+        }
+        (0..merge_partitions)
+            .filter_map(|p| names::legacy_merge_checkpoint_config_map_name(self.name, p))
+            .collect()
+    }
+
+    fn role(
+        &self,
+        checkpoints: &[String],
+        legacy: &[String],
+        config: &str,
+        creds: &Credentials,
+    ) -> Role {
         let rule = |resource: &str, names: Vec<String>, verbs: &[&str]| PolicyRule {
             api_groups: Some(vec![String::new()]),
             resources: Some(vec![resource.to_string()]),
@@ -299,6 +324,11 @@ impl Builder<'_> {
         let mut rules = Vec::new();
         if !checkpoints.is_empty() {
             rules.push(rule("configmaps", checkpoints.to_vec(), &["get", "update"]));
+        }
+        if !legacy.is_empty() {
+            // Read only: a worker of the previous version can no longer write there, which
+            // fences it during the upgrade (docs/checkpoints.md, "Migration").
+            rules.push(rule("configmaps", legacy.to_vec(), &["get"]));
         }
         rules.push(rule("configmaps", vec![config.to_string()], &["get"]));
         let secrets = creds.secret_names();

@@ -93,12 +93,27 @@ pub fn parse_config_maps(config_maps: &[ConfigMap]) -> Vec<PartitionCheckpoint> 
     out
 }
 
-/// Summarises the checkpoints of a job reading `topic`.
+/// Summarises the checkpoints of a job reading `topic`. Of two records of one partition (a
+/// two-stage job's merge stage moved from its ConfigMap names of the previous version to the
+/// current ones, and the legacy record stays: docs/checkpoints.md, "Migration") the newer,
+/// by epoch then write time, is the partition's; every record's epoch counts.
 pub fn summarize(records: &[PartitionCheckpoint], topic: &str) -> CheckpointSummary {
-    let mut s = CheckpointSummary::default();
+    let mut newest: BTreeMap<(&str, i32), &PartitionCheckpoint> = BTreeMap::new();
+    let mut max_epoch = None;
     for cp in records {
+        max_epoch = max_epoch.max(Some(cp.epoch));
+        let slot = newest
+            .entry((cp.topic.as_str(), cp.partition))
+            .or_insert(cp);
+        if (cp.epoch, cp.written_at_ms) > (slot.epoch, slot.written_at_ms) {
+            *slot = cp;
+        }
+    }
+    let mut s = CheckpointSummary::default();
+    for cp in newest.values() {
         s.add(cp, topic);
     }
+    s.max_epoch = max_epoch;
     s
 }
 
@@ -185,8 +200,16 @@ async fn from_object_store(
         return Ok(Vec::new());
     };
     let name = job.metadata.name.clone().unwrap_or_default();
+    let topic = &job.spec.source.kafka.topic.0;
     let records = match object_checkpoints::config(client, job, store).await? {
-        Resolved::Ready(config) => read_both(&config, partitions, merge).await,
+        Resolved::Ready(locations) => {
+            let ns = job.metadata.namespace.as_deref();
+            let repartition = (
+                weir_crds::topics::repartition_topic(ns, &name),
+                weir_crds::topics::legacy_repartition_topic(ns, &name),
+            );
+            read_both(&locations, topic, &repartition, partitions, merge).await
+        }
         Resolved::MissingSecret { message } => Err(message),
     };
     match records {
@@ -201,14 +224,19 @@ async fn from_object_store(
 }
 
 async fn read_both(
-    config: &weir_objstore::ObjectStoreConfig,
+    locations: &object_checkpoints::Locations,
+    topic: &str,
+    repartition: &(String, String),
     partitions: i32,
     merge: Option<i32>,
 ) -> Result<Vec<PartitionCheckpoint>, String> {
-    let mut records = object_checkpoints::read(config, partitions).await?;
+    let mut records = object_checkpoints::read(locations, &[topic], partitions).await?;
     if let Some(merge_partitions) = merge {
-        let merge_config = object_checkpoints::merge_config(config);
-        records.extend(object_checkpoints::read(&merge_config, merge_partitions).await?);
+        // A legacy merge record counts if it is of either of the job's repartition topics (the
+        // name it had before `weir_crds::topics`, or the current one).
+        let merge = locations.merge();
+        let topics = [repartition.0.as_str(), repartition.1.as_str()];
+        records.extend(object_checkpoints::read(&merge, &topics, merge_partitions).await?);
     }
     Ok(records)
 }
@@ -263,5 +291,29 @@ mod tests {
         assert_eq!(s.max_epoch, Some(7));
         assert_eq!(s.oldest_written_at_ms, Some(1_000));
         assert_eq!(s.next_offsets, BTreeMap::from([(0, 40)]));
+    }
+
+    #[test]
+    fn a_moved_merge_checkpoint_counts_once_at_its_newer_record() {
+        let rep = "weir-shop-payments-repartition";
+        let cms = [
+            // The previous version's name, left read-only after the move.
+            cm(
+                "payments-merge-checkpoint-0",
+                Some(&checkpoint(rep, 0, 3, 1_000, Some(10))),
+            ),
+            cm(
+                "payments-checkpoint-merge-0",
+                Some(&checkpoint(rep, 0, 3, 5_000, Some(25))),
+            ),
+        ];
+        let s = summarize_checkpoints(&cms, rep);
+        assert_eq!(s.max_epoch, Some(3));
+        assert_eq!(
+            s.oldest_written_at_ms,
+            Some(5_000),
+            "not the stale legacy write"
+        );
+        assert_eq!(s.next_offsets, BTreeMap::from([(0, 25)]));
     }
 }

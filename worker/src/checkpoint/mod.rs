@@ -12,11 +12,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 mod configmap;
 mod dir;
 mod memory;
+mod migrate;
 mod object;
 
 pub use configmap::{ConfigMapStore, CHECKPOINT_KEY, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 pub use dir::DirStore;
 pub use memory::MemoryStore;
+pub use migrate::{LegacyAccess, MigratingStore};
 pub use object::{ObjectStoreConfig, ObjectStoreStore};
 
 // The record is the contract between the workers and the operator, so it lives in the API

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use weir_worker::checkpoint::{
-    CheckpointError, CheckpointStore, PartitionCheckpoint, PartitionLease, Progress, StoreError,
-    Version, FORMAT,
+    CheckpointError, CheckpointStore, LegacyAccess, MigratingStore, PartitionCheckpoint,
+    PartitionLease, Progress, StoreError, Version, FORMAT,
 };
 
 pub const TOPIC: &str = "payments";
@@ -252,4 +252,103 @@ pub async fn fencing(a_store: Arc<dyn CheckpointStore>, b_store: Arc<dyn Checkpo
     let stored = b_store.get(8).await.expect("get").expect("record");
     assert_eq!(stored.checkpoint.progress, Some(progress(11)));
     assert_eq!(stored.checkpoint.epoch, 2);
+}
+
+/// Resuming from the previous version's location (docs/checkpoints.md, "Migration"):
+/// `current` and `legacy` are two empty storages, `access` what workers may do at the legacy
+/// one. A record written at the legacy location is resumed from exactly, the next writes go to
+/// the current location only, a worker of the previous version is fenced (with
+/// [`LegacyAccess::Claim`]; with [`LegacyAccess::Read`] it cannot write there at all), and a
+/// record of another topic at the legacy location is not taken.
+pub async fn migration(
+    current: Arc<dyn CheckpointStore>,
+    legacy: Arc<dyn CheckpointStore>,
+    access: LegacyAccess,
+) {
+    let migrating = || -> Arc<dyn CheckpointStore> {
+        Arc::new(MigratingStore::new(
+            current.clone(),
+            legacy.clone(),
+            TOPIC,
+            access,
+        ))
+    };
+    // The previous version: an epoch-3 owner committed progress 150 of partition 5 at the
+    // legacy location, and is still running.
+    let (mut old, _) = PartitionLease::acquire(legacy.clone(), TOPIC, 5, 3, "worker-old")
+        .await
+        .expect("the old worker acquires");
+    old.commit(progress(150))
+        .await
+        .expect("the old worker commits");
+    // At the legacy location of partition 6, another stream's record (the old names of the
+    // merge stage of `x` are those of stage 1 of `x-merge`).
+    let foreign = PartitionCheckpoint {
+        topic: "orders".to_owned(),
+        ..record(6, 9, "x-merge-worker-0", Some(progress(70)))
+    };
+    legacy.put(&foreign, None).await.expect("a foreign record");
+
+    // The upgraded worker (epoch 4) resumes exactly where the old one was: no record counted
+    // twice (it would resume earlier), none lost (later).
+    let (mut new, resume) = PartitionLease::acquire(migrating(), TOPIC, 5, 4, "worker-new")
+        .await
+        .expect("the upgraded worker acquires");
+    assert_eq!(resume, Some(progress(150)));
+    let moved = current.get(5).await.expect("get").expect("moved");
+    assert_eq!(
+        (moved.checkpoint.epoch, moved.checkpoint.owner.as_str()),
+        (4, "worker-new")
+    );
+    assert_eq!(moved.checkpoint.progress, Some(progress(150)));
+    // Its next writes go to the current location only.
+    new.commit(progress(160)).await.expect("commits");
+    new.commit(progress(170)).await.expect("commits again");
+    let at_current = current.get(5).await.expect("get").expect("record");
+    assert_eq!(at_current.checkpoint.progress, Some(progress(170)));
+    let at_legacy = legacy.get(5).await.expect("get").expect("record");
+    assert_eq!(at_legacy.checkpoint.progress, Some(progress(150)));
+    match access {
+        LegacyAccess::Claim => {
+            // The legacy record was claimed at epoch 4: the old worker's next write is refused
+            // and names the new owner, and its progress never lands.
+            assert_eq!(at_legacy.checkpoint.epoch, 4);
+            assert_fenced(old.commit(progress(200)).await, 4, "worker-new");
+            let at_legacy = legacy.get(5).await.expect("get").expect("record");
+            assert_eq!(at_legacy.checkpoint.progress, Some(progress(150)));
+        }
+        LegacyAccess::Read => {
+            // Untouched: the workers' Role makes the legacy names read-only.
+            assert_eq!(at_legacy.checkpoint.epoch, 3);
+        }
+    }
+    // A restart (a new process) resumes from the current location, not the legacy record.
+    let (mut again, resume) = PartitionLease::acquire(migrating(), TOPIC, 5, 4, "worker-new")
+        .await
+        .expect("re-acquires");
+    assert_eq!(resume, Some(progress(170)));
+    again.commit(progress(180)).await.expect("commits");
+    // A newer owner fences through the current location as ever.
+    let (_, resume) = PartitionLease::acquire(migrating(), TOPIC, 5, 5, "worker-newer")
+        .await
+        .expect("a newer owner acquires");
+    assert_eq!(resume, Some(progress(180)));
+    assert_fenced(again.commit(progress(190)).await, 5, "worker-newer");
+
+    // Another stream's record is not taken: partition 6 starts afresh, the record untouched.
+    let (mut fresh, resume) = PartitionLease::acquire(migrating(), TOPIC, 6, 4, "worker-new")
+        .await
+        .expect("acquires 6");
+    assert_eq!(resume, None);
+    fresh.commit(progress(1)).await.expect("commits on 6");
+    let kept = legacy.get(6).await.expect("get").expect("kept");
+    assert_eq!(kept.checkpoint, foreign);
+    // Nothing at either location: a fresh start, written at the current location only.
+    let (mut fresh, resume) = PartitionLease::acquire(migrating(), TOPIC, 7, 4, "worker-new")
+        .await
+        .expect("acquires 7");
+    assert_eq!(resume, None);
+    fresh.commit(progress(2)).await.expect("commits on 7");
+    assert!(legacy.get(7).await.expect("get").is_none());
+    assert!(current.get(7).await.expect("get").is_some());
 }
