@@ -859,9 +859,11 @@ fn local_repartition_topic(
     // Only a run of an earlier version has merge-stage records naming the legacy topic, and
     // only while that topic exists are they worth reading.
     let checkpointed = match partition_count(source, &legacy) {
-        Ok(legacy_partitions) => launch
-            .rt
-            .block_on(merge_topics(launch, legacy_partitions))?,
+        Ok(legacy_partitions) => {
+            launch
+                .rt
+                .block_on(merge_topics(launch, &legacy, legacy_partitions))?
+        }
         Err(_) => Vec::new(),
     };
     let topic = weir_crds::topics::repartition_topic_in_use(
@@ -903,9 +905,22 @@ fn local_repartition_topic(
     Ok((topic, partitions))
 }
 
-/// The topics the merge stage's checkpoints of partitions `0..partitions` name.
-async fn merge_topics(launch: &Launch<'_>, partitions: i32) -> Result<Vec<String>, JobError> {
-    let store = open_store(launch.job, launch.opts, launch.in_cluster, Stage::Merge).await?;
+/// The topics the merge stage's checkpoints of partitions `0..partitions` name (a record at the
+/// store's legacy location counts only if it names `legacy`, the topic the previous version
+/// used).
+async fn merge_topics(
+    launch: &Launch<'_>,
+    legacy: &str,
+    partitions: i32,
+) -> Result<Vec<String>, JobError> {
+    let store = open_store(
+        launch.job,
+        launch.opts,
+        launch.in_cluster,
+        Stage::Merge,
+        legacy,
+    )
+    .await?;
     let mut topics = Vec::new();
     for p in 0..partitions {
         if let Some(v) = store.get(p).await.map_err(JobError::ReadMergeCheckpoint)? {
