@@ -81,6 +81,7 @@ const ACTIONABLE: &[&str] = &[
     reason::RETENTION_SHORTER_THAN_WINDOW,
     reason::REPARTITION_TOPIC_UNAVAILABLE,
     reason::REPARTITION_PARTITIONS_FIXED,
+    reason::NAME_CONFLICT,
 ];
 
 /// Consecutive failures per object, for [`error_policy`]; reset by a successful reconcile.
@@ -219,7 +220,9 @@ where
 
 /// The trigger of an owned kind: its metadata watch (`config`: only the operator's children, by
 /// the `managed-by` label), telling `memory` what it sees so that a child changed by someone
-/// else is applied again ([`Memory::seen`]).
+/// else is applied again ([`Memory::seen`]), and a child seen with the job's owner reference
+/// needs no read of its owner before it is applied (a relist forgets them first,
+/// [`Memory::relisting`]).
 fn owned<K>(
     ctx: &Context,
     namespace: Option<&str>,
@@ -242,7 +245,8 @@ where
             watcher::Event::Delete(o) => {
                 memory.seen(<K as k8s_openapi::Resource>::KIND, o.meta(), true);
             }
-            watcher::Event::Init | watcher::Event::InitDone => {}
+            watcher::Event::Init => memory.relisting(<K as k8s_openapi::Resource>::KIND),
+            watcher::Event::InitDone => {}
         }
         event
     })

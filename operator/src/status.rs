@@ -4,7 +4,7 @@
 //! One small function per condition.
 //!
 //! Conditions, each with a reason a person can act on:
-//! - `Ready`: results are flowing. False with `InvalidSpec`, `TopicNotFound`,
+//! - `Ready`: results are flowing. False with `InvalidSpec`, `NameConflict`, `TopicNotFound`,
 //!   `BrokerUnreachable`, `RepartitionTopicUnavailable` or `WorkersNotReady`; true with
 //!   `Running`.
 //! - `Progressing`: a change is rolling out (`RollingOut`); false with `UpToDate`, or with the
@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use weir_crds::{names, StreamJob, StreamJobStatus, Window, WindowType};
 
 use crate::desired::Workers;
-use crate::observation::{Observation, TopicObservation};
+use crate::observation::{NameConflict, Observation, TopicObservation};
 use crate::outcome::Outcome;
 
 /// Condition types.
@@ -53,6 +53,9 @@ pub mod reason {
     /// `spec.repartition.partitions` differs from the existing repartition topic, which keeps
     /// its partitions.
     pub const REPARTITION_PARTITIONS_FIXED: &str = "RepartitionPartitionsFixed";
+    /// An object with the name of one of the job's children exists and is not the job's own:
+    /// nothing is applied for the job until it is gone or handed over.
+    pub const NAME_CONFLICT: &str = "NameConflict";
 }
 
 /// Where the StatefulSet stands against what was asked.
@@ -237,7 +240,8 @@ impl<'a> Facts<'a> {
 }
 
 /// The reason that stops the job from being (re)configured at all, if any: an invalid spec,
-/// the source topic missing or unreadable, or the repartition topic unavailable.
+/// names held by objects that are not the job's, the source topic missing or unreadable, or the
+/// repartition topic unavailable.
 fn blocked(f: &Facts<'_>, outcome: &Outcome<'_>) -> Option<(&'static str, String)> {
     let spec = &f.job.spec;
     let topic = &spec.source.kafka.topic;
@@ -246,6 +250,15 @@ fn blocked(f: &Facts<'_>, outcome: &Outcome<'_>) -> Option<(&'static str, String
         return Some((
             reason::INVALID_SPEC,
             format!("{invalid}. Fix the spec; nothing is changed until then"),
+        ));
+    }
+    let conflicts = outcome
+        .applied()
+        .map_or(&[][..], |a| a.name_conflicts.as_slice());
+    if !conflicts.is_empty() {
+        return Some((
+            reason::NAME_CONFLICT,
+            name_conflict_message(f.job, conflicts),
         ));
     }
     match (&f.obs.topic, &f.repartition) {
@@ -281,6 +294,27 @@ fn blocked(f: &Facts<'_>, outcome: &Outcome<'_>) -> Option<(&'static str, String
         }
         (TopicObservation::Found { .. }, _) => None,
     }
+}
+
+/// What [`reason::NAME_CONFLICT`] says: which objects, and the ways out.
+fn name_conflict_message(job: &StreamJob, conflicts: &[NameConflict]) -> String {
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+    let objects: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
+    let (exist, are) = if conflicts.len() == 1 {
+        ("exists", "is")
+    } else {
+        ("exist", "are")
+    };
+    format!(
+        "{} {exist} and {are} not this StreamJob's (no owner reference to it as controller): \
+         the operator creates and changes nothing for the job until then. Delete or rename \
+         {}, or give the StreamJob another name; to hand {} over to the job, add an owner \
+         reference to StreamJob {name} (uid {uid}) with controller: true",
+        objects.join(", "),
+        if conflicts.len() == 1 { "it" } else { "them" },
+        if conflicts.len() == 1 { "it" } else { "them" },
+    )
 }
 
 /// `Ready`: every worker runs the current spec and assignment and is ready.

@@ -1,6 +1,7 @@
 //! The observe step's reads of the API server, apart from the checkpoints: the source's
 //! credentials Secret, the job ConfigMap (the previous assignment) and the StatefulSet. Reads
-//! only.
+//! only. A job ConfigMap or StatefulSet that is not the job's own is a [`NameConflict`]: its
+//! content is not used.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -9,7 +10,7 @@ use weir_crds::assignment::Assignment;
 use weir_crds::{names, StreamJob};
 
 use crate::error::Error;
-use crate::observation::KafkaConnection;
+use crate::observation::{KafkaConnection, NameConflict};
 use crate::secrets::{secret_values, Resolved};
 
 fn namespace(job: &StreamJob) -> String {
@@ -46,43 +47,69 @@ pub async fn connection(
     }))
 }
 
-/// The assignment in the job ConfigMap, if it exists and parses (one that does not is logged
-/// and ignored: the next assignment then starts above the checkpoints' epochs).
+/// `found` when it is the job's own; else the conflict it makes.
+fn own<K>(found: Option<K>, job: &StreamJob) -> Result<Option<K>, NameConflict>
+where
+    K: k8s_openapi::Resource + kube::Resource,
+{
+    let uid = job.metadata.uid.as_deref();
+    match found {
+        Some(o) => match NameConflict::of(<K as k8s_openapi::Resource>::KIND, o.meta(), uid) {
+            Some(conflict) => Err(conflict),
+            None => Ok(Some(o)),
+        },
+        None => Ok(None),
+    }
+}
+
+/// The assignment in the job ConfigMap, if it exists, is the job's own and parses (one that
+/// does not parse is logged and ignored: the next assignment then starts above the
+/// checkpoints' epochs); or the conflict a ConfigMap of that name that is not the job's makes.
 pub async fn previous_assignment(
     client: &Client,
     job: &StreamJob,
-) -> Result<Option<Assignment>, Error> {
+) -> Result<Result<Option<Assignment>, NameConflict>, Error> {
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace(job));
     let config_name = names::config_map_name(&name(job));
-    let text = config_maps
-        .get_opt(&config_name)
-        .await
-        .map_err(|source| Error::ReadJobConfigMap {
-            name: config_name.clone(),
-            source,
-        })?
-        .and_then(|cm| cm.data)
-        .and_then(|d| d.get(names::ASSIGNMENT_KEY).cloned());
-    Ok(
-        text.and_then(|text| match serde_json::from_str::<Assignment>(&text) {
+    let found =
+        config_maps
+            .get_opt(&config_name)
+            .await
+            .map_err(|source| Error::ReadJobConfigMap {
+                name: config_name.clone(),
+                source,
+            })?;
+    let text = match own(found, job) {
+        Ok(cm) => cm
+            .and_then(|cm| cm.data)
+            .and_then(|d| d.get(names::ASSIGNMENT_KEY).cloned()),
+        Err(conflict) => return Ok(Err(conflict)),
+    };
+    Ok(Ok(text.and_then(|text| {
+        match serde_json::from_str::<Assignment>(&text) {
             Ok(a) => Some(a),
             Err(e) => {
                 tracing::warn!(configmap = %config_name, error = %e, "unreadable assignment");
                 None
             }
-        }),
-    )
+        }
+    })))
 }
 
-/// The job's StatefulSet, if it exists.
-pub async fn stateful_set(client: &Client, job: &StreamJob) -> Result<Option<StatefulSet>, Error> {
+/// The job's StatefulSet, if it exists and is the job's own; or the conflict one of that name
+/// that is not makes.
+pub async fn stateful_set(
+    client: &Client,
+    job: &StreamJob,
+) -> Result<Result<Option<StatefulSet>, NameConflict>, Error> {
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace(job));
     let sts_name = names::worker_name(&name(job));
-    statefulsets
+    let found = statefulsets
         .get_opt(&sts_name)
         .await
         .map_err(|source| Error::ReadStatefulSet {
             name: sts_name,
             source,
-        })
+        })?;
+    Ok(own(found, job))
 }

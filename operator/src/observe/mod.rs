@@ -2,7 +2,9 @@
 //! and Secrets ([`children`]: the source credentials, the job ConfigMap's previous assignment),
 //! Kafka ([`topics`]: the source topic, the repartition topic), the checkpoints
 //! ([`checkpoints`]: ConfigMaps, or records in object storage), then Kafka's high watermarks
-//! for lag and the StatefulSet. It writes nothing, anywhere.
+//! for lag and the StatefulSet. It writes nothing, anywhere. A job ConfigMap or StatefulSet of
+//! the job's name that is not the job's own is not used: it is a
+//! [`NameConflict`](crate::observation::NameConflict) in the observation.
 //!
 //! The repartition topic is read before the checkpoints because its partition count is how many
 //! merge-stage records there are to read (see [`existing_merge_partitions`]).
@@ -29,7 +31,13 @@ pub async fn observe(
 ) -> Result<Observation, Error> {
     let connection = children::connection(client, job).await?;
     let (connection, topic) = topics::source(kafka, connection, job).await;
-    let previous_assignment = children::previous_assignment(client, job).await?;
+    let mut name_conflicts = Vec::new();
+    let previous_assignment = children::previous_assignment(client, job)
+        .await?
+        .unwrap_or_else(|conflict| {
+            name_conflicts.push(conflict);
+            None
+        });
     let repartition = topics::repartition(kafka, connection.as_ref(), job, &topic).await;
 
     // Two-stage jobs: the merge stage's topic, and how many partitions it has (or will have).
@@ -56,13 +64,19 @@ pub async fn observe(
         Some((name, _)) => topics::merge_lag(kafka, connection.as_ref(), name, &read.merge).await,
         None => None,
     };
-    let stateful_set = children::stateful_set(client, job).await?;
+    let stateful_set = children::stateful_set(client, job)
+        .await?
+        .unwrap_or_else(|conflict| {
+            name_conflicts.push(conflict);
+            None
+        });
 
     Ok(Observation {
         topic,
         previous_assignment,
         max_checkpoint_epoch: read.source.max_epoch,
         stateful_set,
+        name_conflicts,
         lag,
         repartition_lag,
         repartition,
