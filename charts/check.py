@@ -69,6 +69,7 @@ ALERTS = {
         "WeirJobDeadLetterWritesFailing",
         "WeirJobCheckpointsFailing",
         "WeirJobCheckpointStale",
+        "WeirJobPartitionsFailing",
     ],
     "weir-operator": ["WeirOperatorReconcileFailing"],
 }

@@ -5,11 +5,23 @@
 //! last successful apply (and that no one changed since, see [`Memory`]) is not applied again.
 //! Returns what it did as an [`Applied`]; a Kubernetes write that fails is an [`Error`], retried
 //! with backoff.
+//!
+//! Before anything is written, every child's name is checked ([`name_conflicts`]): an existing
+//! object of that name is applied over (adopted) only when it is the job's own (its controller
+//! owner reference is the job's uid). When one is not, nothing at all is written for the job —
+//! not the topic, not the other children: a RoleBinding applied next to someone else's
+//! ServiceAccount of the same name would grant that account the job's permissions — and
+//! [`Applied::name_conflicts`] names it (status `Ready=False`, `NameConflict`). The check reads
+//! only what nothing else tells: the job ConfigMap and the StatefulSet were read by observe, and
+//! a child [`Memory`] knows as the job's own (applied, or seen by its watch) is not read again;
+//! the others are read (metadata only) at once, before the first apply. So a steady reconcile
+//! reads nothing more.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
@@ -22,8 +34,8 @@ use weir_crds::plan::NewTopic;
 use crate::desired::{Child, Desired, DesiredResource};
 use crate::error::Error;
 use crate::kafka::KafkaClient;
-use crate::memory::{fingerprint, ChildKey, Memory};
-use crate::observation::Observation;
+use crate::memory::{controller_uid, fingerprint, ChildKey, Memory};
+use crate::observation::{NameConflict, Observation};
 use crate::outcome::Applied;
 
 /// Checkpoint ConfigMaps created at once by one reconcile. A new job has one per partition (and
@@ -48,6 +60,11 @@ pub struct Target<'a> {
 /// ConfigMaps that exist already.
 pub async fn apply(t: &Target<'_>, desired: &Desired, obs: &Observation) -> Result<Applied, Error> {
     let mut applied = Applied::default();
+    let conflicts = name_conflicts(t, desired, obs).await?;
+    if !conflicts.is_empty() {
+        applied.name_conflicts = conflicts;
+        return Ok(applied);
+    }
     for resource in desired.resources() {
         match resource {
             DesiredResource::Topic(topic) => {
@@ -69,6 +86,72 @@ pub async fn apply(t: &Target<'_>, desired: &Desired, obs: &Observation) -> Resu
         }
     }
     Ok(applied)
+}
+
+/// The objects that hold the name of a child of `desired` and are not the job's own: those
+/// observe found (the job ConfigMap, the StatefulSet), then those of the other children read now,
+/// all at once (metadata only), unless [`Memory`] knows them as the job's own.
+pub async fn name_conflicts(
+    t: &Target<'_>,
+    desired: &Desired,
+    obs: &Observation,
+) -> Result<Vec<NameConflict>, Error> {
+    let reads = desired
+        .apply_order()
+        .into_iter()
+        .filter_map(|child| match child {
+            // Read by observe: its conflicts are in obs.
+            Child::ConfigMap(_) | Child::StatefulSet(_) => None,
+            Child::ServiceAccount(o) => owner_read(t, o),
+            Child::Role(o) => owner_read(t, o),
+            Child::RoleBinding(o) => owner_read(t, o),
+            Child::Service(o) => owner_read(t, o),
+            Child::PodDisruptionBudget(o) => owner_read(t, o),
+        });
+    let read = futures::future::try_join_all(reads).await?;
+    let mut conflicts = obs.name_conflicts.clone();
+    conflicts.extend(read.into_iter().flatten());
+    Ok(conflicts)
+}
+
+/// The read of the owner of the existing object named like `obj`, unless [`Memory`] knows it
+/// as the job's own (the controller of `obj`, the job, is its controller too).
+fn owner_read<'a, K>(
+    t: &Target<'_>,
+    obj: &'a K,
+) -> Option<BoxFuture<'a, Result<Option<NameConflict>, Error>>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + k8s_openapi::Resource
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    <K as Resource>::DynamicType: Default,
+{
+    let kind = <K as k8s_openapi::Resource>::KIND;
+    let key = ChildKey::of(kind, obj.meta());
+    let job_uid = controller_uid(obj.meta());
+    if job_uid.is_some_and(|uid| t.memory.owned_by(&key, uid)) {
+        return None;
+    }
+    let api: Api<K> = Api::namespaced(t.client.clone(), t.namespace);
+    Some(
+        async move {
+            let found =
+                api.get_metadata_opt(&key.name)
+                    .await
+                    .map_err(|source| Error::ReadOwner {
+                        kind,
+                        name: key.name.clone(),
+                        source,
+                    })?;
+            Ok(found.and_then(|o| NameConflict::of(kind, &o.metadata, job_uid)))
+        }
+        .boxed(),
+    )
 }
 
 async fn create_topic(t: &Target<'_>, obs: &Observation, topic: &NewTopic) -> Result<(), String> {

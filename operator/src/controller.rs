@@ -243,12 +243,14 @@ where
 
 /// The trigger of an owned kind: its metadata watch (`config`: only the operator's children, by
 /// the `managed-by` label), telling `memory` what it sees so that a child changed by someone
-/// else is applied again ([`Memory::seen`]). The echo of the operator's own apply (the object
-/// at exactly the `resourceVersion` the apply returned, [`Memory::is_echo`]) starts no
-/// reconcile: the reconcile that wrote it has already acted on it. Without this, every child a
-/// reconcile creates or changes started another reconcile of its job that found nothing to do
-/// (about 1.7 per job when 1,000 jobs start, each with a label-selected list of checkpoints).
-/// Deletions, other writers and status updates (a StatefulSet's ready replicas) still do.
+/// else is applied again ([`Memory::seen`]), and a child seen with the job's owner reference
+/// needs no read of its owner before it is applied (a relist forgets them first,
+/// [`Memory::relisting`]). The echo of the operator's own apply (the object at exactly the
+/// `resourceVersion` the apply returned, [`Memory::is_echo`]) starts no reconcile: the
+/// reconcile that wrote it has already acted on it. Without this, every child a reconcile
+/// creates or changes started another reconcile of its job that found nothing to do (about 1.7
+/// per job when 1,000 jobs start, each with a label-selected list of checkpoints). Deletions,
+/// other writers and status updates (a StatefulSet's ready replicas) still do.
 fn owned<K>(
     ctx: &Context,
     namespace: Option<&str>,
@@ -279,7 +281,11 @@ where
                 memory.seen(kind, o.meta(), true);
                 true
             }
-            watcher::Event::Init | watcher::Event::InitDone => true,
+            watcher::Event::Init => {
+                memory.relisting(kind);
+                true
+            }
+            watcher::Event::InitDone => true,
         };
         std::future::ready(trigger)
     })

@@ -41,6 +41,18 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Reading who owns an existing object named like one of the job's children, before its
+    /// first apply.
+    #[error("reading the owner of {kind} {name}: {source}")]
+    ReadOwner {
+        /// Its kind.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
     /// Applying the ServiceAccount.
     #[error("applying ServiceAccount {name}: {source}")]
     ApplyServiceAccount {
@@ -206,6 +218,7 @@ impl Error {
             Error::ReadJobConfigMap { .. } => "ReadJobConfigMap",
             Error::ReadCheckpoints { .. } => "ReadCheckpoints",
             Error::ReadStatefulSet { .. } => "ReadStatefulSet",
+            Error::ReadOwner { .. } => "ReadOwner",
             Error::ApplyServiceAccount { .. } => "ApplyServiceAccount",
             Error::ApplyRole { .. } => "ApplyRole",
             Error::ApplyRoleBinding { .. } => "ApplyRoleBinding",
@@ -283,6 +296,7 @@ impl Error {
             | Error::ReadJobConfigMap { source, .. }
             | Error::ReadCheckpoints { source, .. }
             | Error::ReadStatefulSet { source, .. }
+            | Error::ReadOwner { source, .. }
             | Error::ApplyServiceAccount { source, .. }
             | Error::ApplyRole { source, .. }
             | Error::ApplyRoleBinding { source, .. }

@@ -7,15 +7,17 @@
 //! 2. [`validate`] — pure: may the operator act on this job at all ([`validate::InvalidSpec`]);
 //! 3. [`desired`] — pure: build every resource that should exist, the repartition topic and the
 //!    checkpoint ConfigMaps included, in apply order ([`desired::Desired::resources`]);
-//! 4. [`apply`] — makes them exist, external resources first; says what it did
+//! 4. [`apply`] — makes them exist, external resources first, unless a child's name is held by
+//!    an object that is not the job's own (then nothing: `NameConflict`); says what it did
 //!    ([`outcome::Applied`]);
 //! 5. [`status`] — pure, once: the status from the observation and the [`outcome::Outcome`].
 //!
 //! [`observation`], [`validate`], [`desired`], [`outcome`] and [`status`] are pure (no client,
 //! no clock, no I/O); [`observe`], [`apply`], [`controller`], [`kafka`], [`secrets`],
 //! [`object_checkpoints`] and [`leader`] talk to the API server, Kafka and object storage;
-//! [`memory`] is what the controller remembers between reconciles (children applied, lag
-//! written), so that it writes only what changed. The
+//! [`memory`] is what the controller remembers between reconciles (children applied and their
+//! controllers, lag written), so that it writes only what changed and reads a child's owner only
+//! before its first apply. The
 //! names, labels, environment and planning shared with the workers are in [`weir_crds`]
 //! ([`weir_crds::names`], [`weir_crds::pod`], [`weir_crds::plan`]). [`rbac::API_CALLS`] lists
 //! every API call the operator makes.

@@ -1,5 +1,8 @@
 //! What the operator remembers between reconciles, in memory only: the last successful apply of
-//! each child, so that a child whose desired form has not changed is not applied again, and when
+//! each child, so that a child whose desired form has not changed is not applied again; the
+//! controller (owner reference with `controller: true`) of each child, as applied or as the
+//! owned-object watches last showed it, so that a child known to be the job's own needs no read
+//! before it is applied ([`Memory::owned_by`], the `NameConflict` rule of `apply`); and when
 //! each job's lag was last written to its status, so that lag alone is written at most once per
 //! [`LAG_REFRESH`]. A restart forgets everything: the first reconciles then apply every child
 //! again, which changes nothing on the API server (server-side apply of the same object).
@@ -16,6 +19,10 @@
 //! memory instead of the API server ([`Memory::attach`], [`Memory::remembered`]): the job
 //! ConfigMap's assignment, which every reconcile reads (one GET fewer per reconcile of a job
 //! whose children did not change).
+//!
+//! A remembered controller is forgotten when the watch shows the child deleted, and when the
+//! watch of its kind lists again ([`Memory::relisting`]: a deletion during a watch gap shows no
+//! event); the list's objects then set it again.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -54,6 +61,15 @@ impl ChildKey {
             name: meta.name.clone().unwrap_or_default(),
         }
     }
+}
+
+/// The uid of the controller of `meta` (its owner reference with `controller: true`), if any.
+pub fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str())
 }
 
 /// One successful apply.
@@ -102,10 +118,19 @@ fn newer(now: Option<&str>, before: Option<&str>) -> bool {
     }
 }
 
+/// What is remembered of one child.
+#[derive(Clone, Debug, Default)]
+struct Remembered {
+    /// Its last successful apply, unless forgotten since.
+    applied: Option<Applied>,
+    /// The uid of its controller, as applied or last seen.
+    controller: Option<String>,
+}
+
 /// See the module doc.
 #[derive(Debug, Default)]
 pub struct Memory {
-    children: Mutex<HashMap<ChildKey, Applied>>,
+    children: Mutex<HashMap<ChildKey, Remembered>>,
     lag_written: Mutex<HashMap<(String, String), Instant>>,
 }
 
@@ -114,9 +139,21 @@ impl Memory {
     /// not changed by anyone since: then applying it again would change nothing.
     pub fn unchanged(&self, key: &ChildKey, fingerprint: u64, now: Instant) -> bool {
         let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
-        children.get(key).is_some_and(|a| {
-            a.fingerprint == fingerprint && now.saturating_duration_since(a.at) < CHILD_RESYNC
-        })
+        children
+            .get(key)
+            .and_then(|c| c.applied.as_ref())
+            .is_some_and(|a| {
+                a.fingerprint == fingerprint && now.saturating_duration_since(a.at) < CHILD_RESYNC
+            })
+    }
+
+    /// Whether `key` is known to have the controller `uid` (the job's): the operator applied it
+    /// so, or its watch last showed it so.
+    pub fn owned_by(&self, key: &ChildKey, uid: &str) -> bool {
+        let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        children
+            .get(key)
+            .is_some_and(|c| c.controller.as_deref() == Some(uid))
     }
 
     /// Remembers that `key` was applied as `fingerprint` at `now`, and what the API server
@@ -135,10 +172,14 @@ impl Memory {
                 .collect(),
             data: None,
         };
+        let remembered = Remembered {
+            applied: Some(applied),
+            controller: controller_uid(meta).map(str::to_string),
+        };
         self.children
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, applied);
+            .insert(key, remembered);
     }
 
     /// Attaches `data` to the remembered apply of `key` (nothing when there is none): what the
@@ -176,24 +217,55 @@ impl Memory {
     }
 
     /// An owned-object watch saw `meta` (an object of `kind`; `deleted` when it is gone):
-    /// forgets the apply of that child when this is a change the operator did not make.
+    /// forgets the apply of that child when this is a change the operator did not make, and
+    /// remembers its controller (a child without one is remembered only if it already was: the
+    /// watches see only the operator's children, by label, and those have one).
     pub fn seen(&self, kind: &'static str, meta: &ObjectMeta, deleted: bool) {
         let key = ChildKey::of(kind, meta);
         let mut children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(a) = children.get(&key) else {
+        if deleted {
+            children.remove(&key);
+            return;
+        }
+        let controller = controller_uid(meta).map(str::to_string);
+        let Some(c) = children.get_mut(&key) else {
+            if controller.is_some() {
+                let seen = Remembered {
+                    applied: None,
+                    controller,
+                };
+                children.insert(key, seen);
+            }
             return;
         };
-        let drift = deleted
-            || match (meta.generation, a.generation) {
+        c.controller = controller;
+        let drift = c
+            .applied
+            .as_ref()
+            .is_some_and(|a| match (meta.generation, a.generation) {
                 (Some(now), Some(before)) => now > before,
                 _ => newer(
                     meta.resource_version.as_deref(),
                     a.resource_version.as_deref(),
                 ),
-            };
+            });
         if drift {
-            children.remove(&key);
+            c.applied = None;
         }
+    }
+
+    /// The watch of `kind` lists again (its `Init` event): forgets the controllers of the
+    /// children of that kind, which the list then shows again. Their applies are kept (a relist
+    /// is no change), so nothing is applied again for it; a child deleted while the watch was
+    /// away is only read again before its next apply.
+    pub fn relisting(&self, kind: &'static str) {
+        let mut children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        children.retain(|key, c| {
+            if key.kind == kind {
+                c.controller = None;
+            }
+            c.applied.is_some() || c.controller.is_some()
+        });
     }
 
     /// Whether the lag of job (namespace, name) may be written at `now`: it never was, or
@@ -271,6 +343,61 @@ mod tests {
         m.applied(role.clone(), 1, &meta("7", None), t0);
         m.seen("Role", &meta("7", None), true);
         assert!(!m.unchanged(&role, 1, t0), "deleted");
+    }
+
+    fn owned(rv: &str, uid: &str) -> ObjectMeta {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        ObjectMeta {
+            owner_references: Some(vec![OwnerReference {
+                api_version: "weir.dev/v1alpha1".to_string(),
+                kind: "StreamJob".to_string(),
+                name: "payments".to_string(),
+                uid: uid.to_string(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..meta(rv, None)
+        }
+    }
+
+    #[test]
+    fn a_child_is_owned_as_applied_or_as_last_seen() {
+        let m = Memory::default();
+        let t0 = Instant::now();
+        let key = ChildKey::of("Role", &meta("5", None));
+        assert!(!m.owned_by(&key, "job-1"), "never applied nor seen");
+        m.applied(key.clone(), 1, &owned("5", "job-1"), t0);
+        assert!(m.owned_by(&key, "job-1"));
+        assert!(!m.owned_by(&key, "job-2"), "another job of the same name");
+        // Someone removed the owner reference: no longer known as the job's.
+        m.seen("Role", &meta("6", None), false);
+        assert!(!m.owned_by(&key, "job-1"));
+        m.seen("Role", &owned("7", "job-1"), true);
+        assert!(!m.owned_by(&key, "job-1"), "deleted");
+
+        // Seen by the watch, never applied by this process (a restart).
+        let sa = ChildKey::of("ServiceAccount", &meta("9", None));
+        m.seen("ServiceAccount", &owned("9", "job-1"), false);
+        assert!(m.owned_by(&sa, "job-1"));
+        assert!(!m.unchanged(&sa, 1, t0), "seen is not applied");
+        // A relist forgets it until the list shows it again; other kinds are kept.
+        m.applied(key.clone(), 1, &owned("8", "job-1"), t0);
+        m.relisting("ServiceAccount");
+        assert!(!m.owned_by(&sa, "job-1"));
+        assert!(m.owned_by(&key, "job-1"));
+        m.seen("ServiceAccount", &owned("9", "job-1"), false);
+        assert!(m.owned_by(&sa, "job-1"));
+        // A labelled object without a controller is not remembered.
+        let other = ChildKey::of("Service", &meta("3", None));
+        m.seen("Service", &meta("3", None), false);
+        assert!(!m.owned_by(&other, ""));
+        assert_eq!(
+            m.children
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+            2
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use weir_crds::assignment::Assignment;
 use weir_crds::topics::RepartitionTopic;
 
@@ -58,21 +58,70 @@ impl fmt::Debug for KafkaConnection {
     }
 }
 
+/// An object that has the name of one of the job's children and is not the job's own: none of
+/// its owner references is the job's (its uid, `controller: true`). The operator neither takes
+/// it over nor changes anything else for the job while it exists: created by someone else, it
+/// may be another team's workload, identity or permissions (a confused deputy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NameConflict {
+    /// Its kind: `StatefulSet`, `ConfigMap`, ...
+    pub kind: &'static str,
+    /// Its name.
+    pub name: String,
+    /// Its controller as `Kind/name`, when it has one (a Deployment, a StreamJob of the same
+    /// name deleted before this one was created, ...).
+    pub controller: Option<String>,
+}
+
+impl NameConflict {
+    /// The conflict `existing`, an object of `kind` named like a child of the job whose uid is
+    /// `job_uid`, makes: `None` when it is the job's own (so it is adopted, or simply applied).
+    pub fn of(kind: &'static str, existing: &ObjectMeta, job_uid: Option<&str>) -> Option<Self> {
+        let controller = existing
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true));
+        if controller.is_some_and(|o| job_uid == Some(o.uid.as_str())) {
+            return None;
+        }
+        Some(NameConflict {
+            kind,
+            name: existing.name.clone().unwrap_or_default(),
+            controller: controller.map(|o| format!("{}/{}", o.kind, o.name)),
+        })
+    }
+}
+
+impl fmt::Display for NameConflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind, self.name)?;
+        match &self.controller {
+            Some(c) => write!(f, " (controlled by {c})"),
+            None => write!(f, " (no controller owner reference)"),
+        }
+    }
+}
+
 /// Everything observe read for one job.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observation {
     /// The source topic.
     pub topic: TopicObservation,
-    /// The assignment in the existing job ConfigMap (`assignment.json`), if it exists and
-    /// parses. Its epoch is the base of the next one.
+    /// The assignment in the existing job ConfigMap (`assignment.json`), if it exists, is the
+    /// job's own and parses. Its epoch is the base of the next one.
     pub previous_assignment: Option<Assignment>,
     /// The largest epoch found in the job's checkpoints, if read. A job deleted and recreated
     /// under the same name loses its job ConfigMap (owned, so garbage-collected) but keeps its
     /// checkpoints (retained by default); without this, its new epoch 1 would be fenced out by
     /// the checkpoints' older-but-larger epoch forever.
     pub max_checkpoint_epoch: Option<i64>,
-    /// The job's StatefulSet as it was read (before this reconcile applied anything).
+    /// The job's StatefulSet as it was read (before this reconcile applied anything); `None`
+    /// when there is none or when the one of that name is not the job's own.
     pub stateful_set: Option<StatefulSet>,
+    /// The job ConfigMap and the StatefulSet, when observe read one of that name that is not
+    /// the job's own. (Apply reads the other children's owners before their first apply.)
+    pub name_conflicts: Vec<NameConflict>,
     /// Records not yet checkpointed, summed over partitions, if computed.
     pub lag: Option<i64>,
     /// Two-stage jobs: partials in the repartition topic not yet checkpointed by the merge
@@ -106,6 +155,7 @@ impl Observation {
             previous_assignment: None,
             max_checkpoint_epoch: None,
             stateful_set: None,
+            name_conflicts: Vec::new(),
             lag: None,
             repartition_lag: None,
             repartition_topic: None,
@@ -163,6 +213,45 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(shown.contains("sasl.password"));
         assert!(!shown.contains("s3cret"));
+    }
+
+    #[test]
+    fn only_an_object_the_job_controls_is_its_own() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let reference = |kind: &str, name: &str, uid: &str, controller| OwnerReference {
+            api_version: "v1".to_string(),
+            kind: kind.to_string(),
+            name: name.to_string(),
+            uid: uid.to_string(),
+            controller,
+            block_owner_deletion: None,
+        };
+        let meta = |refs: Vec<OwnerReference>| ObjectMeta {
+            name: Some("payments-worker".to_string()),
+            owner_references: Some(refs),
+            ..ObjectMeta::default()
+        };
+        let job = Some("uid-1");
+        let ours = reference("StreamJob", "payments", "uid-1", Some(true));
+        assert_eq!(
+            NameConflict::of("Role", &meta(vec![ours.clone()]), job),
+            None
+        );
+        let none = NameConflict::of("Role", &meta(vec![]), job).expect("a conflict");
+        assert_eq!(
+            none.to_string(),
+            "Role payments-worker (no controller owner reference)"
+        );
+        // The job named, but not as controller: not enough.
+        let weak = reference("StreamJob", "payments", "uid-1", None);
+        assert!(NameConflict::of("Role", &meta(vec![weak]), job).is_some());
+        // A StreamJob of the same name, deleted and created again: another uid.
+        let old = reference("StreamJob", "payments", "uid-0", Some(true));
+        let c = NameConflict::of("StatefulSet", &meta(vec![old]), job).expect("a conflict");
+        assert_eq!(c.controller.as_deref(), Some("StreamJob/payments"));
+        let other = reference("Deployment", "shop-api", "uid-9", Some(true));
+        assert!(NameConflict::of("Service", &meta(vec![other, ours.clone()]), job).is_some());
+        assert!(NameConflict::of("Role", &meta(vec![ours]), None).is_some());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 
 use crate::desired::{Desired, InvalidSpec};
+use crate::observation::NameConflict;
 
 /// The outcome of validate → build → apply for one reconcile.
 #[derive(Clone, Debug)]
@@ -60,4 +61,6 @@ pub struct Applied {
     /// The repartition topic could not be created: why. Apply stopped there, before any
     /// Kubernetes object.
     pub repartition_topic_refused: Option<String>,
+    /// Objects named like the job's children that are not the job's own: apply wrote nothing.
+    pub name_conflicts: Vec<NameConflict>,
 }

@@ -29,8 +29,14 @@ pub const API_CALLS: &[(&str, &str, &[&str])] = &[
     ),
     // The source credentials Secret (librdkafka properties) and the object-store one.
     ("", "secrets", &["get"]),
-    ("", "serviceaccounts", &["list", "watch", "create", "patch"]),
-    ("", "services", &["list", "watch", "create", "patch"]),
+    // The children: `get` (metadata) of one not known as the job's own before its first apply
+    // (apply.rs, name_conflicts), the `.owns` watch, server-side apply.
+    (
+        "",
+        "serviceaccounts",
+        &["get", "list", "watch", "create", "patch"],
+    ),
+    ("", "services", &["get", "list", "watch", "create", "patch"]),
     // Deleted first when a job with deleteOnJobDeletion goes (controller.rs, stop_workers).
     (
         "apps",
@@ -42,17 +48,17 @@ pub const API_CALLS: &[(&str, &str, &[&str])] = &[
     (
         "policy",
         "poddisruptionbudgets",
-        &["list", "watch", "create", "patch"],
+        &["get", "list", "watch", "create", "patch"],
     ),
     (
         "rbac.authorization.k8s.io",
         "roles",
-        &["list", "watch", "create", "patch"],
+        &["get", "list", "watch", "create", "patch"],
     ),
     (
         "rbac.authorization.k8s.io",
         "rolebindings",
-        &["list", "watch", "create", "patch"],
+        &["get", "list", "watch", "create", "patch"],
     ),
     // kube-runtime's Recorder: create, and patch for a repeated event (series).
     ("events.k8s.io", "events", &["create", "patch"]),

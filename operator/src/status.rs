@@ -4,9 +4,9 @@
 //! One small function per condition.
 //!
 //! Conditions, each with a reason a person can act on:
-//! - `Ready`: results are flowing. False with `InvalidSpec`, `TopicNotFound`,
-//!   `BrokerUnreachable`, `RepartitionTopicUnavailable`, `NameConflict` or `WorkersNotReady`;
-//!   true with `Running`.
+//! - `Ready`: results are flowing. False with `InvalidSpec`, `NameConflict`, `TopicNotFound`,
+//!   `BrokerUnreachable`, `RepartitionTopicUnavailable` or `WorkersNotReady`; true with
+//!   `Running`.
 //! - `Progressing`: a change is rolling out (`RollingOut`); false with `UpToDate`, or with the
 //!   blocking reason when nothing can roll out.
 //! - `Degraded`: something needs attention even if results flow: the blocking reason,
@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use weir_crds::{names, StreamJob, StreamJobStatus, Window, WindowType};
 
 use crate::desired::Workers;
-use crate::observation::{Observation, TopicObservation};
+use crate::observation::{NameConflict, Observation, TopicObservation};
 use crate::outcome::Outcome;
 
 /// Condition types.
@@ -53,8 +53,9 @@ pub mod reason {
     /// `spec.repartition.partitions` differs from the existing repartition topic, which keeps
     /// its partitions.
     pub const REPARTITION_PARTITIONS_FIXED: &str = "RepartitionPartitionsFixed";
-    /// An object the job needs exists under its name and is not the job's; the message names
-    /// it and says how to resolve it.
+    /// An object the job needs exists under its name and is not the job's (a child without the
+    /// job's controller reference, or a repartition topic nothing shows is the job's); the
+    /// message names it and says how to resolve it. Nothing is applied for the job meanwhile.
     pub const NAME_CONFLICT: &str = "NameConflict";
 }
 
@@ -240,7 +241,8 @@ impl<'a> Facts<'a> {
 }
 
 /// The reason that stops the job from being (re)configured at all, if any: an invalid spec,
-/// the source topic missing or unreadable, or the repartition topic another's or unavailable.
+/// names held by objects that are not the job's, the source topic missing or unreadable, or the
+/// repartition topic another's or unavailable.
 fn blocked(f: &Facts<'_>, outcome: &Outcome<'_>) -> Option<(&'static str, String)> {
     let spec = &f.job.spec;
     let topic = &spec.source.kafka.topic;
@@ -251,8 +253,17 @@ fn blocked(f: &Facts<'_>, outcome: &Outcome<'_>) -> Option<(&'static str, String
             format!("{invalid}. Fix the spec; nothing is changed until then"),
         ));
     }
+    let conflicts = outcome
+        .applied()
+        .map_or(&[][..], |a| a.name_conflicts.as_slice());
+    if !conflicts.is_empty() {
+        return Some((
+            reason::NAME_CONFLICT,
+            name_conflict_message(f.job, conflicts),
+        ));
+    }
     if let Some(conflict) = f.obs.repartition_conflict() {
-        let message = name_conflict_message(conflict, brokers);
+        let message = topic_conflict_message(conflict, brokers);
         return Some((reason::NAME_CONFLICT, message));
     }
     match (&f.obs.topic, &f.repartition) {
@@ -288,6 +299,27 @@ fn blocked(f: &Facts<'_>, outcome: &Outcome<'_>) -> Option<(&'static str, String
         }
         (TopicObservation::Found { .. }, _) => None,
     }
+}
+
+/// What [`reason::NAME_CONFLICT`] says: which objects, and the ways out.
+fn name_conflict_message(job: &StreamJob, conflicts: &[NameConflict]) -> String {
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+    let objects: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
+    let (exist, are) = if conflicts.len() == 1 {
+        ("exists", "is")
+    } else {
+        ("exist", "are")
+    };
+    format!(
+        "{} {exist} and {are} not this StreamJob's (no owner reference to it as controller): \
+         the operator creates and changes nothing for the job until then. Delete or rename \
+         {}, or give the StreamJob another name; to hand {} over to the job, add an owner \
+         reference to StreamJob {name} (uid {uid}) with controller: true",
+        objects.join(", "),
+        if conflicts.len() == 1 { "it" } else { "them" },
+        if conflicts.len() == 1 { "it" } else { "them" },
+    )
 }
 
 /// `Ready`: every worker runs the current spec and assignment and is ready.
@@ -439,7 +471,7 @@ fn repartition_topic_name(job: &StreamJob, obs: &Observation) -> String {
 
 /// Why a repartition topic that exists and that nothing of the job's claims is left alone, and
 /// what a person can do.
-fn name_conflict_message(topic: &str, brokers: &str) -> String {
+fn topic_conflict_message(topic: &str, brokers: &str) -> String {
     format!(
         "the repartition topic {topic} already exists on {brokers}, and nothing shows it is this \
          job's (neither the job's ConfigMap nor its merge-stage checkpoints name it): the job \

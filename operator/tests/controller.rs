@@ -291,8 +291,44 @@ fn child_writes() -> Vec<String> {
     ]
 }
 
+/// The reads of who owns the children observe does not read (metadata only), before their first
+/// apply: made at once, so compared sorted (see [`lines`]).
+fn owner_reads() -> Vec<String> {
+    let mut r = vec![
+        format!("GET {NS}/serviceaccounts/payments-worker"),
+        format!("GET {RBAC}/roles/payments-worker"),
+        format!("GET {RBAC}/rolebindings/payments-worker"),
+        format!("GET {NS}/services/payments-worker"),
+        format!("GET {POLICY}/poddisruptionbudgets/payments-worker"),
+    ];
+    r.sort();
+    r
+}
+
+/// The reads of a job's first reconcile: observe's, then the owners'.
+fn first_reads() -> Vec<String> {
+    let mut r = reads();
+    r.extend(owner_reads());
+    r
+}
+
+/// `METHOD path` of every call, in order; a run of owner reads (made at once, in any order) is
+/// sorted.
 fn lines(calls: &[Call]) -> Vec<String> {
-    calls.iter().map(Call::line).collect()
+    let mut out = Vec::new();
+    let mut owner_reads = Vec::new();
+    for c in calls {
+        if c.method == "GET" && c.accept.contains("as=PartialObjectMetadata;") {
+            owner_reads.push(c.line());
+            continue;
+        }
+        owner_reads.sort();
+        out.append(&mut owner_reads);
+        out.push(c.line());
+    }
+    owner_reads.sort();
+    out.append(&mut owner_reads);
+    out
 }
 
 /// Every PATCH is a forced server-side apply by `weir-operator`; every POST names it too.
@@ -339,7 +375,7 @@ async fn good_job_applies_children_in_order_creates_checkpoints_and_patches_stat
     assert_eq!(action, Action::requeue(waiting()));
     let calls = h.calls().await;
 
-    let mut want = reads();
+    let mut want = first_reads();
     want.extend(child_writes());
     want.push(format!("PATCH {JOBS}/payments/status"));
     assert_eq!(lines(&calls), want);
@@ -421,10 +457,11 @@ async fn conflict_on_an_apply_fails_the_reconcile_then_the_retry_succeeds() {
 
     // First attempt: stops at the refused StatefulSet (no PDB), and says so in the status and a
     // Warning Event. Second: only what was not applied yet (the children applied by the first
-    // attempt are unchanged), then the status.
+    // attempt are unchanged, and known as the job's own: only the PDB's owner is read again),
+    // then the status.
     let status = format!("PATCH {JOBS}/payments/status");
     let event = "POST /apis/events.k8s.io/v1/namespaces/shop/events".to_string();
-    let mut want = reads();
+    let mut want = first_reads();
     want.extend(child_writes().into_iter().take(9));
     want.extend([status.clone(), event]);
     // The retry reads the job ConfigMap's assignment back from memory: the first attempt
@@ -434,6 +471,7 @@ async fn conflict_on_an_apply_fails_the_reconcile_then_the_retry_succeeds() {
             .into_iter()
             .filter(|r| !r.ends_with("/configmaps/payments-config")),
     );
+    want.push(format!("GET {POLICY}/poddisruptionbudgets/payments-worker"));
     want.extend(child_writes().into_iter().skip(5));
     want.push(status);
     assert_eq!(lines(&calls), want);
@@ -500,7 +538,7 @@ async fn unchanged_status_is_not_patched_again() {
     let h = harness(3, Script::default());
     run(&h.ctx, again).await.expect("second reconcile");
     let calls = h.calls().await;
-    let mut want = reads();
+    let mut want = first_reads();
     want.extend(child_writes());
     assert_eq!(lines(&calls), want, "no status patch");
 }
@@ -569,7 +607,7 @@ async fn missing_topic_keeps_partition_dependent_children_and_warns() {
     let action = run(&h.ctx, job()).await.expect("reconcile");
     assert_eq!(action, Action::requeue(waiting()));
     let calls = h.calls().await;
-    let mut want = reads();
+    let mut want = first_reads();
     // No job ConfigMap, checkpoints or StatefulSet: running workers keep their assignment
     // while the topic cannot be seen. The Role (with the rules known so far) before its binding.
     want.extend([
@@ -753,7 +791,7 @@ async fn a_repartition_topic_that_cannot_be_created_stops_before_the_workers() {
         .expect_err("retried with backoff");
     assert_eq!(err.category(), "CreateRepartitionTopic");
     let calls = h.calls().await;
-    let writes = lines(&calls);
+    let writes = api::writes(&calls);
     assert!(
         !writes
             .iter()

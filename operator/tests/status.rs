@@ -298,3 +298,50 @@ fn window_summaries() {
     );
     assert_eq!(w("window: {type: session, gap: 5m}"), "session gap 5m");
 }
+
+#[test]
+fn names_held_by_objects_the_job_does_not_own_block_it_and_are_named() {
+    use weir_operator::observation::NameConflict;
+    use weir_operator::outcome::Applied;
+    let j = job();
+    let obs = found(12);
+    let desired = ok(&j, &obs);
+    let applied = Applied {
+        name_conflicts: vec![
+            NameConflict {
+                kind: "StatefulSet",
+                name: "payments-worker".to_string(),
+                controller: Some("Deployment/billing".to_string()),
+            },
+            NameConflict {
+                kind: "ServiceAccount",
+                name: "payments-worker".to_string(),
+                controller: None,
+            },
+        ],
+        ..Applied::default()
+    };
+    let outcome = Outcome::Built {
+        desired: &desired,
+        applied,
+    };
+    let s = compute(&j, &outcome, &obs, None, &at(100));
+    for (t, status) in [
+        (status::READY, "False"),
+        (status::PROGRESSING, "False"),
+        (status::DEGRADED, "True"),
+    ] {
+        assert_eq!(cond(&s, t).status, status, "{t}");
+        assert_eq!(cond(&s, t).reason, reason::NAME_CONFLICT, "{t}");
+    }
+    let message = &cond(&s, status::READY).message;
+    assert_eq!(
+        message,
+        "StatefulSet payments-worker (controlled by Deployment/billing), ServiceAccount \
+         payments-worker (no controller owner reference) exist and are not this StreamJob's \
+         (no owner reference to it as controller): the operator creates and changes nothing for \
+         the job until then. Delete or rename them, or give the StreamJob another name; to hand \
+         them over to the job, add an owner reference to StreamJob payments (uid \
+         0b5e3c1e-1111-2222-3333-444455556666) with controller: true"
+    );
+}

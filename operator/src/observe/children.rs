@@ -1,6 +1,7 @@
 //! The observe step's reads of the API server, apart from the checkpoints: the source's
 //! credentials Secret, the job ConfigMap (the previous assignment) and the StatefulSet. Reads
-//! only.
+//! only. A job ConfigMap or StatefulSet that is not the job's own is a [`NameConflict`]: its
+//! content is not used.
 
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use weir_crds::{names, StreamJob};
 
 use crate::error::Error;
 use crate::memory::{ChildKey, Memory};
-use crate::observation::KafkaConnection;
+use crate::observation::{KafkaConnection, NameConflict};
 use crate::secrets::{secret_values, Resolved};
 
 fn namespace(job: &StreamJob) -> String {
@@ -49,17 +50,33 @@ pub async fn connection(
     }))
 }
 
-/// The assignment in the job ConfigMap, if it exists and parses (one that does not is logged
-/// and ignored: the next assignment then starts above the checkpoints' epochs); and the
-/// repartition topic it names if the job owns that ConfigMap (the job's UID in its owner
-/// references): only then does it show the topic is the job's (`weir_crds::topics::Claim`).
-/// Read back from `memory` while the operator's last apply of the ConfigMap is remembered
-/// (nobody changed it since: [`Memory::remembered`]), else from the API server.
+/// `found` when it is the job's own; else the conflict it makes.
+fn own<K>(found: Option<K>, job: &StreamJob) -> Result<Option<K>, NameConflict>
+where
+    K: k8s_openapi::Resource + kube::Resource,
+{
+    let uid = job.metadata.uid.as_deref();
+    match found {
+        Some(o) => match NameConflict::of(<K as k8s_openapi::Resource>::KIND, o.meta(), uid) {
+            Some(conflict) => Err(conflict),
+            None => Ok(Some(o)),
+        },
+        None => Ok(None),
+    }
+}
+
+/// The assignment in the job ConfigMap, if it exists, is the job's own and parses (one that
+/// does not parse is logged and ignored: the next assignment then starts above the
+/// checkpoints' epochs), and the repartition topic it names (the job's own ConfigMap naming it
+/// is what shows the topic is the job's, `weir_crds::topics::Claim`); or the conflict a
+/// ConfigMap of that name that is not the job's makes. Read back from `memory` while the
+/// operator's last apply of the ConfigMap, with the job as its owner, is remembered (nobody
+/// changed it since: [`Memory::remembered`]), else from the API server.
 pub async fn previous_assignment(
     client: &Client,
     memory: &Memory,
     job: &StreamJob,
-) -> Result<(Option<Assignment>, Option<String>), Error> {
+) -> Result<Result<(Option<Assignment>, Option<String>), NameConflict>, Error> {
     let ns = namespace(job);
     let config_name = names::config_map_name(&name(job));
     let key = ChildKey {
@@ -67,31 +84,26 @@ pub async fn previous_assignment(
         namespace: ns.clone(),
         name: config_name.clone(),
     };
-    let (text, owned) = match memory.remembered(&key, Instant::now()) {
-        Some(r) => {
-            let owned = job
-                .metadata
-                .uid
-                .as_deref()
-                .is_some_and(|uid| r.owners.iter().any(|o| o == uid));
-            (Some(r.data), owned)
-        }
+    let uid = job.metadata.uid.as_deref();
+    let remembered = memory
+        .remembered(&key, Instant::now())
+        .filter(|r| uid.is_some_and(|uid| r.owners.iter().any(|o| o == uid)));
+    let text = match remembered {
+        Some(r) => Some(r.data),
         None => {
             let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-            let Some(cm) = config_maps.get_opt(&config_name).await.map_err(|source| {
+            let found = config_maps.get_opt(&config_name).await.map_err(|source| {
                 Error::ReadJobConfigMap {
                     name: config_name.clone(),
                     source,
                 }
-            })?
-            else {
-                return Ok((None, None));
-            };
-            let owned = owned_by(&cm.metadata, job);
-            (
-                cm.data.and_then(|d| d.get(names::ASSIGNMENT_KEY).cloned()),
-                owned,
-            )
+            })?;
+            match own(found, job) {
+                Ok(cm) => cm
+                    .and_then(|cm| cm.data)
+                    .and_then(|d| d.get(names::ASSIGNMENT_KEY).cloned()),
+                Err(conflict) => return Ok(Err(conflict)),
+            }
         }
     };
     let assignment = text.and_then(|text| match serde_json::from_str::<Assignment>(&text) {
@@ -103,29 +115,25 @@ pub async fn previous_assignment(
     });
     let claimed = assignment
         .as_ref()
-        .filter(|_| owned)
         .and_then(|a| a.merge.as_ref())
         .map(|m| m.topic.clone());
-    Ok((assignment, claimed))
+    Ok(Ok((assignment, claimed)))
 }
 
-/// Whether `job` (by UID) is among the owners of the object `meta` describes.
-pub fn owned_by(meta: &kube::api::ObjectMeta, job: &StreamJob) -> bool {
-    let Some(uid) = job.metadata.uid.as_deref() else {
-        return false;
-    };
-    meta.owner_references.iter().flatten().any(|o| o.uid == uid)
-}
-
-/// The job's StatefulSet, if it exists.
-pub async fn stateful_set(client: &Client, job: &StreamJob) -> Result<Option<StatefulSet>, Error> {
+/// The job's StatefulSet, if it exists and is the job's own; or the conflict one of that name
+/// that is not makes.
+pub async fn stateful_set(
+    client: &Client,
+    job: &StreamJob,
+) -> Result<Result<Option<StatefulSet>, NameConflict>, Error> {
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace(job));
     let sts_name = names::worker_name(&name(job));
-    statefulsets
+    let found = statefulsets
         .get_opt(&sts_name)
         .await
         .map_err(|source| Error::ReadStatefulSet {
             name: sts_name,
             source,
-        })
+        })?;
+    Ok(own(found, job))
 }

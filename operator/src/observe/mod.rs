@@ -2,7 +2,9 @@
 //! and Secrets ([`children`]: the source credentials, the job ConfigMap's previous assignment),
 //! Kafka ([`topics`]: the source topic, the repartition topics the job may use), the
 //! checkpoints ([`checkpoints`]: ConfigMaps, or records in object storage), then Kafka's high
-//! watermarks for lag and the StatefulSet. It writes nothing, anywhere.
+//! watermarks for lag and the StatefulSet. It writes nothing, anywhere. A job ConfigMap or
+//! StatefulSet of the job's name that is not the job's own is not used: it is a
+//! [`NameConflict`](crate::observation::NameConflict) in the observation.
 //!
 //! The repartition topic is read before the checkpoints because its partition count is how many
 //! merge-stage records there are to read (see [`existing_merge_partitions`]); which topic the
@@ -38,8 +40,13 @@ pub async fn observe(
 ) -> Result<Observation, Error> {
     let connection = children::connection(client, job).await?;
     let (connection, topic) = topics::source(kafka, connection, job).await;
-    let (previous_assignment, assigned) =
-        children::previous_assignment(client, memory, job).await?;
+    let mut name_conflicts = Vec::new();
+    let (previous_assignment, assigned) = children::previous_assignment(client, memory, job)
+        .await?
+        .unwrap_or_else(|conflict| {
+            name_conflicts.push(conflict);
+            (None, None)
+        });
     let sources = topic.partitions().unwrap_or(0);
     let two_stage = !job.spec.co_partitioned();
     // Only asked when the source could be read: a broker that is down already blocks the job.
@@ -95,13 +102,19 @@ pub async fn observe(
         }
         _ => None,
     };
-    let stateful_set = children::stateful_set(client, job).await?;
+    let stateful_set = children::stateful_set(client, job)
+        .await?
+        .unwrap_or_else(|conflict| {
+            name_conflicts.push(conflict);
+            None
+        });
 
     Ok(Observation {
         topic,
         previous_assignment,
         max_checkpoint_epoch: source.max_epoch,
         stateful_set,
+        name_conflicts,
         lag,
         repartition_lag,
         repartition_topic,
@@ -125,7 +138,9 @@ pub async fn repartition_of_deleted(
 ) -> Result<(RepartitionTopic, Option<TopicObservation>), Error> {
     // Read from the API server, never from memory: what is deleted next depends on it.
     let (previous_assignment, assigned) =
-        children::previous_assignment(client, &Memory::default(), job).await?;
+        children::previous_assignment(client, &Memory::default(), job)
+            .await?
+            .unwrap_or((None, None));
     let candidates = topics::repartition_candidates(job, assigned.as_deref());
     let described = topics::repartition(kafka, conn, &candidates).await;
     let existing = described.iter().find_map(|(name, t)| {

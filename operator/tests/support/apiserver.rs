@@ -4,7 +4,9 @@
 //! `managedFields` entry per manager, as large as the applied fields); the `status`
 //! subresource; the `scale` subresource of custom resources, mapped through the CRD's
 //! `specReplicasPath`, `statusReplicasPath` and `labelSelectorPath` exactly as the API server
-//! maps it; creates (409 when the name exists); gets; lists by equality label selector, paginated
+//! maps it; creates (409 when the name exists); gets, full or metadata-only
+//! (`PartialObjectMetadata`, as `Api::get_metadata` asks), 404 naming the object when missing;
+//! lists by equality label selector, paginated
 //! with `limit`/`continue` (unless `resourceVersion=0`, which the API server serves whole from
 //! its cache), full or metadata-only (`PartialObjectMetadataList`); merge patches with a
 //! `resourceVersion` precondition; delete-collection; and a log of watch events with their
@@ -423,6 +425,22 @@ fn key(t: &Target) -> Key {
     )
 }
 
+/// The 404 of a read of the object `t` names, as the API server words it.
+fn not_found(t: &Target) -> Value {
+    let name = t.name.clone().unwrap_or_default();
+    let resource = t.resource();
+    let group = t.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    let qualified = if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    };
+    let mut body = status_body(404, "NotFound");
+    body["message"] = json!(format!("{qualified} \"{name}\" not found"));
+    body["details"] = json!({"name": name, "group": group, "kind": resource});
+    body
+}
+
 fn metadata_only(obj: &Value) -> Value {
     json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
            "metadata": obj["metadata"]})
@@ -634,8 +652,12 @@ impl FakeApiServer {
                 None => (StatusCode::NOT_FOUND, status_body(404, "NotFound")),
             },
             ("GET", Some(_), _) => match self.objects.get(&key(&t)) {
+                // A metadata-only get (`Api::get_metadata`) answers `PartialObjectMetadata`.
+                Some(o) if call.accept.contains("as=PartialObjectMetadata;") => {
+                    (StatusCode::OK, metadata_only(o))
+                }
                 Some(o) => (StatusCode::OK, o.clone()),
-                None => (StatusCode::NOT_FOUND, status_body(404, "NotFound")),
+                None => (StatusCode::NOT_FOUND, not_found(&t)),
             },
             ("PATCH", Some(_), sub) if call.content_type.contains("apply-patch") => {
                 self.apply(&t, sub, call)

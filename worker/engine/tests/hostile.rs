@@ -1,8 +1,15 @@
 //! Hostile input never panics the record path: arbitrary bytes, and arbitrary JSON made of the
 //! values that break parsers (duplicate keys, numbers at and beyond every range, event times at
-//! the ends of the calendar, escapes, deep nesting), through decode, the engine (with a wall
-//! clock anywhere), and the building of what the worker sends: a dead letter's reason and
-//! detail, a result's key and value, a partial's bytes and their merge in the second stage.
+//! the ends of the calendar, escapes, deep nesting, strings up to beyond
+//! [`MAX_KEPT_BYTES`]), through decode, the engine (with a wall clock anywhere), and the
+//! building of what the worker sends: a dead letter's reason and detail, a result's key and
+//! value, a partial's bytes and their merge in the second stage.
+//!
+//! And nothing built exceeds its documented bound (docs/semantics.md, "Bounded output"): a
+//! dead letter's detail (its `weir.error` header) is at most [`MAX_DETAIL_BYTES`]; a result's key
+//! and value fit librdkafka's default `message.max.bytes` with the worker's overhead, so with
+//! default limits no result is ever rerouted as `too_large`. (The worker cuts a dead letter's
+//! key and value to its producer's limit: `fit` in `worker/src/outbox.rs`, tested there.)
 //!
 //! Bounded for CI: 256 cases per property by default (`PROPTEST_CASES` raises it), each a few
 //! dozen records, for a handful of job shapes.
@@ -13,7 +20,13 @@ use proptest::prelude::*;
 #[path = "support/plan.rs"]
 mod support;
 use weir_engine::protocol::{Action, PartitionProtocol, Role, StartPoint, Timing};
-use weir_engine::{JobPlan, Record, RejectReason, WindowResult};
+use weir_engine::{JobPlan, Record, RejectReason, WindowResult, MAX_DETAIL_BYTES, MAX_KEPT_BYTES};
+
+/// librdkafka's default `message.max.bytes`, which the sink producer has unless a job sets it.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// What the worker keeps free below it for librdkafka's record overhead
+/// (`worker::outbox::OVERHEAD_BYTES`).
+const OVERHEAD_BYTES: usize = 512;
 
 /// The job shapes: every window type, every time format, nested and prefix paths, both guards.
 const JOBS: [(&str, &str, &str); 5] = [
@@ -107,6 +120,9 @@ fn json_text() -> impl Strategy<Value = String> {
         any::<f64>().prop_map(|f| format!("{f:e}")),
         Just("true".to_string()),
         Just("null".to_string()),
+        // Long strings: group values and first/last values near and beyond what one record may
+        // keep (MAX_KEPT_BYTES), multi-byte characters included.
+        long_string(),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
@@ -119,6 +135,23 @@ fn json_text() -> impl Strategy<Value = String> {
             }),
             proptest::collection::vec(inner, 0..4).prop_map(|v| format!("[{}]", v.join(","))),
         ]
+    })
+}
+
+/// A JSON string of up to a little over [`MAX_KEPT_BYTES`]; mostly short, since a record has
+/// many leaves.
+fn long_string() -> impl Strategy<Value = String> {
+    let len = prop_oneof![
+        8 => 100usize..2_000,
+        1 => MAX_KEPT_BYTES / 2 - 300..MAX_KEPT_BYTES + 200,
+    ];
+    (len, any::<bool>()).prop_map(|(n, wide)| {
+        let body = if wide {
+            "é".repeat(n / 2)
+        } else {
+            "x".repeat(n)
+        };
+        format!("\"{body}\"")
     })
 }
 
@@ -142,6 +175,8 @@ struct Built {
     dead_letters: usize,
     results: usize,
     partials: usize,
+    /// Bytes of the largest result's key and value.
+    largest_result: usize,
 }
 
 /// Everything a worker builds from one action, as the bytes it would send; panics are the bug.
@@ -150,10 +185,16 @@ fn build(action: &Action, plan: &JobPlan, merge: &mut Option<PartitionProtocol>,
         Action::DeadLetter(r) => {
             assert!(RejectReason::ALL.contains(&r.reason));
             assert!(!r.detail.is_empty(), "{r:?}");
+            assert!(
+                r.detail.len() <= MAX_DETAIL_BYTES,
+                "a detail of {} bytes: {:?}",
+                r.detail.len(),
+                r.reason
+            );
             n.dead_letters += 1;
         }
         Action::Result(r) => {
-            check_result(r, plan);
+            n.largest_result = n.largest_result.max(check_result(r, plan));
             n.results += 1;
         }
         Action::Partial { partial, .. } => {
@@ -164,7 +205,7 @@ fn build(action: &Action, plan: &JobPlan, merge: &mut Option<PartitionProtocol>,
                 m.partial(0, &bytes, &mut out);
                 for a in &out {
                     if let Action::Result(r) = a {
-                        check_result(r, plan);
+                        n.largest_result = n.largest_result.max(check_result(r, plan));
                         n.results += 1;
                     }
                     assert!(!matches!(a, Action::Unreadable { .. }), "{a:?}");
@@ -175,9 +216,18 @@ fn build(action: &Action, plan: &JobPlan, merge: &mut Option<PartitionProtocol>,
     }
 }
 
-fn check_result(r: &WindowResult, plan: &JobPlan) {
-    let value: serde_json::Value = serde_json::from_str(&r.to_json(plan)).unwrap();
-    let key: serde_json::Value = serde_json::from_str(&r.key_json(plan)).unwrap();
+/// Checks a result; its size (key and value).
+fn check_result(r: &WindowResult, plan: &JobPlan) -> usize {
+    let (value_text, key_text) = (r.to_json(plan), r.key_json(plan));
+    let size = key_text.len() + value_text.len();
+    assert!(
+        size + OVERHEAD_BYTES <= DEFAULT_MESSAGE_MAX_BYTES,
+        "a result of {size} bytes (key {}, value {})",
+        key_text.len(),
+        value_text.len()
+    );
+    let value: serde_json::Value = serde_json::from_str(&value_text).unwrap();
+    let key: serde_json::Value = serde_json::from_str(&key_text).unwrap();
     for edge in ["start", "end"] {
         let t = value["window"][edge].as_str().unwrap();
         assert!(
@@ -186,6 +236,7 @@ fn check_result(r: &WindowResult, plan: &JobPlan) {
         );
     }
     assert_eq!(key["start"], value["window"]["start"]);
+    size
 }
 
 fn run(
@@ -270,6 +321,23 @@ fn the_harness_builds_dead_letters_results_and_partials() {
         assert_eq!(n.dead_letters, 3, "{n:?}");
         assert_eq!(n.results, 2, "{n:?}");
         assert_eq!(n.partials > 0, two_stage, "{n:?}");
+    }
+}
+
+/// The size bound is reached: a group value just under what a record may keep (it keeps `g`
+/// twice: as its group and as `last`) gives a result (its key and value both hold it), one just
+/// over is dead-lettered as `too_large`.
+#[test]
+fn the_largest_values_a_record_may_keep_give_a_result_within_the_bound() {
+    let group = |len: usize| {
+        format!(r#"{{"t":1767225600000,"g":"{}","x":1}}"#, "x".repeat(len)).into_bytes()
+    };
+    let near = MAX_KEPT_BYTES / 2 - 1_000;
+    let values = [group(near), group(MAX_KEPT_BYTES / 2 + 1_000)];
+    for two_stage in [false, true] {
+        let n = run(0, two_stage, 1_767_225_600_000, &values, None);
+        assert_eq!((n.dead_letters, n.results), (1, 1), "{n:?}");
+        assert!(n.largest_result > 2 * near, "{n:?}");
     }
 }
 
