@@ -81,21 +81,19 @@ struct Applied {
     resource_version: Option<String>,
     generation: Option<i64>,
     at: Instant,
-    /// UIDs of the owners the API server answered (the job's, for a child the operator applied).
-    owners: Vec<String>,
     /// What the operator reads back from this child, when it would otherwise have to GET it
     /// ([`Memory::remembered`]): the job ConfigMap's assignment.
     data: Option<String>,
 }
 
 /// What [`Memory::remembered`] reads back: the data attached to a remembered apply, and the
-/// owners the child had then.
+/// child's controller.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Remembered {
+pub struct ReadBack {
     /// The data attached ([`Memory::attach`]).
     pub data: String,
-    /// UIDs of the child's owners as the apply returned them.
-    pub owners: Vec<String>,
+    /// The uid of the child's controller, as applied or last seen.
+    pub controller: Option<String>,
 }
 
 /// A fingerprint of an object as it would be sent: equal objects, equal fingerprints (within one
@@ -164,12 +162,6 @@ impl Memory {
             resource_version: meta.resource_version.clone(),
             generation: meta.generation,
             at: now,
-            owners: meta
-                .owner_references
-                .iter()
-                .flatten()
-                .map(|o| o.uid.clone())
-                .collect(),
             data: None,
         };
         let remembered = Remembered {
@@ -186,7 +178,7 @@ impl Memory {
     /// child holds as applied, to be read back with [`Memory::remembered`].
     pub fn attach(&self, key: &ChildKey, data: Option<String>) {
         let mut children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(a) = children.get_mut(key) {
+        if let Some(a) = children.get_mut(key).and_then(|c| c.applied.as_mut()) {
             a.data = data;
         }
     }
@@ -194,14 +186,16 @@ impl Memory {
     /// The data attached to the apply of `key`, while that apply is remembered (no drift seen,
     /// less than [`CHILD_RESYNC`] before `now`): then the child still holds it, and reading it
     /// back from the API server would return the same. `None`: read it.
-    pub fn remembered(&self, key: &ChildKey, now: Instant) -> Option<Remembered> {
+    pub fn remembered(&self, key: &ChildKey, now: Instant) -> Option<ReadBack> {
         let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
-        let a = children
-            .get(key)
+        let c = children.get(key)?;
+        let a = c
+            .applied
+            .as_ref()
             .filter(|a| now.saturating_duration_since(a.at) < CHILD_RESYNC)?;
-        Some(Remembered {
+        Some(ReadBack {
             data: a.data.clone()?,
-            owners: a.owners.clone(),
+            controller: c.controller.clone(),
         })
     }
 
@@ -211,9 +205,12 @@ impl Memory {
     pub fn is_echo(&self, kind: &'static str, meta: &ObjectMeta) -> bool {
         let key = ChildKey::of(kind, meta);
         let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
-        children.get(&key).is_some_and(|a| {
-            a.resource_version.is_some() && a.resource_version == meta.resource_version
-        })
+        children
+            .get(&key)
+            .and_then(|c| c.applied.as_ref())
+            .is_some_and(|a| {
+                a.resource_version.is_some() && a.resource_version == meta.resource_version
+            })
     }
 
     /// An owned-object watch saw `meta` (an object of `kind`; `deleted` when it is gone):
@@ -418,6 +415,7 @@ mod tests {
             owner_references: Some(vec![
                 k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
                     uid: "job-uid".to_string(),
+                    controller: Some(true),
                     ..Default::default()
                 },
             ]),
@@ -427,9 +425,9 @@ mod tests {
         m.attach(&cm, Some("a".to_string()));
         assert_eq!(
             m.remembered(&cm, t0),
-            Some(Remembered {
+            Some(ReadBack {
                 data: "a".to_string(),
-                owners: vec!["job-uid".to_string()]
+                controller: Some("job-uid".to_string())
             })
         );
         m.applied(cm.clone(), 2, &meta("6", None), t0);

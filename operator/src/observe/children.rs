@@ -87,7 +87,7 @@ pub async fn previous_assignment(
     let uid = job.metadata.uid.as_deref();
     let remembered = memory
         .remembered(&key, Instant::now())
-        .filter(|r| uid.is_some_and(|uid| r.owners.iter().any(|o| o == uid)));
+        .filter(|r| uid.is_some() && r.controller.as_deref() == uid);
     let text = match remembered {
         Some(r) => Some(r.data),
         None => {
