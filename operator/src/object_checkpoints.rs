@@ -153,12 +153,12 @@ pub struct Deleted {
 }
 
 /// Deletes the job's records: every object directly under its location named like a record
-/// (`partition-<p>.json`) that is one, and, when `only_topic` is given, of that topic (a
+/// (`partition-<p>.json`) that is one, and, when `only_topics` is given, of one of them (a
 /// legacy location may hold another job's records). Listing rather than counting partitions:
 /// the topic may be gone, or have been another one. Idempotent: nothing to delete is a success.
 pub async fn delete(
     config: &ObjectStoreConfig,
-    only_topic: Option<&str>,
+    only_topics: Option<&[&str]>,
 ) -> Result<Deleted, String> {
     let loc = open(config)?;
     let loc = &loc;
@@ -195,7 +195,7 @@ pub async fn delete(
                         "not a checkpoint record: left in place");
                     return Ok((false, shown));
                 }
-                Ok(cp) if only_topic.is_some_and(|t| t != cp.topic) => {
+                Ok(cp) if only_topics.is_some_and(|t| !t.contains(&cp.topic.as_str())) => {
                     info!(object = %shown, store = %loc.description, topic = %cp.topic,
                         "a record of another topic at the legacy location: left in place");
                     return Ok((false, shown));
@@ -237,10 +237,19 @@ pub async fn cleanup(client: &Client, job: &StreamJob, store: &ObjectStore) -> R
     let source = config(client, job, store).await?.ready().map_err(&failed)?;
     let merge = source.merge();
     let topic = &job.spec.source.kafka.topic.0;
-    let repartition = weir_crds::repartition_topic(job.metadata.namespace.as_deref(), &name);
+    // The merge stage's legacy records name the job's repartition topic by either of its names
+    // (before and since `weir_crds::topics`).
+    let ns = job.metadata.namespace.as_deref();
+    let repartition = [
+        weir_crds::topics::repartition_topic(ns, &name),
+        weir_crds::topics::legacy_repartition_topic(ns, &name),
+    ];
+    let repartition = [repartition[0].as_str(), repartition[1].as_str()];
     delete(&source.current, None).await.map_err(&failed)?;
     delete(&merge.current, None).await.map_err(&failed)?;
-    delete(&source.legacy, Some(topic)).await.map_err(&failed)?;
+    delete(&source.legacy, Some(&[topic.as_str()]))
+        .await
+        .map_err(&failed)?;
     delete(&merge.legacy, Some(&repartition))
         .await
         .map_err(failed)?;
