@@ -344,10 +344,13 @@ mod tests {
     /// Pairs whose names collided before this version, or look as if they might: (stage, job,
     /// partition) twice. Every pair is now two distinct names, and each name parses back to
     /// its own (job, stage, partition).
+    /// A checkpoint's (stage, job, partition).
+    type Checkpoint<'a> = (Stage, &'a str, i32);
+
     #[test]
     fn no_two_checkpoint_names_are_equal() {
         use Stage::{Merge, Source};
-        let pairs: &[((Stage, &str, i32), (Stage, &str, i32))] = &[
+        let pairs: &[(Checkpoint, Checkpoint)] = &[
             // The collision of the old names: x's merge stage = x-merge's stage 1.
             ((Merge, "x", 0), (Source, "x-merge", 0)),
             ((Merge, "x", 12), (Source, "x-merge", 12)),
