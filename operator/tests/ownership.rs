@@ -24,7 +24,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, CustomResourceExt};
 use serde_json::{json, Value};
 use weir_crds::StreamJob;
-use weir_operator::controller::{reconcile, REQUEUE_HEALTHY, REQUEUE_WAITING};
+use weir_operator::controller::{reconcile, spread, REQUEUE_HEALTHY, REQUEUE_WAITING};
 use weir_operator::status::reason::NAME_CONFLICT;
 
 use api::{assert_allowed, Call};
@@ -159,7 +159,7 @@ async fn assert_refused(w: &World, path: &str, kind_and_name: &str) -> Vec<Call>
     let (action, calls) = reconcile_once(w).await;
     assert_eq!(
         action,
-        Action::requeue(REQUEUE_WAITING),
+        Action::requeue(spread(REQUEUE_WAITING, "shop", "payments")),
         "looked at again: no watch sees the foreign object go"
     );
     assert_eq!(
@@ -311,7 +311,10 @@ async fn the_job_runs_once_the_foreign_object_is_deleted() {
     assert!(stored(&w, STATEFULSET).is_none());
 
     let (action, _) = reconcile_once(&w).await;
-    assert_eq!(action, Action::requeue(REQUEUE_HEALTHY));
+    assert_eq!(
+        action,
+        Action::requeue(spread(REQUEUE_HEALTHY, "shop", "payments"))
+    );
     let (status, reason, message) = condition(&w, "Ready");
     assert_eq!(
         (status.as_str(), reason.as_str()),
