@@ -60,6 +60,16 @@ pub fn legacy_repartition_topic(namespace: Option<&str>, job: &str) -> String {
     format!("weir-{}-{job}-repartition", namespace_or_default(namespace))
 }
 
+/// Both names the repartition topic of `job` may have: [`repartition_topic`] and, for a job an
+/// earlier version started, [`legacy_repartition_topic`]. A merge-stage record of either is the
+/// job's.
+pub fn repartition_topic_names(namespace: Option<&str>, job: &str) -> [String; 2] {
+    [
+        repartition_topic(namespace, job),
+        legacy_repartition_topic(namespace, job),
+    ]
+}
+
 /// What shows that a repartition topic is the job's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Claim {

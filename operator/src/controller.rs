@@ -889,11 +889,8 @@ async fn cleanup_checkpoints(
         let selector = names::checkpoint_selector(name);
         let listed = ListParams::default().labels(&selector);
         // The job's repartition topic by either name (before and since `weir_crds::topics`).
-        let repartition = [
-            weir_crds::topics::repartition_topic(Some(ns), name),
-            weir_crds::topics::legacy_repartition_topic(Some(ns), name),
-        ];
-        let repartition = [repartition[0].as_str(), repartition[1].as_str()];
+        let repartition = weir_crds::topics::repartition_topic_names(Some(ns), name);
+        let repartition = repartition.each_ref().map(String::as_str);
         let config_maps = api.list(&listed).await.map_err(failed)?.items;
         // A legacy merge name holding another topic's record is the stage-1 checkpoint of the
         // job `<job>-merge` (the names were equal): give it that job's label, so that the

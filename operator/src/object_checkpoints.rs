@@ -240,11 +240,8 @@ pub async fn cleanup(client: &Client, job: &StreamJob, store: &ObjectStore) -> R
     // The merge stage's legacy records name the job's repartition topic by either of its names
     // (before and since `weir_crds::topics`).
     let ns = job.metadata.namespace.as_deref();
-    let repartition = [
-        weir_crds::topics::repartition_topic(ns, &name),
-        weir_crds::topics::legacy_repartition_topic(ns, &name),
-    ];
-    let repartition = [repartition[0].as_str(), repartition[1].as_str()];
+    let repartition = weir_crds::topics::repartition_topic_names(ns, &name);
+    let repartition = repartition.each_ref().map(String::as_str);
     delete(&source.current, None).await.map_err(&failed)?;
     delete(&merge.current, None).await.map_err(&failed)?;
     delete(&source.legacy, Some(&[topic.as_str()]))

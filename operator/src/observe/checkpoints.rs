@@ -204,10 +204,7 @@ async fn from_object_store(
     let records = match object_checkpoints::config(client, job, store).await? {
         Resolved::Ready(locations) => {
             let ns = job.metadata.namespace.as_deref();
-            let repartition = (
-                weir_crds::topics::repartition_topic(ns, &name),
-                weir_crds::topics::legacy_repartition_topic(ns, &name),
-            );
+            let repartition = weir_crds::topics::repartition_topic_names(ns, &name);
             read_both(&locations, topic, &repartition, partitions, merge).await
         }
         Resolved::MissingSecret { message } => Err(message),
@@ -226,7 +223,7 @@ async fn from_object_store(
 async fn read_both(
     locations: &object_checkpoints::Locations,
     topic: &str,
-    repartition: &(String, String),
+    repartition: &[String; 2],
     partitions: i32,
     merge: Option<i32>,
 ) -> Result<Vec<PartitionCheckpoint>, String> {
@@ -235,7 +232,7 @@ async fn read_both(
         // A legacy merge record counts if it is of either of the job's repartition topics (the
         // name it had before `weir_crds::topics`, or the current one).
         let merge = locations.merge();
-        let topics = [repartition.0.as_str(), repartition.1.as_str()];
+        let topics = repartition.each_ref().map(String::as_str);
         records.extend(object_checkpoints::read(&merge, &topics, merge_partitions).await?);
     }
     Ok(records)

@@ -23,10 +23,7 @@ pub fn repartition_candidates(job: &StreamJob, assigned: Option<&str>) -> Vec<St
     if by_assignment.claim == Claim::Assignment {
         return vec![by_assignment.name];
     }
-    vec![
-        weir_crds::topics::repartition_topic(ns, name),
-        weir_crds::topics::legacy_repartition_topic(ns, name),
-    ]
+    weir_crds::topics::repartition_topic_names(ns, name).into()
 }
 
 /// The source topic, and the connection when there is one (a missing credentials Secret is an
