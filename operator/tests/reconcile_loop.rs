@@ -199,13 +199,7 @@ fn the_fake_refuses_a_role_binding_to_a_missing_role_like_the_api_server() {
 async fn a_new_job_whose_topic_is_missing_gets_a_status_and_an_event_then_runs() {
     let kafka = Arc::new(TopicLater::default());
     let w = World::with_kafka(server(), kafka.clone());
-    let once = || async {
-        let j = w.jobs.get("payments").await.expect("the job");
-        let guard = Arc::new(DeserializeGuard(Ok(j)));
-        tokio::time::timeout(TIMEOUT, reconcile(guard, w.ctx.clone()))
-            .await
-            .expect("reconcile finished")
-    };
+    let once = || reconcile_once(&w);
     once()
         .await
         .expect("a missing topic is a status, not an error");
@@ -243,6 +237,17 @@ async fn a_new_job_whose_topic_is_missing_gets_a_status_and_an_event_then_runs()
         ("True".to_string(), "Running".to_string())
     );
     assert_eq!(stored["status"]["partitions"], json!(3));
+}
+
+/// One reconcile of the stored job `payments`, as the controller would run it.
+async fn reconcile_once(
+    w: &World,
+) -> Result<kube::runtime::controller::Action, weir_operator::error::Error> {
+    let j = w.jobs.get("payments").await.expect("the job");
+    let guard = Arc::new(DeserializeGuard(Ok(j)));
+    tokio::time::timeout(TIMEOUT, reconcile(guard, w.ctx.clone()))
+        .await
+        .expect("reconcile finished")
 }
 
 /// Waits until `check` holds for the stored job.
@@ -348,12 +353,7 @@ async fn the_assignment_is_read_back_from_memory_until_someone_else_writes_the_c
     const CONFIG_MAP: &str = "/api/v1/namespaces/shop/configmaps/payments-config";
     let w = World::with_kafka(server(), Arc::new(TopicLater::with(3)));
     let once = || async {
-        let j = w.jobs.get("payments").await.expect("the job");
-        let guard = Arc::new(DeserializeGuard(Ok(j)));
-        tokio::time::timeout(TIMEOUT, reconcile(guard, w.ctx.clone()))
-            .await
-            .expect("reconcile finished")
-            .expect("reconciled");
+        reconcile_once(&w).await.expect("reconciled");
     };
     let gets = || {
         w.calls
