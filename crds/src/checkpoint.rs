@@ -32,6 +32,21 @@ pub struct PartitionCheckpoint {
     pub written_at_ms: i64,
     /// `None`: claimed but nothing processed yet; start per `startFrom`.
     pub progress: Option<Progress>,
+    /// [`crate::definition::fingerprint`] of the spec whose results this partition computes.
+    /// A worker whose spec has another fingerprint does not resume these windows: it starts the
+    /// new definition (docs/semantics.md, "Edits, resets and start times"). `None`: written
+    /// before fingerprints were recorded, read as the current definition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
+    /// The first window start (ms) this definition emits: windows starting earlier could not
+    /// be complete (the definition started after an edit, a reset, or at a `startFrom` time).
+    /// `None`: every window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_from: Option<i64>,
+    /// [`crate::Reset::identity`] of the last `spec.reset` this partition applied; a spec whose
+    /// reset has another identity starts the partition again from `reset.to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<String>,
 }
 
 /// How far a partition got. Everything here is a pure function of the records up to
@@ -164,6 +179,9 @@ mod tests {
                 emitted_through: Some(1_699_999_980_000),
                 ..Progress::default()
             }),
+            definition: None,
+            results_from: None,
+            reset: None,
         }
     }
 

@@ -17,6 +17,7 @@
 
 pub mod assignment;
 pub mod checkpoint;
+pub mod definition;
 mod description;
 mod duration;
 pub mod exposition;
@@ -154,6 +155,15 @@ pub struct StreamJobSpec {
     /// Settings of the worker pods.
     #[serde(default, skip_serializing_if = "WorkerTemplate::is_empty")]
     pub worker: WorkerTemplate,
+
+    /// Stop the workers (each after a final checkpoint) and keep them stopped; `false` again
+    /// resumes exactly where they stopped. Like `spec.suspend` of a CronJob or Job.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+
+    /// Start every partition again from a point in the source topic, once per `(to, id)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<Reset>,
 }
 
 fn default_parallelism() -> i32 {
@@ -221,9 +231,10 @@ pub struct KafkaSource {
     /// Topic to read. Its partitions are split between the workers.
     pub topic: TopicName,
 
-    /// Where to start when the job has no checkpoint yet: `earliest` (the oldest retained record)
-    /// or `latest` (only records produced from now on). With a checkpoint, the job always resumes
-    /// where it left off.
+    /// Where to start when the job has no checkpoint yet: `earliest` (the oldest retained record),
+    /// `latest` (only records produced from now on), or an RFC 3339 time (the first record whose
+    /// Kafka timestamp is at or after it; results start at the first window starting at or after
+    /// it). With a checkpoint, the job always resumes where it left off; `reset` starts it again.
     #[serde(default)]
     pub start_from: StartFrom,
 
@@ -261,15 +272,156 @@ pub struct SecretReference {
     pub secret_name: String,
 }
 
-/// Where to start reading when there is no checkpoint.
-#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "camelCase")]
+/// Where to start reading when there is no checkpoint (`startFrom`), or where a reset starts
+/// (`reset.to`): `earliest`, `latest`, or an RFC 3339 time.
+///
+/// A time is found through each partition's Kafka timestamp index (ListOffsets): the first
+/// record whose Kafka timestamp is at or after it. Results then start at the first window that
+/// starts at or after the time, so every window emitted is complete (docs/semantics.md,
+/// "Edits, resets and start times").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum StartFrom {
     /// The oldest record still retained in each partition.
     #[default]
     Earliest,
     /// The end of each partition: only records produced after the job starts.
     Latest,
+    /// The first record whose Kafka timestamp is at or after this time, ms since the Unix epoch.
+    Time(i64),
+}
+
+/// The pattern the API server checks `startFrom` and `reset.to` against; [`StartFrom::parse`]
+/// then checks that the time exists.
+pub const START_FROM_PATTERN: &str = r"^(earliest|latest|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))$";
+
+impl StartFrom {
+    /// Read `earliest`, `latest` or an RFC 3339 time with a time zone.
+    pub fn parse(s: &str) -> Result<StartFrom, String> {
+        match s {
+            "earliest" => Ok(StartFrom::Earliest),
+            "latest" => Ok(StartFrom::Latest),
+            _ => {
+                let t = humantime::parse_rfc3339_weak(s)
+                    .ok()
+                    .filter(|_| s.ends_with(['Z', 'z']) || has_offset(s))
+                    .or_else(|| parse_with_offset(s))
+                    .ok_or_else(|| {
+                        format!(
+                            "{s:?} is not earliest, latest or an RFC 3339 time with a time zone \
+                             (such as 2026-12-01T08:00:00Z)"
+                        )
+                    })?;
+                let ms = match t.duration_since(std::time::UNIX_EPOCH) {
+                    Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+                    Err(_) => return Err(format!("{s:?} is before 1970-01-01T00:00:00Z")),
+                };
+                Ok(StartFrom::Time(ms))
+            }
+        }
+    }
+
+    /// The text form: `earliest`, `latest`, or the time in RFC 3339, UTC, with milliseconds.
+    pub fn text(&self) -> String {
+        match self {
+            StartFrom::Earliest => "earliest".to_string(),
+            StartFrom::Latest => "latest".to_string(),
+            StartFrom::Time(ms) => {
+                let t = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_millis(u64::try_from(*ms).unwrap_or(0));
+                humantime::format_rfc3339_millis(t).to_string()
+            }
+        }
+    }
+}
+
+fn has_offset(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() > 6 && matches!(b[b.len() - 6], b'+' | b'-') && b[b.len() - 3] == b':'
+}
+
+/// An RFC 3339 time with a numeric offset (`+02:00`), which humantime does not read.
+fn parse_with_offset(s: &str) -> Option<std::time::SystemTime> {
+    if !has_offset(s) {
+        return None;
+    }
+    let (local, offset) = s.split_at(s.len() - 6);
+    let sign: i64 = if offset.starts_with('-') { -1 } else { 1 };
+    let hours: u64 = offset.get(1..3)?.parse().ok()?;
+    let minutes: u64 = offset.get(4..6)?.parse().ok()?;
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    let t = humantime::parse_rfc3339_weak(local).ok()?;
+    let shift = std::time::Duration::from_secs(hours * 3600 + minutes * 60);
+    // 10:00+02:00 is 08:00Z.
+    if sign > 0 {
+        t.checked_sub(shift)
+    } else {
+        t.checked_add(shift)
+    }
+}
+
+impl std::fmt::Display for StartFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text())
+    }
+}
+
+impl Serialize for StartFrom {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text())
+    }
+}
+
+impl<'de> Deserialize<'de> for StartFrom {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        StartFrom::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for StartFrom {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StartFrom".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": START_FROM_PATTERN,
+        })
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+}
+
+/// A reset of a running job to a point in the source topic: its checkpoints are set aside, and
+/// every partition starts again from `to` as a new job would (docs/operator.md, "Resetting a
+/// job"). Acted on once per `(to, id)`: the checkpoints remember the reset they applied, so the
+/// field may stay in a GitOps repository; change `id` (or `to`) to reset again.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Reset {
+    /// Where to start again: `earliest`, `latest`, or an RFC 3339 time.
+    pub to: StartFrom,
+
+    /// Any text that names this reset (for example a date or a ticket); change it to reset
+    /// to the same `to` again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub id: Option<String>,
+}
+
+impl Reset {
+    /// What a checkpoint records of the reset it applied: `to`, and `#id` when set.
+    pub fn identity(&self) -> String {
+        match &self.id {
+            Some(id) => format!("{}#{id}", self.to.text()),
+            None => self.to.text(),
+        }
+    }
 }
 
 /// Encoding of record values.

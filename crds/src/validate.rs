@@ -319,6 +319,13 @@ impl StreamJobSpec {
         );
 
         c.window(&self.window);
+        if let Some(id) = self.reset.as_ref().and_then(|r| r.id.as_ref()) {
+            c.check(
+                !id.is_empty() && id.chars().count() <= 63,
+                "spec.reset.id",
+                "must be 1 to 63 characters",
+            );
+        }
         c.check(
             self.window.kind != WindowType::Session || self.co_partitioned(),
             "spec.repartition.coPartitioned",

@@ -251,6 +251,9 @@ fn write_checkpoints(server: &mut FakeApiServer) {
                 replay_from: 500,
                 ..Progress::default()
             }),
+            definition: None,
+            results_from: None,
+            reset: None,
         };
         cm["data"] = json!({CONFIG_MAP_KEY: serde_json::to_string(&record).expect("record")});
         server.insert(&format!("/api/v1/namespaces/{ns}/configmaps/{name}"), cm);

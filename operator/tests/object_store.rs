@@ -112,6 +112,9 @@ fn record_of(
             emitted_through: None,
             ..Progress::default()
         }),
+        definition: None,
+        results_from: None,
+        reset: None,
     };
     serde_json::to_vec(&cp).expect("record JSON")
 }

@@ -215,7 +215,40 @@ fn fresh_offset(
     Ok(match (stage, &ctx.spec.source.kafka.start_from) {
         (Stage::Merge, _) | (Stage::Source, StartFrom::Earliest) => low,
         (Stage::Source, StartFrom::Latest) => high,
+        (Stage::Source, StartFrom::Time(ms)) => {
+            offset_for_time(consumer, topic, partition, *ms)?.unwrap_or(high)
+        }
     })
+}
+
+/// The first offset of `partition` whose Kafka timestamp is at or after `ms` (ListOffsets by
+/// time), or `None` when every record is older.
+pub(crate) fn offset_for_time(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    ms: i64,
+) -> Result<Option<i64>, RuntimeError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(ms))
+        .map_err(|source| RuntimeError::Kafka {
+            partition,
+            action: "looking up the offset of the start time",
+            source,
+        })?;
+    let found = consumer
+        .offsets_for_times(tpl, Duration::from_secs(30))
+        .map_err(|source| RuntimeError::Kafka {
+            partition,
+            action: "looking up the offset of the start time",
+            source,
+        })?;
+    Ok(found
+        .find_partition(topic, partition)
+        .and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }))
 }
 
 fn log_start(

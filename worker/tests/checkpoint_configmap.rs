@@ -39,6 +39,9 @@ fn checkpoint(epoch: i64) -> PartitionCheckpoint {
             emitted_through: None,
             ..Default::default()
         }),
+        definition: None,
+        results_from: None,
+        reset: None,
     }
 }
 

@@ -268,6 +268,9 @@ impl PartitionLease {
                 owner: owner.to_owned(),
                 written_at_ms: now_ms(),
                 progress: progress.clone(),
+                definition: None,
+                results_from: None,
+                reset: None,
             };
             match store
                 .put(&claim, current.as_ref().map(|c| &c.version))
@@ -307,6 +310,9 @@ impl PartitionLease {
             owner: self.owner.clone(),
             written_at_ms: now_ms(),
             progress: Some(progress),
+            definition: None,
+            results_from: None,
+            reset: None,
         };
         for _ in 0..MAX_ATTEMPTS {
             let bytes = encode(&cp)?.len();

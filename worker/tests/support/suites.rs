@@ -25,6 +25,9 @@ pub fn record(
         owner: owner.to_owned(),
         written_at_ms: 1_700_000_000_000 + epoch % 1000,
         progress,
+        definition: None,
+        results_from: None,
+        reset: None,
     }
 }
 
