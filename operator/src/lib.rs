@@ -23,6 +23,7 @@
 //! every API call the operator makes.
 
 pub mod apply;
+pub mod autoscale;
 pub mod config;
 pub mod controller;
 pub mod desired;

@@ -1,0 +1,382 @@
+//! The lag autoscaler's decision: pure, with the clock passed in (issue 19; docs/operator.md,
+//! "Autoscaling").
+//!
+//! Each reconcile of a job with `spec.autoscaling` gives the [`Autoscaler`] a [`Sample`]: the
+//! job's lag (records in the source topic not yet checkpointed, as `status.lag`) and how far its
+//! workers have got (the sum of the checkpointed next offsets), at a time in milliseconds. From
+//! the samples of the last [`Policy::trend`] it knows whether the lag grows or drains, how fast
+//! the workers read, and so how fast records arrive. [`Autoscaler::decide`] then chooses a
+//! replica count:
+//!
+//! - **Which counts.** Only counts that spread the partitions evenly enough that every worker
+//!   added lowers the most partitions any worker reads ([`useful_counts`]): with 8 partitions,
+//!   1, 2, 3, 4 and 8 (5 workers would still leave one worker with 2). Never more than the
+//!   partitions, never outside `[minReplicas, maxReplicas]`.
+//! - **Up, quickly.** When the lag is over `targetLagPerReplica` × workers and the workers do not
+//!   drain it within [`Policy::drain_within`], the count that reads what arrives plus the excess
+//!   within that time, from the measured rate per worker (or, before any rate is known, lag ÷
+//!   target). At most once per [`Policy::up_cooldown`], so a handoff has time to show its effect.
+//! - **Down, slowly.** The count is lowered only to the *highest* recommendation of the last
+//!   [`Policy::stabilization`] and only that long after the last change (as the HPA's scale-down
+//!   stabilisation window): a sawtooth lag whose peaks need N workers keeps N.
+//!
+//! Rates per worker are only learnt while the workers are saturated (lag over target): a worker
+//! that keeps up reads what arrives, which says nothing of how much more it could read.
+
+use std::collections::VecDeque;
+
+/// What the decision needs to know of the job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// `spec.autoscaling.minReplicas`.
+    pub min_replicas: i32,
+    /// `spec.autoscaling.maxReplicas`.
+    pub max_replicas: i32,
+    /// `spec.autoscaling.targetLagPerReplica`, records.
+    pub target_lag_per_replica: i64,
+    /// Source partitions: never more workers.
+    pub partitions: i32,
+    /// The samples a trend is computed over, ms.
+    pub trend_ms: i64,
+    /// Lag over target that drains within this (ms) at the current rate does not scale up.
+    pub drain_within_ms: i64,
+    /// Least time between a change and a scale-up, ms.
+    pub up_cooldown_ms: i64,
+    /// Scale down only to the highest recommendation of this long, and this long after the
+    /// last change, ms.
+    pub stabilization_ms: i64,
+}
+
+/// Default `targetLagPerReplica`.
+pub const DEFAULT_TARGET_LAG_PER_REPLICA: i64 = 10_000;
+
+impl Policy {
+    /// The policy of `spec.autoscaling` over `partitions`, with the default timings: a trend over
+    /// 1 min, excess lag drained within 2 min, scale up at most every 30 s, scale down after 5
+    /// min of stable recommendations.
+    pub fn new(a: &weir_crds::Autoscaling, partitions: i32) -> Policy {
+        Policy {
+            min_replicas: a.min_replicas,
+            max_replicas: a.max_replicas,
+            target_lag_per_replica: a
+                .target_lag_per_replica
+                .unwrap_or(DEFAULT_TARGET_LAG_PER_REPLICA)
+                .max(1),
+            partitions,
+            trend_ms: 60_000,
+            drain_within_ms: 120_000,
+            up_cooldown_ms: 30_000,
+            stabilization_ms: 300_000,
+        }
+    }
+
+    /// The smallest and largest counts the policy allows (at least 1, at most the partitions).
+    fn bounds(&self) -> (i32, i32) {
+        let top = self.max_replicas.min(self.partitions).max(1);
+        (self.min_replicas.clamp(1, top), top)
+    }
+}
+
+/// Replica counts for which one more worker lowers the most partitions a worker reads:
+/// for each value of ⌈partitions / n⌉, its smallest n. Ascending; `[1]` for 0 or 1 partitions.
+pub fn useful_counts(partitions: i32) -> Vec<i32> {
+    let p = partitions.max(1);
+    let mut out: Vec<i32> = Vec::new();
+    let mut last = i32::MAX;
+    for n in 1..=p {
+        let per = (p + n - 1) / n;
+        if per < last {
+            out.push(n);
+            last = per;
+        }
+    }
+    out
+}
+
+/// The smallest useful count at or above `n`, within the policy's bounds.
+fn round_up(policy: &Policy, n: i32) -> i32 {
+    let (lo, hi) = policy.bounds();
+    let useful = useful_counts(policy.partitions);
+    let n = n.clamp(lo, hi);
+    useful
+        .iter()
+        .copied()
+        .find(|&u| u >= n && u >= lo)
+        .unwrap_or(hi)
+        .clamp(lo, hi)
+}
+
+/// One observation of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// When, ms (any monotonic origin; the same for every sample of a job).
+    pub at_ms: i64,
+    /// Records not yet checkpointed, summed over the source partitions.
+    pub lag: i64,
+    /// Checkpointed next offsets, summed over the source partitions: how far the workers got.
+    pub processed: i64,
+}
+
+/// Why the count is what it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not enough samples for a trend yet; the count is only brought within bounds.
+    Warming,
+    /// The lag is over target and the workers do not drain it in time: scaled up.
+    LagGrowing,
+    /// The lag is over target but drains in time: unchanged.
+    LagDraining,
+    /// The lag is within target: unchanged.
+    WithinTarget,
+    /// Fewer workers would do, but not for the whole stabilisation window yet.
+    Stabilizing,
+    /// Fewer workers did for the whole stabilisation window: scaled down.
+    LagLow,
+    /// Scaling up waits for the cooldown after the last change.
+    Cooldown,
+    /// The count was outside `[minReplicas, min(maxReplicas, partitions)]`.
+    Bounds,
+}
+
+impl Reason {
+    /// The reason as written in status and Events (`LagGrowing`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Warming => "Warming",
+            Reason::LagGrowing => "LagGrowing",
+            Reason::LagDraining => "LagDraining",
+            Reason::WithinTarget => "WithinTarget",
+            Reason::Stabilizing => "Stabilizing",
+            Reason::LagLow => "LagLow",
+            Reason::Cooldown => "Cooldown",
+            Reason::Bounds => "Bounds",
+        }
+    }
+}
+
+/// What [`Autoscaler::decide`] chose.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The replica count to run.
+    pub replicas: i32,
+    /// The count the lag and rates alone call for (rounded to a useful count, within bounds).
+    pub recommended: i32,
+    /// Why.
+    pub reason: Reason,
+    /// For a person: the numbers behind it.
+    pub message: String,
+}
+
+/// A job's autoscaler state: recent samples and recommendations, the last change.
+#[derive(Clone, Debug, Default)]
+pub struct Autoscaler {
+    samples: VecDeque<Sample>,
+    /// (at_ms, recommended count), for the scale-down stabilisation.
+    recommendations: VecDeque<(i64, i32)>,
+    last_change_ms: Option<i64>,
+    /// Records per second one worker read while saturated (smoothed).
+    per_worker_rate: Option<f64>,
+}
+
+impl Autoscaler {
+    /// Add a sample (older samples than the trend window are forgotten). A sample whose
+    /// `processed` went down (a reset, checkpoints deleted) starts the history again.
+    pub fn observe(&mut self, s: Sample, policy: &Policy) {
+        if let Some(last) = self.samples.back() {
+            if s.processed < last.processed || s.at_ms < last.at_ms {
+                self.samples.clear();
+            }
+        }
+        self.samples.push_back(s);
+        while let Some(first) = self.samples.front() {
+            if s.at_ms - first.at_ms > policy.trend_ms && self.samples.len() > 2 {
+                self.samples.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The replica count to run now, `current` being what runs.
+    pub fn decide(&mut self, policy: &Policy, current: i32, now_ms: i64) -> Decision {
+        let (lo, hi) = policy.bounds();
+        let target = policy.target_lag_per_replica;
+        let (first, last) = match (self.samples.front(), self.samples.back()) {
+            (Some(f), Some(l)) if l.at_ms - f.at_ms >= policy.trend_ms / 2 => (*f, *l),
+            _ => {
+                let replicas = current.clamp(lo, hi);
+                return self.decision(
+                    replicas,
+                    replicas,
+                    current,
+                    now_ms,
+                    if replicas != current {
+                        Reason::Bounds
+                    } else {
+                        Reason::Warming
+                    },
+                    format!(
+                        "{} samples so far, a trend needs {} s",
+                        self.samples.len(),
+                        policy.trend_ms / 2000
+                    ),
+                );
+            }
+        };
+        // Rates over the last interval: a burst shows at once, and the stabilisation window
+        // (not an average) is what keeps a sawtooth's peaks in view.
+        let prev = self.samples.iter().rev().nth(1).copied().unwrap_or(first);
+        let secs = ((last.at_ms - prev.at_ms) as f64 / 1000.0).max(0.001);
+        let read_rate = (last.processed - prev.processed) as f64 / secs;
+        let lag_slope = (last.lag - prev.lag) as f64 / secs;
+        let arrival = (read_rate + lag_slope).max(0.0);
+        let lag = last.lag.max(0);
+        let workers = current.max(1);
+        let allowed = target.saturating_mul(i64::from(workers));
+        let saturated = lag > allowed;
+        if saturated && read_rate > 0.0 {
+            let rate = read_rate / f64::from(workers);
+            self.per_worker_rate = Some(match self.per_worker_rate {
+                Some(old) => 0.5 * old + 0.5 * rate,
+                None => rate,
+            });
+        }
+
+        let by_lag = i32::try_from((lag + target - 1) / target).unwrap_or(i32::MAX);
+        let recommended = if saturated {
+            let excess = (lag - allowed) as f64;
+            let drains_in_time =
+                lag_slope < 0.0 && excess / -lag_slope <= policy.drain_within_ms as f64 / 1000.0;
+            if drains_in_time {
+                workers
+            } else {
+                match self.per_worker_rate {
+                    Some(rate) if rate > 0.0 => {
+                        let wanted = arrival + excess / (policy.drain_within_ms as f64 / 1000.0);
+                        (wanted / rate).ceil().min(f64::from(i32::MAX)) as i32
+                    }
+                    _ => by_lag,
+                }
+                .max(workers + 1)
+            }
+        } else {
+            // Within target: enough workers to read what arrives with a fifth to spare, when
+            // their rate is known, and to hold the lag within target. Before any rate is known
+            // the lag alone decides; a count too small then saturates, which measures the rate.
+            let by_rate = match self.per_worker_rate {
+                Some(rate) if rate > 0.0 => (arrival * 1.2 / rate).ceil() as i32,
+                _ => 1,
+            };
+            by_rate.max(by_lag).min(workers)
+        };
+        let recommended = round_up(policy, recommended);
+        self.recommendations.push_back((now_ms, recommended));
+        while let Some(&(at, _)) = self.recommendations.front() {
+            if now_ms - at > policy.stabilization_ms {
+                self.recommendations.pop_front();
+            } else {
+                break;
+            }
+        }
+        let numbers = format!(
+            "lag {lag} (target {allowed} for {workers} workers), {} {:.0}/s, read {:.0}/s, arriving {:.0}/s",
+            if lag_slope >= 0.0 { "growing" } else { "draining" },
+            lag_slope.abs(),
+            read_rate,
+            arrival
+        );
+        let since_change = self.last_change_ms.map(|t| now_ms - t);
+
+        if current < lo || current > hi {
+            let replicas = current.clamp(lo, hi);
+            return self.decision(
+                replicas,
+                recommended,
+                current,
+                now_ms,
+                Reason::Bounds,
+                numbers,
+            );
+        }
+        if recommended > current {
+            if since_change.is_some_and(|d| d < policy.up_cooldown_ms) {
+                return self.decision(
+                    current,
+                    recommended,
+                    current,
+                    now_ms,
+                    Reason::Cooldown,
+                    numbers,
+                );
+            }
+            return self.decision(
+                recommended,
+                recommended,
+                current,
+                now_ms,
+                Reason::LagGrowing,
+                numbers,
+            );
+        }
+        if recommended < current {
+            // The highest recommendation over the window, which must have been observed for
+            // the whole window since the last change.
+            let held = self
+                .recommendations
+                .iter()
+                .map(|&(_, r)| r)
+                .max()
+                .unwrap_or(current);
+            let observed_since = self.recommendations.front().map_or(now_ms, |&(at, _)| at);
+            let long_enough = since_change.is_none_or(|d| d >= policy.stabilization_ms)
+                && now_ms - observed_since >= policy.stabilization_ms * 9 / 10;
+            if held < current && long_enough {
+                return self.decision(held, recommended, current, now_ms, Reason::LagLow, numbers);
+            }
+            return self.decision(
+                current,
+                recommended,
+                current,
+                now_ms,
+                Reason::Stabilizing,
+                numbers,
+            );
+        }
+        let reason = if saturated {
+            Reason::LagDraining
+        } else {
+            Reason::WithinTarget
+        };
+        self.decision(current, recommended, current, now_ms, reason, numbers)
+    }
+
+    fn decision(
+        &mut self,
+        replicas: i32,
+        recommended: i32,
+        current: i32,
+        now_ms: i64,
+        reason: Reason,
+        numbers: String,
+    ) -> Decision {
+        if replicas != current {
+            self.last_change_ms = Some(now_ms);
+            // A new count starts a new trend: the old rates were of the old count.
+            self.samples.clear();
+        }
+        let message = if replicas == current {
+            format!("{replicas} workers: {numbers}")
+        } else {
+            format!("{current} → {replicas} workers: {numbers}")
+        };
+        Decision {
+            replicas,
+            recommended,
+            reason,
+            message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
