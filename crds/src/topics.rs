@@ -54,6 +54,13 @@ pub fn repartition_topic(namespace: Option<&str>, job: &str) -> String {
     format!("{}{tail}", head.trim_end_matches(['-', '.']))
 }
 
+/// The consumer group a job commits its checkpointed source offsets to, for Kafka's tools
+/// (`kafka-consumer-groups`, Burrow, KEDA): `weir.<namespace>.<job>` (`default` when none, as in
+/// local mode). Never joined; a namespace has no dots, so two jobs never share it.
+pub fn consumer_group(namespace: Option<&str>, job: &str) -> String {
+    format!("{PREFIX}{}.{job}", namespace_or_default(namespace))
+}
+
 /// The name jobs of earlier versions used: `weir-<namespace>-<job>-repartition`. Ambiguous
 /// across namespaces; kept only by jobs whose assignment or checkpoints name it.
 pub fn legacy_repartition_topic(namespace: Option<&str>, job: &str) -> String {

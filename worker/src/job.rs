@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 pub use weir_crds::assignment::Assignment;
 use weir_crds::plan;
 use weir_crds::{StreamJob, StreamJobSpec};
@@ -27,6 +27,7 @@ use crate::checkpoint::{
     CheckpointStore, ConfigMapStore, DirStore, LegacyAccess, MigratingStore, ObjectStoreConfig,
     ObjectStoreStore, StoreError,
 };
+use crate::group::GroupCommitter;
 use crate::http::{self, Health};
 use crate::kafka::{self, SettingsError};
 use crate::merge::MergeSettings;
@@ -220,6 +221,15 @@ fn job_name(job: &StreamJob) -> String {
         .unwrap_or_else(|| "streamjob".to_string())
 }
 
+/// The job's namespace: in a cluster the operator sets the pod's; a local run has the file's,
+/// if any.
+fn job_namespace(job: &StreamJob) -> Option<String> {
+    std::env::var(weir_crds::pod::env::NAMESPACE)
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| job.metadata.namespace.clone())
+}
+
 /// How this process runs a job, whichever way it was started.
 struct Launch<'a> {
     job: &'a StreamJob,
@@ -267,11 +277,7 @@ async fn open_store(
         })?;
         return Ok(Arc::new(DirStore::new(dir)));
     }
-    // In a cluster the operator sets the pod's namespace; a local run has the file's, if any.
-    let namespace = std::env::var(weir_crds::pod::env::NAMESPACE)
-        .ok()
-        .filter(|n| !n.is_empty())
-        .or_else(|| job.metadata.namespace.clone());
+    let namespace = job_namespace(job);
     let store = &job.spec.checkpoint.store;
     if let Some(o) = &store.object_store {
         // Credentials from the environment: the operator mounts the spec's Secret there.
@@ -399,18 +405,31 @@ fn job_context(
         Stage::Source,
         &spec.source.kafka.topic.0,
     ))?;
+    let source = kafka::source_settings(spec, &name)?;
+    let metrics = Arc::new(Metrics::new());
+    let group = weir_crds::topics::consumer_group(job_namespace(job).as_deref(), &name);
+    let failures = metrics.group_commit_failures.clone();
+    let progress_group = match GroupCommitter::start(&source, &group, move || {
+        failures.inc();
+    }) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            warn!(group, error = %e, "no client for committing progress to the job's consumer group; Kafka tools will not see the job's lag");
+            None
+        }
+    };
     Ok(JobContext {
         name: name.clone(),
         spec: spec.clone(),
         plan: launch.plan.clone(),
-        source: kafka::source_settings(spec, &name)?,
+        source,
         sink: kafka::sink_settings(spec, &name)?,
         dead_letter: kafka::dead_letter_settings(spec, &name)?,
         store,
         checkpoint_interval: JobContext::interval_of(spec),
         epoch: launch.epoch,
         owner: launch.owner.clone(),
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         echo: opts.echo,
         stop,
         totals: Arc::new(Totals::default()),
@@ -419,6 +438,7 @@ fn job_context(
             .opts
             .max_open_rows
             .map(|rows| rows / source_partitions.max(1)),
+        progress_group,
     })
 }
 

@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod contiguous;
+pub mod group;
 pub mod http;
 pub mod job;
 pub mod kafka;

@@ -118,6 +118,8 @@ pub struct Metrics {
     pub partitions_owned: Gauge,
     /// Times this worker found a partition fenced by a newer owner and stopped it.
     pub partitions_fenced: Counter,
+    /// Commits of progress to the job's consumer group that failed (`crate::group`).
+    pub group_commit_failures: Counter,
     /// 1 while an output topic does not exist and the worker waits for it (it never creates
     /// one), else 0.
     pub output_topic_missing: Family<OutputTopicLabels, Gauge>,
@@ -313,6 +315,13 @@ impl Metrics {
              stopped it",
             partitions_fenced.clone(),
         );
+        let group_commit_failures = Counter::default();
+        r.register(
+            "group_commit_failures",
+            "Commits of checkpointed offsets to the job's consumer group (for Kafka tools' view \
+             of the lag) that failed; the checkpoints are not affected",
+            group_commit_failures.clone(),
+        );
         let output_topic_missing = Family::<OutputTopicLabels, Gauge>::default();
         r.register(
             "output_topic_missing",
@@ -358,6 +367,7 @@ impl Metrics {
             families: f,
             partitions_owned,
             partitions_fenced,
+            group_commit_failures,
             output_topic_missing,
             partition_failures,
             partitions_failing,

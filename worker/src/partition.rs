@@ -710,9 +710,13 @@ impl PartitionIo<'_> {
     fn checkpoint(&mut self, progress: Progress) -> Result<Option<PartitionEnd>, RuntimeError> {
         let t0 = Instant::now();
         self.producers.flush(self.partition)?;
+        let next_offset = progress.next_offset;
         match self.rt.block_on(self.lease.commit(progress)) {
             Ok(bytes) => {
                 self.pm.checkpoint_written(t0.elapsed(), bytes);
+                if let (Stage::Source, Some(g)) = (self.stage, &self.ctx.progress_group) {
+                    g.record(self.topic, self.partition, next_offset);
+                }
                 Ok(None)
             }
             Err(e) if e.is_fenced() => Ok(Some(PartitionEnd::Fenced(e))),

@@ -122,6 +122,9 @@ pub struct JobContext {
     /// Each source partition's share of the worker's bound on open (group, window) rows
     /// (`None`: no bound).
     pub row_limit: Option<usize>,
+    /// Commits each source partition's checkpointed offset to the job's consumer group, for
+    /// Kafka tools (`None`: its client could not be created; logged).
+    pub progress_group: Option<crate::group::GroupCommitter>,
 }
 
 /// Counters summed over partitions, for progress lines and readiness.
