@@ -907,6 +907,34 @@ pub struct StreamJobStatus {
     /// Time of the oldest of the partitions' latest checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checkpoint_time: Option<Time>,
+
+    /// Jobs with `spec.autoscaling`: the autoscaler's state and last decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
+}
+
+/// The lag autoscaler's state (docs/operator.md, "Autoscaling").
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// Workers the autoscaler wants.
+    pub desired_replicas: i32,
+
+    /// Workers running when it decided.
+    pub current_replicas: i32,
+
+    /// Why: `LagGrowing` (scaled up), `LagLow` (scaled down after the stabilisation window),
+    /// `LagDraining`, `WithinTarget`, `Stabilizing`, `Cooldown`, `Warming`, `RollingOut` or
+    /// `Bounds`.
+    pub reason: String,
+
+    /// The numbers behind the reason (lag, target, rates), as they were when it last changed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+
+    /// When the autoscaler last changed the number of workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
 }
 
 /// A StreamJob file that could not be read as a StreamJob.

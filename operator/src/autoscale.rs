@@ -136,6 +136,8 @@ pub enum Reason {
     Cooldown,
     /// The count was outside `[minReplicas, min(maxReplicas, partitions)]`.
     Bounds,
+    /// The workers are not all ready on the current template yet: no sample, no decision.
+    RollingOut,
 }
 
 impl Reason {
@@ -150,6 +152,7 @@ impl Reason {
             Reason::LagLow => "LagLow",
             Reason::Cooldown => "Cooldown",
             Reason::Bounds => "Bounds",
+            Reason::RollingOut => "RollingOut",
         }
     }
 }
@@ -195,6 +198,27 @@ impl Autoscaler {
                 break;
             }
         }
+    }
+
+    /// While a change rolls out: `current` stays (within bounds), nothing is sampled, and the
+    /// next trend starts once every worker is ready.
+    pub fn rolling_out(&mut self, policy: &Policy, current: i32, now_ms: i64) -> Decision {
+        self.samples.clear();
+        let (lo, hi) = policy.bounds();
+        let replicas = current.clamp(lo, hi);
+        let reason = if replicas == current {
+            Reason::RollingOut
+        } else {
+            Reason::Bounds
+        };
+        self.decision(
+            replicas,
+            replicas,
+            current,
+            now_ms,
+            reason,
+            "waiting for every worker to be ready before the next decision".to_string(),
+        )
     }
 
     /// The replica count to run now, `current` being what runs.

@@ -40,7 +40,8 @@ use weir_crds::names::{self, FIELD_MANAGER, FINALIZER};
 use weir_crds::{StreamJob, StreamJobStatus};
 
 use crate::apply::{apply, Target};
-use crate::desired::{desired, OperatorConfig};
+use crate::autoscale;
+use crate::desired::{desired, worker_count, OperatorConfig};
 use crate::error::Error;
 use crate::kafka::KafkaClient;
 use crate::memory::Memory;
@@ -162,6 +163,8 @@ pub struct Context {
     /// The children applied, and when each job's lag was written (shared with the owned-object
     /// watches, which forget an apply on drift).
     pub memory: Arc<Memory>,
+    /// Milliseconds on a monotonic clock, for the autoscaler (tests pass their own).
+    pub clock: Arc<dyn Fn() -> i64 + Send + Sync>,
 }
 
 impl Context {
@@ -186,6 +189,10 @@ impl Context {
             metrics,
             backoff: Backoff::default(),
             memory: Arc::default(),
+            clock: {
+                let start = Instant::now();
+                Arc::new(move || i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX))
+            },
         }
     }
 }
@@ -478,6 +485,8 @@ async fn reconcile_children(job: &StreamJob, ctx: &Context) -> Result<Action, Er
         Ok(obs) => obs,
         Err(e) => return Err(report_failure(job, ctx, e).await),
     };
+    let mut obs = obs;
+    obs.autoscale = autoscale(job, ctx, &obs);
     let built = desired(job, &obs, &ctx.config);
     let outcome = match &built {
         Err(invalid) => {
@@ -502,6 +511,52 @@ async fn reconcile_children(job: &StreamJob, ctx: &Context) -> Result<Action, Er
     let status = status::compute(job, &outcome, &obs, job.status.as_ref(), &now);
     patch_status(job, &status, ctx).await?;
     next_action(job, &outcome, &status)
+}
+
+/// The autoscaler's decision for a job with `spec.autoscaling` (none without, or before the
+/// partition count is known). It samples the lag only while every worker is ready on the current
+/// template: a rollout in progress says nothing about the new count's rate.
+fn autoscale(job: &StreamJob, ctx: &Context, obs: &Observation) -> Option<autoscale::Decision> {
+    let key = key_of(&job.metadata);
+    let Some(spec) = &job.spec.autoscaling else {
+        ctx.memory.forget_autoscaler(&key);
+        return None;
+    };
+    let partitions = obs.topic.partitions()?;
+    let policy = autoscale::Policy::new(spec, partitions);
+    let current = obs.previous_assignment.as_ref().map_or_else(
+        || worker_count(&job.spec, partitions),
+        |a| a.workers.len() as i32,
+    );
+    let settled = obs.stateful_set.as_ref().is_some_and(|s| {
+        let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        s.status.as_ref().is_some_and(|st| {
+            st.ready_replicas.unwrap_or(0) == want
+                && st.updated_replicas.unwrap_or(0) == want
+                && st.replicas == want
+        })
+    });
+    let now = (ctx.clock)();
+    let decision = ctx.memory.with_autoscaler(&key, |a| {
+        if !settled {
+            return a.rolling_out(&policy, current, now);
+        }
+        if let (Some(lag), Some(processed)) = (obs.lag, obs.processed) {
+            a.observe(
+                autoscale::Sample {
+                    at_ms: now,
+                    lag,
+                    processed,
+                },
+                &policy,
+            );
+        }
+        a.decide(&policy, current, now)
+    });
+    if decision.replicas != current {
+        info!(from = current, to = decision.replicas, reason = decision.reason.as_str(), message = %decision.message, "autoscaler");
+    }
+    Some(decision)
 }
 
 /// Writes a failed reconcile to the status ([`status::failed`]: `Degraded` and `Progressing`
@@ -543,7 +598,14 @@ async fn announce_scaling(
         .and_then(replicas);
     if let (Some(from), Some(to)) = (from, to) {
         if from != to {
-            let note = format!("scaled from {from} to {to} workers");
+            let note = match &obs.autoscale {
+                Some(d) if d.replicas == to => format!(
+                    "scaled from {from} to {to} workers: {} ({})",
+                    d.reason.as_str(),
+                    d.message
+                ),
+                _ => format!("scaled from {from} to {to} workers"),
+            };
             info!(from, to, "scaled");
             publish_as(ctx, &job.metadata, EventType::Normal, SCALED, &note).await;
         }
@@ -582,11 +644,14 @@ fn next_action(
         .iter()
         .any(|c| c.type_ == status::READY && c.status == "True");
     tracing::debug!(ready, "applied");
-    Ok(if ready && status.lag.unwrap_or(0) == 0 {
-        Action::requeue(spread(REQUEUE_HEALTHY, ns, name))
-    } else {
-        Action::requeue(spread(REQUEUE_WAITING, ns, name))
-    })
+    // An autoscaled job is sampled on the short period whatever its state.
+    Ok(
+        if ready && status.lag.unwrap_or(0) == 0 && job.spec.autoscaling.is_none() {
+            Action::requeue(spread(REQUEUE_HEALTHY, ns, name))
+        } else {
+            Action::requeue(spread(REQUEUE_WAITING, ns, name))
+        },
+    )
 }
 
 /// Patches the status subresource when something other than a timestamp changed (lag alone at

@@ -130,6 +130,9 @@ struct Remembered {
 pub struct Memory {
     children: Mutex<HashMap<ChildKey, Remembered>>,
     lag_written: Mutex<HashMap<(String, String), Instant>>,
+    /// Each autoscaled job's autoscaler (samples, recommendations, last change). Lost on a
+    /// restart of the operator: the autoscaler then warms up again before it decides.
+    autoscalers: Mutex<HashMap<(String, String), crate::autoscale::Autoscaler>>,
 }
 
 impl Memory {
@@ -273,6 +276,27 @@ impl Memory {
             .unwrap_or_else(PoisonError::into_inner)
             .get(job)
             .is_none_or(|t| now.saturating_duration_since(*t) >= LAG_REFRESH)
+    }
+
+    /// Runs `f` on the autoscaler of job (namespace, name), a new one the first time.
+    pub fn with_autoscaler<R>(
+        &self,
+        job: &(String, String),
+        f: impl FnOnce(&mut crate::autoscale::Autoscaler) -> R,
+    ) -> R {
+        let mut all = self
+            .autoscalers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(all.entry(job.clone()).or_default())
+    }
+
+    /// Forgets the autoscaler of job (namespace, name): deleted, or no longer autoscaled.
+    pub fn forget_autoscaler(&self, job: &(String, String)) {
+        self.autoscalers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(job);
     }
 
     /// Remembers that the status of job (namespace, name), lag included, was written at `now`.

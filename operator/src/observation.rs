@@ -124,6 +124,12 @@ pub struct Observation {
     pub name_conflicts: Vec<NameConflict>,
     /// Records not yet checkpointed, summed over partitions, if computed.
     pub lag: Option<i64>,
+    /// The source partitions' checkpointed next offsets, summed: how far the workers got (the
+    /// autoscaler's read rate), when any checkpoint was read.
+    pub processed: Option<i64>,
+    /// Jobs with `spec.autoscaling`: the autoscaler's decision for this reconcile (made by the
+    /// controller from this observation, before desired). The worker count follows it.
+    pub autoscale: Option<crate::autoscale::Decision>,
     /// Two-stage jobs: partials in the repartition topic not yet checkpointed by the merge
     /// stage.
     pub repartition_lag: Option<i64>,
@@ -157,6 +163,8 @@ impl Observation {
             stateful_set: None,
             name_conflicts: Vec::new(),
             lag: None,
+            processed: None,
+            autoscale: None,
             repartition_lag: None,
             repartition_topic: None,
             repartition: None,

@@ -15,7 +15,7 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use weir_crds::{names, StreamJob, StreamJobStatus, Window, WindowType};
+use weir_crds::{names, AutoscalingStatus, StreamJob, StreamJobStatus, Window, WindowType};
 
 use crate::desired::Workers;
 use crate::observation::{NameConflict, Observation, TopicObservation};
@@ -457,7 +457,37 @@ pub fn compute(
         lag: obs.lag,
         repartition_lag: obs.repartition_lag,
         last_checkpoint_time: obs.last_checkpoint_time.clone(),
+        autoscaling: autoscaling(obs, previous.and_then(|p| p.autoscaling.as_ref()), now),
     }
+}
+
+/// `status.autoscaling` from this reconcile's decision. The message keeps the numbers of the
+/// last change of reason or count (not this reconcile's lag), so that a steady job's status is
+/// not rewritten on every reconcile.
+fn autoscaling(
+    obs: &Observation,
+    previous: Option<&AutoscalingStatus>,
+    now: &Time,
+) -> Option<AutoscalingStatus> {
+    let d = obs.autoscale.as_ref()?;
+    let current = obs
+        .previous_assignment
+        .as_ref()
+        .map_or(d.replicas, |a| a.workers.len() as i32);
+    let reason = d.reason.as_str().to_string();
+    let changed_count = previous.is_some_and(|p| p.desired_replicas != d.replicas);
+    let same = previous.filter(|p| p.reason == reason && !changed_count);
+    Some(AutoscalingStatus {
+        desired_replicas: d.replicas,
+        current_replicas: current,
+        message: same.map_or_else(|| d.message.clone(), |p| p.message.clone()),
+        last_scale_time: if changed_count {
+            Some(now.clone())
+        } else {
+            previous.and_then(|p| p.last_scale_time.clone())
+        },
+        reason,
+    })
 }
 
 /// The repartition topic the job uses (as observed), else the name it would create.

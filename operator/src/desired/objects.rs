@@ -168,7 +168,11 @@ impl Builder<'_> {
         partitions: i32,
     ) -> (Assignment, Option<plan::NewTopic>) {
         let spec = &self.job.spec;
-        let count = plan::worker_count(spec, partitions);
+        // The autoscaler owns the count when the job has one; else `parallelism`, in bounds.
+        let count = match &obs.autoscale {
+            Some(d) => d.replicas.clamp(1, partitions.max(1)),
+            None => plan::worker_count(spec, partitions),
+        };
         let topic = self.repartition_topic(obs);
         let previous = obs.previous_assignment.as_ref();
         let existing = existing_merge_partitions(obs.repartition.as_ref(), previous, &topic);

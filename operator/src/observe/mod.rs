@@ -116,6 +116,8 @@ pub async fn observe(
         stateful_set,
         name_conflicts,
         lag,
+        processed: (!source.next_offsets.is_empty()).then(|| source.next_offsets.values().sum()),
+        autoscale: None,
         repartition_lag,
         repartition_topic,
         repartition,

@@ -415,6 +415,9 @@ pub struct FakeApiServer {
     scale: BTreeMap<String, ScalePaths>,
     /// Requests since the last [`FakeApiServer::take_counts`], by kind.
     counts: BTreeMap<String, usize>,
+    /// Worker pods that never become ready (an image that cannot be pulled, a crash loop): the
+    /// instant StatefulSet controller then reports no ready replica.
+    pub pods_not_ready: bool,
 }
 
 fn key(t: &Target) -> Key {
@@ -564,11 +567,12 @@ impl FakeApiServer {
         if t.collection.ends_with("/statefulsets") {
             // The StatefulSet controller, instantly: every replica updated and ready.
             let r = new["spec"]["replicas"].as_i64().unwrap_or(1);
+            let ready = if self.pods_not_ready { 0 } else { r };
             let generation = new["metadata"]["generation"].clone();
             let revision = format!("{name}-{}", generation.as_i64().unwrap_or(0));
             let status = json!({
-                "observedGeneration": generation, "replicas": r, "readyReplicas": r,
-                "currentReplicas": r, "updatedReplicas": r, "availableReplicas": r,
+                "observedGeneration": generation, "replicas": r, "readyReplicas": ready,
+                "currentReplicas": r, "updatedReplicas": r, "availableReplicas": ready,
                 "currentRevision": revision, "updateRevision": revision, "collisionCount": 0,
             });
             manage(

@@ -43,6 +43,15 @@ impl World {
     /// Serves `server` (shared with the test) to a new client, with `kafka` as the operator's
     /// Kafka.
     pub fn over(server: Arc<Mutex<FakeApiServer>>, kafka: Arc<dyn KafkaClient>) -> World {
+        World::over_with(server, kafka, |_| {})
+    }
+
+    /// [`World::over`], with `setup` run on the context before it is shared (a test clock).
+    pub fn over_with(
+        server: Arc<Mutex<FakeApiServer>>,
+        kafka: Arc<dyn KafkaClient>,
+        setup: impl FnOnce(&mut Context),
+    ) -> World {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let (client, handle) = mock_client();
         let (s, c) = (server.clone(), calls.clone());
@@ -50,13 +59,9 @@ impl World {
             c.lock().expect("calls").push(call.clone());
             s.lock().expect("server").handle(call)
         }));
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            kafka,
-            cfg(),
-            Metrics::default(),
-            None,
-        ));
+        let mut ctx = Context::new(client.clone(), kafka, cfg(), Metrics::default(), None);
+        setup(&mut ctx);
+        let ctx = Arc::new(ctx);
         World {
             server,
             calls,
