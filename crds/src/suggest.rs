@@ -2,11 +2,6 @@
 //! (`spec.aggregations[2].feild`), with the field the author probably meant: the closest name
 //! the CRD's schema allows at that place.
 
-use kube::CustomResourceExt;
-use serde_json::Value;
-
-use crate::StreamJob;
-
 /// A field path from `serde_ignored` in weir's notation: map keys joined by dots, list indexes
 /// as `[i]`, and no segment for an optional or newtype wrapper.
 pub(crate) fn field_path(path: &serde_ignored::Path<'_>) -> String {
@@ -38,11 +33,9 @@ pub(crate) fn field_path(path: &serde_ignored::Path<'_>) -> String {
 /// What to tell the author of an unknown field at `path` (as [`field_path`] writes it):
 /// `unknown field; did you mean window?`, or the fields allowed there.
 pub fn unknown_field_message(path: &str) -> String {
-    let schema = serde_json::to_value(StreamJob::crd())
-        .map(|crd| crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone())
-        .unwrap_or(Value::Null);
+    let schema = crate::documents::schema();
     let (parent, name) = path.rsplit_once('.').unwrap_or(("", path));
-    let mut node = &schema;
+    let mut node = schema;
     for segment in parent.split('.').filter(|s| !s.is_empty()) {
         let (key, indexed) = match segment.split_once('[') {
             Some((k, _)) => (k, true),
@@ -57,6 +50,12 @@ pub fn unknown_field_message(path: &str) -> String {
         .as_object()
         .map(|p| p.keys().map(String::as_str).collect())
         .unwrap_or_default();
+    suggestion(name, &allowed)
+}
+
+/// What to tell the author of an unknown field `name` where the fields `allowed` are:
+/// `unknown field; did you mean window?` when one is close, else the list.
+pub(crate) fn suggestion(name: &str, allowed: &[&str]) -> String {
     let best = allowed
         .iter()
         .map(|a| (distance(&a.to_lowercase(), &name.to_lowercase()), *a))
