@@ -27,7 +27,7 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::suggest::suggestion;
+use crate::suggest::{closest, suggestion};
 use crate::{names, FieldError, StreamJob, GROUP, VERSION};
 
 /// What one document of a YAML stream turned out to be.
@@ -80,7 +80,11 @@ pub fn validate_documents(text: &str) -> Vec<Document> {
     let mut out = Vec::new();
     for (i, de) in serde_norway::Deserializer::from_str(text).enumerate() {
         let index = i + 1;
-        let value = match serde_norway::Value::deserialize(de) {
+        // `<<: *anchor` merge keys, as kubectl reads them.
+        let value = match serde_norway::Value::deserialize(de).and_then(|mut v| {
+            v.apply_merge()?;
+            Ok(v)
+        }) {
             Ok(v) => v,
             Err(e) => {
                 out.push(Document {
@@ -124,7 +128,10 @@ fn validate_document(index: usize, value: &serde_norway::Value) -> Document {
         } else {
             format!(
                 "{kind:?} is not a kind of {GROUP}; {}",
-                suggestion(&kind, &["StreamJob"]).replace("unknown field; ", "")
+                match closest(&kind, &["StreamJob"]) {
+                    Some(k) => format!("did you mean {k}?"),
+                    None => "weir.dev serves only StreamJob".to_string(),
+                }
             )
         };
         return document(Outcome::Invalid(vec![FieldError {
@@ -172,18 +179,42 @@ pub fn validate_object(object: &Value) -> Result<StreamJob, Vec<FieldError>> {
             (Some(job), Some((checked, Vec::new())))
         }
         Err(first) => {
-            // Retry without the optional fields the walk found mistyped: the parse only needs
-            // what is left to run the cross-field rules on it.
-            let removed: Vec<&Problem> = found.iter().filter(|p| p.kind == Kind::Type).collect();
+            // Retry without the fields the walk found mistyped, so that the cross-field rules
+            // run on the rest: an optional field is removed; a required one gets a stand-in of
+            // the right type (the value converted, `"5"` for `5`, or an empty one); a value not
+            // in an enum gets the closest allowed value. What validate() would say about a
+            // repaired field is not reported: it would be about the repair, not the file.
             let mut repaired = object.clone();
-            for p in &removed {
-                remove(&mut repaired, &p.segments);
+            let mut masked = Vec::new();
+            for p in found.iter().filter(|p| p.kind == Kind::Type) {
+                let required = is_required(&p.segments);
+                let Some((map, key)) = parent(&mut repaired, &p.segments) else {
+                    continue;
+                };
+                match &p.replacement {
+                    Some(Replacement::Enum { value, guessed }) => {
+                        map.insert(key, value.clone());
+                        // The other fields' rules may depend on this one (a window's type):
+                        // with the closest value they are checked as the author probably
+                        // meant; with a mere stand-in, not at all.
+                        masked.push(if *guessed {
+                            render(&p.segments[..p.segments.len() - 1])
+                        } else {
+                            p.error.path.clone()
+                        });
+                    }
+                    Some(Replacement::StandIn(v)) if required => {
+                        map.insert(key, v.clone());
+                        masked.push(p.error.path.clone());
+                    }
+                    _ => {
+                        map.remove(&key);
+                        masked.push(p.error.path.clone());
+                    }
+                }
             }
             match typed(&repaired) {
-                Ok(job) if !removed.is_empty() => {
-                    let paths = removed.iter().map(|p| p.error.path.clone()).collect();
-                    (None, Some((spec_errors(&job), paths)))
-                }
+                Ok(job) if !masked.is_empty() => (None, Some((spec_errors(&job), masked))),
                 _ => {
                     // The walk may miss what only the typed parse refuses; report that unless
                     // the walk already named the field.
@@ -201,20 +232,20 @@ pub fn validate_object(object: &Value) -> Result<StreamJob, Vec<FieldError>> {
     };
     match checked {
         None => errors.extend(found.into_iter().map(|p| p.error)),
-        Some((validated, removed)) => {
+        Some((validated, masked)) => {
             // validate() re-checks every schema rule with the operator's wording: keep the
-            // walk's problem only where validate() said nothing about that field, and keep
-            // validate()'s only where the field was not removed for the retry.
+            // walk's problem only where validate() said nothing about that field (validate()
+            // never sees unknown fields, nor the mistyped ones repaired above), and keep
+            // validate()'s only where the retry did not change the object.
             let validated: Vec<FieldError> = validated
                 .into_iter()
-                .filter(|e| !removed.iter().any(|r| under(&e.path, r)))
+                .filter(|e| !masked.iter().any(|m| under(&e.path, m)))
                 .collect();
             errors.extend(
                 found
                     .into_iter()
                     .filter(|p| {
-                        p.kind == Kind::Unknown
-                            || removed.contains(&p.error.path)
+                        matches!(p.kind, Kind::Unknown | Kind::Type)
                             || !validated.iter().any(|e| related(&e.path, &p.error.path))
                     })
                     .map(|p| p.error),
@@ -222,10 +253,26 @@ pub fn validate_object(object: &Value) -> Result<StreamJob, Vec<FieldError>> {
             errors.extend(validated);
         }
     }
+    errors.sort_by_cached_key(|e| path_key(&e.path));
     match job {
         Some(job) if errors.is_empty() => Ok(job),
         _ => Err(errors),
     }
+}
+
+/// Sorts paths field by field, list indexes as numbers: `spec.aggregations[2]` before
+/// `spec.aggregations[10]`, every problem of a field together (a stable sort keeps their order).
+fn path_key(path: &str) -> Vec<(String, usize)> {
+    let mut key = Vec::new();
+    for part in path.split('.') {
+        let mut pieces = part.split('[');
+        key.push((pieces.next().unwrap_or("").to_string(), 0));
+        for index in pieces {
+            let n = index.trim_end_matches(']').parse().unwrap_or(usize::MAX);
+            key.push((String::new(), n));
+        }
+    }
+    key
 }
 
 fn typed(object: &Value) -> Result<StreamJob, FieldError> {
@@ -376,7 +423,7 @@ enum Kind {
     /// A field the schema does not have.
     Unknown,
     /// A value the typed parse cannot read (wrong type, not in the enum, out of the integer's
-    /// range): removed for the retry when it is an optional object field.
+    /// range): removed or replaced for the retry when it is an object's field.
     Type,
     /// A required field is absent.
     Missing,
@@ -389,6 +436,17 @@ struct Problem {
     kind: Kind,
     segments: Vec<Segment>,
     error: FieldError,
+    /// For a [`Kind::Type`] problem: what the retry may put in the value's place.
+    replacement: Option<Replacement>,
+}
+
+#[derive(Debug)]
+enum Replacement {
+    /// An allowed value for one outside an enum: the closest, or the first when none is close
+    /// (`guessed`).
+    Enum { value: Value, guessed: bool },
+    /// A value of the right type, for a required field.
+    StandIn(Value),
 }
 
 #[derive(Default)]
@@ -406,6 +464,7 @@ impl Walk {
                 path: render(&self.at),
                 message,
             },
+            replacement: None,
         });
     }
 
@@ -483,17 +542,16 @@ impl Walk {
                 Kind::Type,
                 format!("must be {article} {ty}, not {}", shown(value)),
             );
+            if let Some(p) = self.problems.last_mut() {
+                p.replacement = Some(Replacement::StandIn(stand_in(&schema["type"], value)));
+            }
             return;
         }
         if let Some(allowed) = schema["enum"].as_array() {
             if !allowed.contains(value) {
                 let names: Vec<&str> = allowed.iter().filter_map(Value::as_str).collect();
-                let hint = match value.as_str().map(|v| suggestion(v, &names)) {
-                    Some(s) if s.contains("did you mean") => {
-                        format!(" ({})", s.replace("unknown field; ", ""))
-                    }
-                    _ => String::new(),
-                };
+                let close = value.as_str().and_then(|v| closest(v, &names));
+                let hint = close.map_or(String::new(), |n| format!(" (did you mean {n}?)"));
                 self.fail(
                     Kind::Type,
                     format!(
@@ -502,6 +560,18 @@ impl Walk {
                         shown(value)
                     ),
                 );
+                if let Some(p) = self.problems.last_mut() {
+                    p.replacement = match close {
+                        Some(c) => Some(Replacement::Enum {
+                            value: Value::from(c),
+                            guessed: false,
+                        }),
+                        None => allowed.first().map(|v| Replacement::Enum {
+                            value: v.clone(),
+                            guessed: true,
+                        }),
+                    };
+                }
                 return;
             }
         }
@@ -667,6 +737,51 @@ impl Walk {
     }
 }
 
+/// A value of type `ty` for a required field whose value has another type: the value
+/// converted when it can be (`"5"` for `5`, `5` for `"5"`), else an empty one.
+fn stand_in(ty: &Value, value: &Value) -> Value {
+    let text = match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(_) | Value::Bool(_) => Some(value.to_string()),
+        _ => None,
+    };
+    let parsed = |t: &str| serde_json::from_str::<Value>(t).ok();
+    match ty.as_str() {
+        Some("string") => Value::String(text.unwrap_or_default()),
+        Some("integer") => text
+            .and_then(|t| parsed(&t))
+            .filter(|v| v.is_i64())
+            .unwrap_or(Value::from(0)),
+        Some("number") => text
+            .and_then(|t| parsed(&t))
+            .filter(Value::is_number)
+            .unwrap_or(Value::from(0)),
+        Some("boolean") => Value::Bool(text.as_deref() == Some("true")),
+        Some("array") => Value::Array(Vec::new()),
+        _ => Value::Object(serde_json::Map::new()),
+    }
+}
+
+/// Whether the schema requires the field at `segments` in its object.
+fn is_required(segments: &[Segment]) -> bool {
+    let Some((Segment::Key(key), parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut node = schema();
+    for s in parents {
+        node = match s {
+            Segment::Key(k) => match node["properties"].get(k) {
+                Some(n) => n,
+                None => &node["additionalProperties"],
+            },
+            Segment::Index(_) => &node["items"],
+        };
+    }
+    node["required"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|k| k == key.as_str()))
+}
+
 /// A schema bound as written (`1024`, `0.5`).
 fn number(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
@@ -724,28 +839,27 @@ fn prune_nulls(schema: &Value, value: &mut Value) {
     }
 }
 
-/// Remove the object field at `segments`; a list item is kept (removing it would renumber the
-/// others and the paths in later messages).
-fn remove(value: &mut Value, segments: &[Segment]) {
-    let Some((last, parents)) = segments.split_last() else {
-        return;
+/// The object holding the field at `segments`, and the field's name; `None` when the path
+/// ends in a list index (removing an item would renumber the others and the paths in later
+/// messages) or leads nowhere.
+fn parent<'a>(
+    value: &'a mut Value,
+    segments: &[Segment],
+) -> Option<(&'a mut serde_json::Map<String, Value>, String)> {
+    let (Segment::Key(last), parents) = segments.split_last()? else {
+        return None;
     };
     let mut node = value;
     for s in parents {
         node = match (s, node) {
-            (Segment::Key(k), Value::Object(map)) => match map.get_mut(k) {
-                Some(v) => v,
-                None => return,
-            },
-            (Segment::Index(i), Value::Array(items)) => match items.get_mut(*i) {
-                Some(v) => v,
-                None => return,
-            },
-            _ => return,
+            (Segment::Key(k), Value::Object(map)) => map.get_mut(k)?,
+            (Segment::Index(i), Value::Array(items)) => items.get_mut(*i)?,
+            _ => return None,
         };
     }
-    if let (Segment::Key(k), Value::Object(map)) = (last, node) {
-        map.remove(k);
+    match node {
+        Value::Object(map) => Some((map, last.clone())),
+        _ => None,
     }
 }
 
@@ -832,11 +946,65 @@ mod tests {
         assert_eq!(
             errors(&job),
             [
+                "spec.aggregations[3].quantile: must be strictly between 0 and 1, not 2",
                 "spec.parallelism: must be an integer, not \"three\"",
                 "spec.window.slide: is only used by hopping windows",
-                "spec.aggregations[3].quantile: must be strictly between 0 and 1, not 2",
             ]
         );
+    }
+
+    #[test]
+    fn a_misspelt_required_value_is_named_and_the_other_rules_still_run() {
+        let mut job = example();
+        job["spec"]["aggregations"][1]["fn"] = json!("summ");
+        job["spec"]["aggregations"][1]["quantile"] = json!(0.5);
+        job["spec"]["window"]["slide"] = json!("10s");
+        let e = errors(&job);
+        assert_eq!(e.len(), 3, "{e:#?}");
+        assert!(e[0].starts_with("spec.aggregations[1].fn: must be one of count, sum"));
+        assert!(e[0].ends_with("not \"summ\" (did you mean sum?)"), "{e:?}");
+        // Checked as the sum it probably is.
+        assert_eq!(
+            e[1],
+            "spec.aggregations[1].quantile: is only used by percentile"
+        );
+        assert_eq!(e[2], "spec.window.slide: is only used by hopping windows");
+
+        // A value close to none: the rules of its object are not checked (they would be
+        // about a guess), the others are.
+        job["spec"]["aggregations"][1]["fn"] = json!("zzzzzz");
+        let e = errors(&job);
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(!e[0].contains("did you mean"), "{e:?}");
+        assert_eq!(e[1], "spec.window.slide: is only used by hopping windows");
+    }
+
+    #[test]
+    fn a_mistyped_required_field_does_not_stop_the_other_rules() {
+        let mut job = example();
+        job["spec"]["source"]["eventTime"]["field"] = json!(5); // required
+        job["spec"]["sink"]["kafka"]["topic"] = json!({"name": "x"}); // required
+        job["spec"]["window"]["slide"] = json!("10s");
+        job["spec"]["aggregations"][0]["field"] = json!("amount"); // count takes none
+        assert_eq!(
+            errors(&job),
+            [
+                "spec.aggregations[0].field: count takes no field: it counts records",
+                "spec.sink.kafka.topic: must be a string, not a map of fields",
+                "spec.source.eventTime.field: must be a string, not 5",
+                "spec.window.slide: is only used by hopping windows",
+            ]
+        );
+        assert!(is_required(&[
+            Segment::Key("spec".into()),
+            Segment::Key("aggregations".into()),
+            Segment::Index(0),
+            Segment::Key("fn".into()),
+        ]));
+        assert!(!is_required(&[
+            Segment::Key("spec".into()),
+            Segment::Key("parallelism".into()),
+        ]));
     }
 
     #[test]
@@ -890,8 +1058,8 @@ mod tests {
             errors(&job),
             [
                 "spec.sink.kafka.topic: must be a string, not 7",
-                "spec.windw: unknown field; did you mean window?",
                 "spec.window: is required",
+                "spec.windw: unknown field; did you mean window?",
             ]
         );
     }
@@ -977,6 +1145,41 @@ mod tests {
             "{:?}",
             docs[4]
         );
+    }
+
+    #[test]
+    fn merge_keys_are_applied_as_kubectl_applies_them() {
+        let text = "defaults: &kafka {bootstrapServers: kafka:9092}
+---
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {name: merged}
+spec:
+  source:
+    kafka: {<<: *kafka, topic: payments}
+  window: {type: tumbling, size: 1m}
+  aggregations: [{name: n, fn: count}]
+  sink: {kafka: {topic: out}}
+";
+        // An anchor is local to its document: the second one cannot use the first's.
+        let docs = validate_documents(text);
+        assert!(
+            matches!(docs.last().map(|d| &d.outcome), Some(Outcome::NotYaml(_))),
+            "{docs:?}"
+        );
+        let text = text
+            .replacen(
+                "defaults: &kafka {bootstrapServers: kafka:9092}\n---\n",
+                "",
+                1,
+            )
+            .replace(
+                "kafka: {<<: *kafka, topic: payments}",
+                "kafka: {<<: {bootstrapServers: kafka:9092}, topic: payments}",
+            );
+        let docs = validate_documents(&text);
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0].outcome, Outcome::Valid, "{docs:?}");
     }
 
     #[test]

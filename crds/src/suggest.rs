@@ -56,19 +56,24 @@ pub fn unknown_field_message(path: &str) -> String {
 /// What to tell the author of an unknown field `name` where the fields `allowed` are:
 /// `unknown field; did you mean window?` when one is close, else the list.
 pub(crate) fn suggestion(name: &str, allowed: &[&str]) -> String {
-    let best = allowed
-        .iter()
-        .map(|a| (distance(&a.to_lowercase(), &name.to_lowercase()), *a))
-        .min();
-    match best {
-        Some((d, a)) if d <= (name.chars().count() / 3).max(2) => {
-            format!("unknown field; did you mean {a}?")
-        }
-        _ if !allowed.is_empty() => {
+    match closest(name, allowed) {
+        Some(a) => format!("unknown field; did you mean {a}?"),
+        None if !allowed.is_empty() => {
             format!("unknown field; expected one of {}", allowed.join(", "))
         }
-        _ => "unknown field (check its spelling)".to_string(),
+        None => "unknown field (check its spelling)".to_string(),
     }
+}
+
+/// The word of `allowed` that `name` is probably a misspelling of: the nearest, ignoring case,
+/// if at most a third of its letters (and at least 2) differ.
+pub(crate) fn closest<'a>(name: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    allowed
+        .iter()
+        .map(|a| (distance(&a.to_lowercase(), &name.to_lowercase()), *a))
+        .min()
+        .filter(|(d, _)| *d <= (name.chars().count() / 3).max(2))
+        .map(|(_, a)| a)
 }
 
 /// Levenshtein distance, in characters.
