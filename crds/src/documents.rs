@@ -27,6 +27,7 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::schema::schema;
 use crate::suggest::{closest, suggestion};
 use crate::{names, FieldError, StreamJob, GROUP, VERSION};
 
@@ -340,17 +341,6 @@ fn metadata_errors(object: &Value) -> Vec<FieldError> {
 fn configmap_store(object: &Value) -> bool {
     let store = &object["spec"]["checkpoint"]["store"];
     store.is_null() || !store["configMap"].is_null()
-}
-
-/// The CRD's `openAPIV3Schema`, generated once.
-pub(crate) fn schema() -> &'static Value {
-    static SCHEMA: OnceLock<Value> = OnceLock::new();
-    SCHEMA.get_or_init(|| {
-        use kube::CustomResourceExt;
-        serde_json::to_value(StreamJob::crd())
-            .map(|crd| crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone())
-            .unwrap_or(Value::Null)
-    })
 }
 
 /// Every `pattern` of the schema, compiled once. A pattern that does not compile is left out

@@ -27,6 +27,7 @@ pub mod names;
 pub mod plan;
 pub mod pod;
 pub mod properties;
+mod schema;
 mod suggest;
 pub mod topics;
 mod validate;

@@ -33,7 +33,7 @@ pub(crate) fn field_path(path: &serde_ignored::Path<'_>) -> String {
 /// What to tell the author of an unknown field at `path` (as [`field_path`] writes it):
 /// `unknown field; did you mean window?`, or the fields allowed there.
 pub fn unknown_field_message(path: &str) -> String {
-    let schema = crate::documents::schema();
+    let schema = crate::schema::schema();
     let (parent, name) = path.rsplit_once('.').unwrap_or(("", path));
     let mut node = schema;
     for segment in parent.split('.').filter(|s| !s.is_empty()) {
