@@ -179,7 +179,7 @@ pub fn validate_object(object: &Value) -> Result<StreamJob, Vec<FieldError>> {
             let checked = spec_errors(&job);
             (Some(job), Some((checked, Vec::new())))
         }
-        Err(first) => {
+        Err(_) => {
             // Retry without the fields the walk found mistyped, so that the cross-field rules
             // run on the rest: an optional field is removed; a required one gets a stand-in of
             // the right type (the value converted, `"5"` for `5`, or an empty one); a value not
@@ -215,16 +215,16 @@ pub fn validate_object(object: &Value) -> Result<StreamJob, Vec<FieldError>> {
                 }
             }
             match typed(&repaired) {
-                Ok(job) if !masked.is_empty() => (None, Some((spec_errors(&job), masked))),
-                _ => {
+                Ok(job) => (None, Some((spec_errors(&job), masked))),
+                Err(still) => {
                     // The walk may miss what only the typed parse refuses; report that unless
                     // the walk already named the field.
                     let named = found
                         .iter()
                         .filter(|p| p.kind != Kind::Unknown)
-                        .any(|p| related(&p.error.path, &first.path));
+                        .any(|p| related(&p.error.path, &still.path));
                     if !named {
-                        errors.push(first);
+                        errors.push(still);
                     }
                     (None, None)
                 }
