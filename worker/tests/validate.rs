@@ -277,3 +277,24 @@ fn an_unreadable_path_is_a_usage_error() {
     assert_eq!(code, 2);
     assert!(stderr.contains("no .yaml or .yml file"), "{stderr}");
 }
+
+#[test]
+fn a_file_that_is_not_yaml_fails_the_check_after_its_valid_documents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("half.yaml");
+    write(&file, &format!("{}---\nspec: [unclosed\n", job("first")));
+    let (code, stdout, _) = validate(&[&file]);
+    assert_eq!(code, 1, "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with(&format!("{}#doc 2: not valid YAML: ", file.display())),
+        "{stdout}"
+    );
+    // Lines are counted in the file, not in the document.
+    assert!(lines[0].contains("line 16"), "{stdout}");
+    assert_eq!(
+        lines[1],
+        "1 file, 1 StreamJob: 1 valid, 0 invalid (0 errors); 1 file not valid YAML"
+    );
+}
