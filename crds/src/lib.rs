@@ -7,6 +7,8 @@
 //! Every rule the API server enforces through the schema or a CEL rule is also checked by
 //! [`StreamJobSpec::validate`], so a cluster without CEL, the operator and `weir run` on a laptop
 //! all report a bad job the same way: a list of problems, each naming its field.
+//! [`validate_documents`] (`weir validate`) adds the schema's own checks in front, so that a
+//! file with type errors in several fields reports them all.
 //!
 //! It is also the contract between the operator and the workers, in one home: [`names`] (object
 //! names and labels), [`topics`] (the repartition topic's name and ownership), [`pod`] (environment variables, mount paths, ports), [`assignment`] and
@@ -19,12 +21,14 @@ pub mod assignment;
 pub mod checkpoint;
 pub mod definition;
 mod description;
+pub mod documents;
 mod duration;
 pub mod exposition;
 pub mod names;
 pub mod plan;
 pub mod pod;
 pub mod properties;
+mod schema;
 mod suggest;
 pub mod topics;
 mod validate;
@@ -37,6 +41,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use documents::{validate_documents, Document, Outcome};
 pub use duration::{Duration, DurationError};
 pub use suggest::unknown_field_message;
 pub use topics::repartition_topic;

@@ -183,6 +183,68 @@ pub fn legacy_merge_checkpoint_config_map_name(job: &str, partition: i32) -> Opt
     checkpoint_name(legacy_merge_checkpoint_prefix(job), partition)
 }
 
+/// Why the checkpoint ConfigMaps of a job named `job` whose source topic has `partitions`
+/// partitions cannot be named (the last one, `<job>-checkpoint-<partitions - 1>`, would exceed
+/// 253 characters; they are never shortened), or `None` when they all fit. Both the operator
+/// (with the topic's partition count) and `weir validate` (with one partition, the least any
+/// topic has) refuse such a job with this message, at `metadata.name`.
+pub fn checkpoint_names_problem(job: &str, partitions: i32) -> Option<String> {
+    let last = partitions.max(1) - 1;
+    if checkpoint_config_map_name(job, last).is_some() {
+        return None;
+    }
+    let most = MAX_SUBDOMAIN - checkpoint_prefix("").len() - 1 - last.to_string().len();
+    Some(format!(
+        "is too long for the checkpoint ConfigMaps {job}-checkpoint-<partition> (at most {most} \
+         characters with {partitions} partition{s}): shorten it or use \
+         spec.checkpoint.store.objectStore",
+        partitions = partitions.max(1),
+        s = if partitions.max(1) == 1 { "" } else { "s" },
+    ))
+}
+
+/// Why `name` cannot be the name of a StreamJob, or `None`. The API server requires a DNS-1123
+/// subdomain (RFC 1123): at most 253 characters, lowercase letters, digits, `-` and `.`,
+/// starting and ending with a letter or digit, and no empty part between dots. Every name the
+/// operator derives from it is then valid too (see [`worker_name`]), except the checkpoint
+/// ConfigMaps' ([`checkpoint_names_problem`]).
+pub fn job_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("is required".to_string());
+    }
+    if name.len() > MAX_SUBDOMAIN {
+        return Some(format!(
+            "must be at most {MAX_SUBDOMAIN} characters, not {}",
+            name.len()
+        ));
+    }
+    (!name.split('.').all(is_dns1123_label)).then(|| {
+        format!(
+            "{name:?} is not a valid name: use lowercase letters, digits, '-' and '.', starting \
+             and ending with a letter or digit (a DNS-1123 subdomain, such as payments-per-merchant)"
+        )
+    })
+}
+
+/// Why `namespace` cannot be a namespace's name, or `None`: it must be a DNS-1123 label (at
+/// most 63 characters, lowercase letters, digits and `-`, starting and ending with a letter or
+/// digit).
+pub fn namespace_problem(namespace: &str) -> Option<String> {
+    (namespace.len() > MAX_LABEL || !is_dns1123_label(namespace)).then(|| {
+        format!(
+            "{namespace:?} is not a namespace name: at most {MAX_LABEL} lowercase letters, \
+             digits and '-', starting and ending with a letter or digit"
+        )
+    })
+}
+
+/// One part of a DNS-1123 name: lowercase letters, digits and `-`, starting and ending with a
+/// letter or digit (the length is the caller's).
+fn is_dns1123_label(l: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    l.starts_with(alnum) && l.ends_with(alnum) && l.chars().all(|c| alnum(c) || c == '-')
+}
+
 /// The job name as a label value: itself when it fits in 63 characters, else truncated with a
 /// hash (label values allow dots, so nothing else changes).
 pub fn job_label_value(job: &str) -> String {
@@ -296,6 +358,52 @@ mod tests {
         assert_ne!(worker_name("a.b"), worker_name("a-b"));
         assert!(config_map_name(&"y".repeat(253)).len() <= 253);
         assert_eq!(checkpoint_config_map_name(&"y".repeat(241), 0), None);
+    }
+
+    #[test]
+    fn job_names_are_dns_subdomains() {
+        for ok in ["payments", "a", "9lives", "a.b-c", "x".repeat(253).as_str()] {
+            assert_eq!(job_name_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "Payments",
+            "pay_ments",
+            "-a",
+            "a-",
+            "a..b",
+            ".a",
+            "a b",
+            "x".repeat(254).as_str(),
+        ] {
+            assert!(job_name_problem(bad).is_some(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn checkpoint_names_problem_agrees_with_checkpoint_config_map_name() {
+        // 253 - "-checkpoint-".len() - 1 digit = 240 characters fit one partition.
+        assert_eq!(checkpoint_names_problem(&"y".repeat(240), 1), None);
+        let too_long = checkpoint_names_problem(&"y".repeat(241), 1).expect("too long");
+        assert!(
+            too_long.contains("at most 240 characters with 1 partition)"),
+            "{too_long}"
+        );
+        // Partition 10 has two digits.
+        assert_eq!(checkpoint_names_problem(&"y".repeat(239), 11), None);
+        let too_long = checkpoint_names_problem(&"y".repeat(240), 11).expect("too long");
+        assert!(
+            too_long.contains("at most 239 characters with 11 partitions"),
+            "{too_long}"
+        );
+        for (len, p) in [(230, 1000), (240, 1), (241, 1), (239, 12), (238, 100)] {
+            let job = "z".repeat(len);
+            assert_eq!(
+                checkpoint_names_problem(&job, p).is_none(),
+                checkpoint_config_map_name(&job, p - 1).is_some(),
+                "{len} {p}"
+            );
+        }
     }
 
     /// Stage 1 or the merge stage, for the tables below.

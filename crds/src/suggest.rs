@@ -2,11 +2,6 @@
 //! (`spec.aggregations[2].feild`), with the field the author probably meant: the closest name
 //! the CRD's schema allows at that place.
 
-use kube::CustomResourceExt;
-use serde_json::Value;
-
-use crate::StreamJob;
-
 /// A field path from `serde_ignored` in weir's notation: map keys joined by dots, list indexes
 /// as `[i]`, and no segment for an optional or newtype wrapper.
 pub(crate) fn field_path(path: &serde_ignored::Path<'_>) -> String {
@@ -38,11 +33,9 @@ pub(crate) fn field_path(path: &serde_ignored::Path<'_>) -> String {
 /// What to tell the author of an unknown field at `path` (as [`field_path`] writes it):
 /// `unknown field; did you mean window?`, or the fields allowed there.
 pub fn unknown_field_message(path: &str) -> String {
-    let schema = serde_json::to_value(StreamJob::crd())
-        .map(|crd| crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone())
-        .unwrap_or(Value::Null);
+    let schema = crate::schema::schema();
     let (parent, name) = path.rsplit_once('.').unwrap_or(("", path));
-    let mut node = &schema;
+    let mut node = schema;
     for segment in parent.split('.').filter(|s| !s.is_empty()) {
         let (key, indexed) = match segment.split_once('[') {
             Some((k, _)) => (k, true),
@@ -57,19 +50,30 @@ pub fn unknown_field_message(path: &str) -> String {
         .as_object()
         .map(|p| p.keys().map(String::as_str).collect())
         .unwrap_or_default();
-    let best = allowed
-        .iter()
-        .map(|a| (distance(&a.to_lowercase(), &name.to_lowercase()), *a))
-        .min();
-    match best {
-        Some((d, a)) if d <= (name.chars().count() / 3).max(2) => {
-            format!("unknown field; did you mean {a}?")
-        }
-        _ if !allowed.is_empty() => {
+    suggestion(name, &allowed)
+}
+
+/// What to tell the author of an unknown field `name` where the fields `allowed` are:
+/// `unknown field; did you mean window?` when one is close, else the list.
+pub(crate) fn suggestion(name: &str, allowed: &[&str]) -> String {
+    match closest(name, allowed) {
+        Some(a) => format!("unknown field; did you mean {a}?"),
+        None if !allowed.is_empty() => {
             format!("unknown field; expected one of {}", allowed.join(", "))
         }
-        _ => "unknown field (check its spelling)".to_string(),
+        None => "unknown field (check its spelling)".to_string(),
     }
+}
+
+/// The word of `allowed` that `name` is probably a misspelling of: the nearest, ignoring case,
+/// if at most a third of its letters (and at least 2) differ.
+pub(crate) fn closest<'a>(name: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    allowed
+        .iter()
+        .map(|a| (distance(&a.to_lowercase(), &name.to_lowercase()), *a))
+        .min()
+        .filter(|(d, _)| *d <= (name.chars().count() / 3).max(2))
+        .map(|(_, a)| a)
 }
 
 /// Levenshtein distance, in characters.

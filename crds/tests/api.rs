@@ -444,6 +444,148 @@ fn each_bad_spec_is_refused_by_validate_and_by_the_api_server_naming_the_field()
     }
 }
 
+/// The schema errors `jsonschema` finds (the API server's schema check), as weir paths.
+fn schema_error_paths(object: &Value) -> Vec<String> {
+    let schema = crd_schema();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    validator
+        .iter_errors(object)
+        .map(|e| {
+            let mut path = String::new();
+            for segment in e.instance_path().to_string().split('/').skip(1) {
+                if segment.parse::<usize>().is_ok() {
+                    path.push_str(&format!("[{segment}]"));
+                } else {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(segment);
+                }
+            }
+            path
+        })
+        .collect()
+}
+
+fn related(a: &str, b: &str) -> bool {
+    let under = |p: &str, base: &str| {
+        p == base
+            || p.strip_prefix(base)
+                .is_some_and(|r| r.starts_with('.') || r.starts_with('['))
+    };
+    under(a, b) || under(b, a)
+}
+
+/// Values of the wrong type, each refused by the CRD schema.
+fn mistyped_specs() -> Vec<(&'static str, Mutation)> {
+    vec![
+        (
+            "parallelism as a word",
+            Box::new(|v: &mut Value| v["spec"]["parallelism"] = json!("three")),
+        ),
+        (
+            "parallelism beyond 32 bits",
+            Box::new(|v: &mut Value| v["spec"]["parallelism"] = json!(5_000_000_000_i64)),
+        ),
+        (
+            "a window size as a number",
+            Box::new(|v: &mut Value| v["spec"]["window"]["size"] = json!(60)),
+        ),
+        (
+            "an unknown window type",
+            Box::new(|v: &mut Value| v["spec"]["window"]["type"] = json!("sliding")),
+        ),
+        (
+            "an unknown aggregation",
+            Box::new(|v: &mut Value| v["spec"]["aggregations"][2]["fn"] = json!("median")),
+        ),
+        (
+            "groupBy as a string",
+            Box::new(|v: &mut Value| v["spec"]["groupBy"] = json!("merchant")),
+        ),
+        (
+            "a quantile as a string",
+            Box::new(|v: &mut Value| v["spec"]["aggregations"][3]["quantile"] = json!("p99")),
+        ),
+        (
+            "a property that is not a string",
+            Box::new(|v: &mut Value| {
+                v["spec"]["source"]["kafka"]["properties"] = json!({"fetch.max.bytes": {"a": 1}})
+            }),
+        ),
+        (
+            "a source without a topic",
+            Box::new(|v: &mut Value| {
+                v["spec"]["source"]["kafka"]
+                    .as_object_mut()
+                    .map(|k| k.remove("topic"));
+            }),
+        ),
+        (
+            "an empty bootstrap list",
+            Box::new(|v: &mut Value| v["spec"]["source"]["kafka"]["bootstrapServers"] = json!("")),
+        ),
+        (
+            "seventeen group fields",
+            Box::new(|v: &mut Value| {
+                v["spec"]["groupBy"] = json!((0..17).map(|i| format!("f{i}")).collect::<Vec<_>>())
+            }),
+        ),
+    ]
+}
+
+#[test]
+fn validate_object_names_every_field_the_api_server_refuses() {
+    let cases = bad_specs()
+        .into_iter()
+        .map(|(what, mutate, _)| (what, mutate))
+        .chain(mistyped_specs());
+    for (what, mutate) in cases {
+        let mut object = base();
+        mutate(&mut object);
+        let errors = weir_crds::documents::validate_object(&object)
+            .expect_err(what)
+            .into_iter()
+            .map(|e| e.path)
+            .collect::<Vec<_>>();
+        for path in schema_error_paths(&object) {
+            assert!(
+                errors.iter().any(|e| related(e, &path)),
+                "{what}: the schema refuses {path}, validate_object said {errors:?}"
+            );
+        }
+    }
+    // And the mistyped ones are refused by the schema, not only by weir (this test would pass
+    // vacuously otherwise).
+    for (what, mutate) in mistyped_specs() {
+        let mut object = base();
+        mutate(&mut object);
+        assert!(!schema_error_paths(&object).is_empty(), "{what}");
+    }
+}
+
+#[test]
+fn validate_object_names_the_field_of_each_bad_spec_as_validate_does() {
+    for (what, mutate, field) in bad_specs() {
+        let mut object = base();
+        mutate(&mut object);
+        let errors = weir_crds::documents::validate_object(&object).expect_err(what);
+        assert!(
+            errors.iter().any(|e| e.path == field),
+            "{what}: expected an error at {field}, got {errors:#?}"
+        );
+    }
+}
+
+#[test]
+fn every_example_is_one_valid_document() {
+    for (path, text) in examples() {
+        let docs = weir_crds::validate_documents(&text);
+        assert_eq!(docs.len(), 1, "{path}");
+        assert_eq!(docs[0].outcome, weir_crds::Outcome::Valid, "{path}");
+    }
+}
+
 #[test]
 fn validate_reports_every_problem_at_once() {
     let mut object = base();

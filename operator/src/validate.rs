@@ -91,24 +91,16 @@ pub fn validate(
 }
 
 /// Names derived from the job's that would not fit: the checkpoint ConfigMaps (never
-/// shortened, see [`names`]).
+/// shortened, see [`names::checkpoint_names_problem`], which `weir validate` uses too).
 fn name_errors(job: &StreamJob, name: &str, partitions: Option<i32>) -> Vec<FieldError> {
-    let spec = &job.spec;
-    let mut errors = Vec::new();
-    let configmap_store = spec.checkpoint.store.config_map.is_some();
-    if let (true, Some(p)) = (configmap_store, partitions) {
-        if names::checkpoint_config_map_name(name, p - 1).is_none() {
-            errors.push(field_error(
-                "metadata.name",
-                format!(
-                    "is too long for the checkpoint ConfigMaps {name}-checkpoint-<partition> \
-                     (at most 253 characters with {p} partitions): shorten it or use \
-                     spec.checkpoint.store.objectStore"
-                ),
-            ));
-        }
+    let configmap_store = job.spec.checkpoint.store.config_map.is_some();
+    match partitions {
+        Some(p) if configmap_store => names::checkpoint_names_problem(name, p)
+            .map(|message| field_error("metadata.name", message))
+            .into_iter()
+            .collect(),
+        _ => Vec::new(),
     }
-    errors
 }
 
 fn field_error(path: &str, message: impl Into<String>) -> FieldError {
