@@ -541,8 +541,11 @@ async fn announce_scaling(
         .applied()
         .and_then(|a| a.stateful_set.as_deref())
         .and_then(replicas);
+    // Suspending and resuming are announced as such (`Suspended`, `Resumed`), not as scaling.
+    let suspending = job.spec.suspend && to == Some(0);
+    let resuming = from == Some(0) && status::is_suspended(job.status.as_ref());
     if let (Some(from), Some(to)) = (from, to) {
-        if from != to {
+        if from != to && !suspending && !resuming {
             let note = format!("scaled from {from} to {to} workers");
             info!(from, to, "scaled");
             publish_as(ctx, &job.metadata, EventType::Normal, SCALED, &note).await;
@@ -554,7 +557,10 @@ async fn announce_scaling(
 /// - an invalid spec is permanent until the spec changes: nothing was touched (so nothing
 ///   churns), the status says why, and only an edit of the job triggers the next reconcile;
 /// - a repartition topic Kafka refused is retried with backoff (the status says why);
-/// - otherwise, soon while the job is not Ready or lags, else [`REQUEUE_HEALTHY`].
+/// - a suspended job: [`REQUEUE_STOPPING`] while its worker pods stop, then
+///   [`REQUEUE_HEALTHY`] whatever its lag (lag grows while suspended);
+/// - otherwise, soon while the job is not Ready, lags or is progressing (a reset or an edit is
+///   taken up in the checkpoints, which no watch reports), else [`REQUEUE_HEALTHY`].
 fn next_action(
     job: &StreamJob,
     outcome: &Outcome<'_>,
@@ -577,12 +583,28 @@ fn next_action(
             message: message.clone(),
         });
     }
-    let ready = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == status::READY && c.status == "True");
+    let has = |type_: &str, state: &str, reason: Option<&str>| {
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == state && reason.is_none_or(|r| c.reason == r))
+    };
+    let ready = has(status::READY, "True", None);
     tracing::debug!(ready, "applied");
-    Ok(if ready && status.lag.unwrap_or(0) == 0 {
+    if job.spec.suspend {
+        // Worker pods stopping: no watch says when the last is gone. Once none is left, lag
+        // grows as records arrive, and that is expected: no sooner requeue for it.
+        return Ok(
+            if has(status::PROGRESSING, "True", Some(reason::SUSPENDING)) {
+                Action::requeue(REQUEUE_STOPPING)
+            } else {
+                Action::requeue(spread(REQUEUE_HEALTHY, ns, name))
+            },
+        );
+    }
+    // A reset or an edit being taken up shows only in the checkpoints, which no watch reports.
+    let progressing = has(status::PROGRESSING, "True", None);
+    Ok(if ready && !progressing && status.lag.unwrap_or(0) == 0 {
         Action::requeue(spread(REQUEUE_HEALTHY, ns, name))
     } else {
         Action::requeue(spread(REQUEUE_WAITING, ns, name))
@@ -635,6 +657,10 @@ async fn patch_status(job: &StreamJob, new: &StreamJobStatus, ctx: &Context) -> 
         if is_new && relevant && ACTIONABLE.contains(&c.reason.as_str()) {
             publish(ctx, &job.metadata, &c.reason, &c.message).await;
         }
+    }
+    for (reason, note) in status::lifecycle_events(old, new) {
+        info!(reason, %note, "lifecycle");
+        publish_as(ctx, &job.metadata, EventType::Normal, reason, &note).await;
     }
     if status::rolled_out(old, new) {
         let ready = new.conditions.iter().find(|c| c.type_ == status::READY);
@@ -699,8 +725,9 @@ pub const CHECKPOINT_CLEANUP_FAILED: &str = "CheckpointCleanupFailed";
 /// pods to stop before its checkpoints and repartition topic are deleted.
 pub const STOPPING_WORKERS: &str = "StoppingWorkers";
 
-/// How soon a deleted job looks again while its worker pods terminate (no watch tells the
-/// operator when a pod is gone; a pod has 30 s by default to write its last checkpoint).
+/// How soon a deleted or suspended job looks again while its worker pods terminate (no watch
+/// tells the operator when a pod is gone; a pod has `terminationGracePeriodSeconds`, 90 s by
+/// default, to write its last checkpoint).
 pub const REQUEUE_STOPPING: Duration = Duration::from_secs(5);
 
 /// First step of the cleanup of a deleted job with `deleteOnJobDeletion`: stops its workers.

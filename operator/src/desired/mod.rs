@@ -208,14 +208,16 @@ pub fn config_hash(job_yaml: &str, assignment_json: &str) -> String {
 
 /// The StreamJob as the workers read it (`job.yaml`): apiVersion, kind, metadata name and
 /// namespace, and the spec resolved for the workers: `parallelism` is the number of workers
-/// actually run, `autoscaling` and `worker` (pod settings, which the worker binary never reads)
-/// are dropped. So scaling 5 → 6 workers over 3 partitions, or changing a pod's resources,
-/// does not change `job.yaml` nor roll the pods through the config hash.
+/// actually run, `autoscaling`, `worker` (pod settings, which the worker binary never reads) and
+/// `suspend` (which only sets the StatefulSet's replicas to 0) are dropped. So scaling 5 → 6
+/// workers over 3 partitions, changing a pod's resources, or suspending and resuming, does not
+/// change `job.yaml` nor roll the pods through the config hash.
 pub fn job_yaml(job: &StreamJob, workers: i32) -> Result<String, InvalidSpec> {
     let mut spec = job.spec.clone();
     spec.parallelism = workers;
     spec.autoscaling = None;
     spec.worker = WorkerTemplate::default();
+    spec.suspend = false;
     let mut resolved = StreamJob::new(&job.metadata.name.clone().unwrap_or_default(), spec);
     resolved.metadata.namespace = job.metadata.namespace.clone();
     serde_norway::to_string(&resolved)

@@ -227,8 +227,11 @@ impl Builder<'_> {
             ])),
             ..ConfigMap::default()
         };
+        // Suspended: no pod runs; the assignment, the job ConfigMap and the template stay as
+        // they are, so that resuming changes the replica count and nothing else.
+        let replicas = if spec.suspend { 0 } else { count };
         Ok(Workers {
-            stateful_set: self.stateful_set(count, &config_name, &hash, &credentials),
+            stateful_set: self.stateful_set(replicas, &config_name, &hash, &credentials),
             checkpoint_config_maps: self.checkpoint_config_maps(&checkpoints),
             assignment,
             config_hash: hash,

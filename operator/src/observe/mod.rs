@@ -109,6 +109,13 @@ pub async fn observe(
             None
         });
 
+    // Only a suspended job needs them: its status says when the last worker is gone.
+    let worker_pods = if job.spec.suspend {
+        Some(children::worker_pods(client, job).await?)
+    } else {
+        None
+    };
+
     Ok(Observation {
         topic,
         previous_assignment,
@@ -120,6 +127,8 @@ pub async fn observe(
         repartition_topic,
         repartition,
         last_checkpoint_time: source.oldest_written_at_ms.and_then(time_from_ms),
+        checkpoint_marks: source.marks,
+        worker_pods,
         existing_checkpoints: read.existing,
         connection,
     })
