@@ -139,9 +139,16 @@ pub async fn stateful_set(
     Ok(own(found, job))
 }
 
-/// How many worker pods of `job` exist, terminating ones included (metadata only, by the
-/// job's selector): a suspended job reports `Suspending` until none is left.
-pub async fn worker_pods(client: &Client, job: &StreamJob) -> Result<usize, Error> {
+/// A suspended job: how many of its worker pods exist, terminating ones included (metadata
+/// only, by the job's selector); it reports `Suspending` until none is left. `None` (and no
+/// request) for a job that is not suspended.
+pub async fn suspended_worker_pods(
+    client: &Client,
+    job: &StreamJob,
+) -> Result<Option<usize>, Error> {
+    if !job.spec.suspend {
+        return Ok(None);
+    }
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace(job));
     let selector = names::selector_string(&name(job));
     let listed = pods
@@ -151,5 +158,5 @@ pub async fn worker_pods(client: &Client, job: &StreamJob) -> Result<usize, Erro
             job: name(job),
             source,
         })?;
-    Ok(listed.items.len())
+    Ok(Some(listed.items.len()))
 }

@@ -109,12 +109,7 @@ pub async fn observe(
             None
         });
 
-    // Only a suspended job needs them: its status says when the last worker is gone.
-    let worker_pods = if job.spec.suspend {
-        Some(children::worker_pods(client, job).await?)
-    } else {
-        None
-    };
+    let worker_pods = children::suspended_worker_pods(client, job).await?;
 
     Ok(Observation {
         topic,
