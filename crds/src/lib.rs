@@ -924,7 +924,8 @@ pub struct StreamJobStatus {
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct DefinitionStatus {
-    /// [`definition::fingerprint`] of the spec: 16 hex digits.
+    /// The fingerprint of the spec's result definition: 16 hex digits (the same the workers
+    /// record in every checkpoint).
     pub fingerprint: String,
 
     /// Source partitions whose checkpoint still holds a previous definition: the workers have
@@ -944,7 +945,7 @@ pub struct DefinitionStatus {
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ResetStatus {
-    /// [`Reset::identity`]: `to`, and `#id` when an id is set.
+    /// The reset's identity, as the checkpoints record it: `to`, and `#id` when an id is set.
     pub id: String,
 
     /// Where the partitions start again: `earliest`, `latest` or an RFC 3339 time.
