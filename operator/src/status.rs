@@ -732,7 +732,8 @@ pub fn rolled_out(old: Option<&StreamJobStatus>, new: &StreamJobStatus) -> bool 
 /// `ApplyRoleBinding` or `ReadObjectStoreCheckpoints`) with `message`: `previous` with
 /// `Degraded=True` and `Progressing=False` naming the step and the message; `Ready` keeps a
 /// previous `True` (running workers are not stopped by a failed reconcile), else is `False` with
-/// the same reason. Lag and the other fields are kept from `previous`: nothing new was read.
+/// the same reason. Lag, the other conditions (`Suspended`) and the other fields are kept from
+/// `previous`: nothing new was read.
 pub fn failed(
     job: &StreamJob,
     previous: Option<&StreamJobStatus>,
@@ -760,9 +761,16 @@ pub fn failed(
         condition(PROGRESSING, false, step, message.to_string(), generation),
         condition(DEGRADED, true, step, message.to_string(), generation),
     ];
+    // Others (`Suspended`) say what they said: nothing new was read.
+    let kept = previous
+        .into_iter()
+        .flat_map(|p| &p.conditions)
+        .filter(|c| ![READY, PROGRESSING, DEGRADED].contains(&c.type_.as_str()))
+        .cloned();
     s.conditions = all
         .into_iter()
         .map(|c| with_transition_time(c, previous, now))
+        .chain(kept)
         .collect();
     s
 }

@@ -459,3 +459,15 @@ fn a_reset_already_applied_when_first_seen_is_announced_applied_only() {
     assert_eq!(cond(&s2, status::PROGRESSING).reason, reason::RESETTING);
     assert_eq!(event_reasons(Some(&s), &s2), ["ResetRequested"]);
 }
+
+#[test]
+fn a_failed_reconcile_of_a_suspended_job_keeps_it_suspended_without_a_second_event() {
+    let j = job_with("suspend: true");
+    let mut obs = running(3);
+    obs.worker_pods = Some(0);
+    let suspended = status_of(&j, &obs, None, 100);
+    let failed = status::failed(&j, Some(&suspended), "ApplyRole", "refused", &at(200));
+    assert_eq!(cond(&failed, status::SUSPENDED).status, "True");
+    let next = status_of(&j, &obs, Some(&failed), 300);
+    assert_eq!(event_reasons(Some(&failed), &next), Vec::<&str>::new());
+}
