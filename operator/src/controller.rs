@@ -594,11 +594,14 @@ fn next_action(
     if job.spec.suspend {
         // Worker pods stopping: no watch says when the last is gone. Once none is left, lag
         // grows as records arrive, and that is expected: no sooner requeue for it.
+        // Blocked (brokers unreachable, ...): looked at again soon, as any job that is blocked.
         return Ok(
             if has(status::PROGRESSING, "True", Some(reason::SUSPENDING)) {
                 Action::requeue(REQUEUE_STOPPING)
-            } else {
+            } else if has(status::READY, "False", Some(reason::SUSPENDED)) {
                 Action::requeue(spread(REQUEUE_HEALTHY, ns, name))
+            } else {
+                Action::requeue(spread(REQUEUE_WAITING, ns, name))
             },
         );
     }

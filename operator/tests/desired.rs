@@ -173,6 +173,41 @@ fn suspend_sets_the_replicas_to_zero_and_changes_nothing_else() {
 }
 
 #[test]
+fn a_suspended_job_goes_to_zero_replicas_even_when_the_partition_count_is_unknown() {
+    let before = ok(&job(), &found(3));
+    for topic in [
+        TopicObservation::NotFound,
+        TopicObservation::BrokerUnreachable {
+            message: "timeout".to_string(),
+        },
+    ] {
+        let mut obs = Observation::new(topic.clone());
+        obs.previous_assignment = Some(assignment_in_config_map(&before));
+        let d = ok(&job_with("suspend: true"), &obs);
+        assert_eq!(replicas(&d), 0, "{topic:?}");
+        let (w0, w1) = (
+            before.workers.as_ref().expect("workers"),
+            d.workers.as_ref().expect("workers"),
+        );
+        assert_eq!(
+            w1.config_map, w0.config_map,
+            "{topic:?}: the assignment as it was"
+        );
+        assert_eq!(w1.config_hash, w0.config_hash);
+        assert_eq!(w1.checkpoint_config_maps, w0.checkpoint_config_maps);
+        assert_eq!(w1.repartition_topic, None, "nothing is created");
+        // Not suspended: left alone, as before.
+        assert!(ok(&job(), &obs).workers.is_none(), "{topic:?}");
+    }
+    // Without a previous assignment there is nothing to scale down.
+    let d = ok(
+        &job_with("suspend: true"),
+        &Observation::new(TopicObservation::NotFound),
+    );
+    assert!(d.workers.is_none());
+}
+
+#[test]
 fn a_reset_is_in_job_yaml_so_the_workers_get_it() {
     let before = ok(&job(), &found(3));
     let d = ok(

@@ -9,7 +9,9 @@
 //! When the partition count is unknown (topic missing, brokers unreachable) there is no
 //! [`Workers`]: the job ConfigMap and the StatefulSet are left exactly as they are, since
 //! server-side apply never deletes what it is not sent. Running workers keep their assignment
-//! instead of being scaled to zero by an operator that merely lost sight of Kafka. The Role is
+//! instead of being scaled to zero by an operator that merely lost sight of Kafka. A suspended
+//! job is the exception: its workers are built over the previous assignment, unchanged, with 0
+//! replicas. The Role is
 //! always built, with the rules known so far (the previous assignment's checkpoints, if any):
 //! a RoleBinding is never applied without its Role.
 
@@ -252,9 +254,12 @@ pub fn build(
     };
     // A repartition topic that is not the job's: nothing that would name it, write into it or
     // read it (the job ConfigMap, the StatefulSet) is applied; the status says NameConflict.
-    let workers = match obs.topic.partitions() {
-        Some(p) if obs.repartition_conflict().is_none() => Some(b.workers(obs, p)?),
-        _ => None,
+    // A suspended job goes to 0 replicas even then: over its previous assignment, unchanged.
+    let workers = match (obs.topic.partitions(), &obs.previous_assignment) {
+        (_, _) if obs.repartition_conflict().is_some() => None,
+        (Some(p), _) => Some(b.workers(obs, p)?),
+        (None, Some(previous)) if job.spec.suspend => Some(b.suspended_workers(previous)?),
+        (None, _) => None,
     };
     let assignment = workers.as_ref().map(|w| &w.assignment);
     Ok(Desired {

@@ -205,8 +205,24 @@ impl Builder<'_> {
         obs: &Observation,
         partitions: i32,
     ) -> Result<Workers, InvalidSpec> {
-        let spec = &self.job.spec;
         let (assignment, repartition_topic) = self.assignment(obs, partitions);
+        self.workers_for(assignment, repartition_topic)
+    }
+
+    /// The workers of a suspended job whose partition count is unknown (topic missing, brokers
+    /// unreachable): the previous assignment as it is, so that the StatefulSet still goes to 0
+    /// replicas while the job ConfigMap keeps what the workers will resume with.
+    pub(super) fn suspended_workers(&self, previous: &Assignment) -> Result<Workers, InvalidSpec> {
+        self.workers_for(previous.clone(), None)
+    }
+
+    fn workers_for(
+        &self,
+        assignment: Assignment,
+        repartition_topic: Option<plan::NewTopic>,
+    ) -> Result<Workers, InvalidSpec> {
+        let spec = &self.job.spec;
+        let partitions: i32 = assignment.workers.iter().map(Vec::len).sum::<usize>() as i32;
         let count = assignment.workers.len() as i32;
         let merge_partitions: i32 = assignment
             .merge
