@@ -913,6 +913,16 @@ pub struct StreamJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checkpoint_time: Option<Time>,
 
+    /// The result definition of the spec (what shapes results: source, event time, group-by,
+    /// window, aggregations) and how far the workers took it up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<DefinitionStatus>,
+
+    /// The last `spec.reset` the operator saw, and how far the workers applied it. Kept when
+    /// `spec.reset` is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<ResetStatus>,
+
     /// Jobs with `spec.autoscaling`: the autoscaler's state and last decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingStatus>,
@@ -929,8 +939,8 @@ pub struct AutoscalingStatus {
     pub current_replicas: i32,
 
     /// Why: `LagGrowing` (scaled up), `LagLow` (scaled down after the stabilisation window),
-    /// `LagDraining`, `WithinTarget`, `Stabilizing`, `Cooldown`, `Warming`, `RollingOut` or
-    /// `Bounds`.
+    /// `LagDraining`, `WithinTarget`, `Stabilizing`, `Cooldown`, `Warming`, `RollingOut`,
+    /// `Suspended` or `Bounds`.
     pub reason: String,
 
     /// The numbers behind the reason (lag, target, rates), as they were when it last changed.
@@ -940,6 +950,51 @@ pub struct AutoscalingStatus {
     /// When the autoscaler last changed the number of workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
+}
+
+/// `status.definition`: the spec's result definition and the source partitions that still
+/// compute a previous one.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DefinitionStatus {
+    /// The fingerprint of the spec's result definition: 16 hex digits (the same the workers
+    /// record in every checkpoint).
+    pub fingerprint: String,
+
+    /// Source partitions whose checkpoint still holds a previous definition: the workers have
+    /// not taken the edit up there yet. 0 once every partition computes this definition.
+    #[serde(default)]
+    pub previous_partitions: i32,
+
+    /// Once every partition took this definition up: the start of its first window (the
+    /// latest over the partitions). Results of windows starting earlier are the previous
+    /// definition's (or were not computed). Absent while partitions still run a previous
+    /// definition, and when every window is computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_from: Option<Time>,
+}
+
+/// `status.reset`: a `spec.reset` and how far it was applied.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ResetStatus {
+    /// The reset's identity, as the checkpoints record it: `to`, and `#id` when an id is set.
+    pub id: String,
+
+    /// Where the partitions start again: `earliest`, `latest` or an RFC 3339 time.
+    pub to: String,
+
+    /// Source partitions whose checkpoint shows the reset applied.
+    #[serde(default)]
+    pub applied_partitions: i32,
+
+    /// Source partitions.
+    #[serde(default)]
+    pub partitions: i32,
+
+    /// When the operator saw every partition apply it; absent until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
 }
 
 /// A StreamJob file that could not be read as a StreamJob.

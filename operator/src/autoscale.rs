@@ -138,6 +138,8 @@ pub enum Reason {
     Bounds,
     /// The workers are not all ready on the current template yet: no sample, no decision.
     RollingOut,
+    /// The job is suspended (`spec.suspend`): the count it resumes with is kept.
+    Suspended,
 }
 
 impl Reason {
@@ -153,6 +155,7 @@ impl Reason {
             Reason::Cooldown => "Cooldown",
             Reason::Bounds => "Bounds",
             Reason::RollingOut => "RollingOut",
+            Reason::Suspended => "Suspended",
         }
     }
 }
@@ -168,6 +171,39 @@ pub struct Decision {
     pub reason: Reason,
     /// For a person: the numbers behind it.
     pub message: String,
+}
+
+/// The lag and rates at the last sample.
+#[derive(Clone, Copy, Debug)]
+struct Trend {
+    lag: i64,
+    /// `targetLagPerReplica` × workers.
+    allowed: i64,
+    workers: i32,
+    saturated: bool,
+    /// Records/s the lag grew (negative: drained).
+    lag_slope: f64,
+    read_rate: f64,
+    arrival: f64,
+}
+
+impl Trend {
+    fn describe(&self) -> String {
+        format!(
+            "lag {} (target {} for {} workers), {} {:.0}/s, read {:.0}/s, arriving {:.0}/s",
+            self.lag,
+            self.allowed,
+            self.workers,
+            if self.lag_slope >= 0.0 {
+                "growing"
+            } else {
+                "draining"
+            },
+            self.lag_slope.abs(),
+            self.read_rate,
+            self.arrival
+        )
+    }
 }
 
 /// A job's autoscaler state: recent samples and recommendations, the last change.
@@ -203,11 +239,40 @@ impl Autoscaler {
     /// While a change rolls out: `current` stays (within bounds), nothing is sampled, and the
     /// next trend starts once every worker is ready.
     pub fn rolling_out(&mut self, policy: &Policy, current: i32, now_ms: i64) -> Decision {
+        self.hold(
+            policy,
+            current,
+            now_ms,
+            Reason::RollingOut,
+            "waiting for every worker to be ready before the next decision",
+        )
+    }
+
+    /// While the job is suspended: `current` stays (within bounds), so that it resumes with
+    /// the count it had; nothing is sampled.
+    pub fn suspended(&mut self, policy: &Policy, current: i32, now_ms: i64) -> Decision {
+        self.hold(
+            policy,
+            current,
+            now_ms,
+            Reason::Suspended,
+            "suspended: no decision until the job resumes",
+        )
+    }
+
+    fn hold(
+        &mut self,
+        policy: &Policy,
+        current: i32,
+        now_ms: i64,
+        reason: Reason,
+        message: &str,
+    ) -> Decision {
         self.samples.clear();
         let (lo, hi) = policy.bounds();
         let replicas = current.clamp(lo, hi);
         let reason = if replicas == current {
-            Reason::RollingOut
+            reason
         } else {
             Reason::Bounds
         };
@@ -217,14 +282,13 @@ impl Autoscaler {
             current,
             now_ms,
             reason,
-            "waiting for every worker to be ready before the next decision".to_string(),
+            message.to_string(),
         )
     }
 
     /// The replica count to run now, `current` being what runs.
     pub fn decide(&mut self, policy: &Policy, current: i32, now_ms: i64) -> Decision {
         let (lo, hi) = policy.bounds();
-        let target = policy.target_lag_per_replica;
         let (first, last) = match (self.samples.front(), self.samples.back()) {
             (Some(f), Some(l)) if l.at_ms - f.at_ms >= policy.trend_ms / 2 => (*f, *l),
             _ => {
@@ -247,53 +311,8 @@ impl Autoscaler {
                 );
             }
         };
-        // Rates over the last interval: a burst shows at once, and the stabilisation window
-        // (not an average) is what keeps a sawtooth's peaks in view.
-        let prev = self.samples.iter().rev().nth(1).copied().unwrap_or(first);
-        let secs = ((last.at_ms - prev.at_ms) as f64 / 1000.0).max(0.001);
-        let read_rate = (last.processed - prev.processed) as f64 / secs;
-        let lag_slope = (last.lag - prev.lag) as f64 / secs;
-        let arrival = (read_rate + lag_slope).max(0.0);
-        let lag = last.lag.max(0);
-        let workers = current.max(1);
-        let allowed = target.saturating_mul(i64::from(workers));
-        let saturated = lag > allowed;
-        if saturated && read_rate > 0.0 {
-            let rate = read_rate / f64::from(workers);
-            self.per_worker_rate = Some(match self.per_worker_rate {
-                Some(old) => 0.5 * old + 0.5 * rate,
-                None => rate,
-            });
-        }
-
-        let by_lag = i32::try_from((lag + target - 1) / target).unwrap_or(i32::MAX);
-        let recommended = if saturated {
-            let excess = (lag - allowed) as f64;
-            let drains_in_time =
-                lag_slope < 0.0 && excess / -lag_slope <= policy.drain_within_ms as f64 / 1000.0;
-            if drains_in_time {
-                workers
-            } else {
-                match self.per_worker_rate {
-                    Some(rate) if rate > 0.0 => {
-                        let wanted = arrival + excess / (policy.drain_within_ms as f64 / 1000.0);
-                        (wanted / rate).ceil().min(f64::from(i32::MAX)) as i32
-                    }
-                    _ => by_lag,
-                }
-                .max(workers + 1)
-            }
-        } else {
-            // Within target: enough workers to read what arrives with a fifth to spare, when
-            // their rate is known, and to hold the lag within target. Before any rate is known
-            // the lag alone decides; a count too small then saturates, which measures the rate.
-            let by_rate = match self.per_worker_rate {
-                Some(rate) if rate > 0.0 => (arrival * 1.2 / rate).ceil() as i32,
-                _ => 1,
-            };
-            by_rate.max(by_lag).min(workers)
-        };
-        let recommended = round_up(policy, recommended);
+        let trend = self.trend(policy, current, first, last);
+        let recommended = round_up(policy, self.recommend(policy, &trend));
         self.recommendations.push_back((now_ms, recommended));
         while let Some(&(at, _)) = self.recommendations.front() {
             if now_ms - at > policy.stabilization_ms {
@@ -302,45 +321,97 @@ impl Autoscaler {
                 break;
             }
         }
-        let numbers = format!(
-            "lag {lag} (target {allowed} for {workers} workers), {} {:.0}/s, read {:.0}/s, arriving {:.0}/s",
-            if lag_slope >= 0.0 { "growing" } else { "draining" },
-            lag_slope.abs(),
-            read_rate,
-            arrival
-        );
-        let since_change = self.last_change_ms.map(|t| now_ms - t);
+        let (replicas, reason) = self.choose(policy, current, recommended, trend.saturated, now_ms);
+        self.decision(
+            replicas,
+            recommended,
+            current,
+            now_ms,
+            reason,
+            trend.describe(),
+        )
+    }
 
+    /// The lag and rates from the last two samples (a burst shows at once; the stabilisation
+    /// window, not an average, keeps a sawtooth's peaks in view), and the rate per worker
+    /// learnt while saturated.
+    fn trend(&mut self, policy: &Policy, current: i32, first: Sample, last: Sample) -> Trend {
+        let prev = self.samples.iter().rev().nth(1).copied().unwrap_or(first);
+        let secs = ((last.at_ms - prev.at_ms) as f64 / 1000.0).max(0.001);
+        let read_rate = (last.processed - prev.processed) as f64 / secs;
+        let lag_slope = (last.lag - prev.lag) as f64 / secs;
+        let lag = last.lag.max(0);
+        let workers = current.max(1);
+        let allowed = policy
+            .target_lag_per_replica
+            .saturating_mul(i64::from(workers));
+        let saturated = lag > allowed;
+        if saturated && read_rate > 0.0 {
+            let rate = read_rate / f64::from(workers);
+            self.per_worker_rate = Some(match self.per_worker_rate {
+                Some(old) => 0.5 * old + 0.5 * rate,
+                None => rate,
+            });
+        }
+        Trend {
+            lag,
+            allowed,
+            workers,
+            saturated,
+            lag_slope,
+            read_rate,
+            arrival: (read_rate + lag_slope).max(0.0),
+        }
+    }
+
+    /// The count the trend calls for, before rounding to a useful count.
+    fn recommend(&self, policy: &Policy, t: &Trend) -> i32 {
+        let target = policy.target_lag_per_replica;
+        let by_lag = i32::try_from((t.lag + target - 1) / target).unwrap_or(i32::MAX);
+        let drain_s = policy.drain_within_ms as f64 / 1000.0;
+        if t.saturated {
+            let excess = (t.lag - t.allowed) as f64;
+            if t.lag_slope < 0.0 && excess / -t.lag_slope <= drain_s {
+                return t.workers;
+            }
+            let wanted = match self.per_worker_rate {
+                Some(rate) if rate > 0.0 => ((t.arrival + excess / drain_s) / rate)
+                    .ceil()
+                    .min(f64::from(i32::MAX)) as i32,
+                _ => by_lag,
+            };
+            return wanted.max(t.workers + 1);
+        }
+        // Within target: enough workers to read what arrives with a fifth to spare, when their
+        // rate is known, and to hold the lag within target. Before any rate is known the lag
+        // alone decides; a count too small then saturates, which measures the rate.
+        let by_rate = match self.per_worker_rate {
+            Some(rate) if rate > 0.0 => (t.arrival * 1.2 / rate).ceil() as i32,
+            _ => 1,
+        };
+        by_rate.max(by_lag).min(t.workers)
+    }
+
+    /// From the recommendation to the count: bounds, then up at once (after the cooldown),
+    /// down only to the highest recommendation of the stabilisation window.
+    fn choose(
+        &self,
+        policy: &Policy,
+        current: i32,
+        recommended: i32,
+        saturated: bool,
+        now_ms: i64,
+    ) -> (i32, Reason) {
+        let (lo, hi) = policy.bounds();
+        let since_change = self.last_change_ms.map(|t| now_ms - t);
         if current < lo || current > hi {
-            let replicas = current.clamp(lo, hi);
-            return self.decision(
-                replicas,
-                recommended,
-                current,
-                now_ms,
-                Reason::Bounds,
-                numbers,
-            );
+            return (current.clamp(lo, hi), Reason::Bounds);
         }
         if recommended > current {
             if since_change.is_some_and(|d| d < policy.up_cooldown_ms) {
-                return self.decision(
-                    current,
-                    recommended,
-                    current,
-                    now_ms,
-                    Reason::Cooldown,
-                    numbers,
-                );
+                return (current, Reason::Cooldown);
             }
-            return self.decision(
-                recommended,
-                recommended,
-                current,
-                now_ms,
-                Reason::LagGrowing,
-                numbers,
-            );
+            return (recommended, Reason::LagGrowing);
         }
         if recommended < current {
             // The highest recommendation over the window, which must have been observed for
@@ -355,23 +426,15 @@ impl Autoscaler {
             let long_enough = since_change.is_none_or(|d| d >= policy.stabilization_ms)
                 && now_ms - observed_since >= policy.stabilization_ms * 9 / 10;
             if held < current && long_enough {
-                return self.decision(held, recommended, current, now_ms, Reason::LagLow, numbers);
+                return (held, Reason::LagLow);
             }
-            return self.decision(
-                current,
-                recommended,
-                current,
-                now_ms,
-                Reason::Stabilizing,
-                numbers,
-            );
+            return (current, Reason::Stabilizing);
         }
-        let reason = if saturated {
-            Reason::LagDraining
+        if saturated {
+            (current, Reason::LagDraining)
         } else {
-            Reason::WithinTarget
-        };
-        self.decision(current, recommended, current, now_ms, reason, numbers)
+            (current, Reason::WithinTarget)
+        }
     }
 
     fn decision(

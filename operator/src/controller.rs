@@ -538,6 +538,9 @@ fn autoscale(job: &StreamJob, ctx: &Context, obs: &Observation) -> Option<autosc
     });
     let now = (ctx.clock)();
     let decision = ctx.memory.with_autoscaler(&key, |a| {
+        if job.spec.suspend {
+            return a.suspended(&policy, current, now);
+        }
         if !settled {
             return a.rolling_out(&policy, current, now);
         }
@@ -596,8 +599,11 @@ async fn announce_scaling(
         .applied()
         .and_then(|a| a.stateful_set.as_deref())
         .and_then(replicas);
+    // Suspending and resuming are announced as such (`Suspended`, `Resumed`), not as scaling.
+    let suspending = job.spec.suspend && to == Some(0);
+    let resuming = from == Some(0) && status::is_suspended(job.status.as_ref());
     if let (Some(from), Some(to)) = (from, to) {
-        if from != to {
+        if from != to && !suspending && !resuming {
             let note = match &obs.autoscale {
                 Some(d) if d.replicas == to => format!(
                     "scaled from {from} to {to} workers: {} ({})",
@@ -616,7 +622,10 @@ async fn announce_scaling(
 /// - an invalid spec is permanent until the spec changes: nothing was touched (so nothing
 ///   churns), the status says why, and only an edit of the job triggers the next reconcile;
 /// - a repartition topic Kafka refused is retried with backoff (the status says why);
-/// - otherwise, soon while the job is not Ready or lags, else [`REQUEUE_HEALTHY`].
+/// - a suspended job: [`REQUEUE_STOPPING`] while its worker pods stop, then
+///   [`REQUEUE_HEALTHY`] whatever its lag (lag grows while suspended);
+/// - otherwise, soon while the job is not Ready, lags or is progressing (a reset or an edit is
+///   taken up in the checkpoints, which no watch reports), else [`REQUEUE_HEALTHY`].
 fn next_action(
     job: &StreamJob,
     outcome: &Outcome<'_>,
@@ -639,14 +648,34 @@ fn next_action(
             message: message.clone(),
         });
     }
-    let ready = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == status::READY && c.status == "True");
+    let has = |type_: &str, state: &str, reason: Option<&str>| {
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == state && reason.is_none_or(|r| c.reason == r))
+    };
+    let ready = has(status::READY, "True", None);
     tracing::debug!(ready, "applied");
+    if job.spec.suspend {
+        // Worker pods stopping: no watch says when the last is gone. Once none is left, lag
+        // grows as records arrive, and that is expected: no sooner requeue for it.
+        // Blocked (brokers unreachable, ...): looked at again soon, as any job that is blocked.
+        return Ok(
+            if has(status::PROGRESSING, "True", Some(reason::SUSPENDING)) {
+                Action::requeue(REQUEUE_STOPPING)
+            } else if has(status::READY, "False", Some(reason::SUSPENDED)) {
+                Action::requeue(spread(REQUEUE_HEALTHY, ns, name))
+            } else {
+                Action::requeue(spread(REQUEUE_WAITING, ns, name))
+            },
+        );
+    }
+    // A reset or an edit being taken up shows only in the checkpoints, which no watch reports.
     // An autoscaled job is sampled on the short period whatever its state.
+    let progressing = has(status::PROGRESSING, "True", None);
+    let autoscaled = job.spec.autoscaling.is_some();
     Ok(
-        if ready && status.lag.unwrap_or(0) == 0 && job.spec.autoscaling.is_none() {
+        if ready && !progressing && !autoscaled && status.lag.unwrap_or(0) == 0 {
             Action::requeue(spread(REQUEUE_HEALTHY, ns, name))
         } else {
             Action::requeue(spread(REQUEUE_WAITING, ns, name))
@@ -700,6 +729,10 @@ async fn patch_status(job: &StreamJob, new: &StreamJobStatus, ctx: &Context) -> 
         if is_new && relevant && ACTIONABLE.contains(&c.reason.as_str()) {
             publish(ctx, &job.metadata, &c.reason, &c.message).await;
         }
+    }
+    for (reason, note) in status::lifecycle_events(old, new) {
+        info!(reason, %note, "lifecycle");
+        publish_as(ctx, &job.metadata, EventType::Normal, reason, &note).await;
     }
     if status::rolled_out(old, new) {
         let ready = new.conditions.iter().find(|c| c.type_ == status::READY);
@@ -764,422 +797,13 @@ pub const CHECKPOINT_CLEANUP_FAILED: &str = "CheckpointCleanupFailed";
 /// pods to stop before its checkpoints and repartition topic are deleted.
 pub const STOPPING_WORKERS: &str = "StoppingWorkers";
 
-/// How soon a deleted job looks again while its worker pods terminate (no watch tells the
-/// operator when a pod is gone; a pod has 30 s by default to write its last checkpoint).
+/// How soon a deleted or suspended job looks again while its worker pods terminate (no watch
+/// tells the operator when a pod is gone; a pod has `terminationGracePeriodSeconds`, 90 s by
+/// default, to write its last checkpoint).
 pub const REQUEUE_STOPPING: Duration = Duration::from_secs(5);
 
-/// First step of the cleanup of a deleted job with `deleteOnJobDeletion`: stops its workers.
-/// Deletes the job's StatefulSet (only the one it owns, by uid precondition; background
-/// propagation, so the garbage collector then deletes its pods, each with its grace period) and
-/// returns whether no worker pod is left. While some are, the status (`Ready=False`,
-/// [`STOPPING_WORKERS`]) names them, and a Normal Event says so once.
-async fn stop_workers(job: &StreamJob, ctx: &Context) -> Result<bool, Error> {
-    let ns = job.namespace().unwrap_or_default();
-    let name = job.name_any();
-    let set_name = names::worker_name(&name);
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let set = sets
-        .get_opt(&set_name)
-        .await
-        .map_err(|source| Error::ReadStatefulSet {
-            name: set_name.clone(),
-            source,
-        })?;
-    let owned = |s: &StatefulSet| {
-        s.owner_references()
-            .iter()
-            .any(|o| Some(&o.uid) == job.metadata.uid.as_ref())
-    };
-    if let Some(set) = set.filter(|s| s.metadata.deletion_timestamp.is_none() && owned(s)) {
-        let params = DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Background),
-            preconditions: Some(Preconditions {
-                uid: set.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match sets.delete(&set_name, &params).await {
-            Ok(_) => info!(statefulset = %set_name, "deleted the workers"),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(source) => {
-                return Err(Error::DeleteStatefulSet {
-                    name: set_name,
-                    source,
-                })
-            }
-        }
-    }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let selector = names::selector_string(&name);
-    let left = pods
-        .list_metadata(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|source| Error::ListWorkerPods {
-            job: name.clone(),
-            source,
-        })?;
-    if left.items.is_empty() {
-        return Ok(true);
-    }
-    let mut pod_names: Vec<String> = left.items.iter().map(|p| p.name_any()).collect();
-    pod_names.sort_unstable();
-    let topic = if job.spec.co_partitioned() {
-        ""
-    } else {
-        " and the repartition topic"
-    };
-    let message = format!(
-        "deleting: waiting for {} worker pod(s) to stop ({}) before deleting the checkpoints{topic}",
-        pod_names.len(),
-        pod_names.join(", "),
-    );
-    info!(pods = pod_names.len(), "waiting for the workers to stop");
-    let was_waiting = job.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == status::READY && c.reason == STOPPING_WORKERS)
-    });
-    patch_status(job, &stopping_status(job, &message), ctx).await?;
-    if !was_waiting {
-        publish_as(
-            ctx,
-            &job.metadata,
-            EventType::Normal,
-            STOPPING_WORKERS,
-            &message,
-        )
-        .await;
-    }
-    Ok(false)
-}
-
-/// The job's status with `Ready=False` [`STOPPING_WORKERS`] and `message`; the rest as it was.
-fn stopping_status(job: &StreamJob, message: &str) -> StreamJobStatus {
-    let mut s = job.status.clone().unwrap_or_default();
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let ready = Condition {
-        type_: status::READY.to_string(),
-        status: "False".to_string(),
-        reason: STOPPING_WORKERS.to_string(),
-        message: message.to_string(),
-        observed_generation: job.metadata.generation,
-        last_transition_time: now,
-    };
-    match s.conditions.iter_mut().find(|c| c.type_ == status::READY) {
-        Some(c) if c.status == "False" => {
-            let since = c.last_transition_time.clone();
-            *c = Condition {
-                last_transition_time: since,
-                ..ready
-            };
-        }
-        Some(c) => *c = ready,
-        None => s.conditions.push(ready),
-    }
-    s
-}
-
-/// Cleanup of a deleted job with `deleteOnJobDeletion`, once [`stop_workers`] found no worker
-/// left: deletes its checkpoints — the ConfigMaps (by the job label), or the records in object
-/// storage — and, for a two-stage job, then its repartition topic, but only when something of
-/// the job's claims it (its job ConfigMap's assignment or its merge-stage checkpoints, read
-/// before the checkpoints go; see `weir_crds::topics`). A topic of that name that nothing
-/// claims is another's: it stays, and a Warning Event ([`reason::NAME_CONFLICT`]) says so.
-/// Idempotent: deleting nothing succeeds.
-/// A failure is retried with backoff and the job's deletion waits for it; for the object store
-/// and the topic, a Warning Event says why (a missing Secret, refused credentials or ACLs).
-async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
-    let ns = job.namespace().unwrap_or_default();
-    let name = job.name_any();
-    if job.spec.co_partitioned() {
-        cleanup_checkpoints(job, ctx, &ns, &name).await?;
-        return Ok(Action::await_change());
-    }
-    let connection = match children::connection(&ctx.client, job).await? {
-        Resolved::Ready(conn) => Ok(conn),
-        Resolved::MissingSecret { message } => Err(message),
-    };
-    let (topic, state) = repartition_of_deleted(
-        &ctx.client,
-        ctx.kafka.as_ref(),
-        connection.as_ref().ok(),
-        job,
-        &ctx.config,
-    )
-    .await?;
-    cleanup_checkpoints(job, ctx, &ns, &name).await?;
-    if !topic.is_claimed() {
-        if matches!(state, Some(TopicObservation::Found { .. })) {
-            let note = format!(
-                "the repartition topic {} was not deleted: nothing of this job's (its ConfigMap, \
-                 its merge-stage checkpoints) names it, so it is not known to be this job's. \
-                 Delete it yourself if it is unused",
-                topic.name
-            );
-            warn!(topic = %topic.name, "repartition topic not claimed by the job: left in place");
-            publish(ctx, &job.metadata, reason::NAME_CONFLICT, &note).await;
-        }
-        return Ok(Action::await_change());
-    }
-    let topic = topic.name;
-    let deleted = match &connection {
-        Ok(conn) => ctx.kafka.delete_topic(conn, &topic).await,
-        Err(message) => Err(message.clone()),
-    };
-    if let Err(message) = deleted {
-        let note = format!(
-            "cannot delete the repartition topic {topic}: {message}; the StreamJob is \
-             deleted once it is (or remove its finalizer {FINALIZER})"
-        );
-        publish(ctx, &job.metadata, CHECKPOINT_CLEANUP_FAILED, &note).await;
-        return Err(Error::DeleteRepartitionTopic { topic, message });
-    }
-    info!(%topic, "deleted the repartition topic");
-    Ok(Action::await_change())
-}
-
-async fn cleanup_checkpoints(
-    job: &StreamJob,
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-) -> Result<(), Error> {
-    if job.spec.checkpoint.store.config_map.is_some() {
-        let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-        let failed = |source| Error::DeleteCheckpoints {
-            job: name.to_string(),
-            source,
-        };
-        let selector = names::checkpoint_selector(name);
-        let listed = ListParams::default().labels(&selector);
-        // The job's repartition topic by either name (before and since `weir_crds::topics`).
-        let repartition = weir_crds::topics::repartition_topic_names(Some(ns), name);
-        let repartition = repartition.each_ref().map(String::as_str);
-        let config_maps = api.list(&listed).await.map_err(failed)?.items;
-        // A legacy merge name holding another topic's record is the stage-1 checkpoint of the
-        // job `<job>-merge` (the names were equal): give it that job's label, so that the
-        // delete below, by this job's label, leaves it.
-        let owner = names::job_label_value(&format!("{name}-merge"));
-        let labels = std::collections::BTreeMap::from([(names::LABEL_JOB, owner.as_str())]);
-        let relabel = serde_json::json!({"metadata": {"labels": labels}});
-        let patch = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_string()),
-            ..PatchParams::default()
-        };
-        for cm in &config_maps {
-            let Some(cm_name) = cm.metadata.name.as_deref() else {
-                continue;
-            };
-            if another_jobs_checkpoint(cm, name, &repartition) {
-                api.patch(cm_name, &patch, &Patch::Merge(&relabel))
-                    .await
-                    .map_err(failed)?;
-                info!(configmap = cm_name, job = %owner,
-                    "left a checkpoint ConfigMap holding another job's record");
-            }
-        }
-        api.delete_collection(&DeleteParams::default(), &listed)
-            .await
-            .map_err(failed)?;
-    } else if let Some(store) = &job.spec.checkpoint.store.object_store {
-        if !ctx.config.may_reach(store) {
-            // The job was refused (InvalidSpec): no worker ran, and the operator must not delete
-            // with its own identity what the URL names. Say so; do not hold the deletion.
-            let note = "object-store checkpoints not deleted: the job names no credentials \
-                        Secret and this operator does not use its own identity \
-                        (--object-store-operator-identity)";
-            publish(ctx, &job.metadata, CHECKPOINT_CLEANUP_FAILED, note).await;
-            return Ok(());
-        }
-        if let Err(e) = crate::object_checkpoints::cleanup(&ctx.client, job, store).await {
-            let note = format!(
-                "{e}; the StreamJob is deleted once they are (or remove its finalizer {FINALIZER})"
-            );
-            publish(ctx, &job.metadata, CHECKPOINT_CLEANUP_FAILED, &note).await;
-            return Err(e);
-        }
-    }
-    Ok(())
-}
-
-/// Whether a ConfigMap the job's checkpoint label selects holds another job's record, which
-/// cleanup must leave (relabelled for that job): one of the merge stage's names before this version
-/// (`<job>-merge-checkpoint-<p>`, equal to the stage-1 names of the job `<job>-merge`) holding
-/// a record of a topic other than the job's repartition topic, by either of its names
-/// (docs/checkpoints.md, "Migration").
-fn another_jobs_checkpoint(cm: &ConfigMap, job: &str, repartition: &[&str]) -> bool {
-    let prefix = format!("{}-", names::legacy_merge_checkpoint_prefix(job));
-    let legacy = cm
-        .metadata
-        .name
-        .as_deref()
-        .and_then(|n| n.strip_prefix(&prefix))
-        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    legacy
-        && crate::observe::checkpoints::parse_config_maps(std::slice::from_ref(cm))
-            .iter()
-            .any(|cp| !repartition.contains(&cp.topic.as_str()))
-}
+mod deletion;
+use deletion::{cleanup, stop_workers};
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn periodic_requeues_are_spread_over_a_fifth_of_their_period_per_job_and_never_come_early() {
-        let delays: Vec<Duration> = (0..2_000)
-            .map(|i| {
-                spread(
-                    REQUEUE_WAITING,
-                    &format!("ns-{}", i % 10),
-                    &format!("job-{i}"),
-                )
-            })
-            .collect();
-        let max = REQUEUE_WAITING.mul_f64(1.0 + REQUEUE_SPREAD);
-        assert!(delays.iter().all(|d| *d >= REQUEUE_WAITING && *d < max));
-        // Spread out over the jobs, not a constant: 2,000 jobs land over most of the 6 s.
-        let lo = delays.iter().min().copied().unwrap_or_default();
-        let hi = delays.iter().max().copied().unwrap_or_default();
-        assert!(
-            hi - lo > REQUEUE_WAITING.mul_f64(REQUEUE_SPREAD * 0.9),
-            "{lo:?}..{hi:?}"
-        );
-        let first_half = delays
-            .iter()
-            .filter(|d| **d < REQUEUE_WAITING.mul_f64(1.0 + REQUEUE_SPREAD / 2.0))
-            .count();
-        assert!((850..1_150).contains(&first_half), "{first_half} of 2,000");
-        // The same job, the same period.
-        assert_eq!(
-            spread(REQUEUE_HEALTHY, "shop", "payments"),
-            spread(REQUEUE_HEALTHY, "shop", "payments")
-        );
-    }
-
-    #[test]
-    fn cleanup_leaves_a_legacy_merge_name_holding_another_topics_record() {
-        let cm = |name: &str, topic: Option<&str>| ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(name.to_string()),
-                ..ObjectMeta::default()
-            },
-            data: topic.map(|t| {
-                let record = serde_json::json!({"format": 1, "topic": t, "partition": 0,
-                    "epoch": 1, "owner": "x-worker-0", "writtenAtMs": 1, "progress": null});
-                [(
-                    weir_crds::checkpoint::CONFIG_MAP_KEY.to_string(),
-                    record.to_string(),
-                )]
-                .into()
-            }),
-            ..ConfigMap::default()
-        };
-        let rep = &["weir.ns.x.repartition", "weir-ns-x-repartition"][..];
-        // The job `x-merge`'s stage 1 under x's legacy merge name: left.
-        assert!(another_jobs_checkpoint(
-            &cm("x-merge-checkpoint-0", Some("orders")),
-            "x",
-            rep
-        ));
-        // x's own merge record, an empty one, x's current names: deleted.
-        for own in rep {
-            assert!(!another_jobs_checkpoint(
-                &cm("x-merge-checkpoint-0", Some(own)),
-                "x",
-                rep
-            ));
-        }
-        assert!(!another_jobs_checkpoint(
-            &cm("x-merge-checkpoint-0", None),
-            "x",
-            rep
-        ));
-        assert!(!another_jobs_checkpoint(
-            &cm("x-checkpoint-0", Some("orders")),
-            "x",
-            rep
-        ));
-        assert!(!another_jobs_checkpoint(
-            &cm("x-checkpoint-merge-0", Some("o")),
-            "x",
-            rep
-        ));
-    }
-
-    #[test]
-    fn the_cache_keeps_neither_managed_fields_nor_the_last_applied_copy() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
-        let mut meta = ObjectMeta {
-            name: Some("payments".to_string()),
-            annotations: Some(
-                [
-                    (LAST_APPLIED.to_string(), "{...}".to_string()),
-                    ("team".to_string(), "payments".to_string()),
-                ]
-                .into(),
-            ),
-            managed_fields: Some(vec![ManagedFieldsEntry::default()]),
-            finalizers: Some(vec![FINALIZER.to_string()]),
-            ..ObjectMeta::default()
-        };
-        trim_for_cache(&mut meta);
-        assert_eq!(meta.managed_fields, None);
-        assert_eq!(
-            meta.annotations,
-            Some([("team".to_string(), "payments".to_string())].into())
-        );
-        // What reconciles read stays.
-        assert_eq!(meta.name.as_deref(), Some("payments"));
-        assert_eq!(meta.finalizers, Some(vec![FINALIZER.to_string()]));
-        let mut only_last_applied = ObjectMeta {
-            annotations: Some([(LAST_APPLIED.to_string(), "{}".to_string())].into()),
-            ..ObjectMeta::default()
-        };
-        trim_for_cache(&mut only_last_applied);
-        assert_eq!(only_last_applied.annotations, None);
-    }
-
-    #[test]
-    fn a_job_deleted_before_its_queued_reconcile_is_not_a_warning() {
-        use kube::runtime::reflector::ObjectRef;
-        let gone = ObjectRef::<StreamJob>::new("payments")
-            .within("shop")
-            .erase();
-        assert!(is_expected(&ControllerError::ObjectNotFound(Box::new(
-            gone.clone()
-        ))));
-        let failed = Error::DeleteRepartitionTopic {
-            topic: "t".to_string(),
-            message: "m".to_string(),
-        };
-        assert!(is_expected(&ControllerError::ReconcilerFailed(
-            failed,
-            Box::new(gone)
-        )));
-        let queue = watcher::Error::NoResourceVersion;
-        assert!(!is_expected(&ControllerError::QueueError(queue)));
-    }
-
-    #[test]
-    fn backoff_doubles_per_failure_with_jitter_caps_and_resets() {
-        let b = Backoff::default();
-        let k = ("ns".to_string(), "job".to_string());
-        let other = ("ns".to_string(), "other".to_string());
-        for n in 0..12u32 {
-            let d = b.next_delay(k.clone());
-            let full = BACKOFF_BASE.saturating_mul(1 << n).min(BACKOFF_MAX);
-            assert!(
-                d >= full / 2 && d <= full,
-                "attempt {n}: {d:?} not in [{full:?}/2, {full:?}]"
-            );
-        }
-        assert_eq!(b.attempts(&k), 12);
-        // Per object: another job starts from the base delay.
-        assert!(b.next_delay(other.clone()) <= BACKOFF_BASE);
-        b.reset(&k);
-        assert_eq!(b.attempts(&k), 0);
-        assert_eq!(b.attempts(&other), 1);
-    }
-}
+mod tests;

@@ -161,7 +161,7 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// Listing the worker pods of a deleted job, to wait until they are gone.
+    /// Listing the worker pods of a deleted or suspended job, to wait until they are gone.
     #[error("listing the worker pods of {job}: {source}")]
     ListWorkerPods {
         /// The job.

@@ -103,6 +103,19 @@ impl fmt::Display for NameConflict {
     }
 }
 
+/// What a source partition's checkpoint says of the results it computes (DESIGN.md invariant 8):
+/// the fields the workers record for edits, resets and start times.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointMarks {
+    /// [`weir_crds::definition::fingerprint`] of the spec the partition computes; `None`:
+    /// written before fingerprints were recorded, read as the current definition.
+    pub definition: Option<String>,
+    /// The first window start (ms) that definition emits, when not every window.
+    pub results_from_ms: Option<i64>,
+    /// [`weir_crds::Reset::identity`] of the last reset the partition applied.
+    pub reset: Option<String>,
+}
+
 /// Everything observe read for one job.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observation {
@@ -145,6 +158,11 @@ pub struct Observation {
     pub repartition: Option<TopicObservation>,
     /// Time of the oldest of the partitions' latest checkpoints, if read.
     pub last_checkpoint_time: Option<Time>,
+    /// Per source partition that has a checkpoint (of the source topic): its definition, first
+    /// result window and reset. Empty when none was read.
+    pub checkpoint_marks: BTreeMap<i32, CheckpointMarks>,
+    /// Suspended jobs: the worker pods that still exist (terminating ones included), if listed.
+    pub worker_pods: Option<usize>,
     /// Names of the checkpoint ConfigMaps that exist (`configMap` store), so that apply creates
     /// only the missing ones.
     pub existing_checkpoints: BTreeSet<String>,
@@ -169,6 +187,8 @@ impl Observation {
             repartition_topic: None,
             repartition: None,
             last_checkpoint_time: None,
+            checkpoint_marks: BTreeMap::new(),
+            worker_pods: None,
             existing_checkpoints: BTreeSet::new(),
             connection: None,
         }

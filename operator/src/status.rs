@@ -12,10 +12,22 @@
 //! - `Degraded`: something needs attention even if results flow: the blocking reason,
 //!   `RetentionShorterThanWindow`, `RepartitionPartitionsFixed`, `WorkersNotReady` (rollout
 //!   done, workers still not ready); false with `Healthy`.
+//! - `Suspended`: only once a job was suspended, as a Job's: true with `Suspended` while
+//!   `spec.suspend` is true, false with `Resumed` after.
+//!
+//! While suspended, `Ready` is false with `Suspended`, and `Progressing` is true with
+//! `Suspending` while worker pods remain, then false with `Suspended`. Otherwise `Progressing`
+//! is true with `Resetting` while a `spec.reset` is not applied on every source partition, then
+//! with `DefinitionChanged` while partitions still compute a previous result definition
+//! (`status.definition`, from the checkpoints), then with `RollingOut`.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use weir_crds::{names, AutoscalingStatus, StreamJob, StreamJobStatus, Window, WindowType};
+use weir_crds::definition::fingerprint;
+use weir_crds::{
+    names, AutoscalingStatus, DefinitionStatus, ResetStatus, StreamJob, StreamJobStatus, Window,
+    WindowType,
+};
 
 use crate::desired::Workers;
 use crate::observation::{NameConflict, Observation, TopicObservation};
@@ -27,6 +39,8 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 /// See [`READY`].
 pub const DEGRADED: &str = "Degraded";
+/// See [`READY`]: present only once the job was suspended.
+pub const SUSPENDED: &str = "Suspended";
 
 /// Condition reasons.
 pub mod reason {
@@ -57,6 +71,16 @@ pub mod reason {
     /// job's controller reference, or a repartition topic nothing shows is the job's); the
     /// message names it and says how to resolve it. Nothing is applied for the job meanwhile.
     pub const NAME_CONFLICT: &str = "NameConflict";
+    /// `spec.suspend` is true (`Ready`, `Suspended`; `Progressing` once no worker pod is left).
+    pub const SUSPENDED: &str = "Suspended";
+    /// `spec.suspend` is true and worker pods are still stopping (`Progressing`).
+    pub const SUSPENDING: &str = "Suspending";
+    /// `spec.suspend` went back to false (`Suspended=False`).
+    pub const RESUMED: &str = "Resumed";
+    /// A `spec.reset` is not yet applied on every source partition (`Progressing`).
+    pub const RESETTING: &str = "Resetting";
+    /// Source partitions still compute a previous result definition (`Progressing`).
+    pub const DEFINITION_CHANGED: &str = "DefinitionChanged";
 }
 
 /// Where the StatefulSet stands against what was asked.
@@ -217,7 +241,11 @@ impl<'a> Facts<'a> {
             Some(message) => Some(TopicObservation::BrokerUnreachable { message }),
             None => obs.repartition.clone(),
         };
-        let wanted = workers.map(|w| w.assignment.workers.len() as i32);
+        let wanted = if job.spec.suspend {
+            Some(0)
+        } else {
+            workers.map(|w| w.assignment.workers.len() as i32)
+        };
         Facts {
             job,
             obs,
@@ -340,9 +368,63 @@ fn ready(f: &Facts<'_>) -> Cond {
     }
 }
 
-/// `Progressing`: a change is rolling out.
-fn progressing(f: &Facts<'_>) -> Cond {
+/// `Ready` of a suspended job.
+fn suspended_ready() -> Cond {
+    let msg = "suspended (spec.suspend: true): no worker runs; the checkpoints, the job \
+               ConfigMap and the topics are kept. Set spec.suspend: false to resume where the \
+               workers stopped"
+        .to_string();
+    (false, reason::SUSPENDED, msg)
+}
+
+/// `Progressing` of a suspended job: `Suspending` while worker pods remain (each writes a final
+/// checkpoint on SIGTERM), else `Suspended`.
+fn suspended_progressing(f: &Facts<'_>) -> Cond {
+    let left = f
+        .obs
+        .worker_pods
+        .unwrap_or_else(|| usize::try_from(f.rollout.replicas).unwrap_or(0));
+    if left > 0 {
+        let msg =
+            format!("suspending: {left} worker pod(s) stopping, each after a final checkpoint");
+        (true, reason::SUSPENDING, msg)
+    } else {
+        let msg = "suspended: no worker pod is left".to_string();
+        (false, reason::SUSPENDED, msg)
+    }
+}
+
+/// `Progressing`: a reset being applied, then an edit of the result definition being taken up,
+/// then a change rolling out.
+fn progressing(f: &Facts<'_>, lifecycle: &Lifecycle) -> Cond {
     let r = &f.rollout;
+    let workers = if r.done {
+        String::new()
+    } else {
+        format!("; rolling out: {}", f.workers_msg())
+    };
+    if let Some(reset) = lifecycle.reset.as_ref().filter(|r| r.time.is_none()) {
+        let msg = format!(
+            "resetting to {} (spec.reset {}): {} of {} source partitions started again from \
+             it{workers}",
+            reset.to, reset.id, reset.applied_partitions, reset.partitions
+        );
+        return (true, reason::RESETTING, msg);
+    }
+    if let Some(d) = lifecycle
+        .definition
+        .as_ref()
+        .filter(|d| d.previous_partitions > 0)
+    {
+        let msg = format!(
+            "the result definition changed (now {}): {} of {} source partitions still run the \
+             previous definition{workers}",
+            d.fingerprint,
+            d.previous_partitions,
+            lifecycle.partitions.unwrap_or(d.previous_partitions)
+        );
+        return (true, reason::DEFINITION_CHANGED, msg);
+    }
     if r.done {
         let msg = "every worker runs the current spec and assignment".to_string();
         (false, reason::UP_TO_DATE, msg)
@@ -387,21 +469,36 @@ fn degraded(f: &Facts<'_>) -> Cond {
 fn conditions(
     f: &Facts<'_>,
     outcome: &Outcome<'_>,
+    lifecycle: &Lifecycle,
     previous: Option<&StreamJobStatus>,
     now: &Time,
 ) -> Vec<Condition> {
-    let all: [(&str, Cond); 3] = match blocked(f, outcome) {
-        Some((why, msg)) => [
+    let suspend = f.job.spec.suspend;
+    let mut all: Vec<(&str, Cond)> = match blocked(f, outcome) {
+        Some((why, msg)) => vec![
             (READY, (false, why, msg.clone())),
             (PROGRESSING, (false, why, msg.clone())),
             (DEGRADED, (true, why, msg)),
         ],
-        None => [
+        None if suspend => vec![
+            (READY, suspended_ready()),
+            (PROGRESSING, suspended_progressing(f)),
+            (DEGRADED, degraded(f)),
+        ],
+        None => vec![
             (READY, ready(f)),
-            (PROGRESSING, progressing(f)),
+            (PROGRESSING, progressing(f, lifecycle)),
             (DEGRADED, degraded(f)),
         ],
     };
+    // As a Job's: absent until the job is first suspended, then True or False.
+    if suspend {
+        let msg = "spec.suspend is true: the workers are stopped".to_string();
+        all.push((SUSPENDED, (true, reason::SUSPENDED, msg)));
+    } else if previous.is_some_and(|p| p.conditions.iter().any(|c| c.type_ == SUSPENDED)) {
+        let msg = "spec.suspend is false: the workers resume where they stopped".to_string();
+        all.push((SUSPENDED, (false, reason::RESUMED, msg)));
+    }
     let generation = f.job.metadata.generation;
     all.into_iter()
         .map(|(type_, (ok, reason, msg))| {
@@ -409,6 +506,86 @@ fn conditions(
             with_transition_time(c, previous, now)
         })
         .collect()
+}
+
+/// What the checkpoints say of the result definition and of the reset (DESIGN.md invariant 8),
+/// for `status.definition` and `status.reset`.
+struct Lifecycle {
+    definition: Option<DefinitionStatus>,
+    reset: Option<ResetStatus>,
+    /// Source partitions, when known.
+    partitions: Option<i32>,
+}
+
+fn time_of_ms(ms: i64) -> Option<Time> {
+    k8s_openapi::jiff::Timestamp::from_millisecond(ms)
+        .ok()
+        .map(Time)
+}
+
+/// `status.definition`: the spec's fingerprint, the source partitions whose checkpoint holds
+/// another one (a checkpoint without one, written by a version before fingerprints, counts as
+/// the current definition, as the workers read it), and once there is none, the latest first
+/// window over the partitions.
+pub fn definition_status(job: &StreamJob, obs: &Observation) -> DefinitionStatus {
+    let current = fingerprint(&job.spec);
+    let is_current = |d: &Option<String>| d.as_ref().is_none_or(|d| *d == current);
+    let previous = obs
+        .checkpoint_marks
+        .values()
+        .filter(|m| !is_current(&m.definition))
+        .count();
+    let results_from = if previous == 0 {
+        obs.checkpoint_marks
+            .values()
+            .filter_map(|m| m.results_from_ms)
+            .max()
+            .and_then(time_of_ms)
+    } else {
+        None
+    };
+    DefinitionStatus {
+        fingerprint: current,
+        previous_partitions: i32::try_from(previous).unwrap_or(i32::MAX),
+        results_from,
+    }
+}
+
+/// `status.reset`: `spec.reset` and the source partitions whose checkpoint carries its identity;
+/// its `time` is `now` when every one of the `partitions` does (kept from `previous` for the
+/// same reset). Without `spec.reset`, the previous status's: the last reset stays recorded.
+pub fn reset_status(
+    job: &StreamJob,
+    obs: &Observation,
+    partitions: Option<i32>,
+    previous: Option<&StreamJobStatus>,
+    now: &Time,
+) -> Option<ResetStatus> {
+    let old = previous.and_then(|p| p.reset.as_ref());
+    let Some(reset) = &job.spec.reset else {
+        return old.cloned();
+    };
+    let id = reset.identity();
+    let applied = obs
+        .checkpoint_marks
+        .values()
+        .filter(|m| m.reset.as_deref() == Some(id.as_str()))
+        .count();
+    let applied = i32::try_from(applied).unwrap_or(i32::MAX);
+    let partitions = partitions.unwrap_or(0);
+    let old_time = old.filter(|o| o.id == id).and_then(|o| o.time.clone());
+    let time = match old_time {
+        Some(t) => Some(t),
+        None if partitions > 0 && applied >= partitions => Some(now.clone()),
+        None => None,
+    };
+    Some(ResetStatus {
+        id,
+        to: reset.to.text(),
+        applied_partitions: applied,
+        partitions,
+        time,
+    })
 }
 
 /// `c` with the transition time of `previous`'s condition of its type while its status is the
@@ -442,9 +619,14 @@ pub fn compute(
         previous_assignment.map(|a| a.workers.iter().map(Vec::len).sum::<usize>() as i32)
     });
     let sts_status = f.stateful_set.and_then(|s| s.status.as_ref());
+    let lifecycle = Lifecycle {
+        definition: Some(definition_status(job, obs)),
+        reset: reset_status(job, obs, partitions, previous, now),
+        partitions,
+    };
     StreamJobStatus {
         observed_generation: job.metadata.generation,
-        conditions: conditions(&f, outcome, previous, now),
+        conditions: conditions(&f, outcome, &lifecycle, previous, now),
         replicas: sts_status.map_or(0, |s| s.replicas),
         ready_replicas: sts_status.and_then(|s| s.ready_replicas).unwrap_or(0),
         selector: Some(names::selector_string(&name)),
@@ -458,6 +640,8 @@ pub fn compute(
         repartition_lag: obs.repartition_lag,
         last_checkpoint_time: obs.last_checkpoint_time.clone(),
         autoscaling: autoscaling(obs, previous.and_then(|p| p.autoscaling.as_ref()), now),
+        definition: lifecycle.definition,
+        reset: lifecycle.reset,
     }
 }
 
@@ -579,7 +763,8 @@ pub fn rolled_out(old: Option<&StreamJobStatus>, new: &StreamJobStatus) -> bool 
 /// `ApplyRoleBinding` or `ReadObjectStoreCheckpoints`) with `message`: `previous` with
 /// `Degraded=True` and `Progressing=False` naming the step and the message; `Ready` keeps a
 /// previous `True` (running workers are not stopped by a failed reconcile), else is `False` with
-/// the same reason. Lag and the other fields are kept from `previous`: nothing new was read.
+/// the same reason. Lag, the other conditions (`Suspended`) and the other fields are kept from
+/// `previous`: nothing new was read.
 pub fn failed(
     job: &StreamJob,
     previous: Option<&StreamJobStatus>,
@@ -607,9 +792,120 @@ pub fn failed(
         condition(PROGRESSING, false, step, message.to_string(), generation),
         condition(DEGRADED, true, step, message.to_string(), generation),
     ];
+    // Others (`Suspended`) say what they said: nothing new was read.
+    let kept = previous
+        .into_iter()
+        .flat_map(|p| &p.conditions)
+        .filter(|c| ![READY, PROGRESSING, DEGRADED].contains(&c.type_.as_str()))
+        .cloned();
     s.conditions = all
         .into_iter()
         .map(|c| with_transition_time(c, previous, now))
+        .chain(kept)
         .collect();
     s
+}
+
+/// The condition `type_` of `s`, if present.
+fn find<'a>(s: Option<&'a StreamJobStatus>, type_: &str) -> Option<&'a Condition> {
+    s.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+}
+
+/// Whether `s` shows the job suspended (`Suspended=True`).
+pub fn is_suspended(s: Option<&StreamJobStatus>) -> bool {
+    find(s, SUSPENDED).is_some_and(|c| c.status == "True")
+}
+
+/// The Normal Events (reason, message) that going from `old` to `new` announces, each once per
+/// transition: `Suspended`, `Resumed`, `DefinitionChanged`, `DefinitionApplied`,
+/// `ResetRequested`, `ResetApplied`. Pure: the same pair gives the same Events, and a status
+/// written again unchanged gives none.
+pub fn lifecycle_events(
+    old: Option<&StreamJobStatus>,
+    new: &StreamJobStatus,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let (was, is) = (is_suspended(old), is_suspended(Some(new)));
+    if is && !was {
+        out.push((
+            event::SUSPENDED,
+            "suspended: the workers stop, each after a final checkpoint".to_string(),
+        ));
+    }
+    if was && !is && find(Some(new), SUSPENDED).is_some() {
+        out.push((
+            event::RESUMED,
+            "resumed: the workers start again from their checkpoints".to_string(),
+        ));
+    }
+    let old_def = old.and_then(|o| o.definition.as_ref());
+    if let Some(d) = &new.definition {
+        let was_pending = old_def.is_some_and(|o| o.previous_partitions > 0);
+        let same = old_def.is_some_and(|o| o.fingerprint == d.fingerprint);
+        if d.previous_partitions > 0 && !(same && was_pending) {
+            out.push((
+                event::DEFINITION_CHANGED,
+                format!(
+                    "the result definition changed (now {}): {} source partition(s) still run \
+                     the previous one; the workers start the new one at a window boundary",
+                    d.fingerprint, d.previous_partitions
+                ),
+            ));
+        }
+        let edited = old_def.is_some_and(|o| o.fingerprint != d.fingerprint);
+        if d.previous_partitions == 0 && (was_pending || edited) {
+            let from = match &d.results_from {
+                Some(t) => format!("results of the new definition start at {}", t.0),
+                None => {
+                    "results of the new definition start where each partition started".to_string()
+                }
+            };
+            out.push((
+                event::DEFINITION_APPLIED,
+                format!(
+                    "every source partition computes the definition {}: {from}",
+                    d.fingerprint
+                ),
+            ));
+        }
+    }
+    let old_reset = old.and_then(|o| o.reset.as_ref());
+    if let Some(r) = &new.reset {
+        let same = old_reset.filter(|o| o.id == r.id);
+        if same.is_none() && r.time.is_none() {
+            out.push((
+                event::RESET_REQUESTED,
+                format!(
+                    "reset {} requested: every source partition starts again from {}",
+                    r.id, r.to
+                ),
+            ));
+        }
+        if r.time.is_some() && same.is_none_or(|o| o.time.is_none()) {
+            out.push((
+                event::RESET_APPLIED,
+                format!(
+                    "reset {} applied: all {} source partitions started again from {}",
+                    r.id, r.partitions, r.to
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Reasons of the Normal Events of [`lifecycle_events`].
+pub mod event {
+    /// `spec.suspend` became true.
+    pub const SUSPENDED: &str = "Suspended";
+    /// `spec.suspend` became false after being true.
+    pub const RESUMED: &str = "Resumed";
+    /// The spec's result definition differs from the one source partitions compute.
+    pub const DEFINITION_CHANGED: &str = "DefinitionChanged";
+    /// Every source partition computes the spec's definition.
+    pub const DEFINITION_APPLIED: &str = "DefinitionApplied";
+    /// A new `spec.reset` (another identity).
+    pub const RESET_REQUESTED: &str = "ResetRequested";
+    /// Every source partition applied the reset.
+    pub const RESET_APPLIED: &str = "ResetApplied";
 }

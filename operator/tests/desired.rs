@@ -152,6 +152,78 @@ fn a_parallelism_change_above_the_partition_count_changes_nothing() {
 }
 
 #[test]
+fn suspend_sets_the_replicas_to_zero_and_changes_nothing_else() {
+    let before = ok(&job(), &found(3));
+    let d = ok(&job_with("suspend: true"), &after(&before, 3));
+    assert_eq!(replicas(&before), 3);
+    assert_eq!(replicas(&d), 0);
+    let (w0, w1) = (
+        before.workers.as_ref().expect("workers"),
+        d.workers.as_ref().expect("workers"),
+    );
+    assert_eq!(w1.config_map, w0.config_map, "suspend is not in job.yaml");
+    assert_eq!(w1.config_hash, w0.config_hash);
+    assert_eq!(w1.assignment, w0.assignment);
+    let template = |w: &weir_operator::desired::Workers| {
+        w.stateful_set.spec.as_ref().map(|s| s.template.clone())
+    };
+    assert_eq!(template(w1), template(w0), "the pods do not roll on resume");
+    assert_eq!(d.role, before.role);
+    assert_eq!(d.pod_disruption_budget, before.pod_disruption_budget);
+}
+
+#[test]
+fn a_suspended_job_goes_to_zero_replicas_even_when_the_partition_count_is_unknown() {
+    let before = ok(&job(), &found(3));
+    for topic in [
+        TopicObservation::NotFound,
+        TopicObservation::BrokerUnreachable {
+            message: "timeout".to_string(),
+        },
+    ] {
+        let mut obs = Observation::new(topic.clone());
+        obs.previous_assignment = Some(assignment_in_config_map(&before));
+        let d = ok(&job_with("suspend: true"), &obs);
+        assert_eq!(replicas(&d), 0, "{topic:?}");
+        let (w0, w1) = (
+            before.workers.as_ref().expect("workers"),
+            d.workers.as_ref().expect("workers"),
+        );
+        assert_eq!(
+            w1.config_map, w0.config_map,
+            "{topic:?}: the assignment as it was"
+        );
+        assert_eq!(w1.config_hash, w0.config_hash);
+        assert_eq!(w1.checkpoint_config_maps, w0.checkpoint_config_maps);
+        assert_eq!(w1.repartition_topic, None, "nothing is created");
+        // Not suspended: left alone, as before.
+        assert!(ok(&job(), &obs).workers.is_none(), "{topic:?}");
+    }
+    // Without a previous assignment there is nothing to scale down.
+    let d = ok(
+        &job_with("suspend: true"),
+        &Observation::new(TopicObservation::NotFound),
+    );
+    assert!(d.workers.is_none());
+}
+
+#[test]
+fn a_reset_is_in_job_yaml_so_the_workers_get_it() {
+    let before = ok(&job(), &found(3));
+    let d = ok(
+        &job_with("reset: {to: '2026-12-01T08:00:00Z', id: incident-42}"),
+        &after(&before, 3),
+    );
+    let w = d.workers.as_ref().expect("workers");
+    let yaml = &w.config_map.data.as_ref().expect("data")[names::JOB_KEY];
+    assert!(yaml.contains("incident-42"), "{yaml}");
+    assert_ne!(
+        w.config_hash,
+        before.workers.as_ref().expect("workers").config_hash
+    );
+}
+
+#[test]
 fn pod_settings_change_the_pods_but_not_job_yaml_or_the_epoch() {
     let before = ok(&job(), &found(3));
     let d = ok(

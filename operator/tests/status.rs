@@ -345,3 +345,129 @@ fn names_held_by_objects_the_job_does_not_own_block_it_and_are_named() {
          0b5e3c1e-1111-2222-3333-444455556666) with controller: true"
     );
 }
+
+/// `obs` with every one of its 12 partitions' checkpoints holding `definition`, `results_from`
+/// and `reset`.
+fn marked(
+    mut obs: Observation,
+    definition: Option<&str>,
+    results_from: Option<i64>,
+    reset: Option<&str>,
+) -> Observation {
+    obs.checkpoint_marks = (0..12)
+        .map(|p| {
+            let m = weir_operator::observation::CheckpointMarks {
+                definition: definition.map(str::to_string),
+                results_from_ms: results_from,
+                reset: reset.map(str::to_string),
+            };
+            (p, m)
+        })
+        .collect();
+    obs
+}
+
+fn event_reasons(old: Option<&StreamJobStatus>, new: &StreamJobStatus) -> Vec<&'static str> {
+    status::lifecycle_events(old, new)
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect()
+}
+
+#[test]
+fn an_operator_upgrade_over_checkpoints_without_fingerprints_announces_nothing() {
+    let j = job();
+    // The status a previous version wrote: no definition, no reset.
+    let mut old = status_of(&j, &running(3), None, 100);
+    old.definition = None;
+    let new = status_of(&j, &marked(running(3), None, None, None), Some(&old), 200);
+    let d = new.definition.as_ref().expect("status.definition");
+    assert_eq!(d.previous_partitions, 0);
+    assert_eq!(cond(&new, status::PROGRESSING).reason, reason::UP_TO_DATE);
+    assert_eq!(event_reasons(Some(&old), &new), Vec::<&str>::new());
+}
+
+#[test]
+fn an_edit_taken_up_between_two_reconciles_is_still_announced_as_applied() {
+    let before = job();
+    let old = status_of(&before, &running(3), None, 100);
+    let edited = job_with("window: {type: tumbling, size: 2m}");
+    let fp = weir_crds::definition::fingerprint(&edited.spec);
+    let obs = marked(running(3), Some(&fp), Some(1_796_198_520_000), None);
+    let new = status_of(&edited, &obs, Some(&old), 200);
+    assert_eq!(event_reasons(Some(&old), &new), ["DefinitionApplied"]);
+    let d = new.definition.as_ref().expect("status.definition");
+    assert_eq!(
+        d.results_from,
+        Some(Time(
+            Timestamp::from_millisecond(1_796_198_520_000).expect("t")
+        ))
+    );
+    // And a status written again says nothing more.
+    let again = status_of(&edited, &obs, Some(&new), 300);
+    assert_eq!(event_reasons(Some(&new), &again), Vec::<&str>::new());
+}
+
+#[test]
+fn suspended_jobs_are_not_ready_and_stop_progressing_once_no_pod_is_left() {
+    let j = job_with("suspend: true");
+    let mut obs = running(3);
+    obs.worker_pods = Some(2);
+    let s = status_of(&j, &obs, None, 100);
+    assert_eq!(cond(&s, status::READY).reason, reason::SUSPENDED);
+    assert_eq!(cond(&s, status::READY).status, "False");
+    assert_eq!(cond(&s, status::PROGRESSING).reason, reason::SUSPENDING);
+    assert_eq!(cond(&s, status::SUSPENDED).status, "True");
+    assert_eq!(
+        cond(&s, status::DEGRADED).status,
+        "False",
+        "suspended is not degraded"
+    );
+    obs.worker_pods = Some(0);
+    let later = status_of(&j, &obs, Some(&s), 200);
+    assert_eq!(cond(&later, status::PROGRESSING).status, "False");
+    assert_eq!(cond(&later, status::PROGRESSING).reason, reason::SUSPENDED);
+    assert_eq!(event_reasons(None, &s), ["Suspended"]);
+    assert_eq!(event_reasons(Some(&s), &later), Vec::<&str>::new());
+    // Resumed: the condition stays, False.
+    let resumed = status_of(&job(), &running(3), Some(&later), 300);
+    assert_eq!(cond(&resumed, status::SUSPENDED).status, "False");
+    assert_eq!(cond(&resumed, status::SUSPENDED).reason, reason::RESUMED);
+    assert_eq!(event_reasons(Some(&later), &resumed), ["Resumed"]);
+    // A job never suspended has no Suspended condition.
+    let plain = status_of(&job(), &running(3), None, 100);
+    assert!(plain
+        .conditions
+        .iter()
+        .all(|c| c.type_ != status::SUSPENDED));
+}
+
+#[test]
+fn a_reset_already_applied_when_first_seen_is_announced_applied_only() {
+    let j = job_with("reset: {to: earliest, id: again}");
+    let obs = marked(running(3), None, None, Some("earliest#again"));
+    let s = status_of(&j, &obs, None, 100);
+    let r = s.reset.as_ref().expect("status.reset");
+    assert_eq!((r.applied_partitions, r.partitions), (12, 12));
+    assert_eq!(r.time, Some(at(100)));
+    assert_eq!(event_reasons(None, &s), ["ResetApplied"]);
+    // Another id: requested again, and its time is not the previous reset's.
+    let j2 = job_with("reset: {to: earliest, id: third}");
+    let s2 = status_of(&j2, &obs, Some(&s), 200);
+    let r2 = s2.reset.as_ref().expect("status.reset");
+    assert_eq!((r2.applied_partitions, r2.time.clone()), (0, None));
+    assert_eq!(cond(&s2, status::PROGRESSING).reason, reason::RESETTING);
+    assert_eq!(event_reasons(Some(&s), &s2), ["ResetRequested"]);
+}
+
+#[test]
+fn a_failed_reconcile_of_a_suspended_job_keeps_it_suspended_without_a_second_event() {
+    let j = job_with("suspend: true");
+    let mut obs = running(3);
+    obs.worker_pods = Some(0);
+    let suspended = status_of(&j, &obs, None, 100);
+    let failed = status::failed(&j, Some(&suspended), "ApplyRole", "refused", &at(200));
+    assert_eq!(cond(&failed, status::SUSPENDED).status, "True");
+    let next = status_of(&j, &obs, Some(&failed), 300);
+    assert_eq!(event_reasons(Some(&failed), &next), Vec::<&str>::new());
+}

@@ -9,7 +9,9 @@
 //! When the partition count is unknown (topic missing, brokers unreachable) there is no
 //! [`Workers`]: the job ConfigMap and the StatefulSet are left exactly as they are, since
 //! server-side apply never deletes what it is not sent. Running workers keep their assignment
-//! instead of being scaled to zero by an operator that merely lost sight of Kafka. The Role is
+//! instead of being scaled to zero by an operator that merely lost sight of Kafka. A suspended
+//! job is the exception: its workers are built over the previous assignment, unchanged, with 0
+//! replicas. The Role is
 //! always built, with the rules known so far (the previous assignment's checkpoints, if any):
 //! a RoleBinding is never applied without its Role.
 
@@ -208,14 +210,16 @@ pub fn config_hash(job_yaml: &str, assignment_json: &str) -> String {
 
 /// The StreamJob as the workers read it (`job.yaml`): apiVersion, kind, metadata name and
 /// namespace, and the spec resolved for the workers: `parallelism` is the number of workers
-/// actually run, `autoscaling` and `worker` (pod settings, which the worker binary never reads)
-/// are dropped. So scaling 5 → 6 workers over 3 partitions, or changing a pod's resources,
-/// does not change `job.yaml` nor roll the pods through the config hash.
+/// actually run, `autoscaling`, `worker` (pod settings, which the worker binary never reads) and
+/// `suspend` (which only sets the StatefulSet's replicas to 0) are dropped. So scaling 5 → 6
+/// workers over 3 partitions, changing a pod's resources, or suspending and resuming, does not
+/// change `job.yaml` nor roll the pods through the config hash.
 pub fn job_yaml(job: &StreamJob, workers: i32) -> Result<String, InvalidSpec> {
     let mut spec = job.spec.clone();
     spec.parallelism = workers;
     spec.autoscaling = None;
     spec.worker = WorkerTemplate::default();
+    spec.suspend = false;
     let mut resolved = StreamJob::new(&job.metadata.name.clone().unwrap_or_default(), spec);
     resolved.metadata.namespace = job.metadata.namespace.clone();
     serde_norway::to_string(&resolved)
@@ -250,9 +254,12 @@ pub fn build(
     };
     // A repartition topic that is not the job's: nothing that would name it, write into it or
     // read it (the job ConfigMap, the StatefulSet) is applied; the status says NameConflict.
-    let workers = match obs.topic.partitions() {
-        Some(p) if obs.repartition_conflict().is_none() => Some(b.workers(obs, p)?),
-        _ => None,
+    // A suspended job goes to 0 replicas even then: over its previous assignment, unchanged.
+    let workers = match (obs.topic.partitions(), &obs.previous_assignment) {
+        (_, _) if obs.repartition_conflict().is_some() => None,
+        (Some(p), _) => Some(b.workers(obs, p)?),
+        (None, Some(previous)) if job.spec.suspend => Some(b.suspended_workers(previous)?),
+        (None, _) => None,
     };
     let assignment = workers.as_ref().map(|w| &w.assignment);
     Ok(Desired {

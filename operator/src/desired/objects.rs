@@ -209,8 +209,24 @@ impl Builder<'_> {
         obs: &Observation,
         partitions: i32,
     ) -> Result<Workers, InvalidSpec> {
-        let spec = &self.job.spec;
         let (assignment, repartition_topic) = self.assignment(obs, partitions);
+        self.workers_for(assignment, repartition_topic)
+    }
+
+    /// The workers of a suspended job whose partition count is unknown (topic missing, brokers
+    /// unreachable): the previous assignment as it is, so that the StatefulSet still goes to 0
+    /// replicas while the job ConfigMap keeps what the workers will resume with.
+    pub(super) fn suspended_workers(&self, previous: &Assignment) -> Result<Workers, InvalidSpec> {
+        self.workers_for(previous.clone(), None)
+    }
+
+    fn workers_for(
+        &self,
+        assignment: Assignment,
+        repartition_topic: Option<plan::NewTopic>,
+    ) -> Result<Workers, InvalidSpec> {
+        let spec = &self.job.spec;
+        let partitions: i32 = assignment.workers.iter().map(Vec::len).sum::<usize>() as i32;
         let count = assignment.workers.len() as i32;
         let merge_partitions: i32 = assignment
             .merge
@@ -231,8 +247,11 @@ impl Builder<'_> {
             ])),
             ..ConfigMap::default()
         };
+        // Suspended: no pod runs; the assignment, the job ConfigMap and the template stay as
+        // they are, so that resuming changes the replica count and nothing else.
+        let replicas = if spec.suspend { 0 } else { count };
         Ok(Workers {
-            stateful_set: self.stateful_set(count, &config_name, &hash, &credentials),
+            stateful_set: self.stateful_set(replicas, &config_name, &hash, &credentials),
             checkpoint_config_maps: self.checkpoint_config_maps(&checkpoints),
             assignment,
             config_hash: hash,

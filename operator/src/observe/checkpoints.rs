@@ -14,6 +14,7 @@ use weir_crds::{names, ObjectStore, StreamJob};
 use crate::config::OperatorConfig;
 use crate::error::Error;
 use crate::object_checkpoints;
+use crate::observation::CheckpointMarks;
 use crate::secrets::Resolved;
 
 /// The key of a checkpoint ConfigMap holding the JSON checkpoint (the workers write it).
@@ -29,6 +30,9 @@ pub struct CheckpointSummary {
     pub oldest_written_at_ms: Option<i64>,
     /// Next offset to read, per partition of `topic` that has progress.
     pub next_offsets: BTreeMap<i32, i64>,
+    /// The definition, first result window and reset of each partition of `topic` that has a
+    /// checkpoint.
+    pub marks: BTreeMap<i32, CheckpointMarks>,
 }
 
 impl CheckpointSummary {
@@ -46,6 +50,14 @@ impl CheckpointSummary {
         if let Some(p) = &cp.progress {
             self.next_offsets.insert(cp.partition, p.next_offset);
         }
+        self.marks.insert(
+            cp.partition,
+            CheckpointMarks {
+                definition: cp.definition.clone(),
+                results_from_ms: cp.results_from,
+                reset: cp.reset.clone(),
+            },
+        );
     }
 }
 

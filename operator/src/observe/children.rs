@@ -6,7 +6,8 @@
 use std::time::Instant;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::ListParams;
 use kube::{Api, Client};
 use weir_crds::assignment::Assignment;
 use weir_crds::{names, StreamJob};
@@ -136,4 +137,26 @@ pub async fn stateful_set(
             source,
         })?;
     Ok(own(found, job))
+}
+
+/// A suspended job: how many of its worker pods exist, terminating ones included (metadata
+/// only, by the job's selector); it reports `Suspending` until none is left. `None` (and no
+/// request) for a job that is not suspended.
+pub async fn suspended_worker_pods(
+    client: &Client,
+    job: &StreamJob,
+) -> Result<Option<usize>, Error> {
+    if !job.spec.suspend {
+        return Ok(None);
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace(job));
+    let selector = names::selector_string(&name(job));
+    let listed = pods
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::ListWorkerPods {
+            job: name(job),
+            source,
+        })?;
+    Ok(Some(listed.items.len()))
 }

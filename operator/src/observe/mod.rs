@@ -109,6 +109,8 @@ pub async fn observe(
             None
         });
 
+    let worker_pods = children::suspended_worker_pods(client, job).await?;
+
     Ok(Observation {
         topic,
         previous_assignment,
@@ -122,6 +124,8 @@ pub async fn observe(
         repartition_topic,
         repartition,
         last_checkpoint_time: source.oldest_written_at_ms.and_then(time_from_ms),
+        checkpoint_marks: source.marks,
+        worker_pods,
         existing_checkpoints: read.existing,
         connection,
     })

@@ -127,7 +127,9 @@ impl FakeApiServer {
 
     /// What the StatefulSet controller does, once: creates the pods `<name>-<ordinal>` each
     /// StatefulSet that is not being deleted lacks, with its template's labels and the
-    /// StatefulSet as their controlling owner.
+    /// StatefulSet as their controlling owner; and deletes (so they start terminating, for their
+    /// grace period) its pods whose ordinal is not below its `spec.replicas`, as a scale-down
+    /// does.
     pub fn run_statefulset_controller(&mut self) {
         let sets: Vec<Value> = self
             .all("/apis/apps/v1/statefulsets")
@@ -138,7 +140,25 @@ impl FakeApiServer {
         for set in sets {
             let ns = set["metadata"]["namespace"].as_str().unwrap_or_default();
             let name = set["metadata"]["name"].as_str().unwrap_or_default();
-            for ordinal in 0..set["spec"]["replicas"].as_i64().unwrap_or(1) {
+            let replicas = set["spec"]["replicas"].as_i64().unwrap_or(1);
+            let condemned: Vec<Key> = self
+                .objects
+                .keys()
+                .filter(|(c, n, pod)| {
+                    resource_of(c) == "pods"
+                        && n == ns
+                        && pod
+                            .strip_prefix(name)
+                            .and_then(|rest| rest.strip_prefix('-'))
+                            .and_then(|o| o.parse::<i64>().ok())
+                            .is_some_and(|o| o >= replicas)
+                })
+                .cloned()
+                .collect();
+            for k in &condemned {
+                self.delete_key(k);
+            }
+            for ordinal in 0..replicas {
                 let path = format!("/api/v1/namespaces/{ns}/pods/{name}-{ordinal}");
                 if self.get(&path).is_some() {
                     continue;
