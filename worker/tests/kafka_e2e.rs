@@ -156,9 +156,12 @@ spec:
     )
 }
 
-/// Key of a result: (group, window start), as the sink's message key names it.
+/// Key of a result: (group, window start, window end), as the sink's message key names it.
 fn result_key(v: &Value) -> String {
-    serde_json::json!({"group": v["group"], "start": v["window"]["start"]}).to_string()
+    format!(
+        r#"{{"group":{},"start":{},"end":{}}}"#,
+        v["group"], v["window"]["start"], v["window"]["end"]
+    )
 }
 
 /// `weir run --input` over the same values: the expected results by key, and rejections by
@@ -677,7 +680,7 @@ fn run(s: Scenario) {
     results_reader.join().unwrap();
     dead_reader.join().unwrap();
 
-    // Keys name their content: each message's key is its value's (group, window start).
+    // Keys name their content: each message's key is its value's (group, window start, end).
     let all = results.lock().unwrap();
     for (k, v, _) in all.iter() {
         assert_eq!(*k, result_key(&serde_json::from_str(v).unwrap()));
