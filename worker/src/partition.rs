@@ -158,21 +158,7 @@ fn open_partition<'a>(
         Some((&stored, resume.as_ref())),
         stage == Stage::Merge,
     );
-    let (start, first_write) = match &decision.begin {
-        Begin::Resume(p) => (StartPoint::Checkpoint(p.clone()), None),
-        // Recorded at once, so the operator sees the new definition taken up; a crash before
-        // the write decides the same again from the old record.
-        Begin::NewDefinition { progress, .. } => (
-            StartPoint::Checkpoint(progress.clone()),
-            Some(progress.clone()),
-        ),
-        Begin::Fresh { from, .. } => (
-            StartPoint::Fresh {
-                offset: fresh_offset(&consumer, stage, topic, partition, *from)?,
-            },
-            None,
-        ),
-    };
+    let (start, first_write) = start_point(&decision.begin, &consumer, stage, topic, partition)?;
     lease.set_run(decision.run.clone());
     let interval = i64::try_from(ctx.checkpoint_interval.as_millis()).unwrap_or(i64::MAX);
     let timing = Timing::new(&ctx.plan, interval);
@@ -201,13 +187,15 @@ fn open_partition<'a>(
     assign_at(&consumer, topic, partition, protocol.start_offset())?;
     let producers = outbox(ctx, stage, partition)?;
     log_start(ctx, stage, partition, &protocol, &producers);
+    let pm = ctx.metrics.partition(topic, partition);
+    pm.set_results_from_ms(protocol.results_from());
     let part = PartitionIo {
         ctx,
         rt,
         stage,
         partition,
         topic,
-        pm: ctx.metrics.partition(topic, partition),
+        pm,
         lease,
         protocol,
         producers,
@@ -216,6 +204,31 @@ fn open_partition<'a>(
         timing,
     };
     Ok(Opened::Ready(consumer, Box::new(part)))
+}
+
+/// The protocol's start for `begin`, and a progress to record before reading (a new
+/// definition's: recorded at once, so the operator sees the new definition taken up; a crash
+/// before the write decides the same again from the old record).
+fn start_point(
+    begin: &Begin,
+    consumer: &BaseConsumer,
+    stage: Stage,
+    topic: &str,
+    partition: i32,
+) -> Result<(StartPoint, Option<Progress>), RuntimeError> {
+    Ok(match begin {
+        Begin::Resume(p) => (StartPoint::Checkpoint(p.clone()), None),
+        Begin::NewDefinition { progress, .. } => (
+            StartPoint::Checkpoint(progress.clone()),
+            Some(progress.clone()),
+        ),
+        Begin::Fresh { from, .. } => (
+            StartPoint::Fresh {
+                offset: fresh_offset(consumer, stage, topic, partition, *from)?,
+            },
+            None,
+        ),
+    })
 }
 
 /// Where a partition starts afresh: `from` (the source topic's `startFrom`, or a reset's `to`),
@@ -784,6 +797,8 @@ impl PartitionIo<'_> {
         if let Some(wm) = self.protocol.watermark() {
             self.pm.set_watermark_ms(wm);
         }
+        // The merge stage's moves as its sources' markers arrive.
+        self.pm.set_results_from_ms(self.protocol.results_from());
         let engine = self.protocol.engine();
         self.pm.set_open(engine.open_rows(), engine.open_groups());
         let next = self.protocol.next_offset();
