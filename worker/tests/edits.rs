@@ -34,7 +34,6 @@ const STEP_MS: i64 = 40;
 const MINUTE: i64 = 60_000;
 const SPAN_MS: i64 = 8 * MINUTE;
 const END: &str = "zz-end";
-const REPARTITION: &str = "weir.default.e2e.repartition";
 
 /// The first event time: the start of the hour before the current one (recent, so that no
 /// retention by time applies to the records, whose timestamps are their event times).
@@ -44,6 +43,11 @@ fn t0() -> i64 {
         .unwrap()
         .as_millis() as i64;
     now - now.rem_euclid(3_600_000) - 3_600_000
+}
+
+/// The repartition topic of job `name` (two-stage definitions).
+fn repartition(name: &str) -> String {
+    format!("weir.default.{name}.repartition")
 }
 
 /// One source record.
@@ -271,7 +275,9 @@ impl Setup {
         for (topic, n) in [("in", PARTITIONS), ("out", 1), ("out2", 1)] {
             support::broker::create_topic(WEIR, &broker.bootstrap, topic, n);
         }
-        support::broker::create_topic(WEIR, &broker.bootstrap, REPARTITION, PARTITIONS);
+        for job in ["e2e", "fresh"] {
+            support::broker::create_topic(WEIR, &broker.bootstrap, &repartition(job), PARTITIONS);
+        }
         let t0 = t0();
         Setup {
             broker,
@@ -311,7 +317,7 @@ impl Setup {
         let assignment = dir.join("assignment.json");
         let mut plan = weir_crds::assignment::Assignment::round_robin(PARTITIONS, 2, 1);
         if def.two_stage() {
-            plan = plan.with_merge(REPARTITION, PARTITIONS, PARTITIONS);
+            plan = plan.with_merge(&repartition(def.name), PARTITIONS, PARTITIONS);
         }
         std::fs::write(&assignment, serde_json::to_string(&plan).unwrap()).unwrap();
         let mut w = Workers {
@@ -607,8 +613,21 @@ fn suspended_and_resumed_workers_equal_an_uninterrupted_run() {
 
 #[test]
 fn a_reset_to_a_time_equals_a_new_job_started_at_that_time() {
+    reset_to_a_time(Def::new("{type: tumbling, size: 1m}"));
+}
+
+#[test]
+fn a_two_stage_job_reset_to_a_time_equals_a_new_job_started_at_that_time() {
+    let mut def = Def::new("{type: tumbling, size: 1m}");
+    def.group = "[customer]";
+    def.extra = String::new();
+    reset_to_a_time(def);
+}
+
+/// Run `def` over every record, then reset it to a time T, and start a new job of the same
+/// definition at T (another name and sink) over the same records.
+fn reset_to_a_time(def: Def) {
     let s = Setup::new();
-    let def = Def::new("{type: tumbling, size: 1m}");
     let want = reference(s.dir.path(), &def, &s.recs, s.t0);
     let stop = Arc::new(AtomicBool::new(false));
     let (seen, reader) = collect(&s.broker.bootstrap, "out", 1, stop.clone());
@@ -623,7 +642,7 @@ fn a_reset_to_a_time_equals_a_new_job_started_at_that_time() {
     let t = s.t0 + 3 * MINUTE + 20_000;
     let at = weir_engine::time::format(t);
     let mut reset = def.clone();
-    reset.extra = format!("repartition: {{coPartitioned: true}}\n  reset: {{to: \"{at}\"}}");
+    reset.extra = format!("{}\n  reset: {{to: \"{at}\"}}", def.extra);
     let mut fresh = def.clone();
     fresh.name = "fresh";
     fresh.start_from = at.clone();

@@ -403,4 +403,30 @@ spec:
         assert!(!d.accept_untagged);
         assert_eq!(d.run_tag(), definition::run_tag(&s));
     }
+
+    #[test]
+    fn the_merge_stage_resets_through_the_run_tag() {
+        let mut s = spec("{type: tumbling, size: 1m}");
+        let fp = definition::fingerprint(&s);
+        let before = run(Some(&fp), None, None);
+        let p = progress(None, Some(5 * MIN));
+        let resumed = decide(&plan(&s), &s, Some((&before, Some(&p))), true);
+        assert_eq!(resumed.begin, Begin::Resume(p.clone()));
+        s.reset = Some(Reset {
+            to: StartFrom::Time(3 * MIN),
+            id: Some("again".into()),
+        });
+        let d = decide(&plan(&s), &s, Some((&before, Some(&p))), true);
+        assert_eq!(
+            d.begin,
+            Begin::Fresh {
+                from: StartFrom::Earliest,
+                reset: s.reset.as_ref().map(Reset::identity)
+            }
+        );
+        assert_eq!(d.run.results_from, None, "the sources' resultsFrom count");
+        assert_eq!(d.run_tag(), definition::run_tag(&s));
+        assert_ne!(d.run_tag(), resumed.run_tag());
+        assert!(!d.accept_untagged);
+    }
 }
