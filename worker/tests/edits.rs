@@ -310,6 +310,11 @@ impl Setup {
 
     /// Two worker processes of `def`, checkpoints in `<dir>/<run>`.
     fn workers(&self, def: &Def, run: &str) -> Workers {
+        self.workers_of(def, run, &[0, 1])
+    }
+
+    /// The worker processes of `ordinals` (of two) of `def`.
+    fn workers_of(&self, def: &Def, run: &str, ordinals: &[usize]) -> Workers {
         let dir = self.dir.path().join(run);
         std::fs::create_dir_all(&dir).unwrap();
         let job = dir.join(format!("job-{}.yaml", def.fingerprint()));
@@ -331,8 +336,8 @@ impl Setup {
             starts: std::fs::read_dir(&dir).unwrap().count(),
             metrics_port: free_port(),
         };
-        for ordinal in 0..2 {
-            w.start(ordinal);
+        for ordinal in ordinals {
+            w.start(*ordinal);
         }
         w
     }
@@ -422,6 +427,13 @@ fn messages(seen: &Seen) -> Vec<(String, Value)> {
 /// wrote its windows up to 4 minutes, start `def2` and give it the rest. `is_def2`: whether a
 /// result is of the new definition.
 fn edit(def1: Def, def2: Def, is_def2: fn(&Value) -> bool) {
+    edit_with(def1, def2, is_def2, false)
+}
+
+/// [`edit`]; `rolling`: the workers change definition one at a time (worker 0, which owns
+/// source and repartition partition 0, then worker 1 a few seconds later), so both definitions
+/// run side by side for a while.
+fn edit_with(def1: Def, def2: Def, is_def2: fn(&Value) -> bool, rolling: bool) {
     let s = Setup::new();
     let want1 = reference(s.dir.path(), &def1, &s.recs, s.t0);
     let want2 = reference(s.dir.path(), &def2, &s.recs, s.t0);
@@ -438,18 +450,30 @@ fn edit(def1: Def, def2: Def, is_def2: fn(&Value) -> bool) {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     wait_sink(&seen, 0, &early, &w1);
-    w1.stop();
-    let old = s.checkpoints("run", "e2e");
-    let emitted: Vec<i64> = old
-        .iter()
-        .map(|c| {
-            let c = c.as_ref().expect("a checkpoint of the first definition");
-            assert_eq!(c.definition.as_deref(), Some(def1.fingerprint().as_str()));
-            c.progress.as_ref().unwrap().emitted_through.unwrap()
-        })
-        .collect();
-
-    let w2 = s.workers(&def2, "run");
+    // Each source partition's last checkpoint of the first definition, when its worker stopped.
+    let emitted_through = |p: usize| {
+        let c = s.checkpoints("run", "e2e")[p]
+            .clone()
+            .expect("a checkpoint of the first definition");
+        assert_eq!(c.definition.as_deref(), Some(def1.fingerprint().as_str()));
+        c.progress.unwrap().emitted_through.unwrap()
+    };
+    let (w2, emitted) = if rolling {
+        w1.stop_one(0);
+        let e0 = emitted_through(0);
+        let mut w2 = s.workers_of(&def2, "run", &[0]);
+        // Worker 0 replays partition 0 for the new definition while worker 1 still runs the
+        // old one: the merge stages skip each other's partials and markers.
+        std::thread::sleep(Duration::from_secs(3));
+        w1.stop_one(1);
+        let e1 = emitted_through(1);
+        w2.start(1);
+        (w2, vec![e0, e1])
+    } else {
+        w1.stop();
+        let emitted: Vec<i64> = (0..PARTITIONS as usize).map(emitted_through).collect();
+        (s.workers(&def2, "run"), emitted)
+    };
     let fp2 = def2.fingerprint();
     let new = s.wait_checkpoints("run", "e2e", &w2, "the new definition", |c| {
         c.definition.as_deref() == Some(fp2.as_str())
@@ -504,9 +528,16 @@ fn edit(def1: Def, def2: Def, is_def2: fn(&Value) -> bool) {
         }
     }
     // The first definition: exactly its windows up to where it stopped, each as weir run.
+    let through = |v: &Value| {
+        if def1.two_stage() {
+            *emitted.iter().min().unwrap()
+        } else {
+            emitted[partition_of(v) as usize]
+        }
+    };
     let expected1: BTreeMap<String, Value> = want1
         .iter()
-        .filter(|(_, v)| end_ms(v) <= emitted[partition_of(v) as usize])
+        .filter(|(_, v)| end_ms(v) <= through(v))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     assert_eq!(
@@ -575,6 +606,16 @@ fn a_group_by_changed_to_a_field_that_is_not_the_key_runs_two_stages_exactly() {
     edit(Def::new("{type: tumbling, size: 1m}"), def2, |v| {
         v["group"].get("customer").is_some()
     });
+}
+
+#[test]
+fn a_two_stage_job_edited_by_a_rolling_update_emits_complete_windows_of_each_definition() {
+    // Grouped by merchant without declaring it co-partitioned: two stages.
+    let mut def1 = Def::new("{type: tumbling, size: 1m}");
+    def1.extra = String::new();
+    let mut def2 = def1.clone();
+    def2.window = "{type: tumbling, size: 2m}";
+    edit_with(def1, def2, |v| end_ms(v) - start_ms(v) == 2 * MINUTE, true);
 }
 
 #[test]

@@ -251,6 +251,16 @@ impl Workers {
         out
     }
 
+    /// SIGTERM the worker of `ordinal` and wait (a rolling update, one pod at a time).
+    pub fn stop_one(&mut self, ordinal: usize) {
+        let (mut one, rest): (Vec<Worker>, Vec<Worker>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|w| w.ordinal == ordinal);
+        std::mem::swap(&mut self.running, &mut one);
+        self.stop();
+        self.running = rest;
+    }
+
     /// SIGTERM everything and wait: a graceful stop writes final checkpoints.
     pub fn stop(&mut self) {
         for w in &self.running {
