@@ -49,6 +49,30 @@ pub struct PartitionCheckpoint {
     pub reset: Option<String>,
 }
 
+impl PartitionCheckpoint {
+    /// The run this record belongs to: its definition, first window and reset.
+    pub fn run(&self) -> Run {
+        Run {
+            definition: self.definition.clone(),
+            results_from: self.results_from,
+            reset: self.reset.clone(),
+        }
+    }
+}
+
+/// What a partition's checkpoints say about the run they belong to, as
+/// [`PartitionCheckpoint::definition`], [`PartitionCheckpoint::results_from`] and
+/// [`PartitionCheckpoint::reset`] (the same meanings).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Run {
+    /// The definition's fingerprint.
+    pub definition: Option<String>,
+    /// The first window start (ms) it emits.
+    pub results_from: Option<i64>,
+    /// The identity of the last reset applied.
+    pub reset: Option<String>,
+}
+
 /// How far a partition got. Everything here is a pure function of the records up to
 /// `next_offset`, so a replay from `replay_from` rebuilds exactly the open windows.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +108,10 @@ pub struct SourceProgress {
     pub watermark: Option<i64>,
     /// Whether it was idle.
     pub idle: bool,
+    /// The first window start (ms) its run emits, from its last marker: the merge stage emits
+    /// a window only when it starts at or after every source partition's (`None`: every window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_from: Option<i64>,
 }
 
 /// Where the merge stage of a two-stage job (reading the repartition topic) keeps its

@@ -49,14 +49,22 @@ pub fn fingerprint(spec: &StreamJobSpec) -> String {
 /// the definition's fingerprint, and the reset it started from, if any. Two runs of one job share
 /// a tag only if they compute the same results from the same starting point.
 pub fn run_tag(spec: &StreamJobSpec) -> String {
-    let definition = fingerprint(spec);
-    match &spec.reset {
-        None => definition,
-        Some(r) => {
+    let reset = spec.reset.as_ref().map(crate::Reset::identity);
+    run_tag_of(&fingerprint(spec), reset.as_deref())
+}
+
+/// The run tag of `definition` (a [`fingerprint`]) started from the reset of identity `reset`
+/// (`None`: no reset): what a worker tags with after it applied the reset, also once the spec no
+/// longer names it (a checkpoint keeps the reset it applied). Equal to [`run_tag`] of a spec with
+/// that definition and reset.
+pub fn run_tag_of(definition: &str, reset: Option<&str>) -> String {
+    match reset {
+        None => definition.to_owned(),
+        Some(identity) => {
             let mut h = Sha256::new();
             h.update(definition.as_bytes());
             h.update([0u8]);
-            h.update(r.identity().as_bytes());
+            h.update(identity.as_bytes());
             hex16(&h.finalize())
         }
     }
@@ -140,6 +148,12 @@ spec:
         });
         assert_ne!(run_tag(&s), first);
         assert_eq!(fingerprint(&s), fingerprint(&spec("")));
+        let identity = s.reset.as_ref().map(Reset::identity);
+        assert_eq!(
+            run_tag_of(&fingerprint(&s), identity.as_deref()),
+            run_tag(&s)
+        );
+        assert_eq!(run_tag_of(&fingerprint(&s), None), fingerprint(&s));
     }
 }
 

@@ -102,6 +102,7 @@ struct Families {
     result_bytes: Family<PartitionLabels, Counter>,
     consumer_lag: Family<PartitionLabels, Gauge>,
     watermark: Family<PartitionLabels, FloatGauge>,
+    results_from: Family<PartitionLabels, FloatGauge>,
     checkpoint_duration: HistogramFamily,
     checkpoint_size: Family<PartitionLabels, Gauge>,
     checkpoint_failures: Family<PartitionLabels, Counter>,
@@ -154,6 +155,7 @@ impl Families {
             result_bytes: Family::default(),
             consumer_lag: Family::default(),
             watermark: Family::default(),
+            results_from: Family::default(),
             checkpoint_duration: Family::new_with_constructor(checkpoint_histogram),
             checkpoint_size: Family::default(),
             checkpoint_failures: Family::default(),
@@ -252,6 +254,13 @@ impl Families {
                  the partition's first record",
             Unit::Seconds,
             self.watermark.clone(),
+        );
+        r.register_with_unit(
+            "results_from",
+            "The first window start the partition's run emits, in seconds since the Unix epoch \
+                 (after an edit, a reset or a start time; docs/semantics.md); absent: every window",
+            Unit::Seconds,
+            self.results_from.clone(),
         );
         r.register_with_unit(
             "checkpoint_duration",
@@ -411,6 +420,7 @@ impl Metrics {
             consumer_lag: f.consumer_lag.get_or_create_owned(&labels),
             watermark: OnceLock::new(),
             watermark_family: f.watermark.clone(),
+            results_from_family: f.results_from.clone(),
             checkpoint_duration: f.checkpoint_duration.get_or_create_owned(&labels),
             checkpoint_size: f.checkpoint_size.get_or_create_owned(&labels),
             checkpoint_failures: f.checkpoint_failures.get_or_create_owned(&labels),
@@ -434,6 +444,7 @@ impl Metrics {
         };
         f.consumer_lag.remove(&labels);
         f.watermark.remove(&labels);
+        f.results_from.remove(&labels);
         f.checkpoint_size.remove(&labels);
         f.last_checkpoint.remove(&labels);
         f.open_windows.remove(&labels);
@@ -492,6 +503,7 @@ pub struct PartitionMetrics {
     // The watermark series only exists once a watermark is known, so it is created on first use.
     watermark: OnceLock<FloatGauge>,
     watermark_family: Family<PartitionLabels, FloatGauge>,
+    results_from_family: Family<PartitionLabels, FloatGauge>,
     checkpoint_duration: Histogram,
     checkpoint_size: Gauge,
     /// Checkpoint writes that failed.
@@ -543,6 +555,21 @@ impl PartitionMetrics {
         self.watermark
             .get_or_init(|| self.watermark_family.get_or_create_owned(&self.labels))
             .set(watermark_ms as f64 / 1000.0);
+    }
+
+    /// The first window start (ms since the epoch) the partition's run emits; `None` (every
+    /// window) leaves the series absent.
+    pub fn set_results_from_ms(&self, results_from_ms: Option<i64>) {
+        match results_from_ms {
+            Some(ms) => {
+                self.results_from_family
+                    .get_or_create_owned(&self.labels)
+                    .set(ms as f64 / 1000.0);
+            }
+            None => {
+                self.results_from_family.remove(&self.labels);
+            }
+        }
     }
 
     /// Windows and groups open now (the engine's `open_windows()` and `open_groups()`).
@@ -674,6 +701,21 @@ mod tests {
                 "missing {want} in:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn results_from_is_shown_only_while_a_run_starts_later_than_every_window() {
+        let m = Metrics::new();
+        let p = m.partition("t", 0);
+        p.set_results_from_ms(None);
+        assert!(lines_with(&m.encode(), "weir_results_from_seconds{").is_empty());
+        p.set_results_from_ms(Some(1_796_112_000_000));
+        let text = m.encode();
+        let lines = lines_with(&text, "weir_results_from_seconds{");
+        assert_eq!(lines.len(), 1, "{text}");
+        assert!(lines[0].ends_with(" 1796112000.0"), "{}", lines[0]);
+        m.release_partition("t", 0);
+        assert!(lines_with(&m.encode(), "weir_results_from_seconds{").is_empty());
     }
 
     #[test]

@@ -24,9 +24,10 @@ use tracing::{debug, info, warn};
 use weir_crds::StartFrom;
 use weir_engine::engine::Partial;
 use weir_engine::protocol::{Action, PartitionProtocol, Role, StartPoint, Timing};
+use weir_engine::start::{self, Begin};
 use weir_engine::{Record, Rejection, WindowResult};
 
-use crate::checkpoint::{CheckpointStore, PartitionLease, Progress};
+use crate::checkpoint::{CheckpointStore, PartitionLease, Progress, Run};
 use crate::contiguous::{Contiguous, Step};
 use crate::metrics::PartitionMetrics;
 use crate::outbox::{Origin, Outbox};
@@ -74,7 +75,7 @@ fn drive_partition(
 /// What taking a partition's lease gave.
 pub(crate) enum LeaseTaken {
     /// The lease, and the progress to resume from (none: the partition was never started).
-    Taken(PartitionLease, Option<Progress>),
+    Taken(Box<PartitionLease>, Option<Progress>),
     /// A newer owner holds the partition (counted and logged).
     Fenced(PartitionEnd),
 }
@@ -94,7 +95,7 @@ pub(crate) fn take_lease(
         ctx.epoch,
         &ctx.owner,
     )) {
-        Ok((lease, progress)) => Ok(LeaseTaken::Taken(lease, progress)),
+        Ok((lease, progress)) => Ok(LeaseTaken::Taken(Box::new(lease), progress)),
         Err(e) if e.is_fenced() => {
             ctx.metrics.partitions_fenced.inc();
             warn!(topic, partition, error = %e, "not taking the partition: a newer owner holds it");
@@ -140,7 +141,7 @@ fn open_partition<'a>(
         ),
     };
     let (mut lease, resume) = match take_lease(ctx, rt, store, topic, partition)? {
-        LeaseTaken::Taken(lease, resume) => (lease, resume),
+        LeaseTaken::Taken(lease, resume) => (*lease, resume),
         LeaseTaken::Fenced(end) => return Ok(Opened::Ended(end)),
     };
     let role_name = match stage {
@@ -148,21 +149,32 @@ fn open_partition<'a>(
         Stage::Merge => "repartition consumer",
     };
     let consumer = new_consumer(ctx, partition, role_name)?;
-    let start = match resume {
-        Some(p) => StartPoint::Checkpoint(p),
-        None => StartPoint::Fresh {
-            offset: fresh_offset(ctx, &consumer, stage, topic, partition)?,
-        },
-    };
+    // Resume, start the spec's new definition, or start afresh (a reset, a first start): the
+    // decision is the engine's (weir_engine::start), from what the checkpoint recorded.
+    let stored = lease.run().clone();
+    let decision = start::decide(
+        &ctx.plan,
+        &ctx.spec,
+        Some((&stored, resume.as_ref())),
+        stage == Stage::Merge,
+    );
+    let (start, first_write) = start_point(&decision.begin, &consumer, stage, topic, partition)?;
+    lease.set_run(decision.run.clone());
     let interval = i64::try_from(ctx.checkpoint_interval.as_millis()).unwrap_or(i64::MAX);
     let timing = Timing::new(&ctx.plan, interval);
     let mut protocol = PartitionProtocol::new(ctx.plan.clone(), role, partition, timing, start, 0);
+    protocol.set_run(
+        decision.run.results_from,
+        decision.run_tag(),
+        decision.accept_untagged,
+    );
     if stage == Stage::Source {
         protocol.set_row_limit(ctx.row_limit);
     }
-    if let Some(first) = protocol.first_checkpoint() {
-        // Record the resolved start before reading, so a crash before the first checkpoint
-        // restarts from the same place (not from a newer "latest").
+    log_run(stage, partition, &stored, &decision, &protocol);
+    if let Some(first) = first_write.as_ref().or(protocol.first_checkpoint()) {
+        // Record the resolved start (and the run) before reading, so a crash before the first
+        // checkpoint restarts from the same place (not from a newer "latest").
         match rt.block_on(lease.commit(first.clone())) {
             Ok(_) => {}
             Err(e) if e.is_fenced() => {
@@ -175,13 +187,15 @@ fn open_partition<'a>(
     assign_at(&consumer, topic, partition, protocol.start_offset())?;
     let producers = outbox(ctx, stage, partition)?;
     log_start(ctx, stage, partition, &protocol, &producers);
+    let pm = ctx.metrics.partition(topic, partition);
+    pm.set_results_from_ms(protocol.results_from());
     let part = PartitionIo {
         ctx,
         rt,
         stage,
         partition,
         topic,
-        pm: ctx.metrics.partition(topic, partition),
+        pm,
         lease,
         protocol,
         producers,
@@ -192,14 +206,40 @@ fn open_partition<'a>(
     Ok(Opened::Ready(consumer, Box::new(part)))
 }
 
-/// Where a partition with no checkpoint starts: the source topic's `startFrom`, or the
-/// beginning of the repartition partition (everything in it is for this job).
-fn fresh_offset(
-    ctx: &JobContext,
+/// The protocol's start for `begin`, and a progress to record before reading (a new
+/// definition's: recorded at once, so the operator sees the new definition taken up; a crash
+/// before the write decides the same again from the old record).
+fn start_point(
+    begin: &Begin,
     consumer: &BaseConsumer,
     stage: Stage,
     topic: &str,
     partition: i32,
+) -> Result<(StartPoint, Option<Progress>), RuntimeError> {
+    Ok(match begin {
+        Begin::Resume(p) => (StartPoint::Checkpoint(p.clone()), None),
+        Begin::NewDefinition { progress, .. } => (
+            StartPoint::Checkpoint(progress.clone()),
+            Some(progress.clone()),
+        ),
+        Begin::Fresh { from, .. } => (
+            StartPoint::Fresh {
+                offset: fresh_offset(consumer, stage, topic, partition, *from)?,
+            },
+            None,
+        ),
+    })
+}
+
+/// Where a partition starts afresh: `from` (the source topic's `startFrom`, or a reset's `to`),
+/// or the beginning of the repartition partition (everything in it is for this job; the merge
+/// stage skips other runs' messages).
+fn fresh_offset(
+    consumer: &BaseConsumer,
+    stage: Stage,
+    topic: &str,
+    partition: i32,
+    from: StartFrom,
 ) -> Result<i64, RuntimeError> {
     let action = match stage {
         Stage::Source => "reading the partition's offsets",
@@ -212,13 +252,66 @@ fn fresh_offset(
             action,
             source,
         })?;
-    Ok(match (stage, &ctx.spec.source.kafka.start_from) {
+    Ok(match (stage, from) {
         (Stage::Merge, _) | (Stage::Source, StartFrom::Earliest) => low,
         (Stage::Source, StartFrom::Latest) => high,
         (Stage::Source, StartFrom::Time(ms)) => {
-            offset_for_time(consumer, topic, partition, *ms)?.unwrap_or(high)
+            offset_for_time(consumer, topic, partition, ms)?.unwrap_or(high)
         }
     })
+}
+
+/// One line when a partition starts a new run: another definition than its checkpoint's, or a
+/// reset (docs/semantics.md, "Edits, resets and start times").
+fn log_run(
+    stage: Stage,
+    partition: i32,
+    stored: &Run,
+    decision: &start::Decision,
+    protocol: &PartitionProtocol,
+) {
+    let results_from = decision
+        .run
+        .results_from
+        .map_or_else(|| "every window".to_string(), weir_engine::time::format);
+    let definition = decision.run.definition.as_deref().unwrap_or_default();
+    let from = protocol.start_offset();
+    match (&decision.begin, stage) {
+        (Begin::NewDefinition { previous, .. }, _) => info!(
+            partition,
+            previous,
+            definition,
+            replay_from = from,
+            results_from,
+            "the job's definition changed: replaying from the checkpoint's replay point for the \
+             new definition, whose results start at results_from"
+        ),
+        (
+            Begin::Fresh {
+                reset: Some(reset), ..
+            },
+            Stage::Source,
+        ) => info!(
+            partition,
+            reset,
+            definition,
+            from,
+            results_from,
+            "reset: starting the partition again from reset.to"
+        ),
+        (Begin::Fresh { .. }, Stage::Merge) if stored.definition.is_some() => info!(
+            stage = 2,
+            partition,
+            previous = stored.definition.as_deref().unwrap_or_default(),
+            previous_reset = stored.reset.as_deref().unwrap_or_default(),
+            definition,
+            run_tag = %decision.run_tag(),
+            from,
+            "a new run of the job (edited or reset): merging it afresh from the repartition \
+             partition's log start, skipping other runs' partials"
+        ),
+        _ => {}
+    }
 }
 
 /// The first offset of `partition` whose Kafka timestamp is at or after `ms` (ListOffsets by
@@ -620,6 +713,21 @@ impl PartitionIo<'_> {
                          allowed lateness); dropped");
                 }
             }
+            Action::OtherRun {
+                offset,
+                tag,
+                skipped,
+            } => {
+                // Expected around an edit or a reset (a rolling update runs both definitions).
+                debug!(
+                    stage = 2,
+                    partition,
+                    offset,
+                    tag = tag.as_deref().unwrap_or("none"),
+                    skipped,
+                    "skipping a partial or marker of another run of the job"
+                );
+            }
             Action::Unreadable { offset, error } => {
                 // Not written by weir (someone else produced to the topic).
                 warn!(stage = 2, partition, offset, error = %error,
@@ -689,6 +797,8 @@ impl PartitionIo<'_> {
         if let Some(wm) = self.protocol.watermark() {
             self.pm.set_watermark_ms(wm);
         }
+        // The merge stage's moves as its sources' markers arrive.
+        self.pm.set_results_from_ms(self.protocol.results_from());
         let engine = self.protocol.engine();
         self.pm.set_open(engine.open_rows(), engine.open_groups());
         let next = self.protocol.next_offset();

@@ -9,7 +9,7 @@ use support::seaweedfs::{SeaweedFs, ACCESS_KEY, BUCKET, SECRET_KEY};
 use support::suites::{conformance, fencing, migration, record};
 use weir_worker::checkpoint::{
     CheckpointError, CheckpointStore, DirStore, LegacyAccess, MemoryStore, MigratingStore,
-    ObjectStoreConfig, ObjectStoreStore, PartitionLease, StoreError,
+    ObjectStoreConfig, ObjectStoreStore, PartitionLease, Run, StoreError,
 };
 
 #[tokio::test]
@@ -87,6 +87,46 @@ async fn lease_refuses_another_topics_checkpoint() {
         matches!(other, Err(CheckpointError::WrongTopic { .. })),
         "{other:?}"
     );
+}
+
+/// The run a record names (definition, resultsFrom, reset) survives a new owner's claim, and
+/// every write after `set_run` records the new one (docs/semantics.md, "Edits, resets and
+/// start times").
+#[tokio::test]
+async fn a_lease_keeps_the_stored_run_until_told_another() {
+    let store: Arc<dyn CheckpointStore> = Arc::new(MemoryStore::new());
+    let old = Run {
+        definition: Some("0123456789abcdef".into()),
+        results_from: Some(60_000),
+        reset: Some("earliest".into()),
+    };
+    let (mut first, _) = PartitionLease::acquire(store.clone(), "payments", 0, 1, "a")
+        .await
+        .expect("acquire");
+    assert_eq!(*first.run(), Run::default());
+    first.set_run(old.clone());
+    first
+        .commit(support::suites::progress(10))
+        .await
+        .expect("commit");
+    let (mut second, _) = PartitionLease::acquire(store.clone(), "payments", 0, 2, "b")
+        .await
+        .expect("acquire");
+    assert_eq!(*second.run(), old);
+    let claimed = store.get(0).await.expect("get").expect("a record");
+    assert_eq!(claimed.checkpoint.run(), old, "the claim keeps the run");
+    let new = Run {
+        definition: Some("fedcba9876543210".into()),
+        results_from: Some(120_000),
+        reset: None,
+    };
+    second.set_run(new.clone());
+    second
+        .commit(support::suites::progress(20))
+        .await
+        .expect("commit");
+    let written = store.get(0).await.expect("get").expect("a record");
+    assert_eq!(written.checkpoint.run(), new);
 }
 
 #[tokio::test]

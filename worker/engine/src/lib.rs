@@ -10,6 +10,7 @@ pub mod decode;
 pub mod engine;
 pub mod plan;
 pub mod protocol;
+pub mod start;
 pub mod time;
 
 pub use engine::{

@@ -147,6 +147,17 @@ pub enum Action {
         /// Partials dropped as late so far by this partition.
         late: u64,
     },
+    /// The merge stage skipped a partial or marker of another run (another definition or reset,
+    /// [`PartitionProtocol::set_run`]): written by a worker of the definition before an edit, or
+    /// after one, while both run during a rolling update.
+    OtherRun {
+        /// Its offset.
+        offset: i64,
+        /// Its tag (`None`: written before tags, by an older version).
+        tag: Option<String>,
+        /// Messages of other runs skipped so far by this partition.
+        skipped: u64,
+    },
     /// A message of the repartition topic that is not a partial or marker (not written by
     /// weir) was skipped.
     Unreadable {
@@ -201,6 +212,17 @@ pub struct PartitionProtocol {
     /// The bound on open rows for records read for the first time (see
     /// [`PartitionProtocol::set_row_limit`]).
     row_limit: Option<usize>,
+    /// The first window start this partition's run emits (`i64::MIN`: every window); see
+    /// [`PartitionProtocol::set_run`].
+    results_from: i64,
+    /// The run tag its partials and markers carry (stage 1), or that it merges (merge stage).
+    tag: Option<String>,
+    /// Merge stage: whether messages without a tag are merged.
+    accept_untagged: bool,
+    /// Merge stage: messages of other runs skipped so far.
+    other_runs: u64,
+    /// Merge stage: each source partition's `resultsFrom`, from its last marker.
+    source_results_from: std::collections::BTreeMap<i32, i64>,
 }
 
 fn known(t: i64) -> Option<i64> {
@@ -225,6 +247,7 @@ impl PartitionProtocol {
             engine.emit_partials();
         }
         let mut first_checkpoint = None;
+        let mut source_results_from = std::collections::BTreeMap::new();
         let (start_offset, seen_through, emitted_through, replay_flushes) = match start {
             StartPoint::Checkpoint(p) => {
                 match role {
@@ -233,6 +256,9 @@ impl PartitionProtocol {
                         // stay closed.
                         for (source, s) in &p.sources {
                             engine.source_watermark(*source, s.watermark, s.idle);
+                            if let Some(from) = s.results_from {
+                                source_results_from.insert(*source, from);
+                            }
                         }
                     }
                     Role::Results | Role::Partials { .. } => {
@@ -275,7 +301,58 @@ impl PartitionProtocol {
             last_checkpoint_ms: now_ms,
             late: 0,
             row_limit: None,
+            results_from: i64::MIN,
+            tag: None,
+            accept_untagged: true,
+            other_runs: 0,
+            source_results_from,
         }
+    }
+
+    /// The run this partition computes (docs/semantics.md, "Edits, resets and start times";
+    /// [`crate::start::decide`]): results (a source partition's, or stage-1 partials) of windows
+    /// starting before `results_from` are not emitted; stage-1 partials and markers carry `tag`
+    /// and each marker `results_from`; the merge stage merges only messages tagged `tag` (and
+    /// untagged ones if `accept_untagged`), and emits a window only when it starts at or after
+    /// every source partition's `results_from`.
+    pub fn set_run(&mut self, results_from: Option<i64>, tag: String, accept_untagged: bool) {
+        self.results_from = results_from.unwrap_or(i64::MIN);
+        self.tag = Some(tag);
+        self.accept_untagged = accept_untagged;
+    }
+
+    /// The first window start results are emitted for: a source partition's own `resultsFrom`;
+    /// for the merge stage the largest of its sources'.
+    pub fn results_from(&self) -> Option<i64> {
+        let from = match self.role {
+            Role::Merge { .. } => self
+                .source_results_from
+                .values()
+                .copied()
+                .max()
+                .unwrap_or(i64::MIN),
+            Role::Results | Role::Partials { .. } => self.results_from,
+        };
+        known(from)
+    }
+
+    /// Whether a message tagged `tag` belongs to this partition's run.
+    fn same_run(&self, tag: Option<&str>) -> bool {
+        match (tag, &self.tag) {
+            (None, _) => self.accept_untagged,
+            (Some(t), Some(mine)) => t == mine,
+            // No run set (tests of the protocol alone): every message.
+            (Some(_), None) => true,
+        }
+    }
+
+    fn other_run(&mut self, offset: i64, tag: Option<String>, out: &mut Vec<Action>) {
+        self.other_runs += 1;
+        out.push(Action::OtherRun {
+            offset,
+            tag,
+            skipped: self.other_runs,
+        });
     }
 
     /// A fresh source partition's start, to record before reading anything (fenced: do not
@@ -383,6 +460,12 @@ impl PartitionProtocol {
     /// The merge stage: the message of the repartition partition at `offset`.
     pub fn partial(&mut self, offset: i64, payload: &[u8], out: &mut Vec<Action>) {
         match Partial::from_bytes(payload) {
+            Ok(Partial::Aggregate(p)) if !self.same_run(p.tag.as_deref()) => {
+                self.other_run(offset, p.tag, out)
+            }
+            Ok(Partial::Watermark { tag, .. }) if !self.same_run(tag.as_deref()) => {
+                self.other_run(offset, tag, out)
+            }
             Ok(Partial::Aggregate(p)) => {
                 let outcome = self.engine.merge_partial(self.partition, offset, &p);
                 if outcome == MergeOutcome::Late {
@@ -400,7 +483,16 @@ impl PartitionProtocol {
                 source,
                 watermark,
                 idle,
-            }) => self.engine.source_watermark(source, watermark, idle),
+                results_from,
+                ..
+            }) => {
+                // Before the watermark moves, so that the windows it closes are judged by it.
+                match results_from {
+                    Some(from) => self.source_results_from.insert(source, from),
+                    None => self.source_results_from.remove(&source),
+                };
+                self.engine.source_watermark(source, watermark, idle);
+            }
             Err(e) => out.push(Action::Unreadable {
                 offset,
                 error: e.to_string(),
@@ -462,9 +554,11 @@ impl PartitionProtocol {
     }
 
     fn take_results(&mut self, out: &mut Vec<Action>) {
+        let results_from = self.results_from().unwrap_or(i64::MIN);
         for r in self.engine.take_results() {
-            // Emitted before the restart; the replay rebuilt only part of it.
-            if r.end > self.emitted_through {
+            // Emitted before the restart (the replay rebuilt only part of it), or before the
+            // first window this run can compute completely.
+            if r.end > self.emitted_through && r.start >= results_from {
                 out.push(Action::Result(r));
             }
         }
@@ -476,11 +570,17 @@ impl PartitionProtocol {
             return;
         };
         let size = self.engine.window_size();
-        for p in self.engine.take_partials() {
+        for mut p in self.engine.take_partials() {
             // Sent before the restart (its first window had closed by the checkpoint).
             if p.segment.is_none() && p.first_end(size) <= self.emitted_through {
                 continue;
             }
+            // Every window it counts toward starts before this run's first.
+            if crate::start::last_window_containing(self.engine.plan(), p.pane) < self.results_from
+            {
+                continue;
+            }
+            p.tag.clone_from(&self.tag);
             let to = route(p.group.as_bytes(), partitions);
             out.push(Action::Partial { to, partial: p });
         }
@@ -512,6 +612,8 @@ impl PartitionProtocol {
             source: self.partition,
             watermark: known(wm),
             idle: self.idle,
+            tag: self.tag.clone(),
+            results_from: known(self.results_from),
         }));
         self.marker = Some((wm, self.idle));
     }
@@ -570,6 +672,7 @@ impl PartitionProtocol {
                         SourceProgress {
                             watermark: known(s.watermark),
                             idle: s.idle,
+                            results_from: self.source_results_from.get(p).copied(),
                         },
                     )
                 })
@@ -963,10 +1066,12 @@ spec:
         let busy = SourceProgress {
             watermark: Some(20_000),
             idle: false,
+            results_from: None,
         };
         let idle = SourceProgress {
             watermark: Some(5_000),
             idle: true,
+            results_from: None,
         };
         sources.insert(0, busy);
         sources.insert(1, idle.clone());
@@ -987,6 +1092,7 @@ spec:
                 group: "\"a\"".into(),
                 accs: Vec::new(),
                 segment: None,
+                tag: None,
             })
             .to_bytes()
         };
@@ -1028,6 +1134,8 @@ spec:
             source: 0,
             watermark: Some(5_000),
             idle: false,
+            tag: None,
+            results_from: None,
         };
         p.partial(1, &marker.to_bytes(), &mut out);
         assert_eq!(p.watermark(), Some(5_000));
@@ -1037,6 +1145,160 @@ spec:
         p.finish(true, 10, &mut out);
         assert!(markers(&out).is_empty());
         assert_eq!(checkpoints(&out)[0].watermark, Some(5_000));
+    }
+
+    #[test]
+    fn windows_starting_before_results_from_are_not_emitted_and_the_rest_are() {
+        let mut p = protocol(Role::Results, StartPoint::Fresh { offset: 0 });
+        p.set_run(Some(20_000), "run".into(), true);
+        assert_eq!(p.results_from(), Some(20_000));
+        let mut emitted = Vec::new();
+        for (offset, t) in [1_000, 12_000, 25_000, 35_000, 41_000]
+            .into_iter()
+            .enumerate()
+        {
+            let (_, out) = feed(&mut p, offset as i64, Some(t), 0);
+            emitted.extend(results(&out));
+        }
+        assert_eq!(emitted, vec![(20_000, 30_000), (30_000, 40_000)]);
+    }
+
+    /// Stage 1 of partition `source` with `results_from`, fed `times`, ticked once: its
+    /// repartition messages in order.
+    fn stage1(source: i32, results_from: Option<i64>, tag: &str, times: &[i64]) -> Vec<Vec<u8>> {
+        let plan = plan();
+        let timing = Timing::new(&plan, INTERVAL);
+        let mut p = PartitionProtocol::new(
+            plan,
+            Role::Partials { partitions: 1 },
+            source,
+            timing,
+            StartPoint::Fresh { offset: 0 },
+            0,
+        );
+        p.set_run(results_from, tag.into(), false);
+        let mut out = Vec::new();
+        for (offset, t) in times.iter().enumerate() {
+            let v = value(Some(*t), "a");
+            let rec = Record {
+                partition: source,
+                offset: offset as i64,
+                key: None,
+                timestamp: None,
+                value: v.as_bytes(),
+            };
+            let _ = p.record(&rec, 0, &mut out);
+        }
+        p.tick(MARKER_EVERY_MS, &mut out);
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Partial { partial, .. } => {
+                    Some(Partial::Aggregate(partial.clone()).to_bytes())
+                }
+                Action::Marker(m) => Some(m.to_bytes()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stage_one_tags_its_output_and_drops_partials_of_windows_before_results_from() {
+        let msgs = stage1(1, Some(20_000), "new", &[1_000, 11_000, 21_000, 31_000]);
+        let mut panes = Vec::new();
+        for m in &msgs {
+            match Partial::from_bytes(m).expect("readable") {
+                Partial::Aggregate(a) => {
+                    assert_eq!(a.tag.as_deref(), Some("new"));
+                    panes.push(a.pane);
+                }
+                Partial::Watermark {
+                    tag, results_from, ..
+                } => {
+                    assert_eq!(tag.as_deref(), Some("new"));
+                    assert_eq!(results_from, Some(20_000));
+                }
+            }
+        }
+        assert_eq!(panes, vec![20_000]);
+    }
+
+    #[test]
+    fn the_merge_stage_emits_from_the_largest_results_from_and_skips_other_runs() {
+        let mut m = protocol(Role::Merge { sources: 2 }, StartPoint::Fresh { offset: 0 });
+        m.set_run(None, "new".into(), false);
+        let times = [1_000, 11_000, 21_000, 31_000];
+        let mut log = stage1(0, Some(10_000), "new", &times);
+        log.extend(stage1(1, Some(20_000), "new", &times));
+        // Another run's partials and markers (the old definition, or a version before tags).
+        let old = stage1(0, None, "old", &times);
+        let untagged: Vec<Vec<u8>> = old
+            .iter()
+            .map(|b| match Partial::from_bytes(b).expect("readable") {
+                Partial::Aggregate(mut a) => {
+                    a.tag = None;
+                    Partial::Aggregate(a).to_bytes()
+                }
+                Partial::Watermark {
+                    source,
+                    watermark,
+                    idle,
+                    ..
+                } => Partial::Watermark {
+                    source,
+                    watermark: watermark.map(|w| w + 100_000),
+                    idle,
+                    tag: None,
+                    results_from: None,
+                }
+                .to_bytes(),
+            })
+            .collect();
+        let foreign = old.len() + untagged.len();
+        let mut out = Vec::new();
+        for (offset, msg) in old.iter().chain(&untagged).chain(&log).enumerate() {
+            m.partial(offset as i64, msg, &mut out);
+        }
+        let skipped = out
+            .iter()
+            .filter(|a| matches!(a, Action::OtherRun { .. }))
+            .count();
+        assert_eq!(skipped, foreign);
+        assert_eq!(m.results_from(), Some(20_000));
+        let got: Vec<(i64, i64, serde_json::Value)> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Result(r) => Some((r.start, r.end, r.values[0].clone())),
+                _ => None,
+            })
+            .collect();
+        // [0, 10 s) and [10 s, 20 s) closed too, but source 1's run starts at 20 s.
+        assert_eq!(got, vec![(20_000, 30_000, serde_json::json!(2))]);
+        let c = checkpoints(&ticked(&mut m, INTERVAL));
+        assert_eq!(c[0].sources[&0].results_from, Some(10_000));
+        assert_eq!(c[0].sources[&1].results_from, Some(20_000));
+    }
+
+    #[test]
+    fn a_restarted_merge_stage_keeps_its_sources_results_from() {
+        let mut sources = std::collections::BTreeMap::new();
+        for (source, from) in [(0, 10_000), (1, 30_000)] {
+            sources.insert(
+                source,
+                SourceProgress {
+                    watermark: Some(5_000),
+                    idle: false,
+                    results_from: Some(from),
+                },
+            );
+        }
+        let progress = Progress {
+            next_offset: 4,
+            replay_from: 4,
+            sources,
+            ..Progress::default()
+        };
+        let m = protocol(Role::Merge { sources: 2 }, StartPoint::Checkpoint(progress));
+        assert_eq!(m.results_from(), Some(30_000));
     }
 
     #[test]

@@ -236,6 +236,7 @@ fn check_result(r: &WindowResult, plan: &JobPlan) -> usize {
         );
     }
     assert_eq!(key["start"], value["window"]["start"]);
+    assert_eq!(key["end"], value["window"]["end"]);
     size
 }
 

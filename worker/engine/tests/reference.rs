@@ -778,6 +778,7 @@ fn run_two_stages(
                     source,
                     watermark,
                     idle,
+                    ..
                 } => stage2[to].source_watermark(source, watermark, idle),
             }
             Ok::<(), String>(())
@@ -848,6 +849,8 @@ fn run_two_stages(
             source: p,
             watermark: (wm != i64::MIN).then_some(wm),
             idle: idle[p as usize],
+            tag: None,
+            results_from: None,
         };
         for to in 0..merges {
             deliver(&mut stage2, &mut log_offsets, &marker, to)?;

@@ -23,7 +23,7 @@ pub use object::{ObjectStoreConfig, ObjectStoreStore};
 
 // The record is the contract between the workers and the operator, so it lives in the API
 // crate; re-exported here where the stores use it.
-pub use weir_crds::checkpoint::{PartitionCheckpoint, Progress, SourceProgress, FORMAT};
+pub use weir_crds::checkpoint::{PartitionCheckpoint, Progress, Run, SourceProgress, FORMAT};
 
 /// Opaque store version of a checkpoint (a resourceVersion, an e-tag, a generation).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,6 +193,9 @@ pub struct PartitionLease {
     epoch: i64,
     owner: String,
     version: Version,
+    /// The run every write records (definition, resultsFrom, reset): the stored record's until
+    /// [`PartitionLease::set_run`].
+    run: Run,
 }
 
 impl std::fmt::Debug for PartitionLease {
@@ -260,6 +263,11 @@ impl PartitionLease {
                 check_owner(&current.checkpoint, topic, epoch, owner)?;
             }
             let progress = current.as_ref().and_then(|c| c.checkpoint.progress.clone());
+            let run = current
+                .as_ref()
+                .map(|c| c.checkpoint.run())
+                .unwrap_or_default();
+            // The claim changes only the owner: the run stays the stored one.
             let claim = PartitionCheckpoint {
                 format: FORMAT,
                 topic: topic.to_owned(),
@@ -268,9 +276,9 @@ impl PartitionLease {
                 owner: owner.to_owned(),
                 written_at_ms: now_ms(),
                 progress: progress.clone(),
-                definition: None,
-                results_from: None,
-                reset: None,
+                definition: run.definition.clone(),
+                results_from: run.results_from,
+                reset: run.reset.clone(),
             };
             match store
                 .put(&claim, current.as_ref().map(|c| &c.version))
@@ -284,6 +292,7 @@ impl PartitionLease {
                         epoch,
                         owner: owner.to_owned(),
                         version,
+                        run,
                     };
                     return Ok((lease, progress));
                 }
@@ -310,9 +319,9 @@ impl PartitionLease {
             owner: self.owner.clone(),
             written_at_ms: now_ms(),
             progress: Some(progress),
-            definition: None,
-            results_from: None,
-            reset: None,
+            definition: self.run.definition.clone(),
+            results_from: self.run.results_from,
+            reset: self.run.reset.clone(),
         };
         for _ in 0..MAX_ATTEMPTS {
             let bytes = encode(&cp)?.len();
@@ -338,6 +347,17 @@ impl PartitionLease {
             partition: self.partition,
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// The run the stored record named when the lease was taken (until
+    /// [`PartitionLease::set_run`]).
+    pub fn run(&self) -> &Run {
+        &self.run
+    }
+
+    /// The run every later write records.
+    pub fn set_run(&mut self, run: Run) {
+        self.run = run;
     }
 
     /// The partition this lease is for.

@@ -7,3 +7,4 @@ pub mod broker;
 pub mod promtool;
 pub mod seaweedfs;
 pub mod suites;
+pub mod workers;

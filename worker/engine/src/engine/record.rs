@@ -198,14 +198,19 @@ impl WindowResult {
 }
 
 impl WindowResult {
-    /// The sink message key: `{"group":{..},"start":".."}`. Unique per (group, window), since
-    /// windows of one group that share a start are the same window (sessions never overlap).
+    /// The sink message key: `{"group":{..},"start":"..","end":".."}`. Unique per (group,
+    /// window) within a definition, since windows of one group that share a start are the same
+    /// window (sessions never overlap). The end makes windows of different sizes different keys,
+    /// so that the results of an edited definition never overwrite the old one's
+    /// (docs/semantics.md, "Edits, resets and start times").
     pub fn key_json(&self, plan: &JobPlan) -> String {
-        let mut out = String::with_capacity(64);
+        let mut out = String::with_capacity(96);
         out.push_str("{\"group\":");
         self.push_group(plan, &mut out);
         out.push_str(",\"start\":\"");
         out.push_str(&time::format(self.start));
+        out.push_str("\",\"end\":\"");
+        out.push_str(&time::format(self.end));
         out.push_str("\"}");
         out
     }

@@ -48,6 +48,11 @@ pub struct PartialAggregate {
     /// same pane row that arrive later form another partial, with another segment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment: Option<i64>,
+    /// The run tag of the definition and reset it was computed for
+    /// ([`weir_crds::definition::run_tag`]): the merge stage skips another run's partials.
+    /// `None`: written by a version before tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
 }
 
 /// A partial: a message of the repartition topic, which the merge stage reads. Either a
@@ -70,6 +75,13 @@ pub enum Partial {
         watermark: Option<i64>,
         /// Whether it is idle.
         idle: bool,
+        /// The run tag, as [`PartialAggregate::tag`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tag: Option<String>,
+        /// The first window start (ms) the source partition's run emits: the merge stage emits
+        /// only windows starting at or after every source's (`None`: every window).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        results_from: Option<i64>,
     },
 }
 
@@ -173,6 +185,7 @@ impl Engine {
                     group,
                     accs,
                     segment,
+                    tag: None,
                 });
             }
             for gid in pane.gids {
