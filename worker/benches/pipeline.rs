@@ -306,6 +306,8 @@ fn worker(
         totals: totals.clone(),
         merge,
         row_limit: None,
+        // Consumer-group commits run on their own thread every 5 s, off the record path.
+        progress_group: None,
     });
     let t0 = Instant::now();
     let mut threads: Vec<_> = (0..PARTITIONS)
