@@ -827,7 +827,7 @@ mod tests {
         let helps = lines_with(&text, "# HELP ").len();
         let types = lines_with(&text, "# TYPE ").len();
         assert_eq!(helps, types);
-        assert_eq!(helps, 26, "{text}");
+        assert_eq!(helps, 27, "{text}");
         for help in lines_with(&text, "# HELP ") {
             // The encoder writes help verbatim; these would need escaping.
             assert!(!help.contains('\\') && !help.contains('"'), "{help}");
