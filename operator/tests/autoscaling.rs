@@ -14,18 +14,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use kube::core::DeserializeGuard;
-use kube::CustomResourceExt;
 use serde_json::{json, Value};
-use weir_crds::plan::NewTopic;
-use weir_crds::{names, StreamJob};
+use weir_crds::names;
 use weir_operator::controller::reconcile;
-use weir_operator::kafka::KafkaClient;
-use weir_operator::observation::{KafkaConnection, TopicObservation};
 
-use apiserver::FakeApiServer;
-use support::job_with;
+use support::{job_with, FixedKafka};
 use world::World;
 
 const NS: &str = "/api/v1/namespaces/shop";
@@ -34,61 +28,19 @@ const STS: &str = "/apis/apps/v1/namespaces/shop/statefulsets/payments-worker";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
 const PARTITIONS: i32 = 4;
 
-/// A topic of [`PARTITIONS`] partitions whose high watermark (the same on each) the test sets.
-struct Topic {
-    high: AtomicI64,
-}
-
-#[async_trait]
-impl KafkaClient for Topic {
-    async fn topic(&self, _conn: &KafkaConnection, _topic: &str) -> TopicObservation {
-        TopicObservation::Found {
-            partitions: PARTITIONS,
-            retention_ms: None,
-        }
-    }
-
-    async fn high_watermarks(
-        &self,
-        _conn: &KafkaConnection,
-        _topic: &str,
-        partitions: i32,
-    ) -> Result<Vec<i64>, String> {
-        Ok(vec![self.high.load(Ordering::SeqCst); partitions as usize])
-    }
-
-    async fn create_topic(&self, _conn: &KafkaConnection, t: &NewTopic) -> Result<(), String> {
-        Err(format!(
-            "a one-stage job creates no topic; asked for {}",
-            t.name
-        ))
-    }
-
-    async fn delete_topic(&self, _conn: &KafkaConnection, _topic: &str) -> Result<(), String> {
-        Ok(())
-    }
-}
-
 struct Scene {
     w: World,
-    kafka: Arc<Topic>,
+    kafka: Arc<FixedKafka>,
     clock: Arc<AtomicI64>,
 }
 
 impl Scene {
     fn new() -> Scene {
-        let mut server = FakeApiServer::new(&[StreamJob::crd()]);
-        server.insert(
-            &format!("{NS}/secrets/kafka-creds"),
-            json!({"data": {"sasl.password": "czNjcmV0"}}),
-        );
         let job = job_with(
             "parallelism: 1\nautoscaling: {minReplicas: 1, maxReplicas: 8, targetLagPerReplica: 1000}",
         );
-        server.create_as_kubectl(JOB, &serde_json::to_value(job).expect("job JSON"));
-        let kafka = Arc::new(Topic {
-            high: AtomicI64::new(0),
-        });
+        let server = world::shop_server(&job);
+        let kafka = Arc::new(FixedKafka::new(PARTITIONS, 0));
         let clock = Arc::new(AtomicI64::new(0));
         let c = clock.clone();
         let w = World::over_with(Arc::new(Mutex::new(server)), kafka.clone(), move |ctx| {
@@ -99,7 +51,7 @@ impl Scene {
 
     /// The workers have read up to `next` in every partition, and the topic holds `high`.
     fn progress(&self, next: i64, high: i64) {
-        self.kafka.high.store(high, Ordering::SeqCst);
+        self.kafka.set_high(high);
         let mut server = self.w.server.lock().expect("server");
         for p in 0..PARTITIONS {
             let record = json!({"format": 1, "topic": "payments", "partition": p, "epoch": 1,

@@ -18,7 +18,6 @@ use std::time::Duration;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::CustomResourceExt;
 use serde_json::{json, Value};
 use weir_crds::checkpoint::{PartitionCheckpoint, Progress, CONFIG_MAP_KEY, FORMAT};
 use weir_crds::definition::fingerprint;
@@ -38,14 +37,7 @@ const HIGH: i64 = 100;
 const PARTITIONS: i32 = 3;
 
 fn server() -> FakeApiServer {
-    let mut server = FakeApiServer::new(&[StreamJob::crd()]);
-    server.insert(
-        "/api/v1/namespaces/shop/secrets/kafka-creds",
-        json!({"data": {"sasl.password": "czNjcmV0"}}),
-    );
-    let j = serde_json::to_value(job()).expect("job JSON");
-    server.create_as_kubectl(JOB, &j);
-    server
+    world::shop_server(&job())
 }
 
 fn world() -> World {

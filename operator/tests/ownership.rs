@@ -402,10 +402,7 @@ async fn owner_reads_are_made_at_once() {
         }
         most_held
     });
-    let kafka = Arc::new(support::FixedKafka {
-        partitions: 3,
-        high_watermark: 0,
-    });
+    let kafka = Arc::new(support::FixedKafka::new(3, 0));
     let ctx = Arc::new(weir_operator::controller::Context::new(
         client,
         kafka,

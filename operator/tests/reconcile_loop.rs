@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use kube::core::DeserializeGuard;
-use kube::CustomResourceExt;
 use serde_json::{json, Value};
 use weir_crds::plan::NewTopic;
 use weir_crds::StreamJob;
@@ -97,14 +96,7 @@ impl KafkaClient for TopicLater {
 
 /// An API server holding the job (as `kubectl apply` creates it) and its credentials Secret.
 fn server() -> FakeApiServer {
-    let mut server = FakeApiServer::new(&[StreamJob::crd()]);
-    server.insert(
-        "/api/v1/namespaces/shop/secrets/kafka-creds",
-        json!({"data": {"sasl.password": "czNjcmV0"}}),
-    );
-    let j = serde_json::to_value(job()).expect("job JSON");
-    server.create_as_kubectl(JOB, &j);
-    server
+    world::shop_server(&job())
 }
 
 /// (status, reason) of condition `t` of a stored job.

@@ -104,10 +104,25 @@ pub fn sts(
 }
 
 /// A Kafka that always has the topic, with `partitions` partitions whose high watermarks are all
-/// `high_watermark`.
+/// `high_watermark` (which a test may move, as records arrive: [`FixedKafka::set_high`]).
 pub struct FixedKafka {
     pub partitions: i32,
-    pub high_watermark: i64,
+    pub high_watermark: std::sync::atomic::AtomicI64,
+}
+
+impl FixedKafka {
+    pub fn new(partitions: i32, high_watermark: i64) -> FixedKafka {
+        FixedKafka {
+            partitions,
+            high_watermark: std::sync::atomic::AtomicI64::new(high_watermark),
+        }
+    }
+
+    /// Every partition's high watermark is now `high`.
+    pub fn set_high(&self, high: i64) {
+        self.high_watermark
+            .store(high, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[async_trait::async_trait]
@@ -129,7 +144,10 @@ impl weir_operator::kafka::KafkaClient for FixedKafka {
         _topic: &str,
         partitions: i32,
     ) -> Result<Vec<i64>, String> {
-        Ok(vec![self.high_watermark; partitions as usize])
+        let high = self
+            .high_watermark
+            .load(std::sync::atomic::Ordering::SeqCst);
+        Ok(vec![high; partitions as usize])
     }
 
     /// Never called: every topic exists.

@@ -15,6 +15,23 @@ use crate::api::{mock_client, serve, Call};
 use crate::apiserver::FakeApiServer;
 use crate::support::{cfg, FixedKafka};
 
+/// An API server holding `job` in namespace `shop` (as `kubectl apply` creates it) and its
+/// credentials Secret `kafka-creds`.
+pub fn shop_server(job: &StreamJob) -> FakeApiServer {
+    let mut server = FakeApiServer::new(&[<StreamJob as kube::CustomResourceExt>::crd()]);
+    server.insert(
+        "/api/v1/namespaces/shop/secrets/kafka-creds",
+        serde_json::json!({"data": {"sasl.password": "czNjcmV0"}}),
+    );
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    let j = serde_json::to_value(job).expect("job JSON");
+    server.create_as_kubectl(
+        &format!("/apis/weir.dev/v1alpha1/namespaces/shop/streamjobs/{name}"),
+        &j,
+    );
+    server
+}
+
 pub struct World {
     pub server: Arc<Mutex<FakeApiServer>>,
     /// Every call the operator made, in order.
@@ -28,10 +45,7 @@ impl World {
     /// Serves `server` to a new client; Kafka has every topic with `partitions` partitions
     /// whose high watermarks are `high_watermark`.
     pub fn serving(server: FakeApiServer, partitions: i32, high_watermark: i64) -> World {
-        let kafka = Arc::new(FixedKafka {
-            partitions,
-            high_watermark,
-        });
+        let kafka = Arc::new(FixedKafka::new(partitions, high_watermark));
         World::with_kafka(server, kafka)
     }
 
