@@ -14,7 +14,6 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::ClientConfig;
 use serde_json::Value;
 use support::broker::Broker;
-use support::workers::{collect, free_port, result_key, Seen, Workers};
+use support::workers::{collect, free_port, result_key, weir_run_input, Seen, Workers};
 use weir_crds::checkpoint::PartitionCheckpoint;
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
@@ -163,25 +162,9 @@ spec:
 fn reference(dir: &Path, def: &Def, recs: &[Rec], t0: i64) -> BTreeMap<String, Value> {
     let job = dir.join(format!("reference-{}.yaml", def.fingerprint()));
     std::fs::write(&job, def.yaml("k:9092")).unwrap();
-    let input = dir.join("input.jsonl");
-    let text: String = recs.iter().map(|r| format!("{}\n", r.value)).collect();
-    std::fs::write(&input, text).unwrap();
-    let out = Command::new(WEIR)
-        .arg("run")
-        .arg(&job)
-        .arg("--input")
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "weir run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let last = weir_engine::time::format(t0 + SPAN_MS + 10 * MINUTE);
     let mut results = BTreeMap::new();
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
+    for v in weir_run_input(dir, &job, recs.iter().map(|r| r.value.as_str()), None) {
         if v["window"]["start"].as_str().unwrap() < last.as_str() {
             results.insert(result_key(&v), v);
         }

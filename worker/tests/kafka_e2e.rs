@@ -18,7 +18,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::ClientConfig;
 use serde_json::Value;
 use support::broker::Broker;
-use support::workers::{collect, collect_at, free_port, result_key, Workers};
+use support::workers::{collect, collect_at, free_port, result_key, weir_run_input, Workers};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 const PARTITIONS: i32 = 4;
@@ -162,28 +162,11 @@ fn reference(
     job: &Path,
     recs: &[Rec],
 ) -> (BTreeMap<String, Value>, BTreeMap<String, usize>) {
-    let input = dir.join("input.jsonl");
-    let text: String = recs.iter().map(|r| format!("{}\n", r.value)).collect();
-    std::fs::write(&input, text).unwrap();
     let rejects = dir.join("rejects.jsonl");
-    let out = Command::new(WEIR)
-        .args(["run"])
-        .arg(job)
-        .arg("--input")
-        .arg(&input)
-        .arg("--rejects")
-        .arg(&rejects)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "weir run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let lines = recs.iter().map(|r| r.value.as_str());
     let mut results = BTreeMap::new();
     let end_of_data = weir_engine::time::format(T0 + 86_400_000);
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
+    for v in weir_run_input(dir, job, lines, Some(&rejects)) {
         // The windows of the records that close everything never close themselves.
         let last = v["window"]["end"].as_str().unwrap_or_default() > end_of_data.as_str();
         if v["group"]["merchant"] != END && !last {

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,36 @@ use serde_json::Value;
 use weir_worker::contiguous::{step, Contiguous, Step};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+/// `weir run JOB --input` over `lines` (written to `dir/input.jsonl`), rejected records to
+/// `rejects` if given: the result lines it printed, parsed. The reference the workers' results
+/// are compared with.
+pub fn weir_run_input<'a>(
+    dir: &Path,
+    job: &Path,
+    lines: impl Iterator<Item = &'a str>,
+    rejects: Option<&Path>,
+) -> Vec<Value> {
+    let input = dir.join("input.jsonl");
+    let text: String = lines.map(|l| format!("{l}\n")).collect();
+    std::fs::write(&input, text).unwrap();
+    let mut cmd = Command::new(WEIR);
+    cmd.arg("run").arg(job).arg("--input").arg(&input);
+    if let Some(r) = rejects {
+        cmd.arg("--rejects").arg(r);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "weir run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
 
 /// Key of a result: (group, window start, window end), as the sink's message key names it.
 pub fn result_key(v: &Value) -> String {
