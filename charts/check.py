@@ -547,6 +547,16 @@ HEALTH_CASES: list[tuple[dict[str, Any], str, str]] = [
         job([cond("Ready", "False", "TopicNotFound", "no topic payments"), cond("Progressing", "False", "TopicNotFound")]),
         "Degraded", "no topic payments",
     ),
+    (
+        job([cond("Ready", "False", "Suspended"), cond("Progressing", "True", "Suspending", "2 worker pods stopping"),
+             cond("Degraded", "False", "Healthy"), cond("Suspended", "True", "Suspended")]),
+        "Progressing", "2 worker pods stopping",
+    ),
+    (
+        job([cond("Ready", "False", "Suspended"), cond("Progressing", "False", "Suspended"),
+             cond("Degraded", "False", "Healthy"), cond("Suspended", "True", "Suspended", "spec.suspend is true")]),
+        "Suspended", "spec.suspend is true",
+    ),
 ]
 
 
