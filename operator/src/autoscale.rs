@@ -165,6 +165,8 @@ impl Reason {
 pub struct Decision {
     /// The replica count to run.
     pub replicas: i32,
+    /// The count that ran when it decided.
+    pub current: i32,
     /// The count the lag and rates alone call for (rounded to a useful count, within bounds).
     pub recommended: i32,
     /// Why.
@@ -458,6 +460,7 @@ impl Autoscaler {
         };
         Decision {
             replicas,
+            current,
             recommended,
             reason,
             message,

@@ -528,14 +528,7 @@ fn autoscale(job: &StreamJob, ctx: &Context, obs: &Observation) -> Option<autosc
         || worker_count(&job.spec, partitions),
         |a| a.workers.len() as i32,
     );
-    let settled = obs.stateful_set.as_ref().is_some_and(|s| {
-        let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-        s.status.as_ref().is_some_and(|st| {
-            st.ready_replicas.unwrap_or(0) == want
-                && st.updated_replicas.unwrap_or(0) == want
-                && st.replicas == want
-        })
-    });
+    let settled = status::workers_settled(obs.stateful_set.as_ref());
     let now = (ctx.clock)();
     let decision = ctx.memory.with_autoscaler(&key, |a| {
         if job.spec.suspend {

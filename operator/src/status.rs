@@ -127,6 +127,13 @@ fn rollout(sts: Option<&StatefulSet>, wanted: Option<i32>) -> Rollout {
     }
 }
 
+/// Whether the StatefulSet finished its rollout and every replica it wants is ready: the
+/// autoscaler samples only then.
+pub fn workers_settled(sts: Option<&StatefulSet>) -> bool {
+    let r = rollout(sts, None);
+    r.done && r.ready == r.wanted
+}
+
 /// A short description of the window, for `kubectl get sj`: `tumbling 1m`,
 /// `hopping 1m every 10s`, `session gap 5m`, with `+10s late` when lateness is allowed.
 pub fn window_summary(w: &Window) -> String {
@@ -654,16 +661,12 @@ fn autoscaling(
     now: &Time,
 ) -> Option<AutoscalingStatus> {
     let d = obs.autoscale.as_ref()?;
-    let current = obs
-        .previous_assignment
-        .as_ref()
-        .map_or(d.replicas, |a| a.workers.len() as i32);
     let reason = d.reason.as_str().to_string();
     let changed_count = previous.is_some_and(|p| p.desired_replicas != d.replicas);
     let same = previous.filter(|p| p.reason == reason && !changed_count);
     Some(AutoscalingStatus {
         desired_replicas: d.replicas,
-        current_replicas: current,
+        current_replicas: d.current,
         message: same.map_or_else(|| d.message.clone(), |p| p.message.clone()),
         last_scale_time: if changed_count {
             Some(now.clone())
