@@ -30,7 +30,46 @@ pub struct MergeAssignment {
     pub workers: Vec<Vec<i32>>,
 }
 
+/// What an assignment is over, apart from who owns what: the source partitions and, for a
+/// two-stage job, the repartition topic with its partition count and sources. Workers take a
+/// new assignment of the same shape while running (partitions move between them, DESIGN.md
+/// invariant 9); a new shape restarts them (the operator's pod template changes with it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Shape {
+    /// Source partitions assigned, over every worker.
+    pub partitions: usize,
+    /// Two-stage jobs: (repartition topic, its partitions assigned, source partitions reporting).
+    pub merge: Option<(String, usize, i32)>,
+}
+
 impl Assignment {
+    /// The shape: what stays when only the owners of partitions change.
+    pub fn shape(&self) -> Shape {
+        Shape {
+            partitions: self.workers.iter().map(Vec::len).sum(),
+            merge: self.merge.as_ref().map(|m| {
+                (
+                    m.topic.clone(),
+                    m.workers.iter().map(Vec::len).sum(),
+                    m.sources,
+                )
+            }),
+        }
+    }
+
+    /// The source partitions of worker `ordinal` (none for an ordinal past the last).
+    pub fn partitions_of(&self, ordinal: usize) -> &[i32] {
+        self.workers.get(ordinal).map_or(&[], Vec::as_slice)
+    }
+
+    /// The repartition partitions worker `ordinal` merges (none for a one-stage job).
+    pub fn merge_partitions_of(&self, ordinal: usize) -> &[i32] {
+        self.merge
+            .as_ref()
+            .and_then(|m| m.workers.get(ordinal))
+            .map_or(&[], Vec::as_slice)
+    }
+
     /// Partitions spread over `workers` round-robin: balanced (sizes differ by at most one) and
     /// deterministic.
     pub fn round_robin(partitions: i32, workers: usize, epoch: i64) -> Assignment {
@@ -62,6 +101,29 @@ impl Assignment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shape_ignores_owners_and_epoch_but_not_what_is_assigned() {
+        let two = Assignment::round_robin(6, 2, 3).with_merge("t", 4, 6);
+        let three = Assignment::round_robin(6, 3, 4).with_merge("t", 4, 6);
+        assert_eq!(two.shape(), three.shape());
+        assert_eq!(three.partitions_of(2), &[2, 5]);
+        assert_eq!(three.partitions_of(3), &[] as &[i32]);
+        assert_eq!(three.merge_partitions_of(0), &[0, 3]);
+        assert_ne!(
+            two.shape(),
+            Assignment::round_robin(8, 2, 3)
+                .with_merge("t", 4, 8)
+                .shape()
+        );
+        assert_ne!(
+            two.shape(),
+            Assignment::round_robin(6, 2, 3)
+                .with_merge("u", 4, 6)
+                .shape()
+        );
+        assert_ne!(two.shape(), Assignment::round_robin(6, 2, 3).shape());
+    }
 
     #[test]
     fn round_robin_gives_every_partition_to_one_worker_balanced() {

@@ -47,6 +47,12 @@ pub struct PartitionCheckpoint {
     /// reset has another identity starts the partition again from `reset.to`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset: Option<String>,
+    /// The owner stopped the partition and wrote this record as its last (a graceful stop: an
+    /// assignment change that took the partition away, SIGTERM). A new owner of a newer epoch
+    /// takes the partition at once from a released record; from one still held it first waits
+    /// for the release, up to the worker's handoff timeout (docs/checkpoints.md, "Handoff").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 impl PartitionCheckpoint {
@@ -210,6 +216,7 @@ mod tests {
             definition: None,
             results_from: None,
             reset: None,
+            released: false,
         }
     }
 

@@ -134,6 +134,7 @@ fn record(
         definition: definition.map(str::to_string),
         results_from,
         reset: reset.map(str::to_string),
+        released: false,
     }
 }
 

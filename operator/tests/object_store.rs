@@ -115,6 +115,7 @@ fn record_of(
         definition: None,
         results_from: None,
         reset: None,
+        released: false,
     };
     serde_json::to_vec(&cp).expect("record JSON")
 }

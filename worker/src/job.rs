@@ -5,13 +5,12 @@
 //! ([`supervise_partitions`]); they differ only in where the assignment, the epoch and the
 //! checkpoint store come from.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -32,8 +31,9 @@ use crate::http::{self, Health};
 use crate::kafka::{self, SettingsError};
 use crate::merge::MergeSettings;
 use crate::metrics::Metrics;
-use crate::partition::{self, Stage};
-use crate::runtime::{self, JobContext, PartitionEnd, RuntimeError, Totals};
+use crate::partition::Stage;
+use crate::runtime::{self, JobContext, Totals};
+use crate::supervise::{self, AssignmentFile, Ended, Follow, Ownership};
 use crate::tools::ToolError;
 
 /// Why a job could not run, or stopped with an error. The message says what was being done;
@@ -140,16 +140,16 @@ pub enum JobError {
         /// Each fencing error, joined by "; ".
         details: String,
     },
-    /// The assignment has no entry for this ordinal.
+    /// The assignment changed shape while running.
     #[error(
-        "ordinal {ordinal} has no entry in the assignment ({workers} workers); \
-         the StatefulSet has more replicas than the assignment"
+        "the assignment changed shape (from {from} to {to}); the worker stopped every \
+         partition with a final checkpoint, and starts again with the new one"
     )]
-    NotInAssignment {
-        /// This worker's ordinal.
-        ordinal: usize,
-        /// Workers in the assignment.
-        workers: usize,
+    Reshaped {
+        /// The shape it ran.
+        from: String,
+        /// The new one.
+        to: String,
     },
     /// A two-stage job whose assignment has no merge stage.
     #[error(
@@ -192,6 +192,9 @@ pub struct RunOptions {
     /// The worker's bound on open (group, window) rows, shared evenly by its source
     /// partitions (`None`: no bound). See docs/running.md.
     pub max_open_rows: Option<usize>,
+    /// How long a partition an assignment gives this worker waits for its previous owner's
+    /// release (docs/checkpoints.md, "Handoff"); local mode: zero.
+    pub handoff_timeout: Duration,
 }
 
 /// Bytes a worker budgets per open (group, window) row when it derives its bound from its
@@ -465,51 +468,31 @@ fn serve_http(
     Ok(())
 }
 
-type PartitionThreads = BTreeMap<(Stage, i32), JoinHandle<Result<PartitionEnd, RuntimeError>>>;
-
-/// Start a thread for each source partition and each repartition partition this process owns.
-fn spawn_threads(
-    ctx: &Arc<JobContext>,
-    rt: &tokio::runtime::Runtime,
-    partitions: &[i32],
-) -> Result<PartitionThreads, JobError> {
-    let merge_mine = ctx.merge.as_ref().map(|m| m.mine.as_slice()).unwrap_or(&[]);
-    let mut threads = BTreeMap::new();
-    for (stage, what, mine) in [
-        (Stage::Source, "partition", partitions),
-        (Stage::Merge, "repartition partition", merge_mine),
-    ] {
-        for p in mine {
-            let handle = partition::spawn_partition(ctx.clone(), rt.handle().clone(), stage, *p)
-                .map_err(|source| JobError::SpawnThread { what, source })?;
-            threads.insert((stage, *p), handle);
-        }
-    }
-    Ok(threads)
-}
-
-/// Run `partitions` of the job (and the merge stage's, if any) until stopped (SIGTERM/SIGINT)
-/// or until a partition fails. Fenced partitions stop alone; the others go on.
+/// Run the partitions `own` names (both stages) until stopped (SIGTERM/SIGINT), following the
+/// assignment when `own` has one to follow ([`crate::supervise`]).
 fn supervise_partitions(
     launch: Launch<'_>,
-    partitions: Vec<i32>,
+    own: Ownership,
     merge: Option<MergeSettings>,
 ) -> Result<(), JobError> {
     let stop = Arc::new(AtomicBool::new(false));
-    let ctx = Arc::new(job_context(&launch, merge, stop.clone(), partitions.len())?);
-    let bound = ctx.row_limit.map_or(0, |r| r * partitions.len());
+    let of_stage = |stage: Stage| -> Vec<i32> {
+        own.mine
+            .iter()
+            .filter(|k| k.0 == stage)
+            .map(|k| k.1)
+            .collect()
+    };
+    let (sources, merges) = (of_stage(Stage::Source), of_stage(Stage::Merge));
+    let ctx = Arc::new(job_context(&launch, merge, stop.clone(), sources.len())?);
+    let bound = ctx.row_limit.map_or(0, |r| r * sources.len());
     ctx.metrics.open_rows_limit.set(bound as i64);
-    let merge_mine = ctx
-        .merge
-        .as_ref()
-        .map(|m| m.mine.clone())
-        .unwrap_or_default();
     info!(
         job = %ctx.name,
         owner = %ctx.owner,
-        epoch = ctx.epoch,
-        partitions = ?partitions,
-        merge_partitions = ?ctx.merge.as_ref().map(|m| &m.mine),
+        epoch = own.epoch,
+        partitions = ?sources,
+        merge_partitions = ?merges,
         store = %ctx.store.describe(),
         "starting"
     );
@@ -532,200 +515,23 @@ fn supervise_partitions(
         let _ = http_stop_tx.send(());
         return Ok(());
     }
-    let total = partitions.len() + merge_mine.len();
-    metrics.partitions_owned.set(total as i64);
-    let threads = spawn_threads(&ctx, &rt, &partitions)?;
-    let outcome = watch_threads(&ctx, &rt, &health, threads, total, launch.opts);
+    let outcome = supervise::run(&ctx, &rt, &health, own, launch.opts.progress_every);
     let _ = http_stop_tx.send(());
     rt.shutdown_timeout(Duration::from_secs(2));
-    outcome
-}
-
-/// The first wait before a failed partition is started again; it doubles with each failure
-/// in a row, up to [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_secs(1);
-/// The longest wait before a failed partition is started again.
-const RETRY_MAX: Duration = Duration::from_secs(300);
-/// A partition that ran this long before failing starts its backoff over.
-const RETRY_RESET: Duration = Duration::from_secs(600);
-
-/// How long to wait before the `failures`-th failure in a row is retried.
-fn retry_delay(failures: u32) -> Duration {
-    let doubled = RETRY_FIRST.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-    doubled.min(RETRY_MAX)
-}
-
-/// A failed partition waiting to be started again.
-struct Retry {
-    at: Instant,
-    failures: u32,
-}
-
-/// Wait for every partition thread: print progress lines, keep readiness (every partition
-/// caught up, none failing), and restart a failed partition alone, from its last checkpoint,
-/// after a backoff; the others go on.
-fn watch_threads(
-    ctx: &Arc<JobContext>,
-    rt: &tokio::runtime::Runtime,
-    health: &Health,
-    mut threads: PartitionThreads,
-    total: usize,
-    opts: &RunOptions,
-) -> Result<(), JobError> {
-    let mut progress = ProgressLine::new();
-    let mut fenced = Vec::new();
-    let mut retries: BTreeMap<(Stage, i32), Retry> = BTreeMap::new();
-    let mut failed = std::collections::BTreeSet::new();
-    let mut started: BTreeMap<(Stage, i32), (Instant, u32)> =
-        threads.keys().map(|k| (*k, (Instant::now(), 0))).collect();
-    while !threads.is_empty() || !(retries.is_empty() || ctx.stop.load(Ordering::Relaxed)) {
-        std::thread::sleep(Duration::from_millis(200));
-        health.beat();
-        let done: Vec<(Stage, i32)> = threads
-            .iter()
-            .filter(|(_, h)| h.is_finished())
-            .map(|(p, _)| *p)
-            .collect();
-        for key in done {
-            let Some(h) = threads.remove(&key) else {
-                continue;
-            };
-            let error = match h.join() {
-                Ok(Ok(PartitionEnd::Stopped)) => continue,
-                Ok(Ok(PartitionEnd::Fenced(e))) => {
-                    ctx.metrics.partitions_owned.dec();
-                    fenced.push(e.to_string());
-                    continue;
-                }
-                Ok(Err(e)) => e,
-                Err(_) => RuntimeError::Panicked { partition: key.1 },
-            };
-            let (ran, before) = started.get(&key).copied().unwrap_or((Instant::now(), 0));
-            let failures = if ran.elapsed() >= RETRY_RESET {
-                1
-            } else {
-                before + 1
-            };
-            let delay = retry_delay(failures);
-            ctx.metrics.partition_failures.inc();
-            if let Ok(mut done) = ctx.totals.caught_up.lock() {
-                done.remove(&key);
-            }
-            error!(stage = ?key.0, partition = key.1, error = %error, failures, retry_in = ?delay,
-                "partition failed; it alone stops, and starts again from its last checkpoint \
-                 (the worker's other partitions go on)");
-            failed.insert(key);
-            retries.insert(
-                key,
-                Retry {
-                    at: Instant::now() + delay,
-                    failures,
-                },
-            );
-        }
-        let due: Vec<(Stage, i32)> = retries
-            .iter()
-            .filter(|(_, r)| r.at <= Instant::now())
-            .map(|(k, _)| *k)
-            .collect();
-        for key in due {
-            if ctx.stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let Some(retry) = retries.remove(&key) else {
-                continue;
-            };
-            info!(stage = ?key.0, partition = key.1, "starting the failed partition again");
-            let handle = partition::spawn_partition(ctx.clone(), rt.handle().clone(), key.0, key.1)
-                .map_err(|source| JobError::SpawnThread {
-                    what: "partition",
-                    source,
-                })?;
-            threads.insert(key, handle);
-            started.insert(key, (Instant::now(), retry.failures));
-        }
-        keep_readiness(ctx, health, total, &mut failed);
-        if let Some(every) = opts.progress_every {
-            progress.maybe_print(ctx, every);
-        }
-    }
-    if !fenced.is_empty() {
-        // The assignment this worker started with is out of date; exiting lets the pod restart
-        // and read the new one.
-        return Err(JobError::Fenced {
-            count: fenced.len(),
-            details: fenced.join("; "),
-        });
-    }
-    Ok(())
-}
-
-/// Ready when every owned partition has caught up since it last started and none is failing:
-/// a failed partition (in `failed` until its retry catches up) makes the worker not ready.
-fn keep_readiness(
-    ctx: &JobContext,
-    health: &Health,
-    total: usize,
-    failed: &mut std::collections::BTreeSet<(Stage, i32)>,
-) {
-    let caught_up = match ctx.totals.caught_up.lock() {
-        Ok(done) => {
-            failed.retain(|k| !done.contains(k));
-            done.len()
-        }
-        Err(_) => 0,
-    };
-    ctx.metrics.partitions_failing.set(failed.len() as i64);
-    if !failed.is_empty() {
-        health.set_not_ready("a partition failed and is being retried; see the worker's log");
-    } else if caught_up >= total {
-        health.set_ready();
-    }
-}
-
-/// Progress lines on stderr (local mode's `--progress`).
-struct ProgressLine {
-    started: Instant,
-    last: Instant,
-    last_records: u64,
-}
-
-impl ProgressLine {
-    fn new() -> ProgressLine {
-        ProgressLine {
-            started: Instant::now(),
-            last: Instant::now(),
-            last_records: 0,
-        }
-    }
-
-    fn maybe_print(&mut self, ctx: &JobContext, every: Duration) {
-        if self.last.elapsed() < every {
-            return;
-        }
-        let totals = &ctx.totals;
-        let records = totals.records.load(Ordering::Relaxed);
-        let rate = (records - self.last_records) as f64 / self.last.elapsed().as_secs_f64();
-        // Two-stage jobs: how far the merge stage is behind the source partitions.
-        let sent = totals.partials_sent.load(Ordering::Relaxed);
-        let stage2 = if sent > 0 {
-            let merged = totals.partials_merged.load(Ordering::Relaxed);
-            format!("  merge stage: {merged} of {sent} partials and markers merged")
-        } else {
-            String::new()
-        };
-        eprintln!(
-            "weir: {:>6.0}s  {:>9.0} records/s  {} records  {} results  {} rejected  lag {}{stage2}",
-            self.started.elapsed().as_secs_f64(),
-            rate,
-            records,
-            totals.results.load(Ordering::Relaxed),
-            totals.rejected.load(Ordering::Relaxed),
-            totals.lag(),
-        );
-        self.last_records = records;
-        self.last = Instant::now();
-    }
+    outcome.map_err(|ended| match ended {
+        Ended::Spawn(source) => JobError::SpawnThread {
+            what: "partition",
+            source,
+        },
+        Ended::Fenced(details) => JobError::Fenced {
+            count: details.len(),
+            details: details.join("; "),
+        },
+        Ended::Reshaped(from, to) => JobError::Reshaped {
+            from: format!("{from:?}"),
+            to: format!("{to:?}"),
+        },
+    })
 }
 
 async fn wait_for_signal() {
@@ -751,23 +557,26 @@ async fn wait_for_signal() {
     }
 }
 
-/// `weir worker`: this pod's partitions from the published assignment.
+/// `weir worker`: this pod's partitions from the published assignment, followed as it changes
+/// (`file`, read again every second).
 pub fn worker(
     job: &StreamJob,
     plan: JobPlan,
-    assignment: &Assignment,
+    (file, assignment): (AssignmentFile, Assignment),
     ordinal: usize,
     owner: String,
     opts: &RunOptions,
 ) -> Result<(), JobError> {
-    let Some(partitions) = assignment.workers.get(ordinal) else {
-        return Err(JobError::NotInAssignment {
-            ordinal,
-            workers: assignment.workers.len(),
-        });
-    };
     if !job.spec.co_partitioned() && assignment.merge.is_none() {
         return Err(JobError::NoMergeStage);
+    }
+    if assignment.workers.get(ordinal).is_none() {
+        info!(
+            ordinal,
+            workers = assignment.workers.len(),
+            "this ordinal has no partitions in the assignment (more pods than workers, or a \
+             scale-down under way); waiting for an assignment that gives it some"
+        );
     }
     let launch = Launch {
         job,
@@ -788,7 +597,17 @@ pub fn worker(
         )?),
         None => None,
     };
-    supervise_partitions(launch, partitions.clone(), merge)
+    let own = Ownership {
+        mine: supervise::owned(&assignment, ordinal),
+        epoch: assignment.epoch,
+        handoff_timeout: opts.handoff_timeout,
+        follow: Some(Follow {
+            file,
+            ordinal,
+            shape: assignment.shape(),
+        }),
+    };
+    supervise_partitions(launch, own, merge)
 }
 
 /// The ordinal of a StatefulSet pod from its name (`name-3` → 3).
@@ -852,12 +671,21 @@ pub fn local(job: &StreamJob, plan: JobPlan, opts: &RunOptions) -> Result<(), Jo
         assignment.workers
     );
     // One process, so one set of threads; the tasks are the assignment's grouping.
-    let partitions: Vec<i32> = (0..count).collect();
     let merge = match repartition {
         Some((topic, n)) => Some(merge_settings(&launch, topic, n, count, (0..n).collect())?),
         None => None,
     };
-    supervise_partitions(launch, partitions, merge)
+    let merge_keys = merge.as_ref().map_or(0, |m| m.partitions);
+    let own = Ownership {
+        mine: (0..count)
+            .map(|p| (Stage::Source, p))
+            .chain((0..merge_keys).map(|p| (Stage::Merge, p)))
+            .collect(),
+        epoch,
+        handoff_timeout: Duration::ZERO,
+        follow: None,
+    };
+    supervise_partitions(launch, own, merge)
 }
 
 /// Local mode, two-stage job: the repartition topic, by the operator's rule
@@ -953,13 +781,6 @@ async fn merge_topics(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_failing_partition_waits_longer_each_time_up_to_five_minutes() {
-        let waits: Vec<u64> = (1..=12).map(|n| retry_delay(n).as_secs()).collect();
-        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
-        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
-    }
 
     #[test]
     fn ordinals_come_from_statefulset_pod_names() {

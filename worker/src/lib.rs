@@ -17,5 +17,6 @@ pub mod outbox;
 pub mod partition;
 pub mod producer;
 pub mod runtime;
+pub mod supervise;
 pub mod tools;
 pub mod topics;

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use weir_crds::pod;
-use weir_worker::job::{self, Assignment, RunOptions};
+use weir_worker::job::{self, RunOptions};
 use weir_worker::logging::{self, LogFormat};
+use weir_worker::supervise::AssignmentFile;
 
 mod file_input;
 mod validate;
@@ -111,6 +112,12 @@ enum Command {
         /// half the container's memory limit (cgroup) at 1,200 bytes a row; none without a limit.
         #[arg(long)]
         max_open_rows: Option<usize>,
+        /// Seconds a partition the assignment gives this worker waits for its previous owner
+        /// to write its final checkpoint and release it, before taking it from the last
+        /// checkpoint anyway (the previous owner is gone, or has not seen the new assignment).
+        /// Covers the kubelet's delay in updating a mounted ConfigMap (about a minute).
+        #[arg(long, default_value_t = 90)]
+        handoff_timeout: u64,
     },
 }
 
@@ -236,6 +243,7 @@ fn main() -> ExitCode {
                 echo: true,
                 progress_every: (progress > 0).then(|| Duration::from_secs(progress)),
                 max_open_rows: max_open_rows.or_else(job::default_max_open_rows),
+                handoff_timeout: Duration::ZERO,
             };
             with_job(&job, |job, plan| job::local(job, plan, &opts))
         }
@@ -248,6 +256,7 @@ fn main() -> ExitCode {
             checkpoint_dir,
             listen,
             max_open_rows,
+            handoff_timeout,
         } => {
             let opts = RunOptions {
                 bootstrap: None,
@@ -256,6 +265,7 @@ fn main() -> ExitCode {
                 echo: false,
                 progress_every: None,
                 max_open_rows: max_open_rows.or_else(job::default_max_open_rows),
+                handoff_timeout: Duration::from_secs(handoff_timeout),
             };
             let host = std::env::var("HOSTNAME").unwrap_or_default();
             let Some(ordinal) = ordinal.or_else(|| job::ordinal_from_hostname(&host)) else {
@@ -264,10 +274,7 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(file_input::EXIT_USAGE);
             };
-            let assignment: Assignment = match std::fs::read_to_string(&assignment)
-                .map_err(|e| e.to_string())
-                .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-            {
+            let assignment = match AssignmentFile::open(&assignment) {
                 Ok(a) => a,
                 Err(e) => {
                     eprintln!("error: {}: {e}", assignment.display());
@@ -280,7 +287,7 @@ fn main() -> ExitCode {
                 host
             };
             with_job(&job, |job, plan| {
-                job::worker(job, plan, &assignment, ordinal, owner, &opts)
+                job::worker(job, plan, assignment, ordinal, owner, &opts)
             })
         }
     }

@@ -27,6 +27,10 @@ pub const PREFIX: &str = "weir";
 /// (one definition for the operator's `/metrics` and the workers').
 pub use weir_crds::exposition::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
 
+/// Buckets of `weir_handoff_wait_seconds`: from an immediate take to the longest timeouts.
+pub const HANDOFF_WAIT_BUCKETS: [f64; 10] =
+    [0.0, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0];
+
 /// Upper bounds (seconds) of the checkpoint duration buckets: 1 ms to 30 s, about 2.5x apart,
 /// so both a local file write and a slow object-store PUT land in a bucket that tells them apart.
 pub const CHECKPOINT_DURATION_BUCKETS: [f64; 14] = [
@@ -111,6 +115,61 @@ struct Families {
     open_groups: Family<PartitionLabels, Gauge>,
 }
 
+/// The families of assignment changes and partition handoffs, registered in `r`.
+fn register_handoff(
+    r: &mut Registry,
+) -> (
+    Family<PartitionLabels, Counter>,
+    Gauge,
+    Counter,
+    Histogram,
+    Counter,
+) {
+    let partition_starts = Family::<PartitionLabels, Counter>::default();
+    r.register(
+        "partition_starts",
+        "Times this worker started reading a partition (from its checkpoint, replaying the \
+             open windows): when it takes the partition, after a failure, when an assignment \
+             gives it back. A partition kept across assignment changes is not started again",
+        partition_starts.clone(),
+    );
+    let assignment_epoch = Gauge::default();
+    r.register(
+        "assignment_epoch",
+        "Epoch of the newest partition assignment this worker follows",
+        assignment_epoch.clone(),
+    );
+    let assignment_changes = Counter::default();
+    r.register(
+        "assignment_changes",
+        "New assignments this worker took while running: partitions it lost were released \
+             to their new owners, partitions it gained were started, the others went on",
+        assignment_changes.clone(),
+    );
+    let handoff_wait = Histogram::new(HANDOFF_WAIT_BUCKETS);
+    r.register(
+        "handoff_wait_seconds",
+        "How long a newly assigned partition waited for its previous owner to write its \
+             final checkpoint and release it (0 when nobody held it)",
+        handoff_wait.clone(),
+    );
+    let handoff_timeouts = Counter::default();
+    r.register(
+        "handoff_timeouts",
+        "Partitions taken after the handoff timeout without their previous owner's release \
+             (it was gone, or had not seen the new assignment): resumed from the last \
+             checkpoint, as after a crash",
+        handoff_timeouts.clone(),
+    );
+    (
+        partition_starts,
+        assignment_epoch,
+        assignment_changes,
+        handoff_wait,
+        handoff_timeouts,
+    )
+}
+
 /// The worker's metrics and the registry they are encoded from. Share it as `Arc<Metrics>`.
 pub struct Metrics {
     registry: Registry,
@@ -119,6 +178,18 @@ pub struct Metrics {
     pub partitions_owned: Gauge,
     /// Times this worker found a partition fenced by a newer owner and stopped it.
     pub partitions_fenced: Counter,
+    /// Times this worker started reading each partition: once when it first takes it, again
+    /// after a failure or when an assignment gives it back; never for a partition it keeps
+    /// across assignment changes (no replay).
+    pub partition_starts: Family<PartitionLabels, Counter>,
+    /// The epoch of the newest assignment this worker follows.
+    pub assignment_epoch: Gauge,
+    /// Assignments this worker took while running (partitions handed off without a restart).
+    pub assignment_changes: Counter,
+    /// How long a newly assigned partition waited for its previous owner's release.
+    pub handoff_wait: Histogram,
+    /// Partitions taken without a release after the handoff timeout.
+    pub handoff_timeouts: Counter,
     /// Commits of progress to the job's consumer group that failed (`crate::group`).
     pub group_commit_failures: Counter,
     /// 1 while an output topic does not exist and the worker waits for it (it never creates
@@ -324,6 +395,13 @@ impl Metrics {
              stopped it",
             partitions_fenced.clone(),
         );
+        let (
+            partition_starts,
+            assignment_epoch,
+            assignment_changes,
+            handoff_wait,
+            handoff_timeouts,
+        ) = register_handoff(&mut r);
         let group_commit_failures = Counter::default();
         r.register(
             "group_commit_failures",
@@ -376,11 +454,24 @@ impl Metrics {
             families: f,
             partitions_owned,
             partitions_fenced,
+            partition_starts,
+            assignment_epoch,
+            assignment_changes,
+            handoff_wait,
+            handoff_timeouts,
             group_commit_failures,
             output_topic_missing,
             partition_failures,
             partitions_failing,
             open_rows_limit,
+        }
+    }
+
+    /// A partition's previous owner released it after `waited` (zero: nobody held it).
+    pub fn handoff_waited(&self, waited: Duration, timed_out: bool) {
+        self.handoff_wait.observe(waited.as_secs_f64());
+        if timed_out {
+            self.handoff_timeouts.inc();
         }
     }
 
@@ -823,11 +914,12 @@ mod tests {
         let p = m.partition("t", 0);
         p.set_watermark_ms(0);
         p.checkpoint_written(Duration::from_millis(1), 1);
+        m.partition_starts.get_or_create(p.labels()).inc();
         let text = m.encode();
         let helps = lines_with(&text, "# HELP ").len();
         let types = lines_with(&text, "# TYPE ").len();
         assert_eq!(helps, types);
-        assert_eq!(helps, 27, "{text}");
+        assert_eq!(helps, 32, "{text}");
         for help in lines_with(&text, "# HELP ") {
             // The encoder writes help verbatim; these would need escaping.
             assert!(!help.contains('\\') && !help.contains('"'), "{help}");

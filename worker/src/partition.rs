@@ -11,7 +11,7 @@
 //! after a restart, when to go idle, when a marker or a checkpoint is due and what it records —
 //! is the protocol's, where it is tested with injected time.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ use weir_engine::protocol::{Action, PartitionProtocol, Role, StartPoint, Timing}
 use weir_engine::start::{self, Begin};
 use weir_engine::{Record, Rejection, WindowResult};
 
-use crate::checkpoint::{CheckpointStore, PartitionLease, Progress, Run};
+use crate::checkpoint::{CheckpointStore, Handoff, HandoffWait, PartitionLease, Progress, Run};
 use crate::contiguous::{Contiguous, Step};
 use crate::metrics::PartitionMetrics;
 use crate::outbox::{Origin, Outbox};
@@ -41,12 +41,61 @@ const GAUGE_EVERY: Duration = Duration::from_secs(2);
 /// timers are looked at every this many messages, and whenever the partition is quiet.
 const TIMER_EVERY: u32 = 256;
 
-/// Start a thread for `partition` of `stage`'s topic. Its result says how it ended.
+/// What one partition thread owns its partition under.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    /// The assignment epoch it claims the partition with (fencing). Raised when a newer
+    /// assignment keeps the partition here: the next checkpoint is written at it, which fences
+    /// out any older owner still running and shows the handoff done.
+    pub epoch: Arc<AtomicI64>,
+    /// Set to stop this partition alone (an assignment took it away): it writes its final
+    /// checkpoint, released, and ends with [`PartitionEnd::Stopped`].
+    pub stop: Arc<AtomicBool>,
+    /// How long to wait for the previous owner to release the partition before claiming it
+    /// anyway ([`PartitionLease::acquire_after_release`]); zero: claim at once.
+    pub handoff_timeout: Duration,
+}
+
+impl Claim {
+    /// A claim at `epoch` with its own stop flag.
+    pub fn new(epoch: i64, handoff_timeout: Duration) -> Claim {
+        Claim {
+            epoch: Arc::new(AtomicI64::new(epoch)),
+            stop: Arc::new(AtomicBool::new(false)),
+            handoff_timeout,
+        }
+    }
+
+    /// The epoch to claim and write at now.
+    pub fn epoch(&self) -> i64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    fn stopped(&self, ctx: &JobContext) -> bool {
+        self.stop.load(Ordering::Relaxed) || ctx.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Start a thread for `partition` of `stage`'s topic, at the job's epoch, stopped only with the
+/// whole job. Its result says how it ended.
 pub fn spawn_partition(
     ctx: Arc<JobContext>,
     rt: Handle,
     stage: Stage,
     partition: i32,
+) -> std::io::Result<JoinHandle<Result<PartitionEnd, RuntimeError>>> {
+    let claim = Claim::new(ctx.epoch, Duration::ZERO);
+    spawn_claimed(ctx, rt, stage, partition, claim)
+}
+
+/// Start a thread for `partition` of `stage`'s topic under `claim`. Its result says how it
+/// ended.
+pub fn spawn_claimed(
+    ctx: Arc<JobContext>,
+    rt: Handle,
+    stage: Stage,
+    partition: i32,
+    claim: Claim,
 ) -> std::io::Result<JoinHandle<Result<PartitionEnd, RuntimeError>>> {
     let name = match stage {
         Stage::Source => format!("partition-{partition}"),
@@ -54,7 +103,7 @@ pub fn spawn_partition(
     };
     std::thread::Builder::new()
         .name(name)
-        .spawn(move || drive_partition(&ctx, &rt, stage, partition))
+        .spawn(move || drive_partition(&ctx, &rt, stage, partition, &claim))
 }
 
 /// Own `partition` of `stage`'s topic until stopped or fenced.
@@ -63,8 +112,9 @@ fn drive_partition(
     rt: &Handle,
     stage: Stage,
     partition: i32,
+    claim: &Claim,
 ) -> Result<PartitionEnd, RuntimeError> {
-    let (consumer, mut part) = match open_partition(ctx, rt, stage, partition)? {
+    let (consumer, mut part) = match open_partition(ctx, rt, stage, partition, claim)? {
         Opened::Ready(consumer, part) => (consumer, *part),
         Opened::Ended(end) => return Ok(end),
     };
@@ -78,24 +128,51 @@ pub(crate) enum LeaseTaken {
     Taken(Box<PartitionLease>, Option<Progress>),
     /// A newer owner holds the partition (counted and logged).
     Fenced(PartitionEnd),
+    /// Stopped while waiting for the previous owner's release.
+    Cancelled,
 }
 
-/// Take the lease of `partition` of `topic` in `store`.
-pub(crate) fn take_lease(
+/// Take the lease of `partition` of `topic` in `store` under `claim`, after the previous
+/// owner released it (or the claim's handoff timeout passed).
+fn take_lease(
     ctx: &JobContext,
     rt: &Handle,
     store: &Arc<dyn CheckpointStore>,
     topic: &str,
     partition: i32,
+    claim: &Claim,
 ) -> Result<LeaseTaken, RuntimeError> {
-    match rt.block_on(PartitionLease::acquire(
+    let cancelled = || claim.stopped(ctx);
+    let wait = HandoffWait {
+        timeout: claim.handoff_timeout,
+        cancelled: &cancelled,
+    };
+    match rt.block_on(PartitionLease::acquire_after_release(
         store.clone(),
         topic,
         partition,
-        ctx.epoch,
+        claim.epoch(),
         &ctx.owner,
+        &wait,
     )) {
-        Ok((lease, progress)) => Ok(LeaseTaken::Taken(Box::new(lease), progress)),
+        Ok(Handoff::Cancelled) => Ok(LeaseTaken::Cancelled),
+        Ok(Handoff::Taken {
+            lease,
+            progress,
+            waited,
+            timed_out,
+        }) => {
+            ctx.metrics.handoff_waited(waited, timed_out);
+            if timed_out {
+                warn!(topic, partition, waited = ?waited,
+                    "the previous owner did not release the partition within the handoff \
+                     timeout; taking it from its last checkpoint (it is fenced out at its next \
+                     write)");
+            } else if !waited.is_zero() {
+                info!(topic, partition, waited = ?waited, "the previous owner released the partition");
+            }
+            Ok(LeaseTaken::Taken(lease, progress))
+        }
         Err(e) if e.is_fenced() => {
             ctx.metrics.partitions_fenced.inc();
             warn!(topic, partition, error = %e, "not taking the partition: a newer owner holds it");
@@ -119,6 +196,7 @@ fn open_partition<'a>(
     rt: &'a Handle,
     stage: Stage,
     partition: i32,
+    claim: &'a Claim,
 ) -> Result<Opened<'a>, RuntimeError> {
     let (topic, store, role) = match (stage, &ctx.merge) {
         (Stage::Merge, Some(m)) => (
@@ -140,9 +218,10 @@ fn open_partition<'a>(
             Role::Results,
         ),
     };
-    let (mut lease, resume) = match take_lease(ctx, rt, store, topic, partition)? {
+    let (mut lease, resume) = match take_lease(ctx, rt, store, topic, partition, claim)? {
         LeaseTaken::Taken(lease, resume) => (*lease, resume),
         LeaseTaken::Fenced(end) => return Ok(Opened::Ended(end)),
+        LeaseTaken::Cancelled => return Ok(Opened::Ended(PartitionEnd::Stopped)),
     };
     let role_name = match stage {
         Stage::Source => "consumer",
@@ -186,8 +265,12 @@ fn open_partition<'a>(
     }
     assign_at(&consumer, topic, partition, protocol.start_offset())?;
     let producers = outbox(ctx, stage, partition)?;
-    log_start(ctx, stage, partition, &protocol, &producers);
+    log_start(stage, partition, claim.epoch(), &protocol, &producers);
     let pm = ctx.metrics.partition(topic, partition);
+    ctx.metrics
+        .partition_starts
+        .get_or_create(pm.labels())
+        .inc();
     pm.set_results_from_ms(protocol.results_from());
     let part = PartitionIo {
         ctx,
@@ -202,6 +285,8 @@ fn open_partition<'a>(
         actions: Vec::new(),
         clock: Instant::now(),
         timing,
+        claim,
+        releasing: false,
     };
     Ok(Opened::Ready(consumer, Box::new(part)))
 }
@@ -345,9 +430,9 @@ pub(crate) fn offset_for_time(
 }
 
 fn log_start(
-    ctx: &JobContext,
     stage: Stage,
     partition: i32,
+    epoch: i64,
     protocol: &PartitionProtocol,
     producers: &Outbox,
 ) {
@@ -355,7 +440,7 @@ fn log_start(
     match stage {
         Stage::Source => info!(
             partition,
-            epoch = ctx.epoch,
+            epoch,
             from,
             replay_until,
             two_stage = producers.repartition.is_some(),
@@ -363,11 +448,7 @@ fn log_start(
         ),
         Stage::Merge => info!(
             stage = 2,
-            partition,
-            epoch = ctx.epoch,
-            from,
-            replay_until,
-            "repartition partition started"
+            partition, epoch, from, replay_until, "repartition partition started"
         ),
     }
 }
@@ -524,6 +605,10 @@ struct PartitionIo<'a> {
     /// The protocol's time origin (monotonic).
     clock: Instant,
     timing: Timing,
+    /// The epoch and stop flag this partition runs under.
+    claim: &'a Claim,
+    /// The next checkpoint is the last, written released (a graceful stop).
+    releasing: bool,
 }
 
 impl PartitionIo<'_> {
@@ -547,7 +632,7 @@ impl PartitionIo<'_> {
         let mut last_gauges: Option<Instant> = None;
         let mut since_timers = 0u32;
         loop {
-            if self.ctx.stop.load(Ordering::Relaxed) {
+            if self.claim.stopped(self.ctx) {
                 return Ok(PartitionEnd::Stopped);
             }
             match consumer.poll(Duration::from_millis(100)) {
@@ -821,7 +906,13 @@ impl PartitionIo<'_> {
         let t0 = Instant::now();
         self.producers.flush(self.partition)?;
         let next_offset = progress.next_offset;
-        match self.rt.block_on(self.lease.commit(progress)) {
+        self.lease.raise_epoch(self.claim.epoch());
+        let written = if self.releasing {
+            self.rt.block_on(self.lease.release(progress))
+        } else {
+            self.rt.block_on(self.lease.commit(progress))
+        };
+        match written {
             Ok(bytes) => {
                 self.pm.checkpoint_written(t0.elapsed(), bytes);
                 if let (Stage::Source, Some(g)) = (self.stage, &self.ctx.progress_group) {
@@ -842,6 +933,8 @@ impl PartitionIo<'_> {
     /// way the outcome is counted, logged and the partition's gauges released.
     fn close(mut self, end: PartitionEnd) -> Result<PartitionEnd, RuntimeError> {
         let stopped = matches!(end, PartitionEnd::Stopped);
+        // A graceful stop's final checkpoint releases the partition to its next owner.
+        self.releasing = stopped;
         let now = self.now_ms();
         self.protocol.finish(stopped, now, &mut self.actions);
         let end = match self.act(None)? {

@@ -42,6 +42,7 @@ fn checkpoint(epoch: i64) -> PartitionCheckpoint {
         definition: None,
         results_from: None,
         reset: None,
+        released: false,
     }
 }
 

@@ -283,3 +283,120 @@ async fn object_store_on_seaweedfs() {
         .expect("get")
         .is_none());
 }
+
+/// The handoff rule (docs/checkpoints.md, "Handoff"): a new owner of a newer epoch waits while
+/// the previous owner holds the partition, takes it as soon as that owner's last write is a
+/// release (resuming exactly its progress), takes it anyway after the timeout, and waits for
+/// nobody when the record is its own, released, or absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_waits_for_the_release_up_to_the_timeout() {
+    use std::time::Duration;
+    use support::suites::progress;
+    use weir_worker::checkpoint::{Handoff, HandoffWait};
+
+    let store: Arc<dyn CheckpointStore> = Arc::new(MemoryStore::new());
+    let (mut old, _) = PartitionLease::acquire(store.clone(), "payments", 0, 1, "w-0")
+        .await
+        .expect("old owner");
+    old.commit(progress(10)).await.expect("commit");
+    let never = || false;
+    let wait = |timeout| HandoffWait {
+        timeout,
+        cancelled: &never,
+    };
+
+    // Held: the new owner waits until the old one releases at offset 42.
+    let releasing = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        old.release(progress(42)).await.expect("release");
+    });
+    let taken = PartitionLease::acquire_after_release(
+        store.clone(),
+        "payments",
+        0,
+        2,
+        "w-1",
+        &wait(Duration::from_secs(30)),
+    )
+    .await
+    .expect("handoff");
+    releasing.await.expect("release task");
+    let Handoff::Taken {
+        progress: resumed,
+        waited,
+        timed_out,
+        ..
+    } = taken
+    else {
+        panic!("cancelled");
+    };
+    assert_eq!(
+        resumed.map(|p| p.next_offset),
+        Some(42),
+        "the released progress"
+    );
+    assert!(waited >= Duration::from_millis(400), "waited {waited:?}");
+    assert!(!timed_out);
+    let stored = store.get(0).await.expect("get").expect("record");
+    assert_eq!(
+        (stored.checkpoint.epoch, stored.checkpoint.owner.as_str()),
+        (2, "w-1")
+    );
+    assert!(!stored.checkpoint.released, "a claim is not a release");
+
+    // Held and never released: taken after the timeout.
+    let taken = PartitionLease::acquire_after_release(
+        store.clone(),
+        "payments",
+        0,
+        3,
+        "w-2",
+        &wait(Duration::from_millis(500)),
+    )
+    .await
+    .expect("handoff");
+    assert!(
+        matches!(&taken, Handoff::Taken { timed_out: true, waited, .. } if *waited >= Duration::from_millis(500)),
+        "{taken:?}"
+    );
+
+    // Its own record (a restarted pod), or no record: no wait.
+    for (partition, owner) in [(0, "w-2"), (1, "w-9")] {
+        let taken = PartitionLease::acquire_after_release(
+            store.clone(),
+            "payments",
+            partition,
+            4,
+            owner,
+            &wait(Duration::from_secs(30)),
+        )
+        .await
+        .expect("handoff");
+        assert!(
+            matches!(&taken, Handoff::Taken { waited, timed_out: false, .. } if waited.is_zero()),
+            "{taken:?}"
+        );
+    }
+
+    // Cancelled while waiting (the partition was taken away again): nothing written.
+    let cancel = || true;
+    let before = store.get(0).await.expect("get").expect("record").version;
+    let taken = PartitionLease::acquire_after_release(
+        store.clone(),
+        "payments",
+        0,
+        5,
+        "w-5",
+        &HandoffWait {
+            timeout: Duration::from_secs(30),
+            cancelled: &cancel,
+        },
+    )
+    .await
+    .expect("handoff");
+    assert!(matches!(taken, Handoff::Cancelled), "{taken:?}");
+    assert_eq!(
+        store.get(0).await.expect("get").expect("record").version,
+        before
+    );
+}

@@ -622,11 +622,16 @@ fn an_older_owner_is_fenced_out_by_a_newer_epoch() {
             .arg(&job)
             .arg("--assignment")
             .arg(&assignment)
+            // A short handoff timeout: the old owner never sees the new assignment (another
+            // file), so the new one takes the partitions after it, and the old one, fenced while
+            // its assignment still gives them, gives up after it.
             .args([
                 "--ordinal",
                 "0",
                 "--listen",
                 "127.0.0.1:0",
+                "--handoff-timeout",
+                "2",
                 "--checkpoint-dir",
             ])
             .arg(&checkpoints)
@@ -678,8 +683,9 @@ fn an_older_owner_is_fenced_out_by_a_newer_epoch() {
         owners().iter().all(|(e, o)| *e == 2 && o == "new-0")
     });
 
-    // The old worker finds out at its next checkpoint write, stops every partition, and exits
-    // with an error so that its pod restarts and reads the new assignment.
+    // The old worker finds out at its next checkpoint write and stops every partition; as its
+    // assignment still gives it them and no newer one comes within the handoff timeout, it
+    // exits with an error so that its pod restarts and reads the assignment afresh.
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = old.try_wait().unwrap() {

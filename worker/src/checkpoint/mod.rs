@@ -198,6 +198,37 @@ pub struct PartitionLease {
     run: Run,
 }
 
+/// How long a new owner waits for the previous owner to release a partition
+/// ([`PartitionLease::acquire_after_release`]), and when to give up waiting.
+pub struct HandoffWait<'a> {
+    /// The longest wait; after it the partition is claimed anyway (the previous owner is gone
+    /// or has not seen the new assignment: it is fenced out at its next write, and the new
+    /// owner resumes from its last checkpoint, as after a crash).
+    pub timeout: std::time::Duration,
+    /// Stop waiting (and do not claim) when this turns true: the partition was taken away
+    /// again, or the worker is stopping.
+    pub cancelled: &'a (dyn Fn() -> bool + Sync),
+}
+
+/// How a handoff went for the new owner.
+#[derive(Debug)]
+pub enum Handoff {
+    /// Taken: the lease, the progress to resume from, and how long the previous owner took to
+    /// release it (zero when nothing had to be waited for); `timed_out` when it never did.
+    Taken {
+        /// The lease.
+        lease: Box<PartitionLease>,
+        /// The progress to resume from.
+        progress: Option<Progress>,
+        /// Time spent waiting for the release.
+        waited: std::time::Duration,
+        /// The previous owner did not release it within the timeout.
+        timed_out: bool,
+    },
+    /// Cancelled while waiting; nothing was written.
+    Cancelled,
+}
+
 impl std::fmt::Debug for PartitionLease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PartitionLease")
@@ -279,6 +310,7 @@ impl PartitionLease {
                 definition: run.definition.clone(),
                 results_from: run.results_from,
                 reset: run.reset.clone(),
+                released: false,
             };
             match store
                 .put(&claim, current.as_ref().map(|c| &c.version))
@@ -311,6 +343,73 @@ impl PartitionLease {
     /// if it is older (or our own write whose answer was lost), retry over it. Returns the
     /// number of bytes written.
     pub async fn commit(&mut self, progress: Progress) -> Result<usize, CheckpointError> {
+        self.write(progress, false).await
+    }
+
+    /// The last write of a graceful stop: `progress`, marked released, so that a new owner
+    /// takes the partition without waiting (docs/checkpoints.md, "Handoff"). Fenced like
+    /// [`PartitionLease::commit`].
+    pub async fn release(&mut self, progress: Progress) -> Result<usize, CheckpointError> {
+        self.write(progress, true).await
+    }
+
+    /// [`PartitionLease::acquire`], after waiting for the previous owner's release: when the
+    /// stored record is another owner's, of an older epoch, and not released, that owner may
+    /// still be running the partition (it has not seen the new assignment yet, or is writing
+    /// its final checkpoint). Waiting for it means resuming exactly where it stopped, with
+    /// nothing replayed twice and no result written twice. The record is read every 200 ms.
+    pub async fn acquire_after_release(
+        store: Arc<dyn CheckpointStore>,
+        topic: &str,
+        partition: i32,
+        epoch: i64,
+        owner: &str,
+        wait: &HandoffWait<'_>,
+    ) -> Result<Handoff, CheckpointError> {
+        let started = std::time::Instant::now();
+        let (mut timed_out, mut held_by_other) = (false, false);
+        loop {
+            if (wait.cancelled)() {
+                return Ok(Handoff::Cancelled);
+            }
+            let held = match store.get(partition).await? {
+                Some(v) => {
+                    let cp = &v.checkpoint;
+                    check_owner(cp, topic, epoch, owner)?;
+                    cp.epoch < epoch && cp.owner != owner && !cp.released
+                }
+                None => false,
+            };
+            if !held {
+                break;
+            }
+            held_by_other = true;
+            if started.elapsed() >= wait.timeout {
+                timed_out = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let waited = if held_by_other {
+            started.elapsed()
+        } else {
+            std::time::Duration::ZERO
+        };
+        let (lease, progress) =
+            PartitionLease::acquire(store, topic, partition, epoch, owner).await?;
+        Ok(Handoff::Taken {
+            lease: Box::new(lease),
+            progress,
+            waited,
+            timed_out,
+        })
+    }
+
+    async fn write(
+        &mut self,
+        progress: Progress,
+        released: bool,
+    ) -> Result<usize, CheckpointError> {
         let mut cp = PartitionCheckpoint {
             format: FORMAT,
             topic: self.topic.clone(),
@@ -322,6 +421,7 @@ impl PartitionLease {
             definition: self.run.definition.clone(),
             results_from: self.run.results_from,
             reset: self.run.reset.clone(),
+            released,
         };
         for _ in 0..MAX_ATTEMPTS {
             let bytes = encode(&cp)?.len();
@@ -363,6 +463,12 @@ impl PartitionLease {
     /// The partition this lease is for.
     pub fn partition(&self) -> i32 {
         self.partition
+    }
+
+    /// Write at `epoch` from now on, if it is newer: a newer assignment kept the partition with
+    /// this owner.
+    pub fn raise_epoch(&mut self, epoch: i64) {
+        self.epoch = self.epoch.max(epoch);
     }
 
     /// The assignment epoch this lease writes with.

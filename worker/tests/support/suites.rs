@@ -28,6 +28,7 @@ pub fn record(
         definition: None,
         results_from: None,
         reset: None,
+        released: false,
     }
 }
 

@@ -209,6 +209,13 @@ pub struct Workers {
 
 impl Workers {
     pub fn start(&mut self, ordinal: usize) {
+        let port = (ordinal == 0).then_some(self.metrics_port);
+        self.start_with(ordinal, port, &[]);
+    }
+
+    /// Start the worker of `ordinal`, serving /metrics on `port` (`None`: any free port), with
+    /// `extra` arguments.
+    pub fn start_with(&mut self, ordinal: usize, port: Option<u16>, extra: &[&str]) {
         self.starts += 1;
         let log = std::fs::File::create(
             self.dir
@@ -221,16 +228,16 @@ impl Workers {
             .arg("--assignment")
             .arg(&self.assignment)
             .args(["--ordinal", &ordinal.to_string(), "--listen"])
-            .arg(if ordinal == 0 {
-                format!("127.0.0.1:{}", self.metrics_port)
-            } else {
-                "127.0.0.1:0".to_string()
-            })
+            .arg(format!("127.0.0.1:{}", port.unwrap_or(0)))
+            .args(extra)
             // WEIR_E2E_WORKER_LOG=info (or debug) to see more of the workers on a failure.
             .env(
                 "RUST_LOG",
                 std::env::var("WEIR_E2E_WORKER_LOG").unwrap_or_else(|_| "warn".to_string()),
             )
+            // Each its own owner name, as pods are (a HOSTNAME exported by the test's own
+            // environment would otherwise name every worker alike).
+            .env("HOSTNAME", format!("e2e-worker-{ordinal}"))
             .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -317,6 +324,30 @@ impl Drop for Workers {
             let _ = w.child.wait();
         }
     }
+}
+
+/// `GET path` on 127.0.0.1:`port`: the status code and the body (`None`: no answer).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// The value of the series `series` (name and labels as written, e.g.
+/// `weir_records_in_total{topic="in",partition="0"}`) in the /metrics text `text`.
+pub fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 pub fn free_port() -> u16 {
