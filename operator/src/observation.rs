@@ -114,6 +114,10 @@ pub struct CheckpointMarks {
     pub results_from_ms: Option<i64>,
     /// [`weir_crds::Reset::identity`] of the last reset the partition applied.
     pub reset: Option<String>,
+    /// The assignment epoch the partition's owner last wrote at: below the assignment's while
+    /// the partition is being handed off to its new worker (a worker that keeps a partition
+    /// writes its next checkpoint at the new epoch).
+    pub epoch: i64,
 }
 
 /// Everything observe read for one job.

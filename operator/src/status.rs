@@ -81,6 +81,9 @@ pub mod reason {
     pub const RESETTING: &str = "Resetting";
     /// Source partitions still compute a previous result definition (`Progressing`).
     pub const DEFINITION_CHANGED: &str = "DefinitionChanged";
+    /// `Progressing`: a new assignment moves partitions between running workers, and some are
+    /// still with their previous worker (their checkpoints are of an older epoch).
+    pub const HANDING_OFF: &str = "HandingOff";
 }
 
 /// Where the StatefulSet stands against what was asked.
@@ -431,6 +434,21 @@ fn progressing(f: &Facts<'_>, lifecycle: &Lifecycle) -> Cond {
             lifecycle.partitions.unwrap_or(d.previous_partitions)
         );
         return (true, reason::DEFINITION_CHANGED, msg);
+    }
+    let epoch = f.epoch();
+    let behind = f
+        .obs
+        .checkpoint_marks
+        .values()
+        .filter(|m| m.epoch < epoch)
+        .count();
+    if f.workers.is_some() && behind > 0 {
+        let msg = format!(
+            "handing off partitions to the assignment of epoch {epoch}: {behind} of {} source \
+             partitions still with their previous worker{workers}",
+            f.obs.checkpoint_marks.len()
+        );
+        return (true, reason::HANDING_OFF, msg);
     }
     if r.done {
         let msg = "every worker runs the current spec and assignment".to_string();

@@ -123,8 +123,11 @@ fn a_window_or_aggregation_change_rolls_pods_with_the_same_epoch() {
     }
 }
 
+/// Scaling moves partitions, not pods (DESIGN.md invariant 9): a new assignment under a new
+/// epoch, the replica count, and nothing else of the StatefulSet; the running workers take the
+/// new assignment from the job ConfigMap without a restart.
 #[test]
-fn a_parallelism_change_that_moves_partitions_takes_a_new_epoch() {
+fn a_parallelism_change_that_moves_partitions_takes_a_new_epoch_and_rolls_no_pod() {
     let before = ok(&job(), &found(12));
     let d = ok(&job_with("parallelism: 4"), &after(&before, 12));
     let (w0, w1) = (
@@ -134,7 +137,19 @@ fn a_parallelism_change_that_moves_partitions_takes_a_new_epoch() {
     assert_eq!(replicas(&d), 4);
     assert_ne!(w1.assignment.workers, w0.assignment.workers);
     assert_eq!(w1.assignment.epoch, 2);
-    assert_ne!(w1.config_hash, w0.config_hash);
+    assert_eq!(
+        w1.config_hash, w0.config_hash,
+        "the pod template is unchanged"
+    );
+    let (mut s0, s1) = (w0.stateful_set.clone(), w1.stateful_set.clone());
+    if let (Some(a), Some(b)) = (s0.spec.as_mut(), s1.spec.as_ref()) {
+        a.replicas = b.replicas;
+    }
+    assert_eq!(s0, s1, "only the replica count differs");
+    let data = |w: &weir_operator::desired::Workers| {
+        w.config_map.data.clone().expect("data")[names::JOB_KEY].clone()
+    };
+    assert_eq!(data(w0), data(w1), "job.yaml is unchanged");
 
     // Scaling back returns to the old mapping, still with a newer epoch: epochs only grow.
     let back = ok(&job(), &after(&d, 12));
@@ -261,7 +276,7 @@ fn the_epoch_passes_any_epoch_found_in_the_checkpoints() {
 }
 
 #[test]
-fn job_yaml_is_what_the_worker_parses_with_the_resolved_parallelism() {
+fn job_yaml_is_what_the_worker_parses_without_the_pod_settings() {
     let j = job_with(
         "parallelism: 7\nautoscaling: {minReplicas: 1, maxReplicas: 9}\nworker: {image: 'x:y'}",
     );
@@ -279,7 +294,8 @@ fn job_yaml_is_what_the_worker_parses_with_the_resolved_parallelism() {
     );
     assert_eq!(parsed.job.metadata.name.as_deref(), Some("payments"));
     assert_eq!(parsed.job.metadata.namespace.as_deref(), Some("shop"));
-    assert_eq!(parsed.job.spec.parallelism, 4);
+    // Who reads what is the assignment's to say.
+    assert_eq!(parsed.job.spec.parallelism, 1);
     assert_eq!(parsed.job.spec.autoscaling, None);
     assert_eq!(parsed.job.spec.worker, Default::default());
     assert_eq!(parsed.job.spec.window, j.spec.window);

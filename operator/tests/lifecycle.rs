@@ -245,6 +245,71 @@ async fn suspend_stops_the_workers_and_resume_changes_only_the_replicas() {
     assert_eq!(take_events(&w), vec![], "nothing repeats");
 }
 
+/// Scaling moves partitions, not pods (DESIGN.md invariant 9; docs/operator.md "Scaling"): a new
+/// assignment in the job ConfigMap, the replica count, the same pod template; `Progressing`
+/// shows the handoff until every source partition's checkpoint is at the new epoch.
+#[tokio::test]
+async fn a_scale_hands_partitions_off_without_rolling_and_shows_until_done() {
+    let w = world();
+    reconcile_once(&w).await;
+    let fp = current_fingerprint(&w);
+    for p in 0..PARTITIONS {
+        write_checkpoint(&w, &record(p, 40, Some(&fp), None, None));
+    }
+    reconcile_once(&w).await;
+    w.server
+        .lock()
+        .expect("server")
+        .run_statefulset_controller();
+    reconcile_once(&w).await;
+    assert_eq!(condition(&w, "Progressing"), is("False", "UpToDate"));
+    let template_before = stored(&w, STS)["spec"]["template"].clone();
+
+    patch_spec(&w, json!({"parallelism": 2})).await;
+    reconcile_once(&w).await;
+    assert_eq!(stored(&w, STS)["spec"]["replicas"], json!(2));
+    assert_eq!(
+        stored(&w, STS)["spec"]["template"],
+        template_before,
+        "the pods do not roll"
+    );
+    let assignment: Value = serde_json::from_str(
+        stored(&w, CONFIG)["data"]["assignment.json"]
+            .as_str()
+            .expect("assignment.json"),
+    )
+    .expect("assignment JSON");
+    assert_eq!(assignment["epoch"], json!(2));
+    assert_eq!(condition(&w, "Progressing"), is("True", "HandingOff"));
+
+    // The workers take the assignment: partition 2 moves first, then the others write at the
+    // new epoch (a kept partition's next checkpoint).
+    let at_epoch_2 = |p| PartitionCheckpoint {
+        epoch: 2,
+        ..record(p, 50, Some(&fp), None, None)
+    };
+    write_checkpoint(&w, &at_epoch_2(2));
+    w.server
+        .lock()
+        .expect("server")
+        .run_statefulset_controller();
+    reconcile_once(&w).await;
+    assert_eq!(condition(&w, "Progressing"), is("True", "HandingOff"));
+    let message = stored(&w, JOB)["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Progressing")
+        .and_then(|c| c["message"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    assert!(message.contains("2 of 3 source partitions"), "{message}");
+    for p in 0..2 {
+        write_checkpoint(&w, &at_epoch_2(p));
+    }
+    reconcile_once(&w).await;
+    assert_eq!(condition(&w, "Progressing"), is("False", "UpToDate"));
+}
+
 #[tokio::test]
 async fn kubectl_scale_while_suspended_only_records_the_parallelism() {
     let w = world();

@@ -360,6 +360,8 @@ fn marked(
                 definition: definition.map(str::to_string),
                 results_from_ms: results_from,
                 reset: reset.map(str::to_string),
+                // Written at the epoch of the assignment built (1: no handoff under way).
+                epoch: 1,
             };
             (p, m)
         })

@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use sha2::{Digest, Sha256};
-use weir_crds::assignment::Assignment;
+use weir_crds::assignment::{Assignment, Shape};
 use weir_crds::plan::NewTopic;
 use weir_crds::{names, StreamJob, WorkerTemplate};
 
@@ -194,13 +194,17 @@ pub fn next_epoch(
     }
 }
 
-/// Hash of the job ConfigMap's content: the pod-template annotation that rolls the workers
-/// when the spec they run or the assignment changes. 32 hex digits of SHA-256.
-pub fn config_hash(job_yaml: &str, assignment_json: &str) -> String {
+/// Hash of what the workers cannot take while running: the pod-template annotation that rolls
+/// them when the spec they run (`job.yaml`) or the assignment's [`Shape`] changes (partitions
+/// added to the source topic, another repartition topic). Who owns which partition, and the
+/// epoch, are left out: running workers take a new assignment of the same shape without a
+/// restart (DESIGN.md invariant 9), so scaling changes the StatefulSet's replicas and nothing
+/// else. 32 hex digits of SHA-256.
+pub fn config_hash(job_yaml: &str, shape: &Shape) -> String {
     let mut h = Sha256::new();
     h.update(job_yaml.as_bytes());
     h.update([0u8]);
-    h.update(assignment_json.as_bytes());
+    h.update(serde_json::to_string(shape).unwrap_or_default().as_bytes());
     h.finalize()
         .iter()
         .take(16)
@@ -209,14 +213,14 @@ pub fn config_hash(job_yaml: &str, assignment_json: &str) -> String {
 }
 
 /// The StreamJob as the workers read it (`job.yaml`): apiVersion, kind, metadata name and
-/// namespace, and the spec resolved for the workers: `parallelism` is the number of workers
-/// actually run, `autoscaling`, `worker` (pod settings, which the worker binary never reads) and
-/// `suspend` (which only sets the StatefulSet's replicas to 0) are dropped. So scaling 5 → 6
-/// workers over 3 partitions, changing a pod's resources, or suspending and resuming, does not
-/// change `job.yaml` nor roll the pods through the config hash.
-pub fn job_yaml(job: &StreamJob, workers: i32) -> Result<String, InvalidSpec> {
+/// namespace, and the spec resolved for the workers: `parallelism` (the assignment says who
+/// reads what; written as 1), `autoscaling`, `worker` (pod settings, which the worker binary
+/// never reads) and `suspend` (which only sets the StatefulSet's replicas to 0) are dropped. So
+/// scaling, changing a pod's resources, or suspending and resuming, does not change `job.yaml`
+/// nor roll the pods through the config hash.
+pub fn job_yaml(job: &StreamJob) -> Result<String, InvalidSpec> {
     let mut spec = job.spec.clone();
-    spec.parallelism = workers;
+    spec.parallelism = 1;
     spec.autoscaling = None;
     spec.worker = WorkerTemplate::default();
     spec.suspend = false;

@@ -232,10 +232,10 @@ impl Builder<'_> {
             .merge
             .as_ref()
             .map_or(0, |m| m.workers.iter().map(Vec::len).sum::<usize>() as i32);
-        let job_yaml = job_yaml(self.job, count)?;
+        let job_yaml = job_yaml(self.job)?;
         let assignment_json = serde_json::to_string(&assignment)
             .map_err(|e| InvalidSpec::one("spec", format!("assignment cannot be written: {e}")))?;
-        let hash = config_hash(&job_yaml, &assignment_json);
+        let hash = config_hash(&job_yaml, &assignment.shape());
         let config_name = names::config_map_name(self.name);
         let checkpoints = self.checkpoint_names(partitions, merge_partitions);
         let credentials = Credentials::of(spec);

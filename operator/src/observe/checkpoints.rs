@@ -56,6 +56,7 @@ impl CheckpointSummary {
                 definition: cp.definition.clone(),
                 results_from_ms: cp.results_from,
                 reset: cp.reset.clone(),
+                epoch: cp.epoch,
             },
         );
     }
