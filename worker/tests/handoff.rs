@@ -333,3 +333,62 @@ fn workers_change_from_1_to_4_to_2_to_3_live_with_exact_results() {
         println!("| {what} workers | {:.2} s |", t.as_secs_f64());
     }
 }
+
+/// An assignment of another shape (here: a partition more, as after partitions were added to the
+/// source topic) cannot be taken live: the worker stops every partition with a final checkpoint,
+/// released, and exits with an error saying so, for its pod to start again with it.
+#[test]
+fn an_assignment_of_another_shape_stops_the_worker_after_final_checkpoints() {
+    let broker = Broker::start();
+    for (topic, n) in [("in", PARTITIONS), ("out", 1)] {
+        support::broker::create_topic(WEIR, &broker.bootstrap, topic, n);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.yaml");
+    std::fs::write(&job, job_yaml(&broker.bootstrap)).unwrap();
+    let assignment = dir.path().join("assignment.json");
+    let write = |a: &Assignment| {
+        std::fs::write(&assignment, serde_json::to_string(a).unwrap()).unwrap();
+    };
+    write(&Assignment::round_robin(PARTITIONS, 1, 1));
+    let mut w = Workers {
+        dir: dir.path().to_path_buf(),
+        job,
+        assignment: assignment.clone(),
+        env: vec![("RUST_LOG".into(), "info".into())],
+        checkpoint_dir: Some(dir.path().join("checkpoints")),
+        running: Vec::new(),
+        starts: 0,
+        metrics_port: free_port(),
+    };
+    w.start(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owners(&w).iter().any(|(e, _)| *e != 1) {
+        assert!(Instant::now() < deadline, "{}", w.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    write(&Assignment::round_robin(PARTITIONS + 1, 1, 2));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = w.running[0].child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "still running\n{}", w.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let logs = w.logs();
+    assert!(!status.success(), "{logs}");
+    assert!(logs.contains("changed shape"), "{logs}");
+    let dir = w.checkpoint_dir.as_ref().unwrap().join("handoff");
+    for p in 0..PARTITIONS {
+        let v: Value = serde_json::from_slice(
+            &std::fs::read(dir.join(format!("partition-{p}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            v["checkpoint"]["released"],
+            Value::Bool(true),
+            "partition {p}: {v}"
+        );
+    }
+}
