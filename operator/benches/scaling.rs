@@ -12,7 +12,8 @@
 //! cargo bench -p weir-operator --bench scaling
 //! ```
 //!
-//! Each variant: a 6-partition topic, 20,000 merchants, tumbling 1-minute windows; 4,000
+//! Each variant (`cargo bench`; `cargo test` runs a seconds-long smoke version): a 6-partition
+//! topic, 20,000 merchants, tumbling 1-minute windows; 4,000
 //! records/s for 40 s, 40,000 records/s (10×) for 60 s, 4,000 records/s again for 60 s. Every
 //! 30 s (the operator's period for an autoscaled job) the lag (high watermarks minus the
 //! checkpointed offsets) and the offsets go to `weir_operator::autoscale` with
@@ -45,10 +46,36 @@ const MERCHANTS: usize = 20_000;
 const TARGET: i64 = 20_000;
 const BASE_RATE: usize = 4_000;
 const SPIKE_RATE: usize = 40_000;
-const WARM: Duration = Duration::from_secs(40);
-const SPIKE: Duration = Duration::from_secs(60);
-const AFTER: Duration = Duration::from_secs(60);
-const SAMPLE_EVERY: Duration = Duration::from_secs(30);
+
+/// The phases and the sampling period. `cargo bench` runs [`Timing::FULL`]; `cargo test
+/// --all-targets` (CI) runs [`Timing::SMOKE`], seconds long, with the autoscaler's timings
+/// shortened alike, and checks that every change completes.
+#[derive(Clone, Copy)]
+struct Timing {
+    warm: Duration,
+    spike: Duration,
+    after: Duration,
+    sample_every: Duration,
+    /// Divides the autoscaler's own timings (trend, drain, cooldown, stabilisation).
+    speedup: i64,
+}
+
+impl Timing {
+    const FULL: Timing = Timing {
+        warm: Duration::from_secs(40),
+        spike: Duration::from_secs(60),
+        after: Duration::from_secs(60),
+        sample_every: Duration::from_secs(30),
+        speedup: 1,
+    };
+    const SMOKE: Timing = Timing {
+        warm: Duration::from_secs(3),
+        spike: Duration::from_secs(6),
+        after: Duration::from_secs(3),
+        sample_every: Duration::from_secs(2),
+        speedup: 15,
+    };
+}
 
 /// The `weir` binary beside this benchmark's build (`target/release/weir`).
 fn weir_binary() -> PathBuf {
@@ -97,7 +124,13 @@ fn create_topic(weir: &Path, bootstrap: &str, topic: &str, partitions: i32) {
 
 /// Produce at [`BASE_RATE`], then [`SPIKE_RATE`] during the spike, until `stop`; event time
 /// follows the wall clock.
-fn produce(bootstrap: String, topic: String, start: Instant, stop: Arc<AtomicBool>) -> usize {
+fn produce(
+    bootstrap: String,
+    topic: String,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    timing: Timing,
+) -> usize {
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("linger.ms", "5")
@@ -107,7 +140,7 @@ fn produce(bootstrap: String, topic: String, start: Instant, stop: Arc<AtomicBoo
     let mut due = 0f64;
     while !stop.load(Ordering::Relaxed) {
         let t = start.elapsed();
-        let rate = if t >= WARM && t < WARM + SPIKE {
+        let rate = if t >= timing.warm && t < timing.warm + timing.spike {
             SPIKE_RATE
         } else {
             BASE_RATE
@@ -261,13 +294,15 @@ fn high_watermarks(c: &BaseConsumer, topic: &str) -> Vec<i64> {
 /// What one variant measured.
 struct Report {
     changes: Vec<String>,
+    /// Changes whose partitions were not all with their new owner within 120 s.
+    incomplete: usize,
     peak_lag: i64,
     under_target_after_spike: Option<f64>,
     reread: f64,
     produced: usize,
 }
 
-fn run(weir: &Path, bootstrap: &str, live: bool) -> Report {
+fn run(weir: &Path, bootstrap: &str, live: bool, timing: Timing) -> Report {
     let name = if live { "live" } else { "restart" }.to_string();
     let root = tempfile::tempdir().expect("temp dir");
     let dir = root.path().to_path_buf();
@@ -295,7 +330,7 @@ fn run(weir: &Path, bootstrap: &str, live: bool) -> Report {
         .set("bootstrap.servers", bootstrap)
         .create()
         .expect("consumer");
-    let policy = Policy::new(
+    let mut policy = Policy::new(
         &weir_crds::Autoscaling {
             min_replicas: 1,
             max_replicas: PARTITIONS,
@@ -303,22 +338,28 @@ fn run(weir: &Path, bootstrap: &str, live: bool) -> Report {
         },
         PARTITIONS,
     );
+    policy.trend_ms /= timing.speedup;
+    policy.drain_within_ms /= timing.speedup;
+    policy.up_cooldown_ms /= timing.speedup;
+    policy.stabilization_ms /= timing.speedup;
     let mut scaler = Autoscaler::default();
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
         let (b, t, s) = (bootstrap.to_string(), topic.clone(), stop.clone());
-        std::thread::spawn(move || produce(b, t, start, s))
+        std::thread::spawn(move || produce(b, t, start, s, timing))
     };
     let mut report = Report {
         changes: Vec::new(),
+        incomplete: 0,
         peak_lag: 0,
         under_target_after_spike: None,
         reread: 0.0,
         produced: 0,
     };
-    let mut next_sample = start + SAMPLE_EVERY / 3;
-    let end = WARM + SPIKE + AFTER;
+    let mut next_sample = start + timing.sample_every / 3;
+    let spike_end = timing.warm + timing.spike;
+    let end = spike_end + timing.after;
     while start.elapsed() < end {
         std::thread::sleep(Duration::from_millis(250));
         let cps = r.checkpoints();
@@ -327,16 +368,16 @@ fn run(weir: &Path, bootstrap: &str, live: bool) -> Report {
         let processed: i64 = cps.iter().map(|c| c.2).sum();
         report.peak_lag = report.peak_lag.max(lag);
         let t = start.elapsed();
-        if t >= WARM + SPIKE
+        if t >= spike_end
             && report.under_target_after_spike.is_none()
             && lag <= TARGET * i64::from(current)
         {
-            report.under_target_after_spike = Some((t - WARM - SPIKE).as_secs_f64());
+            report.under_target_after_spike = Some((t - spike_end).as_secs_f64());
         }
         if Instant::now() < next_sample {
             continue;
         }
-        next_sample += SAMPLE_EVERY;
+        next_sample += timing.sample_every;
         let now_ms = t.as_millis() as i64;
         scaler.observe(
             Sample {
@@ -377,11 +418,15 @@ fn run(weir: &Path, bootstrap: &str, live: bool) -> Report {
             format!("{name}-worker-{o}")
         };
         let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
+        loop {
             let cps = r.checkpoints();
             if (0..PARTITIONS)
                 .all(|p| cps[p as usize].0 == epoch && cps[p as usize].1 == owner_of(p))
             {
+                break;
+            }
+            if Instant::now() > deadline {
+                report.incomplete += 1;
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -420,12 +465,15 @@ fn run(weir: &Path, bootstrap: &str, live: bool) -> Report {
 }
 
 fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this without it.
+    let full = std::env::args().any(|a| a == "--bench");
+    let timing = if full { Timing::FULL } else { Timing::SMOKE };
     let weir = weir_binary();
     let broker = broker::Broker::start();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average before: {}", load.trim());
     for live in [true, false] {
-        let r = run(&weir, &broker.bootstrap, live);
+        let r = run(&weir, &broker.bootstrap, live, timing);
         println!(
             "\n## {}",
             if live {
@@ -443,6 +491,13 @@ fn main() {
             r.under_target_after_spike
                 .map_or("never".to_string(), |s| format!("{s:.1} s")),
             r.produced,
+            r.reread
+        );
+        assert_eq!(r.incomplete, 0, "changes not complete within 120 s");
+        assert!(!r.changes.is_empty(), "the spike scaled nothing");
+        assert!(
+            r.reread >= 0.0,
+            "fewer records read than produced: {}",
             r.reread
         );
     }
