@@ -39,7 +39,17 @@ const RATE: usize = 2_500;
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 const END: &str = "zz-end";
 
-fn job_yaml(bootstrap: &str) -> String {
+/// The repartition topic of a two-stage run.
+const REPARTITION: &str = "weir.default.handoff.repartition";
+
+/// The job; `two_stage`: without `coPartitioned`, so that partials go through the repartition
+/// topic and the merge stage's partitions are handed off too.
+fn job_yaml(bootstrap: &str, two_stage: bool) -> String {
+    let co = if two_stage {
+        ""
+    } else {
+        "repartition: {coPartitioned: true}"
+    };
     format!(
         r#"apiVersion: weir.dev/v1alpha1
 kind: StreamJob
@@ -49,7 +59,7 @@ spec:
     kafka: {{bootstrapServers: "{bootstrap}", topic: in}}
     eventTime: {{field: ts, format: rfc3339}}
   groupBy: [merchant]
-  repartition: {{coPartitioned: true}}
+  {co}
   window: {{type: tumbling, size: 10s, allowedLateness: 1s}}
   aggregations: [{{name: n, fn: count}}, {{name: total, fn: sum, field: amount}}]
   sink: {{kafka: {{topic: out}}}}
@@ -113,12 +123,26 @@ fn produce(bootstrap: &str, recs: &[(i32, String, String)], sent: &AtomicUsize) 
     p.flush(Duration::from_secs(60)).unwrap();
 }
 
-/// (epoch, owner) of each partition's checkpoint.
-fn owners(workers: &Workers) -> Vec<(i64, String)> {
+/// The assignment of `workers` workers under `epoch` (with the merge stage when `two_stage`).
+fn plan(workers: usize, epoch: i64, two_stage: bool) -> Assignment {
+    let a = Assignment::round_robin(PARTITIONS, workers, epoch);
+    if two_stage {
+        a.with_merge(REPARTITION, PARTITIONS, PARTITIONS)
+    } else {
+        a
+    }
+}
+
+/// (epoch, owner) of each partition's checkpoint: the source partitions, then (two-stage) the
+/// merge stage's.
+fn owners(workers: &Workers, two_stage: bool) -> Vec<(i64, String)> {
     let dir = workers.checkpoint_dir.as_ref().unwrap().join("handoff");
-    (0..PARTITIONS)
-        .map(|p| {
-            let v: Value = std::fs::read(dir.join(format!("partition-{p}.json")))
+    let merge = dir.join("merge");
+    let dirs: &[&std::path::Path] = if two_stage { &[&dir, &merge] } else { &[&dir] };
+    dirs.iter()
+        .flat_map(|d| (0..PARTITIONS).map(move |p| d.join(format!("partition-{p}.json"))))
+        .map(|path| {
+            let v: Value = std::fs::read(path)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or(Value::Null);
@@ -141,19 +165,25 @@ fn change(workers: &mut Workers, a: &Assignment, between: impl FnOnce(&mut Worke
     std::fs::write(&tmp, serde_json::to_string(a).unwrap()).unwrap();
     std::fs::rename(&tmp, &workers.assignment).unwrap();
     between(workers);
-    let want: Vec<(i64, String)> = (0..PARTITIONS)
-        .map(|p| {
-            let o = a.workers.iter().position(|w| w.contains(&p)).unwrap();
-            (a.epoch, format!("e2e-worker-{o}"))
+    let two_stage = a.merge.is_some();
+    let stages = [Some(&a.workers), a.merge.as_ref().map(|m| &m.workers)];
+    let want: Vec<(i64, String)> = stages
+        .into_iter()
+        .flatten()
+        .flat_map(|ws| {
+            (0..PARTITIONS).map(move |p| {
+                let o = ws.iter().position(|w| w.contains(&p)).unwrap();
+                (a.epoch, format!("e2e-worker-{o}"))
+            })
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while owners(workers) != want {
+    while owners(workers, two_stage) != want {
         assert!(
             Instant::now() < deadline,
             "the assignment of epoch {} was not taken: {:?}, alive {:?}\n{}",
             a.epoch,
-            owners(workers),
+            owners(workers, two_stage),
             workers.alive(),
             workers.logs()
         );
@@ -170,15 +200,26 @@ fn metrics(port: u16) -> String {
 
 #[test]
 fn workers_change_from_1_to_4_to_2_to_3_live_with_exact_results() {
+    scale_live(false);
+}
+
+/// The same with two stages: the merge stage's partitions move too, and stage 2 writes the
+/// results.
+#[test]
+fn a_two_stage_job_changes_from_1_to_4_to_2_to_3_workers_live_with_exact_results() {
+    scale_live(true);
+}
+
+fn scale_live(two_stage: bool) {
     let broker = Broker::start();
-    for (topic, n) in [("in", PARTITIONS), ("out", 1)] {
+    for (topic, n) in [("in", PARTITIONS), ("out", 1), (REPARTITION, PARTITIONS)] {
         support::broker::create_topic(WEIR, &broker.bootstrap, topic, n);
     }
     let dir = tempfile::tempdir().unwrap();
     let recs = records();
     let want: BTreeMap<String, Value> = {
         let job = dir.path().join("reference.yaml");
-        std::fs::write(&job, job_yaml("k:9092")).unwrap();
+        std::fs::write(&job, job_yaml("k:9092", two_stage)).unwrap();
         let last = weir_engine::time::format(T0 + 3_600_000);
         weir_run_input(dir.path(), &job, recs.iter().map(|r| r.2.as_str()), None)
             .into_iter()
@@ -189,9 +230,9 @@ fn workers_change_from_1_to_4_to_2_to_3_live_with_exact_results() {
     assert!(want.len() > 1_000, "{} reference results", want.len());
 
     let job = dir.path().join("job.yaml");
-    std::fs::write(&job, job_yaml(&broker.bootstrap)).unwrap();
+    std::fs::write(&job, job_yaml(&broker.bootstrap, two_stage)).unwrap();
     let assignment = dir.path().join("assignment.json");
-    let epoch1 = Assignment::round_robin(PARTITIONS, 1, 1);
+    let epoch1 = plan(1, 1, two_stage);
     std::fs::write(&assignment, serde_json::to_string(&epoch1).unwrap()).unwrap();
     let mut w = Workers {
         dir: dir.path().to_path_buf(),
@@ -223,7 +264,7 @@ fn workers_change_from_1_to_4_to_2_to_3_live_with_exact_results() {
 
     let mut took = Vec::new();
     wait_sent(RECORDS / 5);
-    let a = Assignment::round_robin(PARTITIONS, 4, 2);
+    let a = plan(4, 2, two_stage);
     took.push((
         "1 → 4",
         change(&mut w, &a, |w| {
@@ -233,7 +274,7 @@ fn workers_change_from_1_to_4_to_2_to_3_live_with_exact_results() {
         }),
     ));
     wait_sent(RECORDS * 2 / 5);
-    let a = Assignment::round_robin(PARTITIONS, 2, 3);
+    let a = plan(2, 3, two_stage);
     took.push((
         "4 → 2",
         change(&mut w, &a, |w| {
@@ -243,7 +284,7 @@ fn workers_change_from_1_to_4_to_2_to_3_live_with_exact_results() {
         }),
     ));
     wait_sent(RECORDS * 3 / 5);
-    let a = Assignment::round_robin(PARTITIONS, 3, 4);
+    let a = plan(3, 4, two_stage);
     took.push(("2 → 3", change(&mut w, &a, |w| start(w, 2))));
     load.join().unwrap();
     produce(&broker.bootstrap, &recs[RECORDS..], &AtomicUsize::new(0));
@@ -323,7 +364,8 @@ fn workers_change_from_1_to_4_to_2_to_3_live_with_exact_results() {
     );
 
     println!(
-        "{} results equal weir run --input, each written once ({} messages)",
+        "{}: {} results equal weir run --input, each written once ({} messages)",
+        if two_stage { "two stages" } else { "one stage" },
         got.len(),
         messages.len()
     );
@@ -345,7 +387,7 @@ fn an_assignment_of_another_shape_stops_the_worker_after_final_checkpoints() {
     }
     let dir = tempfile::tempdir().unwrap();
     let job = dir.path().join("job.yaml");
-    std::fs::write(&job, job_yaml(&broker.bootstrap)).unwrap();
+    std::fs::write(&job, job_yaml(&broker.bootstrap, false)).unwrap();
     let assignment = dir.path().join("assignment.json");
     let write = |a: &Assignment| {
         std::fs::write(&assignment, serde_json::to_string(a).unwrap()).unwrap();
@@ -363,7 +405,7 @@ fn an_assignment_of_another_shape_stops_the_worker_after_final_checkpoints() {
     };
     w.start(0);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while owners(&w).iter().any(|(e, _)| *e != 1) {
+    while owners(&w, false).iter().any(|(e, _)| *e != 1) {
         assert!(Instant::now() < deadline, "{}", w.logs());
         std::thread::sleep(Duration::from_millis(50));
     }
