@@ -310,7 +310,9 @@ fn metadata_errors(object: &Value) -> Vec<FieldError> {
             } else if configmap_store(object) {
                 // One partition: the fewest a topic has; the operator checks again with the
                 // topic's partition count.
-                if let Some(problem) = names::checkpoint_names_problem(name, 1) {
+                // A two-stage job's merge stage has names of its own, longer.
+                let merge = two_stage(object).then_some(1);
+                if let Some(problem) = names::checkpoint_names_problem(name, 1, merge) {
                     errors.push(fail("metadata.name", problem));
                 }
             }
@@ -338,6 +340,17 @@ fn metadata_errors(object: &Value) -> Vec<FieldError> {
 
 /// Whether the job keeps checkpoints in ConfigMaps (the default store), read from the object
 /// as written, so that it is known even when the spec does not parse.
+/// Whether the job runs in two stages ([`crate::StreamJobSpec::co_partitioned`] false), read
+/// from the document as it is.
+fn two_stage(object: &Value) -> bool {
+    let spec = &object["spec"];
+    let group_by_empty = spec["groupBy"].as_array().is_none_or(Vec::is_empty);
+    let co_partitioned = spec["repartition"]["coPartitioned"]
+        .as_bool()
+        .unwrap_or(spec["groupByKey"].as_bool() == Some(true) && group_by_empty);
+    !co_partitioned
+}
+
 fn configmap_store(object: &Value) -> bool {
     let store = &object["spec"]["checkpoint"]["store"];
     store.is_null() || !store["configMap"].is_null()
@@ -1079,6 +1092,17 @@ mod tests {
             e[0].contains("too long for the checkpoint ConfigMaps"),
             "{e:?}"
         );
+
+        // The example runs in two stages: the merge stage's names are 6 characters longer.
+        job["metadata"]["name"] = json!("p".repeat(236));
+        let e = errors(&job);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("too long for the merge stage's checkpoint ConfigMaps"),
+            "{e:?}"
+        );
+        job["spec"]["repartition"] = json!({"coPartitioned": true});
+        assert_eq!(errors(&job), Vec::<String>::new(), "one stage: it fits");
 
         // With an object store, no checkpoint ConfigMaps: the name only has to be a name.
         job["spec"]["checkpoint"]["store"] = json!({"objectStore": {"url": "s3://b/p"}});

@@ -184,23 +184,44 @@ pub fn legacy_merge_checkpoint_config_map_name(job: &str, partition: i32) -> Opt
 }
 
 /// Why the checkpoint ConfigMaps of a job named `job` whose source topic has `partitions`
-/// partitions cannot be named (the last one, `<job>-checkpoint-<partitions - 1>`, would exceed
-/// 253 characters; they are never shortened), or `None` when they all fit. Both the operator
-/// (with the topic's partition count) and `weir validate` (with one partition, the least any
-/// topic has) refuse such a job with this message, at `metadata.name`.
-pub fn checkpoint_names_problem(job: &str, partitions: i32) -> Option<String> {
-    let last = partitions.max(1) - 1;
-    if checkpoint_config_map_name(job, last).is_some() {
-        return None;
-    }
-    let most = MAX_SUBDOMAIN - checkpoint_prefix("").len() - 1 - last.to_string().len();
-    Some(format!(
-        "is too long for the checkpoint ConfigMaps {job}-checkpoint-<partition> (at most {most} \
-         characters with {partitions} partition{s}): shorten it or use \
-         spec.checkpoint.store.objectStore",
-        partitions = partitions.max(1),
-        s = if partitions.max(1) == 1 { "" } else { "s" },
-    ))
+/// partitions, and (two-stage jobs) whose repartition topic has `merge_partitions`, cannot be
+/// named (the last one, `<job>-checkpoint-<partitions - 1>` or
+/// `<job>-checkpoint-merge-<merge_partitions - 1>`, would exceed 253 characters; they are never
+/// shortened), or `None` when they all fit. Both the operator (with the topics' partition
+/// counts) and `weir validate` (with one partition, the least any topic has) refuse such a job
+/// with this message, at `metadata.name`.
+pub fn checkpoint_names_problem(
+    job: &str,
+    partitions: i32,
+    merge_partitions: Option<i32>,
+) -> Option<String> {
+    let stages = [
+        (
+            checkpoint_prefix(job),
+            checkpoint_prefix(""),
+            "the ",
+            Some(partitions),
+        ),
+        (
+            merge_checkpoint_prefix(job),
+            merge_checkpoint_prefix(""),
+            "the merge stage's ",
+            merge_partitions,
+        ),
+    ];
+    stages.into_iter().find_map(|(prefix, bare, what, count)| {
+        let count = count?.max(1);
+        let last = count - 1;
+        checkpoint_name(prefix.clone(), last).is_none().then(|| {
+            let most = MAX_SUBDOMAIN - bare.len() - 1 - last.to_string().len();
+            format!(
+                "is too long for {what}checkpoint ConfigMaps {prefix}-<partition> (at most \
+                 {most} characters with {count} partition{s}): shorten it or use \
+                 spec.checkpoint.store.objectStore",
+                s = if count == 1 { "" } else { "s" },
+            )
+        })
+    })
 }
 
 /// Why `name` cannot be the name of a StreamJob, or `None`. The API server requires a DNS-1123
@@ -383,15 +404,15 @@ mod tests {
     #[test]
     fn checkpoint_names_problem_agrees_with_checkpoint_config_map_name() {
         // 253 - "-checkpoint-".len() - 1 digit = 240 characters fit one partition.
-        assert_eq!(checkpoint_names_problem(&"y".repeat(240), 1), None);
-        let too_long = checkpoint_names_problem(&"y".repeat(241), 1).expect("too long");
+        assert_eq!(checkpoint_names_problem(&"y".repeat(240), 1, None), None);
+        let too_long = checkpoint_names_problem(&"y".repeat(241), 1, None).expect("too long");
         assert!(
             too_long.contains("at most 240 characters with 1 partition)"),
             "{too_long}"
         );
         // Partition 10 has two digits.
-        assert_eq!(checkpoint_names_problem(&"y".repeat(239), 11), None);
-        let too_long = checkpoint_names_problem(&"y".repeat(240), 11).expect("too long");
+        assert_eq!(checkpoint_names_problem(&"y".repeat(239), 11, None), None);
+        let too_long = checkpoint_names_problem(&"y".repeat(240), 11, None).expect("too long");
         assert!(
             too_long.contains("at most 239 characters with 11 partitions"),
             "{too_long}"
@@ -399,11 +420,27 @@ mod tests {
         for (len, p) in [(230, 1000), (240, 1), (241, 1), (239, 12), (238, 100)] {
             let job = "z".repeat(len);
             assert_eq!(
-                checkpoint_names_problem(&job, p).is_none(),
+                checkpoint_names_problem(&job, p, None).is_none(),
                 checkpoint_config_map_name(&job, p - 1).is_some(),
                 "{len} {p}"
             );
+            // Two stages: the merge stage's names are 6 characters longer.
+            assert_eq!(
+                checkpoint_names_problem(&job, p, Some(p)).is_none(),
+                merge_checkpoint_config_map_name(&job, p - 1).is_some(),
+                "{len} {p}"
+            );
         }
+        // 253 - "-checkpoint-merge-".len() - 1 digit = 234 characters fit one partition.
+        assert_eq!(checkpoint_names_problem(&"y".repeat(234), 1, Some(1)), None);
+        let merge = checkpoint_names_problem(&"y".repeat(235), 1, Some(1)).expect("too long");
+        assert!(
+            merge.contains("the merge stage's checkpoint ConfigMaps")
+                && merge.contains(
+                    "-checkpoint-merge-<partition> (at most 234 characters with 1 partition)"
+                ),
+            "{merge}"
+        );
     }
 
     /// Stage 1 or the merge stage, for the tables below.

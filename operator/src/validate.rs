@@ -95,10 +95,14 @@ pub fn validate(
 fn name_errors(job: &StreamJob, name: &str, partitions: Option<i32>) -> Vec<FieldError> {
     let configmap_store = job.spec.checkpoint.store.config_map.is_some();
     match partitions {
-        Some(p) if configmap_store => names::checkpoint_names_problem(name, p)
-            .map(|message| field_error("metadata.name", message))
-            .into_iter()
-            .collect(),
+        Some(p) if configmap_store => {
+            let merge = (!job.spec.co_partitioned())
+                .then(|| weir_crds::plan::merge_partitions(&job.spec, None, p));
+            names::checkpoint_names_problem(name, p, merge)
+        }
+        .map(|message| field_error("metadata.name", message))
+        .into_iter()
+        .collect(),
         _ => Vec::new(),
     }
 }

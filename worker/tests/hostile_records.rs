@@ -18,6 +18,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use support::broker::{create_topic, Broker};
+use support::workers::http_get;
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 const PARTITIONS: i32 = 4;
@@ -744,25 +745,9 @@ fn hostile_records_are_dead_lettered_and_leave_the_good_results_unchanged() {
     );
 }
 
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, text)
-}
-
 /// The value of an unlabelled metric in `/metrics`.
 fn metric(port: u16, name: &str) -> Option<f64> {
-    let (_, text) = http_get(port, "/metrics");
+    let text = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())
@@ -858,8 +843,9 @@ fn a_failing_partition_stops_alone_and_is_retried_from_its_checkpoint() {
     let line: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(line["level"], "ERROR", "{line}");
     assert_eq!(line["fields"]["partition"], 1, "{line}");
-    assert_eq!(http_get(port, "/healthz").0, 200);
-    assert_eq!(http_get(port, "/readyz").0, 503);
+    let code = |path| http_get(port, path).map_or(0, |r| r.0);
+    assert_eq!(code("/healthz"), 200);
+    assert_eq!(code("/readyz"), 503);
     assert_eq!(metric(port, "weir_partitions_failing"), Some(1.0));
     assert!(metric(port, "weir_partition_failures_total") >= Some(1.0));
 
@@ -868,7 +854,7 @@ fn a_failing_partition_stops_alone_and_is_retried_from_its_checkpoint() {
     wait_for(
         "partition 1 to recover",
         || {},
-        || groups(&bootstrap).contains("p1") && http_get(port, "/readyz").0 == 200,
+        || groups(&bootstrap).contains("p1") && code("/readyz") == 200,
     );
     running(&mut worker);
     assert_eq!(metric(port, "weir_partitions_failing"), Some(0.0));

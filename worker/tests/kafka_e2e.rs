@@ -18,7 +18,9 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::ClientConfig;
 use serde_json::Value;
 use support::broker::Broker;
-use support::workers::{collect, collect_at, free_port, result_key, weir_run_input, Workers};
+use support::workers::{
+    collect, collect_at, free_port, http_get, result_key, weir_run_input, Workers,
+};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 const PARTITIONS: i32 = 4;
@@ -479,33 +481,12 @@ fn run(s: Scenario) {
     }
 }
 
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 /// The running worker's /metrics passes `promtool check metrics` and shows its partitions.
 fn check_metrics(port: u16) {
-    assert_eq!(http_get(port, "/healthz").0, 200);
-    assert_eq!(http_get(port, "/readyz").0, 200);
-    let (status, body) = http_get(port, "/metrics");
+    let get = |path| http_get(port, path).unwrap_or_else(|| panic!("{path} answered"));
+    assert_eq!(get("/healthz").0, 200);
+    assert_eq!(get("/readyz").0, 200);
+    let (status, body) = get("/metrics");
     assert_eq!(status, 200);
     for needle in [
         r#"weir_records_in_total{topic="in",partition="0"}"#,

@@ -20,6 +20,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use support::broker::{free_port, kill_group, Broker};
+use support::workers::http_get;
 use weir_worker::kafka::{
     dead_letter_settings, repartition_settings, sink_settings, source_settings,
 };
@@ -152,20 +153,6 @@ fn no_client_of_a_worker_creates_a_missing_topic() {
 
 fn create_topic(bootstrap: &str, topic: &str) {
     weir_worker::tools::create_topic(bootstrap, topic, 1).expect("create topic");
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    Some((status, text))
 }
 
 /// Lines of `rx` until one contains `want` (or the deadline), all of them returned.
