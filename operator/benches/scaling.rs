@@ -343,6 +343,14 @@ fn run(weir: &Path, bootstrap: &str, live: bool, timing: Timing) -> Report {
     policy.up_cooldown_ms /= timing.speedup;
     policy.stabilization_ms /= timing.speedup;
     let mut scaler = Autoscaler::default();
+    // Start at a minute boundary, so that both variants change at the same point of the open
+    // 1-minute windows (what a moved partition replays depends on it).
+    let past = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() % 60_000) as u64;
+    if timing.speedup == 1 {
+        std::thread::sleep(Duration::from_millis(60_000 - past));
+    }
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
