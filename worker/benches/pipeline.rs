@@ -335,6 +335,23 @@ fn read(settings: &ClientSettings, topic: &str, partitions: &[i32], n: u64) -> u
     black_box(bytes)
 }
 
+/// The memory model of docs/running.md ("Memory"), MB: 30 fixed, 16 per partition thread
+/// (its consumer and engine), 4 per producer (a bounded queue); the open rows of these jobs
+/// (10,000 merchants, one or two minutes open, ~111 bytes a row) add about 2 MB.
+fn memory_model_mb(variant: Variant) -> Option<f64> {
+    let (threads, producers) = match variant {
+        Variant::Worker {
+            two_stage: false, ..
+        } => (4.0, 4.0),
+        // Source partitions: sink and repartition producers; merge partitions: a sink producer.
+        Variant::Worker {
+            two_stage: true, ..
+        } => (8.0, 12.0),
+        Variant::Bare | Variant::BarePerPartition => return None,
+    };
+    Some(30.0 + 16.0 * threads + 4.0 * producers + 2.0)
+}
+
 /// What a child measured (printed as one JSON line after [`RUN_LINE`]).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Measured {
@@ -723,8 +740,8 @@ fn summarize(shape: &Shape, runs: &[Run], rounds: usize) {
     };
     let base = rates(Variant::Bare);
     println!("\n{} shape, {rounds} rounds:\n", shape.name);
-    println!("| variant | median records/s | min – max records/s | median ratio to (a) | min – max ratio | results | peak RSS MB, median (min – max) | CPU µs/record, median |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| variant | median records/s | min – max records/s | median ratio to (a) | min – max ratio | results | peak RSS MB, median (min – max) | memory model MB | CPU µs/record, median |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for v in &variants {
         let r = rates(*v);
         let ratios: Vec<f64> = r.iter().zip(&base).map(|(r, b)| r / b).collect();
@@ -745,14 +762,23 @@ fn summarize(shape: &Shape, runs: &[Run], rounds: usize) {
             .iter()
             .find(|x| x.variant == *v)
             .map_or(0, |x| x.m.results);
+        let model = memory_model_mb(*v).map_or("—".to_string(), |m| format!("{m:.0}"));
         println!(
-            "| {} | {:.0} | {lo:.0} – {hi:.0} | {:.2} | {rlo:.2} – {rhi:.2} | {results} | {:.0} ({slo:.0} – {shi:.0}) | {:.2} |",
+            "| {} | {:.0} | {lo:.0} – {hi:.0} | {:.2} | {rlo:.2} – {rhi:.2} | {results} | {:.0} ({slo:.0} – {shi:.0}) | {model} | {:.2} |",
             v.label(),
             median(r.clone()),
             median(ratios),
             median(rss.clone()),
             median(cpu),
         );
+        if let Some(m) = memory_model_mb(*v) {
+            if shi > m {
+                println!(
+                    "  ^ over the memory model: {} peaked at {shi:.0} MB, the model says {m:.0} MB",
+                    v.label()
+                );
+            }
+        }
     }
     let one = Variant::Worker {
         two_stage: false,
