@@ -1,31 +1,49 @@
-//! The worker pipeline against a bare Kafka consumer, on a real broker (issue 4).
+//! The worker pipeline against a bare Kafka consumer, on a real broker (issues 4 and 20).
 //!
 //! `cargo bench -p weir-worker --bench pipeline` starts nisshi (in-memory storage) on a free
-//! loopback port, loads `WEIR_BENCH_RECORDS` (default 2,000,000) payment records into a
-//! 4-partition topic, then measures in the same process, `WEIR_BENCH_ROUNDS` times (default 3),
-//! alternating:
+//! loopback port and, for each shape of `WEIR_BENCH_SHAPES` (default `dense,sparse`), loads
+//! `WEIR_BENCH_RECORDS` (default 2,000,000) payment records into a 4-partition topic of its
+//! own, then measures `WEIR_BENCH_ROUNDS` times (default 3), alternating:
 //!
 //! - (a) a bare rdkafka `BaseConsumer` assigned all 4 partitions from the beginning, reading
 //!   every record (and touching its payload);
 //! - (a4) the same with one bare consumer per partition, one thread each (the worker's layout);
 //! - (b) the worker: `partition::spawn_partition` for each partition (consumer, engine, idempotent sink
 //!   producer, checkpoints in a directory), tumbling 1m windows grouped by merchant with count,
-//!   sum and mean, timed until it has read every record; with checkpoints effectively off
-//!   (every hour), every 10 s and every 1 s;
+//!   sum and mean, timed until it has read every record; in the dense shape with checkpoints
+//!   effectively off (every hour), every 10 s and every 1 s, in the sparse shape every 10 s;
 //! - (c) the same job in two stages (issue 6): declared not co-partitioned, so each partition
 //!   sends partial aggregates and watermark markers through a 4-partition repartition topic to
 //!   a second stage (4 more threads) that merges them and writes the results; checkpoints
 //!   every 10 s; timed until the second stage has merged every message the first sent.
 //!
-//! It prints every run and a summary (medians, ratios to (a) of the same round, checkpoint
-//! cost, two stages against one). `cargo test --all-targets` runs this binary without `--bench`: it then does one small
-//! round (20,000 records) so the code keeps working without taking minutes.
+//! `WEIR_BENCH_SOURCE_PROPS` and `WEIR_BENCH_SINK_PROPS` (`k=v,k=v`) add librdkafka
+//! properties to the job's source (which the bare consumers use too, except their prefetch
+//! settings, fixed at librdkafka's defaults) and sink.
+//!
+//! The shapes (issue 20): *dense*, 10,000 merchants and 200,000 records per minute of event
+//! time (~20 records per merchant and minute, one result per ~22 records); *sparse*, 10,000
+//! merchants and 6,000 records per minute (~1.3 records per result: most of the work is
+//! building and writing results).
+//!
+//! Every run is a child process (this binary again, told what to run by `WEIR_BENCH_CHILD`),
+//! so each variant's peak RSS (`VmHWM`) is its own: the worker's memory, as `weir run` would
+//! have it, with nothing left over from loading or from another variant. The child's timing
+//! starts when its threads are spawned (process start and connecting the clients are not
+//! timed, as before).
+//!
+//! It prints every run and a summary per shape (medians, ratios to (a) of the same round,
+//! peak RSS, checkpoint cost, two stages against one), with the load average of the machine
+//! around each round. `cargo test --all-targets` runs this binary without `--bench`: it then
+//! does one small round (20,000 records per shape) so the code keeps working without taking
+//! minutes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/support/broker.rs"]
 mod broker;
 
 use std::hint::black_box;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +52,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
 use weir_crds::StreamJobSpec;
 use weir_engine::JobPlan;
 use weir_worker::checkpoint::{CheckpointStore, DirStore, PartitionLease, Progress};
@@ -43,18 +62,135 @@ use weir_worker::metrics::Metrics;
 use weir_worker::partition::{spawn_partition, Stage};
 use weir_worker::runtime::{JobContext, PartitionEnd, Totals};
 
-const TOPIC: &str = "payments";
-const SINK: &str = "results";
 const PARTITIONS: i32 = 4;
-const MERCHANTS: u64 = 10_000;
 /// 2026-01-01T00:00:00Z.
 const T0: i64 = 1_767_225_600_000;
-/// Records per minute of event time: 2M records span 10 minutes, so ~10 tumbling windows of
-/// 10,000 groups close during a run (about one result per 20 records).
-const PER_MINUTE: u64 = 200_000;
 /// Give up on a run after this long (a stall is a bug, not a slow run).
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
-const TEN_S: Duration = Duration::from_secs(10);
+const TEN_S: u64 = 10;
+const OFF_S: u64 = 3600;
+/// The line a child run prints its measurement on.
+const RUN_LINE: &str = "BENCH-RUN ";
+
+/// The records of one benchmark input.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    name: &'static str,
+    merchants: u64,
+    /// Records per minute of event time.
+    per_minute: u64,
+}
+
+/// 2M records span 10 minutes, so ~10 tumbling windows of 10,000 groups close during a run
+/// (about one result per 22 records).
+const DENSE: Shape = Shape {
+    name: "dense",
+    merchants: 10_000,
+    per_minute: 200_000,
+};
+
+/// 0.6 records per merchant and minute: ~4,500 of the 10,000 merchants appear in a minute,
+/// with ~1.33 records each; 2M records span 333 minutes and give ~1.5 M results.
+const SPARSE: Shape = Shape {
+    name: "sparse",
+    merchants: 10_000,
+    per_minute: 6_000,
+};
+
+impl Shape {
+    fn topic(&self) -> String {
+        format!("payments-{}", self.name)
+    }
+
+    fn by_name(name: &str) -> Shape {
+        match name {
+            "dense" => DENSE,
+            "sparse" => SPARSE,
+            other => panic!("unknown WEIR_BENCH_SHAPES entry {other:?} (dense, sparse)"),
+        }
+    }
+}
+
+/// What a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    /// (a)
+    Bare,
+    /// (a4)
+    BarePerPartition,
+    /// (b) one stage, or (c) two, with a checkpoint interval in seconds.
+    Worker { two_stage: bool, interval_s: u64 },
+}
+
+impl Variant {
+    fn label(self) -> String {
+        match self {
+            Variant::Bare => "(a) bare consumer, 1 thread".to_string(),
+            Variant::BarePerPartition => "(a4) bare consumers, 1 thread/partition".to_string(),
+            Variant::Worker {
+                two_stage: false,
+                interval_s: OFF_S,
+            } => "(b) worker, checkpoints off (1 h)".to_string(),
+            Variant::Worker {
+                two_stage: false,
+                interval_s,
+            } => format!("(b) worker, checkpoint every {interval_s} s"),
+            Variant::Worker {
+                two_stage: true,
+                interval_s,
+            } => format!("(c) worker, two stages, checkpoint every {interval_s} s"),
+        }
+    }
+
+    /// The code a child is given in `WEIR_BENCH_CHILD`.
+    fn code(self) -> String {
+        match self {
+            Variant::Bare => "bare".to_string(),
+            Variant::BarePerPartition => "bare4".to_string(),
+            Variant::Worker {
+                two_stage,
+                interval_s,
+            } => format!("worker:{}:{interval_s}", u8::from(two_stage)),
+        }
+    }
+
+    fn from_code(code: &str) -> Variant {
+        match code.split(':').collect::<Vec<_>>()[..] {
+            ["bare"] => Variant::Bare,
+            ["bare4"] => Variant::BarePerPartition,
+            ["worker", two, interval] => Variant::Worker {
+                two_stage: two == "1",
+                interval_s: interval.parse().expect("interval"),
+            },
+            _ => panic!("unknown variant code {code:?}"),
+        }
+    }
+
+    /// The variants run for `shape`, in order; (a) first (the ratios' base).
+    fn for_shape(shape: &Shape) -> Vec<Variant> {
+        let worker = |two_stage, interval_s| Variant::Worker {
+            two_stage,
+            interval_s,
+        };
+        if shape.name == DENSE.name {
+            vec![
+                Variant::Bare,
+                Variant::BarePerPartition,
+                worker(false, OFF_S),
+                worker(false, TEN_S),
+                worker(false, 1),
+                worker(true, TEN_S),
+            ]
+        } else {
+            vec![
+                Variant::Bare,
+                Variant::BarePerPartition,
+                worker(false, TEN_S),
+                worker(true, TEN_S),
+            ]
+        }
+    }
+}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -63,11 +199,31 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+fn env_str(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is set for a child run"))
+}
+
+/// `k=v,k=v` from the environment variable `name` as the inside of a YAML flow map of
+/// librdkafka properties (to measure a client setting without rebuilding: the bare
+/// consumers read with the source properties too).
+fn props_from_env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_default()
+        .split(',')
+        .filter(|kv| !kv.trim().is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').expect("k=v");
+            format!("{}: \"{}\"", k.trim(), v.trim())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The benchmark's job: tumbling 1m grouped by merchant, count + sum + mean. The records are
 /// keyed by merchant, so its groups are co-partitioned and one stage is exact; `two_stage`
 /// declares them not co-partitioned, so the same job runs in two stages (partials through a
 /// repartition topic, merged by a second stage), with the same results.
-fn job_spec(bootstrap: &str, two_stage: bool) -> (StreamJobSpec, JobPlan) {
+fn job_spec(bootstrap: &str, topic: &str, sink: &str, two_stage: bool) -> (StreamJobSpec, JobPlan) {
     let co_partitioned = !two_stage;
     let yaml = format!(
         r#"apiVersion: weir.dev/v1alpha1
@@ -75,7 +231,7 @@ kind: StreamJob
 metadata: {{name: bench}}
 spec:
   source:
-    kafka: {{bootstrapServers: "{bootstrap}", topic: {TOPIC}, startFrom: earliest}}
+    kafka: {{bootstrapServers: "{bootstrap}", topic: {topic}, startFrom: earliest, properties: {{{source_props}}}}}
     eventTime: {{field: ts, format: rfc3339}}
   groupBy: [merchant]
   repartition: {{coPartitioned: {co_partitioned}}}
@@ -84,8 +240,10 @@ spec:
     - {{name: n, fn: count}}
     - {{name: total, fn: sum, field: amount}}
     - {{name: avg, fn: mean, field: amount}}
-  sink: {{kafka: {{topic: {SINK}}}}}
-"#
+  sink: {{kafka: {{topic: {sink}, properties: {{{sink_props}}}}}}}
+"#,
+        source_props = props_from_env("WEIR_BENCH_SOURCE_PROPS"),
+        sink_props = props_from_env("WEIR_BENCH_SINK_PROPS"),
     );
     let job = weir_crds::parse_stream_job(&yaml)
         .expect("bench job parses")
@@ -94,11 +252,11 @@ spec:
     (job.spec, plan)
 }
 
-/// Record `i`: ~90 bytes of JSON, keyed by merchant; event time advances `PER_MINUTE` records
+/// Record `i`: ~90 bytes of JSON, keyed by merchant; event time advances `per_minute` records
 /// per minute with up to 500 ms of disorder (within the allowed lateness: nothing is refused).
-fn record(i: u64, rnd: &mut impl FnMut() -> u64) -> (String, String) {
-    let t = T0 + 1000 + (i * 60_000 / PER_MINUTE) as i64 - (rnd() % 500) as i64;
-    let merchant = format!("m{:04}", rnd() % MERCHANTS);
+fn record(shape: &Shape, i: u64, rnd: &mut impl FnMut() -> u64) -> (String, String) {
+    let t = T0 + 1000 + (i * 60_000 / shape.per_minute) as i64 - (rnd() % 500) as i64;
+    let merchant = format!("m{:04}", rnd() % shape.merchants);
     let cents = rnd() % 100_000;
     let value = format!(
         r#"{{"ts":"{}","merchant":"{merchant}","amount":{}.{:02},"customer":"c{}"}}"#,
@@ -110,8 +268,8 @@ fn record(i: u64, rnd: &mut impl FnMut() -> u64) -> (String, String) {
     (merchant, value)
 }
 
-/// Produce `n` records into `TOPIC`; returns the payload bytes.
-fn load(bootstrap: &str, n: u64) -> u64 {
+/// Produce `n` records of `shape` into its topic; returns the payload bytes.
+fn load(bootstrap: &str, shape: &Shape, n: u64) -> u64 {
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
@@ -127,11 +285,12 @@ fn load(bootstrap: &str, n: u64) -> u64 {
         x ^= x << 17;
         x
     };
+    let topic = shape.topic();
     let mut bytes = 0u64;
     for i in 0..n {
-        let (key, value) = record(i, &mut rnd);
+        let (key, value) = record(shape, i, &mut rnd);
         bytes += value.len() as u64;
-        let rec = BaseRecord::to(TOPIC)
+        let rec = BaseRecord::to(&topic)
             .key(key.as_bytes())
             .payload(value.as_bytes());
         weir_worker::kafka::send_when_room(&p, rec).expect("producing");
@@ -140,25 +299,25 @@ fn load(bootstrap: &str, n: u64) -> u64 {
     bytes
 }
 
-/// Records in each partition of `TOPIC` (low to high watermark).
-fn partition_sizes(settings: &ClientSettings) -> Vec<u64> {
+/// Records in each partition of `topic` (low to high watermark).
+fn partition_sizes(settings: &ClientSettings, topic: &str) -> Vec<u64> {
     let c: BaseConsumer = settings.config().create().expect("consumer");
     (0..PARTITIONS)
         .map(|p| {
             let (low, high) = c
-                .fetch_watermarks(TOPIC, p, Duration::from_secs(30))
+                .fetch_watermarks(topic, p, Duration::from_secs(30))
                 .expect("watermarks");
             (high - low) as u64
         })
         .collect()
 }
 
-/// Read `n` records from `partitions` with one consumer; returns the payload bytes.
-fn read(settings: &ClientSettings, partitions: &[i32], n: u64) -> u64 {
+/// Read `n` records from `partitions` of `topic` with one consumer; returns the payload bytes.
+fn read(settings: &ClientSettings, topic: &str, partitions: &[i32], n: u64) -> u64 {
     let c: BaseConsumer = settings.config().create().expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
-        tpl.add_partition_offset(TOPIC, *p, Offset::Beginning)
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
             .expect("offset");
     }
     c.assign(&tpl).expect("assign");
@@ -177,11 +336,26 @@ fn read(settings: &ClientSettings, partitions: &[i32], n: u64) -> u64 {
     black_box(bytes)
 }
 
-/// One measured run.
-struct Run {
-    round: usize,
-    variant: &'static str,
-    records: u64,
+/// The memory model of docs/running.md ("Memory"), MB: 30 fixed, 16 per partition thread
+/// (its consumer and engine), 4 per producer (a bounded queue); the open rows of these jobs
+/// (10,000 merchants, one or two minutes open, ~111 bytes a row) add about 2 MB.
+fn memory_model_mb(variant: Variant) -> Option<f64> {
+    let (threads, producers) = match variant {
+        Variant::Worker {
+            two_stage: false, ..
+        } => (4.0, 4.0),
+        // Source partitions: sink and repartition producers; merge partitions: a sink producer.
+        Variant::Worker {
+            two_stage: true, ..
+        } => (8.0, 12.0),
+        Variant::Bare | Variant::BarePerPartition => return None,
+    };
+    Some(30.0 + 16.0 * threads + 4.0 * producers + 2.0)
+}
+
+/// What a child measured (printed as one JSON line after [`RUN_LINE`]).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Measured {
     seconds: f64,
     /// Until the (first stage of the) worker had read every record.
     first_stage_seconds: f64,
@@ -194,53 +368,61 @@ struct Run {
     checkpoint_seconds: f64,
     /// Stopping after the last record: final flush and checkpoint.
     stop_seconds: f64,
+    /// The child's peak RSS (`VmHWM`), MB.
+    peak_rss_mb: f64,
+    /// The child's CPU time (user + system, every thread, from start to exit), s: steadier
+    /// than wall-clock time on a loaded machine.
+    cpu_seconds: f64,
+}
+
+/// One measured run.
+struct Run {
+    shape: &'static str,
+    round: usize,
+    variant: Variant,
+    records: u64,
+    m: Measured,
 }
 
 impl Run {
     fn rate(&self) -> f64 {
-        self.records as f64 / self.seconds
+        self.records as f64 / self.m.seconds
     }
 }
 
-/// (a): one consumer, every partition.
-fn bare(settings: &ClientSettings, n: u64, round: usize) -> Run {
-    let t0 = Instant::now();
-    let all: Vec<i32> = (0..PARTITIONS).collect();
-    read(settings, &all, n);
-    Run {
-        round,
-        variant: "(a) bare consumer, 1 thread",
-        records: n,
-        seconds: t0.elapsed().as_secs_f64(),
-        first_stage_seconds: 0.0,
-        results: 0,
-        exchanged: 0,
-        checkpoints: 0,
-        checkpoint_seconds: 0.0,
-        stop_seconds: 0.0,
-    }
+/// This process's peak RSS in MB (`VmHWM` of /proc/self/status).
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// (a4): one consumer and thread per partition.
-fn bare_per_partition(settings: &ClientSettings, sizes: &[u64], round: usize) -> Run {
-    let t0 = Instant::now();
-    std::thread::scope(|s| {
-        for (p, n) in sizes.iter().enumerate() {
-            s.spawn(move || read(settings, &[p as i32], *n));
-        }
-    });
-    Run {
-        round,
-        variant: "(a4) bare consumers, 1 thread/partition",
-        records: sizes.iter().sum(),
-        seconds: t0.elapsed().as_secs_f64(),
-        first_stage_seconds: 0.0,
-        results: 0,
-        exchanged: 0,
-        checkpoints: 0,
-        checkpoint_seconds: 0.0,
-        stop_seconds: 0.0,
-    }
+/// This process's CPU time so far (user + system of every thread), s.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime and stime are the 12th
+    // and 13th, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The machine's 1-minute load average.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".to_string())
 }
 
 /// Sum of the values of the metric lines starting with `prefix` (every partition).
@@ -251,27 +433,87 @@ fn metric_sum(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-/// What (b) and (c) share.
-struct Setup {
+/// What a child run is given.
+struct ChildSetup {
     bootstrap: String,
-    rt: tokio::runtime::Runtime,
+    topic: String,
+    /// A fresh sink topic for this run (created by the parent).
+    sink: String,
+    /// A name unique to the run (client ids, the repartition topic).
+    name: String,
     n: u64,
+    sizes: Vec<u64>,
+}
+
+/// The child process: run one variant, print its measurement.
+fn child(code: &str) {
+    let setup = ChildSetup {
+        bootstrap: env_str("WEIR_BENCH_BOOTSTRAP"),
+        topic: env_str("WEIR_BENCH_TOPIC"),
+        sink: env_str("WEIR_BENCH_SINK"),
+        name: env_str("WEIR_BENCH_NAME"),
+        n: env_u64("WEIR_BENCH_N", 0),
+        sizes: env_str("WEIR_BENCH_SIZES")
+            .split(',')
+            .map(|s| s.parse().expect("size"))
+            .collect(),
+    };
+    let (spec, _) = job_spec(&setup.bootstrap, &setup.topic, &setup.sink, false);
+    let mut settings = kafka::source_settings(&spec, &setup.name).expect("settings");
+    // The reference reads with librdkafka's prefetch (the worker's settings before issue 20),
+    // not the worker's bounded queues, which read a little slower on one thread: a change to
+    // the worker's client settings must not move the reference it is compared with.
+    settings
+        .set("queued.min.messages", "100000")
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.message.max.bytes", "1048576");
+    let mut m = match Variant::from_code(code) {
+        Variant::Bare => {
+            let t0 = Instant::now();
+            let all: Vec<i32> = (0..PARTITIONS).collect();
+            read(&settings, &setup.topic, &all, setup.n);
+            Measured {
+                seconds: t0.elapsed().as_secs_f64(),
+                ..Measured::default()
+            }
+        }
+        Variant::BarePerPartition => {
+            let t0 = Instant::now();
+            std::thread::scope(|s| {
+                for (p, n) in setup.sizes.iter().enumerate() {
+                    let (settings, topic) = (&settings, setup.topic.as_str());
+                    s.spawn(move || read(settings, topic, &[p as i32], *n));
+                }
+            });
+            Measured {
+                seconds: t0.elapsed().as_secs_f64(),
+                ..Measured::default()
+            }
+        }
+        Variant::Worker {
+            two_stage,
+            interval_s,
+        } => worker(&setup, two_stage, Duration::from_secs(interval_s)),
+    };
+    m.peak_rss_mb = peak_rss_mb();
+    m.cpu_seconds = cpu_seconds();
+    println!("{RUN_LINE}{}", serde_json::to_string(&m).expect("json"));
 }
 
 /// (b): the worker's partition threads until they have read `n` records. (c), with
 /// `two_stage`: the same job in two stages, with one more thread per partition of the
-/// repartition topic (4; a fresh topic per run) for the second stage, until the first stage has read `n` records and the second has merged every message the
-/// first sent (partials and watermark markers).
-fn worker(
-    setup: &Setup,
-    two_stage: bool,
-    interval: Duration,
-    variant: &'static str,
-    round: usize,
-) -> Run {
-    let (rt, n) = (&setup.rt, setup.n);
-    let (spec, plan) = &job_spec(&setup.bootstrap, two_stage);
-    let name = format!("bench-{round}-{}-{two_stage}", interval.as_secs());
+/// repartition topic (4; a fresh topic per run) for the second stage, until the first stage
+/// has read `n` records and the second has merged every message the first sent (partials and
+/// watermark markers).
+fn worker(setup: &ChildSetup, two_stage: bool, interval: Duration) -> Measured {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let n = setup.n;
+    let (spec, plan) = &job_spec(&setup.bootstrap, &setup.topic, &setup.sink, two_stage);
+    let name = setup.name.clone();
     let dir = tempfile::tempdir().expect("checkpoint dir");
     let merge = two_stage.then(|| {
         let topic = format!("{name}-repartition");
@@ -358,10 +600,7 @@ fn worker(
         0,
         "bench records were rejected"
     );
-    Run {
-        round,
-        variant,
-        records: n,
+    Measured {
         seconds,
         first_stage_seconds,
         results: totals.results.load(Ordering::Relaxed),
@@ -369,16 +608,65 @@ fn worker(
         checkpoints,
         checkpoint_seconds,
         stop_seconds: t1.elapsed().as_secs_f64(),
+        peak_rss_mb: 0.0,
+        cpu_seconds: 0.0,
     }
+}
+
+/// Run `variant` in a child process (this binary again) and read its measurement.
+fn run_child(
+    bootstrap: &str,
+    shape: &Shape,
+    sizes: &[u64],
+    variant: Variant,
+    round: usize,
+) -> Measured {
+    let n: u64 = sizes.iter().sum();
+    let name = format!(
+        "bench-{}-{round}-{}",
+        shape.name,
+        variant.code().replace(':', "-")
+    );
+    let sink = format!("{name}-results");
+    weir_worker::tools::create_topic(bootstrap, &sink, PARTITIONS).expect("create the sink");
+    let exe = std::env::current_exe().expect("this binary");
+    let sizes: Vec<String> = sizes.iter().map(u64::to_string).collect();
+    let out = Command::new(exe)
+        .env("WEIR_BENCH_CHILD", variant.code())
+        .env("WEIR_BENCH_BOOTSTRAP", bootstrap)
+        .env("WEIR_BENCH_TOPIC", shape.topic())
+        .env("WEIR_BENCH_SINK", &sink)
+        .env("WEIR_BENCH_NAME", &name)
+        .env("WEIR_BENCH_N", n.to_string())
+        .env("WEIR_BENCH_SIZES", sizes.join(","))
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("start a child run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{name} failed: {}\n{stdout}",
+        out.status
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(RUN_LINE))
+        .unwrap_or_else(|| panic!("{name} printed no measurement:\n{stdout}"));
+    serde_json::from_str(line).expect("a child's measurement")
 }
 
 /// Median time of one checkpoint write to a `DirStore` alone (no producer flush): the store's
 /// share of a checkpoint.
-fn dir_store_write(rt: &tokio::runtime::Runtime) -> f64 {
+fn dir_store_write() -> f64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let dir = tempfile::tempdir().expect("checkpoint dir");
     let store: Arc<dyn CheckpointStore> = Arc::new(DirStore::new(dir.path()));
     let (mut lease, _) = rt
-        .block_on(PartitionLease::acquire(store, TOPIC, 0, 1, "bench"))
+        .block_on(PartitionLease::acquire(store, "payments", 0, 1, "bench"))
         .expect("lease");
     let times = (0..20)
         .map(|i| {
@@ -401,160 +689,160 @@ fn dir_store_write(rt: &tokio::runtime::Runtime) -> f64 {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    if v.len() % 2 == 1 {
+    if v.is_empty() {
+        0.0
+    } else if v.len() % 2 == 1 {
         v[m]
     } else {
         (v[m - 1] + v[m]) / 2.0
     }
 }
 
-fn main() {
-    // `cargo bench` passes --bench; `cargo test --all-targets` runs this without it.
-    let full = std::env::args().any(|a| a == "--bench");
-    let n = env_u64("WEIR_BENCH_RECORDS", if full { 2_000_000 } else { 20_000 });
-    let rounds = env_u64("WEIR_BENCH_ROUNDS", if full { 3 } else { 1 }).max(1) as usize;
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)))
+}
 
-    let broker = broker::Broker::start();
-    let bootstrap = broker.bootstrap.clone();
-    weir_worker::tools::create_topic(&bootstrap, TOPIC, PARTITIONS).expect("create topic");
-    weir_worker::tools::create_topic(&bootstrap, SINK, PARTITIONS).expect("create topic");
-    let (spec, _) = job_spec(&bootstrap, false);
-    let bare_settings = kafka::source_settings(&spec, "bench-bare").expect("settings");
-
-    println!("nisshi (memory storage) at {bootstrap}; loading {n} records into {TOPIC} ({PARTITIONS} partitions, {MERCHANTS} merchants)");
-    let t0 = Instant::now();
-    let bytes = load(&bootstrap, n);
-    let load_s = t0.elapsed().as_secs_f64();
-    println!(
-        "loaded {n} records ({:.1} MB of payload, {:.0} bytes/record) in {load_s:.1} s: {:.0} records/s",
-        bytes as f64 / 1e6,
-        bytes as f64 / n as f64,
-        n as f64 / load_s
-    );
-    let sizes = partition_sizes(&bare_settings);
-    assert_eq!(sizes.iter().sum::<u64>(), n, "partition sizes {sizes:?}");
-    println!("records per partition: {sizes:?}\n");
-
-    let setup = Setup {
-        bootstrap: bootstrap.clone(),
-        rt: tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime"),
-        n,
+fn print_run(r: &Run, base: f64) {
+    let m = &r.m;
+    let mean_ms = if m.checkpoints > 0 {
+        format!("{:.1}", m.checkpoint_seconds * 1e3 / m.checkpoints as f64)
+    } else {
+        "—".to_string()
     };
-    let off = Duration::from_secs(3600);
-    let mut runs: Vec<Run> = Vec::new();
-    println!("| round | variant | records | seconds | records/s | ratio to (a) | results | to repartition | checkpoints (timed) | mean checkpoint ms | stop s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for round in 1..=rounds {
-        let first = runs.len();
-        runs.push(bare(&bare_settings, n, round));
-        runs.push(bare_per_partition(&bare_settings, &sizes, round));
-        for (two_stage, interval, variant) in [
-            (false, off, "(b) worker, checkpoints off (1 h)"),
-            (false, TEN_S, "(b) worker, checkpoint every 10 s"),
-            (
-                false,
-                Duration::from_secs(1),
-                "(b) worker, checkpoint every 1 s",
-            ),
-            (true, TEN_S, "(c) worker, two stages, checkpoint every 10 s"),
-        ] {
-            runs.push(worker(&setup, two_stage, interval, variant, round));
-        }
-        let base = runs[first].rate();
-        for r in &runs[first..] {
-            let mean_ms = if r.checkpoints > 0 {
-                format!("{:.1}", r.checkpoint_seconds * 1e3 / r.checkpoints as f64)
-            } else {
-                "—".to_string()
-            };
-            let seconds = if r.exchanged > 0 {
-                format!(
-                    "{:.2} (first stage {:.2})",
-                    r.seconds, r.first_stage_seconds
-                )
-            } else {
-                format!("{:.2}", r.seconds)
-            };
-            println!(
-                "| {} | {} | {} | {seconds} | {:.0} | {:.2} | {} | {} | {} | {} | {:.2} |",
-                r.round,
-                r.variant,
-                r.records,
-                r.rate(),
-                r.rate() / base,
-                r.results,
-                r.exchanged,
-                r.checkpoints,
-                mean_ms,
-                r.stop_seconds
-            );
-        }
-    }
+    let seconds = if m.exchanged > 0 {
+        format!(
+            "{:.2} (first stage {:.2})",
+            m.seconds, m.first_stage_seconds
+        )
+    } else {
+        format!("{:.2}", m.seconds)
+    };
+    println!(
+        "| {} | {} | {} | {} | {seconds} | {:.0} | {:.2} | {} | {} | {} | {} | {:.2} | {:.0} | {:.2} |",
+        r.shape,
+        r.round,
+        r.variant.label(),
+        r.records,
+        r.rate(),
+        r.rate() / base,
+        m.results,
+        m.exchanged,
+        m.checkpoints,
+        mean_ms,
+        m.stop_seconds,
+        m.peak_rss_mb,
+        m.cpu_seconds * 1e6 / r.records as f64
+    );
+}
 
-    // Summary: medians over rounds; ratios are per round (against that round's (a)).
-    println!("\n| variant | median records/s | min – max records/s | median ratio to (a) |");
-    println!("|---|---|---|---|");
-    let variants: Vec<&str> = runs
-        .iter()
-        .filter(|r| r.round == 1)
-        .map(|r| r.variant)
-        .collect();
-    let per_round_rate = |variant: &str| -> Vec<f64> {
+/// The summary of one shape: medians over rounds; ratios per round (against that round's (a)).
+fn summarize(shape: &Shape, runs: &[Run], rounds: usize) {
+    let runs: Vec<&Run> = runs.iter().filter(|r| r.shape == shape.name).collect();
+    let variants = Variant::for_shape(shape);
+    let rates = |v: Variant| -> Vec<f64> {
         runs.iter()
-            .filter(|r| r.variant == variant)
-            .map(Run::rate)
+            .filter(|r| r.variant == v)
+            .map(|r| r.rate())
             .collect()
     };
-    let base_rates = per_round_rate(variants[0]);
-    let mut medians = Vec::new();
+    let base = rates(Variant::Bare);
+    println!("\n{} shape, {rounds} rounds:\n", shape.name);
+    println!("| variant | median records/s | min – max records/s | median ratio to (a) | min – max ratio | results | peak RSS MB, median (min – max) | memory model MB | CPU µs/record, median |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for v in &variants {
-        let rates = per_round_rate(v);
-        let ratios: Vec<f64> = rates.iter().zip(&base_rates).map(|(r, b)| r / b).collect();
-        let (lo, hi) = rates
+        let r = rates(*v);
+        let ratios: Vec<f64> = r.iter().zip(&base).map(|(r, b)| r / b).collect();
+        let (lo, hi) = min_max(&r);
+        let (rlo, rhi) = min_max(&ratios);
+        let rss: Vec<f64> = runs
             .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-        let m = median(rates.clone());
-        medians.push(m);
+            .filter(|x| x.variant == *v)
+            .map(|x| x.m.peak_rss_mb)
+            .collect();
+        let (slo, shi) = min_max(&rss);
+        let cpu: Vec<f64> = runs
+            .iter()
+            .filter(|x| x.variant == *v)
+            .map(|x| x.m.cpu_seconds * 1e6 / x.records as f64)
+            .collect();
+        let results = runs
+            .iter()
+            .find(|x| x.variant == *v)
+            .map_or(0, |x| x.m.results);
+        let model = memory_model_mb(*v).map_or("—".to_string(), |m| format!("{m:.0}"));
         println!(
-            "| {v} | {m:.0} | {lo:.0} – {hi:.0} | {:.2} |",
-            median(ratios)
+            "| {} | {:.0} | {lo:.0} – {hi:.0} | {:.2} | {rlo:.2} – {rhi:.2} | {results} | {:.0} ({slo:.0} – {shi:.0}) | {model} | {:.2} |",
+            v.label(),
+            median(r.clone()),
+            median(ratios),
+            median(rss.clone()),
+            median(cpu),
         );
+        if let Some(m) = memory_model_mb(*v) {
+            if shi > m {
+                println!(
+                    "  ^ over the memory model: {} peaked at {shi:.0} MB, the model says {m:.0} MB",
+                    v.label()
+                );
+            }
+        }
+    }
+    let one = Variant::Worker {
+        two_stage: false,
+        interval_s: TEN_S,
+    };
+    let two = Variant::Worker {
+        two_stage: true,
+        interval_s: TEN_S,
+    };
+    let two_vs_one = median(
+        rates(two)
+            .iter()
+            .zip(&rates(one))
+            .map(|(c, b)| c / b)
+            .collect(),
+    );
+    println!(
+        "\ntwo stages vs one ({}; same job and records, checkpoint every 10 s; end = every \
+         partial merged): median ratio {two_vs_one:.2} over {rounds} rounds",
+        shape.name
+    );
+    if shape.name != DENSE.name {
+        return;
     }
     // Checkpoint cost against "off", per round, then the median.
-    let cost = |variant: &str| -> f64 {
-        let off = per_round_rate(variants[2]);
+    let off = rates(Variant::Worker {
+        two_stage: false,
+        interval_s: OFF_S,
+    });
+    let cost = |v: Variant| -> f64 {
         median(
-            per_round_rate(variant)
+            rates(v)
                 .iter()
                 .zip(&off)
                 .map(|(r, o)| 1.0 - r / o)
                 .collect(),
         )
     };
-    let c10 = cost(variants[3]);
-    let c1 = cost(variants[4]);
-    let count_of = |variant: &str| -> u64 {
-        runs.iter()
-            .filter(|r| r.variant == variant)
-            .map(|r| r.checkpoints)
-            .sum()
+    let every_1s = Variant::Worker {
+        two_stage: false,
+        interval_s: 1,
     };
-    let stalls: Vec<&Run> = runs.iter().filter(|r| r.variant == variants[4]).collect();
-    let ck: u64 = stalls.iter().map(|r| r.checkpoints).sum();
-    let ck_s: f64 = stalls.iter().map(|r| r.checkpoint_seconds).sum();
+    let c10 = cost(one);
+    let c1 = cost(every_1s);
+    let of = |v: Variant| runs.iter().filter(move |r| r.variant == v);
+    let ck: u64 = of(every_1s).map(|r| r.m.checkpoints).sum();
+    let ck_s: f64 = of(every_1s).map(|r| r.m.checkpoint_seconds).sum();
     let mean_stall = if ck > 0 { ck_s / ck as f64 } else { 0.0 };
     println!(
-        "\ncheckpoint cost (throughput lost against checkpoints off, median over rounds):\n\
+        "\ncheckpoint cost (dense; throughput lost against checkpoints off, median over rounds):\n\
          - every 10 s, measured directly: {:.1}% ({} checkpoints in {} timed runs: none if a run is under 10 s)\n\
          - every 1 s, measured: {:.1}%; scaled to every 10 s (/10): {:.2}%\n\
          - mean checkpoint (flush results + write the file) at 1 s: {:.1} ms per partition; \
          one per partition per 10 s stalls each partition thread {:.2}% of the time",
         c10 * 100.0,
-        count_of(variants[3]),
+        of(one).map(|r| r.m.checkpoints).sum::<u64>(),
         rounds,
         c1 * 100.0,
         c1 * 10.0,
@@ -563,20 +851,93 @@ fn main() {
     );
     println!(
         "- of which the DirStore write alone (median of 20): {:.1} ms",
-        dir_store_write(&setup.rt) * 1e3
+        dir_store_write() * 1e3
     );
-    // Two stages against one, same job and records, checkpoints every 10 s, per round.
-    let two = median(
-        per_round_rate(variants[5])
-            .iter()
-            .zip(&per_round_rate(variants[3]))
-            .map(|(c, b)| c / b)
-            .collect(),
-    );
+}
+
+fn main() {
+    if let Ok(code) = std::env::var("WEIR_BENCH_CHILD") {
+        child(&code);
+        return;
+    }
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this without it.
+    let full = std::env::args().any(|a| a == "--bench");
+    let n = env_u64("WEIR_BENCH_RECORDS", if full { 2_000_000 } else { 20_000 });
+    let rounds = env_u64("WEIR_BENCH_ROUNDS", if full { 3 } else { 1 }).max(1) as usize;
+    let shapes: Vec<Shape> = std::env::var("WEIR_BENCH_SHAPES")
+        .unwrap_or_else(|_| "dense,sparse".to_string())
+        .split(',')
+        .map(|s| Shape::by_name(s.trim()))
+        .collect();
+
+    for var in ["WEIR_BENCH_SOURCE_PROPS", "WEIR_BENCH_SINK_PROPS"] {
+        if let Ok(v) = std::env::var(var) {
+            println!("{var}={v}");
+        }
+    }
+    let broker = broker::Broker::start();
+    let bootstrap = broker.bootstrap.clone();
+    let mut sizes = Vec::new();
+    for shape in &shapes {
+        let topic = shape.topic();
+        weir_worker::tools::create_topic(&bootstrap, &topic, PARTITIONS).expect("create topic");
+        println!(
+            "nisshi (memory storage) at {bootstrap}; loading {n} {} records into {topic} \
+             ({PARTITIONS} partitions, {} merchants, {} records per minute of event time)",
+            shape.name, shape.merchants, shape.per_minute
+        );
+        let t0 = Instant::now();
+        let bytes = load(&bootstrap, shape, n);
+        let load_s = t0.elapsed().as_secs_f64();
+        println!(
+            "loaded {n} records ({:.1} MB of payload, {:.0} bytes/record) in {load_s:.1} s: {:.0} records/s",
+            bytes as f64 / 1e6,
+            bytes as f64 / n as f64,
+            n as f64 / load_s
+        );
+        let (spec, _) = job_spec(&bootstrap, &topic, "unused", false);
+        let settings = kafka::source_settings(&spec, "bench-sizes").expect("settings");
+        let s = partition_sizes(&settings, &topic);
+        assert_eq!(s.iter().sum::<u64>(), n, "partition sizes {s:?}");
+        println!("records per partition: {s:?}");
+        sizes.push(s);
+    }
+
+    println!("\nEach run is a child process; peak RSS is the child's VmHWM.\n");
+    println!("| shape | round | variant | records | seconds | records/s | ratio to (a) | results | to repartition | checkpoints (timed) | mean checkpoint ms | stop s | peak RSS MB | CPU µs/record |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut runs: Vec<Run> = Vec::new();
+    let mut loads = Vec::new();
+    for round in 1..=rounds {
+        for (shape, sizes) in shapes.iter().zip(&sizes) {
+            let before = load_average();
+            let first = runs.len();
+            for variant in Variant::for_shape(shape) {
+                let m = run_child(&bootstrap, shape, sizes, variant, round);
+                runs.push(Run {
+                    shape: shape.name,
+                    round,
+                    variant,
+                    records: n,
+                    m,
+                });
+                let base = runs[first].rate();
+                print_run(&runs[runs.len() - 1], base);
+            }
+            loads.push(format!(
+                "{} round {round}: {before} → {}",
+                shape.name,
+                load_average()
+            ));
+        }
+    }
     println!(
-        "\ntwo stages vs one (same job and records, checkpoint every 10 s; end = every partial \
-         merged): median ratio {two:.2} over {rounds} rounds (issue 6 target: at least 0.60)"
+        "\nload average (1 min) before → after each round: {}",
+        loads.join("; ")
     );
+    for shape in &shapes {
+        summarize(shape, &runs, rounds);
+    }
     if !full {
         println!(
             "(a smoke run of {n} records under `cargo test`, which checks that the code works: \

@@ -30,6 +30,55 @@ pub const DEAD_LETTER_CREDENTIALS_ENV: &str = weir_crds::pod::env::DEAD_LETTER_C
 /// it). The producer's default is `true`.
 pub const AUTO_CREATE_TOPICS: &str = "allow.auto.create.topics";
 
+/// What librdkafka may buffer per client, weir's settings instead of librdkafka's defaults
+/// (which suit a process with one client: a producer may queue 100,000 messages or 1 GB, a
+/// consumer prefetches 100,000 messages per partition). A worker has one consumer and one to
+/// three producers per partition it owns, so these bound its memory per partition
+/// (docs/running.md, "Memory"). A job's `properties` may still set them.
+pub mod queues {
+    /// Records a consumer prefetches per partition (`queued.min.messages`): a few ms of
+    /// reading at full speed. Each costs its bytes plus ~200 bytes of librdkafka's bookkeeping.
+    pub const CONSUMER_MESSAGES: u32 = 5_000;
+    /// The most record bytes a consumer prefetches per partition (`queued.max.messages.kbytes`;
+    /// librdkafka may go over it by one fetch, [`CONSUMER_FETCH_BYTES`]).
+    pub const CONSUMER_KBYTES: u32 = 2 * 1024;
+    /// The most bytes one fetch asks of a partition (`fetch.message.max.bytes`; a larger record
+    /// is still returned whole).
+    pub const CONSUMER_FETCH_BYTES: u32 = 256 * 1024;
+    /// The most key and value bytes a producer queues (`queue.buffering.max.kbytes`); when full,
+    /// the partition waits for the broker (backpressure). Above `batch.size` (1 MB), so a
+    /// batch fills before the queue does.
+    pub const PRODUCER_KBYTES: u32 = 2 * 1024;
+    /// librdkafka's bookkeeping per queued message, beyond its key and value (measured order
+    /// of magnitude; used to size the queue's message count).
+    pub const PRODUCER_MESSAGE_OVERHEAD: usize = 200;
+    /// Bounds of a producer's message count (`queue.buffering.max.messages`).
+    pub const PRODUCER_MESSAGES: (usize, usize) = (1_000, 100_000);
+}
+
+/// A result's key and value bytes estimated from the job: the JSON frame and the window's
+/// times, each group field's name and a value of 24 bytes (in both key and value), each
+/// aggregation's name and a value of 24 bytes. Kept values (`first`, `last`, string groups)
+/// may be longer: the byte bound ([`queues::PRODUCER_KBYTES`]) still holds.
+pub fn result_bytes_estimate(spec: &StreamJobSpec) -> usize {
+    let group: usize = spec
+        .group_by
+        .iter()
+        .map(|f| f.0.len() + 28)
+        .chain(spec.group_by_key.then_some(3 + 28))
+        .sum();
+    let values: usize = spec.aggregations.iter().map(|a| a.name.len() + 28).sum();
+    160 + 2 * group + values
+}
+
+/// `queue.buffering.max.messages` for a producer of `spec`'s results: as many as fill
+/// [`queues::PRODUCER_KBYTES`] at the estimated size, so both bounds bind together and the
+/// bookkeeping per message stays bounded too.
+pub fn producer_queue_messages(spec: &StreamJobSpec) -> usize {
+    let (min, max) = queues::PRODUCER_MESSAGES;
+    (queues::PRODUCER_KBYTES as usize * 1024 / result_bytes_estimate(spec)).clamp(min, max)
+}
+
 /// Failure to put a client configuration together.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -159,7 +208,15 @@ pub fn source_settings(spec: &StreamJobSpec, job: &str) -> Result<ClientSettings
         .set("client.id", format!("weir-{job}"))
         // Small fetch backoff: librdkafka otherwise stalls for a second when its queue fills.
         .set("fetch.queue.backoff.ms", "10")
-        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.min.messages", queues::CONSUMER_MESSAGES.to_string())
+        .set(
+            "fetch.message.max.bytes",
+            queues::CONSUMER_FETCH_BYTES.to_string(),
+        )
+        .set(
+            "queued.max.messages.kbytes",
+            queues::CONSUMER_KBYTES.to_string(),
+        )
         // If a replay point was already deleted by retention, go on from the oldest record still
         // there: librdkafka's default (latest) would silently skip everything in between.
         .set("auto.offset.reset", "earliest");
@@ -196,9 +253,21 @@ fn producer_settings(
             &mut s
         }
     };
+    // Batches of up to 100 ms: a checkpoint flushes at once anyway, and a job with about a
+    // result per record spent much of its time waking the producer's threads (issue 20).
     s.set("client.id", format!("weir-{job}"))
-        .set("linger.ms", "20")
-        .set("compression.type", "lz4");
+        .set("linger.ms", "100")
+        .set("compression.type", "lz4")
+        // Failed deliveries are all the producer counts: no report, no wake-up per success.
+        .set("delivery.report.only.error", "true")
+        .set(
+            "queue.buffering.max.kbytes",
+            queues::PRODUCER_KBYTES.to_string(),
+        )
+        .set(
+            "queue.buffering.max.messages",
+            producer_queue_messages(spec).to_string(),
+        );
     for (k, v) in &target.properties {
         s.set(k, v);
     }
@@ -242,8 +311,8 @@ pub fn repartition_settings(
         credentials: None,
     };
     let mut s = producer_settings(spec, job, &target, SOURCE_CREDENTIALS_ENV)?;
-    // Partials are sent when a pane closes, in bursts: batch them a little longer.
-    s.set("linger.ms", "50");
+    // Partials are sent when a pane closes, in bursts, and wait for a marker anyway.
+    s.set("linger.ms", "100");
     Ok(s)
 }
 
@@ -332,6 +401,25 @@ spec:
             .expect("configured");
         assert_eq!(d.get("bootstrap.servers"), Some("b:9092"));
         assert_eq!(d.get("security.protocol"), None);
+    }
+
+    #[test]
+    fn queues_are_bounded_by_weir_unless_the_job_says_otherwise() {
+        let job = spec("");
+        let c = source_settings(&job, "j").expect("consumer");
+        assert_eq!(c.get("queued.min.messages"), Some("5000"));
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("2048"));
+        assert_eq!(c.get("fetch.message.max.bytes"), Some("262144"));
+        let p = sink_settings(&job, "j").expect("sink");
+        assert_eq!(p.get("queue.buffering.max.kbytes"), Some("2048"));
+        // One group-less aggregation `n`: 160 + 29 bytes a result.
+        assert_eq!(result_bytes_estimate(&job), 189);
+        assert_eq!(
+            p.get("queue.buffering.max.messages"),
+            Some((2048 * 1024 / 189).to_string().as_str())
+        );
+        let c = source_settings(&spec(", queued.min.messages: \"500\""), "j").expect("consumer");
+        assert_eq!(c.get("queued.min.messages"), Some("500"));
     }
 
     #[test]

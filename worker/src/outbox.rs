@@ -13,7 +13,7 @@
 
 use rdkafka::message::{Header, OwnedHeaders};
 use tracing::warn;
-use weir_engine::{JobPlan, Record, RejectReason, Rejection, WindowResult};
+use weir_engine::{JobPlan, Record, RejectReason, Rejection, ResultText, WindowResult};
 
 use crate::metrics::PartitionMetrics;
 use crate::producer::{DeliveryCountingProducer, Sent};
@@ -87,6 +87,8 @@ pub(crate) struct Outbox {
     pub(crate) sink: DeliveryCountingProducer,
     pub(crate) dead_letter: Option<DeliveryCountingProducer>,
     pub(crate) repartition: Option<DeliveryCountingProducer>,
+    /// The key and value of the result being sent, written in place: no allocation per result.
+    pub(crate) text: ResultText,
 }
 
 impl Outbox {
@@ -103,16 +105,16 @@ impl Outbox {
     }
 
     /// Send a result to the sink; one over the sink's limit goes to the dead-letter topic with
-    /// reason `too_large`. The bytes of the result written (0 when dead-lettered).
+    /// reason `too_large`. The value written (`None` when dead-lettered).
     pub(crate) fn result(
-        &self,
+        &mut self,
         origin: &Origin<'_>,
         plan: &JobPlan,
         r: &WindowResult,
         pm: &PartitionMetrics,
-    ) -> Result<Option<String>, RuntimeError> {
-        let value = r.to_json(plan);
-        let key = r.key_json(plan);
+    ) -> Result<Option<&str>, RuntimeError> {
+        self.text.write(plan, r);
+        let (key, value) = (&self.text.key, &self.text.value);
         let partition = origin.partition;
         let fits = key.len() + value.len() + OVERHEAD_BYTES <= self.sink.max_message_bytes();
         if fits {

@@ -586,6 +586,7 @@ fn outbox(ctx: &JobContext, stage: Stage, partition: i32) -> Result<Outbox, Runt
         sink,
         dead_letter,
         repartition,
+        text: Default::default(),
     })
 }
 
@@ -830,10 +831,16 @@ impl PartitionIo<'_> {
         }
     }
 
-    fn send_result(&self, r: &WindowResult) -> Result<(), RuntimeError> {
+    fn send_result(&mut self, r: &WindowResult) -> Result<(), RuntimeError> {
+        // Not `self.origin()`: the producers are borrowed mutably (their reused text buffers).
+        let origin = Origin {
+            job: &self.ctx.name,
+            topic: self.topic,
+            partition: self.partition,
+        };
         let Some(value) = self
             .producers
-            .result(&self.origin(), &self.ctx.plan, r, &self.pm)?
+            .result(&origin, &self.ctx.plan, r, &self.pm)?
         else {
             return Ok(());
         };

@@ -14,6 +14,7 @@ pub mod start;
 pub mod time;
 
 pub use engine::{
-    Engine, Record, RejectReason, Rejection, Stats, WindowResult, MAX_DETAIL_BYTES, MAX_KEPT_BYTES,
+    Engine, Record, RejectReason, Rejection, ResultText, Stats, WindowResult, MAX_DETAIL_BYTES,
+    MAX_KEPT_BYTES,
 };
 pub use plan::JobPlan;

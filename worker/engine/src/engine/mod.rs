@@ -47,8 +47,8 @@ pub use guard::AHEAD_IN_A_ROW;
 use marks::Mark;
 use pane::Pane;
 pub use record::{
-    PartitionState, Record, RejectReason, Rejection, Stats, WindowResult, MAX_DETAIL_BYTES,
-    MAX_KEPT_BYTES,
+    PartitionState, Record, RejectReason, Rejection, ResultText, Stats, WindowResult,
+    MAX_DETAIL_BYTES, MAX_KEPT_BYTES,
 };
 use sessions::Sessions;
 pub use stages::{MergeOutcome, Partial, PartialAggregate};

@@ -2,7 +2,7 @@
 //! not counted (with a stable [`RejectReason`]), a [`WindowResult`] and its JSON forms, and the
 //! progress and counters the runtime reads ([`PartitionState`], [`Stats`]).
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use crate::plan::JobPlan;
 use crate::time;
@@ -177,27 +177,15 @@ impl WindowResult {
     /// `{"window":{"start":..,"end":..},"group":{..},"values":{..}}`.
     pub fn to_json(&self, plan: &JobPlan) -> String {
         let mut out = String::with_capacity(128);
-        out.push_str("{\"window\":{\"start\":\"");
-        out.push_str(&time::format(self.start));
-        out.push_str("\",\"end\":\"");
-        out.push_str(&time::format(self.end));
-        out.push_str("\"},\"group\":");
-        self.push_group(plan, &mut out);
-        out.push_str(",\"values\":{");
-        for (i, (agg, v)) in plan.aggs.iter().zip(&self.values).enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            push_json_str(&mut out, &agg.name);
-            out.push(':');
-            out.push_str(&v.to_string());
-        }
-        out.push_str("}}");
+        self.write_value(
+            plan,
+            &time::format(self.start),
+            &time::format(self.end),
+            &mut out,
+        );
         out
     }
-}
 
-impl WindowResult {
     /// The sink message key: `{"group":{..},"start":"..","end":".."}`. Unique per (group,
     /// window) within a definition, since windows of one group that share a start are the same
     /// window (sessions never overlap). The end makes windows of different sizes different keys,
@@ -205,14 +193,45 @@ impl WindowResult {
     /// (docs/semantics.md, "Edits, resets and start times").
     pub fn key_json(&self, plan: &JobPlan) -> String {
         let mut out = String::with_capacity(96);
-        out.push_str("{\"group\":");
-        self.push_group(plan, &mut out);
-        out.push_str(",\"start\":\"");
-        out.push_str(&time::format(self.start));
-        out.push_str("\",\"end\":\"");
-        out.push_str(&time::format(self.end));
-        out.push_str("\"}");
+        self.write_key(
+            plan,
+            &time::format(self.start),
+            &time::format(self.end),
+            &mut out,
+        );
         out
+    }
+
+    /// [`WindowResult::to_json`] appended to `out`, with the window's times already formatted.
+    fn write_value(&self, plan: &JobPlan, start: &str, end: &str, out: &mut String) {
+        out.push_str("{\"window\":{\"start\":\"");
+        out.push_str(start);
+        out.push_str("\",\"end\":\"");
+        out.push_str(end);
+        out.push_str("\"},\"group\":");
+        self.push_group(plan, out);
+        out.push_str(",\"values\":{");
+        for (i, (agg, v)) in plan.aggs.iter().zip(&self.values).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(out, &agg.name);
+            out.push(':');
+            // `Display` of a JSON value is its compact text (`to_string`), written in place.
+            let _ = write!(out, "{v}");
+        }
+        out.push_str("}}");
+    }
+
+    /// [`WindowResult::key_json`] appended to `out`, with the window's times already formatted.
+    fn write_key(&self, plan: &JobPlan, start: &str, end: &str, out: &mut String) {
+        out.push_str("{\"group\":");
+        self.push_group(plan, out);
+        out.push_str(",\"start\":\"");
+        out.push_str(start);
+        out.push_str("\",\"end\":\"");
+        out.push_str(end);
+        out.push_str("\"}");
     }
 
     fn push_group(&self, plan: &JobPlan, out: &mut String) {
@@ -229,8 +248,65 @@ impl WindowResult {
     }
 }
 
+/// A result's sink key and value ([`WindowResult::key_json`], [`WindowResult::to_json`]),
+/// written into buffers that keep their capacity from one result to the next, with the
+/// window's times formatted once per window: when a job has about one result per record
+/// (many groups, few records each), allocating these texts per result was a large part of
+/// its output path (issue 20).
+#[derive(Debug, Default)]
+pub struct ResultText {
+    /// The sink message key.
+    pub key: String,
+    /// The sink message value.
+    pub value: String,
+    /// The window whose times `start` and `end` hold.
+    window: Option<(i64, i64)>,
+    start: String,
+    end: String,
+}
+
+impl ResultText {
+    /// Write `r`'s key and value (replacing the previous result's).
+    pub fn write(&mut self, plan: &JobPlan, r: &WindowResult) {
+        if self.window != Some((r.start, r.end)) {
+            self.start = time::format(r.start);
+            self.end = time::format(r.end);
+            self.window = Some((r.start, r.end));
+        }
+        self.key.clear();
+        r.write_key(plan, &self.start, &self.end, &mut self.key);
+        self.value.clear();
+        r.write_value(plan, &self.start, &self.end, &mut self.value);
+    }
+}
+
+/// `s` as a JSON string, exactly as serde_json writes it: `"` and `\` escaped, the control
+/// characters as `\b \t \n \f \r` or `\u00XX`, everything else (non-ASCII too) as is.
 fn push_json_str(out: &mut String, s: &str) {
-    out.push_str(&serde_json::Value::from(s).to_string());
+    out.push('"');
+    let mut from = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[from..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        from = i + 1;
+    }
+    out.push_str(&s[from..]);
+    out.push('"');
 }
 
 /// Per-partition progress.
@@ -275,6 +351,76 @@ impl PartitionState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_strings_are_written_exactly_as_serde_json_writes_them() {
+        let mut every_ascii: String = (0u8..0x80).map(char::from).collect();
+        every_ascii.push_str("é€😀 \u{7f}\u{80}\u{2028}");
+        for s in [
+            every_ascii.as_str(),
+            "",
+            "plain",
+            "\"",
+            "a\\b",
+            "\u{0}x\u{1f}",
+        ] {
+            let mut out = String::new();
+            push_json_str(&mut out, s);
+            assert_eq!(out, serde_json::to_string(s).expect("json"), "{s:?}");
+        }
+    }
+
+    fn two_part_plan() -> JobPlan {
+        let yaml = r#"apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {name: t}
+spec:
+  source:
+    kafka: {bootstrapServers: "k:9092", topic: in}
+  groupBy: [merchant, country]
+  window: {type: tumbling, size: 1m}
+  aggregations:
+    - {name: n, fn: count}
+    - {name: total, fn: sum, field: amount}
+    - {name: avg, fn: mean, field: amount}
+  sink:
+    kafka: {topic: out}
+"#;
+        let job = weir_crds::parse_stream_job(yaml).expect("yaml").job;
+        JobPlan::new(&job.spec).expect("plan")
+    }
+
+    #[test]
+    fn reused_texts_are_the_results_json_byte_for_byte() {
+        let plan = two_part_plan();
+        let result = |start: i64, group: &str, n: u64| WindowResult {
+            start,
+            end: start + 60_000,
+            group: group.as_bytes().into(),
+            values: vec![n.into(), serde_json::json!(12.5), serde_json::Value::Null],
+        };
+        let first = result(1_767_225_600_000, "\"m1\"\0\"fr\"", 3);
+        assert_eq!(
+            first.to_json(&plan),
+            r#"{"window":{"start":"2026-01-01T00:00:00.000Z","end":"2026-01-01T00:01:00.000Z"},"group":{"merchant":"m1","country":"fr"},"values":{"n":3,"total":12.5,"avg":null}}"#
+        );
+        assert_eq!(
+            first.key_json(&plan),
+            r#"{"group":{"merchant":"m1","country":"fr"},"start":"2026-01-01T00:00:00.000Z","end":"2026-01-01T00:01:00.000Z"}"#
+        );
+        let mut text = ResultText::default();
+        // Same window twice (the times are reused), then another window, then back.
+        for r in [
+            first.clone(),
+            result(1_767_225_600_000, "\"m22222\"\0null", 1),
+            result(1_767_225_660_000, "\"m3\"\0\"de\"", 7),
+            first,
+        ] {
+            text.write(&plan, &r);
+            assert_eq!(text.key, r.key_json(&plan));
+            assert_eq!(text.value, r.to_json(&plan));
+        }
+    }
 
     #[test]
     fn details_are_bounded_and_say_how_long_they_were() {
