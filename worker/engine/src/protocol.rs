@@ -106,8 +106,10 @@ pub enum StartPoint {
 pub enum Action {
     /// Send a window result to the sink.
     Result(WindowResult),
-    /// Count the record just given to [`PartitionProtocol::record`] as rejected and send it to
-    /// the dead-letter topic (if any). Not asked for records seen before the restart.
+    /// Count the record just given to [`PartitionProtocol::record`] (the merge stage: the
+    /// message just given to [`PartitionProtocol::partial`], a partial refused as `state_full`)
+    /// as rejected and send it to the dead-letter topic (if any). Not asked for records seen
+    /// before the restart.
     DeadLetter(Rejection),
     /// Send a partial to partition `to` of the repartition topic.
     Partial {
@@ -387,8 +389,10 @@ impl PartitionProtocol {
         self.role
     }
 
-    /// Bound the open rows new records may open (the partition's share of the worker's
-    /// bound; see `Engine::set_row_limit`). Replayed records are never refused by it.
+    /// Bound the open rows new records (the merge stage: new partials) may open: what the
+    /// worker's bound leaves this partition (see `Engine::set_row_limit`); the worker sets it
+    /// again as its partitions' rows change. Replayed records and partials are never refused by
+    /// it.
     pub fn set_row_limit(&mut self, limit: Option<usize>) {
         self.row_limit = limit;
     }
@@ -467,16 +471,28 @@ impl PartitionProtocol {
                 self.other_run(offset, tag, out)
             }
             Ok(Partial::Aggregate(p)) => {
-                let outcome = self.engine.merge_partial(self.partition, offset, &p);
-                if outcome == MergeOutcome::Late {
-                    self.late += 1;
-                    out.push(Action::LatePartial {
-                        offset,
-                        source: p.source,
-                        window_start: p.first,
-                        watermark: self.engine.watermark(),
-                        late: self.late,
-                    });
+                // As for a source record: a partial read before the restart was merged then (or
+                // dead-lettered); the bound must not refuse it now.
+                let replayed = offset < self.seen_through;
+                self.engine
+                    .set_row_limit(if replayed { None } else { self.row_limit });
+                match self.engine.merge_partial(self.partition, offset, &p) {
+                    Ok(MergeOutcome::Late) => {
+                        self.late += 1;
+                        out.push(Action::LatePartial {
+                            offset,
+                            source: p.source,
+                            window_start: p.first,
+                            watermark: self.engine.watermark(),
+                            late: self.late,
+                        });
+                    }
+                    Ok(MergeOutcome::Merged | MergeOutcome::Duplicate) => {}
+                    Err(rejection) => {
+                        if !replayed {
+                            out.push(Action::DeadLetter(rejection));
+                        }
+                    }
                 }
             }
             Ok(Partial::Watermark {
@@ -1119,6 +1135,79 @@ spec:
         assert_eq!(c[0].next_offset, 6);
         assert_eq!(c[0].sources.len(), 2);
         assert_eq!(c[0].sources[&1], idle);
+    }
+
+    /// A partial of `group` from `source` into pane row (0, 0) of the 10 s windows.
+    fn partial_of(source: i32, group: &str) -> Vec<u8> {
+        Partial::Aggregate(PartialAggregate {
+            source,
+            pane: 0,
+            first: 0,
+            group: format!("\"{group}\""),
+            accs: Vec::new(),
+            segment: None,
+            tag: None,
+        })
+        .to_bytes()
+    }
+
+    fn refused(out: &[Action]) -> Vec<RejectReason> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::DeadLetter(r) => Some(r.reason),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_merge_stage_dead_letters_partials_that_would_open_a_row() {
+        let mut p = protocol(Role::Merge { sources: 2 }, StartPoint::Fresh { offset: 0 });
+        p.set_row_limit(Some(2));
+        let mut out = Vec::new();
+        p.begin(&mut out);
+        out.clear();
+        for (offset, (source, group)) in [(0, "a"), (0, "b"), (0, "c")].into_iter().enumerate() {
+            p.partial(offset as i64, &partial_of(source, group), &mut out);
+        }
+        assert_eq!(refused(&out), [RejectReason::StateFull]);
+        let Some(Action::DeadLetter(r)) = out.last() else {
+            panic!("{out:?}")
+        };
+        assert!(r.detail.contains("source partition 0"), "{}", r.detail);
+        out.clear();
+        // Into a row already open (another source's partial of group a): merged. The refused
+        // partial was not remembered as merged: sent again, it is judged again (refused).
+        p.partial(3, &partial_of(1, "a"), &mut out);
+        p.partial(4, &partial_of(0, "c"), &mut out);
+        assert_eq!(refused(&out), [RejectReason::StateFull]);
+        assert_eq!(p.engine().open_rows(), 2);
+        // Without the bound, it opens its row.
+        out.clear();
+        p.set_row_limit(None);
+        p.partial(5, &partial_of(0, "c"), &mut out);
+        assert!(refused(&out).is_empty(), "{out:?}");
+        assert_eq!(p.engine().open_rows(), 3);
+    }
+
+    #[test]
+    fn a_merge_stage_replay_is_never_refused_by_the_bound() {
+        // Read up to offset 3 before the restart; the replay starts at 0.
+        let progress = Progress {
+            next_offset: 3,
+            replay_from: 0,
+            ..Progress::default()
+        };
+        let mut p = protocol(Role::Merge { sources: 1 }, StartPoint::Checkpoint(progress));
+        p.set_row_limit(Some(1));
+        let mut out = Vec::new();
+        p.begin(&mut out);
+        for (offset, group) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            p.partial(offset as i64, &partial_of(0, group), &mut out);
+        }
+        // a, b, c replayed (over the bound, all kept); d read for the first time: refused.
+        assert_eq!(refused(&out), [RejectReason::StateFull]);
+        assert_eq!(p.engine().open_rows(), 3);
     }
 
     #[test]

@@ -772,7 +772,8 @@ fn run_two_stages(
             log_offsets[to] += 1;
             match msg {
                 Partial::Aggregate(p) => {
-                    stage2[to].merge_partial(to as i32, offset, &p);
+                    let merged = stage2[to].merge_partial(to as i32, offset, &p);
+                    assert!(merged.is_ok(), "no row limit: nothing refused");
                 }
                 Partial::Watermark {
                     source,

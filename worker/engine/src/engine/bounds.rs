@@ -2,8 +2,11 @@
 //! values and kept values (`first`, `last`) take more than [`MAX_KEPT_BYTES`] is `too_large`
 //! (so that no result grows past what a Kafka producer takes); with a row limit set
 //! ([`Engine::set_row_limit`]), a record that would open a (group, pane) row or a session
-//! beyond it is `state_full`, while records of rows already open still count. Checks only: a
-//! rejected record changes no state.
+//! beyond it is `state_full`, while records of rows already open still count; in the merge
+//! stage, a partial that would open a pane row beyond it is refused the same way
+//! ([`Engine::merge_partial`]). Checks only: a rejected record changes no state, except that a
+//! record refused as `state_full` still moves its partition's event time (`Engine::admit`), so
+//! that windows keep closing and free rows.
 
 use weir_crds::AggregationFn;
 
@@ -71,8 +74,44 @@ impl Engine {
         Err(Rejection::new(
             RejectReason::StateFull,
             format!(
-                "the partition holds {rows} open (group, window) rows, its share of the \
-                 worker's bound ({limit}); the record would open another"
+                "the partition holds {rows} open (group, window) rows, all the worker's bound \
+                 on open state (--max-open-rows) leaves it ({limit}); the record would open \
+                 another"
+            ),
+        ))
+    }
+
+    /// The merge stage: `state_full` when a row limit is set, the open rows have reached it, and
+    /// the partial (of group `gid`, into pane row `key`) would open a new row.
+    pub(super) fn check_merge_room(
+        &mut self,
+        key: (i64, i64),
+        gid: u32,
+        source: i32,
+    ) -> Result<(), Rejection> {
+        let Some(limit) = self.row_limit else {
+            return Ok(());
+        };
+        if self.rows_bound < limit {
+            return Ok(());
+        }
+        let rows = self.open_rows();
+        self.rows_bound = rows;
+        let held = match &self.state {
+            State::Aligned(a) => a.panes.get(&key).is_some_and(|p| p.has(gid)),
+            State::Sessions(_) => false,
+        };
+        if rows < limit || held {
+            return Ok(());
+        }
+        Err(Rejection::new(
+            RejectReason::StateFull,
+            format!(
+                "the merge stage partition holds {rows} open (group, window) rows, all the \
+                 worker's bound on open state (--max-open-rows) leaves it ({limit}); this \
+                 partial of source partition {source} (pane {}) would open another, so its \
+                 records are missing from the results of its windows",
+                crate::time::format(key.0)
             ),
         ))
     }
@@ -148,6 +187,29 @@ mod tests {
                 "{window}"
             );
         }
+    }
+
+    #[test]
+    fn a_record_refused_for_room_still_moves_time_so_windows_close_and_free_rows() {
+        let mut e = engine(
+            "{type: tumbling, size: 1m, allowedLateness: 30s}",
+            "[{name: n, fn: count}]",
+        );
+        e.set_row_limit(Some(2));
+        assert_eq!(feed(&mut e, 0, r#"{"ts":1000,"g":"a"}"#), Ok(()));
+        assert_eq!(feed(&mut e, 1, r#"{"ts":2000,"g":"b"}"#), Ok(()));
+        // A minute later, a new group: the watermark it brings (31 s) closes nothing yet.
+        assert_eq!(
+            feed(&mut e, 2, r#"{"ts":61000,"g":"c"}"#),
+            Err(RejectReason::StateFull)
+        );
+        assert_eq!(e.partitions()[&0].max_time, 61_000, "its time is taken");
+        assert!(e.take_results().is_empty());
+        // Every later record opens a new row; without taking the refused records' time the
+        // partition would stay full for ever. This one closes the first minute and fits.
+        assert_eq!(feed(&mut e, 3, r#"{"ts":91000,"g":"d"}"#), Ok(()));
+        assert_eq!(e.take_results().len(), 2);
+        assert_eq!(e.open_rows(), 1);
     }
 
     #[test]

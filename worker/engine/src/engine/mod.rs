@@ -304,22 +304,40 @@ impl Engine {
                 ),
             ));
         }
-        self.check_room(t, first)?;
-        let part = self
+        let max_before = self
             .partitions
-            .entry(rec.partition)
-            .or_insert_with(PartitionState::new);
+            .get(&rec.partition)
+            .map_or(i64::MIN, |p| p.max_time);
+        if let Err(full) = self.check_room(t, first) {
+            // Refused for room, the record still moves its partition's time: otherwise a full
+            // partition whose every later record opens a new row would never close a window
+            // again. Windows it closes free rows, and it may fit then.
+            self.take_time(rec.partition, t);
+            self.advance();
+            if self.check_room(t, first).is_err() {
+                return Err(full);
+            }
+        }
+        self.take_time(rec.partition, t);
         let mark = Mark {
             partition: rec.partition,
             offset: rec.offset,
-            max_before: part.max_time,
+            max_before,
         };
+        Ok((first, mark))
+    }
+
+    /// Take event time `t` of a record of `partition` into its progress.
+    fn take_time(&mut self, partition: i32, t: i64) {
+        let part = self
+            .partitions
+            .entry(partition)
+            .or_insert_with(PartitionState::new);
         part.max_time = part.max_time.max(t);
         part.watermark = part
             .watermark
             .max(part.max_time.saturating_sub(self.plan.lateness));
         part.idle = false;
-        Ok((first, mark))
     }
 
     /// Where a replay of `partition` must start to rebuild the open windows: the smallest offset

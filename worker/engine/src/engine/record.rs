@@ -312,7 +312,8 @@ fn push_json_str(out: &mut String, s: &str) {
 /// Per-partition progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionState {
-    /// Largest event time accepted.
+    /// Largest event time taken: of the records accepted, and of those refused as `state_full`
+    /// (see `Engine::admit`).
     pub max_time: i64,
     /// `max_time - allowedLateness`.
     pub watermark: i64,

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{align_up, Engine, Mark, Pane, State};
 use crate::agg::{Acc, Column};
+use crate::Rejection;
 
 /// One stage-1 partial aggregate: a group's accumulators in one pane row.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -205,16 +206,19 @@ impl Engine {
 
     /// The merge stage: merge a partial read at `offset` of input log `log` (a repartition partition;
     /// [`Engine::replay_point`]`(log)` then says where a replay must start). May not close
-    /// windows: only watermarks do.
+    /// windows: only watermarks do. With a row limit set ([`Engine::set_row_limit`]), a partial
+    /// that would open a pane row beyond it is refused (`state_full`) and changes nothing: not
+    /// even the memory of what was merged, so the same partial sent again after a restart of
+    /// its source is judged again.
     pub fn merge_partial(
         &mut self,
         log: i32,
         offset: i64,
         partial: &PartialAggregate,
-    ) -> MergeOutcome {
+    ) -> Result<MergeOutcome, Rejection> {
         let (size, slide) = match &self.state {
             State::Aligned(a) => (a.size, a.slide),
-            State::Sessions(_) => return MergeOutcome::Late,
+            State::Sessions(_) => return Ok(MergeOutcome::Late),
         };
         let (p, first) = (partial.pane, partial.first);
         // Windows ending at or before the merge stage's watermark are closed: the partial counts
@@ -236,17 +240,26 @@ impl Engine {
                 MergeOutcome::Late
             };
             self.note_outcome(outcome);
-            return outcome;
+            return Ok(outcome);
         }
         let gid = self.groups.intern(partial.group.as_bytes());
-        let seen = self.merged.entry((p, first)).or_default();
-        if !seen.insert((gid, partial.source, partial.segment)) {
+        let id = (gid, partial.source, partial.segment);
+        if self
+            .merged
+            .get(&(p, first))
+            .is_some_and(|s| s.contains(&id))
+        {
             self.groups.forget_if_unused(gid);
             self.note_outcome(MergeOutcome::Duplicate);
-            return MergeOutcome::Duplicate;
+            return Ok(MergeOutcome::Duplicate);
         }
+        if let Err(full) = self.check_merge_room((p, first_open), gid, partial.source) {
+            self.groups.forget_if_unused(gid);
+            return Err(full);
+        }
+        self.merged.entry((p, first)).or_default().insert(id);
         let State::Aligned(a) = &mut self.state else {
-            return MergeOutcome::Late;
+            return Ok(MergeOutcome::Late);
         };
         let aggs = &self.plan.aggs;
         let hint = a.rows_hint;
@@ -257,6 +270,7 @@ impl Engine {
         let (row, added) = pane.row(gid);
         if added {
             self.groups.retain(gid);
+            self.rows_bound = self.rows_bound.saturating_add(1);
         }
         pane.marks.note(Mark {
             partition: log,
@@ -266,7 +280,7 @@ impl Engine {
         for (col, acc) in pane.cols.iter_mut().zip(&partial.accs) {
             col.merge_row(row, &Column::from_acc(acc), 0);
         }
-        MergeOutcome::Merged
+        Ok(MergeOutcome::Merged)
     }
 
     /// The merge stage: source partition `source` reached `watermark` (`None`: no record yet), or is
