@@ -53,6 +53,39 @@ pub struct PartitionCheckpoint {
     /// for the release, up to the worker's handoff timeout (docs/checkpoints.md, "Handoff").
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub released: bool,
+    /// Records (merge stage: partials) this partition refused as `state_full` because the
+    /// worker's bound on open (group, window) rows was reached, in its current run (kept across
+    /// restarts and handoffs while the definition and reset stay the same). `None`: none refused.
+    /// The operator reads it into `Degraded=True, reason StateFull` (docs/operator.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_full: Option<StateFull>,
+}
+
+/// What a partition reports of the records its worker's bound on open state refused
+/// ([`PartitionCheckpoint::state_full`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateFull {
+    /// Records (merge stage: partials) refused as `state_full`, in the partition's run.
+    pub refused: u64,
+    /// Wall-clock time of the last refusal, ms since the Unix epoch.
+    pub last_refused_at_ms: i64,
+}
+
+impl StateFull {
+    /// `current` with one more refusal at `at_ms` (`None`: none before, this is the first).
+    pub fn add(current: Option<StateFull>, at_ms: i64) -> StateFull {
+        match current {
+            Some(s) => StateFull {
+                refused: s.refused.saturating_add(1),
+                last_refused_at_ms: s.last_refused_at_ms.max(at_ms),
+            },
+            None => StateFull {
+                refused: 1,
+                last_refused_at_ms: at_ms,
+            },
+        }
+    }
 }
 
 impl PartitionCheckpoint {
@@ -217,6 +250,7 @@ mod tests {
             results_from: None,
             reset: None,
             released: false,
+            state_full: None,
         }
     }
 
@@ -233,6 +267,28 @@ mod tests {
         assert_eq!(cp.progress.as_ref().map(|p| p.next_offset), Some(1200));
         let again = serde_json::to_vec(&record(3)).expect("JSON");
         assert_eq!(parse(3, &again), Ok(record(3)));
+    }
+
+    #[test]
+    fn the_state_full_report_is_optional_and_round_trips() {
+        // A record written before the field (the documented example) has none, and a record
+        // without refusals writes none: older readers see the record they know.
+        let old = r#"{"format": 1, "topic": "payments", "partition": 0, "epoch": 1,
+            "owner": "w-0", "writtenAtMs": 5, "progress": null}"#;
+        assert_eq!(parse(0, old.as_bytes()).expect("parses").state_full, None);
+        let plain = serde_json::to_string(&record(0)).expect("JSON");
+        assert!(!plain.contains("stateFull"), "{plain}");
+        let mut full = record(0);
+        full.state_full = Some(StateFull::add(Some(StateFull::add(None, 1_000)), 2_000));
+        let text = serde_json::to_string(&full).expect("JSON");
+        assert!(
+            text.contains(r#""stateFull":{"refused":2,"lastRefusedAtMs":2000}"#),
+            "{text}"
+        );
+        assert_eq!(parse(0, text.as_bytes()), Ok(full));
+        // The last refusal's time never goes back (a clock stepped back between two).
+        let later = StateFull::add(Some(StateFull::add(None, 9_000)), 8_000);
+        assert_eq!((later.refused, later.last_refused_at_ms), (2, 9_000));
     }
 
     #[test]

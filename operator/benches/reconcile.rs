@@ -255,6 +255,7 @@ fn write_checkpoints(server: &mut FakeApiServer) {
             results_from: None,
             reset: None,
             released: false,
+            state_full: None,
         };
         cm["data"] = json!({CONFIG_MAP_KEY: serde_json::to_string(&record).expect("record")});
         server.insert(&format!("/api/v1/namespaces/{ns}/configmaps/{name}"), cm);

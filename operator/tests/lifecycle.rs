@@ -135,6 +135,7 @@ fn record(
         results_from,
         reset: reset.map(str::to_string),
         released: false,
+        state_full: None,
     }
 }
 

@@ -116,6 +116,7 @@ fn record_of(
         results_from: None,
         reset: None,
         released: false,
+        state_full: None,
     };
     serde_json::to_vec(&cp).expect("record JSON")
 }

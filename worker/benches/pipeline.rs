@@ -547,7 +547,7 @@ fn worker(setup: &ChildSetup, two_stage: bool, interval: Duration) -> Measured {
         stop: stop.clone(),
         totals: totals.clone(),
         merge,
-        row_limit: None,
+        rows: weir_worker::budget::RowBudget::new(None),
         // Consumer-group commits run on their own thread every 5 s, off the record path.
         progress_group: None,
     });

@@ -189,8 +189,8 @@ pub struct RunOptions {
     pub echo: bool,
     /// Print a progress line to stderr every this often.
     pub progress_every: Option<Duration>,
-    /// The worker's bound on open (group, window) rows, shared evenly by its source
-    /// partitions (`None`: no bound). See docs/running.md.
+    /// The worker's bound on open (group, window) rows, shared by its partitions of both
+    /// stages (`None`: no bound). See docs/running.md.
     pub max_open_rows: Option<usize>,
     /// How long a partition an assignment gives this worker waits for its previous owner's
     /// release (docs/checkpoints.md, "Handoff"); local mode: zero.
@@ -396,7 +396,6 @@ fn job_context(
     launch: &Launch<'_>,
     merge: Option<MergeSettings>,
     stop: Arc<AtomicBool>,
-    source_partitions: usize,
 ) -> Result<JobContext, JobError> {
     let (job, opts) = (launch.job, launch.opts);
     let name = job_name(job);
@@ -437,10 +436,7 @@ fn job_context(
         stop,
         totals: Arc::new(Totals::default()),
         merge,
-        row_limit: launch
-            .opts
-            .max_open_rows
-            .map(|rows| rows / source_partitions.max(1)),
+        rows: crate::budget::RowBudget::new(launch.opts.max_open_rows),
         progress_group,
     })
 }
@@ -484,9 +480,12 @@ fn supervise_partitions(
             .collect()
     };
     let (sources, merges) = (of_stage(Stage::Source), of_stage(Stage::Merge));
-    let ctx = Arc::new(job_context(&launch, merge, stop.clone(), sources.len())?);
-    let bound = ctx.row_limit.map_or(0, |r| r * sources.len());
-    ctx.metrics.open_rows_limit.set(bound as i64);
+    let ctx = Arc::new(job_context(&launch, merge, stop.clone())?);
+    let bound = ctx
+        .rows
+        .limit()
+        .map_or(0, |r| i64::try_from(r).unwrap_or(i64::MAX));
+    ctx.metrics.open_rows_limit.set(bound);
     info!(
         job = %ctx.name,
         owner = %ctx.owner,

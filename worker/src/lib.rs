@@ -4,6 +4,7 @@
 //! fencing, the one I/O loop that drives the partition protocol (`weir_engine::protocol`) for
 //! both stages, metrics, HTTP probes and log setup.
 
+pub mod budget;
 pub mod checkpoint;
 pub mod contiguous;
 pub mod group;

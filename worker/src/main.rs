@@ -64,8 +64,9 @@ enum Command {
         /// Local mode: seconds between progress lines on stderr (0: none).
         #[arg(long, default_value_t = 5, conflicts_with = "input")]
         progress: u64,
-        /// Bound on open (group, window) rows for this process, shared evenly by its source
-        /// partitions; records that would open more are dead-lettered as state_full. Default:
+        /// Bound on open (group, window) rows for this process, shared by all its partitions
+        /// (both stages: a partition may use what the others leave); records (merge stage:
+        /// partials) that would open more are dead-lettered as state_full. Default:
         /// half the container's memory limit (cgroup) at 1,200 bytes a row; none without a limit.
         #[arg(long, conflicts_with = "input")]
         max_open_rows: Option<usize>,
@@ -107,8 +108,9 @@ enum Command {
         /// Serve /metrics, /healthz and /readyz here.
         #[arg(long, env = pod::env::LISTEN, default_value = pod::LISTEN)]
         listen: SocketAddr,
-        /// Bound on open (group, window) rows for this process, shared evenly by its source
-        /// partitions; records that would open more are dead-lettered as state_full. Default:
+        /// Bound on open (group, window) rows for this process, shared by all its partitions
+        /// (both stages: a partition may use what the others leave); records (merge stage:
+        /// partials) that would open more are dead-lettered as state_full. Default:
         /// half the container's memory limit (cgroup) at 1,200 bytes a row; none without a limit.
         #[arg(long)]
         max_open_rows: Option<usize>,

@@ -255,7 +255,7 @@ impl Families {
             "Records the job could not use, by reason: invalid_json, missing_field, wrong_type, \
                  invalid_event_time, late (every window it belongs to had already closed), \
                  too_large (more than a result can hold) or state_full (the worker's bound on \
-                 open windows was reached)",
+                 open windows was reached; in the merge stage, partials)",
             self.records_rejected.clone(),
         );
         r.register(
@@ -433,9 +433,9 @@ impl Metrics {
         let open_rows_limit = Gauge::default();
         r.register(
             "open_rows_limit",
-            "The worker's bound on open (group, window) rows, shared evenly by its source \
-             partitions (0: no bound); records that would open more are dead-lettered as \
-             state_full",
+            "The worker's bound on open (group, window) rows, shared by its partitions of both \
+             stages (0: no bound); records (merge stage: partials) that would open more are \
+             dead-lettered as state_full",
             open_rows_limit.clone(),
         );
         let build_info = Family::<BuildLabels, Gauge>::default();

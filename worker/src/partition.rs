@@ -25,8 +25,9 @@ use weir_crds::StartFrom;
 use weir_engine::engine::Partial;
 use weir_engine::protocol::{Action, PartitionProtocol, Role, StartPoint, Timing};
 use weir_engine::start::{self, Begin};
-use weir_engine::{Record, Rejection, WindowResult};
+use weir_engine::{Record, RejectReason, Rejection, WindowResult};
 
+use crate::budget::RowShare;
 use crate::checkpoint::{CheckpointStore, Handoff, HandoffWait, PartitionLease, Progress, Run};
 use crate::contiguous::{Contiguous, Step};
 use crate::metrics::PartitionMetrics;
@@ -247,9 +248,8 @@ fn open_partition<'a>(
         decision.run_tag(),
         decision.accept_untagged,
     );
-    if stage == Stage::Source {
-        protocol.set_row_limit(ctx.row_limit);
-    }
+    let mut rows = ctx.rows.share();
+    protocol.set_row_limit(rows.publish(0));
     log_run(stage, partition, &stored, &decision, &protocol);
     if let Some(first) = first_write.as_ref().or(protocol.first_checkpoint()) {
         // Record the resolved start (and the run) before reading, so a crash before the first
@@ -287,6 +287,7 @@ fn open_partition<'a>(
         timing,
         claim,
         releasing: false,
+        rows,
     };
     Ok(Opened::Ready(consumer, Box::new(part)))
 }
@@ -610,6 +611,8 @@ struct PartitionIo<'a> {
     claim: &'a Claim,
     /// The next checkpoint is the last, written released (a graceful stop).
     releasing: bool,
+    /// Its part of the worker's bound on open rows ([`crate::budget`]).
+    rows: RowShare,
 }
 
 impl PartitionIo<'_> {
@@ -661,6 +664,8 @@ impl PartitionIo<'_> {
                 last_gauges = Some(Instant::now());
                 self.gauges(consumer);
             }
+            let limit = self.rows.publish(self.protocol.engine().open_rows());
+            self.protocol.set_row_limit(limit);
             let now = self.now_ms();
             self.protocol.tick(now, &mut self.actions);
             if let Some(end) = self.act(None)? {
@@ -692,15 +697,16 @@ impl PartitionIo<'_> {
         if !continues(consumer, holes, &self.pm, next, m.offset())? {
             return Ok(None);
         }
+        // The merge stage's message is a record too: a partial it refuses is dead-lettered whole.
+        let rec = Record {
+            partition: self.partition,
+            offset: m.offset(),
+            key: m.key(),
+            timestamp: m.timestamp().to_millis(),
+            value: m.payload().unwrap_or(&[]),
+        };
         match self.stage {
             Stage::Source => {
-                let rec = Record {
-                    partition: self.partition,
-                    offset: m.offset(),
-                    key: m.key(),
-                    timestamp: m.timestamp().to_millis(),
-                    value: m.payload().unwrap_or(&[]),
-                };
                 self.pm.record_in(rec.value.len());
                 self.ctx.totals.records.fetch_add(1, Ordering::Relaxed);
                 let now = self.now_ms();
@@ -710,14 +716,13 @@ impl PartitionIo<'_> {
                 self.act(Some(&rec))
             }
             Stage::Merge => {
-                let payload = m.payload().unwrap_or_default();
                 self.protocol
-                    .partial(m.offset(), payload, &mut self.actions);
+                    .partial(rec.offset, rec.value, &mut self.actions);
                 self.ctx
                     .totals
                     .partials_merged
                     .fetch_add(1, Ordering::Relaxed);
-                self.act(None)
+                self.act(Some(&rec))
             }
         }
     }
@@ -751,6 +756,10 @@ impl PartitionIo<'_> {
         match action {
             Action::Result(r) => self.send_result(&r)?,
             Action::DeadLetter(rejection) => {
+                if rejection.reason == RejectReason::StateFull {
+                    // Reported in the checkpoints, for the job's status (docs/operator.md).
+                    self.lease.note_state_full(crate::runtime::now_ms());
+                }
                 if let Some(rec) = rec {
                     self.dead_letter(rec, &rejection)?;
                 }

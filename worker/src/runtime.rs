@@ -119,9 +119,9 @@ pub struct JobContext {
     pub totals: Arc<Totals>,
     /// Two-stage jobs: the merge stage (the repartition topic and its checkpoints).
     pub merge: Option<MergeSettings>,
-    /// Each source partition's share of the worker's bound on open (group, window) rows
-    /// (`None`: no bound).
-    pub row_limit: Option<usize>,
+    /// The worker's bound on open (group, window) rows, shared by its partitions of both
+    /// stages ([`crate::budget`]).
+    pub rows: Arc<crate::budget::RowBudget>,
     /// Commits each source partition's checkpointed offset to the job's consumer group, for
     /// Kafka tools (`None`: its client could not be created; logged).
     pub progress_group: Option<crate::group::GroupCommitter>,

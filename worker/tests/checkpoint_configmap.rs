@@ -43,6 +43,7 @@ fn checkpoint(epoch: i64) -> PartitionCheckpoint {
         results_from: None,
         reset: None,
         released: false,
+        state_full: None,
     }
 }
 

@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 
 use support::seaweedfs::{SeaweedFs, ACCESS_KEY, BUCKET, SECRET_KEY};
-use support::suites::{conformance, fencing, migration, record};
+use support::suites::{conformance, fencing, migration, progress, record};
 use weir_worker::checkpoint::{
     CheckpointError, CheckpointStore, DirStore, LegacyAccess, MemoryStore, MigratingStore,
     ObjectStoreConfig, ObjectStoreStore, PartitionLease, Run, StoreError,
@@ -127,6 +127,54 @@ async fn a_lease_keeps_the_stored_run_until_told_another() {
         .expect("commit");
     let written = store.get(0).await.expect("get").expect("a record");
     assert_eq!(written.checkpoint.run(), new);
+}
+
+/// The refusals of the bound on open state a partition reports: counted by its lease, kept by
+/// the next owner's claim and writes of the same run, started over by another run.
+#[tokio::test]
+async fn a_lease_reports_state_full_refusals_for_the_run() {
+    let store: Arc<dyn CheckpointStore> = Arc::new(MemoryStore::new());
+    let run = Run {
+        definition: Some("0123456789abcdef".into()),
+        ..Run::default()
+    };
+    let (mut first, _) = PartitionLease::acquire(store.clone(), "payments", 0, 1, "a")
+        .await
+        .expect("acquire");
+    first.set_run(run.clone());
+    first.commit(progress(10)).await.expect("commit");
+    let stored = |store: &Arc<dyn CheckpointStore>| {
+        let store = store.clone();
+        async move {
+            let v = store.get(0).await.expect("get").expect("a record");
+            v.checkpoint
+                .state_full
+                .map(|s| (s.refused, s.last_refused_at_ms))
+        }
+    };
+    assert_eq!(stored(&store).await, None, "nothing refused: no report");
+    first.note_state_full(5_000);
+    first.note_state_full(7_000);
+    first.commit(progress(20)).await.expect("commit");
+    assert_eq!(stored(&store).await, Some((2, 7_000)));
+
+    // The next owner (a restart, a handoff) keeps counting the same run.
+    let (mut second, _) = PartitionLease::acquire(store.clone(), "payments", 0, 2, "b")
+        .await
+        .expect("acquire");
+    assert_eq!(stored(&store).await, Some((2, 7_000)), "the claim keeps it");
+    second.set_run(run);
+    second.note_state_full(9_000);
+    second.commit(progress(30)).await.expect("commit");
+    assert_eq!(stored(&store).await, Some((3, 9_000)));
+
+    // Another run (an edit, a reset) starts over.
+    second.set_run(Run {
+        definition: Some("fedcba9876543210".into()),
+        ..Run::default()
+    });
+    second.commit(progress(40)).await.expect("commit");
+    assert_eq!(stored(&store).await, None);
 }
 
 #[tokio::test]
@@ -291,7 +339,6 @@ async fn object_store_on_seaweedfs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_owner_waits_for_the_release_up_to_the_timeout() {
     use std::time::Duration;
-    use support::suites::progress;
     use weir_worker::checkpoint::{Handoff, HandoffWait};
 
     let store: Arc<dyn CheckpointStore> = Arc::new(MemoryStore::new());

@@ -23,7 +23,9 @@ pub use object::{ObjectStoreConfig, ObjectStoreStore};
 
 // The record is the contract between the workers and the operator, so it lives in the API
 // crate; re-exported here where the stores use it.
-pub use weir_crds::checkpoint::{PartitionCheckpoint, Progress, Run, SourceProgress, FORMAT};
+pub use weir_crds::checkpoint::{
+    PartitionCheckpoint, Progress, Run, SourceProgress, StateFull, FORMAT,
+};
 
 /// Opaque store version of a checkpoint (a resourceVersion, an e-tag, a generation).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,6 +198,9 @@ pub struct PartitionLease {
     /// The run every write records (definition, resultsFrom, reset): the stored record's until
     /// [`PartitionLease::set_run`].
     run: Run,
+    /// Records the bound on open state refused in the run: the stored record's (of the same
+    /// run) plus those noted since ([`PartitionLease::note_state_full`]).
+    state_full: Option<StateFull>,
 }
 
 /// How long a new owner waits for the previous owner to release a partition
@@ -298,6 +303,7 @@ impl PartitionLease {
                 .as_ref()
                 .map(|c| c.checkpoint.run())
                 .unwrap_or_default();
+            let state_full = current.as_ref().and_then(|c| c.checkpoint.state_full);
             // The claim changes only the owner: the run stays the stored one.
             let claim = PartitionCheckpoint {
                 format: FORMAT,
@@ -311,6 +317,7 @@ impl PartitionLease {
                 results_from: run.results_from,
                 reset: run.reset.clone(),
                 released: false,
+                state_full,
             };
             match store
                 .put(&claim, current.as_ref().map(|c| &c.version))
@@ -325,6 +332,7 @@ impl PartitionLease {
                         owner: owner.to_owned(),
                         version,
                         run,
+                        state_full,
                     };
                     return Ok((lease, progress));
                 }
@@ -422,6 +430,7 @@ impl PartitionLease {
             results_from: self.run.results_from,
             reset: self.run.reset.clone(),
             released,
+            state_full: self.state_full,
         };
         for _ in 0..MAX_ATTEMPTS {
             let bytes = encode(&cp)?.len();
@@ -455,9 +464,24 @@ impl PartitionLease {
         &self.run
     }
 
-    /// The run every later write records.
+    /// The run every later write records. Another run than the current one (an edit of the
+    /// definition, a reset) starts its report of refused records over.
     pub fn set_run(&mut self, run: Run) {
+        if run != self.run {
+            self.state_full = None;
+        }
         self.run = run;
+    }
+
+    /// One record (merge stage: partial) refused as `state_full` at `at_ms` (wall clock, ms):
+    /// the next write reports it ([`PartitionCheckpoint::state_full`]).
+    pub fn note_state_full(&mut self, at_ms: i64) {
+        self.state_full = Some(StateFull::add(self.state_full, at_ms));
+    }
+
+    /// What the next write reports of records refused as `state_full` in the run.
+    pub fn state_full(&self) -> Option<StateFull> {
+        self.state_full
     }
 
     /// The partition this lease is for.

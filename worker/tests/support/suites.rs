@@ -29,6 +29,7 @@ pub fn record(
         results_from: None,
         reset: None,
         released: false,
+        state_full: None,
     }
 }
 
