@@ -106,6 +106,7 @@ const ACTIONABLE: &[&str] = &[
     reason::REPARTITION_TOPIC_UNAVAILABLE,
     reason::REPARTITION_PARTITIONS_FIXED,
     reason::NAME_CONFLICT,
+    reason::STATE_FULL,
 ];
 
 /// Consecutive failures per object, for [`error_policy`]; reset by a successful reconcile.
@@ -667,8 +668,10 @@ fn next_action(
     // An autoscaled job is sampled on the short period whatever its state.
     let progressing = has(status::PROGRESSING, "True", None);
     let autoscaled = job.spec.autoscaling.is_some();
+    // Refusals show only in the checkpoints too; and the condition clears by time alone.
+    let state_full = has(status::DEGRADED, "True", Some(reason::STATE_FULL));
     Ok(
-        if ready && !progressing && !autoscaled && status.lag.unwrap_or(0) == 0 {
+        if ready && !progressing && !autoscaled && !state_full && status.lag.unwrap_or(0) == 0 {
             Action::requeue(spread(REQUEUE_HEALTHY, ns, name))
         } else {
             Action::requeue(spread(REQUEUE_WAITING, ns, name))
@@ -684,7 +687,7 @@ async fn patch_status(job: &StreamJob, new: &StreamJobStatus, ctx: &Context) -> 
     let key = key_of(&job.metadata);
     let now = Instant::now();
     if let Some(old) = old {
-        let lag_not_due = status::only_lag_changed(old, new) && !ctx.memory.lag_due(&key, now);
+        let lag_not_due = status::only_counts_changed(old, new) && !ctx.memory.lag_due(&key, now);
         if !status::needs_update(old, new) || lag_not_due {
             return Ok(());
         }
@@ -718,7 +721,8 @@ async fn patch_status(job: &StreamJob, new: &StreamJobStatus, ctx: &Context) -> 
         let relevant = (c.type_ == status::READY && c.status == "False")
             || (c.type_ == status::DEGRADED
                 && (c.reason == reason::RETENTION_SHORTER_THAN_WINDOW
-                    || c.reason == reason::REPARTITION_PARTITIONS_FIXED));
+                    || c.reason == reason::REPARTITION_PARTITIONS_FIXED
+                    || c.reason == reason::STATE_FULL));
         if is_new && relevant && ACTIONABLE.contains(&c.reason.as_str()) {
             publish(ctx, &job.metadata, &c.reason, &c.message).await;
         }

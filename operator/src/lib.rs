@@ -12,8 +12,8 @@
 //!    ([`outcome::Applied`]);
 //! 5. [`status`] — pure, once: the status from the observation and the [`outcome::Outcome`].
 //!
-//! [`observation`], [`validate`], [`desired`], [`outcome`] and [`status`] are pure (no client,
-//! no clock, no I/O); [`observe`], [`apply`], [`controller`], [`kafka`], [`secrets`],
+//! [`observation`], [`validate`], [`desired`], [`outcome`], [`status`] and [`state_full`] are
+//! pure (no client, no clock, no I/O); [`observe`], [`apply`], [`controller`], [`kafka`], [`secrets`],
 //! [`object_checkpoints`] and [`leader`] talk to the API server, Kafka and object storage;
 //! [`memory`] is what the controller remembers between reconciles (children applied and their
 //! controllers, lag written), so that it writes only what changed and reads a child's owner only
@@ -38,5 +38,6 @@ pub mod observe;
 pub mod outcome;
 pub mod rbac;
 pub mod secrets;
+pub mod state_full;
 pub mod status;
 pub mod validate;

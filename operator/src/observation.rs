@@ -8,6 +8,7 @@ use std::fmt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use weir_crds::assignment::Assignment;
+use weir_crds::checkpoint::StateFull;
 use weir_crds::topics::RepartitionTopic;
 
 /// A topic, as Kafka metadata showed it.
@@ -120,6 +121,18 @@ pub struct CheckpointMarks {
     pub epoch: i64,
 }
 
+/// A partition whose checkpoint reports records refused as `state_full`: the workers' bound on
+/// open (group, window) rows was reached ([`weir_crds::checkpoint::PartitionCheckpoint::state_full`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateFullReport {
+    /// A partition of the merge stage (the repartition topic); else a source partition.
+    pub merge: bool,
+    /// The partition.
+    pub partition: i32,
+    /// What its checkpoint reports: how many were refused in its run, and when last.
+    pub state_full: StateFull,
+}
+
 /// Everything observe read for one job.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observation {
@@ -165,6 +178,9 @@ pub struct Observation {
     /// Per source partition that has a checkpoint (of the source topic): its definition, first
     /// result window and reset. Empty when none was read.
     pub checkpoint_marks: BTreeMap<i32, CheckpointMarks>,
+    /// The partitions (source partitions first, then the merge stage's) whose latest checkpoint
+    /// reports records refused as `state_full`, whenever that was.
+    pub state_full: Vec<StateFullReport>,
     /// Suspended jobs: the worker pods that still exist (terminating ones included), if listed.
     pub worker_pods: Option<usize>,
     /// Names of the checkpoint ConfigMaps that exist (`configMap` store), so that apply creates
@@ -192,6 +208,7 @@ impl Observation {
             repartition: None,
             last_checkpoint_time: None,
             checkpoint_marks: BTreeMap::new(),
+            state_full: Vec::new(),
             worker_pods: None,
             existing_checkpoints: BTreeSet::new(),
             connection: None,

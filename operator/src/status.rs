@@ -11,7 +11,8 @@
 //!   blocking reason when nothing can roll out.
 //! - `Degraded`: something needs attention even if results flow: the blocking reason,
 //!   `RetentionShorterThanWindow`, `RepartitionPartitionsFixed`, `WorkersNotReady` (rollout
-//!   done, workers still not ready); false with `Healthy`.
+//!   done, workers still not ready), `StateFull` (partitions refused records recently: the
+//!   workers' bound on open state is full, [`crate::state_full`]); false with `Healthy`.
 //! - `Suspended`: only once a job was suspended, as a Job's: true with `Suspended` while
 //!   `spec.suspend` is true, false with `Resumed` after.
 //!
@@ -84,6 +85,9 @@ pub mod reason {
     /// `Progressing`: a new assignment moves partitions between running workers, and some are
     /// still with their previous worker (their checkpoints are of an older epoch).
     pub const HANDING_OFF: &str = "HandingOff";
+    /// `Degraded`: partitions refused records recently because the workers' bound on open
+    /// (group, window) state is full ([`crate::state_full`]).
+    pub const STATE_FULL: &str = "StateFull";
 }
 
 /// Where the StatefulSet stands against what was asked.
@@ -238,10 +242,12 @@ struct Facts<'a> {
     /// The repartition topic as observed, or unreachable when apply could not create it.
     repartition: Option<TopicObservation>,
     rollout: Rollout,
+    /// The time of this reconcile, ms since the Unix epoch.
+    now_ms: i64,
 }
 
 impl<'a> Facts<'a> {
-    fn new(job: &'a StreamJob, outcome: &'a Outcome<'a>, obs: &'a Observation) -> Self {
+    fn new(job: &'a StreamJob, outcome: &'a Outcome<'a>, obs: &'a Observation, now: &Time) -> Self {
         let workers = outcome.desired().and_then(|d| d.workers.as_ref());
         let applied = outcome.applied();
         let stateful_set = applied
@@ -263,6 +269,7 @@ impl<'a> Facts<'a> {
             stateful_set,
             repartition,
             rollout: rollout(stateful_set, wanted),
+            now_ms: now.0.as_millisecond(),
         }
     }
 
@@ -465,7 +472,8 @@ fn progressing(f: &Facts<'_>, lifecycle: &Lifecycle) -> Cond {
 }
 
 /// `Degraded`: the first of retention shorter than the window, a repartition topic that keeps
-/// another partition count than asked, workers not ready once the rollout is done.
+/// another partition count than asked, workers not ready once the rollout is done, partitions
+/// refusing records because the bound on open state is full.
 fn degraded(f: &Facts<'_>) -> Cond {
     let retention = match &f.obs.topic {
         TopicObservation::Found { retention_ms, .. } => retention_warning(f.job, *retention_ms),
@@ -481,6 +489,9 @@ fn degraded(f: &Facts<'_>) -> Cond {
     if r.done && r.ready < r.wanted {
         let msg = format!("{}; see the worker pods' events and logs", f.workers_msg());
         return (true, reason::WORKERS_NOT_READY, msg);
+    }
+    if let Some(msg) = crate::state_full::warning(f.job, &f.obs.state_full, f.now_ms) {
+        return (true, reason::STATE_FULL, msg);
     }
     (
         false,
@@ -637,7 +648,7 @@ pub fn compute(
     previous: Option<&StreamJobStatus>,
     now: &Time,
 ) -> StreamJobStatus {
-    let f = Facts::new(job, outcome, obs);
+    let f = Facts::new(job, outcome, obs, now);
     let name = job.metadata.name.clone().unwrap_or_default();
     let previous_assignment = obs.previous_assignment.as_ref();
     let partitions = obs.topic.partitions().or_else(|| {
@@ -752,18 +763,27 @@ pub fn needs_update(old: &StreamJobStatus, new: &StreamJobStatus) -> bool {
     strip(old) != strip(new)
 }
 
-/// Whether `new` differs from `old` only in the value of a known lag (and timestamps): then it
-/// is written at most at the requeue cadence (see `memory::LAG_REFRESH`), not on every
-/// reconcile. A lag that becomes known or unknown is a change that matters.
-pub fn only_lag_changed(old: &StreamJobStatus, new: &StreamJobStatus) -> bool {
+/// Whether `new` differs from `old` only in counts that move all the time (and timestamps):
+/// the value of a known lag, the message of a `Degraded=True, reason StateFull` that stays so
+/// (its partitions and their counts of refused records). Then it is written at most at the
+/// requeue cadence (see `memory::LAG_REFRESH`), not on every reconcile. A lag that becomes known
+/// or unknown, a condition that changes status or reason, is a change that matters.
+pub fn only_counts_changed(old: &StreamJobStatus, new: &StreamJobStatus) -> bool {
     let known = |a: Option<i64>, b: Option<i64>| a.is_some() == b.is_some();
     if !known(old.lag, new.lag) || !known(old.repartition_lag, new.repartition_lag) {
         return false;
     }
-    let mut same_lag = new.clone();
-    same_lag.lag = old.lag;
-    same_lag.repartition_lag = old.repartition_lag;
-    needs_update(old, new) && !needs_update(old, &same_lag)
+    let mut same = new.clone();
+    same.lag = old.lag;
+    same.repartition_lag = old.repartition_lag;
+    let was = find(Some(old), DEGRADED).filter(|c| c.reason == reason::STATE_FULL);
+    let is = same.conditions.iter_mut().find(|c| c.type_ == DEGRADED);
+    if let (Some(was), Some(is)) = (was, is) {
+        if is.reason == was.reason && is.status == was.status {
+            is.message.clone_from(&was.message);
+        }
+    }
+    needs_update(old, new) && !needs_update(old, &same)
 }
 
 /// Whether `new` ends a rollout that `old` showed in progress: `Progressing` went from `True` to

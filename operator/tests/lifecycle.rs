@@ -549,3 +549,82 @@ async fn a_reset_is_recorded_and_shows_until_every_partition_applied_it() {
     assert_eq!(stored(&w, JOB)["status"]["reset"]["id"], json!(id));
     assert_eq!(take_events(&w), vec![]);
 }
+
+/// Status writes (patches of the status subresource) since the calls were last taken.
+fn status_writes(w: &World) -> usize {
+    w.calls
+        .lock()
+        .expect("calls")
+        .iter()
+        .filter(|c| c.path.starts_with(&format!("{JOB}/status")) && c.method != "GET")
+        .count()
+}
+
+#[tokio::test]
+async fn a_partition_refusing_records_for_room_degrades_the_job_with_one_warning() {
+    let w = world();
+    reconcile_once(&w).await;
+    let fp = current_fingerprint(&w);
+    for p in 0..PARTITIONS {
+        write_checkpoint(&w, &record(p, HIGH, Some(&fp), None, None));
+    }
+    reconcile_once(&w).await;
+    w.server
+        .lock()
+        .expect("server")
+        .run_statefulset_controller();
+    reconcile_once(&w).await;
+    assert_eq!(condition(&w, "Degraded"), is("False", "Healthy"));
+    take_events(&w);
+
+    // Partition 1's worker refused records as state_full just now.
+    let now_ms = k8s_openapi::jiff::Timestamp::now().as_millisecond();
+    let full = |refused, at| PartitionCheckpoint {
+        state_full: Some(weir_crds::checkpoint::StateFull {
+            refused,
+            last_refused_at_ms: at,
+        }),
+        ..record(1, HIGH, Some(&fp), None, None)
+    };
+    write_checkpoint(&w, &full(25, now_ms));
+    let action = reconcile_once(&w).await;
+    assert_eq!(condition(&w, "Degraded"), is("True", "StateFull"));
+    assert_eq!(condition(&w, "Ready"), is("True", "Running"));
+    let message = stored(&w, JOB)["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Degraded")
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("source partition 1 (25 records refused)"),
+        "{message}"
+    );
+    // Looked at again soon: the condition ends by time alone, which no watch reports.
+    assert_ne!(
+        action,
+        Action::requeue(spread(REQUEUE_HEALTHY, "shop", "payments"))
+    );
+    let events = take_events(&w);
+    assert_eq!(reasons(&events), ["StateFull"], "{events:?}");
+    assert_eq!(events[0].0, "Warning");
+    assert_eq!(events[0].2, message);
+
+    // Nothing new, or only more records refused (within the lag's 30 s): no write, no Event.
+    reconcile_once(&w).await;
+    write_checkpoint(&w, &full(40, now_ms + 1_000));
+    reconcile_once(&w).await;
+    assert_eq!(status_writes(&w), 0);
+    assert_eq!(take_events(&w), vec![]);
+
+    // No refusal for more than 5 minutes: Healthy again, once, without an Event.
+    write_checkpoint(&w, &full(40, now_ms - 301_000));
+    reconcile_once(&w).await;
+    assert_eq!(condition(&w, "Degraded"), is("False", "Healthy"));
+    assert_eq!(status_writes(&w), 1);
+    assert_eq!(take_events(&w), vec![]);
+    reconcile_once(&w).await;
+    assert_eq!(status_writes(&w), 0);
+}

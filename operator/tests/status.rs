@@ -131,15 +131,18 @@ fn a_lag_change_alone_is_only_a_lag_change() {
     let mut obs = running(3);
     obs.lag = Some(7);
     let lag_moved = status_of(&j, &obs, Some(&first), 200);
-    assert!(status::only_lag_changed(&first, &lag_moved));
+    assert!(status::only_counts_changed(&first, &lag_moved));
     obs.lag = None;
     let lag_unknown = status_of(&j, &obs, Some(&first), 200);
-    assert!(!status::only_lag_changed(&first, &lag_unknown));
+    assert!(!status::only_counts_changed(&first, &lag_unknown));
     let mut obs = running(2);
     obs.lag = Some(7);
     let worker_lost = status_of(&j, &obs, Some(&first), 200);
-    assert!(!status::only_lag_changed(&first, &worker_lost));
-    assert!(!status::only_lag_changed(&first, &first), "nothing changed");
+    assert!(!status::only_counts_changed(&first, &worker_lost));
+    assert!(
+        !status::only_counts_changed(&first, &first),
+        "nothing changed"
+    );
 }
 
 #[test]
@@ -472,4 +475,70 @@ fn a_failed_reconcile_of_a_suspended_job_keeps_it_suspended_without_a_second_eve
     assert_eq!(cond(&failed, status::SUSPENDED).status, "True");
     let next = status_of(&j, &obs, Some(&failed), 300);
     assert_eq!(event_reasons(Some(&failed), &next), Vec::<&str>::new());
+}
+
+/// A running job whose checkpoints report refusals by the bound on open state: source
+/// partition 3 (`refused` records) and merge partition 1 (9 partials), last at `last_secs`.
+fn refusing(refused: u64, last_secs: i64) -> Observation {
+    use weir_crds::checkpoint::StateFull;
+    use weir_operator::observation::StateFullReport;
+    let mut obs = running(3);
+    let at = |refused| StateFull {
+        refused,
+        last_refused_at_ms: last_secs * 1000,
+    };
+    obs.state_full = vec![
+        StateFullReport {
+            merge: false,
+            partition: 3,
+            state_full: at(refused),
+        },
+        StateFullReport {
+            merge: true,
+            partition: 1,
+            state_full: at(9),
+        },
+    ];
+    obs
+}
+
+#[test]
+fn partitions_refusing_records_for_room_make_the_job_degraded_while_recent() {
+    let j = job();
+    let healthy = status_of(&j, &running(3), None, 1_000);
+    let s = status_of(&j, &refusing(1234, 990), Some(&healthy), 1_000);
+    let degraded = cond(&s, status::DEGRADED);
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", reason::STATE_FULL)
+    );
+    for part in [
+        "source partition 3 (1234 records refused)",
+        "merge partition 1 (9 partials refused)",
+        "spec.worker.resources.limits.memory",
+        "--max-open-rows",
+    ] {
+        assert!(
+            degraded.message.contains(part),
+            "{part:?}: {}",
+            degraded.message
+        );
+    }
+    // Results still flow: Ready and Progressing say what they said.
+    assert_eq!(cond(&s, status::READY).status, "True");
+    assert_eq!(cond(&s, status::PROGRESSING).status, "False");
+    assert!(needs_update(&healthy, &s));
+    // More refused since: only counts changed (written at the lag's cadence).
+    let more = status_of(&j, &refusing(2000, 1_010), Some(&s), 1_020);
+    assert!(needs_update(&s, &more));
+    assert!(status::only_counts_changed(&s, &more));
+    // No refusal for 5 minutes: back to Healthy, which is a change that matters.
+    let calm = status_of(&j, &refusing(2000, 1_010), Some(&more), 1_010 + 301);
+    assert_eq!(cond(&calm, status::DEGRADED).reason, reason::HEALTHY);
+    assert!(!status::only_counts_changed(&more, &calm));
+    // Within the 5 minutes, still degraded; a refusal long ago is none.
+    let within = status_of(&j, &refusing(2000, 1_010), Some(&more), 1_010 + 300);
+    assert_eq!(cond(&within, status::DEGRADED).reason, reason::STATE_FULL);
+    let none = status_of(&j, &running(3), None, 1_000);
+    assert_eq!(cond(&none, status::DEGRADED).reason, reason::HEALTHY);
 }

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use tracing::warn;
-use weir_crds::checkpoint::{self, PartitionCheckpoint};
+use weir_crds::checkpoint::{self, PartitionCheckpoint, StateFull};
 use weir_crds::{names, ObjectStore, StreamJob};
 
 use crate::config::OperatorConfig;
@@ -33,6 +33,8 @@ pub struct CheckpointSummary {
     /// The definition, first result window and reset of each partition of `topic` that has a
     /// checkpoint.
     pub marks: BTreeMap<i32, CheckpointMarks>,
+    /// What each partition of `topic` reports of records refused as `state_full`, if any.
+    pub state_full: BTreeMap<i32, StateFull>,
 }
 
 impl CheckpointSummary {
@@ -49,6 +51,9 @@ impl CheckpointSummary {
         );
         if let Some(p) = &cp.progress {
             self.next_offsets.insert(cp.partition, p.next_offset);
+        }
+        if let Some(s) = cp.state_full {
+            self.state_full.insert(cp.partition, s);
         }
         self.marks.insert(
             cp.partition,

@@ -26,7 +26,7 @@ use crate::error::Error;
 use crate::kafka::KafkaClient;
 use crate::memory::Memory;
 use crate::observation::{
-    existing_merge_partitions, KafkaConnection, Observation, TopicObservation,
+    existing_merge_partitions, KafkaConnection, Observation, StateFullReport, TopicObservation,
 };
 
 /// Reads everything the later steps need for `job`. Only reads (`memory`: what the operator
@@ -124,6 +124,7 @@ pub async fn observe(
         repartition_topic,
         repartition,
         last_checkpoint_time: source.oldest_written_at_ms.and_then(time_from_ms),
+        state_full: state_full(&source, merge_read.as_ref()),
         checkpoint_marks: source.marks,
         worker_pods,
         existing_checkpoints: read.existing,
@@ -169,6 +170,26 @@ pub async fn repartition_of_deleted(
         .find(|(n, _)| *n == t.name)
         .map(|(_, s)| s);
     Ok((t, state))
+}
+
+/// The partitions of both stages whose checkpoints report records refused as `state_full`.
+fn state_full(
+    source: &checkpoints::CheckpointSummary,
+    merge: Option<&checkpoints::CheckpointSummary>,
+) -> Vec<StateFullReport> {
+    let stage = |s: &checkpoints::CheckpointSummary, merge: bool| {
+        s.state_full
+            .iter()
+            .map(move |(p, state_full)| StateFullReport {
+                merge,
+                partition: *p,
+                state_full: *state_full,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut out = stage(source, false);
+    out.extend(merge.map(|m| stage(m, true)).unwrap_or_default());
+    out
 }
 
 fn time_from_ms(ms: i64) -> Option<Time> {
