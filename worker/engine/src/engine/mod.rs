@@ -304,21 +304,20 @@ impl Engine {
                 ),
             ));
         }
-        let max_before = self
-            .partitions
-            .get(&rec.partition)
-            .map_or(i64::MIN, |p| p.max_time);
-        if let Err(full) = self.check_room(t, first) {
-            // Refused for room, the record still moves its partition's time: otherwise a full
-            // partition whose every later record opens a new row would never close a window
-            // again. Windows it closes free rows, and it may fit then.
-            self.take_time(rec.partition, t);
-            self.advance();
-            if self.check_room(t, first).is_err() {
-                return Err(full);
+        let max_before = match self.check_room(t, first) {
+            Ok(()) => self.take_time(rec.partition, t),
+            Err(full) => {
+                // Refused for room, the record still moves its partition's time: otherwise a
+                // full partition whose every later record opens a new row would never close a
+                // window again. Windows it closes free rows, and it may fit then.
+                let max_before = self.take_time(rec.partition, t);
+                self.advance();
+                if self.check_room(t, first).is_err() {
+                    return Err(full);
+                }
+                max_before
             }
-        }
-        self.take_time(rec.partition, t);
+        };
         let mark = Mark {
             partition: rec.partition,
             offset: rec.offset,
@@ -327,17 +326,20 @@ impl Engine {
         Ok((first, mark))
     }
 
-    /// Take event time `t` of a record of `partition` into its progress.
-    fn take_time(&mut self, partition: i32, t: i64) {
+    /// Take event time `t` of a record of `partition` into its progress; returns the
+    /// partition's largest event time before it.
+    fn take_time(&mut self, partition: i32, t: i64) -> i64 {
         let part = self
             .partitions
             .entry(partition)
             .or_insert_with(PartitionState::new);
+        let before = part.max_time;
         part.max_time = part.max_time.max(t);
         part.watermark = part
             .watermark
             .max(part.max_time.saturating_sub(self.plan.lateness));
         part.idle = false;
+        before
     }
 
     /// Where a replay of `partition` must start to rebuild the open windows: the smallest offset
