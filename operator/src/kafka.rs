@@ -401,3 +401,43 @@ impl KafkaClient for RdKafkaClient {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::RDKafkaErrorCode as Code;
+
+    use super::*;
+
+    #[test]
+    fn only_an_answer_of_the_brokers_is_shown() {
+        for code in [
+            Code::TopicAuthorizationFailed,
+            Code::InvalidReplicationFactor,
+        ] {
+            let failure = KafkaFailure::of_code("creating topic t".to_string(), code);
+            assert!(matches!(failure, KafkaFailure::Refused(_)), "{failure:?}");
+            assert_eq!(failure.to_string(), failure.detail());
+            assert!(failure.to_string().contains("(Broker: "), "{failure}");
+        }
+        for code in [
+            Code::BrokerTransportFailure,
+            Code::Resolve,
+            Code::AllBrokersDown,
+            Code::OperationTimedOut,
+            Code::SSL,
+            Code::Authentication,
+        ] {
+            let failure = KafkaFailure::of_code("creating topic t".to_string(), code);
+            assert!(
+                matches!(failure, KafkaFailure::Unreachable(_)),
+                "{failure:?}"
+            );
+            assert_eq!(failure.to_string(), UNREACHABLE);
+            assert!(
+                failure.detail().contains("(Local: "),
+                "{}",
+                failure.detail()
+            );
+        }
+    }
+}
