@@ -15,6 +15,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::{FieldError, StreamJobSpec};
+
 /// Properties that load code or run a command (`plugin.library.paths` and
 /// `ssl.engine.location` dlopen a library, `sasl.kerberos.kinit.cmd` runs a shell command):
 /// never set on any client weir makes.
@@ -99,6 +101,46 @@ pub fn for_operator(props: &BTreeMap<String, String>) -> BTreeMap<String, String
         .collect()
 }
 
+/// The kinds of client the source's credentials Secret serves in the workers: the source
+/// consumer, and producers writing to the source's cluster without credentials of their own
+/// (a two-stage job's repartition topic; a sink or dead-letter topic with neither
+/// `bootstrapServers` nor `credentials`), as `weir worker` reads it.
+pub fn source_secret_roles(spec: &StreamJobSpec) -> Vec<Role> {
+    let shared = |k: &crate::KafkaSink| k.bootstrap_servers.is_none() && k.credentials.is_none();
+    let producers = !spec.co_partitioned()
+        || shared(&spec.sink.kafka)
+        || spec.dead_letter.as_ref().is_some_and(|d| shared(&d.kafka));
+    let mut roles = vec![Role::Consumer];
+    if producers {
+        roles.push(Role::Producer);
+    }
+    roles
+}
+
+/// One error at `path` (the spec field naming the Secret) per key of Secret `secret` that a
+/// job may not set on a client of any of `roles`, naming the Secret and the key. The workers
+/// refuse such a Secret at startup; the operator, which reads the source's Secret anyway,
+/// refuses the job before any worker starts with it.
+pub fn refused_secret_keys<'a>(
+    secret: &str,
+    path: &str,
+    keys: impl IntoIterator<Item = &'a String>,
+    roles: &[Role],
+) -> Vec<FieldError> {
+    keys.into_iter()
+        .filter_map(|key| {
+            let why = roles.iter().find_map(|role| refusal(key, *role))?;
+            Some(FieldError {
+                path: path.to_string(),
+                message: format!(
+                    "Secret {secret} has the key {key}, which the workers would refuse ({why}): \
+                     remove it from the Secret"
+                ),
+            })
+        })
+        .collect()
+}
+
 /// Which kind of client a property is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -141,6 +183,68 @@ mod tests {
         assert!(refusal("allow.auto.create.topics", Role::Producer).is_some());
         assert!(refusal("security.protocol", Role::Consumer).is_none());
         assert!(refusal("fetch.max.bytes", Role::Consumer).is_none());
+    }
+
+    #[test]
+    fn a_secret_key_is_refused_for_the_clients_the_secret_serves() {
+        let keys: Vec<String> = [
+            "sasl.password",
+            "plugin.library.paths",
+            "enable.idempotence",
+        ]
+        .map(String::from)
+        .into();
+        let path = "spec.source.kafka.credentials";
+        let consumer = refused_secret_keys("kafka-creds", path, &keys, &[Role::Consumer]);
+        assert_eq!(consumer.len(), 1);
+        assert_eq!(consumer[0].path, path);
+        let message = &consumer[0].message;
+        assert!(
+            message.contains("Secret kafka-creds") && message.contains("plugin.library.paths"),
+            "{message}"
+        );
+        let both = refused_secret_keys(
+            "kafka-creds",
+            path,
+            &keys,
+            &[Role::Consumer, Role::Producer],
+        );
+        let refused: Vec<&str> = both
+            .iter()
+            .map(|e| {
+                if e.message.contains("enable.idempotence") {
+                    "idempotence"
+                } else {
+                    "plugin"
+                }
+            })
+            .collect();
+        assert_eq!(refused, ["plugin", "idempotence"]);
+    }
+
+    #[test]
+    fn the_source_secret_serves_producers_that_write_to_its_cluster_without_their_own() {
+        let roles = |group: &str, extra: &str| {
+            let text = format!(
+                "source: {{kafka: {{bootstrapServers: 'kafka:9092', topic: p, credentials: {{secretName: c}}}}}}
+{group}
+window: {{type: tumbling, size: 1m}}
+aggregations: [{{name: n, fn: count}}]
+{extra}"
+            );
+            source_secret_roles(&serde_norway::from_str::<StreamJobSpec>(&text).expect("spec"))
+        };
+        let key = "groupByKey: true";
+        let both = vec![Role::Consumer, Role::Producer];
+        assert_eq!(roles(key, "sink: {kafka: {topic: out}}"), both);
+        let own = "sink: {kafka: {topic: out, credentials: {secretName: s}}}";
+        assert_eq!(roles(key, own), [Role::Consumer]);
+        let other = "sink: {kafka: {topic: out, bootstrapServers: 'other:9092'}}";
+        assert_eq!(roles(key, other), [Role::Consumer]);
+        let dead = format!("{other}\ndeadLetter: {{kafka: {{topic: dlq}}}}");
+        assert_eq!(roles(key, &dead), both);
+        // Two stages: the repartition producer uses the source's Secret.
+        assert_eq!(roles("groupBy: [m]", own), both);
     }
 
     #[test]

@@ -52,7 +52,7 @@ use weir_crds::plan::NewTopic;
 use weir_crds::StreamJob;
 use weir_operator::controller::{self, error_policy, reconcile, Context};
 use weir_operator::desired::OperatorConfig;
-use weir_operator::kafka::KafkaClient;
+use weir_operator::kafka::{KafkaClient, KafkaFailure};
 use weir_operator::metrics::Metrics;
 use weir_operator::observation::KafkaConnection;
 use weir_operator::observation::TopicObservation;
@@ -123,11 +123,19 @@ impl KafkaClient for FakeKafka {
         Ok(vec![self.high_watermark(); partitions as usize])
     }
 
-    async fn create_topic(&self, _conn: &KafkaConnection, _topic: &NewTopic) -> Result<(), String> {
+    async fn create_topic(
+        &self,
+        _conn: &KafkaConnection,
+        _topic: &NewTopic,
+    ) -> Result<(), KafkaFailure> {
         Ok(())
     }
 
-    async fn delete_topic(&self, _conn: &KafkaConnection, _topic: &str) -> Result<(), String> {
+    async fn delete_topic(
+        &self,
+        _conn: &KafkaConnection,
+        _topic: &str,
+    ) -> Result<(), KafkaFailure> {
         Ok(())
     }
 }

@@ -27,13 +27,13 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tracing::info;
+use tracing::{info, warn};
 use weir_crds::names::{ASSIGNMENT_KEY, FIELD_MANAGER};
 use weir_crds::plan::NewTopic;
 
 use crate::desired::{Child, Desired, DesiredResource};
 use crate::error::Error;
-use crate::kafka::KafkaClient;
+use crate::kafka::{KafkaClient, KafkaFailure};
 use crate::memory::{controller_uid, fingerprint, ChildKey, Memory};
 use crate::observation::{NameConflict, Observation};
 use crate::outcome::Applied;
@@ -68,10 +68,10 @@ pub async fn apply(t: &Target<'_>, desired: &Desired, obs: &Observation) -> Resu
     for resource in desired.resources() {
         match resource {
             DesiredResource::Topic(topic) => {
-                if let Err(message) = create_topic(t, obs, topic).await {
+                if let Err(failure) = create_topic(t, obs, topic).await {
                     // The workers could not run without it: nothing more is applied, and the
                     // status says why.
-                    applied.repartition_topic_refused = Some(message);
+                    applied.repartition_topic_refused = Some(failure);
                     return Ok(applied);
                 }
             }
@@ -154,12 +154,22 @@ where
     )
 }
 
-async fn create_topic(t: &Target<'_>, obs: &Observation, topic: &NewTopic) -> Result<(), String> {
-    let conn = obs
-        .connection
-        .as_ref()
-        .ok_or_else(|| "the source's connection is unknown".to_string())?;
-    t.kafka.create_topic(conn, topic).await?;
+/// Creates the repartition topic; a failure's detail is logged here, for the operator's
+/// administrator (the status shows only what [`KafkaFailure::shown`] gives).
+async fn create_topic(
+    t: &Target<'_>,
+    obs: &Observation,
+    topic: &NewTopic,
+) -> Result<(), KafkaFailure> {
+    let Some(conn) = obs.connection.as_ref() else {
+        let detail = "the source's connection is unknown".to_string();
+        return Err(KafkaFailure::Unreachable(detail));
+    };
+    if let Err(failure) = t.kafka.create_topic(conn, topic).await {
+        warn!(topic = %topic.name, bootstrap_servers = %conn.bootstrap_servers,
+            error = %failure.detail(), "cannot create the repartition topic");
+        return Err(failure);
+    }
     info!(topic = %topic.name, partitions = topic.partitions, "created the repartition topic");
     Ok(())
 }

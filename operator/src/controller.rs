@@ -614,7 +614,9 @@ async fn announce_scaling(
 
 /// What comes after a reconcile whose status is `status`:
 /// - an invalid spec is permanent until the spec changes: nothing was touched (so nothing
-///   churns), the status says why, and only an edit of the job triggers the next reconcile;
+///   churns), the status says why, and only an edit of the job triggers the next reconcile
+///   (unless the problem is in a Secret, which no watch reports: then soon, as a job that is
+///   not Ready);
 /// - a repartition topic Kafka refused is retried with backoff (the status says why);
 /// - a suspended job: [`REQUEUE_STOPPING`] while its worker pods stop, then
 ///   [`REQUEUE_HEALTHY`] whatever its lag (lag grows while suspended);
@@ -627,10 +629,15 @@ fn next_action(
 ) -> Result<Action, Error> {
     let ns = job.metadata.namespace.as_deref().unwrap_or_default();
     let name = job.metadata.name.as_deref().unwrap_or_default();
-    let Outcome::Built { desired, applied } = outcome else {
-        return Ok(Action::await_change());
+    let (desired, applied) = match outcome {
+        Outcome::Built { desired, applied } => (desired, applied),
+        // A Secret's keys: fixed in the Secret, which no watch reports.
+        Outcome::InvalidSpec(invalid) if invalid.in_secret => {
+            return Ok(Action::requeue(spread(REQUEUE_WAITING, ns, name)));
+        }
+        Outcome::InvalidSpec(_) => return Ok(Action::await_change()),
     };
-    if let Some(message) = &applied.repartition_topic_refused {
+    if let Some(failure) = &applied.repartition_topic_refused {
         let topic = desired
             .workers
             .as_ref()
@@ -639,7 +646,7 @@ fn next_action(
             .unwrap_or_default();
         return Err(Error::CreateRepartitionTopic {
             topic,
-            message: message.clone(),
+            message: failure.to_string(),
         });
     }
     let has = |type_: &str, state: &str, reason: Option<&str>| {

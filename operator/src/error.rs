@@ -192,7 +192,9 @@ pub enum Error {
     CreateRepartitionTopic {
         /// The topic.
         topic: String,
-        /// What Kafka answered.
+        /// What the brokers answered, or that they could not be reached
+        /// ([`KafkaFailure::shown`](crate::kafka::KafkaFailure::shown)): never librdkafka's
+        /// connection error, which the status and Events would show to the job's owner.
         message: String,
     },
     /// Deleting the repartition topic of a deleted job with `deleteOnJobDeletion`.
@@ -200,7 +202,9 @@ pub enum Error {
     DeleteRepartitionTopic {
         /// The topic.
         topic: String,
-        /// What Kafka answered (or why it could not be asked).
+        /// What the brokers answered, or that they could not be reached
+        /// ([`KafkaFailure::shown`](crate::kafka::KafkaFailure::shown)): never librdkafka's
+        /// connection error, which the status and Events would show to the job's owner.
         message: String,
     },
     /// The kube-runtime finalizer helper failed (adding or removing the finalizer, or the

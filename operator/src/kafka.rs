@@ -38,10 +38,73 @@ pub trait KafkaClient: Send + Sync {
 
     /// Creates `topic`. A topic of that name that already exists (another replica of the
     /// operator, or a user, was first) is success: the next observe reads what it is.
-    async fn create_topic(&self, conn: &KafkaConnection, topic: &NewTopic) -> Result<(), String>;
+    async fn create_topic(
+        &self,
+        conn: &KafkaConnection,
+        topic: &NewTopic,
+    ) -> Result<(), KafkaFailure>;
 
     /// Deletes `topic`. A topic that does not exist is success.
-    async fn delete_topic(&self, conn: &KafkaConnection, topic: &str) -> Result<(), String>;
+    async fn delete_topic(&self, conn: &KafkaConnection, topic: &str) -> Result<(), KafkaFailure>;
+}
+
+/// What the status and Events say when the brokers could not be asked, whatever the reason.
+pub const UNREACHABLE: &str = "the brokers could not be reached, or refused the connection or \
+                               its credentials (the operator's log has the error)";
+
+/// Why a request to the brokers failed, in two parts with different readers. A job names the
+/// brokers' address, and the status and Events are the job owner's to read: were librdkafka's
+/// connection errors shown there ("Connection refused", "timed out", a TLS handshake error),
+/// any tenant could learn which ports answer on any address the operator reaches. So only an
+/// answer of the brokers themselves is shown; everything else is [`UNREACHABLE`] there and in
+/// full in the operator's log (docs/operator.md, "Trust model").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KafkaFailure {
+    /// The brokers answered with an error (a Kafka protocol error code, such as
+    /// `TopicAuthorizationFailed` or `InvalidReplicationFactor`). Only a Kafka broker gives one,
+    /// so it says nothing of other addresses: the status may show it.
+    Refused(String),
+    /// The brokers could not be asked: connection refused or reset, timed out, a name that
+    /// does not resolve, a TLS or SASL handshake, a client that could not be created.
+    /// librdkafka's error, for the operator's log only.
+    Unreachable(String),
+}
+
+impl KafkaFailure {
+    /// What the status and Events may say: the brokers' answer, or [`UNREACHABLE`].
+    pub fn shown(&self) -> &str {
+        match self {
+            KafkaFailure::Refused(answer) => answer,
+            KafkaFailure::Unreachable(_) => UNREACHABLE,
+        }
+    }
+
+    /// The whole error, for the operator's log.
+    pub fn detail(&self) -> &str {
+        match self {
+            KafkaFailure::Refused(e) | KafkaFailure::Unreachable(e) => e,
+        }
+    }
+
+    /// A per-topic error `code` of an admin request: the brokers' answer when it is a Kafka
+    /// protocol error, else (librdkafka's own, "Local: ...") unreachable.
+    fn of_code(context: String, code: rdkafka::error::RDKafkaErrorCode) -> Self {
+        let text = format!("{context}: {code}");
+        // librdkafka describes its own errors as "Local: ..." and the protocol's as
+        // "Broker: ..."; an unknown code counts as its own (never shown).
+        if code.to_string().contains("(Broker: ") {
+            KafkaFailure::Refused(text)
+        } else {
+            KafkaFailure::Unreachable(text)
+        }
+    }
+}
+
+/// [`KafkaFailure::shown`]: formatting one never prints the detail by mistake.
+impl fmt::Display for KafkaFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.shown())
+    }
 }
 
 /// [`KafkaClient`] over librdkafka: metadata for the partition count, `DescribeConfigs` for
@@ -192,7 +255,7 @@ impl RdKafkaClient {
         .map_err(|e| e.to_string())
         .and_then(|r| r);
         match partitions {
-            Err(message) => TopicObservation::BrokerUnreachable { message },
+            Err(detail) => TopicObservation::BrokerUnreachable { detail },
             Ok(None) => TopicObservation::NotFound,
             Ok(Some(partitions)) => TopicObservation::Found {
                 partitions,
@@ -229,7 +292,7 @@ impl KafkaClient for RdKafkaClient {
     async fn topic(&self, conn: &KafkaConnection, topic: &str) -> TopicObservation {
         let clients = match self.clients(conn) {
             Ok(c) => c,
-            Err(message) => return TopicObservation::BrokerUnreachable { message },
+            Err(detail) => return TopicObservation::BrokerUnreachable { detail },
         };
         match self.partitions(&clients, topic).await {
             TopicObservation::Found { partitions, .. } => {
@@ -254,7 +317,7 @@ impl KafkaClient for RdKafkaClient {
     async fn topic_partitions(&self, conn: &KafkaConnection, topic: &str) -> TopicObservation {
         match self.clients(conn) {
             Ok(clients) => self.partitions(&clients, topic).await,
-            Err(message) => TopicObservation::BrokerUnreachable { message },
+            Err(detail) => TopicObservation::BrokerUnreachable { detail },
         }
     }
 
@@ -283,10 +346,14 @@ impl KafkaClient for RdKafkaClient {
         .map_err(|e| e.to_string())?
     }
 
-    async fn create_topic(&self, conn: &KafkaConnection, topic: &NewTopic) -> Result<(), String> {
+    async fn create_topic(
+        &self,
+        conn: &KafkaConnection,
+        topic: &NewTopic,
+    ) -> Result<(), KafkaFailure> {
         use rdkafka::admin::{AdminOptions, TopicReplication};
         use rdkafka::error::RDKafkaErrorCode;
-        let clients = self.clients(conn)?;
+        let clients = self.clients(conn).map_err(KafkaFailure::Unreachable)?;
         // -1: the brokers' default.replication.factor (KIP-464, Kafka 2.4).
         let replication = TopicReplication::Fixed(topic.replication_factor.unwrap_or(-1));
         let mut new = rdkafka::admin::NewTopic::new(&topic.name, topic.partitions, replication);
@@ -296,24 +363,27 @@ impl KafkaClient for RdKafkaClient {
         let opts = AdminOptions::new()
             .request_timeout(Some(self.timeout))
             .operation_timeout(Some(self.timeout));
+        // An error of the request as a whole is librdkafka's (no broker answered in time).
         let results = clients
             .admin
             .create_topics([&new], &opts)
             .await
-            .map_err(|e| format!("creating topic {}: {e}", topic.name))?;
+            .map_err(|e| {
+                KafkaFailure::Unreachable(format!("creating topic {}: {e}", topic.name))
+            })?;
         for r in results {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, e)) => return Err(format!("creating topic {t}: {e}")),
+                Err((t, e)) => return Err(KafkaFailure::of_code(format!("creating topic {t}"), e)),
             }
         }
         Ok(())
     }
 
-    async fn delete_topic(&self, conn: &KafkaConnection, topic: &str) -> Result<(), String> {
+    async fn delete_topic(&self, conn: &KafkaConnection, topic: &str) -> Result<(), KafkaFailure> {
         use rdkafka::admin::AdminOptions;
         use rdkafka::error::RDKafkaErrorCode;
-        let clients = self.clients(conn)?;
+        let clients = self.clients(conn).map_err(KafkaFailure::Unreachable)?;
         let opts = AdminOptions::new()
             .request_timeout(Some(self.timeout))
             .operation_timeout(Some(self.timeout));
@@ -321,13 +391,53 @@ impl KafkaClient for RdKafkaClient {
             .admin
             .delete_topics(&[topic], &opts)
             .await
-            .map_err(|e| format!("deleting topic {topic}: {e}"))?;
+            .map_err(|e| KafkaFailure::Unreachable(format!("deleting topic {topic}: {e}")))?;
         for r in results {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-                Err((t, e)) => return Err(format!("deleting topic {t}: {e}")),
+                Err((t, e)) => return Err(KafkaFailure::of_code(format!("deleting topic {t}"), e)),
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::RDKafkaErrorCode as Code;
+
+    use super::*;
+
+    #[test]
+    fn only_an_answer_of_the_brokers_is_shown() {
+        for code in [
+            Code::TopicAuthorizationFailed,
+            Code::InvalidReplicationFactor,
+        ] {
+            let failure = KafkaFailure::of_code("creating topic t".to_string(), code);
+            assert!(matches!(failure, KafkaFailure::Refused(_)), "{failure:?}");
+            assert_eq!(failure.to_string(), failure.detail());
+            assert!(failure.to_string().contains("(Broker: "), "{failure}");
+        }
+        for code in [
+            Code::BrokerTransportFailure,
+            Code::Resolve,
+            Code::AllBrokersDown,
+            Code::OperationTimedOut,
+            Code::SSL,
+            Code::Authentication,
+        ] {
+            let failure = KafkaFailure::of_code("creating topic t".to_string(), code);
+            assert!(
+                matches!(failure, KafkaFailure::Unreachable(_)),
+                "{failure:?}"
+            );
+            assert_eq!(failure.to_string(), UNREACHABLE);
+            assert!(
+                failure.detail().contains("(Local: "),
+                "{}",
+                failure.detail()
+            );
+        }
     }
 }

@@ -23,9 +23,18 @@ pub enum TopicObservation {
     },
     /// The brokers answered, and have no such topic.
     NotFound,
-    /// The brokers could not be asked (connection, authentication, timeout).
+    /// The brokers could not be asked (connection, TLS, authentication, timeout), or their
+    /// metadata of the topic carried an error.
     BrokerUnreachable {
-        /// What failed, for a person (never contains credentials).
+        /// librdkafka's error (never contains credentials), for the operator's log only: the
+        /// status and Events say the same thing whatever it is, since it would tell the job's
+        /// owner which ports answer on an address of their choosing
+        /// ([`crate::kafka::KafkaFailure`]).
+        detail: String,
+    },
+    /// The source's credentials Secret does not exist, so the brokers were not asked.
+    CredentialsMissing {
+        /// For a person: names the Secret and the spec field that references it.
         message: String,
     },
 }
@@ -189,6 +198,11 @@ pub struct Observation {
     /// How to reach the source brokers, when the credentials could be read (the repartition
     /// topic is created on the source's cluster).
     pub connection: Option<KafkaConnection>,
+    /// Keys of the source's credentials Secret that weir refuses (they load code or run a
+    /// command, or override what weir sets itself), each naming the Secret and the key. The
+    /// workers would refuse the Secret at startup; validate refuses the job first, as
+    /// `InvalidSpec` ([`weir_crds::properties::refused_secret_keys`]).
+    pub refused_secret_keys: Vec<weir_crds::FieldError>,
 }
 
 impl Observation {
@@ -212,6 +226,7 @@ impl Observation {
             worker_pods: None,
             existing_checkpoints: BTreeSet::new(),
             connection: None,
+            refused_secret_keys: Vec::new(),
         }
     }
 }
@@ -240,7 +255,8 @@ pub fn existing_merge_partitions(
 ) -> Option<i32> {
     match repartition {
         Some(found @ TopicObservation::Found { .. }) => found.partitions(),
-        Some(TopicObservation::BrokerUnreachable { .. }) => previous
+        Some(TopicObservation::BrokerUnreachable { .. })
+        | Some(TopicObservation::CredentialsMissing { .. }) => previous
             .and_then(|a| a.merge.as_ref())
             .filter(|m| m.topic == topic)
             .map(|m| m.workers.iter().map(Vec::len).sum::<usize>() as i32)
@@ -312,7 +328,7 @@ mod tests {
         let topic = "weir-shop-payments-repartition";
         let previous = Assignment::round_robin(3, 2, 1).with_merge(topic, 5, 3);
         let unreachable = TopicObservation::BrokerUnreachable {
-            message: "timeout".to_string(),
+            detail: "timeout".to_string(),
         };
         let existing = |r: Option<&TopicObservation>, t: &str| {
             existing_merge_partitions(r, Some(&previous), t)

@@ -4,6 +4,7 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 
 use crate::desired::{Desired, InvalidSpec};
+use crate::kafka::KafkaFailure;
 use crate::observation::NameConflict;
 
 /// The outcome of validate → build → apply for one reconcile.
@@ -60,7 +61,7 @@ pub struct Applied {
     pub stateful_set: Option<Box<StatefulSet>>,
     /// The repartition topic could not be created: why. Apply stopped there, before any
     /// Kubernetes object.
-    pub repartition_topic_refused: Option<String>,
+    pub repartition_topic_refused: Option<KafkaFailure>,
     /// Objects named like the job's children that are not the job's own: apply wrote nothing.
     pub name_conflicts: Vec<NameConflict>,
 }

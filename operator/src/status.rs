@@ -31,6 +31,7 @@ use weir_crds::{
 };
 
 use crate::desired::Workers;
+use crate::kafka::{KafkaFailure, UNREACHABLE};
 use crate::observation::{NameConflict, Observation, TopicObservation};
 use crate::outcome::Outcome;
 
@@ -241,6 +242,9 @@ struct Facts<'a> {
     stateful_set: Option<&'a StatefulSet>,
     /// The repartition topic as observed, or unreachable when apply could not create it.
     repartition: Option<TopicObservation>,
+    /// The brokers' answer when they refused to create the repartition topic (a Kafka error,
+    /// which the status may show; [`KafkaFailure`]).
+    repartition_answer: Option<String>,
     rollout: Rollout,
     /// The time of this reconcile, ms since the Unix epoch.
     now_ms: i64,
@@ -253,9 +257,16 @@ impl<'a> Facts<'a> {
         let stateful_set = applied
             .and_then(|a| a.stateful_set.as_deref())
             .or(obs.stateful_set.as_ref());
-        let repartition = match applied.and_then(|a| a.repartition_topic_refused.clone()) {
-            Some(message) => Some(TopicObservation::BrokerUnreachable { message }),
+        let refused = applied.and_then(|a| a.repartition_topic_refused.as_ref());
+        let repartition = match refused {
+            Some(failure) => Some(TopicObservation::BrokerUnreachable {
+                detail: failure.detail().to_string(),
+            }),
             None => obs.repartition.clone(),
+        };
+        let repartition_answer = match refused {
+            Some(KafkaFailure::Refused(answer)) => Some(answer.clone()),
+            _ => None,
         };
         let wanted = if job.spec.suspend {
             Some(0)
@@ -268,6 +279,7 @@ impl<'a> Facts<'a> {
             workers,
             stateful_set,
             repartition,
+            repartition_answer,
             rollout: rollout(stateful_set, wanted),
             now_ms: now.0.as_millisecond(),
         }
@@ -293,10 +305,13 @@ fn blocked(f: &Facts<'_>, outcome: &Outcome<'_>) -> Option<(&'static str, String
     let topic = &spec.source.kafka.topic;
     let brokers = &spec.source.kafka.bootstrap_servers;
     if let Outcome::InvalidSpec(invalid) = outcome {
-        return Some((
-            reason::INVALID_SPEC,
-            format!("{invalid}. Fix the spec; nothing is changed until then"),
-        ));
+        let fix = if invalid.in_secret {
+            "Fix the spec or the Secret; nothing is changed until then (the Secret is read again \
+             every 30 s)"
+        } else {
+            "Fix the spec; nothing is changed until then"
+        };
+        return Some((reason::INVALID_SPEC, format!("{invalid}. {fix}")));
     }
     let conflicts = outcome
         .applied()
@@ -319,24 +334,29 @@ fn blocked(f: &Facts<'_>, outcome: &Outcome<'_>) -> Option<(&'static str, String
                  spec.source.kafka.topic or bootstrapServers"
             ),
         )),
-        (TopicObservation::BrokerUnreachable { message }, _) => Some((
+        (TopicObservation::CredentialsMissing { message }, _) => Some((
             reason::BROKER_UNREACHABLE,
             format!(
-                "cannot read the metadata of topic {topic} from {brokers}: {message}. Check \
-                 spec.source.kafka.bootstrapServers, the network and the credentials"
+                "cannot read the metadata of topic {topic} from {brokers}: {message}. Create \
+                 the Secret, or correct spec.source.kafka.credentials"
             ),
+        )),
+        (TopicObservation::BrokerUnreachable { .. }, _) => Some((
+            reason::BROKER_UNREACHABLE,
+            unreachable_message(topic, brokers),
         )),
         (TopicObservation::Found { .. }, _) if f.workers.is_none() => Some((
             reason::TOPIC_NOT_FOUND,
             format!("topic {topic} on {brokers} reports no partitions"),
         )),
-        (TopicObservation::Found { .. }, Some(TopicObservation::BrokerUnreachable { message })) => {
+        (TopicObservation::Found { .. }, Some(TopicObservation::BrokerUnreachable { .. })) => {
+            let answer = f.repartition_answer.as_deref().unwrap_or(UNREACHABLE);
             Some((
                 reason::REPARTITION_TOPIC_UNAVAILABLE,
                 format!(
                     "the repartition topic {} (groups span source partitions, so results are \
                      merged in a second stage through it) can be neither read nor created on \
-                     {brokers}: {message}. Allow the job's Kafka identity to describe and create \
+                     {brokers}: {answer}. Allow the job's Kafka identity to describe and create \
                      it, or create it yourself",
                     repartition_topic_name(f.job, f.obs)
                 ),
@@ -344,6 +364,23 @@ fn blocked(f: &Facts<'_>, outcome: &Outcome<'_>) -> Option<(&'static str, String
         }
         (TopicObservation::Found { .. }, _) => None,
     }
+}
+
+/// What [`reason::BROKER_UNREACHABLE`] says when the brokers could not be asked: one text,
+/// whatever failed — a refused connection, a timeout, a name that does not resolve, a TLS or
+/// SASL handshake, an ACL. The job names the address, so the difference would tell its owner
+/// which ports answer where the operator can reach; librdkafka's error is in the operator's
+/// log (`observe::topics::source`), and the workers, in the job's namespace, log their own.
+fn unreachable_message(topic: &weir_crds::TopicName, brokers: &str) -> String {
+    format!(
+        "cannot read the metadata of topic {topic} from {brokers}: no broker answered, or the \
+         connection, its credentials or access to the topic was refused. Check \
+         spec.source.kafka.bootstrapServers, that network policies let the operator reach the \
+         brokers, and the credentials and ACLs (the operator uses only connection and \
+         authentication properties, and a CA only as ssl.ca.pem). Which of these failed is not \
+         shown here, as it would tell which ports answer at an address: the operator's log has \
+         the error, and running workers log their own"
+    )
 }
 
 /// What [`reason::NAME_CONFLICT`] says: which objects, and the ways out.

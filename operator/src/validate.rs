@@ -17,6 +17,10 @@ use crate::observation::Observation;
 pub struct InvalidSpec {
     /// The problems (never empty).
     pub errors: Vec<FieldError>,
+    /// Some problem lies in a Secret the spec names (a key the workers would refuse): editing
+    /// the Secret resolves it, and no watch reports that, so the job is looked at again
+    /// periodically instead of only after an edit of its spec.
+    pub in_secret: bool,
 }
 
 impl InvalidSpec {
@@ -24,6 +28,7 @@ impl InvalidSpec {
     pub fn one(path: &str, message: impl Into<String>) -> Self {
         InvalidSpec {
             errors: vec![field_error(path, message)],
+            in_secret: false,
         }
     }
 }
@@ -42,7 +47,9 @@ pub struct Valid {
 /// Checks `job`, beyond [`weir_crds::StreamJobSpec::validate`] (which also refuses `WEIR_*` and
 /// repeated names in `spec.worker.env`): it has a name, namespace and uid (as every object from
 /// the API server does); an object store has a credentials Secret unless `config` lets the
-/// operator use its own identity; with the `configMap` store, the checkpoint ConfigMap names
+/// operator use its own identity; the source's credentials Secret has no key the workers would
+/// refuse (`obs.refused_secret_keys`: `plugin.library.paths`, `enable.auto.commit`, ...);
+/// with the `configMap` store, the checkpoint ConfigMap names
 /// fit in 253 characters (a repartition topic's name always fits Kafka's limit: it is
 /// shortened with a hash, see `weir_crds::topics`).
 pub fn validate(
@@ -64,6 +71,8 @@ pub fn validate(
              --object-store-operator-identity, chart value objectStore.operatorIdentity)",
         ));
     }
+    let in_secret = !obs.refused_secret_keys.is_empty();
+    errors.extend(obs.refused_secret_keys.iter().cloned());
     let name = job.metadata.name.clone().unwrap_or_default();
     let namespace = job.metadata.namespace.clone().unwrap_or_default();
     if name.is_empty() {
@@ -86,7 +95,7 @@ pub fn validate(
             namespace,
             owner,
         }),
-        _ => Err(InvalidSpec { errors }),
+        _ => Err(InvalidSpec { errors, in_secret }),
     }
 }
 

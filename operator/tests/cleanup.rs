@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use weir_crds::plan::NewTopic;
 use weir_crds::StreamJob;
 use weir_operator::controller::{reconcile, REQUEUE_STOPPING, STOPPING_WORKERS};
-use weir_operator::kafka::KafkaClient;
+use weir_operator::kafka::{KafkaClient, KafkaFailure};
 use weir_operator::observation::{KafkaConnection, TopicObservation};
 
 use api::{assert_allowed, Call};
@@ -75,7 +75,11 @@ impl KafkaClient for Broker {
         Ok(vec![0; partitions as usize])
     }
 
-    async fn create_topic(&self, _conn: &KafkaConnection, topic: &NewTopic) -> Result<(), String> {
+    async fn create_topic(
+        &self,
+        _conn: &KafkaConnection,
+        topic: &NewTopic,
+    ) -> Result<(), KafkaFailure> {
         self.topics
             .lock()
             .expect("topics")
@@ -83,7 +87,7 @@ impl KafkaClient for Broker {
         Ok(())
     }
 
-    async fn delete_topic(&self, _conn: &KafkaConnection, topic: &str) -> Result<(), String> {
+    async fn delete_topic(&self, _conn: &KafkaConnection, topic: &str) -> Result<(), KafkaFailure> {
         let pods = pods(&self.server.lock().expect("server")).len();
         self.deleted
             .lock()

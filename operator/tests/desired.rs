@@ -193,7 +193,7 @@ fn a_suspended_job_goes_to_zero_replicas_even_when_the_partition_count_is_unknow
     for topic in [
         TopicObservation::NotFound,
         TopicObservation::BrokerUnreachable {
-            message: "timeout".to_string(),
+            detail: "timeout".to_string(),
         },
     ] {
         let mut obs = Observation::new(topic.clone());
@@ -641,7 +641,7 @@ fn an_unknown_partition_count_leaves_the_workers_alone() {
     for topic in [
         TopicObservation::NotFound,
         TopicObservation::BrokerUnreachable {
-            message: "timeout".to_string(),
+            detail: "timeout".to_string(),
         },
         TopicObservation::Found {
             partitions: 0,
@@ -692,7 +692,7 @@ fn an_unknown_partition_count_keeps_the_running_workers_role() {
     let running = ok(&job(), &found(3));
     let mut obs = after(&running, 3);
     obs.topic = TopicObservation::BrokerUnreachable {
-        message: "timeout".to_string(),
+        detail: "timeout".to_string(),
     };
     let d = ok(&job(), &obs);
     assert!(d.workers.is_none());
@@ -829,7 +829,7 @@ fn a_two_stage_job_assigns_the_repartition_topic_and_its_checkpoints() {
     // Kafka unreachable for the topic alone: the running workers' count.
     let mut unknown = after(&d, 3);
     unknown.repartition = Some(TopicObservation::BrokerUnreachable {
-        message: "timed out".to_string(),
+        detail: "timed out".to_string(),
     });
     let kept = ok(&wider, &unknown);
     assert_eq!(merge_partitions(&assignment_in_config_map(&kept)), Some(3));

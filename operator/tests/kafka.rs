@@ -18,6 +18,7 @@ use weir_operator::observation::TopicObservation;
 #[path = "../../worker/tests/support/broker.rs"]
 mod broker;
 use broker::Broker;
+mod support;
 
 fn conn(broker: &Broker) -> KafkaConnection {
     KafkaConnection {
@@ -191,10 +192,56 @@ async fn an_unreachable_broker_is_reported_not_waited_on_forever() {
     };
     let start = Instant::now();
     match observer.topic(&conn, "payments").await {
-        TopicObservation::BrokerUnreachable { message } => assert!(!message.is_empty()),
+        TopicObservation::BrokerUnreachable { detail } => assert!(!detail.is_empty()),
         other => panic!("expected BrokerUnreachable, got {other:?}"),
     }
     assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+/// Real sockets: a closed port, a port that accepts and never answers, and a name that does
+/// not resolve fail with different librdkafka errors, and give byte-identical statuses (the
+/// address is the job's choice: the difference would make the operator a port scanner).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_silent_and_unresolvable_brokers_give_the_same_status() {
+    use weir_operator::observation::Observation;
+    use weir_operator::outcome::Outcome;
+    // Accepted by the kernel, never read: librdkafka connects and waits for an answer.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let addresses = [
+        format!("127.0.0.1:{}", broker::free_port()),
+        format!("127.0.0.1:{}", silent.local_addr().expect("addr").port()),
+        "no-such-broker.invalid:9092".to_string(),
+    ];
+    let observer = RdKafkaClient::new(Duration::from_secs(2));
+    let job = support::job();
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    );
+    let mut details = Vec::new();
+    let mut statuses = Vec::new();
+    for address in &addresses {
+        let conn = KafkaConnection {
+            bootstrap_servers: address.clone(),
+            properties: BTreeMap::new(),
+        };
+        let observed = observer.topic(&conn, "payments").await;
+        match &observed {
+            TopicObservation::BrokerUnreachable { detail } => details.push(detail.clone()),
+            other => panic!("expected BrokerUnreachable from {address}, got {other:?}"),
+        }
+        let obs = Observation::new(observed);
+        let built = support::run(&job, &obs);
+        let status =
+            weir_operator::status::compute(&job, &Outcome::from(built.as_ref()), &obs, None, &now);
+        statuses.push(serde_json::to_string(&status).expect("status"));
+    }
+    eprintln!("librdkafka's errors (operator log only): {details:#?}");
+    assert!(statuses.iter().all(|s| *s == statuses[0]), "{statuses:#?}");
+    for (detail, address) in details.iter().zip(&addresses) {
+        assert!(!statuses[0].contains(detail.as_str()), "{detail}");
+        assert!(!statuses[0].contains(address.as_str()), "{address}");
+    }
+    drop(silent);
 }
 
 /// (VmRSS, VmHWM) of this process, kB.

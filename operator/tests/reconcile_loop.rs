@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use weir_crds::plan::NewTopic;
 use weir_crds::StreamJob;
 use weir_operator::controller::{self, error_policy, reconcile, Context};
-use weir_operator::kafka::KafkaClient;
+use weir_operator::kafka::{KafkaClient, KafkaFailure};
 use weir_operator::metrics::Metrics;
 use weir_operator::observation::{KafkaConnection, TopicObservation};
 
@@ -82,14 +82,22 @@ impl KafkaClient for TopicLater {
         Ok(vec![hw; partitions as usize])
     }
 
-    async fn create_topic(&self, _conn: &KafkaConnection, t: &NewTopic) -> Result<(), String> {
-        Err(format!(
+    async fn create_topic(
+        &self,
+        _conn: &KafkaConnection,
+        t: &NewTopic,
+    ) -> Result<(), KafkaFailure> {
+        Err(KafkaFailure::Refused(format!(
             "a one-stage job creates no topic; asked for {}",
             t.name
-        ))
+        )))
     }
 
-    async fn delete_topic(&self, _conn: &KafkaConnection, _topic: &str) -> Result<(), String> {
+    async fn delete_topic(
+        &self,
+        _conn: &KafkaConnection,
+        _topic: &str,
+    ) -> Result<(), KafkaFailure> {
         Ok(())
     }
 }

@@ -253,16 +253,96 @@ fn topic_and_broker_problems_have_their_reasons() {
     assert_eq!(s.assignment_epoch, None);
 
     obs.topic = TopicObservation::BrokerUnreachable {
-        message: "connection refused".to_string(),
+        detail: "connection refused".to_string(),
     };
     // The last published assignment is still reported.
     obs.previous_assignment = ok(&j, &found(4)).workers.map(|w| w.assignment);
     let s = status_of(&j, &obs, None, 1);
     let ready = cond(&s, status::READY);
     assert_eq!(ready.reason, reason::BROKER_UNREACHABLE);
-    assert!(ready.message.contains("connection refused"));
+    assert!(ready.message.contains("payments") && ready.message.contains("kafka:9092"));
     assert_eq!(s.partitions, Some(4));
     assert_eq!(s.assignment_epoch, Some(1));
+
+    // A missing credentials Secret is named: it is the job owner's own object.
+    obs.topic = TopicObservation::CredentialsMissing {
+        message: "the credentials Secret kafka-creds (spec.source.kafka.credentials) does not \
+                  exist in namespace shop"
+            .to_string(),
+    };
+    let s = status_of(&j, &obs, None, 1);
+    let ready = cond(&s, status::READY);
+    assert_eq!(ready.reason, reason::BROKER_UNREACHABLE);
+    assert!(
+        ready.message.contains("Secret kafka-creds"),
+        "{}",
+        ready.message
+    );
+}
+
+/// What librdkafka says when the brokers cannot be asked, by the kind of failure: each tells
+/// something of the address (a port closed, filtered, a name unknown, a TLS server there).
+const UNREACHABLE_DETAILS: [&str; 6] = [
+    "Meta data fetch error: BrokerTransportFailure (Local: Broker transport failure): \
+     Connect to ipv4#10.0.0.7:22 failed: Connection refused",
+    "Meta data fetch error: OperationTimedOut (Local: Timed out)",
+    "Meta data fetch error: Resolve (Local: Host resolution failure): \
+     Failed to resolve 'nowhere.invalid:9092': Name or service not known",
+    "Meta data fetch error: SSL (Local: SSL error): SSL handshake failed: \
+     error:0A00010B:SSL routines::wrong version number",
+    "Meta data fetch error: Authentication (Local: Authentication failure): \
+     SASL authentication error: Authentication failed",
+    "metadata of topic payments: TopicAuthorizationFailed (Broker: Topic authorization failed)",
+];
+
+#[test]
+fn broker_unreachable_says_the_same_whatever_failed() {
+    let j = job();
+    let statuses: Vec<StreamJobStatus> = UNREACHABLE_DETAILS
+        .iter()
+        .map(|detail| {
+            let obs = Observation::new(TopicObservation::BrokerUnreachable {
+                detail: detail.to_string(),
+            });
+            status_of(&j, &obs, None, 1)
+        })
+        .collect();
+    for (s, detail) in statuses.iter().zip(UNREACHABLE_DETAILS) {
+        // Byte-identical: every condition, reason and message.
+        assert_eq!(
+            serde_json::to_string(s).expect("status"),
+            serde_json::to_string(&statuses[0]).expect("status"),
+            "{detail}"
+        );
+        for c in &s.conditions {
+            for leak in [
+                "Connection refused",
+                "Timed out",
+                "resolve",
+                "SSL",
+                "10.0.0.7",
+                "SASL",
+            ] {
+                assert!(!c.message.contains(leak), "{leak} in {}", c.message);
+            }
+        }
+    }
+    let ready = cond(&statuses[0], status::READY);
+    assert_eq!(ready.reason, reason::BROKER_UNREACHABLE);
+    // What it may say: the brokers configured, what to check, where the detail is.
+    for said in [
+        "kafka:9092",
+        "bootstrapServers",
+        "network polic",
+        "credentials",
+        "log",
+    ] {
+        assert!(
+            ready.message.contains(said),
+            "{said} not in {}",
+            ready.message
+        );
+    }
 }
 
 #[test]

@@ -30,7 +30,7 @@ use weir_crds::names;
 use weir_crds::plan::NewTopic;
 use weir_crds::StreamJob;
 use weir_operator::controller::reconcile;
-use weir_operator::kafka::KafkaClient;
+use weir_operator::kafka::{KafkaClient, KafkaFailure};
 use weir_operator::observation::{KafkaConnection, TopicObservation};
 
 use api::{assert_allowed, Call};
@@ -84,7 +84,11 @@ impl KafkaClient for Broker {
         Ok(vec![0; partitions as usize])
     }
 
-    async fn create_topic(&self, _conn: &KafkaConnection, topic: &NewTopic) -> Result<(), String> {
+    async fn create_topic(
+        &self,
+        _conn: &KafkaConnection,
+        topic: &NewTopic,
+    ) -> Result<(), KafkaFailure> {
         let claim = stored_assignment(&self.server.lock().expect("server"))
             .and_then(|a| a.merge)
             .map(|m| m.topic);
@@ -99,7 +103,7 @@ impl KafkaClient for Broker {
         Ok(())
     }
 
-    async fn delete_topic(&self, _conn: &KafkaConnection, topic: &str) -> Result<(), String> {
+    async fn delete_topic(&self, _conn: &KafkaConnection, topic: &str) -> Result<(), KafkaFailure> {
         self.deleted
             .lock()
             .expect("deleted")

@@ -240,3 +240,54 @@ fn far_future_and_unwritable_event_times_are_refused_and_change_no_result() {
     assert_eq!(reasons.len(), expected_rejects + hostile.len(), "{rejects}");
     assert!(rejects.contains("maxAheadOfClock"), "{rejects}");
 }
+
+/// `first` and `last` write a number exactly as it came (canonical: `-0` is `0`, as for group
+/// values); `min` and `max` compute in f64 and write the nearest double.
+#[test]
+fn first_and_last_write_big_integers_exactly_min_and_max_as_doubles() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let job = tmp.path().join("ids.yaml");
+    std::fs::write(
+        &job,
+        "apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {name: ids}
+spec:
+  source:
+    kafka: {bootstrapServers: 'kafka:9092', topic: ids}
+    eventTime: {field: ts, format: epochMillis}
+  groupBy: [merchant]
+  window: {type: tumbling, size: 1m}
+  aggregations:
+    - {name: firstId, fn: first, field: id}
+    - {name: lastId, fn: last, field: id}
+    - {name: minId, fn: min, field: id}
+    - {name: maxId, fn: max, field: id}
+  sink: {kafka: {topic: ids-per-merchant}}
+",
+    )
+    .expect("write");
+    let input = [
+        r#"{"ts":1000,"merchant":"m1","id":12345678901234567890123}"#,
+        r#"{"ts":2000,"merchant":"m1","id":12345678901234567890124}"#,
+        r#"{"ts":1000,"merchant":"m2","id":-0}"#,
+        r#"{"ts":2000,"merchant":"m2","id":0.1000000000000000000001}"#,
+    ]
+    .join("\n");
+    let (stdout, rejects, stderr) = run_on(&job, input.as_bytes());
+    assert_eq!(rejects, "", "{stderr}");
+    let window =
+        r#""window":{"start":"1970-01-01T00:00:00.000Z","end":"1970-01-01T00:01:00.000Z"}"#;
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            format!(
+                r#"{{{window},"group":{{"merchant":"m1"}},"values":{{"firstId":12345678901234567890123,"lastId":12345678901234567890124,"minId":1.2345678901234568e+22,"maxId":1.2345678901234568e+22}}}}"#
+            ),
+            format!(
+                r#"{{{window},"group":{{"merchant":"m2"}},"values":{{"firstId":0,"lastId":0.1000000000000000000001,"minId":0.0,"maxId":0.1}}}}"#
+            ),
+        ],
+        "{stderr}"
+    );
+}

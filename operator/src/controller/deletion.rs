@@ -159,7 +159,16 @@ pub(super) async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Er
     }
     let topic = topic.name;
     let deleted = match &connection {
-        Ok(conn) => ctx.kafka.delete_topic(conn, &topic).await,
+        Ok(conn) => ctx
+            .kafka
+            .delete_topic(conn, &topic)
+            .await
+            .map_err(|failure| {
+                // The status and the Event show only what the brokers answered.
+                warn!(%topic, bootstrap_servers = %conn.bootstrap_servers,
+                error = %failure.detail(), "cannot delete the repartition topic");
+                failure.to_string()
+            }),
         Err(message) => Err(message.clone()),
     };
     if let Err(message) = deleted {

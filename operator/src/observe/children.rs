@@ -1,5 +1,5 @@
 //! The observe step's reads of the API server, apart from the checkpoints: the source's
-//! credentials Secret, the job ConfigMap (the previous assignment) and the StatefulSet. Reads
+//! credentials Secret (and the keys of it the workers would refuse), the job ConfigMap (the previous assignment) and the StatefulSet. Reads
 //! only. A job ConfigMap or StatefulSet that is not the job's own is a [`NameConflict`]: its
 //! content is not used.
 
@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::ListParams;
 use kube::{Api, Client};
 use weir_crds::assignment::Assignment;
-use weir_crds::{names, StreamJob};
+use weir_crds::{names, FieldError, StreamJob};
 
 use crate::error::Error;
 use crate::memory::{ChildKey, Memory};
@@ -25,6 +25,15 @@ fn name(job: &StreamJob) -> String {
     job.metadata.name.clone().unwrap_or_default()
 }
 
+/// How to reach the source ([`source_access`]), for a step that needs only that (the cleanup of
+/// a deleted job).
+pub async fn connection(
+    client: &Client,
+    job: &StreamJob,
+) -> Result<Resolved<KafkaConnection>, Error> {
+    Ok(source_access(client, job).await?.0)
+}
+
 /// How to reach the source: the spec's `properties`, overlaid with the keys of the credentials
 /// Secret (read through the API; values never logged), keeping only the connection and
 /// authentication properties the operator's own clients may use
@@ -32,23 +41,40 @@ fn name(job: &StreamJob) -> String {
 /// never act inside the operator, and jobs that differ only in worker settings share clients).
 /// [`Resolved::MissingSecret`] when the referenced Secret does not exist: the user must create
 /// it, so it is reported as a status (BrokerUnreachable), not retried as an error.
-pub async fn connection(
+///
+/// And the Secret's keys that weir refuses for the clients it serves in the workers, each
+/// naming the Secret and the key ([`weir_crds::properties::refused_secret_keys`]): they never
+/// reach the operator's own clients, but the workers would refuse the Secret at startup.
+pub async fn source_access(
     client: &Client,
     job: &StreamJob,
-) -> Result<Resolved<KafkaConnection>, Error> {
+) -> Result<(Resolved<KafkaConnection>, Vec<FieldError>), Error> {
     let kafka = &job.spec.source.kafka;
     let mut properties = kafka.properties.clone();
+    let mut refused_keys = Vec::new();
     if let Some(creds) = &kafka.credentials {
         let field = "spec.source.kafka.credentials";
         match secret_values(client, &namespace(job), &creds.secret_name, field).await? {
-            Resolved::Ready(values) => properties.extend(values),
-            Resolved::MissingSecret { message } => return Ok(Resolved::MissingSecret { message }),
+            Resolved::Ready(values) => {
+                let roles = weir_crds::properties::source_secret_roles(&job.spec);
+                refused_keys = weir_crds::properties::refused_secret_keys(
+                    &creds.secret_name,
+                    field,
+                    values.keys(),
+                    &roles,
+                );
+                properties.extend(values);
+            }
+            Resolved::MissingSecret { message } => {
+                return Ok((Resolved::MissingSecret { message }, Vec::new()))
+            }
         }
     }
-    Ok(Resolved::Ready(KafkaConnection {
+    let connection = KafkaConnection {
         bootstrap_servers: kafka.bootstrap_servers.clone(),
         properties: weir_crds::properties::for_operator(&properties),
-    }))
+    };
+    Ok((Resolved::Ready(connection), refused_keys))
 }
 
 /// `found` when it is the job's own; else the conflict it makes.

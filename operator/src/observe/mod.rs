@@ -38,7 +38,7 @@ pub async fn observe(
     job: &StreamJob,
     config: &OperatorConfig,
 ) -> Result<Observation, Error> {
-    let connection = children::connection(client, job).await?;
+    let (connection, refused_secret_keys) = children::source_access(client, job).await?;
     let (connection, topic) = topics::source(kafka, connection, job).await;
     let mut name_conflicts = Vec::new();
     let (previous_assignment, assigned) = children::previous_assignment(client, memory, job)
@@ -129,6 +129,7 @@ pub async fn observe(
         worker_pods,
         existing_checkpoints: read.existing,
         connection,
+        refused_secret_keys,
     })
 }
 

@@ -26,8 +26,10 @@ pub fn repartition_candidates(job: &StreamJob, assigned: Option<&str>) -> Vec<St
     weir_crds::topics::repartition_topic_names(ns, name).into()
 }
 
-/// The source topic, and the connection when there is one (a missing credentials Secret is an
-/// unreachable broker, with the Secret named).
+/// The source topic, and the connection when there is one (a missing credentials Secret is
+/// [`TopicObservation::CredentialsMissing`], with the Secret named). When the brokers cannot
+/// be asked, librdkafka's error is logged here, as a warning for the operator's administrator:
+/// the status does not show it ([`crate::kafka::KafkaFailure`]).
 pub async fn source(
     kafka: &dyn KafkaClient,
     connection: Resolved<KafkaConnection>,
@@ -35,17 +37,22 @@ pub async fn source(
 ) -> (Option<KafkaConnection>, TopicObservation) {
     match connection {
         Resolved::Ready(conn) => {
-            let topic = kafka.topic(&conn, &job.spec.source.kafka.topic.0).await;
-            (Some(conn), topic)
+            let topic = &job.spec.source.kafka.topic.0;
+            let observed = kafka.topic(&conn, topic).await;
+            if let TopicObservation::BrokerUnreachable { detail } = &observed {
+                tracing::warn!(%topic, bootstrap_servers = %conn.bootstrap_servers,
+                    error = %detail, "cannot read the source topic's metadata (BrokerUnreachable)");
+            }
+            (Some(conn), observed)
         }
         Resolved::MissingSecret { message } => {
-            (None, TopicObservation::BrokerUnreachable { message })
+            (None, TopicObservation::CredentialsMissing { message })
         }
     }
 }
 
 /// Two-stage jobs: whether each of `candidates` exists, and its partitions (nothing without a
-/// connection).
+/// connection). librdkafka's error, when the brokers cannot be asked, is logged here.
 pub async fn repartition(
     kafka: &dyn KafkaClient,
     conn: Option<&KafkaConnection>,
@@ -54,7 +61,12 @@ pub async fn repartition(
     let mut out = Vec::new();
     if let Some(conn) = conn {
         for name in candidates {
-            out.push((name.clone(), kafka.topic_partitions(conn, name).await));
+            let observed = kafka.topic_partitions(conn, name).await;
+            if let TopicObservation::BrokerUnreachable { detail } = &observed {
+                tracing::warn!(topic = %name, bootstrap_servers = %conn.bootstrap_servers,
+                    error = %detail, "cannot read the repartition topic's metadata");
+            }
+            out.push((name.clone(), observed));
         }
     }
     out

@@ -155,18 +155,18 @@ impl weir_operator::kafka::KafkaClient for FixedKafka {
         &self,
         _conn: &weir_operator::observation::KafkaConnection,
         topic: &weir_crds::plan::NewTopic,
-    ) -> Result<(), String> {
-        Err(format!(
+    ) -> Result<(), weir_operator::kafka::KafkaFailure> {
+        Err(weir_operator::kafka::KafkaFailure::Refused(format!(
             "FixedKafka has every topic; asked to create {}",
             topic.name
-        ))
+        )))
     }
 
     async fn delete_topic(
         &self,
         _conn: &weir_operator::observation::KafkaConnection,
         _topic: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), weir_operator::kafka::KafkaFailure> {
         Ok(())
     }
 }

@@ -1356,7 +1356,7 @@ spec:
         let got: Vec<(i64, i64, serde_json::Value)> = out
             .iter()
             .filter_map(|a| match a {
-                Action::Result(r) => Some((r.start, r.end, r.values[0].clone())),
+                Action::Result(r) => Some((r.start, r.end, r.values[0].to_value())),
                 _ => None,
             })
             .collect();

@@ -30,6 +30,8 @@ struct Run {
     results: Vec<Value>,
     /// Their sink keys, as written.
     keys: Vec<String>,
+    /// The result records, as written.
+    texts: Vec<String>,
     /// (line, reason) of each refused line.
     rejected: Vec<(usize, RejectReason)>,
 }
@@ -61,6 +63,7 @@ fn feed(plan: JobPlan, clock: Option<i64>, lines: &[String]) -> Run {
             .map(|r| serde_json::from_str(&r.to_json(engine.plan())).unwrap())
             .collect(),
         keys: results.iter().map(|r| r.key_json(engine.plan())).collect(),
+        texts: results.iter().map(|r| r.to_json(engine.plan())).collect(),
         rejected,
     }
 }
@@ -306,6 +309,46 @@ fn big_integer_groups_are_written_exactly() {
         [
             r#"{"group":{"g":12345678901234567890123},"start":"1970-01-01T00:00:00.000Z","end":"1970-01-01T00:01:00.000Z"}"#,
             r#"{"group":{"g":12345678901234567890124},"start":"1970-01-01T00:00:00.000Z","end":"1970-01-01T00:01:00.000Z"}"#,
+        ]
+    );
+}
+
+/// `first` and `last` write the value exactly as it came, by the group rule (`-0` is `0`,
+/// `1.0` is `1`, big integers stay themselves); `min` and `max` compute in f64 and write the
+/// nearest double (`-0` as `0`).
+#[test]
+fn first_and_last_write_numbers_exactly_min_and_max_as_doubles() {
+    let p = plan(
+        "{type: tumbling, size: 1m}",
+        "[g]",
+        "[{name: f, fn: first, field: x}, {name: l, fn: last, field: x}, \
+          {name: lo, fn: min, field: x}, {name: hi, fn: max, field: x}]",
+        MILLIS,
+    );
+    let lines: Vec<String> = [
+        r#"{"t":1,"g":"a","x":12345678901234567890123}"#,
+        r#"{"t":2,"g":"a","x":12345678901234567890124}"#,
+        r#"{"t":1,"g":"b","x":-0}"#,
+        r#"{"t":2,"g":"b","x":10e-1}"#,
+        r#"{"t":1,"g":"c","x":-0.0}"#,
+        r#"{"t":2,"g":"c","x":0.1000000000000000000001}"#,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let run = feed(p, None, &lines);
+    assert!(run.rejected.is_empty(), "{:?}", run.rejected);
+    let values: Vec<&str> = run
+        .texts
+        .iter()
+        .map(|t| t.split_once(r#""values":"#).map_or("", |(_, v)| v))
+        .collect();
+    assert_eq!(
+        values,
+        [
+            r#"{"f":12345678901234567890123,"l":12345678901234567890124,"lo":1.2345678901234568e+22,"hi":1.2345678901234568e+22}}"#,
+            r#"{"f":0,"l":1,"lo":0.0,"hi":1.0}}"#,
+            r#"{"f":0,"l":0.1000000000000000000001,"lo":0.0,"hi":0.1}}"#,
         ]
     );
 }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use weir_engine::agg::Output;
 use weir_engine::engine::{Partial, PartialAggregate};
 use weir_engine::protocol::{Action, PartitionProtocol, Role, StartPoint, Timing};
 use weir_engine::{Engine, JobPlan, Record, RejectReason, WindowResult};
@@ -419,7 +420,8 @@ fn compare_run(
         ));
     }
     for (key, recs) in &expected {
-        check_values(job, key, recs, &got[key].values)?;
+        let values: Vec<Value> = got[key].values.iter().map(Output::to_value).collect();
+        check_values(job, key, recs, &values)?;
     }
     Ok(())
 }
@@ -631,14 +633,14 @@ fn replay_equals_clean_run(job: &Job, events: &[Event], crashes: &[usize]) -> Re
     // falls due, the partition is dropped, and a new one resumes from the checkpoint.
     let mut points: Vec<usize> = crashes.iter().map(|c| c % (values.len() + 1)).collect();
     points.sort_unstable();
-    let mut got: BTreeMap<Key, Vec<Value>> = BTreeMap::new();
+    let mut got: BTreeMap<Key, Vec<Output>> = BTreeMap::new();
     let plan = job.plan();
     let timing = Timing::new(&plan, 1_000);
     let start =
         |at: StartPoint| PartitionProtocol::new(plan.clone(), Role::Results, 0, timing, at, 0);
     let mut partition = start(StartPoint::Fresh { offset: 0 });
     let mut out = Vec::new();
-    let keep = |out: &mut Vec<Action>, got: &mut BTreeMap<Key, Vec<Value>>| {
+    let keep = |out: &mut Vec<Action>, got: &mut BTreeMap<Key, Vec<Output>>| {
         for a in out.drain(..) {
             // Results emitted before the crash are not in `out`: the protocol suppressed them
             // (the replay only rebuilt part of them).

@@ -228,7 +228,7 @@ mod tests {
                 acc.update(Input::Json(&t), ord(0, 0));
                 acc.update(Input::Json(&t), ord(0, 0)); // duplicates do not count
             }
-            let got = acc.result().as_u64().unwrap() as f64;
+            let got = acc.result().to_value().as_u64().unwrap() as f64;
             let err = (got - n as f64) / n as f64;
             if n <= DISTINCT_EXACT_LIMIT {
                 assert_eq!(got, n as f64);
@@ -267,15 +267,19 @@ mod tests {
                 parts,
                 &picks,
             );
-            assert_eq!(split.result(), whole.result(), "{parts} parts");
+            assert_eq!(
+                split.result().to_value(),
+                whole.result().to_value(),
+                "{parts} parts"
+            );
         }
         // Skewed parts: a big sketch merged into many small exact sets and vice versa.
         let mut small_first = feed(AggregationFn::CountDistinct, None, &items[..10]);
         small_first.merge(&whole);
         let mut big_first = whole.clone();
         big_first.merge(&feed(AggregationFn::CountDistinct, None, &items[..10]));
-        assert_eq!(small_first.result(), whole.result());
-        assert_eq!(big_first.result(), whole.result());
+        assert_eq!(small_first.result().to_value(), whole.result().to_value());
+        assert_eq!(big_first.result().to_value(), whole.result().to_value());
     }
 
     #[test]

@@ -67,13 +67,23 @@
 //!   limit into the very sketch it would have had).
 //! * **first, last**: the JSON value of the input with the smallest / largest [`Order`]; equal
 //!   orders are broken by the JSON text (smaller text for first, larger for last), so merges are
-//!   commutative. Text that does not parse as JSON yields `null`.
+//!   commutative. The result is the picked value's canonical JSON text, written as it is
+//!   ([`Output::Json`]): a number keeps its exact value (an integer beyond 64 bits stays itself,
+//!   `-0` is `0`, as for group values; `weir_engine::decode::write_number`). Text that does not
+//!   parse as JSON yields `null`.
+//!
+//! Numeric results (sum, mean, min, max, variance, stddev, percentile) are `f64`s, written in
+//! their shortest round-trip form, `-0` as `0`: an integer beyond 2^53 is read as the nearest
+//! `f64` and written as it (`12345678901234567890123` → `1.2345678901234568e22`).
 //!
 //! Non-finite numbers (which the decoder should never produce) and inputs of the wrong kind
 //! (e.g. [`Input::Json`] for `sum`) are ignored; `count` counts every update. Merging accumulators
 //! of different functions is a no-op. Nothing here panics on the record path.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 mod acc;
 mod column;
@@ -102,6 +112,46 @@ pub enum Input<'a> {
     /// countDistinct, first, last: the field's value as canonical JSON text (e.g. `"m1"` with
     /// quotes, `12`, `true`).
     Json(&'a str),
+}
+
+/// One aggregation's result, as a result record writes it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// A number (or `null`), as serde_json writes it.
+    Value(Value),
+    /// `first` / `last`: the picked value's canonical JSON text (valid JSON, checked), written
+    /// as it is. A [`Value`] would turn an integer beyond 64 bits into its nearest `f64`.
+    Json(Box<str>),
+}
+
+impl Output {
+    /// `null`.
+    pub const NULL: Output = Output::Value(Value::Null);
+
+    /// The result as a serde_json value: the picked text parsed (an integer beyond 64 bits
+    /// becomes its nearest `f64`). For tests and tools; results are written with `Display`.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Output::Value(v) => v.clone(),
+            Output::Json(text) => serde_json::from_str(text).unwrap_or(Value::Null),
+        }
+    }
+}
+
+impl From<Value> for Output {
+    fn from(v: Value) -> Self {
+        Output::Value(v)
+    }
+}
+
+/// The JSON text of the result, compact: what a result record holds.
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Output::Value(v) => write!(f, "{v}"),
+            Output::Json(text) => f.write_str(text),
+        }
+    }
 }
 
 /// Arrival order of a record, for first/last ties: (event time ms, tie-break sequence; smaller =
@@ -223,11 +273,11 @@ mod testkit {
 
     /// The result as JSON text, so that `-0.0` and `0.0` (and every bit of a float) differ.
     pub(super) fn text(acc: &Acc) -> String {
-        serde_json::to_string(&acc.result()).unwrap()
+        acc.result().to_string()
     }
 
     pub(super) fn num(acc: &Acc) -> Option<f64> {
-        acc.result().as_f64()
+        acc.result().to_value().as_f64()
     }
 
     pub(super) fn rel_err(got: f64, want: f64) -> f64 {

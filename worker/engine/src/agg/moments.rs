@@ -126,7 +126,7 @@ mod tests {
     fn variance_needs_two_values() {
         for f in [AggregationFn::Variance, AggregationFn::Stddev] {
             let one = feed(f, None, &numbers(&[5.0]));
-            assert_eq!(one.result(), Value::Null);
+            assert_eq!(one.result().to_value(), Value::Null);
             let two = feed(f, None, &numbers(&[5.0, 7.0]));
             let want = if f == AggregationFn::Variance {
                 2.0

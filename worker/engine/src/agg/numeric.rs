@@ -8,6 +8,8 @@ use std::cmp::Ordering;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
+use super::Output;
+
 /// `(s, e)` with `s = fl(a + b)` and `s + e = a + b` exactly (Knuth's two-sum; no precondition).
 #[inline(always)]
 fn two_sum(a: f64, b: f64) -> (f64, f64) {
@@ -134,8 +136,10 @@ pub(super) fn keep_extreme_nan(slot: &mut f64, x: f64, want: Ordering) {
     }
 }
 
-/// A finite number as JSON, anything else as `null`.
-pub(super) fn number(x: Option<f64>) -> Value {
-    x.and_then(serde_json::Number::from_f64)
-        .map_or(Value::Null, Value::Number)
+/// A finite number as JSON, anything else as `null`; `-0` as `0` (as group values and
+/// first/last write it: one zero), whichever of the two a min or a sum ended on.
+pub(super) fn number(x: Option<f64>) -> Output {
+    // IEEE 754: -0 + 0 = +0, and x + 0 = x for every other x.
+    x.and_then(|x| serde_json::Number::from_f64(x + 0.0))
+        .map_or(Output::NULL, |n| Output::Value(Value::Number(n)))
 }

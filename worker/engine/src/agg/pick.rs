@@ -5,9 +5,8 @@
 use std::cmp::Ordering;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use super::Order;
+use super::{Order, Output};
 
 /// The record picked by `first` or `last`: its order and the value's canonical JSON text.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,25 +83,29 @@ impl PickSlot {
         })
     }
 
-    pub(super) fn result(&self) -> Value {
+    pub(super) fn result(&self) -> Output {
         match self.order {
-            Some(_) => json_value(&self.json),
-            None => Value::Null,
+            Some(_) => json_output(&self.json),
+            None => Output::NULL,
         }
     }
 }
 
-/// The JSON value of `text`, `null` if it is not JSON. A string without escapes (the common case
-/// for first/last) is taken as it is, without running the parser.
-pub(super) fn json_value(text: &str) -> Value {
-    if let Some(inner) = text
+/// The result of a picked `text`: the text itself, written as it is, so that a number keeps
+/// its exact value (the engine gives canonical text: `-0` is `0`, an integer beyond 64 bits
+/// stays itself; see `decode::write_number`); `null` if it is not one JSON value (a pick read
+/// from a checkpoint or a partial is not trusted blindly). A string without escapes (the common
+/// case for first/last) is taken without running the parser.
+pub(super) fn json_output(text: &str) -> Output {
+    let plain_string = text
         .strip_prefix('"')
         .and_then(|t| t.strip_suffix('"'))
-        .filter(|t| t.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'))
-    {
-        return Value::String(inner.to_owned());
+        .is_some_and(|t| t.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'));
+    if plain_string || serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+        Output::Json(text.trim().into())
+    } else {
+        Output::NULL
     }
-    serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]
@@ -129,17 +132,21 @@ mod tests {
                 first.update(items[i].0, items[i].1);
                 last.update(items[i].0, items[i].1);
             }
-            assert_eq!(first.result(), Value::from("early"));
-            assert_eq!(last.result(), Value::from("c"));
+            assert_eq!(first.result().to_value(), Value::from("early"));
+            assert_eq!(last.result().to_value(), Value::from("c"));
         }
         // Same event time, seq decides.
         let same_time = [(Input::Json("1"), ord(5, 7)), (Input::Json("2"), ord(5, 3))];
         assert_eq!(
-            feed(AggregationFn::First, None, &same_time).result(),
+            feed(AggregationFn::First, None, &same_time)
+                .result()
+                .to_value(),
             Value::from(2)
         );
         assert_eq!(
-            feed(AggregationFn::Last, None, &same_time).result(),
+            feed(AggregationFn::Last, None, &same_time)
+                .result()
+                .to_value(),
             Value::from(1)
         );
         // Identical orders: the JSON text decides, whatever the arrival or merge order.
@@ -150,11 +157,11 @@ mod tests {
         let rev = [same[1], same[0]];
         for items in [&same, &rev] {
             assert_eq!(
-                feed(AggregationFn::First, None, items).result(),
+                feed(AggregationFn::First, None, items).result().to_value(),
                 serde_json::json!([1])
             );
             assert_eq!(
-                feed(AggregationFn::Last, None, items).result(),
+                feed(AggregationFn::Last, None, items).result().to_value(),
                 serde_json::json!({"x": 1})
             );
         }
@@ -164,12 +171,60 @@ mod tests {
             None,
             &[(Input::Json("{\"a\":[1,true,null]}"), ord(0, 0))],
         );
-        assert_eq!(obj.result(), serde_json::json!({"a": [1, true, null]}));
+        assert_eq!(
+            obj.result().to_value(),
+            serde_json::json!({"a": [1, true, null]})
+        );
         let bad = feed(
             AggregationFn::First,
             None,
             &[(Input::Json("{oops"), ord(0, 0))],
         );
-        assert_eq!(bad.result(), Value::Null);
+        assert_eq!(bad.result().to_value(), Value::Null);
+    }
+
+    /// A picked number is written as the text it came as (canonical: the decoder writes an
+    /// exact slot's number so), through every form a pick takes: the accumulator, a column row,
+    /// a merge, a checkpoint or partial (serde). A serde_json value would give the nearest f64.
+    #[test]
+    fn first_last_write_numbers_exactly() {
+        let big = "12345678901234567890123";
+        let bigger = "12345678901234567890124";
+        let fine = "0.1000000000000000000001";
+        let items = [
+            (Input::Json(bigger), ord(2, 0)),
+            (Input::Json(big), ord(1, 0)),
+            (Input::Json(fine), ord(3, 0)),
+        ];
+        for (f, want) in [(AggregationFn::First, big), (AggregationFn::Last, fine)] {
+            let acc = feed(f, None, &items);
+            assert_eq!(acc.result(), Output::Json(want.into()), "{f:?}");
+            assert_eq!(acc.result().to_string(), want);
+            assert_eq!(roundtrip(&acc).result().to_string(), want);
+            assert_eq!(Column::from_acc(&acc).result(0).to_string(), want);
+            let mut merged = Acc::new(f, None);
+            for item in &items {
+                merged.merge(&feed(f, None, std::slice::from_ref(item)));
+            }
+            assert_eq!(merged.result().to_string(), want);
+        }
+        // The two big integers are one f64: only the text tells them apart.
+        let last = feed(AggregationFn::Last, None, &items[..2]);
+        assert_eq!(last.result().to_string(), bigger);
+        assert_eq!(
+            last.result().to_value(),
+            serde_json::json!(1.2345678901234568e22)
+        );
+        // Strings as serde_json writes them; text that is not one JSON value is null.
+        let s = feed(
+            AggregationFn::First,
+            None,
+            &[(Input::Json("\"a\\\"b\""), ord(0, 0))],
+        );
+        assert_eq!(s.result().to_string(), "\"a\\\"b\"");
+        for bad in ["{oops", "1 2", "", "\"open"] {
+            let acc = feed(AggregationFn::Last, None, &[(Input::Json(bad), ord(0, 0))]);
+            assert_eq!(acc.result(), Output::NULL, "{bad:?}");
+        }
     }
 }

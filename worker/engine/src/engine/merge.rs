@@ -5,7 +5,7 @@
 use weir_crds::AggregationFn;
 
 use super::pane::Pane;
-use crate::agg::{Column, ResultScratch};
+use crate::agg::{Column, Output, ResultScratch};
 
 /// Reused buffers for merging the panes of a hopping window.
 #[derive(Default)]
@@ -31,7 +31,7 @@ pub(super) struct MergeScratch {
 struct Direct {
     scratch: ResultScratch,
     /// The results, for the groups in order.
-    values: Vec<serde_json::Value>,
+    values: Vec<Output>,
 }
 
 /// What [`MergeScratch::merge`] hands on for a column and a run of groups.
@@ -39,7 +39,7 @@ pub(super) enum Merged<'a> {
     /// The merged rows, one per group.
     Rows(&'a Column),
     /// Only the results, one per group, to take.
-    Values(&'a mut Vec<serde_json::Value>),
+    Values(&'a mut Vec<Output>),
 }
 
 /// Groups merged together for the variable-size states of a hopping window (see `emit_window`).

@@ -4,6 +4,7 @@
 
 use std::fmt::{self, Write as _};
 
+use crate::agg::Output;
 use crate::plan::JobPlan;
 use crate::time;
 
@@ -156,7 +157,7 @@ pub struct WindowResult {
     /// contains); empty for the global group.
     pub group: Box<[u8]>,
     /// One value per aggregation, in the job's order.
-    pub values: Vec<serde_json::Value>,
+    pub values: Vec<Output>,
 }
 
 impl WindowResult {
@@ -217,7 +218,7 @@ impl WindowResult {
             }
             push_json_str(out, &agg.name);
             out.push(':');
-            // `Display` of a JSON value is its compact text (`to_string`), written in place.
+            // `Display` of a result is its compact JSON text, written in place.
             let _ = write!(out, "{v}");
         }
         out.push_str("}}");
@@ -398,7 +399,11 @@ spec:
             start,
             end: start + 60_000,
             group: group.as_bytes().into(),
-            values: vec![n.into(), serde_json::json!(12.5), serde_json::Value::Null],
+            values: vec![
+                serde_json::Value::from(n).into(),
+                serde_json::json!(12.5).into(),
+                Output::NULL,
+            ],
         };
         let first = result(1_767_225_600_000, "\"m1\"\0\"fr\"", 3);
         assert_eq!(

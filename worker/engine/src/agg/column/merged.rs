@@ -9,6 +9,10 @@ use crate::agg::distinct::DISTINCT_EXACT_LIMIT;
 use crate::agg::numeric::number;
 use crate::agg::percentile::PERCENTILE_EXACT_LIMIT;
 use crate::agg::rank::{near_end_rank, rank_from_end, rank_index, NEAR_END};
+use crate::agg::Output;
+
+/// Rows to merge: a column and a row of it, each.
+pub type Parts<'a> = [(&'a Column, usize)];
 
 /// Reused buffers for [`Column::merged_result`].
 #[derive(Default)]
@@ -30,7 +34,7 @@ impl Column {
     ///
     /// This is what a hopping window result needs: the count of a union of a few hundred hashes,
     /// or one rank of a few hundred values, from a dozen panes and blocks.
-    pub fn merged_result(parts: &[(&Column, usize)], scratch: &mut ResultScratch) -> Option<Value> {
+    pub fn merged_result(parts: &Parts<'_>, scratch: &mut ResultScratch) -> Option<Output> {
         fn sealed<'a>(
             &(col, row): &(&'a Column, usize),
         ) -> Option<(&'a Packed, std::ops::Range<usize>)> {
@@ -87,7 +91,7 @@ impl Column {
                 }
                 table.fill(0);
                 let count = count + usize::from(zero);
-                (count <= DISTINCT_EXACT_LIMIT).then(|| Value::from(count))
+                (count <= DISTINCT_EXACT_LIMIT).then(|| Value::from(count).into())
             }
             Packed::Percentile { q, .. } => {
                 let q = *q;
@@ -106,7 +110,7 @@ impl Column {
                     return None;
                 }
                 if n == 0 {
-                    return Some(Value::Null);
+                    return Some(Output::NULL);
                 }
                 let spans = parts.iter().filter_map(|part| match sealed(part) {
                     Some((Packed::Percentile { values, .. }, span)) => values.get(span),

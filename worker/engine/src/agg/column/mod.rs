@@ -13,7 +13,7 @@ use crate::agg::moments::{MeanAcc, Moments, SumAcc};
 use crate::agg::numeric::{keep_extreme_nan, number};
 use crate::agg::percentile::Quantile;
 use crate::agg::pick::{Pick, PickSlot};
-use crate::agg::{Input, Order};
+use crate::agg::{Input, Order, Output};
 
 mod merged;
 mod sealed;
@@ -443,18 +443,18 @@ impl Column {
     }
 
     /// [`Acc::result`] of row `row` (`null` when out of range).
-    pub fn result(&self, row: usize) -> Value {
+    pub fn result(&self, row: usize) -> Output {
         let opt = |x: f64| (!x.is_nan()).then_some(x);
-        let get = |v: Option<Value>| v.unwrap_or(Value::Null);
+        let get = |v: Option<Output>| v.unwrap_or(Output::NULL);
         match self {
-            Column::Count(v) => get(v.get(row).map(|n| Value::from(*n))),
+            Column::Count(v) => get(v.get(row).map(|n| Value::from(*n).into())),
             Column::Sum(v) => get(v.get(row).map(|s| number(s.0.value()))),
             Column::Mean(v) => get(v.get(row).map(|m| number(m.mean()))),
             Column::Min(v) | Column::Max(v) => get(v.get(row).map(|x| number(opt(*x)))),
             Column::Stddev(v) => get(v.get(row).map(|m| number(m.variance().map(f64::sqrt)))),
             Column::Variance(v) => get(v.get(row).map(|m| number(m.variance()))),
             Column::Percentile { rows, .. } => get(rows.get(row).map(|p| number(p.value()))),
-            Column::CountDistinct(v) => get(v.get(row).map(|d| Value::from(d.estimate()))),
+            Column::CountDistinct(v) => get(v.get(row).map(|d| Value::from(d.estimate()).into())),
             Column::First(v) | Column::Last(v) => get(v.get(row).map(PickSlot::result)),
             Column::Sealed(s) => get(s.result(row)),
         }
@@ -494,7 +494,6 @@ impl Column {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
-    use serde_json::Value;
     use weir_crds::AggregationFn;
 
     use crate::agg::testkit::*;
@@ -545,7 +544,7 @@ mod tests {
                 by_row.merge_row(0, &other, 1);
                 prop_assert_eq!(bulk.result(0), by_row.result(0), "{:?} bulk", f);
                 prop_assert_eq!(bulk.result(1), by_row.result(1), "{:?} bulk", f);
-                prop_assert_eq!(col.result(5), Value::Null);
+                prop_assert_eq!(col.result(5), Output::NULL);
             }
         }
     }

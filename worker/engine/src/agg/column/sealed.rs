@@ -11,9 +11,9 @@ use crate::agg::acc::Acc;
 use crate::agg::distinct::Distinct;
 use crate::agg::numeric::number;
 use crate::agg::percentile::Quantile;
-use crate::agg::pick::{json_value, Pick, PickSlot};
+use crate::agg::pick::{json_output, Pick, PickSlot};
 use crate::agg::rank::exact_rank;
-use crate::agg::Order;
+use crate::agg::{Order, Output};
 
 /// Rows packed by [`Column::seal`]: read-only, with every row's variable-size state in one buffer
 /// shared by the column, in row order, so that merging from many rows in order reads memory
@@ -223,15 +223,15 @@ impl Sealed {
     }
 
     /// [`Acc::result`] of row `row`.
-    pub(super) fn result(&self, row: usize) -> Option<Value> {
+    pub(super) fn result(&self, row: usize) -> Option<Output> {
         let s = self.span(row)?;
         Some(match &self.packed {
             // The hashes of an exact set are distinct.
-            Packed::Distinct(_) => Value::from(s.len()),
+            Packed::Distinct(_) => Value::from(s.len()).into(),
             Packed::Percentile { q, values, .. } => number(exact_rank(values.get(s)?, *q)),
             Packed::Picks { orders, text, .. } => match orders.get(row)? {
-                Some(_) => json_value(text.get(s)?),
-                None => Value::Null,
+                Some(_) => json_output(text.get(s)?),
+                None => Output::NULL,
             },
         })
     }
