@@ -108,9 +108,7 @@ pub async fn observe(
             name_conflicts.push(conflict);
             None
         });
-
     let worker_pods = children::suspended_worker_pods(client, job).await?;
-
     Ok(Observation {
         topic,
         previous_assignment,
