@@ -56,19 +56,26 @@ impl Engine {
         ))
     }
 
+    /// The open rows and the row limit, when a limit is set and the open rows have reached it
+    /// (the stages' checks below share it). Counted only near the limit: `rows_bound` is an
+    /// upper bound kept on the record path.
+    fn at_row_limit(&mut self) -> Option<(usize, usize)> {
+        let limit = self.row_limit?;
+        if self.rows_bound < limit {
+            return None;
+        }
+        let rows = self.open_rows();
+        self.rows_bound = rows;
+        (rows >= limit).then_some((rows, limit))
+    }
+
     /// `state_full` when a row limit is set, the open rows have reached it, and the record (of
     /// the group in `key_buf`, at event time `t`, first window `first`) would open a new row.
     pub(super) fn check_room(&mut self, t: i64, first: i64) -> Result<(), Rejection> {
-        let Some(limit) = self.row_limit else {
+        let Some((rows, limit)) = self.at_row_limit() else {
             return Ok(());
         };
-        if self.rows_bound < limit {
-            return Ok(());
-        }
-        // Counted only near the bound: `rows_bound` is an upper bound kept on the record path.
-        let rows = self.open_rows();
-        self.rows_bound = rows;
-        if rows < limit || self.holds_row(t, first) {
+        if self.holds_row(t, first) {
             return Ok(());
         }
         Err(Rejection::new(
@@ -89,19 +96,14 @@ impl Engine {
         gid: u32,
         source: i32,
     ) -> Result<(), Rejection> {
-        let Some(limit) = self.row_limit else {
+        let Some((rows, limit)) = self.at_row_limit() else {
             return Ok(());
         };
-        if self.rows_bound < limit {
-            return Ok(());
-        }
-        let rows = self.open_rows();
-        self.rows_bound = rows;
         let held = match &self.state {
             State::Aligned(a) => a.panes.get(&key).is_some_and(|p| p.has(gid)),
             State::Sessions(_) => false,
         };
-        if rows < limit || held {
+        if held {
             return Ok(());
         }
         Err(Rejection::new(
