@@ -712,6 +712,21 @@ pub struct Checkpoint {
     pub delete_on_job_deletion: bool,
 }
 
+impl Checkpoint {
+    /// The default of [`Checkpoint::interval`].
+    pub const DEFAULT_INTERVAL_MS: i64 = 10_000;
+
+    /// The time between checkpoints, ms: [`Checkpoint::interval`], or its default of 10 s (also
+    /// when it does not parse, which validation refuses), at least 1 ms.
+    pub fn interval_ms(&self) -> i64 {
+        self.interval
+            .as_ref()
+            .and_then(|d| d.as_millis().ok())
+            .unwrap_or(Self::DEFAULT_INTERVAL_MS)
+            .max(1)
+    }
+}
+
 /// A checkpoint store: exactly one of `configMap` or `objectStore`.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

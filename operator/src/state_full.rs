@@ -13,6 +13,7 @@ use std::time::Duration;
 use weir_crds::StreamJob;
 
 use crate::observation::StateFullReport;
+use crate::status::human_ms;
 
 /// A partition that refused a record as `state_full` within this long (at least) is refusing.
 pub const RECENT: Duration = Duration::from_secs(300);
@@ -23,13 +24,7 @@ const NAMED: usize = 8;
 /// How long after its last refusal a partition still counts as refusing, for `job`: [`RECENT`],
 /// or two checkpoint intervals when longer.
 pub fn recent_ms(job: &StreamJob) -> i64 {
-    let interval = job
-        .spec
-        .checkpoint
-        .interval
-        .as_ref()
-        .and_then(|d| d.as_millis().ok())
-        .unwrap_or(10_000);
+    let interval = job.spec.checkpoint.interval_ms();
     let recent = i64::try_from(RECENT.as_millis()).unwrap_or(i64::MAX);
     recent.max(interval.saturating_mul(2))
 }
@@ -87,17 +82,8 @@ pub fn warning(job: &StreamJob, reports: &[StateFullReport], now_ms: i64) -> Opt
          running weir yourself, raise --max-open-rows. See docs/running.md, \"A bound on open \
          state\"",
         named.join(", "),
-        human(recent_ms(job)),
+        human_ms(recent_ms(job)),
     ))
-}
-
-/// `300000` ms as `5m`, `90000` as `90s`.
-fn human(ms: i64) -> String {
-    if ms % 60_000 == 0 {
-        format!("{}m", ms / 60_000)
-    } else {
-        format!("{}s", ms / 1_000)
-    }
 }
 
 #[cfg(test)]

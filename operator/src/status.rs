@@ -160,7 +160,7 @@ pub fn window_summary(w: &Window) -> String {
 }
 
 /// Milliseconds as a short duration (`25h`, `1h30m`, `90s`, `250ms`).
-fn human_ms(ms: i64) -> String {
+pub(crate) fn human_ms(ms: i64) -> String {
     if ms <= 0 {
         return "0s".to_string();
     }

@@ -160,12 +160,7 @@ impl Totals {
 impl JobContext {
     /// The job's checkpoint interval, from the spec (default 10 s).
     pub fn interval_of(spec: &StreamJobSpec) -> Duration {
-        spec.checkpoint
-            .interval
-            .as_ref()
-            .and_then(|d| d.as_millis().ok())
-            .map(|ms| Duration::from_millis(ms.max(1) as u64))
-            .unwrap_or(Duration::from_secs(10))
+        Duration::from_millis(spec.checkpoint.interval_ms().unsigned_abs())
     }
 }
 
