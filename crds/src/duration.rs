@@ -80,6 +80,29 @@ impl fmt::Display for Duration {
     }
 }
 
+/// Milliseconds as a short duration (`25h`, `1h30m`, `90s`, `250ms`).
+pub fn human_ms(ms: i64) -> String {
+    if ms <= 0 {
+        return "0s".to_string();
+    }
+    let units = [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ];
+    let mut rest = ms;
+    let mut out = String::new();
+    for (u, n) in units {
+        if rest >= n {
+            out.push_str(&format!("{}{u}", rest / n));
+            rest %= n;
+        }
+    }
+    out
+}
+
 /// `^([0-9]+(ms|s|m|h))+$` without a regex engine.
 fn matches_pattern(s: &str) -> bool {
     let b = s.as_bytes();

@@ -42,7 +42,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use documents::{validate_documents, Document, Outcome};
-pub use duration::{Duration, DurationError};
+pub use duration::{human_ms, Duration, DurationError};
 pub use suggest::unknown_field_message;
 pub use topics::repartition_topic;
 pub use validate::{FieldError, ValidationErrors, MAX_DURATION_MS, MAX_WINDOWS_PER_RECORD};

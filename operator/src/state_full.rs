@@ -10,10 +10,10 @@
 
 use std::time::Duration;
 
+use weir_crds::human_ms;
 use weir_crds::StreamJob;
 
 use crate::observation::StateFullReport;
-use crate::status::human_ms;
 
 /// A partition that refused a record as `state_full` within this long (at least) is refusing.
 pub const RECENT: Duration = Duration::from_secs(300);

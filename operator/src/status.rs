@@ -25,6 +25,7 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use weir_crds::definition::fingerprint;
+use weir_crds::human_ms;
 use weir_crds::{
     names, AutoscalingStatus, DefinitionStatus, ResetStatus, StreamJob, StreamJobStatus, Window,
     WindowType,
@@ -157,29 +158,6 @@ pub fn window_summary(w: &Window) -> String {
         }
     }
     s
-}
-
-/// Milliseconds as a short duration (`25h`, `1h30m`, `90s`, `250ms`).
-pub(crate) fn human_ms(ms: i64) -> String {
-    if ms <= 0 {
-        return "0s".to_string();
-    }
-    let units = [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-        ("ms", 1),
-    ];
-    let mut rest = ms;
-    let mut out = String::new();
-    for (u, n) in units {
-        if rest >= n {
-            out.push_str(&format!("{}{u}", rest / n));
-            rest %= n;
-        }
-    }
-    out
 }
 
 /// The warning when records an open window may still need can be deleted by retention before
