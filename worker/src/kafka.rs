@@ -46,9 +46,15 @@ pub mod queues {
     /// is still returned whole).
     pub const CONSUMER_FETCH_BYTES: u32 = 256 * 1024;
     /// The most key and value bytes a producer queues (`queue.buffering.max.kbytes`); when full,
-    /// the partition waits for the broker (backpressure). Above `batch.size` (1 MB), so a
-    /// batch fills before the queue does.
+    /// the partition waits for the broker (backpressure).
     pub const PRODUCER_KBYTES: u32 = 2 * 1024;
+    /// The most bytes in one produce batch (`batch.size`): an eighth of the queue, so while
+    /// some batches are in flight the partition goes on filling others. At librdkafka's 1 MB
+    /// (and 10,000 messages, about 2 MB of results) one batch filled the queue, and the
+    /// partition waited for each batch's acknowledgement before it could write the next: a
+    /// job with about a result per record ran at 0.25× a bare consumer, 0.39–0.43× with this
+    /// (docs/benchmarks.md, "Sparse results (issue 20)").
+    pub const PRODUCER_BATCH_BYTES: u32 = PRODUCER_KBYTES * 1024 / 8;
     /// librdkafka's bookkeeping per queued message, beyond its key and value (measured order
     /// of magnitude; used to size the queue's message count).
     pub const PRODUCER_MESSAGE_OVERHEAD: usize = 200;
@@ -267,7 +273,8 @@ fn producer_settings(
         .set(
             "queue.buffering.max.messages",
             producer_queue_messages(spec).to_string(),
-        );
+        )
+        .set("batch.size", queues::PRODUCER_BATCH_BYTES.to_string());
     for (k, v) in &target.properties {
         s.set(k, v);
     }
@@ -412,6 +419,8 @@ spec:
         assert_eq!(c.get("fetch.message.max.bytes"), Some("262144"));
         let p = sink_settings(&job, "j").expect("sink");
         assert_eq!(p.get("queue.buffering.max.kbytes"), Some("2048"));
+        // Several batches fit in the queue, so one in flight does not stop the partition.
+        assert_eq!(p.get("batch.size"), Some("262144"));
         // One group-less aggregation `n`: 160 + 29 bytes a result.
         assert_eq!(result_bytes_estimate(&job), 189);
         assert_eq!(
