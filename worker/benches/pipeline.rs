@@ -8,6 +8,10 @@
 //! - (a) a bare rdkafka `BaseConsumer` assigned all 4 partitions from the beginning, reading
 //!   every record (and touching its payload);
 //! - (a4) the same with one bare consumer per partition, one thread each (the worker's layout);
+//! - (r) a bare relay: per partition a consumer and a producer with the worker's own client
+//!   settings, reading every record and writing as many result-shaped messages as the job has
+//!   results (counted while loading), no engine (`pipeline/relay.rs`): the floor of the
+//!   worker's Kafka I/O on this broker;
 //! - (b) the worker: `partition::spawn_partition` for each partition (consumer, engine, idempotent sink
 //!   producer, checkpoints in a directory), tumbling 1m windows grouped by merchant with count,
 //!   sum and mean, timed until it has read every record; in the dense shape with checkpoints
@@ -17,6 +21,7 @@
 //!   a second stage (4 more threads) that merges them and writes the results; checkpoints
 //!   every 10 s; timed until the second stage has merged every message the first sent.
 //!
+//! `WEIR_BENCH_VARIANTS` (e.g. `relay,worker:0:10`) runs only those variants besides (a).
 //! `WEIR_BENCH_SOURCE_PROPS` and `WEIR_BENCH_SINK_PROPS` (`k=v,k=v`) add librdkafka
 //! properties to the job's source (which the bare consumers use too, except their prefetch
 //! settings, fixed at librdkafka's defaults) and sink.
@@ -24,7 +29,9 @@
 //! The shapes (issue 20): *dense*, 10,000 merchants and 200,000 records per minute of event
 //! time (~20 records per merchant and minute, one result per ~22 records); *sparse*, 10,000
 //! merchants and 6,000 records per minute (~1.3 records per result: most of the work is
-//! building and writing results).
+//! building and writing results); *keys* (not run unless named), 1,000,000 merchants and
+//! 2,000,000 records per minute over twice `WEIR_BENCH_RECORDS`, ~865,000 groups in a window:
+//! the open rows at scale, against the memory model.
 //!
 //! Every run is a child process (this binary again, told what to run by `WEIR_BENCH_CHILD`),
 //! so each variant's peak RSS (`VmHWM`) is its own: the worker's memory, as `weir run` would
@@ -41,6 +48,8 @@
 
 #[path = "../tests/support/broker.rs"]
 mod broker;
+#[path = "pipeline/relay.rs"]
+mod relay;
 
 use std::hint::black_box;
 use std::process::{Command, Stdio};
@@ -79,6 +88,8 @@ struct Shape {
     merchants: u64,
     /// Records per minute of event time.
     per_minute: u64,
+    /// Records loaded: this many times `WEIR_BENCH_RECORDS`.
+    records_scale: u64,
 }
 
 /// 2M records span 10 minutes, so ~10 tumbling windows of 10,000 groups close during a run
@@ -87,6 +98,7 @@ const DENSE: Shape = Shape {
     name: "dense",
     merchants: 10_000,
     per_minute: 200_000,
+    records_scale: 1,
 };
 
 /// 0.6 records per merchant and minute: ~4,500 of the 10,000 merchants appear in a minute,
@@ -95,6 +107,18 @@ const SPARSE: Shape = Shape {
     name: "sparse",
     merchants: 10_000,
     per_minute: 6_000,
+    records_scale: 1,
+};
+
+/// 1,000,000 merchants and 2,000,000 records per minute: ~865,000 merchants in each window
+/// with ~2.3 records each. Twice `WEIR_BENCH_RECORDS` (4M by default: two windows, the first
+/// closing during the run), so a worker holds about a million open rows at once: the memory
+/// model's rows term at scale.
+const KEYS: Shape = Shape {
+    name: "keys",
+    merchants: 1_000_000,
+    per_minute: 2_000_000,
+    records_scale: 2,
 };
 
 impl Shape {
@@ -106,7 +130,8 @@ impl Shape {
         match name {
             "dense" => DENSE,
             "sparse" => SPARSE,
-            other => panic!("unknown WEIR_BENCH_SHAPES entry {other:?} (dense, sparse)"),
+            "keys" => KEYS,
+            other => panic!("unknown WEIR_BENCH_SHAPES entry {other:?} (dense, sparse, keys)"),
         }
     }
 }
@@ -118,6 +143,8 @@ enum Variant {
     Bare,
     /// (a4)
     BarePerPartition,
+    /// (r)
+    Relay,
     /// (b) one stage, or (c) two, with a checkpoint interval in seconds.
     Worker { two_stage: bool, interval_s: u64 },
 }
@@ -127,6 +154,7 @@ impl Variant {
         match self {
             Variant::Bare => "(a) bare consumer, 1 thread".to_string(),
             Variant::BarePerPartition => "(a4) bare consumers, 1 thread/partition".to_string(),
+            Variant::Relay => "(r) bare relay: consume + produce a message per result".to_string(),
             Variant::Worker {
                 two_stage: false,
                 interval_s: OFF_S,
@@ -147,6 +175,7 @@ impl Variant {
         match self {
             Variant::Bare => "bare".to_string(),
             Variant::BarePerPartition => "bare4".to_string(),
+            Variant::Relay => "relay".to_string(),
             Variant::Worker {
                 two_stage,
                 interval_s,
@@ -158,6 +187,7 @@ impl Variant {
         match code.split(':').collect::<Vec<_>>()[..] {
             ["bare"] => Variant::Bare,
             ["bare4"] => Variant::BarePerPartition,
+            ["relay"] => Variant::Relay,
             ["worker", two, interval] => Variant::Worker {
                 two_stage: two == "1",
                 interval_s: interval.parse().expect("interval"),
@@ -166,8 +196,23 @@ impl Variant {
         }
     }
 
-    /// The variants run for `shape`, in order; (a) first (the ratios' base).
+    /// The variants run for `shape`, in order; (a) first (the ratios' base). With
+    /// `WEIR_BENCH_VARIANTS` (codes: `bare`, `bare4`, `relay`, `worker:<0|1 two stages>:<checkpoint
+    /// seconds>`, comma-separated) only those, after (a).
     fn for_shape(shape: &Shape) -> Vec<Variant> {
+        let all = Variant::all_for_shape(shape);
+        match std::env::var("WEIR_BENCH_VARIANTS") {
+            Ok(only) if !only.trim().is_empty() => {
+                let only: Vec<&str> = only.split(',').map(str::trim).collect();
+                all.into_iter()
+                    .filter(|v| *v == Variant::Bare || only.contains(&v.code().as_str()))
+                    .collect()
+            }
+            _ => all,
+        }
+    }
+
+    fn all_for_shape(shape: &Shape) -> Vec<Variant> {
         let worker = |two_stage, interval_s| Variant::Worker {
             two_stage,
             interval_s,
@@ -176,6 +221,7 @@ impl Variant {
             vec![
                 Variant::Bare,
                 Variant::BarePerPartition,
+                Variant::Relay,
                 worker(false, OFF_S),
                 worker(false, TEN_S),
                 worker(false, 1),
@@ -185,6 +231,7 @@ impl Variant {
             vec![
                 Variant::Bare,
                 Variant::BarePerPartition,
+                Variant::Relay,
                 worker(false, TEN_S),
                 worker(true, TEN_S),
             ]
@@ -254,7 +301,7 @@ spec:
 
 /// Record `i`: ~90 bytes of JSON, keyed by merchant; event time advances `per_minute` records
 /// per minute with up to 500 ms of disorder (within the allowed lateness: nothing is refused).
-fn record(shape: &Shape, i: u64, rnd: &mut impl FnMut() -> u64) -> (String, String) {
+fn record(shape: &Shape, i: u64, rnd: &mut impl FnMut() -> u64) -> (String, String, i64) {
     let t = T0 + 1000 + (i * 60_000 / shape.per_minute) as i64 - (rnd() % 500) as i64;
     let merchant = format!("m{:04}", rnd() % shape.merchants);
     let cents = rnd() % 100_000;
@@ -265,11 +312,21 @@ fn record(shape: &Shape, i: u64, rnd: &mut impl FnMut() -> u64) -> (String, Stri
         cents % 100,
         rnd() % 100_000
     );
-    (merchant, value)
+    (merchant, value, t)
 }
 
-/// Produce `n` records of `shape` into its topic; returns the payload bytes.
-fn load(bootstrap: &str, shape: &Shape, n: u64) -> u64 {
+/// What loading a shape's records found.
+struct Loaded {
+    /// Payload bytes.
+    bytes: u64,
+    /// (merchant, minute) pairs: the job's results.
+    results: u64,
+    /// The most merchants in one minute: the rows of the largest window.
+    window_rows: u64,
+}
+
+/// Produce `n` records of `shape` into its topic.
+fn load(bootstrap: &str, shape: &Shape, n: u64) -> Loaded {
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
@@ -287,16 +344,26 @@ fn load(bootstrap: &str, shape: &Shape, n: u64) -> u64 {
     };
     let topic = shape.topic();
     let mut bytes = 0u64;
+    let mut groups = std::collections::HashSet::new();
     for i in 0..n {
-        let (key, value) = record(shape, i, &mut rnd);
+        let (key, value, t) = record(shape, i, &mut rnd);
         bytes += value.len() as u64;
+        groups.insert((key.clone(), t.div_euclid(60_000)));
         let rec = BaseRecord::to(&topic)
             .key(key.as_bytes())
             .payload(value.as_bytes());
         weir_worker::kafka::send_when_room(&p, rec).expect("producing");
     }
     p.flush(Duration::from_secs(120)).expect("flush");
-    bytes
+    let mut per_window = std::collections::HashMap::<i64, u64>::new();
+    for (_, minute) in &groups {
+        *per_window.entry(*minute).or_default() += 1;
+    }
+    Loaded {
+        bytes,
+        results: groups.len() as u64,
+        window_rows: per_window.values().copied().max().unwrap_or(0),
+    }
 }
 
 /// Records in each partition of `topic` (low to high watermark).
@@ -336,10 +403,16 @@ fn read(settings: &ClientSettings, topic: &str, partitions: &[i32], n: u64) -> u
     black_box(bytes)
 }
 
+/// Bytes per open row of the benchmark's job (tumbling, count + sum + mean), as the engine's
+/// memory benchmark measured (docs/running.md, "A bound on open state").
+const ROW_BYTES: f64 = 111.0;
+
 /// The memory model of docs/running.md ("Memory"), MB: 30 fixed, 16 per partition thread
-/// (its consumer and engine), 4 per producer (a bounded queue); the open rows of these jobs
-/// (10,000 merchants, one or two minutes open, ~111 bytes a row) add about 2 MB.
-fn memory_model_mb(variant: Variant) -> Option<f64> {
+/// (its consumer and engine), 4 per producer (a bounded queue), and the open rows at
+/// [`ROW_BYTES`]: the largest window's `window_rows` plus a second of the next window's records
+/// (the allowed lateness), in two stages twice (the merge stage holds the rows again).
+fn memory_model_mb(variant: Variant, shape: &Shape, window_rows: u64) -> Option<f64> {
+    let rows = (window_rows + shape.per_minute / 60) as f64;
     let (threads, producers) = match variant {
         Variant::Worker {
             two_stage: false, ..
@@ -348,9 +421,10 @@ fn memory_model_mb(variant: Variant) -> Option<f64> {
         Variant::Worker {
             two_stage: true, ..
         } => (8.0, 12.0),
-        Variant::Bare | Variant::BarePerPartition => return None,
+        Variant::Bare | Variant::BarePerPartition | Variant::Relay => return None,
     };
-    Some(30.0 + 16.0 * threads + 4.0 * producers + 2.0)
+    let stages = if threads > 4.0 { 2.0 } else { 1.0 };
+    Some(30.0 + 16.0 * threads + 4.0 * producers + stages * rows * ROW_BYTES / 1e6)
 }
 
 /// What a child measured (printed as one JSON line after [`RUN_LINE`]).
@@ -443,6 +517,8 @@ struct ChildSetup {
     name: String,
     n: u64,
     sizes: Vec<u64>,
+    /// The job's results over the `n` records (for (r)).
+    results: u64,
 }
 
 /// The child process: run one variant, print its measurement.
@@ -453,6 +529,7 @@ fn child(code: &str) {
         sink: env_str("WEIR_BENCH_SINK"),
         name: env_str("WEIR_BENCH_NAME"),
         n: env_u64("WEIR_BENCH_N", 0),
+        results: env_u64("WEIR_BENCH_RESULTS", 0),
         sizes: env_str("WEIR_BENCH_SIZES")
             .split(',')
             .map(|s| s.parse().expect("size"))
@@ -477,6 +554,7 @@ fn child(code: &str) {
                 ..Measured::default()
             }
         }
+        Variant::Relay => relay::relay(&setup, &spec, setup.results),
         Variant::BarePerPartition => {
             let t0 = Instant::now();
             std::thread::scope(|s| {
@@ -617,7 +695,7 @@ fn worker(setup: &ChildSetup, two_stage: bool, interval: Duration) -> Measured {
 fn run_child(
     bootstrap: &str,
     shape: &Shape,
-    sizes: &[u64],
+    (sizes, results): (&[u64], u64),
     variant: Variant,
     round: usize,
 ) -> Measured {
@@ -638,6 +716,7 @@ fn run_child(
         .env("WEIR_BENCH_SINK", &sink)
         .env("WEIR_BENCH_NAME", &name)
         .env("WEIR_BENCH_N", n.to_string())
+        .env("WEIR_BENCH_RESULTS", results.to_string())
         .env("WEIR_BENCH_SIZES", sizes.join(","))
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -737,7 +816,7 @@ fn print_run(r: &Run, base: f64) {
 }
 
 /// The summary of one shape: medians over rounds; ratios per round (against that round's (a)).
-fn summarize(shape: &Shape, runs: &[Run], rounds: usize) {
+fn summarize(shape: &Shape, window_rows: u64, runs: &[Run], rounds: usize) {
     let runs: Vec<&Run> = runs.iter().filter(|r| r.shape == shape.name).collect();
     let variants = Variant::for_shape(shape);
     let rates = |v: Variant| -> Vec<f64> {
@@ -770,7 +849,8 @@ fn summarize(shape: &Shape, runs: &[Run], rounds: usize) {
             .iter()
             .find(|x| x.variant == *v)
             .map_or(0, |x| x.m.results);
-        let model = memory_model_mb(*v).map_or("—".to_string(), |m| format!("{m:.0}"));
+        let model = memory_model_mb(*v, shape, window_rows)
+            .map_or("—".to_string(), |m| format!("{m:.0}"));
         println!(
             "| {} | {:.0} | {lo:.0} – {hi:.0} | {:.2} | {rlo:.2} – {rhi:.2} | {results} | {:.0} ({slo:.0} – {shi:.0}) | {model} | {:.2} |",
             v.label(),
@@ -779,7 +859,7 @@ fn summarize(shape: &Shape, runs: &[Run], rounds: usize) {
             median(rss.clone()),
             median(cpu),
         );
-        if let Some(m) = memory_model_mb(*v) {
+        if let Some(m) = memory_model_mb(*v, shape, window_rows) {
             if shi > m {
                 println!(
                     "  ^ over the memory model: {} peaked at {shi:.0} MB, the model says {m:.0} MB",
@@ -796,26 +876,29 @@ fn summarize(shape: &Shape, runs: &[Run], rounds: usize) {
         two_stage: true,
         interval_s: TEN_S,
     };
-    let two_vs_one = median(
-        rates(two)
-            .iter()
-            .zip(&rates(one))
-            .map(|(c, b)| c / b)
-            .collect(),
-    );
-    println!(
-        "\ntwo stages vs one ({}; same job and records, checkpoint every 10 s; end = every \
-         partial merged): median ratio {two_vs_one:.2} over {rounds} rounds",
-        shape.name
-    );
-    if shape.name != DENSE.name {
-        return;
+    let (two_rates, one_rates) = (rates(two), rates(one));
+    if !two_rates.is_empty() && !one_rates.is_empty() {
+        let two_vs_one = median(
+            two_rates
+                .iter()
+                .zip(&one_rates)
+                .map(|(c, b)| c / b)
+                .collect(),
+        );
+        println!(
+            "\ntwo stages vs one ({}; same job and records, checkpoint every 10 s; end = every \
+             partial merged): median ratio {two_vs_one:.2} over {rounds} rounds",
+            shape.name
+        );
     }
-    // Checkpoint cost against "off", per round, then the median.
     let off = rates(Variant::Worker {
         two_stage: false,
         interval_s: OFF_S,
     });
+    if shape.name != DENSE.name || off.is_empty() {
+        return;
+    }
+    // Checkpoint cost against "off", per round, then the median.
     let cost = |v: Variant| -> f64 {
         median(
             rates(v)
@@ -880,6 +963,7 @@ fn main() {
     let mut sizes = Vec::new();
     for shape in &shapes {
         let topic = shape.topic();
+        let n = n * shape.records_scale;
         weir_worker::tools::create_topic(&bootstrap, &topic, PARTITIONS).expect("create topic");
         println!(
             "nisshi (memory storage) at {bootstrap}; loading {n} {} records into {topic} \
@@ -887,7 +971,11 @@ fn main() {
             shape.name, shape.merchants, shape.per_minute
         );
         let t0 = Instant::now();
-        let bytes = load(&bootstrap, shape, n);
+        let Loaded {
+            bytes,
+            results,
+            window_rows,
+        } = load(&bootstrap, shape, n);
         let load_s = t0.elapsed().as_secs_f64();
         println!(
             "loaded {n} records ({:.1} MB of payload, {:.0} bytes/record) in {load_s:.1} s: {:.0} records/s",
@@ -895,12 +983,16 @@ fn main() {
             bytes as f64 / n as f64,
             n as f64 / load_s
         );
+        println!(
+            "the job's results over them: {results} (merchant, minute) pairs; the largest \
+             window has {window_rows}"
+        );
         let (spec, _) = job_spec(&bootstrap, &topic, "unused", false);
         let settings = kafka::source_settings(&spec, "bench-sizes").expect("settings");
         let s = partition_sizes(&settings, &topic);
         assert_eq!(s.iter().sum::<u64>(), n, "partition sizes {s:?}");
         println!("records per partition: {s:?}");
-        sizes.push(s);
+        sizes.push((s, results, window_rows));
     }
 
     println!("\nEach run is a child process; peak RSS is the child's VmHWM.\n");
@@ -913,12 +1005,12 @@ fn main() {
             let before = load_average();
             let first = runs.len();
             for variant in Variant::for_shape(shape) {
-                let m = run_child(&bootstrap, shape, sizes, variant, round);
+                let m = run_child(&bootstrap, shape, (&sizes.0, sizes.1), variant, round);
                 runs.push(Run {
                     shape: shape.name,
                     round,
                     variant,
-                    records: n,
+                    records: sizes.0.iter().sum(),
                     m,
                 });
                 let base = runs[first].rate();
@@ -935,8 +1027,8 @@ fn main() {
         "\nload average (1 min) before → after each round: {}",
         loads.join("; ")
     );
-    for shape in &shapes {
-        summarize(shape, &runs, rounds);
+    for (shape, sizes) in shapes.iter().zip(&sizes) {
+        summarize(shape, sizes.2, &runs, rounds);
     }
     if !full {
         println!(
