@@ -41,6 +41,10 @@ const GAUGE_EVERY: Duration = Duration::from_secs(2);
 /// Reading the clock per record cost a sixth of the record path (perf, docs/benchmarks.md):
 /// timers are looked at every this many messages, and whenever the partition is quiet.
 const TIMER_EVERY: u32 = 256;
+/// Results built at a time when a window closes ([`Action::Results`]): few enough that a window
+/// of a million groups never holds more than this many built results (docs/running.md,
+/// "Memory").
+const RESULTS_CHUNK: usize = 1024;
 
 /// What one partition thread owns its partition under.
 #[derive(Clone, Debug)]
@@ -283,6 +287,7 @@ fn open_partition<'a>(
         protocol,
         producers,
         actions: Vec::new(),
+        results: Vec::new(),
         clock: Instant::now(),
         timing,
         claim,
@@ -604,6 +609,8 @@ struct PartitionIo<'a> {
     producers: Outbox,
     /// The protocol's outbox, reused (its capacity stays).
     actions: Vec<Action>,
+    /// Results taken from the protocol a chunk at a time ([`Action::Results`]), reused.
+    results: Vec<WindowResult>,
     /// The protocol's time origin (monotonic).
     clock: Instant,
     timing: Timing,
@@ -755,6 +762,7 @@ impl PartitionIo<'_> {
         let partition = self.partition;
         match action {
             Action::Result(r) => self.send_result(&r)?,
+            Action::Results { through } => self.send_results(through)?,
             Action::DeadLetter(rejection) => {
                 if rejection.reason == RejectReason::StateFull {
                     // Reported in the checkpoints, for the job's status (docs/operator.md).
@@ -838,6 +846,25 @@ impl PartitionIo<'_> {
             topic: self.topic,
             partition: self.partition,
         }
+    }
+
+    /// The results of an [`Action::Results`], built and written [`RESULTS_CHUNK`] at a time.
+    fn send_results(&mut self, through: u64) -> Result<(), RuntimeError> {
+        let mut chunk = std::mem::take(&mut self.results);
+        let sent = loop {
+            chunk.clear();
+            self.protocol
+                .next_results(through, RESULTS_CHUNK, &mut chunk);
+            if chunk.is_empty() {
+                break Ok(());
+            }
+            if let Err(e) = chunk.iter().try_for_each(|r| self.send_result(r)) {
+                break Err(e);
+            }
+        };
+        chunk.clear();
+        self.results = chunk;
+        sent
     }
 
     fn send_result(&mut self, r: &WindowResult) -> Result<(), RuntimeError> {

@@ -106,6 +106,15 @@ pub enum StartPoint {
 pub enum Action {
     /// Send a window result to the sink.
     Result(WindowResult),
+    /// Send the window results that are ready to the sink: take them with
+    /// [`PartitionProtocol::next_results`] given `through`, until it gives none, before the
+    /// actions after this one. (They are built as they are taken: a window of a million groups
+    /// would otherwise hold a million results at once. [`PartitionProtocol::expand_results`]
+    /// turns these into [`Action::Result`]s, for tests and tools.)
+    Results {
+        /// What to pass to [`PartitionProtocol::next_results`].
+        through: u64,
+    },
     /// Count the record just given to [`PartitionProtocol::record`] (the merge stage: the
     /// message just given to [`PartitionProtocol::partial`], a partial refused as `state_full`)
     /// as rejected and send it to the dead-letter topic (if any). Not asked for records seen
@@ -570,12 +579,51 @@ impl PartitionProtocol {
     }
 
     fn take_results(&mut self, out: &mut Vec<Action>) {
+        if self.engine.results_pending() > 0 {
+            out.push(Action::Results {
+                through: self.engine.results_emitted(),
+            });
+        }
+    }
+
+    /// For an [`Action::Results`] given `through`: append up to `max` of its results to `out`
+    /// (built now); none when all were taken. Results emitted before the restart (the replay
+    /// rebuilt only part of them), or before the first window this run can compute completely,
+    /// are skipped.
+    pub fn next_results(&mut self, through: u64, max: usize, out: &mut Vec<WindowResult>) {
         let results_from = self.results_from().unwrap_or(i64::MIN);
-        for r in self.engine.take_results() {
-            // Emitted before the restart (the replay rebuilt only part of it), or before the
-            // first window this run can compute completely.
-            if r.end > self.emitted_through && r.start >= results_from {
-                out.push(Action::Result(r));
+        let emitted_through = self.emitted_through;
+        loop {
+            let first = out.len();
+            if self.engine.take_results_upto(through, max, out) == 0 {
+                return;
+            }
+            let mut i = 0;
+            out.retain(|r| {
+                let keep = i < first || (r.end > emitted_through && r.start >= results_from);
+                i += 1;
+                keep
+            });
+            if out.len() > first {
+                return;
+            }
+        }
+    }
+
+    /// Replace every [`Action::Results`] in `out` with its results as [`Action::Result`]s, built
+    /// all at once (tests and tools; a worker takes them with [`Self::next_results`]).
+    pub fn expand_results(&mut self, out: &mut Vec<Action>) {
+        if !out.iter().any(|a| matches!(a, Action::Results { .. })) {
+            return;
+        }
+        let mut results = Vec::new();
+        for a in std::mem::take(out) {
+            match a {
+                Action::Results { through } => {
+                    self.next_results(through, usize::MAX, &mut results);
+                    out.extend(results.drain(..).map(Action::Result));
+                }
+                other => out.push(other),
             }
         }
     }
@@ -755,12 +803,14 @@ spec:
         };
         let mut out = Vec::new();
         let verdict = p.record(&rec, now, &mut out);
+        p.expand_results(&mut out);
         (verdict, out)
     }
 
     fn ticked(p: &mut PartitionProtocol, now: i64) -> Vec<Action> {
         let mut out = Vec::new();
         p.tick(now, &mut out);
+        p.expand_results(&mut out);
         out
     }
 
@@ -1346,6 +1396,7 @@ spec:
         let mut out = Vec::new();
         for (offset, msg) in old.iter().chain(&untagged).chain(&log).enumerate() {
             m.partial(offset as i64, msg, &mut out);
+            m.expand_results(&mut out);
         }
         let skipped = out
             .iter()

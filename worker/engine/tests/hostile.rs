@@ -203,6 +203,7 @@ fn build(action: &Action, plan: &JobPlan, merge: &mut Option<PartitionProtocol>,
             if let Some(m) = merge {
                 let mut out = Vec::new();
                 m.partial(0, &bytes, &mut out);
+                m.expand_results(&mut out);
                 for a in &out {
                     if let Action::Result(r) = a {
                         n.largest_result = n.largest_result.max(check_result(r, plan));
@@ -285,17 +286,20 @@ fn run(
             value: v,
         };
         let _ = source.record(&rec, i as i64, &mut out);
+        source.expand_results(&mut out);
         for a in out.drain(..) {
             build(&a, &plan, &mut merge, &mut n);
         }
     }
     source.tick(1_000_000, &mut out);
     source.end_of_input(&mut out);
+    source.expand_results(&mut out);
     for a in out.drain(..) {
         build(&a, &plan, &mut merge, &mut n);
     }
     if let Some(m) = &mut merge {
         m.end_of_input(&mut out);
+        m.expand_results(&mut out);
         for a in out.drain(..) {
             build(&a, &plan, &mut None, &mut n);
         }

@@ -659,6 +659,7 @@ fn replay_equals_clean_run(job: &Job, events: &[Event], crashes: &[usize]) -> Re
     for point in points.into_iter().chain([values.len()]) {
         while next < point {
             let outcome = partition.record(&record(next), 0, &mut out);
+            partition.expand_results(&mut out);
             match (outcome, want_rejects.get(&next)) {
                 (Ok(()), None) => {}
                 (Err(r), Some(w)) if r == *w => {}
@@ -676,6 +677,7 @@ fn replay_equals_clean_run(job: &Job, events: &[Event], crashes: &[usize]) -> Re
         }
         // Checkpoint, crash, resume.
         partition.tick(timing.checkpoint_interval_ms, &mut out);
+        partition.expand_results(&mut out);
         let Some(Action::Checkpoint(progress)) = out.pop() else {
             return Err(format!("no checkpoint due at offset {point}"));
         };
@@ -691,6 +693,7 @@ fn replay_equals_clean_run(job: &Job, events: &[Event], crashes: &[usize]) -> Re
         seen_before = point;
     }
     partition.end_of_input(&mut out);
+    partition.expand_results(&mut out);
     for a in out {
         if let Action::Result(r) = a {
             got.insert(key(&r), r.values);

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use super::closing::{Closing, Closings};
 use super::groups::Groups;
 use super::marks::Mark;
 use super::merge::{MergeScratch, Merged};
@@ -115,16 +116,19 @@ impl Aligned {
     }
 
     /// Emit the windows with end in `(old, wm]` that hold data, and drop panes no open window
-    /// needs.
+    /// needs. A tumbling window's pane moves to `closing`, which builds its results as they are
+    /// taken; a hopping window's results are built into `out` at once (they merge several panes).
     pub(super) fn close(
         &mut self,
         old: i64,
         wm: i64,
         groups: &mut Groups,
         out: &mut Vec<WindowResult>,
-    ) {
+        closing: &mut Closings,
+    ) -> usize {
+        let mut queued = 0;
         let Some((&(first_pane, _), _)) = self.panes.first_key_value() else {
-            return;
+            return 0;
         };
         // The first window that may still be open and contains the first pane.
         let mut s = self.first_window(first_pane);
@@ -148,40 +152,26 @@ impl Aligned {
                     None => break,
                 }
             }
-            self.emit_window(s, groups, out);
+            if self.pane == self.size {
+                // Tumbling: the pane is the window (a record late for it is refused, so no
+                // pane is tagged with another first window).
+                if let Some(pane) = self.panes.remove(&(s, s)) {
+                    self.rows_hint = pane.len() + pane.len() / 16;
+                    queued += closing.push(Closing::new(s, end, pane, groups));
+                }
+            } else {
+                let first = out.len();
+                self.emit_hopping(s, groups, out);
+                // Each group has one result per window, so an unstable sort gives the same order.
+                out[first..].sort_unstable_by(|x, y| x.group.cmp(&y.group));
+            }
             s += self.slide;
             self.drop_panes_before(s, groups);
         }
         // Panes before the first window still open belong only to closed windows.
         let open_from = align_up(wm.saturating_sub(self.size) + 1, self.slide);
         self.drop_panes_before(open_from, groups);
-    }
-
-    fn emit_window(&mut self, s: i64, groups: &Groups, out: &mut Vec<WindowResult>) {
-        let first = out.len();
-        if self.pane == self.size {
-            self.emit_tumbling(s, groups, out);
-        } else {
-            self.emit_hopping(s, groups, out);
-        }
-        // Each group has one result per window, so an unstable sort gives the same order.
-        out[first..].sort_unstable_by(|x, y| x.group.cmp(&y.group));
-    }
-
-    /// Tumbling: the pane is the window, and every record in it counts.
-    fn emit_tumbling(&self, s: i64, groups: &Groups, out: &mut Vec<WindowResult>) {
-        let end = s + self.size;
-        let result = |gid: u32, cols: &[Column], row: usize| WindowResult {
-            start: s,
-            end,
-            group: groups.key(gid).into(),
-            values: cols.iter().map(|c| c.result(row)).collect(),
-        };
-        if let Some(p) = self.panes.get(&(s, s)) {
-            for (row, gid) in p.gids.iter().enumerate() {
-                out.push(result(*gid, &p.cols, row));
-            }
-        }
+        queued
     }
 
     /// Hopping: merge the window's panes group by group, in pane order. Runs of untagged panes

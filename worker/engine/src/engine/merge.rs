@@ -42,7 +42,7 @@ pub(super) enum Merged<'a> {
     Values(&'a mut Vec<Output>),
 }
 
-/// Groups merged together for the variable-size states of a hopping window (see `emit_window`).
+/// Groups merged together for the variable-size states of a hopping window (see `Aligned::emit_hopping`).
 const MERGE_CHUNK: usize = 64;
 
 impl MergeScratch {

@@ -21,7 +21,7 @@
 //!   touched. (The one exception: the future-skew guard counts a partition's records in a row
 //!   that were far ahead of it, see [`guard`].)
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::agg::Order;
 use crate::decode::{Fields, Scalar};
@@ -30,6 +30,7 @@ use crate::time;
 
 mod aligned;
 mod bounds;
+mod closing;
 mod extract;
 mod groups;
 mod guard;
@@ -41,6 +42,7 @@ mod sessions;
 mod stages;
 
 use aligned::{align_down, align_up, Aligned};
+use closing::Closings;
 use extract::Contribution;
 use groups::Groups;
 pub use guard::AHEAD_IN_A_ROW;
@@ -72,7 +74,16 @@ pub struct Engine {
     watermark: i64,
     groups: Groups,
     state: State,
+    /// Results of the windows a [`Engine::close_until`] is closing (hopping, sessions), sorted
+    /// there, then moved to `ready`.
     results: Vec<WindowResult>,
+    /// Results built and not taken yet, in order.
+    ready: VecDeque<WindowResult>,
+    /// Closed tumbling windows whose results are built as they are taken.
+    closing: Closings,
+    /// Results emitted ever (built or not) and taken ever: see [`Engine::results_emitted`].
+    results_emitted: u64,
+    results_taken: u64,
     stats: Stats,
     // Buffers reused between records so the record path does not allocate.
     slot_buf: Vec<Option<Scalar<'static>>>,
@@ -121,6 +132,10 @@ impl Engine {
             groups: Groups::new(),
             state,
             results: Vec::new(),
+            ready: VecDeque::new(),
+            closing: Closings::default(),
+            results_emitted: 0,
+            results_taken: 0,
             stats: Stats::default(),
             slot_buf: Vec::new(),
             key_buf: Vec::new(),
@@ -198,8 +213,56 @@ impl Engine {
     }
 
     /// Results emitted since the last call, in order of window end, window start, then group.
+    /// Builds them all at once: [`Engine::take_results_upto`] builds a closed tumbling window's
+    /// results a few at a time.
     pub fn take_results(&mut self) -> Vec<WindowResult> {
-        std::mem::take(&mut self.results)
+        let mut out = Vec::new();
+        self.take_results_upto(self.results_emitted, usize::MAX, &mut out);
+        out
+    }
+
+    /// How many results the engine has emitted since it started (taken or not): a later
+    /// [`Engine::take_results_upto`] given this number takes the results emitted until now and
+    /// none emitted after.
+    pub fn results_emitted(&self) -> u64 {
+        self.results_emitted
+    }
+
+    /// Results emitted and not taken yet.
+    pub fn results_pending(&self) -> u64 {
+        self.results_emitted - self.results_taken
+    }
+
+    /// Append to `out` up to `max` of the results not taken yet, in the order of
+    /// [`Engine::take_results`], stopping after the `through`-th result ever emitted (see
+    /// [`Engine::results_emitted`]). Returns how many it appended; fewer than `max` when none
+    /// are left up to `through`. A closed tumbling window's results are built here, so taking
+    /// them in chunks bounds the memory they hold (docs/running.md, "Memory").
+    pub fn take_results_upto(
+        &mut self,
+        through: u64,
+        max: usize,
+        out: &mut Vec<WindowResult>,
+    ) -> usize {
+        let mut n = 0;
+        while n < max && self.results_taken < through {
+            let room = (max - n).min(usize::try_from(through - self.results_taken).unwrap_or(max));
+            // Built results come first: an engine of tumbling windows builds none, the others
+            // build them all.
+            let got = if self.ready.is_empty() {
+                self.closing.take(room, &mut self.groups, out)
+            } else {
+                let k = room.min(self.ready.len());
+                out.extend(self.ready.drain(..k));
+                k
+            };
+            if got == 0 {
+                break;
+            }
+            n += got;
+            self.results_taken += got as u64;
+        }
+        n
     }
 
     /// Process one record: count it, or say why not. May close windows.
@@ -439,12 +502,22 @@ impl Engine {
         match &mut self.state {
             State::Aligned(_) if self.partial_mode => self.close_partials(wm),
             State::Aligned(a) => {
-                a.close(old, wm, &mut self.groups, &mut self.results);
+                let queued = a.close(
+                    old,
+                    wm,
+                    &mut self.groups,
+                    &mut self.results,
+                    &mut self.closing,
+                );
+                self.stats.results += queued as u64;
+                self.results_emitted += queued as u64;
             }
             State::Sessions(s) => s.close(wm, &mut self.groups, &mut self.results),
         }
         let emitted = &mut self.results[first..];
         emitted.sort_by(|x, y| (x.end, x.start, &x.group).cmp(&(y.end, y.start, &y.group)));
         self.stats.results += emitted.len() as u64;
+        self.results_emitted += emitted.len() as u64;
+        self.ready.extend(self.results.drain(..));
     }
 }
