@@ -406,25 +406,33 @@ fn read(settings: &ClientSettings, topic: &str, partitions: &[i32], n: u64) -> u
 /// Bytes per open row of the benchmark's job (tumbling, count + sum + mean), as the engine's
 /// memory benchmark measured (docs/running.md, "A bound on open state").
 const ROW_BYTES: f64 = 111.0;
+/// Bytes per partial of a closing window in a two-stage job's first stage: a window's partials
+/// are all built when it closes (measured with the keys shape: docs/benchmarks.md). A one-stage
+/// job's results, and the merge stage's, are built 1,024 at a time as they are written.
+const PARTIAL_BYTES: f64 = 350.0;
 
 /// The memory model of docs/running.md ("Memory"), MB: 30 fixed, 16 per partition thread
-/// (its consumer and engine), 4 per producer (a bounded queue), and the open rows at
-/// [`ROW_BYTES`]: the largest window's `window_rows` plus a second of the next window's records
-/// (the allowed lateness), in two stages twice (the merge stage holds the rows again).
+/// (its consumer and engine), 4 per producer (a bounded queue), the open rows at
+/// [`ROW_BYTES`] (the largest window's `window_rows` plus a second of the next window's
+/// records, the allowed lateness); in two stages the merge stage holds the rows again and the
+/// first stage builds the largest window's partials at [`PARTIAL_BYTES`].
 fn memory_model_mb(variant: Variant, shape: &Shape, window_rows: u64) -> Option<f64> {
     let rows = (window_rows + shape.per_minute / 60) as f64;
-    let (threads, producers) = match variant {
+    let (threads, producers, state) = match variant {
         Variant::Worker {
             two_stage: false, ..
-        } => (4.0, 4.0),
+        } => (4.0, 4.0, rows * ROW_BYTES),
         // Source partitions: sink and repartition producers; merge partitions: a sink producer.
         Variant::Worker {
             two_stage: true, ..
-        } => (8.0, 12.0),
+        } => (
+            8.0,
+            12.0,
+            2.0 * rows * ROW_BYTES + window_rows as f64 * PARTIAL_BYTES,
+        ),
         Variant::Bare | Variant::BarePerPartition | Variant::Relay => return None,
     };
-    let stages = if threads > 4.0 { 2.0 } else { 1.0 };
-    Some(30.0 + 16.0 * threads + 4.0 * producers + stages * rows * ROW_BYTES / 1e6)
+    Some(30.0 + 16.0 * threads + 4.0 * producers + state / 1e6)
 }
 
 /// What a child measured (printed as one JSON line after [`RUN_LINE`]).
