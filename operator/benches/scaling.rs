@@ -68,11 +68,13 @@ impl Timing {
         sample_every: Duration::from_secs(30),
         speedup: 1,
     };
+    // The spike sampled at least 8 times: with 3 samples (every 2 s over 6 s) a sample could
+    // land when the worker had just caught up, and the smoke run once scaled nothing.
     const SMOKE: Timing = Timing {
         warm: Duration::from_secs(3),
-        spike: Duration::from_secs(6),
+        spike: Duration::from_secs(8),
         after: Duration::from_secs(3),
-        sample_every: Duration::from_secs(2),
+        sample_every: Duration::from_secs(1),
         speedup: 15,
     };
 }
