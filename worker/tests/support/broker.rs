@@ -50,7 +50,7 @@ pub fn nisshi_binary() -> PathBuf {
     }
     panic!(
         "the Kafka-protocol broker `nisshi` was not found (WEIR_NISSHI, PATH, ~/.cache/weir/nisshi/bin): \
-         run scripts/deps, which installs nisshi 0.8.1 (about 15 minutes the first time; CI does it)"
+         run scripts/deps, which installs nisshi 0.8.1 (about 14 minutes the first time; CI does it)"
     )
 }
 
