@@ -660,16 +660,29 @@ fn worker(setup: &ChildSetup, two_stage: bool, interval: Duration) -> Measured {
     };
     wait(&|| totals.records.load(Ordering::Relaxed) >= n);
     let first_stage_seconds = t0.elapsed().as_secs_f64();
+    let mut seconds = first_stage_seconds;
     if two_stage {
         // The partials a record closes are counted just after the record: let the last
-        // record's be, then wait for the second stage to have merged every message.
+        // record's be, then wait for the second stage to have merged every message. The
+        // first stage sends the marker that closes the last windows up to a marker interval
+        // later, so the run ends only when nothing more was sent for longer than that; its
+        // time is when the merge stage had merged the last message.
         std::thread::sleep(Duration::from_millis(1));
-        wait(&|| {
+        let quiet =
+            Duration::from_millis(2 * weir_engine::protocol::MARKER_EVERY_MS.unsigned_abs());
+        loop {
+            wait(&|| {
+                let sent = totals.partials_sent.load(Ordering::Relaxed);
+                sent > 0 && totals.partials_merged.load(Ordering::Relaxed) >= sent
+            });
+            seconds = t0.elapsed().as_secs_f64();
             let sent = totals.partials_sent.load(Ordering::Relaxed);
-            sent > 0 && totals.partials_merged.load(Ordering::Relaxed) >= sent
-        });
+            std::thread::sleep(quiet);
+            if totals.partials_sent.load(Ordering::Relaxed) == sent {
+                break;
+            }
+        }
     }
-    let seconds = t0.elapsed().as_secs_f64();
     let text = metrics.encode();
     let checkpoints = metric_sum(&text, "weir_checkpoint_duration_seconds_count{") as u64;
     let checkpoint_seconds = metric_sum(&text, "weir_checkpoint_duration_seconds_sum{");
