@@ -412,27 +412,29 @@ const ROW_BYTES: f64 = 111.0;
 const PARTIAL_BYTES: f64 = 350.0;
 
 /// The memory model of docs/running.md ("Memory"), MB: 30 fixed, 16 per partition thread
-/// (its consumer and engine), 4 per producer (a bounded queue), the open rows at
-/// [`ROW_BYTES`] (the largest window's `window_rows` plus a second of the next window's
-/// records, the allowed lateness); in two stages the merge stage holds the rows again and the
-/// first stage builds the largest window's partials at [`PARTIAL_BYTES`].
+/// (its consumer and engine), 4 per result producer and 10 for a two-stage worker's one
+/// repartition producer (bounded queues), the open rows at [`ROW_BYTES`] (the largest
+/// window's `window_rows` plus a second of the next window's records, the allowed lateness);
+/// in two stages the merge stage holds the rows again and the first stage builds the largest
+/// window's partials at [`PARTIAL_BYTES`].
 fn memory_model_mb(variant: Variant, shape: &Shape, window_rows: u64) -> Option<f64> {
     let rows = (window_rows + shape.per_minute / 60) as f64;
-    let (threads, producers, state) = match variant {
+    let (threads, producers_mb, state) = match variant {
         Variant::Worker {
             two_stage: false, ..
-        } => (4.0, 4.0, rows * ROW_BYTES),
-        // Source partitions: sink and repartition producers; merge partitions: a sink producer.
+        } => (4.0, 4.0 * 4.0, rows * ROW_BYTES),
+        // A sink producer per source and per merge partition, and the worker's one
+        // repartition producer.
         Variant::Worker {
             two_stage: true, ..
         } => (
             8.0,
-            12.0,
+            8.0 * 4.0 + 10.0,
             2.0 * rows * ROW_BYTES + window_rows as f64 * PARTIAL_BYTES,
         ),
         Variant::Bare | Variant::BarePerPartition | Variant::Relay => return None,
     };
-    Some(30.0 + 16.0 * threads + 4.0 * producers + state / 1e6)
+    Some(30.0 + 16.0 * threads + producers_mb + state / 1e6)
 }
 
 /// What a child measured (printed as one JSON line after [`RUN_LINE`]).
@@ -611,6 +613,7 @@ fn worker(setup: &ChildSetup, two_stage: bool, interval: Duration) -> Measured {
             partitions: PARTITIONS,
             sources: PARTITIONS,
             mine: (0..PARTITIONS).collect(),
+            partials: Default::default(),
             store: Arc::new(DirStore::new(dir.path().join("merge"))),
         }
     });

@@ -387,6 +387,7 @@ fn merge_settings(
         sources,
         mine,
         producer,
+        partials: Default::default(),
         store,
     })
 }

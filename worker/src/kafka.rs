@@ -60,6 +60,12 @@ pub mod queues {
     pub const PRODUCER_MESSAGE_OVERHEAD: usize = 200;
     /// Bounds of a producer's message count (`queue.buffering.max.messages`).
     pub const PRODUCER_MESSAGES: (usize, usize) = (1_000, 100_000);
+    /// The worker's one repartition producer queues this many times a result producer's bytes
+    /// and messages: it serves all the worker's source partitions, and a closing pane sends
+    /// the partials of every group at once. With one result producer's queue, a dense
+    /// two-stage job was slower than with a producer per source partition in 7 of 10 runs
+    /// (docs/benchmarks.md, "One repartition producer per worker").
+    pub const REPARTITION_QUEUE_FACTOR: u32 = 4;
 }
 
 /// A result's key and value bytes estimated from the job: the JSON frame and the window's
@@ -319,7 +325,15 @@ pub fn repartition_settings(
     };
     let mut s = producer_settings(spec, job, &target, SOURCE_CREDENTIALS_ENV)?;
     // Partials are sent when a pane closes, in bursts, and wait for a marker anyway.
-    s.set("linger.ms", "100");
+    s.set("linger.ms", "100")
+        .set(
+            "queue.buffering.max.kbytes",
+            (queues::PRODUCER_KBYTES * queues::REPARTITION_QUEUE_FACTOR).to_string(),
+        )
+        .set(
+            "queue.buffering.max.messages",
+            (producer_queue_messages(spec) * queues::REPARTITION_QUEUE_FACTOR as usize).to_string(),
+        );
     Ok(s)
 }
 
@@ -426,6 +440,15 @@ spec:
         assert_eq!(
             p.get("queue.buffering.max.messages"),
             Some((2048 * 1024 / 189).to_string().as_str())
+        );
+        // The worker's one repartition producer, shared by its source partitions: four
+        // result producers' room, in batches of the same size.
+        let r = repartition_settings(&job, "j", "weir-j-repartition").expect("repartition");
+        assert_eq!(r.get("queue.buffering.max.kbytes"), Some("8192"));
+        assert_eq!(r.get("batch.size"), Some("262144"));
+        assert_eq!(
+            r.get("queue.buffering.max.messages"),
+            Some((4 * (2048 * 1024 / 189)).to_string().as_str())
         );
         let c = source_settings(&spec(", queued.min.messages: \"500\""), "j").expect("consumer");
         assert_eq!(c.get("queued.min.messages"), Some("500"));

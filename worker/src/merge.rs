@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use crate::checkpoint::CheckpointStore;
 use crate::kafka::ClientSettings;
+use crate::producer::PartialsSlot;
 
 /// Everything the merge stage of a two-stage job needs.
 pub struct MergeSettings {
@@ -27,6 +28,9 @@ pub struct MergeSettings {
     pub mine: Vec<i32>,
     /// Producer settings for the repartition topic (source partitions write it).
     pub producer: ClientSettings,
+    /// The one producer of the repartition topic this process's source partitions share,
+    /// created by the first that needs it.
+    pub partials: PartialsSlot,
     /// Where the merge stage's checkpoints go (one per repartition partition).
     pub store: Arc<dyn CheckpointStore>,
 }

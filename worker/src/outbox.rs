@@ -16,7 +16,7 @@ use tracing::warn;
 use weir_engine::{JobPlan, Record, RejectReason, Rejection, ResultText, WindowResult};
 
 use crate::metrics::PartitionMetrics;
-use crate::producer::{DeliveryCountingProducer, Sent};
+use crate::producer::{DeliveryCountingProducer, PartialsSender, ProducerError, Sent};
 use crate::runtime::RuntimeError;
 
 /// Bytes kept free below `message.max.bytes` for what librdkafka counts beyond key, value and
@@ -86,7 +86,7 @@ pub struct Origin<'a> {
 pub(crate) struct Outbox {
     pub(crate) sink: DeliveryCountingProducer,
     pub(crate) dead_letter: Option<DeliveryCountingProducer>,
-    pub(crate) repartition: Option<DeliveryCountingProducer>,
+    pub(crate) repartition: Option<PartialsSender>,
     /// The key and value of the result being sent, written in place: no allocation per result.
     pub(crate) text: ResultText,
 }
@@ -219,13 +219,14 @@ impl Outbox {
             )?;
         }
         if sent == Sent::TooLarge {
-            return Err(RuntimeError::Delivery {
+            return Err(ProducerError::Delivery {
                 partition: origin.partition,
                 topic: dlq.topic().to_string(),
                 message: "a dead letter's headers alone exceed the dead-letter producer's \
                           message.max.bytes"
                     .to_string(),
-            });
+            }
+            .into());
         }
         if !fitted.headers.is_empty() {
             pm.messages_truncated.inc();

@@ -32,7 +32,7 @@ use crate::checkpoint::{CheckpointStore, Handoff, HandoffWait, PartitionLease, P
 use crate::contiguous::{Contiguous, Step};
 use crate::metrics::PartitionMetrics;
 use crate::outbox::{Origin, Outbox};
-use crate::producer::{DeliveryCountingProducer, Sent};
+use crate::producer::{DeliveryCountingProducer, ProducerError, Sent};
 pub use crate::runtime::Stage;
 use crate::runtime::{JobContext, PartitionEnd, RuntimeError};
 
@@ -580,12 +580,7 @@ fn outbox(ctx: &JobContext, stage: Stage, partition: i32) -> Result<Outbox, Runt
         _ => None,
     };
     let repartition = match (stage, &ctx.merge) {
-        (Stage::Source, Some(m)) => Some(DeliveryCountingProducer::new(
-            &m.producer,
-            &m.topic,
-            partition,
-            "repartition producer",
-        )?),
+        (Stage::Source, Some(m)) => Some(m.partials.sender(&m.producer, &m.topic, partition)?),
         _ => None,
     };
     Ok(Outbox {
@@ -894,8 +889,8 @@ impl PartitionIo<'_> {
         let Some(out) = &self.producers.repartition else {
             return Ok(());
         };
-        if out.send_to(self.partition, Some(to), key, value, None)? == Sent::TooLarge {
-            return Err(RuntimeError::Delivery {
+        if out.send_to(self.partition, to, key, value)? == Sent::TooLarge {
+            return Err(ProducerError::Delivery {
                 partition: self.partition,
                 topic: out.topic().to_string(),
                 message: format!(
@@ -904,7 +899,8 @@ impl PartitionIo<'_> {
                     key.len() + value.len(),
                     out.max_message_bytes()
                 ),
-            });
+            }
+            .into());
         }
         // A partial, not a result: counted as sent to the merge stage.
         self.pm.partials_sent.inc();

@@ -1,6 +1,9 @@
-//! A Kafka producer that counts its failed deliveries, so a partition never checkpoints past
-//! output the broker did not acknowledge: [`DeliveryCountingProducer::flush`] waits for every
-//! queued message and fails if any delivery failed.
+//! Kafka producers that count their failed deliveries, so a partition never checkpoints past
+//! output the broker did not acknowledge: a flush waits for the partition's queued messages
+//! and fails if any delivery failed. A partition's sink and dead-letter producers are its own
+//! ([`DeliveryCountingProducer`]); the repartition producer of a two-stage job is one per
+//! worker process, shared by its source partitions, and counts per partition
+//! ([`PartialsProducer`]). Their failures are [`ProducerError`]s.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,17 +15,64 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::ClientContext;
 
 use crate::kafka::ClientSettings;
-use crate::runtime::RuntimeError;
+
+/// A producer's failure; it stops the partition (`crate::runtime::RuntimeError` wraps it).
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    /// The producer could not be created.
+    #[error("partition {partition}: creating the Kafka {role}: {source}")]
+    CreateClient {
+        /// Partition.
+        partition: i32,
+        /// sink producer, dead-letter producer, repartition producer.
+        role: &'static str,
+        /// Cause.
+        source: KafkaError,
+    },
+    /// A message could not be delivered; the checkpoint did not advance.
+    #[error("partition {partition}: delivering to {topic} failed: {message}")]
+    Delivery {
+        /// Partition.
+        partition: i32,
+        /// Target topic.
+        topic: String,
+        /// librdkafka's error.
+        message: String,
+    },
+}
 
 /// How long a flush before a checkpoint may take before the partition gives up (and its
 /// process exits, to be restarted and replay).
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Counts failed deliveries of one producer; the checkpoint does not advance past one.
+/// Counts failed deliveries (of one producer, or of one sender of a shared one); the
+/// checkpoint does not advance past one.
 #[derive(Default)]
 struct Deliveries {
     failed: AtomicU64,
     last_error: Mutex<String>,
+}
+
+impl Deliveries {
+    /// Count a delivery report: a failure is remembered.
+    fn report(&self, result: &DeliveryResult<'_>) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = self.last_error.lock() {
+                *last = e.to_string();
+            }
+        }
+    }
+
+    /// The last failure's error, if any delivery failed.
+    fn failure(&self) -> Option<String> {
+        (self.failed.load(Ordering::Relaxed) > 0).then(|| {
+            self.last_error
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default()
+        })
+    }
 }
 
 /// The producer's context: librdkafka reports each delivery to it.
@@ -35,17 +85,57 @@ impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            self.0.failed.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut last) = self.0.last_error.lock() {
-                *last = e.to_string();
-            }
-        }
+        self.0.report(result);
     }
 }
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
+
+/// The `message.max.bytes` of a producer created from `settings`.
+fn max_message_bytes(settings: &ClientSettings) -> usize {
+    settings
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES)
+}
+
+/// A producer with `context`, from `settings` (errors name `partition` and `role`).
+fn create<C: ProducerContext + 'static>(
+    settings: &ClientSettings,
+    context: C,
+    partition: i32,
+    role: &'static str,
+) -> Result<ThreadedProducer<C>, ProducerError> {
+    settings
+        .config()
+        .create_with_context(context)
+        .map_err(|source| ProducerError::CreateClient {
+            partition,
+            role,
+            source,
+        })
+}
+
+/// What [`crate::kafka::send_when_room`] answered, as [`Sent`]: a message over
+/// `message.max.bytes` is [`Sent::TooLarge`], any other refusal an error for `partition`.
+fn sent(
+    answer: Result<(), KafkaError>,
+    partition: i32,
+    topic: &str,
+) -> Result<Sent, ProducerError> {
+    match answer {
+        Ok(()) => Ok(Sent::Queued),
+        Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+            Ok(Sent::TooLarge)
+        }
+        Err(e) => Err(ProducerError::Delivery {
+            partition,
+            topic: topic.to_string(),
+            message: e.to_string(),
+        }),
+    }
+}
 
 /// What became of a message handed to [`DeliveryCountingProducer::send`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,23 +162,17 @@ impl DeliveryCountingProducer {
         topic: &str,
         partition: i32,
         role: &'static str,
-    ) -> Result<DeliveryCountingProducer, RuntimeError> {
+    ) -> Result<DeliveryCountingProducer, ProducerError> {
         let deliveries = Arc::new(Deliveries::default());
-        let producer = settings
-            .config()
-            .create_with_context(DeliveryCounter(deliveries.clone()))
-            .map_err(|source| RuntimeError::CreateClient {
-                partition,
-                role,
-                source,
-            })?;
-        let max_message_bytes = settings
-            .get("message.max.bytes")
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        let producer = create(
+            settings,
+            DeliveryCounter(deliveries.clone()),
+            partition,
+            role,
+        )?;
         Ok(DeliveryCountingProducer {
             topic: topic.to_string(),
-            max_message_bytes,
+            max_message_bytes: max_message_bytes(settings),
             producer,
             deliveries,
         })
@@ -114,43 +198,21 @@ impl DeliveryCountingProducer {
         key: &[u8],
         value: &[u8],
         headers: Option<OwnedHeaders>,
-    ) -> Result<Sent, RuntimeError> {
-        self.send_to(partition, None, key, value, headers)
-    }
-
-    /// [`DeliveryCountingProducer::send`] to partition `to` of the topic (`None`: the
-    /// partitioner's choice).
-    pub(crate) fn send_to(
-        &self,
-        partition: i32,
-        to: Option<i32>,
-        key: &[u8],
-        value: &[u8],
-        headers: Option<OwnedHeaders>,
-    ) -> Result<Sent, RuntimeError> {
+    ) -> Result<Sent, ProducerError> {
         let mut rec = BaseRecord::to(&self.topic).key(key).payload(value);
-        if let Some(to) = to {
-            rec = rec.partition(to);
-        }
         if let Some(h) = headers {
             rec = rec.headers(h);
         }
-        match crate::kafka::send_when_room(&self.producer, rec) {
-            Ok(()) => Ok(Sent::Queued),
-            Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
-                Ok(Sent::TooLarge)
-            }
-            Err(e) => Err(RuntimeError::Delivery {
-                partition,
-                topic: self.topic.clone(),
-                message: e.to_string(),
-            }),
-        }
+        sent(
+            crate::kafka::send_when_room(&self.producer, rec),
+            partition,
+            &self.topic,
+        )
     }
 
     /// Wait until every queued message is acknowledged; fail if any delivery failed.
-    pub(crate) fn flush(&self, partition: i32) -> Result<(), RuntimeError> {
-        let failed = |message: String| RuntimeError::Delivery {
+    pub(crate) fn flush(&self, partition: i32) -> Result<(), ProducerError> {
+        let failed = |message: String| ProducerError::Delivery {
             partition,
             topic: self.topic.clone(),
             message,
@@ -171,15 +233,244 @@ impl DeliveryCountingProducer {
                 Err(e) => return Err(failed(format!("flush: {e}"))),
             }
         }
-        if self.deliveries.failed.load(Ordering::Relaxed) > 0 {
-            let last = self
-                .deliveries
-                .last_error
-                .lock()
-                .map(|e| e.clone())
-                .unwrap_or_default();
-            return Err(failed(last));
+        match self.deliveries.failure() {
+            Some(last) => Err(failed(last)),
+            None => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// What one sender (a source partition thread) queued into a [`PartialsProducer`], and what of
+/// it the broker answered.
+#[derive(Default)]
+struct SenderCounts {
+    /// Messages queued; written by the sender's thread only.
+    queued: AtomicU64,
+    /// Messages delivered or failed (counted after `deliveries`).
+    answered: AtomicU64,
+    deliveries: Deliveries,
+}
+
+/// The context of a [`PartialsProducer`]: each delivery report goes to its sender's counts.
+struct PerSender;
+
+impl ClientContext for PerSender {}
+
+impl ProducerContext for PerSender {
+    type DeliveryOpaque = Arc<SenderCounts>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sender: Arc<SenderCounts>) {
+        sender.deliveries.report(result);
+        sender.answered.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// The producer of the repartition topic, one per worker process, shared by its source
+/// partition threads (each holds a [`PartialsSender`]). One producer per source partition cost
+/// a two-stage sparse job half its CPU: four producers each batching for four repartition
+/// partitions made many small requests, and each one's broker thread spun while its requests
+/// were in flight (docs/benchmarks.md, "One repartition producer per worker"). Shared, the
+/// partials of every source partition for a repartition partition travel in one batch.
+///
+/// A checkpoint waits for its own partition's partials only: every delivery is reported
+/// (`delivery.report.only.error` is off for this producer) to the counts of the thread that
+/// queued it, so one partition's flush does not wait for the partials the others keep sending.
+pub(crate) struct PartialsProducer {
+    topic: String,
+    max_message_bytes: usize,
+    producer: ThreadedProducer<PerSender>,
+}
+
+/// A worker's [`PartialsProducer`], created by the first source partition that needs it.
+#[derive(Default)]
+pub struct PartialsSlot(Mutex<Option<Arc<PartialsProducer>>>);
+
+impl PartialsSlot {
+    /// A sender for `partition`'s thread, creating the producer from `settings` (to `topic`)
+    /// on first use.
+    pub(crate) fn sender(
+        &self,
+        settings: &ClientSettings,
+        topic: &str,
+        partition: i32,
+    ) -> Result<PartialsSender, ProducerError> {
+        let mut slot = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let producer = match &*slot {
+            Some(p) => p.clone(),
+            None => {
+                let mut settings = settings.clone();
+                settings.set("delivery.report.only.error", "false");
+                let producer = create(&settings, PerSender, partition, "repartition producer")?;
+                let p = Arc::new(PartialsProducer {
+                    topic: topic.to_string(),
+                    max_message_bytes: max_message_bytes(&settings),
+                    producer,
+                });
+                *slot = Some(p.clone());
+                p
+            }
+        };
+        Ok(PartialsSender {
+            producer,
+            counts: Arc::default(),
+        })
+    }
+}
+
+/// One source partition thread's handle on the worker's [`PartialsProducer`].
+pub(crate) struct PartialsSender {
+    producer: Arc<PartialsProducer>,
+    counts: Arc<SenderCounts>,
+}
+
+impl PartialsSender {
+    /// The topic written to.
+    pub(crate) fn topic(&self) -> &str {
+        &self.producer.topic
+    }
+
+    /// The producer's `message.max.bytes`.
+    pub(crate) fn max_message_bytes(&self) -> usize {
+        self.producer.max_message_bytes
+    }
+
+    /// Queue a message to partition `to`, waiting while the queue is full (as
+    /// [`DeliveryCountingProducer::send`]).
+    pub(crate) fn send_to(
+        &self,
+        partition: i32,
+        to: i32,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Sent, ProducerError> {
+        let rec = BaseRecord::with_opaque_to(&self.producer.topic, self.counts.clone())
+            .key(key)
+            .payload(value)
+            .partition(to);
+        let answer = sent(
+            crate::kafka::send_when_room(&self.producer.producer, rec),
+            partition,
+            &self.producer.topic,
+        );
+        if let Ok(Sent::Queued) = answer {
+            self.counts.queued.fetch_add(1, Ordering::Relaxed);
+        }
+        answer
+    }
+
+    /// Wait until every message this sender queued is acknowledged; fail if any delivery
+    /// failed.
+    pub(crate) fn flush(&self, partition: i32) -> Result<(), ProducerError> {
+        let failed = |message: String| ProducerError::Delivery {
+            partition,
+            topic: self.producer.topic.clone(),
+            message,
+        };
+        let queued = self.counts.queued.load(Ordering::Relaxed);
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        while self.counts.answered.load(Ordering::Acquire) < queued {
+            if Instant::now() >= deadline {
+                return Err(failed(format!(
+                    "flush: {} of {queued} messages unanswered after {FLUSH_TIMEOUT:?}",
+                    queued - self.counts.answered.load(Ordering::Acquire)
+                )));
+            }
+            // Sends what is queued now, whatever the linger (the other senders' messages too);
+            // it reports whether the whole producer is empty, which is not the question here.
+            let _ = self.producer.producer.flush(Duration::ZERO);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        match self.counts.deliveries.failure() {
+            Some(last) => Err(failed(last)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use std::sync::atomic::AtomicBool;
+
+    fn settings(
+        cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    ) -> ClientSettings {
+        let mut s = ClientSettings::default();
+        s.set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("linger.ms", "100")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "2000")
+            .set("delivery.report.only.error", "true");
+        s
+    }
+
+    #[test]
+    fn a_flush_waits_for_its_own_partials_while_another_sender_keeps_sending() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("rep", 2, 1).expect("topic");
+        let slot = PartialsSlot::default();
+        let s = settings(&cluster);
+        let a = slot.sender(&s, "rep", 0).expect("sender");
+        let b = slot.sender(&s, "rep", 1).expect("sender");
+        assert!(
+            Arc::ptr_eq(&a.producer, &b.producer),
+            "one producer per process"
+        );
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            // The other source partition never pauses: the producer as a whole is never empty.
+            let busy = scope.spawn(|| {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    b.send_to(1, 1, b"k", b"from b").expect("queued");
+                    n += 1;
+                }
+                n
+            });
+            for round in 0..5 {
+                for i in 0..100 {
+                    let v = format!("a {round} {i}");
+                    assert_eq!(
+                        a.send_to(0, 0, b"k", v.as_bytes()).expect("send"),
+                        Sent::Queued
+                    );
+                }
+                a.flush(0).expect("a's partials acknowledged");
+                assert_eq!(a.counts.answered.load(Ordering::Acquire), 100 * (round + 1));
+            }
+            stop.store(true, Ordering::Relaxed);
+            let sent_by_b = busy.join().expect("b");
+            assert!(sent_by_b > 0);
+            b.flush(1).expect("b's partials acknowledged");
+            assert_eq!(b.counts.answered.load(Ordering::Acquire), sent_by_b);
+        });
+    }
+
+    #[test]
+    fn a_failed_delivery_fails_the_flush_of_its_sender_only() {
+        let cluster = MockCluster::new(2).expect("mock cluster");
+        cluster.create_topic("rep", 2, 1).expect("topic");
+        cluster.partition_leader("rep", 0, Some(1)).expect("leader");
+        cluster.partition_leader("rep", 1, Some(2)).expect("leader");
+        let slot = PartialsSlot::default();
+        let s = settings(&cluster);
+        let a = slot.sender(&s, "rep", 0).expect("sender");
+        let b = slot.sender(&s, "rep", 1).expect("sender");
+        // Both partitions reachable first (the producer knows their leaders).
+        a.send_to(0, 0, b"k", b"first").expect("send");
+        b.send_to(1, 1, b"k", b"first").expect("send");
+        a.flush(0).expect("a");
+        b.flush(1).expect("b");
+        cluster.broker_down(1).expect("down");
+        a.send_to(0, 0, b"k", b"lost").expect("send");
+        b.send_to(1, 1, b"k", b"kept").expect("send");
+        b.flush(1).expect("b's partition's leader is up");
+        let err = a.flush(0).expect_err("a's partial timed out");
+        assert!(err.to_string().contains("rep"), "{err}");
+    }
+
 }

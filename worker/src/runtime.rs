@@ -32,12 +32,13 @@ pub enum Stage {
 /// Failures that stop a partition.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// A Kafka client could not be created or configured.
+    /// A Kafka consumer could not be created or configured (producers:
+    /// [`RuntimeError::Producer`]).
     #[error("partition {partition}: creating the Kafka {role}: {source}")]
     CreateClient {
         /// Partition.
         partition: i32,
-        /// consumer, sink producer, dead-letter producer.
+        /// consumer, repartition consumer.
         role: &'static str,
         /// Cause.
         source: KafkaError,
@@ -52,16 +53,10 @@ pub enum RuntimeError {
         /// Cause.
         source: KafkaError,
     },
-    /// A result or dead letter could not be delivered; the checkpoint did not advance.
-    #[error("partition {partition}: delivering to {topic} failed: {message}")]
-    Delivery {
-        /// Partition.
-        partition: i32,
-        /// Target topic.
-        topic: String,
-        /// librdkafka's error.
-        message: String,
-    },
+    /// A producer could not be created, or a result, dead letter or partial could not be
+    /// delivered (the checkpoint did not advance).
+    #[error(transparent)]
+    Producer(#[from] crate::producer::ProducerError),
     /// The checkpoint store failed other than by fencing.
     #[error("partition {partition}: {source}")]
     Checkpoint {
