@@ -13,6 +13,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
+use tracing::warn;
 
 use crate::kafka::ClientSettings;
 
@@ -281,6 +282,16 @@ pub(crate) struct PartialsProducer {
     producer: ThreadedProducer<PerSender>,
 }
 
+impl PartialsProducer {
+    /// librdkafka's fatal error on this producer, if it has one.
+    fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code:?}: {reason}"))
+    }
+}
+
 /// A worker's [`PartialsProducer`], created by the first source partition that needs it.
 #[derive(Default)]
 pub struct PartialsSlot(Mutex<Option<Arc<PartialsProducer>>>);
@@ -298,6 +309,18 @@ impl PartialsSlot {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A producer with a fatal error (an idempotent producer that lost its sequence) fails
+        // every send from then on: the partition that meets it stops, and when it starts
+        // again it gets a new producer, as it would with its own. The others' senders fail
+        // on the old one and do the same.
+        if let Some(fatal) = slot.as_ref().and_then(|p| p.fatal_error()) {
+            warn!(
+                partition,
+                error = %fatal,
+                "the repartition producer has a fatal error; creating a new one"
+            );
+            *slot = None;
+        }
         let producer = match &*slot {
             Some(p) => p.clone(),
             None => {
@@ -473,4 +496,34 @@ mod tests {
         assert!(err.to_string().contains("rep"), "{err}");
     }
 
+    #[test]
+    fn a_producer_with_a_fatal_error_is_replaced_for_the_next_sender() {
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("rep", 2, 1).expect("topic");
+        // The idempotent producer's first InitProducerId is refused: librdkafka's fatal error.
+        cluster.request_errors(
+            RDKafkaApiKey::InitProducerId,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED],
+        );
+        let slot = PartialsSlot::default();
+        let s = settings(&cluster);
+        let a = slot.sender(&s, "rep", 0).expect("sender");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.producer.fatal_error().is_none() {
+            assert!(Instant::now() < deadline, "no fatal error raised");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let b = slot.sender(&s, "rep", 1).expect("sender");
+        assert!(
+            !Arc::ptr_eq(&a.producer, &b.producer),
+            "the next sender gets a new producer"
+        );
+        assert!(b.producer.fatal_error().is_none());
+        b.send_to(1, 1, b"k", b"after").expect("send");
+        b.flush(1).expect("the new producer delivers");
+        // The next one shares the new producer again.
+        let c = slot.sender(&s, "rep", 0).expect("sender");
+        assert!(Arc::ptr_eq(&b.producer, &c.producer));
+    }
 }
