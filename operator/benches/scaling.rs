@@ -264,6 +264,59 @@ impl Run<'_> {
             })
             .collect()
     }
+
+    /// Start again, as Kubernetes restarts a pod, each worker that exited without being
+    /// stopped (a start-up error on this loaded machine, or its port taken between
+    /// [`broker::free_port`] and its bind), printing the end of its log. Returns how many.
+    fn revive(&mut self) -> usize {
+        let exited: Vec<(usize, String)> = self
+            .workers
+            .iter_mut()
+            .filter_map(|(o, w)| match w.child.try_wait() {
+                Ok(Some(status)) => Some((*o, status.to_string())),
+                _ => None,
+            })
+            .collect();
+        for (ordinal, status) in &exited {
+            eprintln!("worker {ordinal} exited ({status}); starting it again. Its log ended:");
+            self.print_log_tail(*ordinal);
+            self.workers.remove(ordinal);
+            self.start(*ordinal);
+        }
+        exited.len()
+    }
+
+    /// The last lines of the newest log of the worker of `ordinal`, to stderr.
+    fn print_log_tail(&self, ordinal: usize) {
+        let log = (1..=self.starts)
+            .rev()
+            .map(|n| self.dir.join(format!("worker-{ordinal}-{n}.log")))
+            .find(|f| f.is_file());
+        if let Some(text) = log.and_then(|f| std::fs::read_to_string(f).ok()) {
+            let lines: Vec<&str> = text.lines().collect();
+            for line in &lines[lines.len().saturating_sub(25)..] {
+                eprintln!("    {line}");
+            }
+        }
+    }
+
+    /// Print what a change that did not complete left behind: each unfinished partition's
+    /// checkpoint, and the end of each worker's log (CI keeps no temporary files).
+    fn explain_incomplete(&self, epoch: i64, owner_of: &dyn Fn(i32) -> String) {
+        for (p, (e, owner, next)) in self.checkpoints().into_iter().enumerate() {
+            let want = owner_of(p as i32);
+            if e != epoch || owner != want {
+                eprintln!(
+                    "partition {p}: checkpoint epoch {e} owner {owner:?} next offset {next}; \
+                     wanted epoch {epoch} owner {want:?}"
+                );
+            }
+        }
+        for &ordinal in self.workers.keys() {
+            eprintln!("worker {ordinal}: its log ended:");
+            self.print_log_tail(ordinal);
+        }
+    }
 }
 
 /// `weir_records_in_total` summed over the partitions of the worker serving on `port`.
@@ -298,6 +351,8 @@ struct Report {
     changes: Vec<String>,
     /// Changes whose partitions were not all with their new owner within 120 s.
     incomplete: usize,
+    /// Workers that exited on their own and were started again ([`Run::revive`]).
+    restarted: usize,
     peak_lag: i64,
     under_target_after_spike: Option<f64>,
     reread: f64,
@@ -362,6 +417,7 @@ fn run(weir: &Path, bootstrap: &str, live: bool, timing: Timing) -> Report {
     let mut report = Report {
         changes: Vec::new(),
         incomplete: 0,
+        restarted: 0,
         peak_lag: 0,
         under_target_after_spike: None,
         reread: 0.0,
@@ -372,6 +428,7 @@ fn run(weir: &Path, bootstrap: &str, live: bool, timing: Timing) -> Report {
     let end = spike_end + timing.after;
     while start.elapsed() < end {
         std::thread::sleep(Duration::from_millis(250));
+        report.restarted += r.revive();
         let cps = r.checkpoints();
         let high = high_watermarks(&consumer, &topic);
         let lag: i64 = high.iter().zip(&cps).map(|(h, c)| (h - c.2).max(0)).sum();
@@ -429,6 +486,7 @@ fn run(weir: &Path, bootstrap: &str, live: bool, timing: Timing) -> Report {
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
+            report.restarted += r.revive();
             let cps = r.checkpoints();
             if (0..PARTITIONS)
                 .all(|p| cps[p as usize].0 == epoch && cps[p as usize].1 == owner_of(p))
@@ -437,6 +495,7 @@ fn run(weir: &Path, bootstrap: &str, live: bool, timing: Timing) -> Report {
             }
             if Instant::now() > deadline {
                 report.incomplete += 1;
+                r.explain_incomplete(epoch, &owner_of);
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -503,6 +562,12 @@ fn main() {
             r.produced,
             r.reread
         );
+        if r.restarted > 0 {
+            println!(
+                "- {} worker(s) exited on their own and were started again (their logs are above)",
+                r.restarted
+            );
+        }
         assert_eq!(r.incomplete, 0, "changes not complete within 120 s");
         assert!(!r.changes.is_empty(), "the spike scaled nothing");
         assert!(
