@@ -54,11 +54,50 @@ pub fn nisshi_binary() -> PathBuf {
     )
 }
 
+/// A port nobody listens on now, for a server a test starts next (a broker, a worker's
+/// metrics). Picked at random below the kernel's ephemeral range (`ip_local_port_range`, from
+/// 32768 by default): `bind(0)` would give one inside it, where the outgoing connections of
+/// the tests running meanwhile (their brokers, workers and clients make many) get their local
+/// ports, so one could take it before the server binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    free_port_where(|_| true)
+}
+
+/// [`free_port`], for which `also` holds too. Where the ephemeral range starts low (below
+/// 20000) or nothing below it is free, a port `bind(0)` gives.
+pub fn free_port_where(also: impl Fn(u16) -> bool) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let low = ephemeral_low();
+    let is_free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
+    if low >= 20_000 {
+        for _ in 0..1_000 {
+            // A new RandomState has new keys: its hash of nothing is a new random number.
+            let random = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish();
+            let port = 10_000 + (random % u64::from(low - 10_000)) as u16;
+            if is_free(port) && also(port) {
+                return port;
+            }
+        }
+    }
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if also(port) {
+            return port;
+        }
+    }
+}
+
+/// The lowest port of the kernel's ephemeral range.
+pub fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 impl Broker {

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::broker;
+
 pub const ACCESS_KEY: &str = "weir-test";
 pub const SECRET_KEY: &str = "weir-test-secret";
 pub const BUCKET: &str = "weir-checkpoints";
@@ -51,36 +53,16 @@ fn weed_binary() -> PathBuf {
     }
 }
 
-/// The lowest port the kernel hands out for outgoing connections and `bind(0)`
-/// (`ip_local_port_range`; 32768 by default).
-fn ephemeral_low() -> u16 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32_768)
-}
-
 fn is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// A port nobody listens on now, below the ephemeral range, with `port + 10000` free and below
-/// it too (weed's default gRPC offset, which its embedded admin worker dials whatever
-/// `-admin.port.grpc` says). Below that range, no outgoing connection of the brokers, workers
-/// and clients of tests running meanwhile can take it between this check and weed's bind;
-/// the same ports also serve again if weed has to be started again ([`SeaweedFs::revive`]).
+/// A port for weed: [`broker::free_port`] (below the ephemeral range, where no outgoing
+/// connection of a test running meanwhile can take it), with `port + 10000` free too (weed's
+/// default gRPC offset, which its embedded admin worker dials whatever `-admin.port.grpc`
+/// says). The same ports serve again if weed has to be started again ([`SeaweedFs::revive`]).
 fn free_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let top = ephemeral_low().saturating_sub(10_000).max(10_001);
-    loop {
-        let random = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        let port = 10_000 + (random % u64::from(top - 10_000)) as u16;
-        if is_free(port) && is_free(port + 10_000) {
-            return port;
-        }
-    }
+    broker::free_port_where(|p| p < 55_000 && is_free(p + 10_000))
 }
 
 fn tail(path: &Path) -> String {
