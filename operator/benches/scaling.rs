@@ -165,7 +165,18 @@ fn produce(
             loop {
                 match p.send(rec) {
                     Ok(()) => break,
-                    Err((_, back)) => {
+                    Err((e, back)) => {
+                        // Only a full queue is worth waiting out; anything else (a fatal error of
+                        // the idempotent producer) would fail every later send: fail, not hang.
+                        assert!(
+                            matches!(
+                                e,
+                                rdkafka::error::KafkaError::MessageProduction(
+                                    rdkafka::types::RDKafkaErrorCode::QueueFull
+                                )
+                            ),
+                            "producing the test's records: {e}"
+                        );
                         rec = back;
                         std::thread::sleep(Duration::from_millis(2));
                     }

@@ -421,6 +421,9 @@ fn produce(bootstrap: &str, topic: &str, recs: &Recs) {
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
+        // One request at a time: nisshi 0.8.1 may store pipelined batches out of order and
+        // refuse the later one (OutOfOrderSequenceNumber), a fatal error for this producer.
+        .set("max.in.flight.requests.per.connection", "1")
         .set("message.max.bytes", "10000000")
         .set("linger.ms", "10")
         .create()

@@ -209,6 +209,9 @@ fn produce(bootstrap: &str, recs: &[Rec], pause: Duration) {
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
+        // One request at a time: nisshi 0.8.1 may store pipelined batches out of order and
+        // refuse the later one (OutOfOrderSequenceNumber), a fatal error for this producer.
+        .set("max.in.flight.requests.per.connection", "1")
         .set("linger.ms", "10")
         .create()
         .unwrap();
@@ -223,7 +226,18 @@ fn produce(bootstrap: &str, recs: &[Rec], pause: Duration) {
         loop {
             match p.send(rec) {
                 Ok(()) => break,
-                Err((_, back)) => {
+                Err((e, back)) => {
+                    // Only a full queue is worth waiting out; anything else (a fatal error of
+                    // the idempotent producer) would fail every later send: fail, not hang.
+                    assert!(
+                        matches!(
+                            e,
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull
+                            )
+                        ),
+                        "producing the test's records: {e}"
+                    );
                     rec = back;
                     std::thread::sleep(Duration::from_millis(5));
                 }

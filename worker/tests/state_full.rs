@@ -52,13 +52,26 @@ fn produce(bootstrap: &str, recs: &[(i32, String)]) {
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
+        // One request at a time: nisshi 0.8.1 may store pipelined batches out of order and
+        // refuse the later one (OutOfOrderSequenceNumber), a fatal error for this producer.
+        .set("max.in.flight.requests.per.connection", "1")
         .create()
         .unwrap();
     for (partition, value) in recs {
         let mut rec = BaseRecord::<(), _>::to("in")
             .payload(value.as_bytes())
             .partition(*partition);
-        while let Err((_, back)) = p.send(rec) {
+        while let Err((e, back)) = p.send(rec) {
+            // Only a full queue is worth waiting out: fail, not hang, on anything else.
+            assert!(
+                matches!(
+                    e,
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull
+                    )
+                ),
+                "producing the test's records: {e}"
+            );
             rec = back;
             std::thread::sleep(Duration::from_millis(5));
         }
