@@ -271,7 +271,15 @@ fn scale_live(two_stage: bool) {
     };
     start(&mut w, 0);
     let wait_sent = |n: usize| {
+        // The load sends RATE records a second; if it stops (its thread failed), fail here
+        // rather than wait forever.
+        let deadline = Instant::now() + Duration::from_secs((n / RATE) as u64 + 60);
         while sent.load(Ordering::Relaxed) < n {
+            assert!(
+                Instant::now() < deadline,
+                "the load stopped at {} of {n} records",
+                sent.load(Ordering::Relaxed)
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     };
