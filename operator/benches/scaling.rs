@@ -158,30 +158,14 @@ fn produce(
             );
             let key = format!("m{m}");
             let partition = (m % PARTITIONS as usize) as i32;
-            let mut rec = BaseRecord::to(&topic)
+            let rec = BaseRecord::to(&topic)
                 .key(key.as_bytes())
                 .payload(value.as_bytes())
                 .partition(partition);
-            loop {
-                match p.send(rec) {
-                    Ok(()) => break,
-                    Err((e, back)) => {
-                        // Only a full queue is worth waiting out; anything else (a fatal error of
-                        // the idempotent producer) would fail every later send: fail, not hang.
-                        assert!(
-                            matches!(
-                                e,
-                                rdkafka::error::KafkaError::MessageProduction(
-                                    rdkafka::types::RDKafkaErrorCode::QueueFull
-                                )
-                            ),
-                            "producing the test's records: {e}"
-                        );
-                        rec = back;
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                }
-            }
+            // Waits while the queue is full; any other error (a fatal error of the idempotent
+            // producer fails every later send) fails the test instead of hanging it.
+            weir_worker::kafka::send_when_room(&p, rec)
+                .unwrap_or_else(|e| panic!("producing the test's records: {e}"));
             sent += 1;
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -429,25 +429,11 @@ fn produce(bootstrap: &str, topic: &str, recs: &Recs) {
         .create()
         .unwrap();
     for (part, k, v) in recs {
-        let mut rec = BaseRecord::to(topic).key(k).payload(v).partition(*part);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((e, back)) => {
-                    assert!(
-                        matches!(
-                            e,
-                            rdkafka::error::KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull
-                            )
-                        ),
-                        "producing to {topic}: {e}"
-                    );
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
+        let rec = BaseRecord::to(topic).key(k).payload(v).partition(*part);
+        // Waits while the queue is full; any other error (a fatal error of the idempotent
+        // producer fails every later send) fails the test instead of hanging it.
+        weir_worker::kafka::send_when_room(&p, rec)
+            .unwrap_or_else(|e| panic!("producing to {topic}: {e}"));
     }
     p.flush(Duration::from_secs(60)).unwrap();
 }

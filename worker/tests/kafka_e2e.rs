@@ -222,27 +222,10 @@ fn produce(bootstrap: &str, recs: &[Rec], pause: Duration) {
         if let Some(part) = r.partition {
             rec = rec.partition(part);
         }
-        let mut rec = rec;
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((e, back)) => {
-                    // Only a full queue is worth waiting out; anything else (a fatal error of
-                    // the idempotent producer) would fail every later send: fail, not hang.
-                    assert!(
-                        matches!(
-                            e,
-                            rdkafka::error::KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull
-                            )
-                        ),
-                        "producing the test's records: {e}"
-                    );
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
+        // Waits while the queue is full; any other error (a fatal error of the idempotent
+        // producer fails every later send) fails the test instead of hanging it.
+        weir_worker::kafka::send_when_room(&p, rec)
+            .unwrap_or_else(|e| panic!("producing the test's records: {e}"));
         if i % 20_000 == 19_999 {
             p.flush(Duration::from_secs(30)).unwrap();
             std::thread::sleep(pause);

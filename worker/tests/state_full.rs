@@ -58,23 +58,12 @@ fn produce(bootstrap: &str, recs: &[(i32, String)]) {
         .create()
         .unwrap();
     for (partition, value) in recs {
-        let mut rec = BaseRecord::<(), _>::to("in")
+        let rec = BaseRecord::<(), _>::to("in")
             .payload(value.as_bytes())
             .partition(*partition);
-        while let Err((e, back)) = p.send(rec) {
-            // Only a full queue is worth waiting out: fail, not hang, on anything else.
-            assert!(
-                matches!(
-                    e,
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull
-                    )
-                ),
-                "producing the test's records: {e}"
-            );
-            rec = back;
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        // Waits while the queue is full; any other error fails the test instead of hanging it.
+        weir_worker::kafka::send_when_room(&p, rec)
+            .unwrap_or_else(|e| panic!("producing the test's records: {e}"));
     }
     p.flush(Duration::from_secs(30)).unwrap();
 }
