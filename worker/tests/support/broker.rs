@@ -68,7 +68,6 @@ pub fn free_port() -> u16 {
 pub fn free_port_where(also: impl Fn(u16) -> bool) -> u16 {
     use std::hash::{BuildHasher, Hasher};
     let low = ephemeral_low();
-    let is_free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
     if low >= 20_000 {
         for _ in 0..1_000 {
             // A new RandomState has new keys: its hash of nothing is a new random number.
@@ -90,6 +89,11 @@ pub fn free_port_where(also: impl Fn(u16) -> bool) -> u16 {
             return port;
         }
     }
+}
+
+/// Whether nothing listens on `port` of 127.0.0.1 now.
+pub fn is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 /// The lowest port of the kernel's ephemeral range.

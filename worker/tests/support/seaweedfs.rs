@@ -5,7 +5,6 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the support code
 
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -53,16 +52,12 @@ fn weed_binary() -> PathBuf {
     }
 }
 
-fn is_free(port: u16) -> bool {
-    TcpListener::bind(("127.0.0.1", port)).is_ok()
-}
-
 /// A port for weed: [`broker::free_port`] (below the ephemeral range, where no outgoing
 /// connection of a test running meanwhile can take it), with `port + 10000` free too (weed's
 /// default gRPC offset, which its embedded admin worker dials whatever `-admin.port.grpc`
 /// says). The same ports serve again if weed has to be started again ([`SeaweedFs::revive`]).
 fn free_port() -> u16 {
-    broker::free_port_where(|p| p < 55_000 && is_free(p + 10_000))
+    broker::free_port_where(|p| p < 55_000 && broker::is_free(p + 10_000))
 }
 
 fn tail(path: &Path) -> String {
