@@ -253,9 +253,10 @@ impl Families {
         r.register(
             "records_rejected",
             "Records the job could not use, by reason: invalid_json, missing_field, wrong_type, \
-                 invalid_event_time, late (every window it belongs to had already closed), \
-                 too_large (more than a result can hold) or state_full (the worker's bound on \
-                 open windows was reached; in the merge stage, partials)",
+                 invalid_event_time, duplicate_field, late (every window it belongs to had \
+                 already closed), future (event time too far ahead of the clock), too_large \
+                 (more than a result can hold) or state_full (the worker's bound on open \
+                 (group, window) rows was reached; in the merge stage, partials)",
             self.records_rejected.clone(),
         );
         r.register(
@@ -359,7 +360,9 @@ impl Families {
         );
         r.register(
             "open_windows",
-            "Windows of the partition that are open: started, not yet closed by the watermark",
+            "Open state rows of the partition, what weir_open_rows_limit bounds: a (group, \
+                 pane) row of a tumbling or hopping window, a session of a session window; in \
+                 a two-stage job, rows not yet sent (source) or not yet closed (merge)",
             self.open_windows.clone(),
         );
         r.register(
@@ -601,7 +604,7 @@ pub struct PartitionMetrics {
     pub checkpoint_failures: Counter,
     last_checkpoint: OnceLock<FloatGauge>,
     last_checkpoint_family: Family<PartitionLabels, FloatGauge>,
-    /// Windows open now.
+    /// Open state rows now (`weir_open_windows`: named before rows were the unit).
     pub open_windows: Gauge,
     /// Groups held in open windows now.
     pub open_groups: Gauge,
@@ -663,9 +666,9 @@ impl PartitionMetrics {
         }
     }
 
-    /// Windows and groups open now (the engine's `open_windows()` and `open_groups()`).
-    pub fn set_open(&self, windows: usize, groups: usize) {
-        self.open_windows.set(saturating_i64(windows));
+    /// Rows and groups open now (the engine's `open_rows()` and `open_groups()`).
+    pub fn set_open(&self, rows: usize, groups: usize) {
+        self.open_windows.set(saturating_i64(rows));
         self.open_groups.set(saturating_i64(groups));
     }
 
