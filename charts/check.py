@@ -66,6 +66,7 @@ ALERTS = {
         "WeirJobNotReady",
         "WeirJobLagGrowing",
         "WeirJobDeadLettersHigh",
+        "WeirJobStateFull",
         "WeirJobDeadLetterWritesFailing",
         "WeirJobCheckpointsFailing",
         "WeirJobCheckpointStale",
