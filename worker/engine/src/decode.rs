@@ -114,15 +114,15 @@ impl FieldTree {
         out.values.resize(self.slots, None);
         out.duplicate = None;
         out.reread = false;
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        ObjectSeed {
-            node: &self.root,
-            out: &mut *out,
-            raw,
-        }
-        .deserialize(&mut de)
-        .and_then(|()| de.end())
-        .map_err(|e| {
+        // Checking the whole record's UTF-8 once is cheaper than serde_json checking each key
+        // and string it reads (the engine bench's decode_only: 297-320 ms against 351-406).
+        // A record that is not UTF-8 is read as bytes, as before, so that it gets the same
+        // error (or none, when only a skipped string is not UTF-8).
+        let read = match std::str::from_utf8(bytes) {
+            Ok(text) => self.read_object(&mut serde_json::Deserializer::from_str(text), out, raw),
+            Err(_) => self.read_object(&mut serde_json::Deserializer::from_slice(bytes), out, raw),
+        };
+        read.map_err(|e| {
             if bytes.starts_with(b"\xEF\xBB\xBF") {
                 DecodeError(format!(
                     "the record starts with a UTF-8 byte-order mark (EF BB BF), which JSON \
@@ -132,6 +132,22 @@ impl FieldTree {
                 DecodeError(e.to_string())
             }
         })
+    }
+
+    /// Read one JSON object, and nothing after it, from `de` into `out`.
+    fn read_object<'de, R: serde_json::de::Read<'de>>(
+        &self,
+        de: &mut serde_json::Deserializer<R>,
+        out: &mut Fields<'de>,
+        raw: bool,
+    ) -> Result<(), serde_json::Error> {
+        ObjectSeed {
+            node: &self.root,
+            out,
+            raw,
+        }
+        .deserialize(&mut *de)
+        .and_then(|()| de.end())
     }
 }
 
@@ -526,6 +542,38 @@ mod tests {
                 Some(Scalar::Int(7)),
                 Some(Scalar::Str("x".into())),
             ]
+        );
+    }
+
+    /// A record that is not UTF-8 is judged as it always was: refused when a key or a string it
+    /// reads is not UTF-8 (with serde_json's message), accepted when only a skipped one is.
+    #[test]
+    fn records_that_are_not_utf8() {
+        let t = tree(&["a", "b.c"]);
+        fn bytes<'a>(t: &FieldTree, v: &'a [u8]) -> Result<Vec<Option<Scalar<'a>>>, DecodeError> {
+            let mut f = Fields::default();
+            t.decode(v, &mut f)?;
+            Ok(f.values)
+        }
+        assert_eq!(
+            bytes(&t, b"{\"skip\":\"\xFF\xFE\",\"a\":1}"),
+            Ok(vec![Some(Scalar::Int(1)), None])
+        );
+        assert_eq!(
+            bytes(&t, b"{\"a\":\"x\xFF\"}"),
+            Err(DecodeError(
+                "invalid unicode code point at line 1 column 8".into()
+            ))
+        );
+        assert_eq!(
+            bytes(&t, b"{\"b\":{\"\xC3\":2}}"),
+            Err(DecodeError(
+                "invalid unicode code point at line 1 column 8".into()
+            ))
+        );
+        assert_eq!(
+            bytes(&t, b"{\"a\":1}\xFF"),
+            Err(DecodeError("trailing characters at line 1 column 8".into()))
         );
     }
 
