@@ -24,8 +24,9 @@
 //! before).
 //!
 //! Two-stage jobs (DESIGN.md invariant 5): a source partition sends partials, routed by group
-//! to a repartition partition, and, every [`MARKER_EVERY_MS`] when it changed, a watermark
-//! marker to every repartition partition, after the partials it closed. A source partition with
+//! to a repartition partition, and, every [`MARKER_EVERY_MS`] when it changed and right after a
+//! record that closed panes (at most every [`MARKER_AFTER_CLOSE_GAP_MS`]), a watermark marker
+//! to every repartition partition, after the partials it closed. A source partition with
 //! no record for the idle timeout goes idle: the merge stage stops waiting for it, so it must
 //! have the partition's records now, and the partition flushes its open pane rows as partials.
 //! The flush is written ahead: the checkpoint that records its offset (`flushes`) comes before
@@ -47,6 +48,12 @@ use crate::{Engine, JobPlan, Record, RejectReason, Rejection, WindowResult};
 /// How often a source partition of a two-stage job tells the merge stage its watermark, when
 /// it moved.
 pub const MARKER_EVERY_MS: i64 = 200;
+
+/// A record that closes panes sends a marker right after their partials (the merge stage can
+/// close those windows only once it has every source's marker past them), unless one went out
+/// this recently: at most one such marker per 20 ms, however often panes close (a hopping
+/// window with a short slide, a backlog read at full speed).
+pub const MARKER_AFTER_CLOSE_GAP_MS: i64 = 20;
 
 /// What a partition does with what it reads, and where its output goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -453,7 +460,7 @@ impl PartitionProtocol {
                 Err(reason)
             }
         };
-        self.take_partials(out);
+        let closed = self.take_partials(out);
         self.take_results(out);
         self.next = rec.offset + 1;
         self.last_record_ms = now_ms;
@@ -466,6 +473,10 @@ impl PartitionProtocol {
             self.idle = false;
             self.marker(now_ms, out);
             out.push(Action::Active { offset: rec.offset });
+        } else if closed && now_ms - self.marker_at_ms >= MARKER_AFTER_CLOSE_GAP_MS {
+            // Panes closed: tell the merge stage now rather than at the next periodic marker,
+            // so the windows they close do not wait up to MARKER_EVERY_MS for it.
+            self.marker(now_ms, out);
         }
         verdict
     }
@@ -628,11 +639,13 @@ impl PartitionProtocol {
         }
     }
 
-    /// Two-stage source partitions: route the partials the engine emitted.
-    fn take_partials(&mut self, out: &mut Vec<Action>) {
+    /// Two-stage source partitions: route the partials the engine emitted; whether there were
+    /// any.
+    fn take_partials(&mut self, out: &mut Vec<Action>) -> bool {
         let Role::Partials { partitions } = self.role else {
-            return;
+            return false;
         };
+        let before = out.len();
         let size = self.engine.window_size();
         for mut p in self.engine.take_partials() {
             // Sent before the restart (its first window had closed by the checkpoint).
@@ -648,6 +661,7 @@ impl PartitionProtocol {
             let to = route(p.group.as_bytes(), partitions);
             out.push(Action::Partial { to, partial: p });
         }
+        out.len() > before
     }
 
     /// Emit every open pane row now (the partition went idle), as segment `at`.
@@ -1041,6 +1055,50 @@ spec:
             markers(&ticked(&mut p, 3 * MARKER_EVERY_MS)),
             vec![(Some(2_000), false)]
         );
+    }
+
+    /// A record that closes a pane is followed by a marker right after its partials (the
+    /// merge stage needs it to close the window), unless one went out less than
+    /// MARKER_AFTER_CLOSE_GAP_MS before.
+    #[test]
+    fn a_record_that_closes_panes_sends_a_marker_after_their_partials() {
+        let kinds = |out: &[Action]| -> Vec<&'static str> {
+            out.iter()
+                .filter_map(|a| match a {
+                    Action::Partial { .. } => Some("partial"),
+                    Action::Marker(_) => Some("marker"),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut p = protocol(
+            Role::Partials { partitions: 2 },
+            StartPoint::Fresh { offset: 0 },
+        );
+        let _ = feed(&mut p, 0, Some(1_000), 0);
+        // A record that closes nothing: no marker before MARKER_EVERY_MS.
+        let (_, out) = feed(&mut p, 1, Some(5_000), 100);
+        assert!(kinds(&out).is_empty());
+        // The next window's record closes [0, 10 s): its partial, then at once the marker.
+        let (_, out) = feed(&mut p, 2, Some(10_000), 120);
+        assert_eq!(kinds(&out), vec!["partial", "marker"]);
+        assert_eq!(markers(&out), vec![(Some(10_000), false)]);
+        // Another close less than the gap later: its partial now, its marker with the next tick.
+        let (_, out) = feed(&mut p, 3, Some(20_000), 120 + MARKER_AFTER_CLOSE_GAP_MS - 1);
+        assert_eq!(kinds(&out), vec!["partial"]);
+        assert!(markers(&ticked(&mut p, 120 + MARKER_EVERY_MS - 1)).is_empty());
+        assert_eq!(
+            markers(&ticked(&mut p, 120 + MARKER_EVERY_MS)),
+            vec![(Some(20_000), false)]
+        );
+        // A close after the gap: at once again.
+        let (_, out) = feed(
+            &mut p,
+            4,
+            Some(30_000),
+            120 + MARKER_EVERY_MS + MARKER_AFTER_CLOSE_GAP_MS,
+        );
+        assert_eq!(kinds(&out), vec!["partial", "marker"]);
     }
 
     #[test]
