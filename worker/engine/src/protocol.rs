@@ -828,6 +828,19 @@ spec:
         out
     }
 
+    /// The kind of each action, in order.
+    fn kinds(out: &[Action]) -> Vec<&'static str> {
+        out.iter()
+            .map(|a| match a {
+                Action::Checkpoint(_) => "checkpoint",
+                Action::Partial { .. } => "partial",
+                Action::Marker(_) => "marker",
+                Action::Idle { .. } => "idle",
+                _ => "other",
+            })
+            .collect()
+    }
+
     fn checkpoints(out: &[Action]) -> Vec<Progress> {
         out.iter()
             .filter_map(|a| match a {
@@ -1062,15 +1075,6 @@ spec:
     /// MARKER_AFTER_CLOSE_GAP_MS before.
     #[test]
     fn a_record_that_closes_panes_sends_a_marker_after_their_partials() {
-        let kinds = |out: &[Action]| -> Vec<&'static str> {
-            out.iter()
-                .filter_map(|a| match a {
-                    Action::Partial { .. } => Some("partial"),
-                    Action::Marker(_) => Some("marker"),
-                    _ => None,
-                })
-                .collect()
-        };
         let mut p = protocol(
             Role::Partials { partitions: 2 },
             StartPoint::Fresh { offset: 0 },
@@ -1134,17 +1138,7 @@ spec:
             .any(|a| matches!(a, Action::Idle { .. })));
         let out = ticked(&mut p, 100 + IDLE);
         // Write-ahead: the checkpoint naming the flush, then the partials, then the marker.
-        let kinds: Vec<&str> = out
-            .iter()
-            .map(|a| match a {
-                Action::Checkpoint(_) => "checkpoint",
-                Action::Partial { .. } => "partial",
-                Action::Marker(_) => "marker",
-                Action::Idle { .. } => "idle",
-                _ => "other",
-            })
-            .collect();
-        assert_eq!(kinds, vec!["checkpoint", "partial", "marker", "idle"]);
+        assert_eq!(kinds(&out), vec!["checkpoint", "partial", "marker", "idle"]);
         let c = checkpoints(&out);
         assert_eq!(c[0].flushes, vec![2]);
         assert_eq!(partials(&out)[0].segment, Some(2));
