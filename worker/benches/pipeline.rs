@@ -654,13 +654,16 @@ fn worker(setup: &ChildSetup, two_stage: bool, interval: Duration) -> Measured {
             spawn_partition(ctx.clone(), rt.handle().clone(), Stage::Merge, p).expect("thread")
         }));
     }
+    let alive = || {
+        assert!(
+            !threads.iter().any(|t| t.is_finished()),
+            "a partition thread ended early"
+        );
+        assert!(t0.elapsed() < RUN_TIMEOUT, "worker stalled");
+    };
     let wait = |done: &dyn Fn() -> bool| {
         while !done() {
-            assert!(
-                !threads.iter().any(|t| t.is_finished()),
-                "a partition thread ended early"
-            );
-            assert!(t0.elapsed() < RUN_TIMEOUT, "worker stalled");
+            alive();
             std::thread::sleep(Duration::from_millis(1));
         }
     };
@@ -685,11 +688,7 @@ fn worker(setup: &ChildSetup, two_stage: bool, interval: Duration) -> Measured {
         let mut sent = (load(&totals.partials_sent), t0.elapsed());
         let mut drained: Option<Duration> = None;
         loop {
-            assert!(
-                !threads.iter().any(|t| t.is_finished()),
-                "a partition thread ended early"
-            );
-            assert!(t0.elapsed() < RUN_TIMEOUT, "worker stalled");
+            alive();
             let now = t0.elapsed();
             let r = load(&totals.results);
             if r != results.0 {
