@@ -22,7 +22,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 use weir_crds::StartFrom;
-use weir_engine::engine::Partial;
 use weir_engine::protocol::{Action, PartitionProtocol, Role, StartPoint, Timing};
 use weir_engine::start::{self, Begin};
 use weir_engine::{Record, RejectReason, Rejection, WindowResult};
@@ -288,6 +287,7 @@ fn open_partition<'a>(
         producers,
         actions: Vec::new(),
         results: Vec::new(),
+        partial_bytes: Vec::new(),
         clock: Instant::now(),
         timing,
         claim,
@@ -606,6 +606,8 @@ struct PartitionIo<'a> {
     actions: Vec<Action>,
     /// Results taken from the protocol a chunk at a time ([`Action::Results`]), reused.
     results: Vec<WindowResult>,
+    /// A partial's message, written here and copied by the producer: reused.
+    partial_bytes: Vec<u8>,
     /// The protocol's time origin (monotonic).
     clock: Instant,
     timing: Timing,
@@ -768,9 +770,8 @@ impl PartitionIo<'_> {
                 }
             }
             Action::Partial { to, partial } => {
-                let key = partial.group.clone();
-                let value = Partial::Aggregate(partial).to_bytes();
-                self.send_partial(to, key.as_bytes(), &value)?;
+                partial.write_message(&mut self.partial_bytes);
+                self.send_partial(to, partial.group.as_bytes(), &self.partial_bytes)?;
             }
             Action::Marker(marker) => {
                 let value = marker.to_bytes();
