@@ -67,6 +67,10 @@ enum State {
 /// What identifies a partial within its pane row: (group id, source partition, segment).
 type PartialId = (u32, i32, Option<i64>);
 
+/// The partials merged into one pane, by [`PartialId`]. Hashed with foldhash, as [`Groups`] is:
+/// SipHash showed in a sparse merge stage's profile, and these ids are the engine's own numbers.
+type MergedIds = std::collections::HashSet<PartialId, foldhash::fast::RandomState>;
+
 /// The streaming engine for one job and a set of input partitions.
 pub struct Engine {
     plan: JobPlan,
@@ -95,7 +99,7 @@ pub struct Engine {
     partials: Vec<PartialAggregate>,
     /// The merge stage: per pane row (pane, first window) still open, the (group, source partition,
     /// segment) of each partial merged into it.
-    merged: BTreeMap<(i64, i64), std::collections::HashSet<PartialId>>,
+    merged: BTreeMap<(i64, i64), MergedIds>,
     /// The wall clock (ms since the Unix epoch) for the future-skew guard; `None`: not given.
     wall_clock: Option<i64>,
     /// The most open rows (see [`Engine::open_rows`]) new records may fill (`None`: no bound;
