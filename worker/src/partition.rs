@@ -848,7 +848,8 @@ impl PartitionIo<'_> {
     fn send_results(&mut self, through: u64) -> Result<(), RuntimeError> {
         let mut chunk = std::mem::take(&mut self.results);
         let sent = loop {
-            chunk.clear();
+            // Written out: their buffers build the next chunk.
+            self.protocol.recycle_results(&mut chunk);
             self.protocol
                 .next_results(through, RESULTS_CHUNK, &mut chunk);
             if chunk.is_empty() {
@@ -858,7 +859,7 @@ impl PartitionIo<'_> {
                 break Err(e);
             }
         };
-        chunk.clear();
+        self.protocol.recycle_results(&mut chunk);
         self.results = chunk;
         sent
     }

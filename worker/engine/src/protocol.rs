@@ -621,6 +621,12 @@ impl PartitionProtocol {
         }
     }
 
+    /// Give back results taken with [`Self::next_results`] and written out
+    /// ([`Engine::recycle_results`]). Leaves `used` empty.
+    pub fn recycle_results(&mut self, used: &mut Vec<WindowResult>) {
+        self.engine.recycle_results(used);
+    }
+
     /// Replace every [`Action::Results`] in `out` with its results as [`Action::Result`]s, built
     /// all at once (tests and tools; a worker takes them with [`Self::next_results`]).
     pub fn expand_results(&mut self, out: &mut Vec<Action>) {

@@ -49,7 +49,13 @@ impl Closing {
 #[derive(Default)]
 pub(super) struct Closings {
     windows: VecDeque<Closing>,
+    /// Results written out and given back ([`Closings::recycle`]): [`Closings::take`] builds
+    /// the next ones in their group key and value buffers instead of allocating both.
+    spare: Vec<WindowResult>,
 }
+
+/// The most results [`Closings::recycle`] keeps: a partition takes results a chunk at a time.
+const SPARE_RESULTS: usize = 1024;
 
 impl Closings {
     /// Queue a closed window (one with no rows is dropped); returns its results.
@@ -77,12 +83,14 @@ impl Closings {
             let n = w.remaining().min(max - built);
             for &row in &w.order[w.next..w.next + n] {
                 let row = row as usize;
-                out.push(WindowResult {
-                    start: w.start,
-                    end: w.end,
-                    group: groups.key(w.pane.gids[row]).into(),
-                    values: w.pane.cols.iter().map(|c| c.result(row)).collect(),
-                });
+                let mut r = self.spare.pop().unwrap_or_default();
+                r.start = w.start;
+                r.end = w.end;
+                r.group.clear();
+                r.group.extend_from_slice(groups.key(w.pane.gids[row]));
+                r.values.clear();
+                r.values.extend(w.pane.cols.iter().map(|c| c.result(row)));
+                out.push(r);
             }
             w.next += n;
             built += n;
@@ -95,6 +103,15 @@ impl Closings {
             }
         }
         built
+    }
+
+    /// Keep the results in `used` (leaving it empty) for the next [`Closings::take`] to build in,
+    /// up to [`SPARE_RESULTS`] (a chunk's buffers, ~200 KB for three aggregations); the rest
+    /// are dropped.
+    pub(super) fn recycle(&mut self, used: &mut Vec<WindowResult>) {
+        let room = SPARE_RESULTS.saturating_sub(self.spare.len());
+        used.truncate(room);
+        self.spare.append(used);
     }
 }
 
@@ -178,6 +195,51 @@ mod tests {
                 }
                 assert_eq!(texts(&got), texts(&all), "{window}, chunks of {chunk}");
                 assert_eq!(e.results_pending(), 0);
+            }
+        }
+    }
+
+    /// As a partition takes them: a chunk, written out, given back, the next chunk built in
+    /// the given-back results' buffers. The results are those taken at once.
+    #[test]
+    fn results_built_in_recycled_buffers_are_those_taken_at_once() {
+        for window in [
+            "{type: tumbling, size: 10s}",
+            "{type: hopping, size: 20s, slide: 10s}",
+            "{type: session, gap: 5s}",
+        ] {
+            let all = fed(window).take_results();
+            for chunk in [1, 7, 40, 1000] {
+                let mut e = fed(window);
+                let through = e.results_emitted();
+                let (mut got, mut taken) = (Vec::new(), Vec::new());
+                let mut reused = 0;
+                loop {
+                    let given: Vec<*const u8> = taken
+                        .iter()
+                        .map(|r: &WindowResult| r.group.as_ptr())
+                        .collect();
+                    e.recycle_results(&mut taken);
+                    assert!(taken.is_empty());
+                    let n = e.take_results_upto(through, chunk, &mut taken);
+                    reused += taken
+                        .iter()
+                        .filter(|r| given.contains(&r.group.as_ptr()))
+                        .count();
+                    got.extend(taken.iter().cloned());
+                    if n < chunk {
+                        break;
+                    }
+                }
+                assert_eq!(texts(&got), texts(&all), "{window}, chunks of {chunk}");
+                if window.contains("tumbling") {
+                    // Built as taken: every result after the first chunk in a given-back buffer.
+                    assert_eq!(
+                        reused,
+                        all.len() - chunk.min(all.len()),
+                        "{window}, {chunk}"
+                    );
+                }
             }
         }
     }

@@ -237,6 +237,13 @@ impl Engine {
         self.results_emitted - self.results_taken
     }
 
+    /// Give back results taken and written out: the next ones taken are built in their
+    /// buffers (at most a chunk's worth are kept). Leaves `used` empty.
+    pub fn recycle_results(&mut self, used: &mut Vec<WindowResult>) {
+        self.closing.recycle(used);
+        used.clear();
+    }
+
     /// Append to `out` up to `max` of the results not taken yet, in the order of
     /// [`Engine::take_results`], stopping after the `through`-th result ever emitted (see
     /// [`Engine::results_emitted`]). Returns how many it appended; fewer than `max` when none

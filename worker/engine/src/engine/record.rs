@@ -147,15 +147,16 @@ impl fmt::Display for Rejection {
 }
 
 /// The result of one (group, window).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct WindowResult {
     /// Window start (inclusive), ms.
     pub start: i64,
     /// Window end (exclusive), ms.
     pub end: i64,
     /// The group's values as canonical JSON texts joined by NUL bytes (which JSON text never
-    /// contains); empty for the global group.
-    pub group: Box<[u8]>,
+    /// contains); empty for the global group. A `Vec`, so that a result taken, written and
+    /// given back ([`crate::Engine::recycle_results`]) keeps its buffer for the next.
+    pub group: Vec<u8>,
     /// One value per aggregation, in the job's order.
     pub values: Vec<Output>,
 }
