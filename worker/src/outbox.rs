@@ -89,6 +89,8 @@ pub(crate) struct Outbox {
     pub(crate) repartition: Option<PartialsSender>,
     /// The key and value of the result being sent, written in place: no allocation per result.
     pub(crate) text: ResultText,
+    /// The message of the partial being sent, written in place (as `text`).
+    pub(crate) partial: Vec<u8>,
 }
 
 impl Outbox {

@@ -287,7 +287,6 @@ fn open_partition<'a>(
         producers,
         actions: Vec::new(),
         results: Vec::new(),
-        partial_bytes: Vec::new(),
         clock: Instant::now(),
         timing,
         claim,
@@ -588,6 +587,7 @@ fn outbox(ctx: &JobContext, stage: Stage, partition: i32) -> Result<Outbox, Runt
         dead_letter,
         repartition,
         text: Default::default(),
+        partial: Vec::new(),
     })
 }
 
@@ -606,8 +606,6 @@ struct PartitionIo<'a> {
     actions: Vec<Action>,
     /// Results taken from the protocol a chunk at a time ([`Action::Results`]), reused.
     results: Vec<WindowResult>,
-    /// A partial's message, written here and copied by the producer: reused.
-    partial_bytes: Vec<u8>,
     /// The protocol's time origin (monotonic).
     clock: Instant,
     timing: Timing,
@@ -770,8 +768,8 @@ impl PartitionIo<'_> {
                 }
             }
             Action::Partial { to, partial } => {
-                partial.write_message(&mut self.partial_bytes);
-                self.send_partial(to, partial.group.as_bytes(), &self.partial_bytes)?;
+                partial.write_message(&mut self.producers.partial);
+                self.send_partial(to, partial.group.as_bytes(), &self.producers.partial)?;
             }
             Action::Marker(marker) => {
                 let value = marker.to_bytes();
