@@ -161,17 +161,20 @@ mod tests {
         e
     }
 
+    /// A window of each kind, over the data of [`fed`].
+    const WINDOWS: [&str; 3] = [
+        "{type: tumbling, size: 10s}",
+        "{type: hopping, size: 20s, slide: 10s}",
+        "{type: session, gap: 5s}",
+    ];
+
     fn texts(results: &[WindowResult]) -> Vec<String> {
         results.iter().map(|r| format!("{r:?}")).collect()
     }
 
     #[test]
     fn results_taken_in_chunks_are_those_taken_at_once_in_the_same_order() {
-        for window in [
-            "{type: tumbling, size: 10s}",
-            "{type: hopping, size: 20s, slide: 10s}",
-            "{type: session, gap: 5s}",
-        ] {
+        for window in WINDOWS {
             let all = fed(window).take_results();
             assert!(all.len() >= 120, "{window}: {} results", all.len());
             let order = |r: &WindowResult| (r.end, r.start, r.group.clone());
@@ -203,11 +206,7 @@ mod tests {
     /// the given-back results' buffers. The results are those taken at once.
     #[test]
     fn results_built_in_recycled_buffers_are_those_taken_at_once() {
-        for window in [
-            "{type: tumbling, size: 10s}",
-            "{type: hopping, size: 20s, slide: 10s}",
-            "{type: session, gap: 5s}",
-        ] {
+        for window in WINDOWS {
             let all = fed(window).take_results();
             for chunk in [1, 7, 40, 1000] {
                 let mut e = fed(window);
