@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use weir_crds::StartFrom;
 use weir_engine::protocol::{Action, PartitionProtocol, Role, StartPoint, Timing};
 use weir_engine::start::{self, Begin};
-use weir_engine::{Record, RejectReason, Rejection, WindowResult};
+use weir_engine::{Record, RejectReason, Rejection, WindowResult, RESULTS_CHUNK};
 
 use crate::budget::RowShare;
 use crate::checkpoint::{CheckpointStore, Handoff, HandoffWait, PartitionLease, Progress, Run};
@@ -40,10 +40,6 @@ const GAUGE_EVERY: Duration = Duration::from_secs(2);
 /// Reading the clock per record cost a sixth of the record path (perf, docs/benchmarks.md):
 /// timers are looked at every this many messages, and whenever the partition is quiet.
 const TIMER_EVERY: u32 = 256;
-/// Results built at a time when a window closes ([`Action::Results`]): few enough that a window
-/// of a million groups never holds more than this many built results (docs/running.md,
-/// "Memory").
-const RESULTS_CHUNK: usize = 1024;
 
 /// What one partition thread owns its partition under.
 #[derive(Clone, Debug)]

@@ -15,6 +15,6 @@ pub mod time;
 
 pub use engine::{
     Engine, Record, RejectReason, Rejection, ResultText, Stats, WindowResult, MAX_DETAIL_BYTES,
-    MAX_KEPT_BYTES,
+    MAX_KEPT_BYTES, RESULTS_CHUNK,
 };
 pub use plan::JobPlan;

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use super::groups::Groups;
 use super::pane::Pane;
 use super::record::WindowResult;
+use super::RESULTS_CHUNK;
 
 /// One closed window: its pane, moved out of the open ones, and its rows in group order.
 pub(super) struct Closing {
@@ -53,9 +54,6 @@ pub(super) struct Closings {
     /// the next ones in their group key and value buffers instead of allocating both.
     spare: Vec<WindowResult>,
 }
-
-/// The most results [`Closings::recycle`] keeps: a partition takes results a chunk at a time.
-const SPARE_RESULTS: usize = 1024;
 
 impl Closings {
     /// Queue a closed window (one with no rows is dropped); returns its results.
@@ -106,10 +104,10 @@ impl Closings {
     }
 
     /// Keep the results in `used` (leaving it empty) for the next [`Closings::take`] to build in,
-    /// up to [`SPARE_RESULTS`] (a chunk's buffers, ~200 KB for three aggregations); the rest
+    /// up to [`RESULTS_CHUNK`] (a chunk's buffers, ~200 KB for three aggregations); the rest
     /// are dropped.
     pub(super) fn recycle(&mut self, used: &mut Vec<WindowResult>) {
-        let room = SPARE_RESULTS.saturating_sub(self.spare.len());
+        let room = RESULTS_CHUNK.saturating_sub(self.spare.len());
         used.truncate(room);
         self.spare.append(used);
     }

@@ -67,6 +67,11 @@ enum State {
 /// What identifies a partial within its pane row: (group id, source partition, segment).
 type PartialId = (u32, i32, Option<i64>);
 
+/// Results a partition takes and writes at a time ([`Engine::take_results_upto`]), and so the
+/// most [`Engine::recycle_results`] keeps: few enough that a window of a million groups never
+/// holds more than this many built results (docs/running.md, "Memory").
+pub const RESULTS_CHUNK: usize = 1024;
+
 /// The partials merged into one pane, by [`PartialId`]. Hashed with foldhash, as [`Groups`] is:
 /// SipHash showed in a sparse merge stage's profile, and these ids are the engine's own numbers.
 type MergedIds = std::collections::HashSet<PartialId, foldhash::fast::RandomState>;
@@ -238,10 +243,9 @@ impl Engine {
     }
 
     /// Give back results taken and written out: the next ones taken are built in their
-    /// buffers (at most a chunk's worth are kept). Leaves `used` empty.
+    /// buffers (at most [`RESULTS_CHUNK`] are kept). Leaves `used` empty.
     pub fn recycle_results(&mut self, used: &mut Vec<WindowResult>) {
         self.closing.recycle(used);
-        used.clear();
     }
 
     /// Append to `out` up to `max` of the results not taken yet, in the order of
