@@ -20,8 +20,12 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use weir_engine::{Engine, JobPlan, Record};
 
+#[path = "support/cpu.rs"]
+mod cpu;
 #[path = "support/data.rs"]
 mod data;
+
+use cpu::thread_cpu_time;
 
 const GROUPS: u64 = 10_000;
 const RATE: u64 = 50_000;
@@ -69,15 +73,6 @@ fn steady_state_once(
     let cpu = thread_cpu_time().zip(cpu).map(|(b, a)| b.saturating_sub(a));
     std::hint::black_box(results);
     (wall, cpu)
-}
-
-/// CPU time of the calling thread (Linux: the first field of `/proc/thread-self/schedstat`, in
-/// nanoseconds). Less disturbed than wall-clock time by other processes on a shared machine,
-/// though not immune (they share caches and memory bandwidth).
-fn thread_cpu_time() -> Option<Duration> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns = text.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_nanos(ns))
 }
 
 /// Alternating rounds of tumbling and hopping with the same aggregations; prints each round's

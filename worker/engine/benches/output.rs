@@ -2,9 +2,9 @@
 //! per record), on one thread, measured by this thread's CPU time in alternating rounds of the
 //! way the worker does it now and the way it did before (issue 20):
 //!
-//! - **results**: records processed, the results taken a chunk of 1,024 at a time and written
-//!   as a partition writes them ([`ResultText`]); the written chunk is given back to the engine
-//!   ([`Engine::recycle_results`], now) or dropped (before);
+//! - **results**: records processed, the results taken a chunk at a time ([`RESULTS_CHUNK`])
+//!   and written as a partition writes them ([`ResultText`]); the written chunk is given back
+//!   to the engine ([`Engine::recycle_results`], now) or dropped (before);
 //! - **partials** (stage 1 and 2 of a two-stage job, without the merge itself): records
 //!   processed as stage 1, each partial written as its repartition message into one reused
 //!   buffer ([`PartialAggregate::write_message`], now) or with `Partial::to_bytes` after
@@ -20,20 +20,20 @@
 use std::time::Duration;
 
 use weir_engine::engine::{Partial, PartialAggregate};
-use weir_engine::{Engine, JobPlan, Record, ResultText, WindowResult};
+use weir_engine::{Engine, JobPlan, Record, ResultText, WindowResult, RESULTS_CHUNK};
 
+#[path = "support/cpu.rs"]
+mod cpu;
 #[path = "support/data.rs"]
 mod data;
 
 const GROUPS: u64 = 10_000;
 /// Records per second of event time: 6,000 a minute over 10,000 merchants.
 const RATE: u64 = 100;
-const CHUNK: usize = 1024;
 
-/// CPU time of the calling thread, from `/proc/thread-self/schedstat` (as the engine bench).
+/// This thread's CPU time; the benchmark needs it (Linux).
 fn thread_cpu_time() -> Duration {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
-    Duration::from_nanos(text.split_whitespace().next().unwrap().parse().unwrap())
+    cpu::thread_cpu_time().expect("/proc/thread-self/schedstat is readable")
 }
 
 fn record(i: usize, value: &[u8]) -> Record<'_> {
@@ -64,7 +64,7 @@ fn results_round(plan: &JobPlan, records: &[Vec<u8>], recycle: bool) -> (Duratio
             } else {
                 chunk.clear();
             }
-            if engine.take_results_upto(through, CHUNK, &mut chunk) == 0 {
+            if engine.take_results_upto(through, RESULTS_CHUNK, &mut chunk) == 0 {
                 break;
             }
             for r in &chunk {
@@ -135,7 +135,11 @@ fn main() {
         "{type: tumbling, size: 1m, allowedLateness: 1s}",
         data::COUNT_SUM_MEAN,
     );
-    eprintln!("{n} sparse records ({GROUPS} merchants, {} a minute), tumbling 1m, count+sum+mean; {rounds} rounds, this thread's CPU time", RATE * 60);
+    eprintln!(
+        "{n} sparse records ({GROUPS} merchants, {} a minute), tumbling 1m, count+sum+mean; \
+         {rounds} rounds, this thread's CPU time",
+        RATE * 60
+    );
     type Round = fn(&JobPlan, &[Vec<u8>], bool) -> (Duration, u64, u64);
     let paths: [(&str, &str, &str, Round); 2] = [
         (
