@@ -12,6 +12,11 @@
 //!   settings, reading every record and writing as many result-shaped messages as the job has
 //!   results (counted while loading), no engine (`pipeline/relay.rs`): the floor of the
 //!   worker's Kafka I/O on this broker;
+//! - (r2) a bare two-hop relay: the same, but each result-shaped message is first a
+//!   partial-shaped one through a 4-partition repartition topic (one producer shared by the
+//!   four reading threads, as the worker's first stage has), read by four more threads that
+//!   write a result per partial (`pipeline/relay.rs`): the floor of two stages' Kafka I/O;
+//!   and the same with partials packed 256 to a message (what packing could at most buy);
 //! - (b) the worker: `partition::spawn_partition` for each partition (consumer, engine, idempotent sink
 //!   producer, checkpoints in a directory), tumbling 1m windows grouped by merchant with count,
 //!   sum and mean, timed until it has read every record; in the dense shape with checkpoints
@@ -79,6 +84,8 @@ const T0: i64 = 1_767_225_600_000;
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 const TEN_S: u64 = 10;
 const OFF_S: u64 = 3600;
+/// Partials a message in (r2)'s packed variant (as session 16's packing prototype).
+const PACK: u32 = 256;
 /// The line a child run prints its measurement on.
 const RUN_LINE: &str = "BENCH-RUN ";
 
@@ -146,6 +153,8 @@ enum Variant {
     BarePerPartition,
     /// (r)
     Relay,
+    /// (r2), with partials packed this many to a message (1: not packed).
+    RelayTwoHops { pack: u32 },
     /// (b) one stage, or (c) two, with a checkpoint interval in seconds.
     Worker { two_stage: bool, interval_s: u64 },
 }
@@ -156,6 +165,12 @@ impl Variant {
             Variant::Bare => "(a) bare consumer, 1 thread".to_string(),
             Variant::BarePerPartition => "(a4) bare consumers, 1 thread/partition".to_string(),
             Variant::Relay => "(r) bare relay: consume + produce a message per result".to_string(),
+            Variant::RelayTwoHops { pack: 1 } => {
+                "(r2) bare two-hop relay: a partial per result through a repartition topic, then a result per partial".to_string()
+            }
+            Variant::RelayTwoHops { pack } => {
+                format!("(r2) the same, partials packed {pack} to a message")
+            }
             Variant::Worker {
                 two_stage: false,
                 interval_s: OFF_S,
@@ -177,6 +192,8 @@ impl Variant {
             Variant::Bare => "bare".to_string(),
             Variant::BarePerPartition => "bare4".to_string(),
             Variant::Relay => "relay".to_string(),
+            Variant::RelayTwoHops { pack: 1 } => "relay2".to_string(),
+            Variant::RelayTwoHops { pack } => format!("relay2:{pack}"),
             Variant::Worker {
                 two_stage,
                 interval_s,
@@ -189,6 +206,10 @@ impl Variant {
             ["bare"] => Variant::Bare,
             ["bare4"] => Variant::BarePerPartition,
             ["relay"] => Variant::Relay,
+            ["relay2"] => Variant::RelayTwoHops { pack: 1 },
+            ["relay2", pack] => Variant::RelayTwoHops {
+                pack: pack.parse().expect("pack"),
+            },
             ["worker", two, interval] => Variant::Worker {
                 two_stage: two == "1",
                 interval_s: interval.parse().expect("interval"),
@@ -198,8 +219,9 @@ impl Variant {
     }
 
     /// The variants run for `shape`, in order; (a) first (the ratios' base). With
-    /// `WEIR_BENCH_VARIANTS` (codes: `bare`, `bare4`, `relay`, `worker:<0|1 two stages>:<checkpoint
-    /// seconds>`, comma-separated) only those, after (a).
+    /// `WEIR_BENCH_VARIANTS` (codes: `bare`, `bare4`, `relay`, `relay2`, `relay2:256` (its
+    /// packed variant), `worker:<0|1 two stages>:<checkpoint seconds>`, comma-separated) only
+    /// those, after (a).
     fn for_shape(shape: &Shape) -> Vec<Variant> {
         let all = Variant::all_for_shape(shape);
         match std::env::var("WEIR_BENCH_VARIANTS") {
@@ -223,6 +245,8 @@ impl Variant {
                 Variant::Bare,
                 Variant::BarePerPartition,
                 Variant::Relay,
+                Variant::RelayTwoHops { pack: 1 },
+                Variant::RelayTwoHops { pack: PACK },
                 worker(false, OFF_S),
                 worker(false, TEN_S),
                 worker(false, 1),
@@ -233,6 +257,8 @@ impl Variant {
                 Variant::Bare,
                 Variant::BarePerPartition,
                 Variant::Relay,
+                Variant::RelayTwoHops { pack: 1 },
+                Variant::RelayTwoHops { pack: PACK },
                 worker(false, TEN_S),
                 worker(true, TEN_S),
             ]
@@ -433,7 +459,10 @@ fn memory_model_mb(variant: Variant, shape: &Shape, window_rows: u64) -> Option<
             8.0 * 4.0 + 10.0,
             2.0 * rows * ROW_BYTES + window_rows as f64 * PARTIAL_BYTES,
         ),
-        Variant::Bare | Variant::BarePerPartition | Variant::Relay => return None,
+        Variant::Bare
+        | Variant::BarePerPartition
+        | Variant::Relay
+        | Variant::RelayTwoHops { .. } => return None,
     };
     Some(30.0 + 16.0 * threads + producers_mb + state / 1e6)
 }
@@ -568,6 +597,9 @@ fn child(code: &str) {
             }
         }
         Variant::Relay => relay::relay(&setup, &spec, setup.results),
+        Variant::RelayTwoHops { pack } => {
+            relay::relay_two_hops(&setup, &spec, setup.results, (PARTITIONS, pack as usize))
+        }
         Variant::BarePerPartition => {
             let t0 = Instant::now();
             std::thread::scope(|s| {
