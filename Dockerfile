@@ -30,6 +30,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /lib/*-linux-gnu/libz.so.1 /lib/
 COPY --from=build /src/target/release/weir /src/target/release/weir-operator /usr/local/bin/
+# At most 4 glibc malloc arenas (weir_worker::MALLOC_ARENA_MAX; a worker test checks this line).
+# glibc's default is 8 per core of the node, whatever the pod's CPU limit. A worker's Kafka
+# clients free memory on threads other than those that allocated it, and each arena keeps what
+# was freed in it. A two-stage worker peaked at 192–211 MB with 16 arenas on 2 cores, and at
+# 166–185 MB with 4, for about 5% more CPU (docs/running.md, "Memory"). A StreamJob's
+# spec.worker.env may set it otherwise.
+ENV MALLOC_ARENA_MAX=4
 # The distroless nonroot user; numeric so that runAsNonRoot can verify it.
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/weir"]

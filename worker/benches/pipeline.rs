@@ -41,7 +41,9 @@
 //!
 //! Every run is a child process (this binary again, told what to run by `WEIR_BENCH_CHILD`),
 //! so each variant's peak RSS (`VmHWM`) is its own: the worker's memory, as `weir run` would
-//! have it, with nothing left over from loading or from another variant. The child's timing
+//! have it, with nothing left over from loading or from another variant. Children run with
+//! glibc's malloc arenas limited as the worker's image limits them (`MALLOC_ARENA_MAX`, unless
+//! set for the run). The child's timing
 //! starts when its threads are spawned (process start and connecting the clients are not
 //! timed, as before).
 //!
@@ -791,7 +793,13 @@ fn run_child(
     weir_worker::tools::create_topic(bootstrap, &sink, PARTITIONS).expect("create the sink");
     let exe = std::env::current_exe().expect("this binary");
     let sizes: Vec<String> = sizes.iter().map(u64::to_string).collect();
-    let out = Command::new(exe)
+    let mut child = Command::new(exe);
+    // The worker's image limits glibc's malloc arenas; so are the children, unless this run
+    // sets `MALLOC_ARENA_MAX` itself (to measure another value).
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        child.env("MALLOC_ARENA_MAX", weir_worker::MALLOC_ARENA_MAX);
+    }
+    let out = child
         .env("WEIR_BENCH_CHILD", variant.code())
         .env("WEIR_BENCH_BOOTSTRAP", bootstrap)
         .env("WEIR_BENCH_TOPIC", shape.topic())
