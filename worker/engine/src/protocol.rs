@@ -436,6 +436,12 @@ impl PartitionProtocol {
         self.engine.set_wall_clock(wall_ms);
     }
 
+    /// Read the wall clock for the future-skew guard with `read`, as
+    /// [`Engine::read_wall_clock_with`] says; [`PartitionProtocol::tick`] reads it again.
+    pub fn read_wall_clock_with(&mut self, read: fn() -> i64) {
+        self.engine.read_wall_clock_with(read);
+    }
+
     /// A source record at time `now_ms`: the engine's verdict (also for a replayed record,
     /// whose rejection is not dead-lettered again).
     pub fn record(
@@ -541,6 +547,7 @@ impl PartitionProtocol {
 
     /// Time passed (`now_ms`): go idle, send a marker, checkpoint, when due.
     pub fn tick(&mut self, now_ms: i64, out: &mut Vec<Action>) {
+        self.engine.refresh_wall_clock();
         if let Role::Partials { .. } = self.role {
             if !self.idle
                 && self.caught_up
@@ -965,6 +972,41 @@ spec:
         p.set_wall_clock(1_001 + day);
         let (verdict, _) = feed(&mut p, 2, Some(1_000 + day + 1), 0);
         assert_eq!(verdict, Ok(()));
+    }
+
+    /// The wall clock of `the_wall_clock_read_*`, moved by the test.
+    static WALL: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+    fn wall() -> i64 {
+        WALL.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn the_wall_clock_read_is_read_again_for_a_record_ahead_of_it_and_at_ticks() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let day = 86_400_000;
+        WALL.store(1_000, SeqCst);
+        let mut p = protocol(Role::Results, StartPoint::Fresh { offset: 0 });
+        p.read_wall_clock_with(wall);
+        let (verdict, _) = feed(&mut p, 0, Some(1_000 + day), 0);
+        assert_eq!(verdict, Ok(()));
+        // Beyond the first reading's bound, within the clock's now: read again, and counted.
+        WALL.store(2_000, SeqCst);
+        let (verdict, _) = feed(&mut p, 1, Some(2_000 + day), 0);
+        assert_eq!(verdict, Ok(()));
+        // Beyond the clock's now too: refused, naming the clock as read now.
+        WALL.store(2_500, SeqCst);
+        let (verdict, out) = feed(&mut p, 2, Some(2_501 + day), 0);
+        assert_eq!(verdict, Err(RejectReason::Future));
+        assert!(matches!(&out[..], [Action::DeadLetter(r)]
+            if r.detail.ends_with(&format!("({})", crate::time::format(2_500)))));
+        // A clock set back is taken at the next tick: a record within the bound of the last
+        // reading but not of the clock now is refused after it.
+        WALL.store(1_500, SeqCst);
+        let mut out = Vec::new();
+        p.tick(0, &mut out);
+        let (verdict, _) = feed(&mut p, 3, Some(2_000 + day), 0);
+        assert_eq!(verdict, Err(RejectReason::Future));
     }
 
     #[test]
