@@ -38,7 +38,8 @@ use crate::runtime::{JobContext, PartitionEnd, RuntimeError};
 /// How often watermark, open-state gauges and lag are refreshed.
 const GAUGE_EVERY: Duration = Duration::from_secs(2);
 /// Reading the clock per record cost a sixth of the record path (perf, docs/benchmarks.md):
-/// timers are looked at every this many messages, and whenever the partition is quiet.
+/// timers are looked at every this many messages, and after every wait for a message (a
+/// partition read slowly may never be quiet for a whole wait, nor read this many in seconds).
 const TIMER_EVERY: u32 = 256;
 
 /// What one partition thread owns its partition under.
@@ -247,6 +248,9 @@ fn open_partition<'a>(
         decision.run_tag(),
         decision.accept_untagged,
     );
+    // The future-skew guard reads the wall clock at ticks and for a record ahead of its last
+    // reading, not for every record (weir_engine::Engine::read_wall_clock_with).
+    protocol.read_wall_clock_with(crate::runtime::now_ms);
     let mut rows = ctx.rows.share();
     protocol.set_row_limit(rows.publish(0));
     log_run(stage, partition, &stored, &decision, &protocol);
@@ -284,6 +288,7 @@ fn open_partition<'a>(
         actions: Vec::new(),
         results: Vec::new(),
         clock: Instant::now(),
+        now: 0,
         timing,
         claim,
         releasing: false,
@@ -604,6 +609,12 @@ struct PartitionIo<'a> {
     results: Vec<WindowResult>,
     /// The protocol's time origin (monotonic).
     clock: Instant,
+    /// The protocol's time (ms since `clock`) as last read: after a wait for a message, after
+    /// a message whose actions were carried out (sending may wait for room), and at the timers,
+    /// every [`TIMER_EVERY`] messages. Not for every message: a clock read costs 50–90 ns, a
+    /// tenth of a dense job's record (docs/benchmarks.md). Between readings the partition only
+    /// reads messages that were already queued, so it lags the clock by their decoding.
+    now: i64,
     timing: Timing,
     /// The epoch and stop flag this partition runs under.
     claim: &'a Claim,
@@ -637,8 +648,20 @@ impl PartitionIo<'_> {
             if self.claim.stopped(self.ctx) {
                 return Ok(PartitionEnd::Stopped);
             }
-            match consumer.poll(Duration::from_millis(100)) {
-                None => since_timers = TIMER_EVERY,
+            let polled = match consumer.poll(Duration::ZERO) {
+                Some(polled) => Some(polled),
+                None => {
+                    // Caught up: wait for the next message, then read the clock and look at the
+                    // timers, so that a slow partition's markers and checkpoints do not wait
+                    // for TIMER_EVERY messages.
+                    let polled = consumer.poll(Duration::from_millis(100));
+                    self.now = self.now_ms();
+                    since_timers = TIMER_EVERY;
+                    polled
+                }
+            };
+            match polled {
+                None => {}
                 Some(Err(e)) => match self.stage {
                     Stage::Source => {
                         warn!(partition = self.partition, error = %e, "consumer error")
@@ -664,8 +687,8 @@ impl PartitionIo<'_> {
             }
             let limit = self.rows.publish(self.protocol.engine().open_rows());
             self.protocol.set_row_limit(limit);
-            let now = self.now_ms();
-            self.protocol.tick(now, &mut self.actions);
+            self.now = self.now_ms();
+            self.protocol.tick(self.now, &mut self.actions);
             if let Some(end) = self.act(None)? {
                 return Ok(end);
             }
@@ -707,10 +730,8 @@ impl PartitionIo<'_> {
             Stage::Source => {
                 self.pm.record_in(rec.value.len());
                 self.ctx.totals.records.fetch_add(1, Ordering::Relaxed);
-                let now = self.now_ms();
-                self.protocol.set_wall_clock(crate::runtime::now_ms());
                 // The verdict is in the actions too (a dead letter unless replayed).
-                let _ = self.protocol.record(&rec, now, &mut self.actions);
+                let _ = self.protocol.record(&rec, self.now, &mut self.actions);
                 self.act(Some(&rec))
             }
             Stage::Merge => {
@@ -742,6 +763,8 @@ impl PartitionIo<'_> {
         // Dropped actions go with `drain`; the buffer keeps its capacity.
         self.actions = actions;
         self.actions.clear();
+        // Sending may have waited for room in a producer's queue, a checkpoint for its write.
+        self.now = self.now_ms();
         Ok(fenced)
     }
 
