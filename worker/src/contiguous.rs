@@ -24,13 +24,18 @@
 //!   once (counted in `weir_offsets_skipped_total` and logged at debug level).
 //!
 //! [`Contiguous::check`] is the decision only (no I/O), tested as a pure function; [`step`]
-//! applies it to a consumer.
+//! applies it to a consumer; [`continues`] is what a partition's loop calls: `step`, counted in
+//! the partition's metrics and logged.
 
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::Offset;
+use tracing::{debug, warn};
+
+use crate::metrics::PartitionMetrics;
+use crate::runtime::RuntimeError;
 
 /// What to do with a message read at `got` when the next offset expected is `expected`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +151,69 @@ pub fn step<C: ConsumerContext>(
         )?;
     }
     Ok(step)
+}
+
+/// Whether a message of `topic`/`partition` at `got` is to be used, `expected` being the next
+/// offset (see [`crate::contiguous`]): on a hole the policy re-reads, the consumer is sent back
+/// to `expected` and the message dropped; a hole believed is counted in
+/// `weir_offsets_skipped_total` and the message used.
+pub(crate) fn continues(
+    consumer: &BaseConsumer,
+    guard: &mut Contiguous,
+    pm: &PartitionMetrics,
+    expected: i64,
+    got: i64,
+) -> Result<bool, RuntimeError> {
+    let labels = pm.labels();
+    let (topic, partition) = (labels.topic.as_str(), labels.partition);
+    let step = step(consumer, guard, topic, partition, expected, got).map_err(|source| {
+        RuntimeError::Kafka {
+            partition,
+            action: "seeking back to re-read a hole",
+            source,
+        }
+    })?;
+    match step {
+        Step::Take => Ok(true),
+        Step::Duplicate => {
+            debug!(
+                topic,
+                partition, expected, got, "dropping a message read before"
+            );
+            Ok(false)
+        }
+        Step::Reread { .. } => {
+            pm.offset_rereads.inc();
+            debug!(
+                topic,
+                partition, expected, got, "the broker's answer jumped ahead; read again"
+            );
+            Ok(false)
+        }
+        Step::Skip { from, to } => {
+            pm.offsets_skipped
+                .inc_by(u64::try_from(to - from).unwrap_or(0));
+            if guard.rereads() > 0 {
+                // A topic weir wrote without transactions: records were lost to retention, or
+                // to a broker that does not hold what it acknowledged.
+                warn!(
+                    topic,
+                    partition,
+                    from,
+                    to,
+                    rereads = guard.rereads(),
+                    "offsets missing from the partition after re-reading; skipped"
+                );
+            } else {
+                // Transaction markers, aborted or compacted records, retention: usually fine.
+                debug!(
+                    topic,
+                    partition, from, to, "offsets skipped by the broker's answer"
+                );
+            }
+            Ok(true)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use weir_engine::{Record, RejectReason, Rejection, WindowResult, RESULTS_CHUNK};
 
 use crate::budget::RowShare;
 use crate::checkpoint::{CheckpointStore, Handoff, HandoffWait, PartitionLease, Progress, Run};
-use crate::contiguous::{Contiguous, Step};
+use crate::contiguous::{continues, Contiguous};
 use crate::metrics::PartitionMetrics;
 use crate::outbox::{Origin, Outbox};
 use crate::producer::{DeliveryCountingProducer, ProducerError, Sent};
@@ -224,11 +224,7 @@ fn open_partition<'a>(
         LeaseTaken::Fenced(end) => return Ok(Opened::Ended(end)),
         LeaseTaken::Cancelled => return Ok(Opened::Ended(PartitionEnd::Stopped)),
     };
-    let role_name = match stage {
-        Stage::Source => "consumer",
-        Stage::Merge => "repartition consumer",
-    };
-    let consumer = new_consumer(ctx, partition, role_name)?;
+    let consumer = new_consumer(ctx, stage, partition)?;
     // Resume, start the spec's new definition, or start afresh (a reset, a first start): the
     // decision is the engine's (weir_engine::start), from what the checkpoint recorded.
     let stored = lease.run().clone();
@@ -459,12 +455,16 @@ fn log_start(
     }
 }
 
-/// A consumer of the source cluster, for `role` ("consumer", "repartition consumer").
+/// A consumer of the source cluster, for `stage`'s topic.
 fn new_consumer(
     ctx: &JobContext,
+    stage: Stage,
     partition: i32,
-    role: &'static str,
 ) -> Result<BaseConsumer, RuntimeError> {
+    let role = match stage {
+        Stage::Source => "consumer",
+        Stage::Merge => "repartition consumer",
+    };
     ctx.source
         .config()
         .create()
@@ -495,69 +495,6 @@ fn assign_at(
     consumer
         .assign(&tpl)
         .map_err(kafka_err("assigning the partition"))
-}
-
-/// Whether a message of `topic`/`partition` at `got` is to be used, `expected` being the next
-/// offset (see [`crate::contiguous`]): on a hole the policy re-reads, the consumer is sent back
-/// to `expected` and the message dropped; a hole believed is counted in
-/// `weir_offsets_skipped_total` and the message used.
-fn continues(
-    consumer: &BaseConsumer,
-    guard: &mut Contiguous,
-    pm: &PartitionMetrics,
-    expected: i64,
-    got: i64,
-) -> Result<bool, RuntimeError> {
-    let labels = pm.labels();
-    let (topic, partition) = (labels.topic.as_str(), labels.partition);
-    let step = crate::contiguous::step(consumer, guard, topic, partition, expected, got).map_err(
-        |source| RuntimeError::Kafka {
-            partition,
-            action: "seeking back to re-read a hole",
-            source,
-        },
-    )?;
-    match step {
-        Step::Take => Ok(true),
-        Step::Duplicate => {
-            debug!(
-                topic,
-                partition, expected, got, "dropping a message read before"
-            );
-            Ok(false)
-        }
-        Step::Reread { .. } => {
-            pm.offset_rereads.inc();
-            debug!(
-                topic,
-                partition, expected, got, "the broker's answer jumped ahead; read again"
-            );
-            Ok(false)
-        }
-        Step::Skip { from, to } => {
-            pm.offsets_skipped
-                .inc_by(u64::try_from(to - from).unwrap_or(0));
-            if guard.rereads() > 0 {
-                // A topic weir wrote without transactions: records were lost to retention, or
-                // to a broker that does not hold what it acknowledged.
-                warn!(
-                    topic,
-                    partition,
-                    from,
-                    to,
-                    rereads = guard.rereads(),
-                    "offsets missing from the partition after re-reading; skipped"
-                );
-            } else {
-                // Transaction markers, aborted or compacted records, retention: usually fine.
-                debug!(
-                    topic,
-                    partition, from, to, "offsets skipped by the broker's answer"
-                );
-            }
-            Ok(true)
-        }
-    }
 }
 
 /// A partition's producers: the sink, and for a source partition the dead-letter topic and
