@@ -35,8 +35,8 @@ use crate::producer::{DeliveryCountingProducer, ProducerError, Sent};
 pub use crate::runtime::Stage;
 use crate::runtime::{JobContext, PartitionEnd, RuntimeError};
 
-/// How often watermark, open-state gauges and lag are refreshed.
-const GAUGE_EVERY: Duration = Duration::from_secs(2);
+/// How often (ms) watermark, open-state gauges and lag are refreshed.
+const GAUGE_EVERY_MS: i64 = 2_000;
 /// Reading the clock per record cost a sixth of the record path (perf, docs/benchmarks.md):
 /// timers are looked at every this many messages, and after every wait for a message (a
 /// partition read slowly may never be quiet for a whole wait, nor read this many in seconds).
@@ -579,7 +579,7 @@ impl PartitionIo<'_> {
             // a broker's answer that jumped ahead, read again before it is believed.
             Stage::Merge => Contiguous::rereading(),
         };
-        let mut last_gauges: Option<Instant> = None;
+        let mut last_gauges: Option<i64> = None;
         let mut since_timers = 0u32;
         loop {
             if self.claim.stopped(self.ctx) {
@@ -618,13 +618,15 @@ impl PartitionIo<'_> {
                 continue;
             }
             since_timers = 0;
-            if last_gauges.is_none_or(|t| t.elapsed() >= GAUGE_EVERY) {
-                last_gauges = Some(Instant::now());
+            self.now = self.now_ms();
+            if last_gauges.is_none_or(|t| self.now - t >= GAUGE_EVERY_MS) {
+                last_gauges = Some(self.now);
                 self.gauges(consumer);
+                // Reading the lag waited for the broker.
+                self.now = self.now_ms();
             }
             let limit = self.rows.publish(self.protocol.engine().open_rows());
             self.protocol.set_row_limit(limit);
-            self.now = self.now_ms();
             self.protocol.tick(self.now, &mut self.actions);
             if let Some(end) = self.act(None)? {
                 return Ok(end);

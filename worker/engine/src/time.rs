@@ -15,12 +15,15 @@ pub const MAX_TIME: i64 = 253_402_300_799_999;
 pub fn parse(value: &Scalar<'_>, format: TimeFormat) -> Result<i64, String> {
     let ms = match format {
         TimeFormat::Rfc3339 => match value {
-            Scalar::Str(s) => match utc_millis(s.trim()) {
-                Some(ms) => ms,
-                None => DateTime::parse_from_rfc3339(s.trim())
-                    .map(|t| t.timestamp_millis())
-                    .map_err(|e| format!("{s:?} is not an RFC 3339 timestamp ({e})"))?,
-            },
+            Scalar::Str(s) => {
+                let text = s.trim();
+                match utc_millis(text) {
+                    Some(ms) => ms,
+                    None => DateTime::parse_from_rfc3339(text)
+                        .map(|t| t.timestamp_millis())
+                        .map_err(|e| format!("{s:?} is not an RFC 3339 timestamp ({e})"))?,
+                }
+            }
             other => {
                 return Err(format!(
                     "expected an RFC 3339 timestamp string, found {}",
@@ -52,9 +55,10 @@ pub fn parse(value: &Scalar<'_>, format: TimeFormat) -> Result<i64, String> {
 
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` in ms, read without chrono: the form weir writes and most
 /// producers do. Reading it took chrono about 9% of a dense job's partition threads, 34–50 ns a
-/// time on the 2-core development machine; this takes 17–25 ns (docs/benchmarks.md). `None` for anything else, which chrono reads, or says why not: other
-/// offsets, lower-case or space separators, leap seconds, fractions of more than 9 digits,
-/// dates that do not exist. Truncates toward the past, as chrono's `timestamp_millis` does.
+/// time on the 2-core development machine; this takes 17–25 ns (docs/benchmarks.md). `None`
+/// for anything else, which chrono reads, or says why not: other offsets, lower-case or space
+/// separators, leap seconds, fractions of more than 9 digits, dates that do not exist.
+/// Truncates toward the past, as chrono's `timestamp_millis` does.
 fn utc_millis(s: &str) -> Option<i64> {
     let (b'Z', body) = s.as_bytes().split_last()? else {
         return None;

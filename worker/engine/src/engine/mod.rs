@@ -175,7 +175,7 @@ impl Engine {
     /// tenth of a dense job's record). The engine reads no clock but the one it is given.
     pub fn read_wall_clock_with(&mut self, read: fn() -> i64) {
         self.wall_clock.read = Some(read);
-        self.wall_clock.last = Some(read());
+        self.refresh_wall_clock();
     }
 
     /// Read the wall clock again, if [`Engine::read_wall_clock_with`] gave the function to. A
