@@ -97,21 +97,9 @@ fn a_partition_read_slowly_checkpoints_and_reports_on_time() {
         )
         .is_some_and(|n| n >= 1.0)
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !started() {
-        let alive = w.alive();
-        assert!(
-            alive.iter().all(|(_, s)| s == "running"),
-            "the worker exited: {alive:?}\n{}",
-            w.logs()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the partition did not start in 60 s\n{}",
-            w.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    w.wait_for("the partition to start", Duration::from_secs(60), |_| {
+        started()
+    });
 
     // Each record in its own request (no linger), one every EVERY.
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()

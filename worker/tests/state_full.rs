@@ -14,7 +14,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
@@ -28,6 +28,8 @@ const REPARTITION: &str = "weir.default.full.repartition";
 /// Each worker's bound on open (group, window) rows.
 const BOUND: usize = 50;
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+/// The longest wait for what the workers do.
+const WAIT: Duration = Duration::from_secs(90);
 
 fn job_yaml(bootstrap: &str) -> String {
     format!(
@@ -83,24 +85,6 @@ fn state_full(workers: &Workers, merge: bool, partition: i32) -> Value {
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(Value::Null);
     v["checkpoint"]["stateFull"].clone()
-}
-
-fn wait_for(what: &str, workers: &mut Workers, mut done: impl FnMut(&Workers) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !done(workers) {
-        let alive = workers.alive();
-        assert!(
-            alive.iter().all(|(_, s)| s == "running"),
-            "a worker exited: {alive:?}\n{}",
-            workers.logs()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "waited 90 s for {what}\n{}",
-            workers.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn rejected(port: u16, topic: &str) -> Option<f64> {
@@ -166,7 +150,7 @@ fn both_stages_dead_letter_what_is_over_the_bound_and_report_it_in_their_checkpo
     produce(&broker.bootstrap, &recs);
 
     let count = |s: &Value| s["refused"].as_u64().unwrap_or(0);
-    wait_for("the checkpoints to report the refusals", &mut w, |w| {
+    w.wait_for("the checkpoints to report the refusals", WAIT, |w| {
         count(&state_full(w, false, 0)) == 10 && count(&state_full(w, true, 0)) == 60
     });
     assert!(
@@ -184,7 +168,7 @@ fn both_stages_dead_letter_what_is_over_the_bound_and_report_it_in_their_checkpo
 
     // Partition 1 moves on: the merge stage closes the three windows and frees its rows.
     produce(&broker.bootstrap, &[rec(1, T0 + 40_000, "a0")]);
-    wait_for("the first window's results", &mut w, |_| {
+    w.wait_for("the first window's results", WAIT, |_| {
         out.lock().unwrap().len() >= 50
     });
     std::thread::sleep(Duration::from_secs(2));

@@ -272,6 +272,31 @@ impl Workers {
             .collect()
     }
 
+    /// Wait until `done`, at most `timeout`; panics with the workers' logs if a worker exits
+    /// first or the time runs out.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&Workers) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !done(self) {
+            let alive = self.alive();
+            assert!(
+                alive.iter().all(|(_, s)| s == "running"),
+                "a worker exited: {alive:?}\n{}",
+                self.logs()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "waited {timeout:?} for {what}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for e in std::fs::read_dir(&self.dir).unwrap().flatten() {
