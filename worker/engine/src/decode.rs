@@ -18,6 +18,8 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+mod scan;
+
 /// The field paths a job reads, as a tree of names; each leaf is a slot in [`Fields`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldTree {
@@ -119,7 +121,12 @@ impl FieldTree {
         // A record that is not UTF-8 is read as bytes, as before, so that it gets the same
         // error (or none, when only a skipped string is not UTF-8).
         let read = match std::str::from_utf8(bytes) {
-            Ok(text) => self.read_object(&mut serde_json::Deserializer::from_str(text), out, raw),
+            Ok(text) if !raw && self.scan(text, out) => Ok(()),
+            Ok(text) => {
+                // The scanner gave up (see `scan`), perhaps half way: the visitor reads it all.
+                out.values.iter_mut().for_each(|v| *v = None);
+                self.read_object(&mut serde_json::Deserializer::from_str(text), out, raw)
+            }
             Err(_) => self.read_object(&mut serde_json::Deserializer::from_slice(bytes), out, raw),
         };
         read.map_err(|e| {
