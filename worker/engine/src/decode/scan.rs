@@ -71,49 +71,66 @@ impl<'de> Scanner<'de> {
 
     /// The members of an object whose `{` was read, up to its `}`, into `node`'s slots.
     fn object(&mut self, node: &Node, out: &mut Fields<'de>, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.ws();
-        if self.eat(b'}') {
-            return Some(());
-        }
         let mut seen: u128 = 0;
-        loop {
-            self.ws();
-            if !self.eat(b'"') {
+        self.members(b'}', depth, |s| {
+            if !s.eat(b'"') {
                 return None;
             }
-            let key = self.plain_string()?;
-            self.ws();
-            if !self.eat(b':') {
-                return None;
-            }
-            self.ws();
+            let key = s.plain_string()?;
+            s.colon()?;
             let child = node
                 .children
                 .iter()
                 .enumerate()
                 .find(|(_, (name, _))| same(name.as_bytes(), key.as_bytes()));
             match child {
-                None => self.skip(depth)?,
+                None => s.skip(depth),
                 Some((i, (_, child))) => {
                     let bit = 1u128.checked_shl(i as u32).unwrap_or(0);
                     if seen & bit != 0 || bit == 0 {
                         return None;
                     }
                     seen |= bit;
-                    self.value(child, out, depth)?;
+                    s.value(child, out, depth)
                 }
             }
+        })
+    }
+
+    /// The members of an object or array whose opening bracket was read, each read by
+    /// `member`, separated by commas, up to `close`.
+    fn members(
+        &mut self,
+        close: u8,
+        depth: usize,
+        mut member: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.ws();
+        if self.eat(close) {
+            return Some(());
+        }
+        loop {
             self.ws();
-            if self.eat(b'}') {
+            member(self)?;
+            self.ws();
+            if self.eat(close) {
                 return Some(());
             }
             if !self.eat(b',') {
                 return None;
             }
         }
+    }
+
+    /// The `:` after a key, and the space around it.
+    fn colon(&mut self) -> Option<()> {
+        self.ws();
+        let found = self.eat(b':');
+        self.ws();
+        found.then_some(())
     }
 
     /// A value at a node of the tree: captured in its slot, descended into if it is an object
@@ -198,35 +215,21 @@ impl<'de> Scanner<'de> {
     fn number(&mut self, exact: bool) -> Option<Scalar<'de>> {
         let negative = self.eat(b'-');
         let mut significand: u64 = 0;
-        let mut digits = 0usize;
         let int_start = self.at;
-        while let Some(c @ b'0'..=b'9') = self.peek() {
-            significand = significand
-                .wrapping_mul(10)
-                .wrapping_add(u64::from(c - b'0'));
-            digits += 1;
-            self.at += 1;
-        }
-        let int_digits = self.at - int_start;
-        if int_digits == 0 || (int_digits > 1 && self.bytes[int_start] == b'0') {
+        let mut digits = self.digits(&mut significand);
+        if digits == 0 || (digits > 1 && self.bytes[int_start] == b'0') {
             return None;
         }
         let mut exponent: i64 = 0;
         let mut fraction = false;
         if self.eat(b'.') {
             fraction = true;
-            let start = self.at;
-            while let Some(c @ b'0'..=b'9') = self.peek() {
-                significand = significand
-                    .wrapping_mul(10)
-                    .wrapping_add(u64::from(c - b'0'));
-                digits += 1;
-                self.at += 1;
-            }
-            if self.at == start {
+            let n = self.digits(&mut significand);
+            if n == 0 {
                 return None;
             }
-            exponent -= (self.at - start) as i64;
+            digits += n;
+            exponent -= n as i64;
         }
         if let Some(b'e' | b'E') = self.peek() {
             self.at += 1;
@@ -313,9 +316,14 @@ impl<'de> Scanner<'de> {
         }
     }
 
-    fn skip_digits(&mut self) -> usize {
+    /// The digits from here on, accumulated into `significand` (wrapping: the scanner uses at
+    /// most 18 of them): how many.
+    fn digits(&mut self, significand: &mut u64) -> usize {
         let start = self.at;
-        while let Some(b'0'..=b'9') = self.peek() {
+        while let Some(c @ b'0'..=b'9') = self.peek() {
+            *significand = significand
+                .wrapping_mul(10)
+                .wrapping_add(u64::from(c - b'0'));
             self.at += 1;
         }
         self.at - start
@@ -325,11 +333,11 @@ impl<'de> Scanner<'de> {
     fn skip_number(&mut self) -> Option<()> {
         self.eat(b'-');
         let start = self.at;
-        let int_digits = self.skip_digits();
+        let int_digits = self.digits(&mut 0);
         if int_digits == 0 || (int_digits > 1 && self.bytes[start] == b'0') {
             return None;
         }
-        if self.eat(b'.') && self.skip_digits() == 0 {
+        if self.eat(b'.') && self.digits(&mut 0) == 0 {
             return None;
         }
         if let Some(b'e' | b'E') = self.peek() {
@@ -337,7 +345,7 @@ impl<'de> Scanner<'de> {
             if !self.eat(b'-') {
                 self.eat(b'+');
             }
-            if self.skip_digits() == 0 {
+            if self.digits(&mut 0) == 0 {
                 return None;
             }
         }
@@ -345,54 +353,18 @@ impl<'de> Scanner<'de> {
     }
 
     fn skip_object(&mut self, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.ws();
-        if self.eat(b'}') {
-            return Some(());
-        }
-        loop {
-            self.ws();
-            if !self.eat(b'"') {
+        self.members(b'}', depth, |s| {
+            if !s.eat(b'"') {
                 return None;
             }
-            self.skip_string()?;
-            self.ws();
-            if !self.eat(b':') {
-                return None;
-            }
-            self.ws();
-            self.skip(depth)?;
-            self.ws();
-            if self.eat(b'}') {
-                return Some(());
-            }
-            if !self.eat(b',') {
-                return None;
-            }
-        }
+            s.skip_string()?;
+            s.colon()?;
+            s.skip(depth)
+        })
     }
 
     fn skip_array(&mut self, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.ws();
-        if self.eat(b']') {
-            return Some(());
-        }
-        loop {
-            self.ws();
-            self.skip(depth)?;
-            self.ws();
-            if self.eat(b']') {
-                return Some(());
-            }
-            if !self.eat(b',') {
-                return None;
-            }
-        }
+        self.members(b']', depth, |s| s.skip(depth))
     }
 }
 
