@@ -1,12 +1,13 @@
 //! The first try at a record: a hand-written scanner for the plain JSON most records are, about
-//! three times faster than the serde_json visitor of [`super`] (the engine bench's records:
-//! 60 against 188 ns each).
+//! 1.5 times faster than the serde_json visitor of [`super`] (the engine bench's records, on
+//! one thread: 115-124 against 192 ns each; docs/benchmarks.md, session 22).
 //!
 //! It reads what the visitor reads, the same way, or gives up: [`FieldTree::scan`] returns
 //! `false` on anything it does not handle, and the record is then read by the visitor from the
 //! start, which also gives every error its message. It gives up on
 //! - anything that is not valid JSON (the visitor says why);
-//! - an escape (`\`) in a key or in a string the job reads, and `\u` in any string;
+//! - an escape (`\`) in a key or in a string the job reads (the visitor unescapes it), and `\u`
+//!   in any string (the scanner does not check its surrogates);
 //! - a number the job reads that is not an integer of at most 18 digits or a decimal of at most
 //!   15 significant digits and exponent within ±22 (the only ones it parses; those it parses
 //!   exactly, as one correctly rounded operation, so they are the f64 serde_json's
