@@ -35,27 +35,40 @@ impl FieldTree {
     /// Read `text` into `out` (already cleared to one `None` per slot); `false` if the scanner
     /// gave up, leaving `out` partly written.
     pub(super) fn scan<'de>(&self, text: &'de str, out: &mut Fields<'de>) -> bool {
-        let mut s = Scanner {
-            text,
-            bytes: text.as_bytes(),
-            at: 0,
-        };
+        let mut s = Scanner { text, at: 0 };
         s.ws();
         let done = s.eat(b'{') && s.object(&self.root, out, 1).is_some();
         s.ws();
-        done && s.at == s.bytes.len()
+        done && s.at == text.len()
     }
 }
 
 struct Scanner<'de> {
     text: &'de str,
-    bytes: &'de [u8],
     at: usize,
 }
 
+/// A JSON number's parts, its syntax checked.
+struct Number {
+    negative: bool,
+    /// The digits of the integer part and the fraction, as an integer (saturating: only up to
+    /// 18 digits are used).
+    significand: u64,
+    /// How many digits the significand has.
+    digits: usize,
+    /// The power of ten the significand is multiplied by.
+    exponent: i64,
+    /// Whether the number has a fraction or an exponent (serde_json reads it as a float).
+    fraction: bool,
+}
+
 impl<'de> Scanner<'de> {
+    fn bytes(&self) -> &'de [u8] {
+        self.text.as_bytes()
+    }
+
     fn peek(&self) -> Option<u8> {
-        self.bytes.get(self.at).copied()
+        self.bytes().get(self.at).copied()
     }
 
     fn ws(&mut self) {
@@ -151,21 +164,18 @@ impl<'de> Scanner<'de> {
                 self.skip(depth)?;
                 Scalar::Composite
             }
-            b't' => self.literal("true", Scalar::Bool(true))?,
-            b'f' => self.literal("false", Scalar::Bool(false))?,
-            b'n' => self.literal("null", Scalar::Null)?,
+            b't' => self.literal("true").map(|()| Scalar::Bool(true))?,
+            b'f' => self.literal("false").map(|()| Scalar::Bool(false))?,
+            b'n' => self.literal("null").map(|()| Scalar::Null)?,
             _ => self.number(node.exact && node.slot.is_some())?,
         };
         set(node, out, value);
         Some(())
     }
 
-    fn literal(&mut self, word: &str, value: Scalar<'de>) -> Option<Scalar<'de>> {
+    fn literal(&mut self, word: &str) -> Option<()> {
         let end = self.at + word.len();
-        (self.bytes.get(self.at..end)? == word.as_bytes()).then(|| {
-            self.at = end;
-            value
-        })
+        (self.bytes().get(self.at..end)? == word.as_bytes()).then(|| self.at = end)
     }
 
     /// A string whose `"` was read, up to its closing `"`: its text, when it has no escape and
@@ -186,7 +196,7 @@ impl<'de> Scanner<'de> {
     fn skip_to_special(&mut self) {
         const ONES: u64 = 0x0101_0101_0101_0101;
         const HIGH: u64 = 0x8080_8080_8080_8080;
-        while let Some(chunk) = self.bytes.get(self.at..self.at + 8) {
+        while let Some(chunk) = self.bytes().get(self.at..self.at + 8) {
             let mut word = [0u8; 8];
             word.copy_from_slice(chunk);
             let w = u64::from_le_bytes(word);
@@ -212,13 +222,13 @@ impl<'de> Scanner<'de> {
         }
     }
 
-    /// A number the job reads, in the forms the scanner parses exactly (see the module doc).
-    fn number(&mut self, exact: bool) -> Option<Scalar<'de>> {
+    /// A number's syntax, into its parts.
+    fn number_parts(&mut self) -> Option<Number> {
         let negative = self.eat(b'-');
-        let mut significand: u64 = 0;
+        let mut significand = 0;
         let int_start = self.at;
         let mut digits = self.digits(&mut significand);
-        if digits == 0 || (digits > 1 && self.bytes[int_start] == b'0') {
+        if digits == 0 || (digits > 1 && self.bytes().get(int_start) == Some(&b'0')) {
             return None;
         }
         let mut exponent: i64 = 0;
@@ -239,17 +249,31 @@ impl<'de> Scanner<'de> {
             if !minus {
                 self.eat(b'+');
             }
-            let start = self.at;
-            let mut e: i64 = 0;
-            while let Some(c @ b'0'..=b'9') = self.peek() {
-                e = e.saturating_mul(10).saturating_add(i64::from(c - b'0'));
-                self.at += 1;
-            }
-            if self.at == start {
+            let mut e = 0;
+            if self.digits(&mut e) == 0 {
                 return None;
             }
-            exponent += if minus { -e } else { e };
+            let e = i64::try_from(e).unwrap_or(i64::MAX);
+            exponent = exponent.saturating_add(if minus { -e } else { e });
         }
+        Some(Number {
+            negative,
+            significand,
+            digits,
+            exponent,
+            fraction,
+        })
+    }
+
+    /// A number the job reads, in the forms the scanner parses exactly (see the module doc).
+    fn number(&mut self, exact: bool) -> Option<Scalar<'de>> {
+        let Number {
+            negative,
+            significand,
+            digits,
+            exponent,
+            fraction,
+        } = self.number_parts()?;
         if !fraction {
             // An integer: serde_json gives -0 as a float, and 19 digits may not fit an i64.
             if digits > 18 || (negative && significand == 0) {
@@ -288,10 +312,11 @@ impl<'de> Scanner<'de> {
                 self.at += 1;
                 self.skip_array(depth + 1)
             }
-            b't' => self.literal("true", Scalar::Null).map(drop),
-            b'f' => self.literal("false", Scalar::Null).map(drop),
-            b'n' => self.literal("null", Scalar::Null).map(drop),
-            _ => self.skip_number(),
+            b't' => self.literal("true"),
+            b'f' => self.literal("false"),
+            b'n' => self.literal("null"),
+            // serde_json does not judge the range of a number it skips, only its syntax.
+            _ => self.number_parts().map(drop),
         }
     }
 
@@ -317,40 +342,14 @@ impl<'de> Scanner<'de> {
         }
     }
 
-    /// The digits from here on, accumulated into `significand` (wrapping: the scanner uses at
-    /// most 18 of them): how many.
-    fn digits(&mut self, significand: &mut u64) -> usize {
+    /// The digits from here on, accumulated into `value` (saturating at `u64::MAX`): how many.
+    fn digits(&mut self, value: &mut u64) -> usize {
         let start = self.at;
         while let Some(c @ b'0'..=b'9') = self.peek() {
-            *significand = significand
-                .wrapping_mul(10)
-                .wrapping_add(u64::from(c - b'0'));
+            *value = value.saturating_mul(10).saturating_add(u64::from(c - b'0'));
             self.at += 1;
         }
         self.at - start
-    }
-
-    /// A number's syntax only: serde_json does not judge the range of a number it skips.
-    fn skip_number(&mut self) -> Option<()> {
-        self.eat(b'-');
-        let start = self.at;
-        let int_digits = self.digits(&mut 0);
-        if int_digits == 0 || (int_digits > 1 && self.bytes[start] == b'0') {
-            return None;
-        }
-        if self.eat(b'.') && self.digits(&mut 0) == 0 {
-            return None;
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.at += 1;
-            if !self.eat(b'-') {
-                self.eat(b'+');
-            }
-            if self.digits(&mut 0) == 0 {
-                return None;
-            }
-        }
-        Some(())
     }
 
     fn skip_object(&mut self, depth: usize) -> Option<()> {
@@ -478,6 +477,8 @@ mod tests {
             r#"[1]"#,
             r#"{"z":"\x"}"#,
             r#"{"a":tru}"#,
+            r#"{"a":trux}"#,
+            r#"{"z":nul1}"#,
         ] {
             assert_eq!(scanned(&t, text), None, "read {text}");
         }
