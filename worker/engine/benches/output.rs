@@ -7,9 +7,10 @@
 //!   to the engine ([`Engine::recycle_results`], now) or dropped (before);
 //! - **partials** (stage 1 and 2 of a two-stage job, without the merge itself): records
 //!   processed as stage 1, each partial written as its repartition message into one reused
-//!   buffer ([`PartialAggregate::write_message`], now) or with `Partial::to_bytes` after
-//!   copying its group key (before), then read back as the merge stage reads it
-//!   ([`Partial::from_bytes`], now: UTF-8 checked once; before: `serde_json::from_slice`).
+//!   buffer ([`PartialAggregate::write_message`], now: by hand, since session 23) or with
+//!   `Partial::to_bytes` (serde_json) after copying its group key (before), then read back as
+//!   the merge stage reads it ([`Partial::from_bytes`], now: UTF-8 checked once, then read by
+//!   hand; before: `serde_json::from_slice`).
 //!
 //! Both ways produce the same bytes (the benchmark checks it). The input is the pipeline
 //! benchmark's sparse shape: 10,000 merchants, 6,000 records per minute of event time.

@@ -94,6 +94,7 @@ mod numeric;
 mod percentile;
 mod pick;
 mod rank;
+pub(crate) mod wire;
 
 pub use acc::Acc;
 pub use column::{Column, ResultScratch, Sealed};
@@ -168,13 +169,13 @@ pub struct Order {
 #[cfg(test)]
 /// Helpers shared by the unit tests of the accumulators: feeding, splitting and merging,
 /// naive references, and the value strategies of the property tests.
-mod testkit {
+pub(crate) mod testkit {
     use proptest::prelude::*;
     use weir_crds::AggregationFn;
 
     use super::*;
 
-    pub(super) const ALL: [AggregationFn; 11] = [
+    pub(crate) const ALL: [AggregationFn; 11] = [
         AggregationFn::Count,
         AggregationFn::Sum,
         AggregationFn::Min,

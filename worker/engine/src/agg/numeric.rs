@@ -75,23 +75,31 @@ impl Dd {
     pub(super) fn value(&self) -> Option<f64> {
         (self.hi.is_finite() && self.lo.is_finite()).then_some(self.hi)
     }
+
+    /// `[hi, lo]` as serialised, `None` after overflow.
+    pub(super) fn parts(&self) -> Option<[f64; 2]> {
+        self.value().map(|hi| [hi, self.lo])
+    }
+
+    /// The sum read back from its parts. Renormalising is a no-op for what was written, and
+    /// restores the invariant otherwise.
+    pub(super) fn from_parts(hi: f64, lo: f64) -> Dd {
+        let (hi, lo) = two_sum(hi, lo);
+        Dd { hi, lo }
+    }
 }
 
 /// Serialised as `[hi, lo]`, or `null` once overflowed (JSON has no infinities).
 impl Serialize for Dd {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.value().map(|hi| [hi, self.lo]).serialize(serializer)
+        self.parts().serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Dd {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Ok(match Option::<[f64; 2]>::deserialize(deserializer)? {
-            // Renormalising is a no-op for what we wrote, and restores the invariant otherwise.
-            Some([hi, lo]) => {
-                let (hi, lo) = two_sum(hi, lo);
-                Dd { hi, lo }
-            }
+            Some([hi, lo]) => Dd::from_parts(hi, lo),
             None => Dd {
                 hi: f64::NAN,
                 lo: f64::NAN,

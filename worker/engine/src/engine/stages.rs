@@ -24,6 +24,8 @@
 //! source's watermark shows it was sent before), or late because the merge stage's watermark moved
 //! on while its source was idle.
 
+mod wire;
+
 use serde::{Deserialize, Serialize};
 
 use super::{align_up, Engine, Mark, Pane, State};
@@ -94,10 +96,15 @@ impl Partial {
     }
 
     /// Read a message. Its UTF-8 is checked once, not string by string; a message that is not
-    /// UTF-8 is read as bytes, for serde_json's error.
+    /// UTF-8 is read as bytes, for serde_json's error. A partial aggregate as
+    /// [`PartialAggregate::write_message`] writes it is read by hand (`wire`), anything
+    /// else by serde_json.
     pub fn from_bytes(bytes: &[u8]) -> Result<Partial, serde_json::Error> {
         match std::str::from_utf8(bytes) {
-            Ok(text) => serde_json::from_str(text),
+            Ok(text) => match wire::read_aggregate(text) {
+                Some(p) => Ok(Partial::Aggregate(p)),
+                None => serde_json::from_str(text),
+            },
             Err(_) => serde_json::from_slice(bytes),
         }
     }
@@ -106,17 +113,12 @@ impl Partial {
 impl PartialAggregate {
     /// Write this partial's message, the bytes of `Partial::Aggregate(self).to_bytes()`, into
     /// `buf` (replacing its contents): no copy of the partial, and `buf` keeps its capacity
-    /// from one partial to the next.
+    /// from one partial to the next. Written by hand (`wire`), not by serde's derived
+    /// code.
     pub fn write_message(&self, buf: &mut Vec<u8>) {
-        /// [`Partial::Aggregate`], borrowed.
-        #[derive(Serialize)]
-        enum Message<'a> {
-            #[serde(rename = "partial")]
-            Aggregate(&'a PartialAggregate),
-        }
         buf.clear();
         // Serialising these types cannot fail (as in `Partial::to_bytes`).
-        if serde_json::to_writer(&mut *buf, &Message::Aggregate(self)).is_err() {
+        if wire::write_aggregate(self, buf).is_err() {
             buf.clear();
         }
     }
