@@ -80,7 +80,7 @@
 //! (e.g. [`Input::Json`] for `sum`) are ignored; `count` counts every update. Merging accumulators
 //! of different functions is a no-op. Nothing here panics on the record path.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -146,6 +146,31 @@ impl From<Value> for Output {
 }
 
 /// The JSON text of the result, compact: what a result record holds.
+impl Output {
+    /// Append the result's compact JSON text, the `Display` text, to `out`: numbers and `null`
+    /// directly (with `itoa` and `zmij`, as serde_json writes them, without its serializer
+    /// and `fmt` per value), anything else through `Display`.
+    pub fn write_to(&self, out: &mut String) {
+        match self {
+            Output::Value(Value::Number(n)) => {
+                if let Some(u) = n.as_u64() {
+                    out.push_str(itoa::Buffer::new().format(u));
+                } else if let Some(i) = n.as_i64() {
+                    out.push_str(itoa::Buffer::new().format(i));
+                } else if let Some(x) = n.as_f64() {
+                    // What serde_json writes a float with (not ryu: `1e16`, not `1e+16`).
+                    out.push_str(zmij::Buffer::new().format_finite(x));
+                }
+            }
+            Output::Value(Value::Null) => out.push_str("null"),
+            Output::Json(text) => out.push_str(text),
+            Output::Value(v) => {
+                let _ = write!(out, "{v}");
+            }
+        }
+    }
+}
+
 impl fmt::Display for Output {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -352,5 +377,56 @@ pub(crate) mod testkit {
 
     pub(super) fn assignment() -> impl Strategy<Value = Vec<usize>> {
         prop::collection::vec(0..64usize, 400)
+    }
+}
+
+#[cfg(test)]
+mod output_tests {
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    use super::Output;
+
+    fn written(o: &Output) -> String {
+        let mut out = String::from("left:");
+        o.write_to(&mut out);
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// A result's text written directly is its `Display` text, for every number.
+        #[test]
+        fn a_result_written_directly_is_its_display_text(bits in any::<u64>(), u in any::<u64>(), i in any::<i64>()) {
+            let x = f64::from_bits(bits);
+            let values = [
+                Output::from(json!(x)),
+                Output::from(json!(x as f32 as f64)),
+                Output::from(json!((bits % 2_000_001) as f64 / 100.0 - 10_000.0)),
+                Output::from(json!(u)),
+                Output::from(json!(i)),
+            ];
+            for o in &values {
+                prop_assert_eq!(written(o), format!("left:{o}"));
+            }
+        }
+    }
+
+    #[test]
+    fn nulls_picks_and_other_values_are_written_as_displayed() {
+        for o in [
+            Output::NULL,
+            Output::Json("{\"a\":[1,2.5e300]}".into()),
+            Output::from(Value::Bool(true)),
+            Output::from(json!("é\"")),
+            Output::from(json!(u64::MAX)),
+            Output::from(json!(i64::MIN)),
+            Output::from(json!(-0.0)),
+            Output::from(json!(1e16)),
+            Output::from(json!(1.5e-7)),
+        ] {
+            assert_eq!(written(&o), format!("left:{o}"));
+        }
     }
 }

@@ -219,8 +219,7 @@ impl WindowResult {
             }
             push_json_str(out, &agg.name);
             out.push(':');
-            // `Display` of a result is its compact JSON text, written in place.
-            let _ = write!(out, "{v}");
+            v.write_to(out);
         }
         out.push_str("}}");
     }
