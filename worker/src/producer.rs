@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Partitioner, Producer, ProducerContext, ThreadedProducer,
+};
+use rdkafka::{ClientConfig, ClientContext};
 use tracing::warn;
 
-use crate::kafka::ClientSettings;
+use crate::kafka::{ClientSettings, ConsistentRandom};
 
 /// A producer's failure; it stops the partition (`crate::runtime::RuntimeError` wraps it).
 #[derive(Debug, thiserror::Error)]
@@ -76,17 +78,24 @@ impl Deliveries {
     }
 }
 
-/// The producer's context: librdkafka reports each delivery to it.
-#[derive(Clone)]
-struct DeliveryCounter(Arc<Deliveries>);
+/// The producer's context: librdkafka reports each delivery to it, and asks it for each
+/// message's partition (unless the settings name another partitioner).
+struct DeliveryCounter {
+    deliveries: Arc<Deliveries>,
+    partitioner: Option<ConsistentRandom>,
+}
 
 impl ClientContext for DeliveryCounter {}
 
-impl ProducerContext for DeliveryCounter {
+impl ProducerContext<ConsistentRandom> for DeliveryCounter {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        self.0.report(result);
+        self.deliveries.report(result);
+    }
+
+    fn get_custom_partitioner(&self) -> Option<&ConsistentRandom> {
+        self.partitioner.as_ref()
     }
 }
 
@@ -101,15 +110,14 @@ fn max_message_bytes(settings: &ClientSettings) -> usize {
         .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES)
 }
 
-/// A producer with `context`, from `settings` (errors name `partition` and `role`).
-fn create<C: ProducerContext + 'static>(
-    settings: &ClientSettings,
+/// A producer with `context`, from `config` (errors name `partition` and `role`).
+fn create<C: ProducerContext<Part> + 'static, Part: Partitioner + Send + Sync + 'static>(
+    config: &ClientConfig,
     context: C,
     partition: i32,
     role: &'static str,
-) -> Result<ThreadedProducer<C>, ProducerError> {
-    settings
-        .config()
+) -> Result<ThreadedProducer<C, Part>, ProducerError> {
+    config
         .create_with_context(context)
         .map_err(|source| ProducerError::CreateClient {
             partition,
@@ -152,7 +160,7 @@ pub(crate) struct DeliveryCountingProducer {
     topic: String,
     /// The producer's `message.max.bytes`: no message it is given may be larger.
     max_message_bytes: usize,
-    producer: ThreadedProducer<DeliveryCounter>,
+    producer: ThreadedProducer<DeliveryCounter, ConsistentRandom>,
     deliveries: Arc<Deliveries>,
 }
 
@@ -165,9 +173,13 @@ impl DeliveryCountingProducer {
         role: &'static str,
     ) -> Result<DeliveryCountingProducer, ProducerError> {
         let deliveries = Arc::new(Deliveries::default());
+        let (config, partitioner) = crate::kafka::producer_config(settings);
         let producer = create(
-            settings,
-            DeliveryCounter(deliveries.clone()),
+            &config,
+            DeliveryCounter {
+                deliveries: deliveries.clone(),
+                partitioner,
+            },
             partition,
             role,
         )?;
@@ -326,7 +338,12 @@ impl PartialsSlot {
             None => {
                 let mut settings = settings.clone();
                 settings.set("delivery.report.only.error", "false");
-                let producer = create(&settings, PerSender, partition, "repartition producer")?;
+                let producer = create(
+                    &settings.config(),
+                    PerSender,
+                    partition,
+                    "repartition producer",
+                )?;
                 let p = Arc::new(PartialsProducer {
                     topic: topic.to_string(),
                     max_message_bytes: max_message_bytes(&settings),

@@ -71,8 +71,7 @@ impl Io<'_> {
     /// Read the `n` records of partition `p`, write a message per `1e6 / per_million` of them;
     /// returns the messages written (every one acknowledged: the producer is flushed).
     fn partition(&self, p: i32, n: u64, per_million: u64) -> u64 {
-        let producer: ThreadedProducer<DefaultProducerContext> =
-            self.sink.config().create().expect("producer");
+        let producer = result_producer(self.sink);
         let mut out = ResultText::default();
         let produced = self.each_due(p, n, per_million, |m, group| {
             out.write(group, m.offset());
@@ -113,6 +112,16 @@ impl Io<'_> {
     }
 }
 
+/// A producer of results, as the worker's: its settings, and its partitioner.
+type ResultProducer = ThreadedProducer<kafka::PartitionedContext, kafka::ConsistentRandom>;
+
+fn result_producer(settings: &ClientSettings) -> ResultProducer {
+    let (config, partitioner) = kafka::producer_config(settings);
+    config
+        .create_with_context(kafka::PartitionedContext(partitioner))
+        .expect("producer")
+}
+
 /// A result-shaped sink message: the worker's key and value layout for the benchmark's job,
 /// with an amount taken from the offset.
 #[derive(Default)]
@@ -142,7 +151,7 @@ impl ResultText {
         );
     }
 
-    fn send(&self, producer: &ThreadedProducer<DefaultProducerContext>, topic: &str) {
+    fn send(&self, producer: &ResultProducer, topic: &str) {
         let rec = BaseRecord::to(topic)
             .key(self.key.as_bytes())
             .payload(self.value.as_bytes());
@@ -287,8 +296,7 @@ impl Io<'_> {
         t0: Instant,
     ) -> Duration {
         let c = self.consumer(p);
-        let producer: ThreadedProducer<DefaultProducerContext> =
-            self.sink.config().create().expect("producer");
+        let producer = result_producer(self.sink);
         let mut out = ResultText::default();
         let mut last = Duration::ZERO;
         let started = Instant::now();
