@@ -93,6 +93,63 @@ pub struct JobPlan {
     /// A record further ahead of its partition's largest event time than this (ms) is refused
     /// as `future`; `None`: no such check.
     pub max_ahead_of_partition: Option<i64>,
+    /// The result texts' object keys, `"name":` as JSON (escaped once, not per result): of
+    /// each group-by component, then of each aggregation.
+    result_keys: (Vec<String>, Vec<String>),
+}
+
+impl JobPlan {
+    /// `"name":` of each group-by component, in output order.
+    pub(crate) fn group_keys(&self) -> &[String] {
+        &self.result_keys.0
+    }
+
+    /// `"name":` of each aggregation, in output order.
+    pub(crate) fn agg_keys(&self) -> &[String] {
+        &self.result_keys.1
+    }
+}
+
+/// A duration `validate()` has checked, in ms; a failure here would be a bug in it.
+fn ms(d: &Option<weir_crds::Duration>, default: i64) -> i64 {
+    d.as_ref()
+        .and_then(|d| d.as_millis().ok())
+        .unwrap_or(default)
+}
+
+/// The window layout of a spec's window.
+fn window_kind(w: &weir_crds::Window) -> WindowKind {
+    match w.kind {
+        WindowType::Tumbling => {
+            let size = ms(&w.size, 1).max(1);
+            WindowKind::Aligned {
+                size,
+                slide: size,
+                pane: size,
+            }
+        }
+        WindowType::Hopping => {
+            let size = ms(&w.size, 1).max(1);
+            let slide = ms(&w.slide, size).clamp(1, size);
+            WindowKind::Aligned {
+                size,
+                slide,
+                pane: gcd(size, slide),
+            }
+        }
+        WindowType::Session => WindowKind::Session {
+            gap: ms(&w.gap, 1).max(1),
+        },
+    }
+}
+
+/// [`JobPlan::group_keys`] and [`JobPlan::agg_keys`].
+fn result_keys(group: &[(String, GroupPart)], aggs: &[AggPlan]) -> (Vec<String>, Vec<String>) {
+    let key = |name: &str| format!("{}:", serde_json::Value::from(name));
+    (
+        group.iter().map(|(name, _)| key(name)).collect(),
+        aggs.iter().map(|a| key(&a.name)).collect(),
+    )
 }
 
 /// Idle timeout when the spec sets none.
@@ -148,7 +205,7 @@ impl JobPlan {
             },
         };
 
-        let aggs = spec
+        let aggs: Vec<AggPlan> = spec
             .aggregations
             .iter()
             .map(|a| AggPlan {
@@ -162,41 +219,15 @@ impl JobPlan {
             })
             .collect();
 
-        // validate() has checked every duration; a failure here would be a bug in it.
-        let ms = |d: &Option<weir_crds::Duration>, default: i64| {
-            d.as_ref()
-                .and_then(|d| d.as_millis().ok())
-                .unwrap_or(default)
-        };
         let w = &spec.window;
-        let window = match w.kind {
-            WindowType::Tumbling => {
-                let size = ms(&w.size, 1).max(1);
-                WindowKind::Aligned {
-                    size,
-                    slide: size,
-                    pane: size,
-                }
-            }
-            WindowType::Hopping => {
-                let size = ms(&w.size, 1).max(1);
-                let slide = ms(&w.slide, size).clamp(1, size);
-                WindowKind::Aligned {
-                    size,
-                    slide,
-                    pane: gcd(size, slide),
-                }
-            }
-            WindowType::Session => WindowKind::Session {
-                gap: ms(&w.gap, 1).max(1),
-            },
-        };
+        let window = window_kind(w);
         // The longest a window reaches from one of its records, either way.
         let reach = match window {
             WindowKind::Aligned { size, .. } => size,
             WindowKind::Session { gap } => gap,
         };
         Ok(JobPlan {
+            result_keys: result_keys(&group, &aggs),
             fields,
             slot_names,
             group,

@@ -2,7 +2,7 @@
 //! not counted (with a stable [`RejectReason`]), a [`WindowResult`] and its JSON forms, and the
 //! progress and counters the runtime reads ([`PartitionState`], [`Stats`]).
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use crate::agg::Output;
 use crate::plan::JobPlan;
@@ -213,12 +213,11 @@ impl WindowResult {
         out.push_str("\"},\"group\":");
         self.push_group(plan, out);
         out.push_str(",\"values\":{");
-        for (i, (agg, v)) in plan.aggs.iter().zip(&self.values).enumerate() {
+        for (i, (key, v)) in plan.agg_keys().iter().zip(&self.values).enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            push_json_str(out, &agg.name);
-            out.push(':');
+            out.push_str(key);
             v.write_to(out);
         }
         out.push_str("}}");
@@ -237,12 +236,11 @@ impl WindowResult {
 
     fn push_group(&self, plan: &JobPlan, out: &mut String) {
         out.push('{');
-        for (i, ((name, _), text)) in plan.group.iter().zip(self.group_texts()).enumerate() {
+        for (i, (key, text)) in plan.group_keys().iter().zip(self.group_texts()).enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            push_json_str(out, name);
-            out.push(':');
+            out.push_str(key);
             out.push_str(text);
         }
         out.push('}');
@@ -279,35 +277,6 @@ impl ResultText {
         self.value.clear();
         r.write_value(plan, &self.start, &self.end, &mut self.value);
     }
-}
-
-/// `s` as a JSON string, exactly as serde_json writes it: `"` and `\` escaped, the control
-/// characters as `\b \t \n \f \r` or `\u00XX`, everything else (non-ASCII too) as is.
-fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    let mut from = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&s[from..i]);
-        if escape.is_empty() {
-            let _ = write!(out, "\\u{b:04x}");
-        } else {
-            out.push_str(escape);
-        }
-        from = i + 1;
-    }
-    out.push_str(&s[from..]);
-    out.push('"');
 }
 
 /// Per-partition progress.
@@ -353,24 +322,6 @@ impl PartitionState {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_strings_are_written_exactly_as_serde_json_writes_them() {
-        let mut every_ascii: String = (0u8..0x80).map(char::from).collect();
-        every_ascii.push_str("é€😀 \u{7f}\u{80}\u{2028}");
-        for s in [
-            every_ascii.as_str(),
-            "",
-            "plain",
-            "\"",
-            "a\\b",
-            "\u{0}x\u{1f}",
-        ] {
-            let mut out = String::new();
-            push_json_str(&mut out, s);
-            assert_eq!(out, serde_json::to_string(s).expect("json"), "{s:?}");
-        }
-    }
 
     fn two_part_plan() -> JobPlan {
         let yaml = r#"apiVersion: weir.dev/v1alpha1
