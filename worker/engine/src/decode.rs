@@ -20,6 +20,8 @@ use serde_json::value::RawValue;
 
 mod scan;
 
+pub(crate) use scan::exact_decimal;
+
 /// The field paths a job reads, as a tree of names; each leaf is a slot in [`Fields`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldTree {

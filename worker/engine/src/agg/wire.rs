@@ -99,37 +99,52 @@ impl<'a> Cursor<'a> {
         i32::try_from(self.i64()?).ok()
     }
 
-    /// A finite float written with a fraction or an exponent.
+    /// A finite float written with a fraction or an exponent. Most are computed from their
+    /// digits in one exact operation (`decode::exact_decimal`), the rest parsed by
+    /// `str::parse`.
     pub(crate) fn f64(&mut self) -> Option<f64> {
         let start = self.at;
-        self.eat("-");
-        self.digits()?;
+        let negative = self.eat("-");
+        let int_start = self.at;
+        let mut significand = self.digits()?;
+        let mut digits = self.at - int_start;
+        let mut exponent: i64 = 0;
         let mut float = false;
         if self.eat(".") {
-            self.fraction_digits()?;
+            let n = self.fraction_digits(&mut significand)?;
+            digits += n;
+            exponent = -i64::try_from(n).ok()?;
             float = true;
         }
         if self.eat("e") || self.eat("E") {
-            if !self.eat("-") {
+            let minus = self.eat("-");
+            if !minus {
                 self.eat("+");
             }
-            self.fraction_digits()?;
+            let mut e = 0;
+            self.fraction_digits(&mut e)?;
+            let e = i64::try_from(e).unwrap_or(i64::MAX);
+            exponent = exponent.saturating_add(if minus { -e } else { e });
             float = true;
         }
         let token = &self.text[start..self.at];
         if !float || token.len() > MAX_FLOAT_LEN {
             return None;
         }
-        token.parse::<f64>().ok().filter(|x| x.is_finite())
+        crate::decode::exact_decimal(negative, significand, digits, exponent)
+            .or_else(|| token.parse::<f64>().ok())
+            .filter(|x| x.is_finite())
     }
 
-    /// One or more digits, any leading zeros (a fraction or an exponent).
-    fn fraction_digits(&mut self) -> Option<()> {
+    /// One or more digits, any leading zeros (a fraction or an exponent), accumulated into
+    /// `value` (saturating): how many.
+    fn fraction_digits(&mut self, value: &mut u64) -> Option<usize> {
         let start = self.at;
-        while let Some(b'0'..=b'9') = self.peek() {
+        while let Some(d @ b'0'..=b'9') = self.peek() {
+            *value = value.saturating_mul(10).saturating_add(u64::from(d - b'0'));
             self.at += 1;
         }
-        (self.at > start).then_some(())
+        (self.at > start).then_some(self.at - start)
     }
 
     /// A string, unescaped.

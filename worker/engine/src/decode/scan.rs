@@ -43,6 +43,28 @@ impl FieldTree {
     }
 }
 
+/// `±significand × 10^exponent`, when one operation computes it correctly rounded (the nearest
+/// f64, as serde_json's `float_roundtrip` reading and `str::parse` give): a significand of at
+/// most 15 `digits` (below 10^15 < 2^53, exact in an f64) and a power of ten within ±22 (exact
+/// too). `None` otherwise.
+pub(crate) fn exact_decimal(
+    negative: bool,
+    significand: u64,
+    digits: usize,
+    exponent: i64,
+) -> Option<f64> {
+    if digits > 15 {
+        return None;
+    }
+    let pow = *POW10.get(usize::try_from(exponent.unsigned_abs()).ok()?)?;
+    let magnitude = if exponent < 0 {
+        significand as f64 / pow
+    } else {
+        significand as f64 * pow
+    };
+    Some(if negative { -magnitude } else { magnitude })
+}
+
 struct Scanner<'de> {
     text: &'de str,
     at: usize,
@@ -283,18 +305,10 @@ impl<'de> Scanner<'de> {
             return Some(Scalar::Int(if negative { -value } else { value }));
         }
         // An exact slot needs the text of a fraction: the visitor reads it in its second pass.
-        if exact || digits > 15 {
+        if exact {
             return None;
         }
-        let pow = *POW10.get(exponent.unsigned_abs() as usize)?;
-        // The significand is below 10^15 < 2^53 and the power exact, so this one operation is
-        // correctly rounded: the nearest f64 to the number, as serde_json reads it.
-        let magnitude = if exponent < 0 {
-            significand as f64 / pow
-        } else {
-            significand as f64 * pow
-        };
-        Some(Scalar::Float(if negative { -magnitude } else { magnitude }))
+        exact_decimal(negative, significand, digits, exponent).map(Scalar::Float)
     }
 
     /// Skip one valid JSON value, not read by the job.
