@@ -29,7 +29,7 @@ mod wire;
 use serde::{Deserialize, Serialize};
 
 use super::{align_up, Engine, Mark, Pane, State};
-use crate::agg::{Acc, Column};
+use crate::agg::Acc;
 use crate::Rejection;
 
 /// One stage-1 partial aggregate: a group's accumulators in one pane row.
@@ -303,7 +303,7 @@ impl Engine {
             max_before: i64::MIN,
         });
         for (col, acc) in pane.cols.iter_mut().zip(&partial.accs) {
-            col.merge_row(row, &Column::from_acc(acc), 0);
+            col.merge_acc(row, acc);
         }
         Ok(MergeOutcome::Merged)
     }

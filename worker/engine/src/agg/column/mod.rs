@@ -357,6 +357,32 @@ impl Column {
         self.merge_rows_from(other, from, &[row as u32]);
     }
 
+    /// Merge `acc` into row `row`: [`Column::merge_row`] of `Column::from_acc(acc)`, without
+    /// building that one-row column for count, sum, mean, min and max (the merge stage merges
+    /// about one partial per record of a sparse job).
+    pub fn merge_acc(&mut self, row: usize, acc: &Acc) {
+        self.unseal();
+        match (&mut *self, acc) {
+            (Column::Count(a), Acc::Count(b)) => {
+                merge_each(a, &[*b], &[row as u32], |a, b| *a = a.saturating_add(*b))
+            }
+            (Column::Sum(a), Acc::Sum(b)) => {
+                merge_each(a, &[*b], &[row as u32], |a, b| a.0.merge(&b.0))
+            }
+            (Column::Mean(a), Acc::Mean(b)) => merge_each(a, &[*b], &[row as u32], |a, b| {
+                a.n = a.n.saturating_add(b.n);
+                a.sum.merge(&b.sum);
+            }),
+            (Column::Min(a), Acc::Min(b)) => merge_each(a, &[*b], &[row as u32], |a, b| {
+                keep_extreme_nan(a, b.unwrap_or(f64::NAN), Ordering::Less)
+            }),
+            (Column::Max(a), Acc::Max(b)) => merge_each(a, &[*b], &[row as u32], |a, b| {
+                keep_extreme_nan(a, b.unwrap_or(f64::NAN), Ordering::Greater)
+            }),
+            _ => self.merge_row(row, &Column::from_acc(acc), 0),
+        }
+    }
+
     /// Merge every row `r` of `other` into row `into[r]` of this column: the bulk form of
     /// [`Column::merge_row`], one dispatch per column instead of per row (hopping windows merge
     /// dozens of panes per result). Rows out of range are skipped.
@@ -537,6 +563,19 @@ mod tests {
                 let second = accs[1].clone();
                 accs[0].merge(&second);
                 prop_assert_eq!(col.result(0), accs[0].result(), "{:?} merged", f);
+                // The same merge from the accumulator itself; nothing for a row out of range
+                // or an accumulator of another function.
+                let mut by_acc = other.clone();
+                by_acc.merge_acc(0, &second);
+                by_acc.merge_acc(5, &second);
+                let another = if f == AggregationFn::Count {
+                    Acc::Max(Some(3.0))
+                } else {
+                    Acc::Count(7)
+                };
+                by_acc.merge_acc(1, &another);
+                prop_assert_eq!(by_acc.acc(0).map(|a| text(&a)), col.acc(0).map(|a| text(&a)), "{:?} by acc", f);
+                prop_assert_eq!(by_acc.acc(1).map(|a| text(&a)), other.acc(1).map(|a| text(&a)), "{:?} another", f);
                 let mut bulk = other.clone();
                 bulk.merge_rows(&other, &[1, 0]);
                 let mut by_row = other.clone();
