@@ -14,9 +14,10 @@
 //! The [`Cursor`] reads JSON only in the form serde_json writes it: no white space, fields in
 //! their declared order, integers in integer slots, floats with a `.` or an exponent, strings
 //! without a raw control character or an escaped surrogate. Where it reads a value, it is the
-//! value serde_json reads: integers are checked for overflow, and floats are parsed by
-//! `str::parse::<f64>`, which is correctly rounded, as serde_json's `float_roundtrip` reading
-//! is (an infinite result makes it give up, as serde_json refuses it).
+//! value serde_json reads: integers are checked for overflow, and floats are computed
+//! correctly rounded, as serde_json's `float_roundtrip` reading computes them: most from their
+//! digits in one exact operation (`decode::exact_decimal`), the rest by `str::parse::<f64>`
+//! (an infinite result makes it give up, as serde_json refuses it).
 
 use serde_json::ser::{CompactFormatter, Formatter};
 
@@ -73,7 +74,7 @@ impl<'a> Cursor<'a> {
             self.at += 1;
         }
         let len = self.at - start;
-        (len == 1 || (len > 1 && self.text.as_bytes()[start] != b'0')).then_some(n)
+        (len == 1 || (len > 1 && self.text.as_bytes().get(start) != Some(&b'0'))).then_some(n)
     }
 
     /// An unsigned integer.
