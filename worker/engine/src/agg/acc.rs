@@ -178,10 +178,7 @@ impl Acc {
         match (self, other) {
             (Acc::Count(a), Acc::Count(b)) => *a = a.saturating_add(*b),
             (Acc::Sum(a), Acc::Sum(b)) => a.0.merge(&b.0),
-            (Acc::Mean(a), Acc::Mean(b)) => {
-                a.n = a.n.saturating_add(b.n);
-                a.sum.merge(&b.sum);
-            }
+            (Acc::Mean(a), Acc::Mean(b)) => a.merge(b),
             (Acc::Min(a), Acc::Min(Some(b))) => keep_extreme(a, *b, Ordering::Less),
             (Acc::Max(a), Acc::Max(Some(b))) => keep_extreme(a, *b, Ordering::Greater),
             (Acc::Stddev(a), Acc::Stddev(b)) | (Acc::Variance(a), Acc::Variance(b)) => a.merge(b),

@@ -130,23 +130,15 @@ impl Output {
     pub const NULL: Output = Output::Value(Value::Null);
 
     /// The result as a serde_json value: the picked text parsed (an integer beyond 64 bits
-    /// becomes its nearest `f64`). For tests and tools; results are written with `Display`.
+    /// becomes its nearest `f64`). For tests and tools; results are written with
+    /// [`Output::write_to`].
     pub fn to_value(&self) -> Value {
         match self {
             Output::Value(v) => v.clone(),
             Output::Json(text) => serde_json::from_str(text).unwrap_or(Value::Null),
         }
     }
-}
 
-impl From<Value> for Output {
-    fn from(v: Value) -> Self {
-        Output::Value(v)
-    }
-}
-
-/// The JSON text of the result, compact: what a result record holds.
-impl Output {
     /// Append the result's compact JSON text, the `Display` text, to `out`: numbers and `null`
     /// directly (with `itoa` and `zmij`, as serde_json writes them, without its serializer
     /// and `fmt` per value), anything else through `Display`.
@@ -171,6 +163,13 @@ impl Output {
     }
 }
 
+impl From<Value> for Output {
+    fn from(v: Value) -> Self {
+        Output::Value(v)
+    }
+}
+
+/// The JSON text of the result, compact: what a result record holds.
 impl fmt::Display for Output {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -19,6 +19,13 @@ pub struct MeanAcc {
 }
 
 impl MeanAcc {
+    /// Add another mean's count and sum to this one.
+    #[inline]
+    pub(super) fn merge(&mut self, other: &MeanAcc) {
+        self.n = self.n.saturating_add(other.n);
+        self.sum.merge(&other.sum);
+    }
+
     /// `(hi + lo) / n`, with the remainder of `hi / n` folded back in (double-double division).
     pub(super) fn mean(&self) -> Option<f64> {
         if self.n == 0 {

@@ -369,10 +369,7 @@ impl Column {
             (Column::Sum(a), Acc::Sum(b)) => {
                 merge_each(a, &[*b], &[row as u32], |a, b| a.0.merge(&b.0))
             }
-            (Column::Mean(a), Acc::Mean(b)) => merge_each(a, &[*b], &[row as u32], |a, b| {
-                a.n = a.n.saturating_add(b.n);
-                a.sum.merge(&b.sum);
-            }),
+            (Column::Mean(a), Acc::Mean(b)) => merge_each(a, &[*b], &[row as u32], MeanAcc::merge),
             (Column::Min(a), Acc::Min(b)) => merge_each(a, &[*b], &[row as u32], |a, b| {
                 keep_extreme_nan(a, b.unwrap_or(f64::NAN), Ordering::Less)
             }),
@@ -416,10 +413,7 @@ impl Column {
             (Column::Sum(a), Column::Sum(b)) => {
                 merge_each(a, src!(b), into, |a, b| a.0.merge(&b.0))
             }
-            (Column::Mean(a), Column::Mean(b)) => merge_each(a, src!(b), into, |a, b| {
-                a.n = a.n.saturating_add(b.n);
-                a.sum.merge(&b.sum);
-            }),
+            (Column::Mean(a), Column::Mean(b)) => merge_each(a, src!(b), into, MeanAcc::merge),
             (Column::Min(a), Column::Min(b)) => merge_each(a, src!(b), into, |a, b| {
                 keep_extreme_nan(a, *b, Ordering::Less)
             }),
