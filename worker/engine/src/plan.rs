@@ -98,18 +98,6 @@ pub struct JobPlan {
     result_keys: (Vec<String>, Vec<String>),
 }
 
-impl JobPlan {
-    /// `"name":` of each group-by component, in output order.
-    pub(crate) fn group_keys(&self) -> &[String] {
-        &self.result_keys.0
-    }
-
-    /// `"name":` of each aggregation, in output order.
-    pub(crate) fn agg_keys(&self) -> &[String] {
-        &self.result_keys.1
-    }
-}
-
 /// A duration `validate()` has checked, in ms; a failure here would be a bug in it.
 fn ms(d: &Option<weir_crds::Duration>, default: i64) -> i64 {
     d.as_ref()
@@ -243,6 +231,16 @@ impl JobPlan {
                 .as_ref()
                 .and_then(|d| d.as_millis().ok()),
         })
+    }
+
+    /// `"name":` of each group-by component, in output order.
+    pub(crate) fn group_keys(&self) -> &[String] {
+        &self.result_keys.0
+    }
+
+    /// `"name":` of each aggregation, in output order.
+    pub(crate) fn agg_keys(&self) -> &[String] {
+        &self.result_keys.1
     }
 
     /// Whether groups need the message key.
