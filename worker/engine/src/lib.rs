@@ -13,6 +13,9 @@ pub mod protocol;
 pub mod start;
 pub mod time;
 
+#[cfg(test)]
+mod testkit;
+
 pub use engine::{
     Engine, Record, RejectReason, Rejection, ResultText, Stats, WindowResult, MAX_DETAIL_BYTES,
     MAX_KEPT_BYTES, RESULTS_CHUNK,

@@ -560,16 +560,8 @@ mod tests {
         #[test]
         fn the_scanner_reads_what_the_visitor_reads(record in json(), cut in any::<prop::sample::Index>(), edit in 0usize..4, ch in "[ -~é]") {
             agree(&record);
-            // And broken at one place: a byte removed, or a character put in.
-            let at = cut.index(record.len() + 1);
-            if record.is_char_boundary(at) {
-                let mut broken = record.clone();
-                match edit {
-                    0 if at < record.len() => {
-                        broken.remove(at);
-                    }
-                    _ => broken.insert_str(at, &ch),
-                }
+            // And broken at one place: a character removed, replaced or put in.
+            if let Some(broken) = crate::testkit::broken_at(&record, cut, edit, &ch) {
                 agree(&broken);
             }
         }

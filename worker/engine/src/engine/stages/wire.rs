@@ -237,18 +237,7 @@ mod tests {
             let mut buf = Vec::new();
             p.write_message(&mut buf);
             let text = String::from_utf8(buf).map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let at = cut.index(text.len() + 1);
-            if text.is_char_boundary(at) {
-                let mut broken = text.clone();
-                match edit {
-                    0 if at < text.len() => {
-                        broken.remove(at);
-                    }
-                    1 if at < text.len() && broken.is_char_boundary(at + 1) => {
-                        broken.replace_range(at..at + 1, &ch);
-                    }
-                    _ => broken.insert_str(at, &ch),
-                }
+            if let Some(broken) = crate::testkit::broken_at(&text, cut, edit, &ch) {
                 agree(&broken);
             }
         }
