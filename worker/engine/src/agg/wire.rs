@@ -6,10 +6,10 @@
 //! merge threads reading them (docs/benchmarks.md, session 23).
 //!
 //! Written by hand: `count`, `sum`, `min`, `max`, `mean`, the accumulators of the common jobs;
-//! the others are written by serde_json and make [`Acc::read_wire`] give up. Values go through
-//! serde_json's own formatter (`zmij` for floats, `itoa` for integers, its string escaping),
-//! so the bytes are serde_json's by construction; `the_wire_writer_writes_what_serde_writes`
-//! checks it.
+//! the others are written by serde_json and make [`Acc::read_wire`] give up. Values are
+//! written as serde_json writes them: floats through its own formatter (`zmij`), integers with
+//! `itoa` (which it uses), strings by serde_json itself; `the_wire_writer_writes_what_serde_writes`
+//! checks the bytes.
 //!
 //! The [`Cursor`] reads JSON only in the form serde_json writes it: no white space, fields in
 //! their declared order, integers in integer slots, floats with a `.` or an exponent, strings
@@ -200,6 +200,11 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The bytes of an integer as serde_json writes it (with `itoa`, as serde_json does).
+pub(crate) fn write_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
 /// The bytes of a float as serde_json writes it (`null` when not finite).
 fn write_f64(out: &mut Vec<u8>, x: f64) -> std::io::Result<()> {
     if x.is_finite() {
@@ -250,7 +255,7 @@ impl Acc {
         match self {
             Acc::Count(n) => {
                 out.extend_from_slice(b"{\"count\":");
-                io(CompactFormatter.write_u64(out, *n))?;
+                write_int(out, *n);
             }
             Acc::Sum(SumAcc(dd)) => {
                 out.extend_from_slice(b"{\"sum\":");
@@ -269,7 +274,7 @@ impl Acc {
             }
             Acc::Mean(MeanAcc { n, sum }) => {
                 out.extend_from_slice(b"{\"mean\":{\"n\":");
-                io(CompactFormatter.write_u64(out, *n))?;
+                write_int(out, *n);
                 out.extend_from_slice(b",\"sum\":");
                 io(write_dd(out, sum))?;
                 out.push(b'}');

@@ -7,13 +7,13 @@
 //! theirs.
 
 use super::PartialAggregate;
-use crate::agg::wire::Cursor;
+use crate::agg::wire::{write_int, Cursor};
 use crate::agg::Acc;
 
 /// Append `p`'s message, `{"partial":{...}}`, as serde_json writes it.
 pub(super) fn write_aggregate(p: &PartialAggregate, out: &mut Vec<u8>) -> serde_json::Result<()> {
     out.extend_from_slice(b"{\"partial\":{\"source\":");
-    write_int(out, p.source.into());
+    write_int(out, p.source);
     out.extend_from_slice(b",\"pane\":");
     write_int(out, p.pane);
     out.extend_from_slice(b",\"first\":");
@@ -38,10 +38,6 @@ pub(super) fn write_aggregate(p: &PartialAggregate, out: &mut Vec<u8>) -> serde_
     }
     out.extend_from_slice(b"}}");
     Ok(())
-}
-
-fn write_int(out: &mut Vec<u8>, n: i64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// The partial aggregate of a message [`write_aggregate`] wrote; `None` for any other text
