@@ -361,27 +361,6 @@ pub struct ConsistentRandom {
     next: AtomicU32,
 }
 
-/// The configuration of a producer from `settings`, and its partitioner for the context's
-/// `get_custom_partitioner`: [`ConsistentRandom`], or `None` when the settings name another
-/// partitioner than librdkafka's default (a sink's `partitioner` property), which librdkafka
-/// then applies itself.
-pub fn producer_config(settings: &ClientSettings) -> (ClientConfig, Option<ConsistentRandom>) {
-    let mut config = settings.config();
-    let partitioner = match settings.get("partitioner").map(str::trim) {
-        None | Some("consistent_random") => {
-            // rust-rdkafka 0.39 installs a custom partitioner in the configuration's default
-            // topic configuration, which librdkafka creates only once a topic property is set;
-            // without one, creating the producer dereferences a null pointer (SIGSEGV, seen in
-            // `the_partitioner_places_keys_as_librdkafka_does`). This topic property, naming
-            // the partitioner librdkafka would use anyway, creates it.
-            config.set("partitioner", "consistent_random");
-            Some(ConsistentRandom::default())
-        }
-        Some(_) => None,
-    };
-    (config, partitioner)
-}
-
 impl Partitioner for ConsistentRandom {
     fn partition(
         &self,
@@ -401,6 +380,27 @@ impl Partitioner for ConsistentRandom {
         // Below `count`, which came from an i32.
         i32::try_from(at % count).unwrap_or(0)
     }
+}
+
+/// The configuration of a producer from `settings`, and its partitioner for the context's
+/// `get_custom_partitioner`: [`ConsistentRandom`], or `None` when the settings name another
+/// partitioner than librdkafka's default (a sink's `partitioner` property), which librdkafka
+/// then applies itself.
+pub fn producer_config(settings: &ClientSettings) -> (ClientConfig, Option<ConsistentRandom>) {
+    let mut config = settings.config();
+    let partitioner = match settings.get("partitioner").map(str::trim) {
+        None | Some("consistent_random") => {
+            // rust-rdkafka 0.39 installs a custom partitioner in the configuration's default
+            // topic configuration, which librdkafka creates only once a topic property is set;
+            // without one, creating the producer dereferences a null pointer (SIGSEGV, seen in
+            // `the_partitioner_places_keys_as_librdkafka_does`). This topic property, naming
+            // the partitioner librdkafka would use anyway, creates it.
+            config.set("partitioner", "consistent_random");
+            Some(ConsistentRandom::default())
+        }
+        Some(_) => None,
+    };
+    (config, partitioner)
 }
 
 /// The context of a producer that has nothing to do with its delivery reports, with
